@@ -1,0 +1,1 @@
+"""Deployment side of mgsv_sk: ONNX export of a fitted MGSVGrounder and a torch-free runtime."""

@@ -1,0 +1,54 @@
+"""mgsv_sk: music grounding by short video (MGSV) for scikit-learn and PyTorch users.
+
+Find the background-music track of a catalogue that fits a short video, and the moment of
+that track to play. The public names load lazily, so the torch-free parts (metrics,
+scorers, the data layer) import without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MGSVGrounder": "mgsv_sk.estimator",
+    "TrivialGrounder": "mgsv_sk.baselines",
+    "RidgeGrounder": "mgsv_sk.baselines",
+    "read_annotations": "mgsv_sk._schema",
+    "validate_annotations": "mgsv_sk._schema",
+    "AnnotationError": "mgsv_sk._schema",
+    "ANNOTATION_COLUMNS": "mgsv_sk._schema",
+    "FeatureSource": "mgsv_sk.features",
+    "FeatureTree": "mgsv_sk.features",
+    "PackedFeatures": "mgsv_sk.features",
+    "InMemoryFeatures": "mgsv_sk.features",
+    "FeatureError": "mgsv_sk.features",
+    "pack_features": "mgsv_sk.features",
+    "make_synthetic_mgsv": "mgsv_sk.datasets",
+    "temporal_iou": "mgsv_sk.spans",
+    "grounding_report": "mgsv_sk.metrics",
+    "retrieval_ranks": "mgsv_sk.metrics",
+    "retrieval_report": "mgsv_sk.metrics",
+    "moment_recall_report": "mgsv_sk.metrics",
+    "get_scorer": "mgsv_sk.scoring",
+    "protocol_scorer": "mgsv_sk.scoring",
+    "evaluate": "mgsv_sk.scoring",
+    "SCORER_NAMES": "mgsv_sk.scoring",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mgsv_sk' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

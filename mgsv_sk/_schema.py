@@ -1,0 +1,290 @@
+"""The MGSV-EC annotation schema: column names, reading and validation.
+
+Every problem found in a frame is gathered into one :class:`AnnotationError`, so a
+user fixes a CSV in one round instead of one exception at a time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ANNOTATION_COLUMNS",
+    "AnnotationError",
+    "FIT_COLUMNS",
+    "GROUND_TRUTH_COLUMNS",
+    "PREDICT_COLUMNS",
+    "read_annotations",
+    "validate_annotations",
+    "video_durations",
+]
+
+#: The 16 columns of the MGSV-EC release CSVs, in release order.
+ANNOTATION_COLUMNS: tuple[str, ...] = (
+    "video_id",
+    "music_id",
+    "video_start",
+    "video_end",
+    "music_start",
+    "music_end",
+    "music_total_duration",
+    "video_segment_duration",
+    "music_segment_duration",
+    "music_path",
+    "video_total_duration",
+    "video_width",
+    "video_height",
+    "video_total_frames",
+    "video_frame_rate",
+    "video_category",
+)
+
+#: What evaluation needs to know about the ground truth of a row.
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
+    "video_id",
+    "music_id",
+    "music_start",
+    "music_end",
+    "music_total_duration",
+)
+#: What training needs (the ground truth, nothing else).
+FIT_COLUMNS = GROUND_TRUTH_COLUMNS
+#: What prediction needs at the least (MsG: no music_id; SmG adds it).
+PREDICT_COLUMNS: tuple[str, ...] = ("video_id",)
+
+_ID_COLUMNS = ("video_id", "music_id")
+_TIME_COLUMNS = (
+    "video_start",
+    "video_end",
+    "music_start",
+    "music_end",
+    "music_total_duration",
+    "video_segment_duration",
+    "music_segment_duration",
+    "video_total_duration",
+)
+# The release rounds times to the millisecond; a moment may end a hair past the track.
+_END_TOLERANCE_S = 0.05
+_MAX_EXAMPLES = 5
+
+
+class AnnotationError(ValueError):
+    """An annotation frame breaks the MGSV-EC schema; ``problems`` lists each finding."""
+
+    def __init__(self, problems: Sequence[str], source: str = "annotations") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"{source} failed validation with {len(self.problems)} problem(s):\n{lines}"
+        )
+
+
+def _examples(values: Iterable[object]) -> str:
+    items = list(values)
+    shown = ", ".join(repr(v) for v in items[:_MAX_EXAMPLES])
+    more = f" and {len(items) - _MAX_EXAMPLES} more" if len(items) > _MAX_EXAMPLES else ""
+    return f"{shown}{more}"
+
+
+def _ids_as_strings(column: pd.Series, name: str, problems: list[str]) -> pd.Series:
+    """Ids are strings: the release CSVs hold integer video ids, which must not become floats."""
+    if column.isna().any():
+        rows = np.flatnonzero(column.isna().to_numpy())
+        problems.append(
+            f"column {name!r} has {len(rows)} empty value(s) (rows {_examples(rows)}); "
+            "every row needs an id"
+        )
+    if pd.api.types.is_float_dtype(column):
+        finite = column.dropna()
+        if (finite != np.round(finite)).any():
+            problems.append(f"column {name!r} holds fractional numbers; ids must be strings")
+        return column.map(lambda v: v if pd.isna(v) else str(int(v)))
+    return column.map(lambda v: v if pd.isna(v) else str(v))
+
+
+def _suggest(missing: str, present: Sequence[str]) -> str:
+    close = difflib.get_close_matches(missing, present, n=1, cutoff=0.75)
+    return f" (found {close[0]!r}: misspelt?)" if close else ""
+
+
+def validate_annotations(
+    frame: pd.DataFrame,
+    required: Sequence[str] = FIT_COLUMNS,
+    *,
+    source: str = "annotations",
+) -> pd.DataFrame:
+    """Check an MGSV-EC frame and return a clean copy with string ids and float times.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        One row per video, columns as in :data:`ANNOTATION_COLUMNS` (extra columns kept).
+    required : sequence of str
+        Columns that must be present (e.g. :data:`FIT_COLUMNS` for training).
+    source : str
+        Name used in error messages (a file name, say).
+
+    Returns
+    -------
+    DataFrame
+        A copy with ``video_id``/``music_id`` as strings and time columns as float64,
+        index reset to ``0..n-1``; exact duplicate rows dropped.
+
+    Raises
+    ------
+    AnnotationError
+        Listing every problem: missing columns, empty frame, NaN/inf or negative times,
+        ``music_end <= music_start``, a moment past the track, conflicting duplicates.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"video_id": [1], "music_id": ["a"], "music_start": [0.0],
+    ...                    "music_end": [10.0], "music_total_duration": [60.0]})
+    >>> validate_annotations(df).video_id.tolist()
+    ['1']
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(
+            f"{source}: expected a pandas DataFrame in the MGSV-EC schema, got "
+            f"{type(frame).__name__}; read the CSV with mgsv_sk.read_annotations(path)"
+        )
+    problems: list[str] = []
+    present = [str(c) for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    for name in missing:
+        problems.append(f"missing column {name!r}{_suggest(name, present)}")
+    if len(frame) == 0:
+        problems.append("the frame has no rows")
+    if problems:
+        raise AnnotationError(problems, source)
+
+    out = frame.copy()
+    for name in _ID_COLUMNS:
+        if name in out.columns:
+            out[name] = _ids_as_strings(out[name], name, problems).astype(object)
+    for name in _TIME_COLUMNS:
+        if name not in out.columns:
+            continue
+        values = pd.to_numeric(out[name], errors="coerce")
+        bad_type = values.isna() & out[name].notna()
+        if bad_type.any():
+            rows = np.flatnonzero(bad_type.to_numpy())
+            problems.append(
+                f"column {name!r} has non-numeric values (rows {_examples(rows)}); "
+                "times are seconds as numbers"
+            )
+        out[name] = values.astype("float64")
+        arr = out[name].to_numpy()
+        nonfinite = ~np.isfinite(arr)
+        if nonfinite.any():
+            problems.append(
+                f"column {name!r} has {int(nonfinite.sum())} NaN/inf value(s) "
+                f"(rows {_examples(np.flatnonzero(nonfinite))}); fill or drop those rows"
+            )
+        negative = arr < 0
+        if negative.any():
+            problems.append(
+                f"column {name!r} has {int(negative.sum())} negative time(s) "
+                f"(rows {_examples(np.flatnonzero(negative))}); times are seconds >= 0"
+            )
+    _check_moments(out, problems)
+    out = _drop_duplicates(out, problems)
+    if problems:
+        raise AnnotationError(problems, source)
+    return out.reset_index(drop=True)
+
+
+def _check_moments(out: pd.DataFrame, problems: list[str]) -> None:
+    if "music_start" in out.columns and "music_end" in out.columns:
+        start = out["music_start"].to_numpy()
+        end = out["music_end"].to_numpy()
+        with np.errstate(invalid="ignore"):
+            inverted = end <= start
+        if inverted.any():
+            rows = np.flatnonzero(inverted)
+            problems.append(
+                f"{len(rows)} row(s) have music_end <= music_start (rows {_examples(rows)}); "
+                "a moment needs a positive length"
+            )
+        if "music_total_duration" in out.columns:
+            total = out["music_total_duration"].to_numpy()
+            with np.errstate(invalid="ignore"):
+                beyond = end > total + _END_TOLERANCE_S
+            if beyond.any():
+                rows = np.flatnonzero(beyond)
+                problems.append(
+                    f"{len(rows)} moment(s) end after their track (music_end > "
+                    f"music_total_duration, rows {_examples(rows)}); check the times' units"
+                )
+    if "video_start" in out.columns and "video_end" in out.columns:
+        with np.errstate(invalid="ignore"):
+            inverted = out["video_end"].to_numpy() <= out["video_start"].to_numpy()
+        if inverted.any():
+            rows = np.flatnonzero(inverted)
+            problems.append(
+                f"{len(rows)} row(s) have video_end <= video_start (rows {_examples(rows)})"
+            )
+
+
+def _drop_duplicates(out: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
+    if "video_id" not in out.columns:
+        return out
+    out = out.drop_duplicates()
+    dup = out["video_id"].duplicated(keep=False) & out["video_id"].notna()
+    if dup.any():
+        ids = pd.unique(out.loc[dup, "video_id"])
+        problems.append(
+            f"{len(ids)} video_id(s) appear in several rows that disagree "
+            f"({_examples(ids)}); keep one row per video"
+        )
+    return out
+
+
+def read_annotations(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    required: Sequence[str] = FIT_COLUMNS,
+) -> pd.DataFrame:
+    """Read an MGSV-EC CSV (or take a frame) and validate it.
+
+    Ids are read as strings straight from the text, so an integer ``video_id`` such as
+    ``112712471153`` never passes through a float.
+
+    Examples
+    --------
+    >>> import io
+    >>> csv = io.StringIO("video_id,music_id,music_start,music_end,music_total_duration\\n"
+    ...                   "7,9,0,12.5,60\\n")
+    >>> read_annotations(csv).loc[0, "music_id"]
+    '9'
+    """
+    if isinstance(source, pd.DataFrame):
+        return validate_annotations(source, required)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "annotations"
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        raise FileNotFoundError(f"annotation CSV not found: {source!s}")
+    try:
+        frame = pd.read_csv(source, dtype={c: str for c in _ID_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise AnnotationError([f"cannot parse as CSV: {exc}"], name) from exc
+    return validate_annotations(frame, required, source=name)
+
+
+def video_durations(frame: pd.DataFrame) -> np.ndarray:
+    """Seconds of each video's used segment, shape (n,).
+
+    ``video_segment_duration`` when present, else ``video_end - video_start``; the
+    moment's length equals this in MGSV-EC.
+    """
+    if "video_segment_duration" in frame.columns:
+        return frame["video_segment_duration"].to_numpy(dtype=np.float64)
+    if "video_start" in frame.columns and "video_end" in frame.columns:
+        return (frame["video_end"] - frame["video_start"]).to_numpy(dtype=np.float64)
+    raise AnnotationError(
+        ["no video duration: add 'video_segment_duration' or 'video_start' and 'video_end'"]
+    )

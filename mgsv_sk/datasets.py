@@ -1,0 +1,312 @@
+"""Synthetic MGSV-EC data with a planted, learnable signal.
+
+The real features are not shipped, so tests, examples and benchmarks run on data made
+here, in exactly the release layout and with the real split's statistics (MGSV.md §2,
+calibrated on the MGSV-EC val annotations): videos 5-50 s (mean about 23 s), tracks
+30-240 s (mean about 140 s), moment length = video length, about a third of the
+moments at 0 s, the rest skewed towards the start of the track, and the release's
+category mix.
+
+The generative story (all maps linear, shared by every split through ``world_seed``):
+
+1. **Tracks.** Track ``m`` belongs to one of ``n_genres`` genres and has a style vector
+   ``z_m = 0.7 g_genre + 0.7 e`` (so tracks of a genre are confusable). It is cut into
+   sections of 7.5-20 s, each playing one of 4 motifs of the track (verse, chorus, ...
+   repeat, so a moment is not identified by one snippet). Snippet ``j`` has the latent
+   ``a_j = motif + 0.3 e`` and the feature ``A_style z_m + A_motif a_j + noise``.
+2. **Videos.** Video ``v`` uses track ``m`` from ``s`` to ``s + L``. Its style is a noisy
+   copy ``y_v = z_m + tau e`` (retrieval signal, tau = ``style_noise``); frame ``t``
+   (1 fps) *sees the music playing at* ``s + t``: it carries that snippet's motif latent
+   (grounding signal) through another map, plus a category direction, a per-video
+   distractor and noise: ``B_style y_v + B_motif a_{(s+t)/2.5} + B_cat c + B_dis r_v + noise``.
+
+Retrieval therefore needs a cross-modal map of the style, and grounding needs to find
+where in the track the frames' motif sequence is playing; a linear model gets part of
+both (see :class:`mgsv_sk.baselines.RidgeGrounder`), the trivial ``[0, video duration]``
+predictor only the moments at 0 s.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._schema import ANNOTATION_COLUMNS
+from .features import FeatureSource, FeatureTree, InMemoryFeatures
+from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
+
+__all__ = ["SyntheticMGSV", "make_synthetic_mgsv", "CATEGORY_SHARES"]
+
+#: Category shares of the MGSV-EC val split (rounded; the long tail lumped into "Other").
+CATEGORY_SHARES: dict[str, float] = {
+    "Fashion": 0.437,
+    "Games": 0.116,
+    "Home Furnishings": 0.094,
+    "Food": 0.070,
+    "Beauty": 0.047,
+    "High-tech Gadgets": 0.042,
+    "Agriculture": 0.041,
+    "Cars": 0.025,
+    "Lifestyle": 0.019,
+    "Health": 0.019,
+    "Public News": 0.018,
+    "Parenting": 0.017,
+    "Other": 0.055,
+}
+
+_LATENT = 16
+_MOTIFS = 4
+_START_AT_ZERO = 0.3
+
+
+@dataclass
+class SyntheticMGSV:
+    """A synthetic split: the annotation frame and where its features live."""
+
+    frame: pd.DataFrame
+    features: FeatureSource
+    root: Path | None = None
+
+    @property
+    def csv_path(self) -> Path | None:
+        split = self.frame.attrs.get("split", "train")
+        return None if self.root is None else _csv_path(self.root, split)
+
+
+@dataclass(frozen=True)
+class _World:
+    """The fixed linear maps from latents to features, shared by every split."""
+
+    music_style: np.ndarray
+    music_motif: np.ndarray
+    video_style: np.ndarray
+    video_motif: np.ndarray
+    video_category: np.ndarray
+    video_distractor: np.ndarray
+    genres: np.ndarray
+    categories: np.ndarray
+
+
+def _make_world(seed: int, n_genres: int, video_dim: int, music_dim: int) -> _World:
+    rng = np.random.default_rng(seed)
+
+    def proj(dim: int) -> np.ndarray:
+        return rng.standard_normal((_LATENT, dim)) / np.sqrt(_LATENT)
+
+    return _World(
+        music_style=proj(music_dim),
+        music_motif=proj(music_dim),
+        video_style=proj(video_dim),
+        video_motif=proj(video_dim),
+        video_category=proj(video_dim),
+        video_distractor=proj(video_dim),
+        genres=rng.standard_normal((n_genres, _LATENT)),
+        categories=rng.standard_normal((len(CATEGORY_SHARES), _LATENT)),
+    )
+
+
+def _track_ids(rng: np.random.Generator, n: int) -> list[str]:
+    # Shaped like the release's ids ("7+5x4mjjeiubm49fg"), unique within the split.
+    alphabet = np.array(list(string.ascii_lowercase + string.digits))
+    out: set[str] = set()
+    ids: list[str] = []
+    while len(ids) < n:
+        key = f"{rng.integers(1, 10)}+" + "".join(rng.choice(alphabet, 15))
+        if key not in out:
+            out.add(key)
+            ids.append(key)
+    return ids
+
+
+def _sections(rng: np.random.Generator, n_snippets: int) -> np.ndarray:
+    """Motif index of every snippet: sections of 3-8 snippets, neighbours differ."""
+    motif = np.empty(n_snippets, dtype=np.int64)
+    pos, prev = 0, -1
+    while pos < n_snippets:
+        length = int(rng.integers(3, 9))
+        choice = int(rng.integers(0, _MOTIFS - 1)) if prev >= 0 else int(rng.integers(0, _MOTIFS))
+        if prev >= 0 and choice >= prev:
+            choice += 1
+        motif[pos : pos + length] = choice
+        pos, prev = pos + length, choice
+    return motif
+
+
+def make_synthetic_mgsv(
+    n_videos: int = 2000,
+    n_tracks: int = 500,
+    *,
+    random_state: int = 0,
+    split: str = "train",
+    path: str | os.PathLike[str] | None = None,
+    style_noise: float = 1.8,
+    feature_noise: float = 1.0,
+    n_genres: int = 12,
+    world_seed: int = 2025,
+    video_dim: int = 512,
+    music_dim: int = 768,
+) -> SyntheticMGSV:
+    """Make a synthetic MGSV-EC split, in memory or written in the release layout.
+
+    Parameters
+    ----------
+    n_videos, n_tracks : int
+        Rows and distinct tracks (each track used by at least one video when
+        ``n_tracks <= n_videos``; val/test style splits use ``n_tracks == n_videos``).
+    random_state : int
+        Seed of this split; use different seeds for train and test.
+    split : str
+        ``"train"``, ``"val"`` or ``"test"``: names the CSV when writing.
+    path : path, optional
+        When given, write ``dataset/MGSV-EC/{split}_data.csv`` and the ``.pt`` feature
+        tree under it (the release layout) and return a :class:`FeatureTree` on it.
+    style_noise, feature_noise : float
+        Difficulty: how far a video's style strays from its track's, and the feature
+        noise. Defaults give a task a linear model half solves.
+    world_seed : int
+        Seed of the latent-to-feature maps; keep it equal across the splits of one set.
+
+    Returns
+    -------
+    SyntheticMGSV
+        ``frame`` (16 MGSV-EC columns, ids as strings) and ``features``.
+
+    Examples
+    --------
+    >>> data = make_synthetic_mgsv(20, 5, random_state=1)
+    >>> data.frame.shape, data.features.video(data.frame.video_id[0]).shape[1]
+    ((20, 16), 512)
+    """
+    if n_videos < 1 or n_tracks < 1:
+        raise ValueError(f"n_videos and n_tracks must be >= 1, got {n_videos} and {n_tracks}")
+    rng = np.random.default_rng(random_state)
+    world = _make_world(world_seed, n_genres, video_dim, music_dim)
+    f32 = np.float32
+
+    music_ids = _track_ids(rng, n_tracks)
+    durations = np.round(30.0 + 209.9 * rng.beta(0.9, 0.8, n_tracks), 3)
+    genre = rng.integers(0, n_genres, n_tracks)
+    styles = 0.7 * world.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
+    music: dict[str, np.ndarray] = {}
+    motif_latents: list[np.ndarray] = []
+    for m in range(n_tracks):
+        n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
+        palette = rng.standard_normal((_MOTIFS, _LATENT))
+        latent = palette[_sections(rng, n_snip)] + 0.3 * rng.standard_normal((n_snip, _LATENT))
+        motif_latents.append(latent)
+        feat = styles[m] @ world.music_style + latent @ world.music_motif
+        feat = feat + feature_noise * rng.standard_normal((n_snip, music_dim))
+        music[music_ids[m]] = feat.astype(f32)
+
+    # Every track gets a video first, the rest are drawn at random.
+    track_of = np.concatenate(
+        [rng.permutation(n_tracks)[: min(n_tracks, n_videos)],
+         rng.integers(0, n_tracks, max(0, n_videos - n_tracks))]
+    )
+    rng.shuffle(track_of)
+    cat_names = list(CATEGORY_SHARES)
+    shares = np.array(list(CATEGORY_SHARES.values()))
+    category = rng.choice(len(cat_names), n_videos, p=shares / shares.sum())
+    lengths = np.clip(rng.gamma(4.4, 5.2, n_videos), 5.0, 49.5)
+    lengths = np.round(np.minimum(lengths, durations[track_of] - 0.5), 3)
+    room = durations[track_of] - lengths
+    at_zero = rng.random(n_videos) < _START_AT_ZERO
+    starts = np.where(at_zero, 0.0, np.floor(room * rng.beta(0.8, 2.6, n_videos) * 1000) / 1000)
+    ends = np.round(starts + lengths, 3)
+
+    video_base = 10**11 + int(random_state % 9_000) * 10**7
+    video_ids = [str(video_base + i) for i in range(n_videos)]
+    videos: dict[str, np.ndarray] = {}
+    for v in range(n_videos):
+        m = track_of[v]
+        n_frames = min(MAX_VIDEO_FRAMES, int(np.floor(lengths[v])) + 1)
+        t = starts[v] + np.arange(n_frames)
+        snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, len(motif_latents[m]) - 1)
+        style = styles[m] + style_noise * rng.standard_normal(_LATENT)
+        distractor = rng.standard_normal(_LATENT)
+        feat = (
+            style @ world.video_style
+            + motif_latents[m][snip] @ world.video_motif
+            + world.categories[category[v]] @ world.video_category
+            + distractor @ world.video_distractor
+        )
+        feat = feat + feature_noise * rng.standard_normal((n_frames, video_dim))
+        videos[video_ids[v]] = feat.astype(f32)
+
+    frame = pd.DataFrame(
+        {
+            "video_id": video_ids,
+            "music_id": [music_ids[m] for m in track_of],
+            "video_start": 0.0,
+            "video_end": lengths,
+            "music_start": starts,
+            "music_end": ends,
+            "music_total_duration": durations[track_of],
+            "video_segment_duration": lengths,
+            "music_segment_duration": np.round(ends - starts, 3),
+            "music_path": [f"synthetic/{music_ids[m]}.mp3" for m in track_of],
+            "video_total_duration": np.round(lengths + rng.uniform(0, 1.0, n_videos), 3),
+            "video_width": 1080,
+            "video_height": 1920,
+            "video_total_frames": np.round(lengths * 30).astype(np.int64),
+            "video_frame_rate": 30,
+            "video_category": [cat_names[c] for c in category],
+        },
+        columns=list(ANNOTATION_COLUMNS),
+    )
+    frame["video_id"] = frame["video_id"].astype(object)
+    frame["music_id"] = frame["music_id"].astype(object)
+    frame.attrs["split"] = split
+    if path is None:
+        return SyntheticMGSV(frame, InMemoryFeatures(videos, music))
+    root = Path(path)
+    write_release_layout(root, split, frame, videos, music)
+    return SyntheticMGSV(frame, FeatureTree(root), root)
+
+
+def _csv_path(root: Path, split: str) -> Path:
+    return root / "dataset" / "MGSV-EC" / f"{split}_data.csv"
+
+
+def write_release_layout(
+    root: str | os.PathLike[str],
+    split: str,
+    frame: pd.DataFrame,
+    videos: dict[str, np.ndarray],
+    music: dict[str, np.ndarray],
+) -> None:
+    """Write a split as the MGSV-EC release does: the CSV and padded ``.pt`` files + masks."""
+    import torch
+
+    root = Path(root)
+    csv = _csv_path(root, split)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    base = root / "features" / "Kuai_feature"
+    dirs = {
+        "vf": base / "vit_feature1" / "vit_feature",
+        "vm": base / "vit_feature1" / "vit_mask",
+        "mf": base / "ast_feature2p5" / "ast_feature",
+        "mm": base / "ast_feature2p5" / "ast_mask",
+    }
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+
+    def save(items: dict[str, np.ndarray], rows: int, feat_dir: Path, mask_dir: Path) -> None:
+        for key, arr in items.items():
+            padded = np.zeros((rows, arr.shape[1]), np.float32)
+            padded[: len(arr)] = arr
+            mask = np.zeros(rows, np.float32)
+            mask[: len(arr)] = 1.0
+            torch.save(torch.from_numpy(padded), feat_dir / f"{key}.pt")
+            torch.save(torch.from_numpy(mask), mask_dir / f"{key}.pt")
+
+    save(videos, MAX_VIDEO_FRAMES, dirs["vf"], dirs["vm"])
+    save(music, MAX_MUSIC_SNIPPETS, dirs["mf"], dirs["mm"])
+    tmp = csv.with_suffix(".csv.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, csv)  # the CSV last: a split is complete once its CSV exists

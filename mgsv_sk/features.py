@@ -1,0 +1,543 @@
+"""Feature sources: the MGSV-EC ``.pt`` tree, a packed memory-mapped store, in-memory arrays.
+
+All three answer the same questions with the same arrays: ``video(id)`` gives the
+valid frames of one video, shape (F, 512), and ``music(id)`` the valid snippets of one
+track, shape (S, 768), float32, masks already applied (padding rows removed). A parity
+test holds the three to identical output.
+
+The ``.pt`` tree is how the features are released: four tiny files per (video, track)
+pair, which is slow to read every epoch. :func:`pack_features` reads each feature once
+(each track once, however many videos share it) into two contiguous arrays plus an id
+index; training and prediction read from that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FeatureError",
+    "FeatureSource",
+    "FeatureTree",
+    "InMemoryFeatures",
+    "PackedFeatures",
+    "as_feature_source",
+    "pack_features",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_DIM = 512
+MUSIC_DIM = 768
+_KUAI = Path("features") / "Kuai_feature"
+_VIDEO_FEAT = Path("vit_feature1") / "vit_feature"
+_VIDEO_MASK = Path("vit_feature1") / "vit_mask"
+_MUSIC_FEAT = Path("ast_feature2p5") / "ast_feature"
+_MUSIC_MASK = Path("ast_feature2p5") / "ast_mask"
+_PACK_FORMAT = "mgsv_sk.packed/1"
+
+
+class FeatureError(ValueError):
+    """A feature is missing, unreadable or malformed; the message names the id and path."""
+
+
+class FeatureSource(ABC):
+    """Where per-video frame features and per-track snippet features come from.
+
+    Subclasses implement :meth:`video` and :meth:`music`; both return float32 arrays of
+    the valid rows only (at least one row), and raise :class:`FeatureError` (or
+    ``FileNotFoundError``/``KeyError`` subclasses of it) naming the id.
+    """
+
+    video_dim: int = VIDEO_DIM
+    music_dim: int = MUSIC_DIM
+
+    @abstractmethod
+    def video(self, video_id: str) -> np.ndarray:
+        """Valid frame features of one video, shape (F, video_dim), float32."""
+
+    @abstractmethod
+    def music(self, music_id: str) -> np.ndarray:
+        """Valid snippet features of one track, shape (S, music_dim), float32."""
+
+    def videos(self, video_ids: Iterable[str]) -> list[np.ndarray]:
+        return [self.video(v) for v in video_ids]
+
+    def musics(self, music_ids: Iterable[str]) -> list[np.ndarray]:
+        return [self.music(m) for m in music_ids]
+
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        """Number of valid frames per video, shape (n,) int64."""
+        return np.array([len(self.video(v)) for v in video_ids], dtype=np.int64)
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        """Number of valid snippets per track, shape (n,) int64."""
+        return np.array([len(self.music(m)) for m in music_ids], dtype=np.int64)
+
+    def check_available(self, video_ids: Iterable[str], music_ids: Iterable[str]) -> None:
+        """Raise one :class:`FeatureError` listing every id this source cannot serve."""
+        missing_v = [v for v in video_ids if not self.has_video(v)]
+        missing_m = [m for m in music_ids if not self.has_music(m)]
+        if missing_v or missing_m:
+            parts = []
+            if missing_v:
+                parts.append(f"{len(missing_v)} video(s) {missing_v[:5]}")
+            if missing_m:
+                parts.append(f"{len(missing_m)} track(s) {missing_m[:5]}")
+            raise FeatureError(
+                f"{self!r} has no features for " + " and ".join(parts)
+                + "; point the estimator at the feature source that covers this frame"
+            )
+
+    def has_video(self, video_id: str) -> bool:
+        try:
+            self.video(video_id)
+        except (FeatureError, FileNotFoundError, KeyError):
+            return False
+        return True
+
+    def has_music(self, music_id: str) -> bool:
+        try:
+            self.music(music_id)
+        except (FeatureError, FileNotFoundError, KeyError):
+            return False
+        return True
+
+    # Sources are read-only, so clones and deep copies (sklearn.clone) share them.
+    def __deepcopy__(self, memo: dict[int, Any]) -> FeatureSource:
+        return self
+
+
+class MissingFeatureError(FeatureError, FileNotFoundError, KeyError):
+    """No feature for this id in this source."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def _check_array(arr: np.ndarray, dim: int, what: str, where: str) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]  # [1, T, D] -> [T, D]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise FeatureError(
+            f"{what} at {where} has shape {tuple(arr.shape)}, expected (T, {dim}) or (1, T, {dim})"
+        )
+    if arr.shape[0] == 0:
+        raise FeatureError(f"{what} at {where} has no valid rows; every item needs at least one")
+    if not np.isfinite(arr).all():
+        raise FeatureError(f"{what} at {where} contains NaN or inf; re-extract this feature")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _apply_mask(feat: np.ndarray, mask: np.ndarray | None, what: str, where: str) -> np.ndarray:
+    if feat.ndim == 3 and feat.shape[0] == 1:
+        feat = feat[0]
+    if mask is None:
+        return feat
+    mask = np.asarray(mask)
+    if mask.ndim == 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 1 or feat.ndim != 2 or mask.shape[0] != feat.shape[0]:
+        raise FeatureError(
+            f"mask of {what} at {where} has shape {tuple(mask.shape)}, expected ({feat.shape[0]},)"
+            " to match the feature's rows"
+        )
+    if not np.isfinite(mask).all():
+        raise FeatureError(f"mask of {what} at {where} contains NaN or inf")
+    return feat[mask > 0.5]
+
+
+class InMemoryFeatures(FeatureSource):
+    """Features held in dictionaries of arrays.
+
+    Parameters
+    ----------
+    videos, music : mapping of id -> array
+        ``[F, 512]`` (or ``[1, F, 512]``) frames per video and ``[S, 768]`` snippets per
+        track; ids are converted to strings.
+    video_masks, music_masks : mapping of id -> array, optional
+        1 for valid rows, 0 for padding; rows with mask 0 are dropped.
+
+    Examples
+    --------
+    >>> src = InMemoryFeatures({"v": np.ones((3, 512))}, {"m": np.ones((4, 768))})
+    >>> src.video("v").shape, src.music("m").dtype
+    ((3, 512), dtype('float32'))
+    """
+
+    def __init__(
+        self,
+        videos: Mapping[Any, np.ndarray],
+        music: Mapping[Any, np.ndarray],
+        video_masks: Mapping[Any, np.ndarray] | None = None,
+        music_masks: Mapping[Any, np.ndarray] | None = None,
+    ) -> None:
+        self._videos = self._prepare(videos, video_masks, VIDEO_DIM, "video features")
+        self._music = self._prepare(music, music_masks, MUSIC_DIM, "music features")
+
+    @staticmethod
+    def _prepare(
+        items: Mapping[Any, np.ndarray],
+        masks: Mapping[Any, np.ndarray] | None,
+        dim: int,
+        what: str,
+    ) -> dict[str, np.ndarray]:
+        out = {}
+        for key, value in items.items():
+            where = f"id {str(key)!r}"
+            arr = np.asarray(value)
+            mask = None if masks is None else masks.get(key)
+            arr = _apply_mask(arr, mask, what, where)
+            out[str(key)] = _check_array(arr, dim, what, where)
+        return out
+
+    def video(self, video_id: str) -> np.ndarray:
+        try:
+            return self._videos[str(video_id)]
+        except KeyError:
+            raise MissingFeatureError(f"no video features for video_id {video_id!r}") from None
+
+    def music(self, music_id: str) -> np.ndarray:
+        try:
+            return self._music[str(music_id)]
+        except KeyError:
+            raise MissingFeatureError(f"no music features for music_id {music_id!r}") from None
+
+    def has_video(self, video_id: str) -> bool:
+        return str(video_id) in self._videos
+
+    def has_music(self, music_id: str) -> bool:
+        return str(music_id) in self._music
+
+    def video_ids(self) -> list[str]:
+        return list(self._videos)
+
+    def music_ids(self) -> list[str]:
+        return list(self._music)
+
+    def __repr__(self) -> str:
+        return f"InMemoryFeatures({len(self._videos)} videos, {len(self._music)} tracks)"
+
+
+class FeatureTree(FeatureSource):
+    """The MGSV-EC release tree of per-sample ``.pt`` files.
+
+    ``root`` is the folder holding ``features/Kuai_feature/...`` (the release root) or the
+    ``Kuai_feature`` folder itself. Files are read with ``torch.load(weights_only=True)``,
+    so a file holding a pickled program is refused instead of run.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        root = Path(root)
+        if (root / _KUAI).is_dir():
+            base = root / _KUAI
+        elif (root / "vit_feature1").is_dir() or (root / "ast_feature2p5").is_dir():
+            base = root
+        else:
+            raise FileNotFoundError(
+                f"no MGSV-EC feature tree under {root!s}: expected {root / _KUAI!s} with "
+                "vit_feature1/{vit_feature,vit_mask} and ast_feature2p5/{ast_feature,ast_mask}"
+            )
+        self.root = root
+        self.base = base
+
+    def _load(self, path: Path, what: str, item: str) -> np.ndarray:
+        import torch  # only the .pt tree needs torch
+
+        if not path.is_file():
+            raise MissingFeatureError(f"{what} file for {item} not found: {path!s}")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for truncated/unsafe files
+            raise FeatureError(
+                f"cannot read {what} for {item} at {path!s}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''} (corrupt, truncated, or "
+                "not a tensor file saved with torch.save)"
+            ) from exc
+        if not isinstance(obj, torch.Tensor):
+            raise FeatureError(
+                f"{what} for {item} at {path!s} holds a {type(obj).__name__}, expected a tensor"
+            )
+        return obj.detach().to(torch.float32).numpy()
+
+    def _read(self, key: str, feat_dir: Path, mask_dir: Path, dim: int, what: str) -> np.ndarray:
+        item = f"{what.split()[0]}_id {key!r}"
+        feat_path = self.base / feat_dir / f"{key}.pt"
+        mask_path = self.base / mask_dir / f"{key}.pt"
+        feat = self._load(feat_path, what, item)
+        mask = self._load(mask_path, f"{what} mask", item) if mask_path.exists() else None
+        return _check_array(_apply_mask(feat, mask, what, str(feat_path)), dim, what,
+                            str(feat_path))
+
+    def video(self, video_id: str) -> np.ndarray:
+        return self._read(str(video_id), _VIDEO_FEAT, _VIDEO_MASK, VIDEO_DIM, "video features")
+
+    def music(self, music_id: str) -> np.ndarray:
+        return self._read(str(music_id), _MUSIC_FEAT, _MUSIC_MASK, MUSIC_DIM, "music features")
+
+    def has_video(self, video_id: str) -> bool:
+        return (self.base / _VIDEO_FEAT / f"{video_id}.pt").is_file()
+
+    def has_music(self, music_id: str) -> bool:
+        return (self.base / _MUSIC_FEAT / f"{music_id}.pt").is_file()
+
+    def video_ids(self) -> list[str]:
+        return sorted(p.stem for p in (self.base / _VIDEO_FEAT).glob("*.pt"))
+
+    def music_ids(self) -> list[str]:
+        return sorted(p.stem for p in (self.base / _MUSIC_FEAT).glob("*.pt"))
+
+    def __repr__(self) -> str:
+        return f"FeatureTree({str(self.root)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FeatureTree, (self.root,))
+
+
+class _PackedTable:
+    """One modality of a packed store: rows of every item back to back, plus offsets."""
+
+    def __init__(self, folder: Path, name: str, meta: dict[str, Any]) -> None:
+        info = meta[name]
+        self.ids: list[str] = info["ids"]
+        self.index = {k: i for i, k in enumerate(self.ids)}
+        self.offsets = np.load(folder / f"{name}_offsets.npy")
+        rows, dim = int(info["rows"]), int(info["dim"])
+        data_path = folder / f"{name}_features.f32"
+        expected = rows * dim * 4
+        actual = data_path.stat().st_size if data_path.is_file() else -1
+        if actual != expected or len(self.offsets) != len(self.ids) + 1 or (
+            len(self.offsets) and int(self.offsets[-1]) != rows
+        ):
+            raise FeatureError(
+                f"packed store {folder!s} is damaged: {data_path.name} has {actual} bytes, "
+                f"expected {expected} for {rows} x {dim} float32; re-run pack_features"
+            )
+        self.dim = dim
+        self.data = np.memmap(data_path, dtype="<f4", mode="r", shape=(rows, dim)) if rows else (
+            np.zeros((0, dim), np.float32)
+        )
+
+    def get(self, key: str, what: str, folder: Path) -> np.ndarray:
+        i = self.index.get(str(key))
+        if i is None:
+            raise MissingFeatureError(f"packed store {folder!s} has no {what} for id {key!r}")
+        return np.asarray(self.data[self.offsets[i] : self.offsets[i + 1]])
+
+    def lengths(self, keys: Iterable[str], what: str, folder: Path) -> np.ndarray:
+        idx = []
+        for k in keys:
+            i = self.index.get(str(k))
+            if i is None:
+                raise MissingFeatureError(f"packed store {folder!s} has no {what} for id {k!r}")
+            idx.append(i)
+        pos = np.asarray(idx, dtype=np.int64)
+        return (self.offsets[pos + 1] - self.offsets[pos]).astype(np.int64)
+
+
+class PackedFeatures(FeatureSource):
+    """A packed feature store written by :func:`pack_features`, memory-mapped read-only.
+
+    Reading an item is a slice of one contiguous array, so an epoch costs a few
+    microseconds per sample instead of four file opens. Pickles as its path.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"no packed feature store at {self.path!s} (meta.json missing); "
+                "create one with mgsv_sk.pack_features(source, path)"
+            )
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise FeatureError(f"packed store {self.path!s}: meta.json is corrupt ({exc})") from exc
+        if meta.get("format") != _PACK_FORMAT:
+            raise FeatureError(
+                f"{self.path!s} is not a packed store of format {_PACK_FORMAT!r} "
+                f"(found {meta.get('format')!r}); re-run pack_features"
+            )
+        self.meta = meta
+        self._video = _PackedTable(self.path, "video", meta)
+        self._music = _PackedTable(self.path, "music", meta)
+        self.video_dim = self._video.dim
+        self.music_dim = self._music.dim
+
+    def video(self, video_id: str) -> np.ndarray:
+        return self._video.get(video_id, "video features", self.path)
+
+    def music(self, music_id: str) -> np.ndarray:
+        return self._music.get(music_id, "music features", self.path)
+
+    def has_video(self, video_id: str) -> bool:
+        return str(video_id) in self._video.index
+
+    def has_music(self, music_id: str) -> bool:
+        return str(music_id) in self._music.index
+
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        return self._video.lengths(video_ids, "video features", self.path)
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        return self._music.lengths(music_ids, "music features", self.path)
+
+    def video_ids(self) -> list[str]:
+        return list(self._video.ids)
+
+    def music_ids(self) -> list[str]:
+        return list(self._music.ids)
+
+    def __repr__(self) -> str:
+        return f"PackedFeatures({str(self.path)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PackedFeatures, (self.path,))
+
+
+def as_feature_source(obj: Any) -> FeatureSource:
+    """Turn a path (packed store or release tree), a source, or ``(videos, music)`` dicts
+    into a :class:`FeatureSource`."""
+    if isinstance(obj, FeatureSource):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if (path / "meta.json").is_file():
+            return PackedFeatures(path)
+        return FeatureTree(path)
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(o, Mapping) for o in obj):
+        return InMemoryFeatures(obj[0], obj[1])
+    if obj is None:
+        raise ValueError(
+            "no feature source given: pass features= a packed store path, an MGSV-EC "
+            "feature tree path, or a FeatureSource (see mgsv_sk.features)"
+        )
+    raise TypeError(
+        f"features must be a path, a FeatureSource or a (videos, music) pair of dicts, "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _write_table(
+    folder: Path, name: str, ids: list[str], fetch: Any, dim: int, progress: Any
+) -> dict[str, Any]:
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    rows = 0
+    with open(folder / f"{name}_features.f32", "wb") as fh:
+        for i, key in enumerate(ids):
+            arr = fetch(key)
+            if arr.shape[1] != dim:
+                raise FeatureError(
+                    f"{name} features for id {key!r} have {arr.shape[1]} columns, but earlier "
+                    f"items have {dim}; all items of a modality must share one width"
+                )
+            fh.write(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+            rows += arr.shape[0]
+            offsets[i + 1] = rows
+            progress(1)
+    np.save(folder / f"{name}_offsets.npy", offsets)
+    return {"ids": ids, "rows": rows, "dim": dim}
+
+
+def pack_features(
+    source: Any,
+    destination: str | os.PathLike[str],
+    *,
+    video_ids: Iterable[Any] | None = None,
+    music_ids: Iterable[Any] | None = None,
+    annotations: Any = None,
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> PackedFeatures:
+    """Read every needed feature once and write a packed, memory-mappable store.
+
+    Parameters
+    ----------
+    source : path or FeatureSource
+        The release tree (or any source) to read from.
+    destination : path
+        Folder to create. Written under a temporary name and renamed into place, so a
+        crash never leaves a half-written store that loads.
+    video_ids, music_ids : iterables of ids, optional
+        What to pack. Default: the ids of ``annotations`` if given, else everything the
+        source lists. Each track is read once however many videos use it.
+    annotations : DataFrame, optional
+        An MGSV-EC frame whose ``video_id``/``music_id`` define what to pack.
+    overwrite : bool
+        Replace an existing store at ``destination``.
+    verbose : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    PackedFeatures
+        The store, opened.
+    """
+    src = as_feature_source(source)
+    dst = Path(destination)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
+    if annotations is not None:
+        video_ids = annotations["video_id"].astype(str) if video_ids is None else video_ids
+        music_ids = annotations["music_id"].astype(str) if music_ids is None else music_ids
+    vids = _unique_ids(video_ids, src, "video_ids")
+    mids = _unique_ids(music_ids, src, "music_ids")
+    src.check_available(vids, mids)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        bar = _progress(len(vids) + len(mids), verbose, f"packing into {dst.name}")
+        meta: dict[str, Any] = {"format": _PACK_FORMAT}
+        meta["video"] = _write_table(tmp, "video", vids, src.video, src.video_dim, bar.update)
+        meta["music"] = _write_table(tmp, "music", mids, src.music, src.music_dim, bar.update)
+        bar.close()
+        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("packed %d videos and %d tracks into %s", len(vids), len(mids), dst)
+    return PackedFeatures(dst)
+
+
+def _unique_ids(ids: Iterable[Any] | None, src: FeatureSource, name: str) -> list[str]:
+    if ids is None:
+        lister = getattr(src, name, None)  # FeatureTree.video_ids(), ...
+        if lister is None:
+            raise ValueError(f"{src!r} cannot list its ids: pass {name}= or annotations=")
+        return [str(i) for i in lister()]
+    return list(dict.fromkeys(str(i) for i in ids))
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, verbose: bool, desc: str) -> Any:
+    if not verbose:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item")

@@ -1,0 +1,122 @@
+"""Hyper-parameters of the MaDe model, frozen and validated once.
+
+Defaults are those of the paper's public training script (MGSV, Xin et al. 2025).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RETRIEVAL_SCORE_NAMES: tuple[str, ...] = ("dual", "xpool")
+
+
+@dataclass(frozen=True)
+class MaDeConfig:
+    """Architecture of :class:`mgsv_sk.nn.model.MaDe`.
+
+    Parameters
+    ----------
+    video_dim, music_dim : int
+        Input feature sizes (CLIP ViT-B/32 frames: 512; AST snippets: 768).
+    d_model : int
+        Model width D; even (sine code) and divisible by ``n_heads``.
+    n_heads : int
+        Attention heads of the temporal encoders and of the detector.
+    temporal_layers : int
+        Temporal self-attention layers per modality (0 = projection only, a paper ablation).
+    temporal_dropout : float
+        Dropout on the residual branches of the temporal self-attention layers.
+    ffn_mult : int
+        Feed-forward width as a multiple of ``d_model``.
+    encoder_layers, decoder_layers : int
+        Detector transformer depth (encoder may be 0, a paper ablation; decoder >= 1).
+    detector_dropout : float
+        Dropout inside the detector (attention weights and residual branches).
+    span_mlp_layers : int
+        Layers of the span head MLP.
+    retrieval_scores : tuple of str
+        Which retrieval scores to compute and train: any non-empty subset of
+        ``("dual", "xpool")``.
+    temperature_init : float
+        Initial InfoNCE temperature (learned, shared by all retrieval losses).
+    max_frames, max_snippets : int
+        Longest video (frames) and track (snippets) the position codes cover.
+    """
+
+    video_dim: int = 512
+    music_dim: int = 768
+    d_model: int = 256
+    n_heads: int = 8
+    temporal_layers: int = 1
+    temporal_dropout: float = 0.8
+    ffn_mult: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 6
+    detector_dropout: float = 0.1
+    span_mlp_layers: int = 3
+    retrieval_scores: tuple[str, ...] = RETRIEVAL_SCORE_NAMES
+    temperature_init: float = 0.03
+    max_frames: int = 50
+    max_snippets: int = 96
+
+    def __post_init__(self) -> None:
+        # Accept any iterable of names (a list from a grid search) but store a tuple.
+        scores = self.retrieval_scores
+        if isinstance(scores, str):
+            scores = (scores,)
+        object.__setattr__(self, "retrieval_scores", tuple(scores))
+        problems = self._problems()
+        if problems:
+            raise ValueError("Invalid MaDeConfig:\n  - " + "\n  - ".join(problems))
+
+    def _problems(self) -> list[str]:
+        problems: list[str] = []
+        positive = ("video_dim", "music_dim", "d_model", "n_heads", "ffn_mult",
+                    "decoder_layers", "span_mlp_layers", "max_frames", "max_snippets")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("temporal_layers", "encoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name} must be an int >= 0, got {value!r}")
+        for name in ("temporal_dropout", "detector_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be a float in [0, 1), got {value!r}")
+        if not (isinstance(self.temperature_init, (int, float)) and self.temperature_init > 0):
+            problems.append(f"temperature_init must be > 0, got {self.temperature_init!r}")
+        d, h = self.d_model, self.n_heads
+        if isinstance(d, int) and isinstance(h, int) and d >= 1 and h >= 1:
+            if d % 2:
+                problems.append(f"d_model must be even (sine position code), got {d}")
+            if d % h:
+                problems.append(
+                    f"d_model must be divisible by n_heads, got d_model={d}, n_heads={h}; "
+                    f"pick n_heads among the divisors of {d}"
+                )
+        unknown = [s for s in self.retrieval_scores if s not in RETRIEVAL_SCORE_NAMES]
+        if not self.retrieval_scores or unknown or len(set(self.retrieval_scores)) != len(
+            self.retrieval_scores
+        ):
+            problems.append(
+                f"retrieval_scores must be a non-empty subset of {RETRIEVAL_SCORE_NAMES} "
+                f"without repeats, got {self.retrieval_scores!r}"
+            )
+        return problems
+
+    @property
+    def use_dual(self) -> bool:
+        """Whether the dual score cos(h(v), h0(M)) is computed and trained."""
+        return "dual" in self.retrieval_scores
+
+    @property
+    def use_xpool(self) -> bool:
+        """Whether the X-Pool score cos(h(v), h1(M|v)) is computed and trained."""
+        return "xpool" in self.retrieval_scores
+
+    @property
+    def d_ffn(self) -> int:
+        """Feed-forward hidden width."""
+        return self.d_model * self.ffn_mult

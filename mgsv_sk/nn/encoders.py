@@ -1,0 +1,51 @@
+"""Per-modality temporal encoder: features -> tokens and one L2-normalised embedding."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MaDeConfig
+from .layers import EncoderLayer, SinePositionCode, attention_mask, masked_mean
+
+
+class TemporalEncoder(nn.Module):
+    """Linear projection + fixed sine position code + temporal self-attention.
+
+    Used twice: for video frames (in_dim 512, T = F) and for music snippets (in_dim 768,
+    T = S). The layers are pre-norm (CLIP-style temporal blocks) with GELU, the configured
+    heads and FFN width, and ``cfg.temporal_dropout`` on the residual branches.
+    """
+
+    def __init__(self, in_dim: int, max_len: int, cfg: MaDeConfig) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, cfg.d_model)
+        self.pos = SinePositionCode(max_len, cfg.d_model)
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                cfg.d_model,
+                cfg.n_heads,
+                cfg.d_ffn,
+                dropout=cfg.temporal_dropout,
+                attn_dropout=0.0,
+                activation="gelu",
+                norm_first=True,
+                ffn_dropout=False,
+            )
+            for _ in range(cfg.temporal_layers)
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, T, in_dim], mask [B, T] bool -> (tokens [B, T, D], embedding [B, D]).
+
+        Padded token rows are exactly zero; the embedding is the masked mean of the tokens,
+        L2-normalised (computed in float32).
+        """
+        t = x.shape[1]
+        h = self.proj(x) + self.pos(t)  # [B,T,D]
+        attn_mask = attention_mask(mask)  # [B,1,1,T]
+        for layer in self.layers:
+            h = layer(h, attn_mask)
+        tokens = h * mask[..., None].to(h.dtype)  # [B,T,D], padding zeroed
+        emb = F.normalize(masked_mean(tokens.float(), mask), dim=-1)  # [B,D]
+        return tokens, emb

@@ -1,0 +1,197 @@
+"""Leaf building blocks shared by the MaDe parts.
+
+Shape legend used in every file of ``mgsv_sk.nn``:
+B batch of videos, U unique tracks in a batch, N catalogue tracks, F frames, S snippets,
+T tokens of one sequence (F, S or F + S), D model dim, H heads, Dh = D / H head dim,
+L decoder layers.
+
+Masks are boolean with True = valid (a frame or snippet that exists). Attention never sees a
+query whose keys are all padding: the model checks at its entry that every video has at least
+one valid frame and every track at least one valid snippet (:func:`check_masks`), so softmax
+rows are never empty and no NaN can appear; padded *query* rows still attend to the valid keys
+and are later zeroed or ignored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoid_position_code(length: int, dim: int) -> Tensor:
+    """Fixed sine/cosine position code of Vaswani et al., interleaved. Returns [length, dim]."""
+    position = torch.arange(length, dtype=torch.float64)[:, None]  # [T,1]
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(1e4) / dim))
+    angle = position * inv_freq[None, :]  # [T,D/2]
+    code = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(length, dim)  # [T,D]
+    return code.float()
+
+
+class SinePositionCode(nn.Module):
+    """Fixed position code for sequences of up to ``max_len`` tokens (not a parameter)."""
+
+    code: Tensor
+
+    def __init__(self, max_len: int, dim: int) -> None:
+        super().__init__()
+        self.max_len = max_len
+        # Non-persistent: it is a pure function of (max_len, dim), so checkpoints omit it.
+        self.register_buffer("code", sinusoid_position_code(max_len, dim), persistent=False)
+
+    def forward(self, length: int) -> Tensor:
+        """Code of positions 0..length-1, [T, D]."""
+        if length > self.max_len:
+            raise ValueError(
+                f"sequence length {length} exceeds the position code's max_len={self.max_len}; "
+                "raise MaDeConfig.max_frames / max_snippets or truncate the input"
+            )
+        return self.code[:length]
+
+
+def check_masks(mask: Tensor, name: str, shape: tuple[int, ...]) -> None:
+    """Validate a [B, T] boolean mask: right shape, and >= 1 valid position per row."""
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor (True = valid), got {mask.dtype}; "
+                        f"pass {name}.bool()")
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} to match the features, "
+                         f"got {tuple(mask.shape)}")
+    if mask.numel() and not bool(mask.any(dim=1).all()):
+        empty = (~mask.any(dim=1)).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"{name}: every row needs at least one valid position; rows {empty} "
+                         "are all padding (drop those samples)")
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x [B, T, D] over the valid positions of mask [B, T]. Returns [B, D]."""
+    weight = mask.to(x.dtype)  # [B,T]
+    total = torch.bmm(weight[:, None, :], x).squeeze(1)  # [B,1,T]@[B,T,D] -> [B,D]
+    return total / weight.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def attention_mask(mask: Tensor) -> Tensor:
+    """Key-padding mask [B, T] -> SDPA boolean mask [B, 1, 1, T] (True = may attend)."""
+    return mask[:, None, None, :]  # [B,1,1,T]
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"activation must be 'gelu' or 'relu', got {name!r}")
+
+
+class MLP(nn.Module):
+    """``n_layers`` linear layers with ReLU in between (none after the last)."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, n_layers: int) -> None:
+        super().__init__()
+        dims = [d_in] + [d_hidden] * (n_layers - 1) + [d_out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: Linear(D, D_ffn) -> activation -> dropout -> Linear(D_ffn, D)."""
+
+    def __init__(self, d_model: int, d_ffn: int, activation: str, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ffn)
+        self.act = _activation(activation)
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(d_ffn, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection and SDPA.
+
+    An optional position code ``pos`` [T, D] is added to queries and keys only (DETR style).
+    Because the code is the same for every sample it is projected once per call,
+    W_qk (x + p) = W_qk x + W_qk p, instead of adding it to the [B, T, D] input.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.attn_dropout = attn_dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, attn_mask: Tensor, pos: Tensor | None = None) -> Tensor:
+        """x [B, T, D], attn_mask [B, 1, 1, T] bool, pos [T, D] or None -> [B, T, D]."""
+        b, t, d = x.shape
+        qkv = self.qkv(x)  # [B,T,3D]
+        if pos is not None:
+            pos_qk = F.linear(pos, self.qkv.weight[: 2 * d])  # [T,2D]
+            qkv = qkv + F.pad(pos_qk, (0, d))  # [B,T,3D], V untouched
+        qkv = qkv.view(b, t, 3, self.n_heads, d // self.n_heads)  # [B,T,3,H,Dh]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B,H,T,Dh]
+        p = self.attn_dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        o = o.transpose(1, 2).reshape(b, t, d)  # [B,H,T,Dh] -> [B,T,D]
+        return self.out(o)
+
+
+class EncoderLayer(nn.Module):
+    """Transformer encoder layer (self-attention + FFN), pre- or post-norm.
+
+    Parameters
+    ----------
+    dropout : float
+        Dropout on both residual branches (and inside the FFN when ``ffn_dropout``).
+    attn_dropout : float
+        Dropout on the attention weights.
+    norm_first : bool
+        Pre-norm (CLIP-style temporal blocks) or post-norm (DETR encoder).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ffn: int,
+        *,
+        dropout: float,
+        attn_dropout: float,
+        activation: str,
+        norm_first: bool,
+        ffn_dropout: bool,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.attn = SelfAttention(d_model, n_heads, attn_dropout)
+        self.ffn = FeedForward(d_model, d_ffn, activation, dropout if ffn_dropout else 0.0)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attn_mask: Tensor, pos: Tensor | None = None) -> Tensor:
+        """x [B, T, D], attn_mask [B, 1, 1, T], pos [T, D] or None -> [B, T, D]."""
+        if self.norm_first:
+            x = x + self.drop1(self.attn(self.norm1(x), attn_mask, pos))
+            return x + self.drop2(self.ffn(self.norm2(x)))
+        x = self.norm1(x + self.drop1(self.attn(x, attn_mask, pos)))
+        return self.norm2(x + self.drop2(self.ffn(x)))
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every Linear inside ``module`` (DETR init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny seeded synthetic splits, made once per session."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from mgsv_sk.datasets import make_synthetic_mgsv
+
+
+@pytest.fixture(scope="session")
+def small_train():
+    """120 videos over 30 tracks, in memory."""
+    return make_synthetic_mgsv(120, 30, random_state=0)
+
+
+@pytest.fixture(scope="session")
+def small_test():
+    """60 videos over 60 distinct tracks (a val/test-style split), in memory."""
+    return make_synthetic_mgsv(60, 60, random_state=1, split="test")
+
+
+@pytest.fixture(scope="session")
+def release_tree(tmp_path_factory):
+    """A split written in the MGSV-EC release layout (CSV + .pt tree)."""
+    root = tmp_path_factory.mktemp("release")
+    return make_synthetic_mgsv(24, 8, random_state=3, path=root)
+
+
+@pytest.fixture
+def frame_copy(small_train):
+    return copy.deepcopy(small_train.frame)
