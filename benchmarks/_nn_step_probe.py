@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -67,11 +68,14 @@ def main() -> None:
         bf16 = mode == "bf16"
         for i in range(2):  # warm-up
             step(model, opt, batches[i % 3], bf16)
-        t0 = time.perf_counter()
+        times = []
         for i in range(args.steps):
+            t0 = time.perf_counter()
             loss = step(model, opt, batches[i % 3], bf16)
-        dt = (time.perf_counter() - t0) / args.steps
-        print(f"{mode}: {dt * 1e3:.0f} ms/step, {args.batch / dt:.1f} samples/s, loss {loss:.3f}")
+            times.append(time.perf_counter() - t0)
+        dt = statistics.median(times)
+        print(f"{mode}: median {dt * 1e3:.0f} ms/step (min {min(times) * 1e3:.0f}), "
+              f"{args.batch / dt:.1f} samples/s, loss {loss:.3f}")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

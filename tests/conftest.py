@@ -31,3 +31,23 @@ def release_tree(tmp_path_factory):
 @pytest.fixture
 def frame_copy(small_train):
     return copy.deepcopy(small_train.frame)
+
+
+#: A tiny MaDe that trains in a couple of seconds on 2 cores.
+TINY = dict(
+    d_model=32, n_heads=2, encoder_layers=1, decoder_layers=2, temporal_dropout=0.1,
+    batch_size=32, max_epochs=3, patience=2, lr=1e-3, random_state=0, n_threads=1,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_fitted(small_train):
+    """A fitted tiny MGSVGrounder (session-scoped; deepcopy before mutating)."""
+    from mgsv_sk import MGSVGrounder
+
+    return MGSVGrounder(features=small_train.features, **TINY).fit(small_train.frame)
+
+
+@pytest.fixture
+def tiny_model(tiny_fitted):
+    return copy.deepcopy(tiny_fitted)

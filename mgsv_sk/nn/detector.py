@@ -26,7 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MaDeConfig
-from .layers import MLP, EncoderLayer, FeedForward, SinePositionCode, attention_mask, xavier_init_
+from .layers import (
+    MLP,
+    Dropout,
+    EncoderLayer,
+    FeedForward,
+    SinePositionCode,
+    attention_mask,
+    xavier_init_,
+)
 
 FOREGROUND = 0  # class index of the foreground logit
 
@@ -82,9 +90,9 @@ class SingleQueryDecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.drop1 = nn.Dropout(dropout)
-        self.drop2 = nn.Dropout(dropout)
-        self.drop3 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout)
+        self.drop2 = Dropout(dropout)
+        self.drop3 = Dropout(dropout)
 
     def _self_attention(self, tgt: Tensor) -> Tensor:
         b, d = tgt.shape
@@ -118,7 +126,7 @@ class MomentDetector(nn.Module):
                 cfg.n_heads,
                 cfg.d_ffn,
                 dropout=cfg.detector_dropout,
-                attn_dropout=cfg.detector_dropout,
+                attn_dropout=0.0,
                 activation="relu",
                 norm_first=False,
                 ffn_dropout=True,

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .config import MaDeConfig
 from .detector import FOREGROUND, MomentDetector
 from .encoders import TemporalEncoder
-from .layers import check_masks
+from .layers import check_masks, full_precision
 from .xpool import XPool
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1 / temperature
@@ -139,7 +139,8 @@ class MaDe(nn.Module):
         dual = xpool = empty
         enabled = []
         if self.cfg.use_dual:
-            dual = v_emb @ m_emb.T  # [B,U]
+            with full_precision(v_emb):  # float32 scores: bf16 would create ranking ties
+                dual = v_emb.float() @ m_emb.float().T  # [B,U]
             enabled.append(dual)
         if self.xpool is not None:
             xpool = self.xpool.pairwise(v_emb, music_enc.tokens, music_enc.mask, chunk)

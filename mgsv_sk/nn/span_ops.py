@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SPAN_SCALE = 240.0
+from ..spans import MAX_MUSIC_SECONDS
+
+SPAN_SCALE = MAX_MUSIC_SECONDS  # seconds per unit of (center, width)
 
 
 def cw_to_se(cw: Tensor, scale: float = SPAN_SCALE) -> Tensor:
@@ -55,13 +57,17 @@ def generalized_span_iou(a_cw: Tensor, b_cw: Tensor, eps: float = 1e-6) -> Tenso
 def temporal_iou(pred_se: Tensor, gt_se: Tensor, duration: Tensor) -> Tensor:
     """Protocol IoU of predicted and true (start, end) spans in seconds [..., 2] -> [...].
 
-    The prediction's start is clamped to >= 0 and its end to <= 240 s and then to <= the
-    track ``duration`` [...]; the truth's end is cut at 240 s. The IoU is 0 when the truth
-    is empty or the union is not positive (the evaluation protocol, MGSV.md section 4).
+    Mirrors :func:`mgsv_sk.spans.temporal_iou` line for line: the prediction's start is
+    clamped to >= 0 and its end to <= 240 s and then to <= the track ``duration`` [...]; the
+    truth's end is cut at 240 s; a prediction's length is max(end - start, 0); the IoU is 0
+    where the truth is empty or the union is not positive.
     """
-    start = pred_se[..., 0].clamp_min(0.0)
-    end = torch.minimum(pred_se[..., 1].clamp_max(SPAN_SCALE), duration)
-    gt = torch.stack([gt_se[..., 0], gt_se[..., 1].clamp_max(SPAN_SCALE)], dim=-1)
-    inter, union, _ = _intersection_union_hull(torch.stack([start, end], dim=-1), gt)
-    valid = (gt[..., 1] > gt[..., 0]) & (union > 0)
-    return torch.where(valid, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+    p_start = pred_se[..., 0].clamp_min(0.0)
+    p_end = torch.minimum(pred_se[..., 1].clamp_max(SPAN_SCALE), duration)
+    g_start, g_end = gt_se[..., 0], gt_se[..., 1].clamp_max(SPAN_SCALE)
+    p_len = (p_end - p_start).clamp_min(0.0)
+    g_len = g_end - g_start
+    inter = (torch.minimum(p_end, g_end) - torch.maximum(p_start, g_start)).clamp_min(0.0)
+    union = p_len + g_len - inter
+    valid = (g_len > 0) & (union > 0)
+    return torch.where(valid, inter / torch.where(valid, union, torch.ones_like(union)), 0.0)

@@ -109,3 +109,33 @@ class XPool(nn.Module):
         if not scores:
             return video_emb.new_zeros(video_emb.shape[0], 0, dtype=torch.float32)
         return torch.cat(scores, dim=1)  # [B,U]
+
+    # -- cached keys and values (a catalogue encodes its tracks once) ----------------------
+    def keys_values(self, music_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-track part of X-Pool: tokens [U, S, D] -> keys, out-projected values [U, S, D].
+
+        Independent of the video, so a catalogue computes it once per track.
+        """
+        return self._keys_values(music_tokens)
+
+    def scores_from_kv(
+        self, video_emb: Tensor, keys: Tensor, values: Tensor, music_mask: Tensor
+    ) -> Tensor:
+        """All pairs from cached keys/values: h(v) [B, D], keys/values [U, S, D], mask
+        [U, S] -> scores [B, U] (callers chunk U)."""
+        q = self._query(video_emb).to(keys.dtype)  # [B,D]
+        logits = torch.matmul(keys, q.T).float()  # [U,S,D]@[D,B] -> [U,S,B]
+        attn = logits.masked_fill(~music_mask[:, :, None], float("-inf")).softmax(dim=1)
+        pooled = torch.bmm(attn.transpose(1, 2).to(values.dtype), values)  # [U,B,D]
+        return self._cosine(video_emb[None], self._head(pooled)).T  # [U,B] -> [B,U]
+
+    def paired_from_kv(
+        self, video_emb: Tensor, keys: Tensor, values: Tensor, music_mask: Tensor
+    ) -> Tensor:
+        """Matched pairs from cached keys/values: h(v) [B, D], keys/values [B, S, D],
+        mask [B, S] -> scores [B]."""
+        q = self._query(video_emb).to(keys.dtype)  # [B,D]
+        logits = torch.bmm(keys, q[:, :, None]).squeeze(-1).float()  # [B,S,1] -> [B,S]
+        attn = logits.masked_fill(~music_mask, float("-inf")).softmax(dim=-1)  # [B,S]
+        pooled = torch.bmm(attn[:, None, :].to(values.dtype), values).squeeze(1)  # [B,D]
+        return self._cosine(video_emb, self._head(pooled))

@@ -1,0 +1,236 @@
+"""The fit loop: seeded, length-grouped batches, warm-up + cosine, early stopping, history.
+
+Kept apart from the estimator so the loop reads top to bottom; the estimator only turns
+its flat hyper-parameters into a :class:`TrainConfig` and a model.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._batching import collate, length_grouped_batches, target_center_width
+from ._inference import ground_pairs, video_embeddings
+from .features import FeatureSource
+from .metrics import grounding_report_from_iou, moment_recall_report, retrieval_ranks, retrieval_report
+from .nn.losses import LossWeights, made_losses
+from .nn.model import MaDe
+from .ranking import MusicCatalogue
+from .spans import temporal_iou
+
+__all__ = ["TrainConfig", "TrainResult", "Split", "fit_model", "validation_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one fit (built by the estimator from its parameters)."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 50
+    patience: int = 5
+    warmup_fraction: float = 0.02
+    grad_clip: float = 1.0
+    early_stopping_metric: str = "mor10@0.5"
+    bf16: bool = False
+    seed: int = 0
+    verbose: int = 0
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass
+class Split:
+    """Rows to train or validate on: ids, ground truth and the feature source."""
+
+    video_ids: list[str]
+    music_ids: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    duration: np.ndarray
+    source: FeatureSource
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def target_cw(self) -> np.ndarray:
+        return target_center_width(self.start, self.end)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    stopped: str  # "converged" (patience), "max_epochs" or "interrupted"
+
+
+# metric name as used by the scorers -> key of the protocol report
+_METRIC_KEYS = {
+    "miou": "mIoU", "iou@0.5": "IoU@0.5", "iou@0.7": "IoU@0.7", "r1": "R@1", "r5": "R@5",
+    "r10": "R@10", "mrr": "MRR", "mor1@0.5": "MoR@1,0.5", "mor1@0.7": "MoR@1,0.7",
+    "mor10@0.5": "MoR@10,0.5", "mor10@0.7": "MoR@10,0.7", "mor100@0.5": "MoR@100,0.5",
+}
+EARLY_STOPPING_METRICS = tuple(_METRIC_KEYS)
+
+
+def validation_report(model: MaDe, split: Split, bf16: bool = False) -> dict[str, float]:
+    """The protocol's metrics on a held-out split (gallery = its distinct tracks)."""
+    was_training = model.training
+    model.eval()
+    try:
+        catalogue = MusicCatalogue.build(model, split.music_ids, split.source, autocast=bf16)
+        rows = catalogue.positions(split.music_ids)
+        emb = video_embeddings(model, split.video_ids, split.source, autocast=bf16)
+        scores = catalogue.scores(model, emb)
+        ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
+                                np.asarray(split.music_ids, dtype=object))
+        start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
+                                     autocast=bf16)
+        ious = temporal_iou(np.column_stack([start, end]),
+                            np.column_stack([split.start, split.end]), split.duration)
+    finally:
+        model.train(was_training)
+    report = grounding_report_from_iou(ious)
+    report.update(retrieval_report(ranks))
+    report.update(moment_recall_report(ranks, ious))
+    return report
+
+
+def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_fraction)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _progress(total: int, desc: str, verbose: int) -> Any:
+    if verbose <= 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=verbose > 1)
+
+
+def _train_epoch(
+    model: MaDe,
+    split: Split,
+    lengths: np.ndarray,
+    targets: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    epoch: int,
+) -> dict[str, float]:
+    model.train()
+    sums: dict[str, float] = {}
+    seen = 0
+    batches = length_grouped_batches(lengths, cfg.batch_size, rng)
+    bar = _progress(len(batches), f"epoch {epoch}", cfg.verbose)
+    for rows in batches:
+        batch = collate(rows, split.video_ids, split.music_ids, split.source, targets)
+        assert batch.target_cw is not None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(batch.video, batch.video_mask, batch.music, batch.music_mask,
+                        batch.music_index)
+        terms = made_losses(out, batch.music_index, batch.target_cw, cfg.loss_weights)
+        if not torch.isfinite(terms.total):
+            raise FloatingPointError(
+                f"training loss became {float(terms.total)} at epoch {epoch}; lower lr "
+                "(or disable bf16) and check the features for extreme values"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        n = len(rows)
+        seen += n
+        for name, value in terms.as_floats().items():
+            sums[name] = sums.get(name, 0.0) + value * n
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['total'] / seen:.3f}")
+    if bar is not None:
+        bar.close()
+    return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+
+
+def fit_model(
+    model: MaDe, train: Split, valid: Split | None, cfg: TrainConfig
+) -> TrainResult:
+    """Train ``model`` in place; on return it holds the best weights seen.
+
+    With a validation split the model is evaluated after each epoch and training stops
+    after ``patience`` epochs without improving ``early_stopping_metric``; without one it
+    runs ``max_epochs``. A KeyboardInterrupt after at least one epoch ends training early
+    with the best weights so far (``stopped="interrupted"``).
+    """
+    rng = np.random.default_rng(cfg.seed)
+    lengths = train.source.video_lengths(train.video_ids) + train.source.music_lengths(
+        train.music_ids)
+    targets = train.target_cw().astype(np.float32)
+    steps = cfg.max_epochs * math.ceil(len(train) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, cfg.warmup_fraction))
+
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score, best_epoch, stale = -math.inf, 0, 0
+    stopped = "max_epochs"
+    for epoch in range(1, cfg.max_epochs + 1):
+        tic = time.perf_counter()
+        try:
+            row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(_train_epoch(model, train, lengths, targets, optimizer, scheduler, cfg,
+                                    rng, epoch))
+            if valid is not None:
+                report = validation_report(model, valid, cfg.bf16)
+                row.update({f"val_{k}": v for k, v in report.items()})
+        except KeyboardInterrupt:
+            if best_state is None and not history:
+                raise
+            logger.warning("fit interrupted during epoch %d; keeping the best weights so far",
+                           epoch)
+            stopped = "interrupted"
+            break
+        row["seconds"] = time.perf_counter() - tic
+        history.append(row)
+        score = _monitored(row, cfg.early_stopping_metric, valid is not None)
+        if score > best_score + 1e-9:
+            best_score, best_epoch, stale = score, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if valid is not None and stale >= cfg.patience:
+            stopped = "converged"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(history, best_epoch, best_score, stopped)
+
+
+def _monitored(row: dict[str, float], metric: str, has_valid: bool) -> float:
+    """Greater-is-better value of the early-stopping metric in an epoch's row."""
+    if not has_valid:
+        return row["epoch"]  # no held-out data: keep the final weights
+    return row[f"val_{_METRIC_KEYS[metric]}"]

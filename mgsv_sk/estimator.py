@@ -1,0 +1,364 @@
+"""MGSVGrounder: the MaDe model and a retrieval ranker behind the scikit-learn API."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import GroupShuffleSplit
+from sklearn.utils.validation import check_is_fitted
+
+from ._base import BaseGrounder, new_fit_token
+from ._inference import ground_pairs, pair_scores, video_embeddings
+from ._schema import FIT_COLUMNS
+from ._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
+from .features import FeatureSource
+from .nn.config import MaDeConfig
+from .nn.losses import LossWeights
+from .nn.model import MaDe
+from .ranking import MusicCatalogue
+
+__all__ = ["MGSVGrounder"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave torch's setting, which joblib's
+    workers already cap at cores / jobs), restoring the previous count after."""
+    previous = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(previous)
+
+
+class MGSVGrounder(BaseGrounder):
+    """Music grounding by short video with the MaDe model (Xin et al., ICCV 2025).
+
+    ``fit`` trains the model on an MGSV-EC frame and indexes the tracks it saw as the
+    catalogue; ``predict`` grounds each video on its own track (SmG, when ``X`` has
+    ``music_id``) or on the best catalogue track (MsG); ``rank`` gives the top-k tracks
+    with the moment on each; ``decision_function`` the (videos x tracks) scores.
+
+    Parameters
+    ----------
+    features : path or FeatureSource, optional
+        Default feature source (a packed store, an MGSV-EC feature tree or in-memory
+        arrays); every method also takes ``features=``.
+    d_model, n_heads, temporal_layers, encoder_layers, decoder_layers, ffn_mult : int
+        Architecture (paper: 256, 8, 1, 2, 6, 4).
+    temporal_dropout, detector_dropout : float
+        Dropout of the temporal self-attention (paper 0.8) and of the detector (0.1).
+    retrieval_scores : tuple of {"dual", "xpool"}
+        Retrieval scores trained and summed at inference (paper: both).
+    xpool_top_k : int, optional
+        At inference, compute the X-Pool score only for each video's ``xpool_top_k`` best
+        tracks by dual score (two-stage search for large catalogues); None: every track.
+    l1_weight, giou_weight, fg_weight, dual_weight, xpool_weight : float
+        Loss weights (paper: 4, 1, 0.8, 1, 1).
+    aux_loss : bool
+        Detection losses on every decoder layer, not just the last.
+    temperature_init : float
+        Initial InfoNCE temperature (learned; paper 0.03).
+    lr, weight_decay, warmup_fraction, grad_clip : float
+        AdamW, linear warm-up over this fraction of the steps then cosine decay, gradient
+        norm clipping (paper: 3e-4, 0, 0.02, 1.0).
+    batch_size : int
+        Videos per training batch (paper 512; 128 trains faster on a CPU).
+    max_epochs, patience : int
+        Epoch budget and early-stopping patience (epochs without improvement).
+    validation_fraction : float
+        Share of the training tracks held out (grouped by ``music_id``) for early stopping;
+        0 trains ``max_epochs`` on everything.
+    early_stopping_metric : str
+        Validation metric to maximise, a scorer name such as "miou", "r1", "mor10@0.5".
+    bf16 : bool
+        bfloat16 autocast on the CPU (faster where the CPU supports it; see the README for
+        its measured accuracy effect).
+    device : str
+        "cpu" (the only device this release trains on).
+    n_threads : int, optional
+        torch intra-op threads during fit/predict; None keeps torch's setting.
+    random_state : int, optional
+        Seed of initialisation, batching and dropout; equal seeds give identical models on
+        the same machine.
+    verbose : int
+        0 silent, 1 a progress bar per epoch and the epoch summary in the log.
+
+    Attributes
+    ----------
+    model_ : MaDe
+        The trained network (eval mode).
+    catalogue_ids_ : list of str
+        Tracks served by MsG ``predict`` and ``rank``.
+    catalogue_ : MusicCatalogue
+        Their cached encodings.
+    history_ : list of dict
+        Per epoch: the loss terms, validation metrics (``val_mIoU``, ``val_R@1``, ...),
+        learning rate and seconds (``pd.DataFrame(history_)`` tabulates it).
+    best_epoch_, n_epochs_ : int
+        The epoch whose weights were kept, and the epochs run.
+    stopped_ : str
+        "converged", "max_epochs" or "interrupted".
+    n_threads_ : int
+        torch intra-op threads the fit ran with.
+
+    Notes
+    -----
+    ``score`` is SmG mIoU. Differences from the paper's public code are listed in
+    :class:`mgsv_sk.nn.model.MaDe`. Pickles (joblib) are for trusted sources only; use
+    :meth:`save` / :meth:`load` to exchange models.
+    """
+
+    def __init__(
+        self,
+        features: Any = None,
+        *,
+        d_model: int = 256,
+        n_heads: int = 8,
+        temporal_layers: int = 1,
+        encoder_layers: int = 2,
+        decoder_layers: int = 6,
+        ffn_mult: int = 4,
+        temporal_dropout: float = 0.8,
+        detector_dropout: float = 0.1,
+        retrieval_scores: tuple[str, ...] = ("dual", "xpool"),
+        xpool_top_k: int | None = None,
+        l1_weight: float = 4.0,
+        giou_weight: float = 1.0,
+        fg_weight: float = 0.8,
+        dual_weight: float = 1.0,
+        xpool_weight: float = 1.0,
+        aux_loss: bool = True,
+        temperature_init: float = 0.03,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.02,
+        grad_clip: float = 1.0,
+        batch_size: int = 128,
+        max_epochs: int = 50,
+        patience: int = 5,
+        validation_fraction: float = 0.1,
+        early_stopping_metric: str = "mor10@0.5",
+        bf16: bool = False,
+        device: str = "cpu",
+        n_threads: int | None = None,
+        random_state: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        self.features = features
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.temporal_layers = temporal_layers
+        self.encoder_layers = encoder_layers
+        self.decoder_layers = decoder_layers
+        self.ffn_mult = ffn_mult
+        self.temporal_dropout = temporal_dropout
+        self.detector_dropout = detector_dropout
+        self.retrieval_scores = retrieval_scores
+        self.xpool_top_k = xpool_top_k
+        self.l1_weight = l1_weight
+        self.giou_weight = giou_weight
+        self.fg_weight = fg_weight
+        self.dual_weight = dual_weight
+        self.xpool_weight = xpool_weight
+        self.aux_loss = aux_loss
+        self.temperature_init = temperature_init
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_fraction = warmup_fraction
+        self.grad_clip = grad_clip
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.early_stopping_metric = early_stopping_metric
+        self.bf16 = bf16
+        self.device = device
+        self.n_threads = n_threads
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- configuration ---------------------------------------------------------------------
+    def _model_config(self, video_dim: int, music_dim: int) -> MaDeConfig:
+        return MaDeConfig(
+            video_dim=video_dim, music_dim=music_dim, d_model=self.d_model,
+            n_heads=self.n_heads, temporal_layers=self.temporal_layers,
+            temporal_dropout=self.temporal_dropout, ffn_mult=self.ffn_mult,
+            encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
+            detector_dropout=self.detector_dropout,
+            retrieval_scores=tuple(self.retrieval_scores),
+            temperature_init=self.temperature_init,
+        )
+
+    def _train_config(self, seed: int) -> TrainConfig:
+        problems = []
+        for name in ("lr", "batch_size", "max_epochs", "patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"{name} must be > 0, got {value!r}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            problems.append(
+                f"validation_fraction must be in [0, 1), got {self.validation_fraction!r}")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            problems.append(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}, "
+                            f"got {self.early_stopping_metric!r}")
+        if self.device != "cpu":
+            problems.append(f"device must be 'cpu' in this release, got {self.device!r}")
+        if self.xpool_top_k is not None and self.xpool_top_k < 1:
+            problems.append(f"xpool_top_k must be None or >= 1, got {self.xpool_top_k!r}")
+        if problems:
+            raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
+        weights = LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
+                              dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
+        return TrainConfig(
+            lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
+            max_epochs=int(self.max_epochs), patience=int(self.patience),
+            warmup_fraction=self.warmup_fraction, grad_clip=self.grad_clip,
+            early_stopping_metric=self.early_stopping_metric, bf16=self.bf16, seed=seed,
+            verbose=self.verbose, loss_weights=weights,
+        )
+
+    # -- fit -------------------------------------------------------------------------------
+    def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None) -> MGSVGrounder:
+        """Train on an MGSV-EC frame; its tracks become the catalogue.
+
+        Parameters
+        ----------
+        X : DataFrame
+            Rows with at least ``video_id``, ``music_id``, ``music_start``, ``music_end``,
+            ``music_total_duration``.
+        y : ignored
+            The ground truth is read from ``X``'s columns.
+        features : feature source, optional
+            Overrides the ``features`` parameter for this call.
+        """
+        frame = self._frame(X, FIT_COLUMNS)
+        source = self._source(features)
+        seed = (int(np.random.SeedSequence().generate_state(1)[0]) if self.random_state is None
+                else int(self.random_state))
+        train_cfg = self._train_config(seed)
+        music_ids = list(pd.unique(frame["music_id"]))
+        source.check_available(frame["video_id"], music_ids)
+        train, valid = self._split(frame, source, seed)
+        with torch_threads(self.n_threads), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            n_threads_used = torch.get_num_threads()
+            model = MaDe(self._model_config(source.video_dim, source.music_dim))
+            result = fit_model(model, train, valid, train_cfg)
+            catalogue = MusicCatalogue.build(model, music_ids, source, autocast=self.bf16)
+        if result.stopped == "interrupted":
+            warnings.warn("fit was interrupted: the model holds the best weights of the "
+                          f"{len(result.history)} completed epoch(s)", RuntimeWarning,
+                          stacklevel=2)
+        self.model_ = model
+        self.catalogue_ = catalogue
+        self.catalogue_ids_ = catalogue.ids
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        self.n_epochs_ = len(result.history)
+        self.stopped_ = result.stopped
+        self.n_threads_ = n_threads_used
+        self.fit_token_ = new_fit_token()
+        return self
+
+    def _split(self, frame: pd.DataFrame, source: FeatureSource,
+               seed: int) -> tuple[Split, Split | None]:
+        def make(part: pd.DataFrame) -> Split:
+            return Split(
+                part["video_id"].tolist(), part["music_id"].tolist(),
+                part["music_start"].to_numpy(np.float64), part["music_end"].to_numpy(np.float64),
+                part["music_total_duration"].to_numpy(np.float64), source)
+
+        n_tracks = frame["music_id"].nunique()
+        if self.validation_fraction == 0 or n_tracks < 4:
+            if self.validation_fraction > 0:
+                logger.warning("only %d tracks: training without a validation split", n_tracks)
+            return make(frame), None
+        splitter = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction,
+                                     random_state=seed % (2**32))
+        train_idx, valid_idx = next(splitter.split(frame, groups=frame["music_id"]))
+        return make(frame.iloc[train_idx]), make(frame.iloc[valid_idx])
+
+    # -- inference hooks -------------------------------------------------------------------
+    def _catalogue_for(self, music_ids: list[str], source: FeatureSource) -> MusicCatalogue:
+        """Encodings of these tracks: the cached catalogue when it has them all, else
+        encoded now from ``source``."""
+        unique = list(dict.fromkeys(music_ids))
+        if all(m in self.catalogue_.index for m in unique):
+            return self.catalogue_
+        source.check_available([], unique)
+        return MusicCatalogue.build(self.model_, unique, source, autocast=self.bf16)
+
+    def _video_emb(self, frame: pd.DataFrame, source: FeatureSource) -> torch.Tensor:
+        ids = frame["video_id"].tolist()
+        source.check_available(ids, [])
+        return video_embeddings(self.model_, ids, source, autocast=self.bf16)
+
+    def _retrieval_scores(
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+    ) -> np.ndarray:
+        with torch_threads(self.n_threads):
+            catalogue = self._catalogue_for(music_ids, source)
+            table = catalogue.scores(self.model_, self._video_emb(frame, source),
+                                     xpool_top_k=self.xpool_top_k)
+        if catalogue.ids != list(music_ids):
+            table = table[:, catalogue.positions(list(music_ids))]
+        return np.asarray(table)
+
+    def _pair_scores(
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+    ) -> np.ndarray:
+        with torch_threads(self.n_threads):
+            catalogue = self._catalogue_for(music_ids, source)
+            return pair_scores(self.model_, self._video_emb(frame, source),
+                               catalogue.positions(music_ids), catalogue)
+
+    def _ground(
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        with torch_threads(self.n_threads):
+            catalogue = self._catalogue_for(music_ids, source)
+            ids = frame["video_id"].tolist()
+            source.check_available(ids, [])
+            return ground_pairs(self.model_, ids, catalogue.positions(music_ids), catalogue,
+                                source, autocast=self.bf16)
+
+    def _index_catalogue(self, music_ids: list[str], source: FeatureSource) -> None:
+        with torch_threads(self.n_threads):
+            self.catalogue_ = MusicCatalogue.build(self.model_, music_ids, source,
+                                                   autocast=self.bf16)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write the fitted model to a folder without pickle: JSON config + ``.npz``
+        weights and catalogue, with a checksum manifest. Written atomically."""
+        check_is_fitted(self)
+        from ._persistence import save_grounder
+
+        save_grounder(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], features: Any = None) -> MGSVGrounder:
+        """Read a model written by :meth:`save` (checksums verified)."""
+        from ._persistence import load_grounder
+
+        return load_grounder(cls, path, features=features)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.target_tags.required = False
+        return tags

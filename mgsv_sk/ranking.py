@@ -1,0 +1,191 @@
+"""The retrieval ranker: a music catalogue encoded once, scored against batches of videos.
+
+For every track the catalogue keeps, computed once when it is built:
+
+- the dual embedding h0(M) [D] (the dual score is one matrix product for all tracks);
+- the X-Pool keys and out-projected values of its snippets [S, 2D] (X-Pool depends on
+  the video only through its query, so the per-track projections are reused by every
+  query);
+- the snippet tokens [S, D] the moment detector reads when the track is grounded.
+
+Ragged per-track arrays are stored back to back with offsets, so a catalogue of thousands
+of tracks costs its valid snippets only. Scoring runs over chunks of tracks and chunks
+of videos: no [videos x tracks x D] tensor is ever built in one piece.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from ._batching import pad_stack, sorted_batches
+from .features import FeatureSource
+
+if TYPE_CHECKING:
+    from .nn.model import MaDe, MusicEncoding
+
+__all__ = ["MusicCatalogue"]
+
+logger = logging.getLogger(__name__)
+
+
+def _ragged(parts: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+    return np.ascontiguousarray(data, dtype=np.float32), offsets
+
+
+class MusicCatalogue:
+    """Encoded tracks of a music collection, ready to score and ground against.
+
+    Parameters
+    ----------
+    ids : list of str
+        Track ids, one per row of the arrays.
+    emb : ndarray (N, D)
+        Dual embeddings h0(M), unit norm.
+    tokens : ndarray (sum S, D)
+        Snippet tokens of every track back to back; ``offsets`` (N + 1,) delimit them.
+    xpool_kv : ndarray (sum S, 2D) or None
+        X-Pool keys and values per snippet (None when the model has no X-Pool score).
+    offsets : ndarray (N + 1,)
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        emb: np.ndarray,
+        tokens: np.ndarray,
+        xpool_kv: np.ndarray | None,
+        offsets: np.ndarray,
+    ) -> None:
+        self.ids = [str(i) for i in ids]
+        self.emb = emb
+        self.tokens = tokens
+        self.xpool_kv = xpool_kv
+        self.offsets = offsets
+        self.index = {m: i for i, m in enumerate(self.ids)}
+        if len(self.index) != len(self.ids):
+            raise ValueError("catalogue ids must be unique")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls,
+        model: MaDe,
+        music_ids: Sequence[str],
+        source: FeatureSource,
+        batch_size: int = 128,
+        autocast: bool = False,
+    ) -> MusicCatalogue:
+        """Encode ``music_ids`` from ``source`` with ``model`` (eval mode), each track once."""
+        ids = list(dict.fromkeys(str(m) for m in music_ids))
+        lengths = source.music_lengths(ids)
+        n = len(ids)
+        emb = np.zeros((n, model.cfg.d_model), np.float32)
+        tokens: list[np.ndarray] = [np.zeros(0)] * n
+        kvs: list[np.ndarray] = [np.zeros(0)] * n
+        device = next(model.parameters()).device
+        for rows in sorted_batches(lengths, batch_size):
+            music, mask = pad_stack(source.musics(ids[r] for r in rows))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                enc = model.encode_music(music.to(device), mask.to(device))
+                kv = (torch.cat(model.xpool.keys_values(enc.tokens), dim=-1)
+                      if model.xpool is not None else None)  # [U,S,2D]
+            emb[rows] = enc.emb.float().cpu().numpy()
+            tok = enc.tokens.float().cpu().numpy()
+            kv_np = None if kv is None else kv.float().cpu().numpy()
+            for j, r in enumerate(rows):
+                length = int(lengths[r])
+                tokens[r] = tok[j, :length]
+                if kv_np is not None:
+                    kvs[r] = kv_np[j, :length]
+        token_data, offsets = _ragged(tokens, model.cfg.d_model)
+        kv_data = _ragged(kvs, 2 * model.cfg.d_model)[0] if model.xpool is not None else None
+        logger.info("encoded a catalogue of %d tracks (%d snippets)", n, len(token_data))
+        return cls(ids, emb, token_data, kv_data, offsets)
+
+    # -- reading ---------------------------------------------------------------------------
+    def positions(self, music_ids: Sequence[str]) -> np.ndarray:
+        """Row of each id; raises a KeyError naming the ids that are not catalogued."""
+        missing = [m for m in music_ids if m not in self.index]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} music_id(s) not in the catalogue, e.g. {missing[:5]}; "
+                "add them with set_catalogue(...) or pass a feature source that has them"
+            )
+        return np.array([self.index[m] for m in music_ids], dtype=np.int64)
+
+    def _padded(self, data: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_stack([data[self.offsets[r] : self.offsets[r + 1]] for r in rows])
+
+    def encoding(self, rows: np.ndarray) -> MusicEncoding:
+        """The cached encoding of catalogue rows as the model's MusicEncoding ([U, S, D])."""
+        from .nn.model import MusicEncoding
+
+        tokens, mask = self._padded(self.tokens, rows)
+        return MusicEncoding(tokens, mask, torch.from_numpy(self.emb[rows]))
+
+    # -- scoring ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def scores(
+        self,
+        model: MaDe,
+        video_emb: torch.Tensor,
+        *,
+        xpool_top_k: int | None = None,
+        track_chunk: int = 256,
+    ) -> np.ndarray:
+        """Retrieval scores of videos against every catalogue track, (B, N) float32.
+
+        ``video_emb`` [B, D] are unit-norm video embeddings. The dual score covers every
+        track; the X-Pool score every track too, or, with ``xpool_top_k``, only the
+        ``xpool_top_k`` best tracks of each video by dual score (a two-stage search for
+        large catalogues; the rest keep their dual score minus a margin so they rank after
+        every re-ranked track).
+        """
+        cfg = model.cfg
+        v = video_emb.float()
+        dual = (v @ torch.from_numpy(self.emb).T).numpy() if cfg.use_dual else None  # [B,N]
+        if self.xpool_kv is None or model.xpool is None:
+            assert dual is not None
+            return dual
+        if xpool_top_k is not None and xpool_top_k < len(self) and dual is not None:
+            return self._two_stage(model, v, dual, xpool_top_k)
+        xpool = np.empty((v.shape[0], len(self)), np.float32)
+        for lo in range(0, len(self), track_chunk):
+            rows = np.arange(lo, min(lo + track_chunk, len(self)))
+            xpool[:, rows] = self._xpool(model, v, rows)
+        return xpool if dual is None else dual + xpool
+
+    def _xpool(self, model: MaDe, v: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """X-Pool scores of videos v [B, D] against catalogue rows -> (B, len(rows))."""
+        assert model.xpool is not None and self.xpool_kv is not None
+        kv, mask = self._padded(self.xpool_kv, rows)  # [Uc,S,2D], [Uc,S]
+        keys, values = kv.chunk(2, dim=-1)
+        return model.xpool.scores_from_kv(v, keys, values, mask).numpy()
+
+    def _two_stage(
+        self, model: MaDe, v: torch.Tensor, dual: np.ndarray, top_k: int
+    ) -> np.ndarray:
+        """Dual score for all tracks, X-Pool re-ranking of each video's top ``top_k``."""
+        from ._base import top_k_indices
+
+        cand = top_k_indices(dual, top_k)  # (B, K)
+        out = dual - 4.0  # cos + cos <= 2: every re-ranked pair stays above the rest
+        for b in range(v.shape[0]):
+            rows = cand[b]
+            out[b, rows] = dual[b, rows] + self._xpool(model, v[b : b + 1], rows)[0]
+        return out

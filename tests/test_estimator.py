@@ -1,0 +1,193 @@
+"""MGSVGrounder: the scikit-learn contract, SmG / MsG / rank semantics, persistence."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+
+from mgsv_sk import MGSVGrounder, get_scorer
+from mgsv_sk._base import PREDICTION_COLUMNS, RANK_COLUMNS
+from mgsv_sk._persistence import ModelFileError
+
+from conftest import TINY
+
+
+def test_every_hyper_parameter_is_visible_and_clonable(small_train):
+    est = MGSVGrounder(features=small_train.features, **TINY)
+    params = est.get_params()
+    for name in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "temporal_dropout",
+                 "retrieval_scores", "l1_weight", "giou_weight", "fg_weight", "lr",
+                 "batch_size", "max_epochs", "patience", "validation_fraction", "device",
+                 "n_threads", "random_state", "verbose", "bf16", "xpool_top_k"):
+        assert name in params
+    twin = clone(est)
+    assert twin.get_params()["d_model"] == 32 and twin.features is est.features
+    assert MGSVGrounder().d_model == 256 and MGSVGrounder().decoder_layers == 6
+
+
+def test_fit_records_history_and_the_catalogue(tiny_fitted, small_train):
+    hist = pd.DataFrame(tiny_fitted.history_)
+    assert {"train_total", "train_l1", "train_giou", "train_fg", "train_dual", "train_xpool",
+            "val_mIoU", "val_R@1", "val_MoR@10,0.5", "lr", "seconds"} <= set(hist.columns)
+    assert len(hist) == tiny_fitted.n_epochs_ >= 1
+    assert hist["train_total"].iloc[-1] < hist["train_total"].iloc[0]
+    assert set(tiny_fitted.catalogue_ids_) == set(small_train.frame["music_id"])
+    assert 1 <= tiny_fitted.best_epoch_ <= tiny_fitted.n_epochs_
+
+
+def test_smg_predict_is_aligned_with_x(tiny_fitted, small_test):
+    X = small_test.frame.set_index(pd.Index(np.arange(100, 100 + len(small_test.frame))))
+    pred = tiny_fitted.predict(X, features=small_test.features)
+    assert list(pred.columns) == list(PREDICTION_COLUMNS)
+    assert pred.index.equals(X.index)
+    assert (pred["music_id"] == X["music_id"]).all()
+    assert ((0 <= pred["start"]) & (pred["start"] <= pred["end"]) & (pred["end"] <= 240)).all()
+    assert pred.notna().all().all()
+    assert ((pred["moment_score"] >= 0) & (pred["moment_score"] <= 1)).all()
+
+
+def test_msg_grounds_on_the_retrieved_track_not_the_true_one(tiny_fitted, small_train):
+    X = small_train.frame.iloc[:40]
+    msg = tiny_fitted.predict(X.drop(columns="music_id"))
+    table = tiny_fitted.decision_function(X)
+    assert (msg["music_id"].to_numpy() == np.array(tiny_fitted.catalogue_ids_)[table.argmax(1)]).all()
+    # the same moments as SmG on the retrieved track ...
+    on_retrieved = tiny_fitted.predict(X.assign(music_id=msg["music_id"].to_numpy()))
+    np.testing.assert_allclose(msg[["start", "end"]], on_retrieved[["start", "end"]], atol=1e-6)
+    np.testing.assert_allclose(msg["score"], on_retrieved["score"], atol=1e-5)
+    # ... which differ from SmG on the true track wherever retrieval missed
+    wrong = (msg["music_id"] != X["music_id"]).to_numpy()
+    assert wrong.any(), "the tiny model should miss some tracks"
+    on_true = tiny_fitted.predict(X)
+    assert not np.allclose(msg.loc[wrong, "start"], on_true.loc[wrong, "start"])
+
+
+def test_rank_gives_sorted_top_k_with_moments(tiny_fitted, small_train):
+    X = small_train.frame.iloc[:10].drop(columns="music_id")
+    ranked = tiny_fitted.rank(X, k=4)
+    assert list(ranked.columns) == list(RANK_COLUMNS) and len(ranked) == 40
+    for _, group in ranked.groupby("video_id", sort=False):
+        assert group["rank"].tolist() == [1, 2, 3, 4]
+        assert group["score"].is_monotonic_decreasing
+        assert group["music_id"].is_unique
+    top1 = ranked[ranked["rank"] == 1].reset_index(drop=True)
+    msg = tiny_fitted.predict(X).reset_index(drop=True)
+    assert (top1["music_id"] == msg["music_id"]).all()
+    np.testing.assert_allclose(top1["start"], msg["start"], atol=1e-6)
+    everything = tiny_fitted.rank(X.iloc[:2], k=10_000)
+    assert len(everything) == 2 * len(tiny_fitted.catalogue_ids_)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        tiny_fitted.rank(X, k=0)
+
+
+def test_decision_function_over_catalogue_or_given_tracks(tiny_fitted, small_train):
+    X = small_train.frame.iloc[:12]
+    table = tiny_fitted.decision_function(X)
+    assert table.shape == (12, len(tiny_fitted.catalogue_ids_))
+    some = tiny_fitted.catalogue_ids_[::3]
+    sub = tiny_fitted.decision_function(X, music_ids=some)
+    np.testing.assert_allclose(sub, table[:, ::3], atol=1e-5)
+
+
+def test_set_catalogue_serves_another_collection(tiny_model, small_test):
+    new_ids = small_test.frame["music_id"].unique()[:20]
+    tiny_model.set_catalogue(new_ids, features=small_test.features)
+    assert tiny_model.catalogue_ids_ == list(new_ids)
+    msg = tiny_model.predict(small_test.frame.drop(columns="music_id"),
+                             features=small_test.features)
+    assert set(msg["music_id"]) <= set(new_ids)
+    with pytest.raises(Exception, match="no features for 1 track"):
+        tiny_model.set_catalogue(["not-a-track"], features=small_test.features)
+
+
+def test_score_is_smg_miou(tiny_fitted, small_train):
+    X = small_train.frame
+    assert tiny_fitted.score(X) == pytest.approx(get_scorer("miou")(tiny_fitted, X))
+
+
+def test_same_seed_same_predictions_and_different_seed_differs(small_train):
+    X = small_train.frame
+    a = MGSVGrounder(features=small_train.features, **TINY).fit(X)
+    b = MGSVGrounder(features=small_train.features, **TINY).fit(X)
+    pa, pb = a.predict(X), b.predict(X)
+    pd.testing.assert_frame_equal(pa, pb)
+    c = MGSVGrounder(features=small_train.features, **{**TINY, "random_state": 1}).fit(X)
+    assert not np.allclose(pa["start"], c.predict(X)["start"])
+
+
+def test_fit_leaves_global_torch_state_alone(small_train):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1}).fit(
+        small_train.frame)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads
+
+
+def test_joblib_round_trip_gives_identical_predictions(tiny_fitted, small_train):
+    buffer = io.BytesIO()
+    joblib.dump(tiny_fitted, buffer)
+    buffer.seek(0)
+    again = joblib.load(buffer)
+    X = small_train.frame.iloc[:20]
+    pd.testing.assert_frame_equal(again.predict(X), tiny_fitted.predict(X))
+
+
+def test_save_and_load_without_pickle(tiny_fitted, small_train, tmp_path):
+    tiny_fitted.save(tmp_path / "model")
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == ["catalogue.npz", "config.json", "manifest.json", "weights.npz"]
+    loaded = MGSVGrounder.load(tmp_path / "model", features=small_train.features)
+    X = small_train.frame.iloc[:20]
+    pd.testing.assert_frame_equal(loaded.predict(X), tiny_fitted.predict(X))
+    pd.testing.assert_frame_equal(loaded.predict(X.drop(columns="music_id")),
+                                  tiny_fitted.predict(X.drop(columns="music_id")))
+    assert loaded.get_params()["d_model"] == 32 and loaded.history_ == tiny_fitted.history_
+    with np.load(tmp_path / "model" / "weights.npz", allow_pickle=False) as w:
+        assert all(w[k].dtype != object for k in w.files)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tiny_fitted.save(tmp_path / "model")
+
+
+def test_tampered_saved_model_is_refused(tiny_fitted, tmp_path):
+    tiny_fitted.save(tmp_path / "model")
+    weights = tmp_path / "model" / "weights.npz"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum mismatch.*weights.npz"):
+        MGSVGrounder.load(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match="no saved MGSVGrounder"):
+        MGSVGrounder.load(tmp_path)
+
+
+def test_unfitted_and_bad_parameters_fail_clearly(small_train):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        MGSVGrounder(features=small_train.features).predict(small_train.frame)
+    bad = MGSVGrounder(features=small_train.features, lr=-1, early_stopping_metric="acc")
+    with pytest.raises(ValueError, match="lr must be > 0.*\n.*early_stopping_metric"):
+        bad.fit(small_train.frame)
+    with pytest.raises(ValueError, match="d_model must be divisible by n_heads"):
+        MGSVGrounder(features=small_train.features, d_model=30, n_heads=4).fit(
+            small_train.frame)
+    with pytest.raises(ValueError, match="no feature source"):
+        MGSVGrounder().fit(small_train.frame)
+
+
+def test_verbose_shows_progress_and_logs_epochs(small_train, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="mgsv_sk"):
+        MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1,
+                                                       "verbose": 1}).fit(small_train.frame)
+    assert "epoch 1" in capsys.readouterr().err
+    assert any("epoch 1:" in r.getMessage() for r in caplog.records)
