@@ -68,14 +68,17 @@ def main() -> None:
         bf16 = mode == "bf16"
         for i in range(2):  # warm-up
             step(model, opt, batches[i % 3], bf16)
-        times = []
+        times, cpu = [], 0.0
         for i in range(args.steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss = step(model, opt, batches[i % 3], bf16)
             times.append(time.perf_counter() - t0)
+            cpu += time.process_time() - c0
         dt = statistics.median(times)
+        # cpu/wall well below the thread count means another process competed for the cores.
         print(f"{mode}: median {dt * 1e3:.0f} ms/step (min {min(times) * 1e3:.0f}), "
-              f"{args.batch / dt:.1f} samples/s, loss {loss:.3f}")
+              f"{args.batch / dt:.1f} samples/s, cpu/wall {cpu / sum(times):.2f}, "
+              f"loss {loss:.3f}")
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 

@@ -99,8 +99,8 @@ def length_grouped_batches(
         chunk = order[lo : lo + step]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)  # type: ignore[arg-type]
-    return batches
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

@@ -84,7 +84,7 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
         state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
                  for k, v in est.model_.state_dict().items()}
         np.savez(tmp / "weights.npz", **state)
-        arrays = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
+        arrays: dict[str, Any] = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
         if cat.xpool_kv is not None:
             arrays["xpool_kv"] = cat.xpool_kv
         np.savez(tmp / "catalogue.npz", **arrays)

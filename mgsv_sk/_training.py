@@ -20,7 +20,12 @@ import torch
 from ._batching import collate, length_grouped_batches, target_center_width
 from ._inference import ground_pairs, video_embeddings
 from .features import FeatureSource
-from .metrics import grounding_report_from_iou, moment_recall_report, retrieval_ranks, retrieval_report
+from .metrics import (
+    grounding_report_from_iou,
+    moment_recall_report,
+    retrieval_ranks,
+    retrieval_report,
+)
 from .nn.losses import LossWeights, made_losses
 from .nn.model import MaDe
 from .ranking import MusicCatalogue

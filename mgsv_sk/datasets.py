@@ -61,6 +61,7 @@ CATEGORY_SHARES: dict[str, float] = {
 
 _LATENT = 16
 _MOTIFS = 4
+_SECTION_SNIPPETS = (3, 9)  # a section lasts 3-8 snippets (7.5-20 s)
 _START_AT_ZERO = 0.3
 
 
@@ -124,11 +125,11 @@ def _track_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def _sections(rng: np.random.Generator, n_snippets: int) -> np.ndarray:
-    """Motif index of every snippet: sections of 3-8 snippets, neighbours differ."""
+    """Motif index of every snippet: short sections, neighbours differ."""
     motif = np.empty(n_snippets, dtype=np.int64)
     pos, prev = 0, -1
     while pos < n_snippets:
-        length = int(rng.integers(3, 9))
+        length = int(rng.integers(*_SECTION_SNIPPETS))
         choice = int(rng.integers(0, _MOTIFS - 1)) if prev >= 0 else int(rng.integers(0, _MOTIFS))
         if prev >= 0 and choice >= prev:
             choice += 1
@@ -146,6 +147,7 @@ def make_synthetic_mgsv(
     path: str | os.PathLike[str] | None = None,
     style_noise: float = 1.8,
     feature_noise: float = 1.0,
+    motif_strength: float = 1.0,
     n_genres: int = 12,
     world_seed: int = 2025,
     video_dim: int = 512,
@@ -168,6 +170,8 @@ def make_synthetic_mgsv(
     style_noise, feature_noise : float
         Difficulty: how far a video's style strays from its track's, and the feature
         noise. Defaults give a task a linear model half solves.
+    motif_strength : float
+        Scale of the motif latents (the grounding signal) against the noise.
     world_seed : int
         Seed of the latent-to-feature maps; keep it equal across the splits of one set.
 
@@ -197,7 +201,8 @@ def make_synthetic_mgsv(
     for m in range(n_tracks):
         n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
         palette = rng.standard_normal((_MOTIFS, _LATENT))
-        latent = palette[_sections(rng, n_snip)] + 0.3 * rng.standard_normal((n_snip, _LATENT))
+        latent = motif_strength * palette[_sections(rng, n_snip)]
+        latent = latent + 0.3 * rng.standard_normal((n_snip, _LATENT))
         motif_latents.append(latent)
         feat = styles[m] @ world.music_style + latent @ world.music_motif
         feat = feat + feature_noise * rng.standard_normal((n_snip, music_dim))

@@ -146,7 +146,7 @@ class MusicCatalogue:
         video_emb: torch.Tensor,
         *,
         xpool_top_k: int | None = None,
-        track_chunk: int = 256,
+        track_chunk: int = 64,
     ) -> np.ndarray:
         """Retrieval scores of videos against every catalogue track, (B, N) float32.
 

@@ -10,22 +10,39 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder, get_scorer
 from mgsv_sk._base import PREDICTION_COLUMNS, RANK_COLUMNS
 from mgsv_sk._persistence import ModelFileError
 
-from conftest import TINY
-
 
 def test_every_hyper_parameter_is_visible_and_clonable(small_train):
     est = MGSVGrounder(features=small_train.features, **TINY)
     params = est.get_params()
-    for name in ("d_model", "n_heads", "encoder_layers", "decoder_layers", "temporal_dropout",
-                 "retrieval_scores", "l1_weight", "giou_weight", "fg_weight", "lr",
-                 "batch_size", "max_epochs", "patience", "validation_fraction", "device",
-                 "n_threads", "random_state", "verbose", "bf16", "xpool_top_k"):
+    for name in (
+        "d_model",
+        "n_heads",
+        "encoder_layers",
+        "decoder_layers",
+        "temporal_dropout",
+        "retrieval_scores",
+        "l1_weight",
+        "giou_weight",
+        "fg_weight",
+        "lr",
+        "batch_size",
+        "max_epochs",
+        "patience",
+        "validation_fraction",
+        "device",
+        "n_threads",
+        "random_state",
+        "verbose",
+        "bf16",
+        "xpool_top_k",
+    ):
         assert name in params
     twin = clone(est)
     assert twin.get_params()["d_model"] == 32 and twin.features is est.features
@@ -34,8 +51,20 @@ def test_every_hyper_parameter_is_visible_and_clonable(small_train):
 
 def test_fit_records_history_and_the_catalogue(tiny_fitted, small_train):
     hist = pd.DataFrame(tiny_fitted.history_)
-    assert {"train_total", "train_l1", "train_giou", "train_fg", "train_dual", "train_xpool",
-            "val_mIoU", "val_R@1", "val_MoR@10,0.5", "lr", "seconds"} <= set(hist.columns)
+    assert {
+        "train_total",
+        "train_l1",
+        "train_giou",
+        "train_fg",
+        "train_snippet",
+        "train_dual",
+        "train_xpool",
+        "val_mIoU",
+        "val_R@1",
+        "val_MoR@10,0.5",
+        "lr",
+        "seconds",
+    } <= set(hist.columns)
     assert len(hist) == tiny_fitted.n_epochs_ >= 1
     assert hist["train_total"].iloc[-1] < hist["train_total"].iloc[0]
     assert set(tiny_fitted.catalogue_ids_) == set(small_train.frame["music_id"])
@@ -57,7 +86,9 @@ def test_msg_grounds_on_the_retrieved_track_not_the_true_one(tiny_fitted, small_
     X = small_train.frame.iloc[:40]
     msg = tiny_fitted.predict(X.drop(columns="music_id"))
     table = tiny_fitted.decision_function(X)
-    assert (msg["music_id"].to_numpy() == np.array(tiny_fitted.catalogue_ids_)[table.argmax(1)]).all()
+    assert (
+        msg["music_id"].to_numpy() == np.array(tiny_fitted.catalogue_ids_)[table.argmax(1)]
+    ).all()
     # the same moments as SmG on the retrieved track ...
     on_retrieved = tiny_fitted.predict(X.assign(music_id=msg["music_id"].to_numpy()))
     np.testing.assert_allclose(msg[["start", "end"]], on_retrieved[["start", "end"]], atol=1e-6)
@@ -100,8 +131,9 @@ def test_set_catalogue_serves_another_collection(tiny_model, small_test):
     new_ids = small_test.frame["music_id"].unique()[:20]
     tiny_model.set_catalogue(new_ids, features=small_test.features)
     assert tiny_model.catalogue_ids_ == list(new_ids)
-    msg = tiny_model.predict(small_test.frame.drop(columns="music_id"),
-                             features=small_test.features)
+    msg = tiny_model.predict(
+        small_test.frame.drop(columns="music_id"), features=small_test.features
+    )
     assert set(msg["music_id"]) <= set(new_ids)
     with pytest.raises(Exception, match="no features for 1 track"):
         tiny_model.set_catalogue(["not-a-track"], features=small_test.features)
@@ -127,8 +159,7 @@ def test_fit_leaves_global_torch_state_alone(small_train):
     expected = torch.rand(3)
     torch.manual_seed(123)
     threads = torch.get_num_threads()
-    MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1}).fit(
-        small_train.frame)
+    MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1}).fit(small_train.frame)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads
 
@@ -149,8 +180,9 @@ def test_save_and_load_without_pickle(tiny_fitted, small_train, tmp_path):
     loaded = MGSVGrounder.load(tmp_path / "model", features=small_train.features)
     X = small_train.frame.iloc[:20]
     pd.testing.assert_frame_equal(loaded.predict(X), tiny_fitted.predict(X))
-    pd.testing.assert_frame_equal(loaded.predict(X.drop(columns="music_id")),
-                                  tiny_fitted.predict(X.drop(columns="music_id")))
+    pd.testing.assert_frame_equal(
+        loaded.predict(X.drop(columns="music_id")), tiny_fitted.predict(X.drop(columns="music_id"))
+    )
     assert loaded.get_params()["d_model"] == 32 and loaded.history_ == tiny_fitted.history_
     with np.load(tmp_path / "model" / "weights.npz", allow_pickle=False) as w:
         assert all(w[k].dtype != object for k in w.files)
@@ -179,15 +211,69 @@ def test_unfitted_and_bad_parameters_fail_clearly(small_train):
     with pytest.raises(ValueError, match="lr must be > 0.*\n.*early_stopping_metric"):
         bad.fit(small_train.frame)
     with pytest.raises(ValueError, match="d_model must be divisible by n_heads"):
-        MGSVGrounder(features=small_train.features, d_model=30, n_heads=4).fit(
-            small_train.frame)
+        MGSVGrounder(features=small_train.features, d_model=30, n_heads=4).fit(small_train.frame)
     with pytest.raises(ValueError, match="no feature source"):
         MGSVGrounder().fit(small_train.frame)
 
 
 def test_verbose_shows_progress_and_logs_epochs(small_train, capsys, caplog):
     with caplog.at_level(logging.INFO, logger="mgsv_sk"):
-        MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1,
-                                                       "verbose": 1}).fit(small_train.frame)
+        MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1, "verbose": 1}).fit(
+            small_train.frame
+        )
     assert "epoch 1" in capsys.readouterr().err
     assert any("epoch 1:" in r.getMessage() for r in caplog.records)
+
+
+def _interrupt_after(monkeypatch, n_batches):
+    import mgsv_sk._training as training
+
+    real = training.collate
+    calls = {"n": 0}
+
+    def collate(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > n_batches:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "collate", collate)
+
+
+def test_interrupted_fit_keeps_the_best_weights_so_far(small_train, monkeypatch):
+    from sklearn.exceptions import NotFittedError
+
+    est = MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 5})
+    _interrupt_after(monkeypatch, 5)  # about four batches an epoch: stops in epoch 2
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        est.fit(small_train.frame)
+    assert est.stopped_ == "interrupted" and est.n_epochs_ == 1
+    assert est.predict(small_train.frame.iloc[:3]).notna().all().all()
+    fresh = MGSVGrounder(features=small_train.features, **TINY)
+    _interrupt_after(monkeypatch, 1)  # still in epoch 1: nothing to keep
+    with pytest.raises(KeyboardInterrupt):
+        fresh.fit(small_train.frame)
+    with pytest.raises(NotFittedError):
+        fresh.predict(small_train.frame)
+
+
+def test_predictions_do_not_depend_on_row_order_or_subset(tiny_fitted, small_train):
+    X = small_train.frame.iloc[:30]
+    full = tiny_fitted.predict(X)
+    perm = np.random.default_rng(0).permutation(len(X))
+    shuffled = tiny_fitted.predict(X.iloc[perm])
+    pd.testing.assert_frame_equal(shuffled.loc[full.index], full, atol=1e-6)
+    part = tiny_fitted.predict(X.iloc[5:9])
+    pd.testing.assert_frame_equal(part, full.iloc[5:9], atol=1e-6)
+
+
+def test_two_stage_search_parameter(tiny_model, small_train):
+    X = small_train.frame.iloc[:10].drop(columns="music_id")
+    full = tiny_model.decision_function(X)
+    tiny_model.set_params(xpool_top_k=len(tiny_model.catalogue_ids_))
+    np.testing.assert_allclose(tiny_model.decision_function(X), full, atol=1e-6)
+    tiny_model.set_params(xpool_top_k=3)
+    top = tiny_model.predict(X)
+    assert (
+        top["music_id"].to_numpy() == np.array(tiny_model.catalogue_ids_)[full.argmax(1)]
+    ).mean() > 0.5

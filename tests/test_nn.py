@@ -76,10 +76,13 @@ def test_config_defaults_and_validation():
 
 def test_default_parameter_count():
     # 10.5 M in the paper; the single-query decoder has no self-attention q/k projections
-    # (6 layers x 2 x 65,792 parameters that a single query never uses).
+    # (6 layers x 2 x 65,792 parameters that a single query never uses); the video-length
+    # query code (256 x 256 + 256), the snippet evidence head (256 + 1) and the cross-modal
+    # evidence (2 x 65,792 + 16 x 256 + 256 + 1) are additions.
+    additions = 65_792 + 257 + 2 * 65_792 + 4_352 + 1
     n = count_parameters(MaDe())
-    assert n == 9_548_549
-    assert abs(n + 6 * 2 * 65_792 - 10.5e6) < 0.25e6
+    assert n == 9_548_549 + additions
+    assert abs(n - additions + 6 * 2 * 65_792 - 10.5e6) < 0.25e6
 
 
 # -- shapes and invariances -------------------------------------------------------------------
@@ -165,7 +168,7 @@ def test_cross_attention_matches_multihead_attention():
         ref.out_proj.bias.copy_(ours.out.bias)
     query, memory, pos = torch.randn(b, d), torch.randn(b, t, d), torch.randn(t, d)
     mask = torch.arange(t)[None] < torch.tensor([[7], [1], [4]])
-    got = ours(query, memory + pos, memory, mask)
+    got = ours(query, (memory + pos).transpose(1, 2), memory, mask)
     want, _ = ref(query[:, None], memory + pos, memory, key_padding_mask=~mask)
     torch.testing.assert_close(got, want[:, 0], atol=1e-5, rtol=1e-5)
 
@@ -244,10 +247,11 @@ def test_loss_terms_finite_positive_and_weighted():
     batch = make_batch()
     terms = made_losses(run(model, batch), batch["music_index"], batch["target_cw"])
     floats = terms.as_floats()
-    assert set(floats) == {"total", "l1", "giou", "fg", "dual", "xpool"}
+    assert set(floats) == {"total", "l1", "giou", "fg", "snippet", "dual", "xpool"}
     assert all(math.isfinite(v) and v > 0 for v in floats.values())
     w = LossWeights()
-    want = sum(getattr(w, k) * floats[k] for k in ("l1", "giou", "fg", "dual", "xpool"))
+    want = sum(getattr(w, k) * floats[k]
+               for k in ("l1", "giou", "fg", "snippet", "dual", "xpool"))
     assert math.isclose(floats["total"], want, rel_tol=1e-5)
     no_aux = made_losses(run(model.eval(), batch), batch["music_index"], batch["target_cw"],
                          LossWeights(aux=False))
@@ -314,3 +318,23 @@ def test_fast_dropout_rate_and_gradient():
         assert abs(float((y == 0).float().mean()) - p) < 0.01
         assert abs(float(y.mean()) - 1.0) < 0.03
         x.grad = None
+
+
+def test_snippet_evidence_loss_matches_hand_computation():
+    from mgsv_sk.nn.losses import snippet_evidence_loss
+
+    # one video, moment [0, 5] s -> centre 2.5/240, width 5/240; snippets at 0, 2.5, 5, 7.5 s
+    target = torch.tensor([[2.5 / 240, 5.0 / 240]])
+    logits = torch.tensor([[2.0, 0.0, -1.0, float("-inf")]])  # last snippet is padding
+    inside = torch.tensor([1.0, 1.0, 1.0])  # 0, 2.5 and 5 s lie in [0, 5]
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits[0, :3], inside)
+    assert torch.isclose(snippet_evidence_loss(logits, target), want)
+
+
+def test_query_sees_the_video_length():
+    # The number of valid frames reaches the span head through the query's length code.
+    model = tiny_model(temporal_dropout=0.0, detector_dropout=0.0).train()
+    batch = make_batch()
+    run(model, batch).spans[:, :, 1].sum().backward()
+    grad = model.detector.query_length.weight.grad
+    assert grad is not None and grad.abs().sum() > 0

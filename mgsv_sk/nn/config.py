@@ -31,7 +31,8 @@ class MaDeConfig:
     encoder_layers, decoder_layers : int
         Detector transformer depth (encoder may be 0, a paper ablation; decoder >= 1).
     detector_dropout : float
-        Dropout inside the detector (attention weights and residual branches).
+        Dropout inside the detector: residual branches and FFN everywhere, attention
+        weights in the decoder (not in the encoder, see :class:`mgsv_sk.nn.model.MaDe`).
     span_mlp_layers : int
         Layers of the span head MLP.
     retrieval_scores : tuple of str

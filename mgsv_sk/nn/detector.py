@@ -9,6 +9,16 @@ projected video embedding h(v) and whose position is a learned, trained vector. 
 read every decoder layer (auxiliary losses): a sigmoid span MLP giving (center, width) in
 units of 240 s and a 2-class foreground classifier (index 0 = foreground).
 
+Two additions to the paper's detector (both measured on synthetic data to be what lets it
+learn in a few epochs, see the README):
+
+* the query content also carries the video's length (a learned map of the sine code of its
+  number of valid frames): the moment's length equals the video's in MGSV-EC, yet a masked
+  mean h(v) and softmax attention are blind to the number of frames;
+* a per-snippet evidence head reads the encoded snippet tokens and is trained to say which
+  snippets lie inside the moment (dense supervision in the spirit of Moment-DETR's
+  saliency loss); its logits are returned for inspection and plots.
+
 With one query the decoder is computed exactly but cheaply:
 
 * self-attention over a single token has softmax weight 1, so it equals
@@ -33,6 +43,7 @@ from .layers import (
     FeedForward,
     SinePositionCode,
     attention_mask,
+    compute_dtype,
     xavier_init_,
 )
 
@@ -55,19 +66,22 @@ class SingleQueryCrossAttention(nn.Module):
         self.v = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, query: Tensor, keys_in: Tensor, values_in: Tensor, mask: Tensor) -> Tensor:
-        """query [B, D] (with its position), keys_in = memory + pos [B, T, D],
-        values_in = memory [B, T, D], mask [B, T] bool -> [B, D]."""
+    def forward(self, query: Tensor, keys_t: Tensor, values: Tensor, mask: Tensor,
+                bias: Tensor | None = None) -> Tensor:
+        """query [B, D] (with its position), keys_t = (memory + pos) transposed [B, D, T],
+        values = memory [B, T, D], mask [B, T] bool -> [B, D]."""
         b, d = query.shape
         h = self.n_heads
         dh = d // h
         q = (self.q(query) * dh**-0.5).view(b, h, dh)  # [B,H,Dh]
         w_k = self.k.weight.view(h, dh, d)  # [H,Dh,D]
         q_mem = torch.einsum("bhe,hed->bhd", q, w_k)  # [B,H,D], W_k^T q per head
-        logits = torch.bmm(q_mem, keys_in.transpose(1, 2)).float()  # [B,H,T]
+        logits = torch.bmm(q_mem.to(keys_t.dtype), keys_t).float()  # [B,H,T]
+        if bias is not None:
+            logits = logits + bias[:, None, :]  # [B,T] -> [B,1,T]
         logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
         attn = F.dropout(logits.softmax(dim=-1), self.attn_dropout, self.training)  # [B,H,T]
-        pooled = torch.bmm(attn.to(values_in.dtype), values_in)  # [B,H,D]
+        pooled = torch.bmm(attn.to(values.dtype), values)  # [B,H,D]
         w_v = self.v.weight.view(h, dh, d)  # [H,Dh,D]
         o = torch.einsum("bhd,hed->bhe", pooled, w_v)  # [B,H,Dh]
         o = o + self.v.bias.view(h, dh) * attn.sum(dim=-1, keepdim=True).to(o.dtype)
@@ -103,12 +117,47 @@ class SingleQueryDecoderLayer(nn.Module):
         return self.self_out(v.reshape(b, d))  # [B,H,Dh] -> [B,D]
 
     def forward(
-        self, tgt: Tensor, query_pos: Tensor, keys_in: Tensor, values_in: Tensor, mask: Tensor
+        self, tgt: Tensor, query_pos: Tensor, keys_t: Tensor, values: Tensor, mask: Tensor,
+        bias: Tensor | None = None,
     ) -> Tensor:
-        """tgt [B, D], query_pos [D], keys_in/values_in [B, T, D], mask [B, T] -> [B, D]."""
+        """tgt [B, D], query_pos [D], keys_t [B, D, T], values [B, T, D], mask [B, T] -> [B, D]."""
         tgt = self.norm1(tgt + self.drop1(self._self_attention(tgt)))
-        tgt = self.norm2(tgt + self.drop2(self.cross(tgt + query_pos, keys_in, values_in, mask)))
+        tgt = self.norm2(tgt + self.drop2(self.cross(tgt + query_pos, keys_t, values, mask, bias)))
         return self.norm3(tgt + self.drop3(self.ffn(tgt)))
+
+
+class CrossModalEvidence(nn.Module):
+    """How well each snippet matches the video: per head, the cosine similarity of the
+    snippet to every valid frame in learned projections, reduced by a smooth maximum and a
+    mean over frames, mapped back to D and added to the snippet's token.
+
+    Softmax attention alone makes "is there a frame like me?" hard to express (its output
+    is an average whose size does not tell how well anything matched); the similarity map
+    states it directly, at O(B S F D) cost.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.video = nn.Linear(d_model, d_model)
+        self.music = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(2 * n_heads, d_model)
+        self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # smooth-max sharpness ~10
+
+    def forward(self, video: Tensor, video_mask: Tensor, music: Tensor) -> Tensor:
+        """video [B, F, D], video_mask [B, F], music [B, S, D] -> evidence [B, S, D]."""
+        b, f, d = video.shape
+        h = self.n_heads
+        v = F.normalize(self.video(video).float().view(b, f, h, d // h), dim=-1)  # [B,F,H,Dh]
+        m = F.normalize(self.music(music).float().view(b, -1, h, d // h), dim=-1)  # [B,S,H,Dh]
+        sim = torch.einsum("bshe,bfhe->bhsf", m, v)  # [B,H,S,F]
+        valid = video_mask[:, None, None, :]  # [B,1,1,F]
+        sharp = self.log_sharpness.exp()
+        # scale before masking: -inf * sharpness would give the sharpness a NaN gradient
+        smooth_max = torch.logsumexp((sim * sharp).masked_fill(~valid, float("-inf")), -1) / sharp
+        mean = (sim * valid).sum(-1) / valid.sum(-1)  # [B,H,S]
+        feats = torch.cat([smooth_max, mean], dim=1).transpose(1, 2)  # [B,2H,S] -> [B,S,2H]
+        return self.out(feats.to(music.dtype))
 
 
 class MomentDetector(nn.Module):
@@ -120,6 +169,7 @@ class MomentDetector(nn.Module):
         self.video_pos = SinePositionCode(cfg.max_frames, d)
         self.music_pos = SinePositionCode(cfg.max_snippets, d)
         self.modality = nn.Parameter(torch.randn(2, d))  # [video, music] type embeddings
+        self.evidence = CrossModalEvidence(d, cfg.n_heads)
         self.encoder = nn.ModuleList(
             EncoderLayer(
                 d,
@@ -134,6 +184,8 @@ class MomentDetector(nn.Module):
             for _ in range(cfg.encoder_layers)
         )
         self.query_content = nn.Linear(d, d)  # h(v) -> query content
+        self.query_length = nn.Linear(d, d)  # sine code of the video's length -> query content
+        self.snippet_head = nn.Linear(d, 1)  # per-snippet evidence: inside the moment or not
         self.query_pos = nn.Parameter(torch.randn(d))  # learned and trained (public code: not)
         self.decoder = nn.ModuleList(
             SingleQueryDecoderLayer(d, cfg.n_heads, cfg.d_ffn, cfg.detector_dropout)
@@ -158,26 +210,42 @@ class MomentDetector(nn.Module):
         video_emb: Tensor,
         music_tokens: Tensor,
         music_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Ground each video on its (already gathered) track.
 
         video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens [B, S, D],
-        music_mask [B, S] -> spans [L, B, 2] (center, width in units of 240 s, sigmoid) and
-        fg_logits [L, B, 2] (float32), one row per decoder layer, the last one final.
+        music_mask [B, S] -> spans [L, B, 2] (center, width in units of 240 s, sigmoid),
+        fg_logits [L, B, 2] (float32), one row per decoder layer, the last one final, and
+        snippet_logits [B, S] (float32; padded snippets hold -inf).
         """
         pos = self.memory_position(video_tokens.shape[1], music_tokens.shape[1])  # [T,D]
+        music_tokens = music_tokens + self.evidence(video_tokens, video_mask, music_tokens)
         memory = torch.cat([video_tokens, music_tokens], dim=1)  # [B,T,D]
         mask = torch.cat([video_mask, music_mask], dim=1)  # [B,T]
         attn_mask = attention_mask(mask)  # [B,1,1,T]
         for layer in self.encoder:
             memory = layer(memory, attn_mask, pos)
-        keys_in = memory + pos.to(memory.dtype)  # [B,T,D], shared by all decoder layers
-        tgt = self.query_content(video_emb)  # [B,D]
+        # Shared by all decoder layers: cast once (not once per layer under autocast) and
+        # store keys transposed for the [B,H,D] @ [B,D,T] score product.
+        dtype = compute_dtype(memory)
+        keys_t = (memory + pos).transpose(1, 2).to(dtype).contiguous()  # [B,D,T]
+        # Values carry the position code too, so what the query reads tells *where* it
+        # looked (DETR's values omit it, leaving the span head to infer positions).
+        values = (memory + pos).to(dtype)  # [B,T,D]
+        n_video = video_tokens.shape[1]
+        music_memory = memory[:, n_video:]  # [B,T,D] -> [B,S,D]
+        snippet_logits = self.snippet_head(music_memory).squeeze(-1).float()  # [B,S,1] -> [B,S]
+        # The decoder's attention to a snippet is raised by that snippet's evidence.
+        bias = F.pad(snippet_logits, (n_video, 0))  # [B,S] -> [B,T], 0 on video positions
+        n_frames = video_mask.sum(dim=1)  # [B], >= 1
+        length_code = self.video_pos.code[n_frames - 1].to(video_emb.dtype)  # [B,D]
+        tgt = self.query_content(video_emb) + self.query_length(length_code)  # [B,D]
         outputs = []
         for dec_layer in self.decoder:
-            tgt = dec_layer(tgt, self.query_pos, keys_in, memory, mask)
+            tgt = dec_layer(tgt, self.query_pos, keys_t, values, mask, bias)
             outputs.append(tgt)
         hidden = self.decoder_norm(torch.stack(outputs))  # [L,B,D]
         spans = torch.sigmoid(self.span_head(hidden).float())  # [L,B,2]
         fg_logits = self.fg_head(hidden).float()  # [L,B,2]
-        return spans, fg_logits
+        snippet_logits = snippet_logits.masked_fill(~music_mask, float("-inf"))
+        return spans, fg_logits, snippet_logits

@@ -24,6 +24,9 @@ from .detector import FOREGROUND
 from .model import MaDeOutput
 from .span_ops import generalized_span_iou
 
+SNIPPET_HOP = 2.5  # seconds between snippet centres
+MAX_SECONDS = 240.0  # spans are in units of this
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -38,6 +41,7 @@ class LossWeights:
     l1: float = 4.0
     giou: float = 1.0
     fg: float = 0.8
+    snippet: float = 1.0
     dual: float = 1.0
     xpool: float = 1.0
     aux: bool = True
@@ -47,7 +51,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         bad = [
             f"{name}={getattr(self, name)!r}"
-            for name in ("l1", "giou", "fg", "dual", "xpool", "aux_weight", "bg_weight")
+            for name in ("l1", "giou", "fg", "snippet", "dual", "xpool", "aux_weight",
+                         "bg_weight")
             if not getattr(self, name) >= 0
         ]
         if bad:
@@ -65,6 +70,7 @@ class LossTerms(NamedTuple):
     l1: Tensor
     giou: Tensor
     fg: Tensor
+    snippet: Tensor
     dual: Tensor | None
     xpool: Tensor | None
 
@@ -118,6 +124,19 @@ def detection_terms(
     return (l1 * layer_weight).sum(), (giou * layer_weight).sum(), (fg * layer_weight).sum()
 
 
+def snippet_evidence_loss(snippet_logits: Tensor, target_cw: Tensor) -> Tensor:
+    """Binary cross-entropy of the per-snippet evidence: is snippet k (centred at 2.5 k s)
+    inside the true moment? snippet_logits [B, S] (-inf on padding), target_cw [B, 2]."""
+    logits = snippet_logits.float()
+    valid = torch.isfinite(logits)  # [B,S]
+    centres = torch.arange(logits.shape[1], device=logits.device) * (SNIPPET_HOP / MAX_SECONDS)
+    center, width = target_cw.float().unbind(-1)  # [B] each
+    inside = ((centres[None] - center[:, None]).abs() <= width[:, None] / 2).float()  # [B,S]
+    loss = F.binary_cross_entropy_with_logits(logits.masked_fill(~valid, 0.0), inside,
+                                              reduction="none")
+    return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+
 def made_losses(
     output: MaDeOutput,
     music_index: Tensor,
@@ -140,7 +159,8 @@ def made_losses(
     """
     w = weights if weights is not None else LossWeights()
     l1, giou, fg = detection_terms(output.spans, output.fg_logits, target_cw, w)
-    total = w.l1 * l1 + w.giou * giou + w.fg * fg
+    snippet = snippet_evidence_loss(output.snippet_logits, target_cw)
+    total = w.l1 * l1 + w.giou * giou + w.fg * fg + w.snippet * snippet
     scale = output.logit_scale.float()
     dual = xpool = None
     if output.dual.numel():
@@ -149,4 +169,5 @@ def made_losses(
     if output.xpool.numel():
         xpool = info_nce(output.xpool * scale, music_index)
         total = total + w.xpool * xpool
-    return LossTerms(total=total, l1=l1, giou=giou, fg=fg, dual=dual, xpool=xpool)
+    return LossTerms(total=total, l1=l1, giou=giou, fg=fg, snippet=snippet, dual=dual,
+                     xpool=xpool)

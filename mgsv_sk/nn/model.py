@@ -48,20 +48,23 @@ class RetrievalScores(NamedTuple):
 
 class Grounding(NamedTuple):
     """Per-decoder-layer detector outputs, the last row final: spans [L, B, 2] as
-    (center, width) in units of 240 s, fg_logits [L, B, 2] (index 0 = foreground)."""
+    (center, width) in units of 240 s, fg_logits [L, B, 2] (index 0 = foreground), and the
+    per-snippet evidence snippet_logits [B, S] (-inf on padding)."""
 
     spans: Tensor
     fg_logits: Tensor
+    snippet_logits: Tensor
 
 
 class MaDeOutput(NamedTuple):
     """Training forward: scores [B, U] (empty [B, 0] when disabled), spans and fg_logits
-    [L, B, 2], logit_scale (scalar, 1 / temperature)."""
+    [L, B, 2], snippet_logits [B, S], logit_scale (scalar, 1 / temperature)."""
 
     dual: Tensor
     xpool: Tensor
     spans: Tensor
     fg_logits: Tensor
+    snippet_logits: Tensor
     logit_scale: Tensor
 
 
@@ -84,11 +87,23 @@ class MaDe(nn.Module):
     * each modality has its own position code in the detector memory (plus a learned
       modality-type embedding), so snippet positions do not shift with the video length;
     * no alignment loss (identically zero with one query);
+    * the decoder query also encodes the video's length, and a per-snippet evidence head
+      with its own loss gives the detector dense supervision (see
+      :class:`~mgsv_sk.nn.detector.MomentDetector`);
     * X-Pool scores are computed in chunks of tracks with the output projection folded into
       the values, never as a full [B, N, D] tensor;
     * the single-query decoder is computed exactly without generic self-attention or memory
       projections, and has no query/key projections for its (trivial) self-attention, so the
       parameter count is ~0.79 M below a generic 6-layer decoder.
+
+    Implementation choices (speed on CPU, not in the paper):
+
+    * the detector *encoder* has no dropout on attention weights (it would force SDPA's slow
+      math path, ~3x the attention time); its residual and FFN dropout (0.1) remain, and the
+      decoder keeps attention-weight dropout;
+    * ``cfg.temporal_dropout`` acts on the residual branches of the temporal layers;
+    * dropout masks come from 16-bit random draws (:func:`mgsv_sk.nn.layers.fast_dropout`);
+    * attention softmax, scores and losses stay float32 under bf16 autocast.
 
     The temperature is parametrised as log(temperature) (init log 0.03) and 1 / temperature
     is capped at 100.
@@ -131,7 +146,7 @@ class MaDe(nn.Module):
         return torch.exp(-self.log_temperature).clamp(max=MAX_LOGIT_SCALE)
 
     def retrieval_scores(
-        self, video_enc: VideoEncoding, music_enc: MusicEncoding, chunk: int = 256
+        self, video_enc: VideoEncoding, music_enc: MusicEncoding, chunk: int = 64
     ) -> RetrievalScores:
         """Scores of all pairs, float32 [B, U]; X-Pool in chunks of ``chunk`` tracks."""
         v_emb, m_emb = video_enc.emb, music_enc.emb  # [B,D], [U,D], float32 unit-norm
@@ -162,10 +177,10 @@ class MaDe(nn.Module):
         # A track shared by several videos was encoded once; gather its tokens per video.
         music_tokens = music_enc.tokens[music_index]  # [U,S,D] -> [B,S,D]
         music_mask = music_enc.mask[music_index]  # [B,S]
-        spans, fg_logits = self.detector(
+        spans, fg_logits, snippet_logits = self.detector(
             video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens, music_mask
         )
-        return Grounding(spans, fg_logits)
+        return Grounding(spans, fg_logits, snippet_logits)
 
     @staticmethod
     def moment(grounding: Grounding) -> tuple[Tensor, Tensor]:
@@ -197,6 +212,7 @@ class MaDe(nn.Module):
             xpool=scores.xpool,
             spans=grounding.spans,
             fg_logits=grounding.fg_logits,
+            snippet_logits=grounding.snippet_logits,
             logit_scale=self.logit_scale(),
         )
 
