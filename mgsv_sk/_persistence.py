@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ._atomic import atomic_directory
 from .ranking import MusicCatalogue
 
 if TYPE_CHECKING:
@@ -62,9 +61,6 @@ def _json_safe(value: Any) -> Any:
 
 
 def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bool) -> None:
-    dst = Path(path)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
     params = {k: _json_safe(v) for k, v in est.get_params(deep=False).items()}
     cat = est.catalogue_
     config = {
@@ -77,9 +73,7 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
                    "stopped": est.stopped_},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with atomic_directory(path, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
                  for k, v in est.model_.state_dict().items()}
@@ -90,16 +84,6 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
         np.savez(tmp / "catalogue.npz", **arrays)
         manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _verified(folder: Path) -> dict[str, Any]:

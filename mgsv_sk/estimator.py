@@ -68,6 +68,8 @@ class MGSVGrounder(BaseGrounder):
         tracks by dual score (two-stage search for large catalogues); None: every track.
     l1_weight, giou_weight, fg_weight, dual_weight, xpool_weight : float
         Loss weights (paper: 4, 1, 0.8, 1, 1).
+    snippet_weight : float
+        Weight of the per-snippet evidence loss (an addition to the paper; 0 disables it).
     aux_loss : bool
         Detection losses on every decoder layer, not just the last.
     temperature_init : float
@@ -139,6 +141,7 @@ class MGSVGrounder(BaseGrounder):
         l1_weight: float = 4.0,
         giou_weight: float = 1.0,
         fg_weight: float = 0.8,
+        snippet_weight: float = 1.0,
         dual_weight: float = 1.0,
         xpool_weight: float = 1.0,
         aux_loss: bool = True,
@@ -172,6 +175,7 @@ class MGSVGrounder(BaseGrounder):
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
         self.fg_weight = fg_weight
+        self.snippet_weight = snippet_weight
         self.dual_weight = dual_weight
         self.xpool_weight = xpool_weight
         self.aux_loss = aux_loss
@@ -222,6 +226,7 @@ class MGSVGrounder(BaseGrounder):
         if problems:
             raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
         weights = LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
+                              snippet=self.snippet_weight,
                               dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
         return TrainConfig(
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),

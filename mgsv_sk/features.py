@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._atomic import atomic_directory
 
 __all__ = [
     "FeatureError",
@@ -486,7 +486,7 @@ def pack_features(
     """
     src = as_feature_source(source)
     dst = Path(destination)
-    if dst.exists() and not overwrite:
+    if dst.exists() and not overwrite:  # checked before any reading
         raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
     if annotations is not None:
         video_ids = annotations["video_id"].astype(str) if video_ids is None else video_ids
@@ -495,25 +495,13 @@ def pack_features(
     mids = _unique_ids(music_ids, src, "music_ids")
     src.check_available(vids, mids)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
         bar = _progress(len(vids) + len(mids), verbose, f"packing into {dst.name}")
         meta: dict[str, Any] = {"format": _PACK_FORMAT}
         meta["video"] = _write_table(tmp, "video", vids, src.video, src.video_dim, bar.update)
         meta["music"] = _write_table(tmp, "music", mids, src.music, src.music_dim, bar.update)
         bar.close()
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-            os.replace(tmp, dst)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("packed %d videos and %d tracks into %s", len(vids), len(mids), dst)
     return PackedFeatures(dst)
 

@@ -1,0 +1,304 @@
+"""ONNX export and the torch-free runtime: parity with the estimator, bundle integrity,
+thread safety, errors. One tiny bundle per session (exported in ~2 s)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from export.manifest import BundleError, read_manifest
+from export.runtime import FeatureError, OnnxGrounder
+from export.to_onnx import export_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMERIC = ["start", "end", "score", "moment_score"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_fitted, tmp_path_factory):
+    return export_onnx(tiny_fitted, tmp_path_factory.mktemp("onnx") / "bundle", quantize=True)
+
+
+@pytest.fixture(scope="module")
+def served(bundle, small_train):
+    return OnnxGrounder.load(bundle, 1, features=small_train.features, precision="fp32")
+
+
+def assert_same_predictions(torch_out: pd.DataFrame, ort_out: pd.DataFrame) -> None:
+    assert list(ort_out.columns) == list(torch_out.columns)
+    assert ort_out.index.equals(torch_out.index)
+    assert (ort_out.dtypes == torch_out.dtypes).all()
+    assert ort_out["music_id"].tolist() == torch_out["music_id"].tolist()
+    diff = np.abs(ort_out[NUMERIC].to_numpy() - torch_out[NUMERIC].to_numpy())
+    assert diff.max() <= TOL, dict(zip(NUMERIC, diff.max(axis=0)))
+
+
+# -- the bundle --------------------------------------------------------------------------------
+def test_bundle_layout_and_manifest(bundle, tiny_fitted):
+    manifest = read_manifest(bundle)
+    assert set(manifest["graphs"]) == {"video_encoder", "music_encoder", "score_tracks",
+                                       "score_pairs", "detector"}
+    assert manifest["dims"]["d_model"] == tiny_fitted.model_.cfg.d_model
+    assert manifest["constants"]["max_music_seconds"] == 240.0
+    assert manifest["constants"]["snippet_hop_seconds"] == 2.5
+    assert manifest["retrieval"]["xpool_top_k"] == tiny_fitted.xpool_top_k
+    assert manifest["catalogue"]["n_tracks"] == len(tiny_fitted.catalogue_ids_)
+    assert {"torch", "onnx", "onnxruntime", "mgsv_sk"} <= set(manifest["versions"])
+    assert manifest["opset"] == 20
+    on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {"manifest.json"}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    ids = json.loads((bundle / "catalogue/ids.json").read_text())
+    assert ids == tiny_fitted.catalogue_ids_
+    tokens = np.load(bundle / "catalogue/tokens.npy", mmap_mode="r", allow_pickle=False)
+    assert tokens.dtype == np.float32 and tokens.shape[0] == manifest["catalogue"]["n_snippets"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_saved_graphs_have_symbolic_axes(bundle, precision):
+    manifest = read_manifest(bundle)
+    for name, graph in manifest["graphs"].items():
+        model = onnx.load(bundle / graph["files"][precision])
+        values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+        for tensor in graph["inputs"] + graph["outputs"]:
+            dims = values[tensor["name"]].type.tensor_type.shape.dim
+            for axis, want in zip(dims, tensor["shape"]):
+                if isinstance(want, str):
+                    assert axis.dim_param == want, (name, tensor["name"], axis)
+                else:
+                    assert axis.dim_value == want, (name, tensor["name"], axis)
+        batch_axes = [t["shape"][0] for t in graph["inputs"]]
+        assert {"batch", "tracks"} & set(batch_axes)
+
+
+# -- parity with the estimator ---------------------------------------------------------------------
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(0, 37)], ids=["batch1", "batch37"])
+@pytest.mark.parametrize("mode", ["smg", "msg"])
+def test_predict_parity(tiny_fitted, served, small_train, rows, mode):
+    X = small_train.frame.iloc[rows]
+    if mode == "msg":
+        X = X.drop(columns="music_id")
+    lengths = {len(small_train.features.video(v)) for v in X["video_id"]}
+    assert rows.stop == 1 or len(lengths) > 5  # variable numbers of valid frames
+    assert_same_predictions(tiny_fitted.predict(X), served.predict(X))
+
+
+def test_smg_on_tracks_outside_the_catalogue(tiny_fitted, served, small_test):
+    X = small_test.frame
+    snippets = {len(small_test.features.music(m)) for m in X["music_id"]}
+    assert len(snippets) > 10  # variable numbers of valid snippets
+    assert_same_predictions(tiny_fitted.predict(X, features=small_test.features),
+                            served.predict(X, features=small_test.features))
+
+
+def test_rank_parity(tiny_fitted, served, small_train):
+    X = small_train.frame.iloc[:20].drop(columns="music_id")
+    want, got = tiny_fitted.rank(X, k=5), served.rank(X, k=5)
+    assert list(got.columns) == list(want.columns) and (got.dtypes == want.dtypes).all()
+    assert got[["video_id", "rank", "music_id"]].equals(want[["video_id", "rank", "music_id"]])
+    cols = ["score", "start", "end", "moment_score"]
+    assert np.abs(got[cols].to_numpy() - want[cols].to_numpy()).max() <= TOL
+
+
+def test_decision_function_parity(tiny_fitted, served, small_test):
+    X, gallery = small_test.frame, small_test.frame["music_id"].unique()
+    want = tiny_fitted.decision_function(X, features=small_test.features, music_ids=gallery)
+    got = served.decision_function(X, features=small_test.features, music_ids=gallery)
+    assert got.shape == want.shape and np.abs(got - want).max() <= TOL
+    assert (np.argsort(-got, axis=1, kind="stable")[:, :10]
+            == np.argsort(-want, axis=1, kind="stable")[:, :10]).all()
+
+
+def test_two_stage_parity(tiny_model, bundle, small_train):
+    tiny_model.set_params(xpool_top_k=4)
+    served = OnnxGrounder.load(bundle, 1, features=small_train.features, precision="fp32")
+    served.xpool_top_k = 4
+    X = small_train.frame.iloc[:30]
+    want, got = tiny_model.decision_function(X), served.decision_function(X)
+    assert np.abs(got - want).max() <= TOL
+    assert_same_predictions(tiny_model.predict(X.drop(columns="music_id")),
+                            served.predict(X.drop(columns="music_id")))
+
+
+def test_add_tracks_matches_a_bigger_catalogue(tiny_model, bundle, small_train, small_test):
+    from mgsv_sk import InMemoryFeatures
+
+    feats = InMemoryFeatures(
+        {v: small_train.features.video(v) for v in small_train.features.video_ids()},
+        {**{m: small_train.features.music(m) for m in small_train.features.music_ids()},
+         **{m: small_test.features.music(m) for m in small_test.features.music_ids()}})
+    new = list(small_test.frame["music_id"].unique()[:25])
+    served = OnnxGrounder.load(bundle, 1, features=feats, precision="fp32")
+    served.add_tracks(new)
+    assert served.catalogue_ids_ == tiny_model.catalogue_ids_ + new
+    tiny_model.set_catalogue(tiny_model.catalogue_ids_ + new, features=feats)
+    X = small_train.frame.iloc[:30].drop(columns="music_id")
+    assert_same_predictions(tiny_model.predict(X, features=feats), served.predict(X))
+    with pytest.raises(ValueError, match="already in the catalogue"):
+        served.add_tracks(new[:2])
+
+
+def test_int8_graphs_serve(bundle, served, small_train):
+    int8 = OnnxGrounder.load(bundle, 1, features=small_train.features)
+    assert int8.precision == "int8"  # the bundle's default when exported with quantize=True
+    X = small_train.frame.iloc[:20]
+    a, b = int8.predict(X), served.predict(X)
+    assert list(a.columns) == list(b.columns) and np.isfinite(a[NUMERIC].to_numpy()).all()
+    assert np.abs(a["start"] - b["start"]).median() < 5.0  # seconds; accuracy: benchmarks/
+
+
+# -- deployment properties ------------------------------------------------------------------------
+def test_runtime_imports_neither_torch_nor_mgsv_sk(bundle, small_test, tiny_fitted, tmp_path):
+    from mgsv_sk import pack_features
+
+    packed = pack_features(small_test.features, tmp_path / "packed",
+                           annotations=small_test.frame)
+    X = small_test.frame.iloc[:12]
+    X.to_csv(tmp_path / "X.csv", index=False)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None
+        sys.modules["mgsv_sk"] = None
+        sys.path.insert(0, {str(ROOT)!r})
+        import pandas as pd
+        from export.runtime import OnnxGrounder
+        X = pd.read_csv({str(tmp_path / "X.csv")!r}, dtype={{"video_id": str, "music_id": str}})
+        g = OnnxGrounder.load({str(bundle)!r}, 1, precision="fp32")
+        out = g.predict(X, features={str(packed.path)!r})
+        out.to_json({str(tmp_path / "out.json")!r}, orient="split", double_precision=15)
+        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path, timeout=120)
+    got = pd.read_json(tmp_path / "out.json", orient="split", dtype={"music_id": str})
+    want = tiny_fitted.predict(X, features=small_test.features)
+    assert got["music_id"].tolist() == want["music_id"].tolist()
+    assert np.abs(got[NUMERIC].to_numpy() - want[NUMERIC].to_numpy()).max() <= TOL
+
+
+def test_tampered_bundle_is_refused(bundle, tmp_path):
+    for victim in ("graphs/detector.onnx", "catalogue/emb.npy"):
+        copy_ = tmp_path / victim.replace("/", "_")
+        shutil.copytree(bundle, copy_)
+        data = bytearray((copy_ / victim).read_bytes())
+        data[-1] ^= 0xFF  # same size, other bytes
+        (copy_ / victim).write_bytes(bytes(data))
+        with pytest.raises(BundleError, match=victim.split("/")[-1]):
+            OnnxGrounder.load(copy_)
+    extra = tmp_path / "extra"
+    shutil.copytree(bundle, extra)
+    (extra / "graphs" / "evil.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match="evil.onnx"):
+        OnnxGrounder.load(extra)
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        OnnxGrounder.load(tmp_path)
+
+
+def test_failed_export_leaves_nothing(tiny_fitted, tmp_path, monkeypatch):
+    import export.to_onnx as to_onnx
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(to_onnx, "_write_catalogue", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_onnx(tiny_fitted, tmp_path / "bundle")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_arguments(tiny_fitted, bundle):
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export_onnx(tiny_fitted, bundle)
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(tiny_fitted, bundle.parent / "other", opset=23)
+    from mgsv_sk import MGSVGrounder
+
+    with pytest.raises(ValueError, match="fitted"):
+        export_onnx(MGSVGrounder(), bundle.parent / "other")
+
+
+def test_cli_exports_a_saved_model(tiny_fitted, tmp_path):
+    from export.__main__ import main
+
+    tiny_fitted.save(tmp_path / "model")
+    assert main([str(tmp_path / "model"), str(tmp_path / "bundle"), "--no-check"]) == 0
+    assert read_manifest(tmp_path / "bundle")["default_precision"] == "fp32"
+
+
+def test_threads_give_the_serial_results(served, small_train):
+    frames = [small_train.frame.iloc[i: i + 9] for i in range(0, 72, 9)]
+    frames = [f if i % 2 else f.drop(columns="music_id") for i, f in enumerate(frames)]
+    serial = [served.predict(f) for f in frames]
+    results: list[pd.DataFrame | None] = [None] * len(frames)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(frames))
+
+    def work(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = served.predict(frames[i])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(frames))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for want, got in zip(serial, results):
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_sessions_are_not_pickled(served):
+    import pickle
+
+    with pytest.raises(TypeError, match="load the bundle again"):
+        pickle.dumps(served)
+
+
+# -- errors --------------------------------------------------------------------------------------
+def test_clear_errors(served, small_train):
+    X = small_train.frame.iloc[:3]
+    with pytest.raises(ValueError, match="video_id"):
+        served.predict(X.drop(columns="video_id"))
+    with pytest.raises(TypeError, match="DataFrame"):
+        served.predict(X.to_dict())
+    with pytest.raises(FeatureError, match="nope"):
+        served.predict(X.assign(music_id=["nope", "nope", X["music_id"].iloc[2]]))
+    with pytest.raises(FeatureError, match="no video features"):
+        served.predict(X.assign(video_id="ghost"))
+    with pytest.raises(ValueError, match="k must be"):
+        served.rank(X, k=0)
+    vid = X["video_id"].iloc[0]
+    good = small_train.features.video(vid)
+    bad_cases = {
+        "shape": np.zeros((5, 300), np.float32),
+        "NaN": np.where(np.arange(512) == 3, np.nan, good[:4]),
+        "rows": np.zeros((0, 512), np.float32),
+        "1 to 50": np.ones((51, 512), np.float32),
+    }
+    for message, array in bad_cases.items():
+        feats = ({vid: array}, {})
+        with pytest.raises(FeatureError, match=message):
+            served.predict(X.iloc[:1].drop(columns="music_id"), features=feats)
+
+
+def test_dict_features_are_accepted(tiny_fitted, bundle, small_train):
+    X = small_train.frame.iloc[:5]
+    feats = ({v: small_train.features.video(v) for v in X["video_id"]},
+             {m: small_train.features.music(m) for m in X["music_id"]})
+    served = OnnxGrounder.load(bundle, 1, precision="fp32")
+    with pytest.raises(ValueError, match="no features given"):
+        served.predict(X)
+    assert_same_predictions(tiny_fitted.predict(X), served.predict(X, features=feats))
