@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from conftest import TINY
 
 from export.manifest import BundleError, read_manifest
 from export.runtime import FeatureError, OnnxGrounder
@@ -149,11 +150,11 @@ def test_add_tracks_matches_a_bigger_catalogue(tiny_model, bundle, small_train, 
         served.add_tracks(new[:2])
 
 
-def test_int8_graphs_serve(bundle, served, small_train):
-    int8 = OnnxGrounder.load(bundle, 1, features=small_train.features)
+def test_int8_graphs_serve(bundle, served, small_test):
+    int8 = OnnxGrounder.load(bundle, 1, features=small_test.features)
     assert int8.precision == "int8"  # the bundle's default when exported with quantize=True
-    X = small_train.frame.iloc[:20]
-    a, b = int8.predict(X), served.predict(X)
+    X = small_test.frame.iloc[:20]  # tracks outside the catalogue: int8 music encoder too
+    a, b = int8.predict(X), served.predict(X, features=small_test.features)
     assert list(a.columns) == list(b.columns) and np.isfinite(a[NUMERIC].to_numpy()).all()
     assert np.abs(a["start"] - b["start"]).median() < 5.0  # seconds; accuracy: benchmarks/
 
@@ -220,7 +221,7 @@ def test_export_arguments(tiny_fitted, bundle):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_onnx(tiny_fitted, bundle)
     with pytest.raises(ValueError, match="opset"):
-        export_onnx(tiny_fitted, bundle.parent / "other", opset=23)
+        export_onnx(tiny_fitted, bundle.parent / "other", opset=21)
     from mgsv_sk import MGSVGrounder
 
     with pytest.raises(ValueError, match="fitted"):
@@ -302,3 +303,19 @@ def test_dict_features_are_accepted(tiny_fitted, bundle, small_train):
     with pytest.raises(ValueError, match="no features given"):
         served.predict(X)
     assert_same_predictions(tiny_fitted.predict(X), served.predict(X, features=feats))
+
+
+@pytest.mark.parametrize("scores", [("dual",), ("xpool",)])
+def test_single_score_models(scores, small_train, tmp_path):
+    from mgsv_sk import MGSVGrounder
+
+    model = MGSVGrounder(features=small_train.features, retrieval_scores=scores,
+                         **{**TINY, "max_epochs": 1}).fit(small_train.frame)
+    bundle = export_onnx(model, tmp_path / "bundle")
+    graphs = set(read_manifest(bundle)["graphs"])
+    assert ("score_tracks" in graphs) == ("xpool" in scores)
+    served = OnnxGrounder.load(bundle, 1, features=small_train.features)
+    X = small_train.frame.iloc[:15]
+    assert_same_predictions(model.predict(X), served.predict(X))
+    X = X.drop(columns="music_id")
+    assert_same_predictions(model.predict(X), served.predict(X))

@@ -1,0 +1,155 @@
+"""The graphs of a bundle as small nn.Modules over *public* MaDe methods, and example inputs.
+
+Each wrapper calls only ``encode_video``, ``encode_music``, ``xpool.keys_values``,
+``xpool.scores_from_kv``, ``xpool.paired_from_kv``, ``ground`` and ``MaDe.moment``, so the
+detector's internals may change without touching the export. Input and output names and
+axes are those of :func:`export.manifest.graph_specs`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mgsv_sk.nn.model import MaDe, MusicEncoding, VideoEncoding
+from mgsv_sk.nn.xpool import XPool
+
+from .manifest import MAX_MUSIC_SECONDS, GraphSpec
+
+__all__ = ["CHECK_SIZES", "EXPORT_SIZES", "WRAPPERS", "example_inputs"]
+
+
+# -- graph wrappers: public MaDe methods only -------------------------------------------------
+class _Graph(nn.Module):
+    def __init__(self, model: MaDe) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def xpool(self) -> XPool:
+        if self.model.xpool is None:
+            raise ValueError("this graph needs the X-Pool score, which the model lacks")
+        return self.model.xpool
+
+
+class VideoEncoderGraph(_Graph):
+    """video [B, F, 512], video_mask [B, F] -> video_tokens [B, F, D], video_emb [B, D]."""
+
+    def forward(self, video: Tensor, video_mask: Tensor) -> tuple[Tensor, Tensor]:
+        enc = self.model.encode_video(video, video_mask)
+        return enc.tokens, enc.emb
+
+
+class MusicEncoderGraph(_Graph):
+    """music [U, S, 768], music_mask [U, S] -> tokens [U, S, D], emb [U, D] and, with X-Pool,
+    keys and values [U, S, D] (what a catalogue caches per track)."""
+
+    def forward(self, music: Tensor, music_mask: Tensor) -> tuple[Tensor, ...]:
+        enc = self.model.encode_music(music, music_mask)
+        if self.model.xpool is None:
+            return enc.tokens, enc.emb
+        keys, values = self.xpool.keys_values(enc.tokens)
+        return enc.tokens, enc.emb, keys, values
+
+
+class ScoreTracksGraph(_Graph):
+    """Every (video, track) pair: video_emb [B, D], (music_emb [U, D]), keys/values [U, S, D],
+    music_mask [U, S] -> score [B, U] = dual + X-Pool (the enabled ones)."""
+
+    def forward(self, video_emb: Tensor, *args: Tensor) -> Tensor:
+        if self.model.cfg.use_dual:
+            music_emb, keys, values, mask = args
+            dual = video_emb @ music_emb.T  # [B,D] @ [D,U] -> [B,U]
+            return dual + self.xpool.scores_from_kv(video_emb, keys, values, mask)
+        keys, values, mask = args
+        return self.xpool.scores_from_kv(video_emb, keys, values, mask)
+
+
+class ScorePairsGraph(_Graph):
+    """Matched pairs: video_emb [B, D], (music_emb [B, D]), keys/values [B, S, D],
+    music_mask [B, S] -> score [B]."""
+
+    def forward(self, video_emb: Tensor, *args: Tensor) -> Tensor:
+        if self.model.cfg.use_dual:
+            music_emb, keys, values, mask = args
+            dual = (video_emb * music_emb).sum(dim=-1)  # [B]
+            return dual + self.xpool.paired_from_kv(video_emb, keys, values, mask)
+        keys, values, mask = args
+        return self.xpool.paired_from_kv(video_emb, keys, values, mask)
+
+
+class DetectorGraph(_Graph):
+    """Moment of video b in track music_index[b]: video tokens/mask/emb [B, ...], music
+    tokens [U, S, D] and mask [U, S], music_index [B] -> center_width [B, 2] (units of
+    240 s), start_end [B, 2] (seconds, clamped to [0, 240], end >= start), confidence [B]
+    (foreground probability), snippet_logits [B, S] (-inf on padding)."""
+
+    def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
+                music_tokens: Tensor, music_mask: Tensor,
+                music_index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        video = VideoEncoding(video_tokens, video_mask, video_emb)
+        # ground() reads the music embedding's length only (number of tracks).
+        music = MusicEncoding(music_tokens, music_mask, music_tokens[:, 0])
+        grounding = self.model.ground(video, music, music_index)
+        center_width, confidence = MaDe.moment(grounding)
+        center, width = center_width[:, 0], center_width[:, 1]
+        start = ((center - width / 2) * MAX_MUSIC_SECONDS).clamp(0.0, MAX_MUSIC_SECONDS)
+        end = torch.clamp(torch.maximum((center + width / 2) * MAX_MUSIC_SECONDS, start),
+                          max=MAX_MUSIC_SECONDS)
+        return (center_width, torch.stack([start, end], dim=1), confidence,
+                grounding.snippet_logits)
+
+
+WRAPPERS: dict[str, Callable[[MaDe], nn.Module]] = {
+    "video_encoder": VideoEncoderGraph,
+    "music_encoder": MusicEncoderGraph,
+    "score_tracks": ScoreTracksGraph,
+    "score_pairs": ScorePairsGraph,
+    "detector": DetectorGraph,
+}
+
+
+# -- example inputs -----------------------------------------------------------------------------
+def _mask(lengths: Sequence[int]) -> Tensor:
+    """[n, max(lengths)] bool, valid positions first."""
+    return torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+
+
+def example_inputs(spec: GraphSpec, sizes: dict[str, Any], dims: dict[str, int],
+             gen: torch.Generator) -> tuple[Tensor, ...]:
+    """Inputs for one graph. ``sizes``: batch, tracks, frames/snippets lengths per row."""
+    frames, snippets = sizes["frames"], sizes["snippets"]
+    b, u = len(frames), len(snippets)
+    video_mask, music_mask = _mask(frames), _mask(snippets)
+    pair_mask = music_mask[[i % u for i in range(b)]]  # track i % u for pair i
+    out: list[Tensor] = []
+    for t in spec.inputs:
+        axes = {"batch": b, "tracks": u, "frames": int(video_mask.shape[1]),
+                "snippets": int(music_mask.shape[1])}
+        shape = [axes[a] if isinstance(a, str) else a for a in t.shape]
+        if t.name == "music_index":
+            out.append(torch.tensor([(i + 1) % u for i in range(b)], dtype=torch.long))
+        elif t.dtype == "bool":
+            paired = t.shape[0] == "batch"
+            out.append(video_mask if t.name == "video_mask"
+                       else pair_mask if paired else music_mask)
+        elif t.name.endswith("_emb"):
+            x = torch.randn(*shape, generator=gen)
+            out.append(x / x.norm(dim=-1, keepdim=True))
+        else:
+            x = torch.randn(*shape, generator=gen)
+            if t.name in ("video_tokens", "music_tokens", "video", "music"):
+                mask = (video_mask if t.name.startswith("video") else music_mask)
+                x = x * mask[..., None]  # padding rows are zero, as the encoders give them
+            out.append(x)
+    return tuple(out)
+
+
+#: Export with batch 3 and unequal lengths (a batch-1 example freezes the batch axis);
+#: check on other shapes, batch 1 included.
+EXPORT_SIZES = {"frames": [7, 4, 2], "snippets": [9, 5]}
+CHECK_SIZES = ({"frames": [11, 1, 3, 9, 5], "snippets": [13, 2, 7]},
+                {"frames": [4], "snippets": [6]})

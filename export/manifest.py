@@ -1,0 +1,331 @@
+"""The contract between the exporter and the runtime: a bundle's layout, names and dims.
+
+Importable with numpy and the standard library only (no torch, no onnx), so both sides
+read the same facts from here, and ``manifest.json`` carries them to any other client.
+
+A bundle is a folder::
+
+    manifest.json                 this contract, filled in (see :func:`new_manifest`)
+    graphs/video_encoder.onnx     video [batch, frames, 512] -> tokens, unit-norm embedding
+    graphs/music_encoder.onnx     music [tracks, snippets, 768] -> tokens, embedding,
+                                  X-Pool keys and values
+    graphs/score_tracks.onnx      retrieval scores of every (video, track) pair of a chunk
+    graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
+    graphs/detector.onnx          the moment of video b in track music_index[b]
+    graphs/<name>.int8.onnx       dynamically quantised twins (``quantize=True``)
+    catalogue/ids.json            track ids, one per catalogue row
+    catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
+    catalogue/offsets.npy         [N + 1] int64: track i owns snippet rows offsets[i]:offsets[i+1]
+    catalogue/tokens.npy          [R, D] float32 snippet tokens of every track, back to back
+    catalogue/xpool_kv.npy        [R, 2D] float32 X-Pool keys | out-projected values per snippet
+
+Every array is a plain ``.npy`` (no pickle) that ``np.load(mmap_mode="r")`` maps, so a
+catalogue larger than memory is served from the page cache. ``manifest.json`` lists the
+sha256 and size of every other file; the runtime refuses a bundle whose files differ.
+
+Symbolic axes: ``batch`` (videos, or matched pairs), ``tracks`` (tracks of one call),
+``frames`` (<= ``max_frames``), ``snippets`` (<= ``max_snippets``). Masks are bool with
+True = valid; every row needs at least one valid position (an all-padding row gives NaN).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BundleError",
+    "CATALOGUE_FILES",
+    "FORMAT",
+    "GraphSpec",
+    "MANIFEST_FILE",
+    "MAX_MUSIC_SECONDS",
+    "SNIPPET_HOP_SECONDS",
+    "TWO_STAGE_MARGIN",
+    "TensorSpec",
+    "graph_file",
+    "graph_specs",
+    "new_manifest",
+    "read_manifest",
+    "sha256_file",
+    "spec_from_json",
+    "verify_files",
+    "write_manifest",
+]
+
+FORMAT = "mgsv_sk.onnx/1"
+MANIFEST_FILE = "manifest.json"
+#: Tracks are cut at this many seconds; (center, width) spans are in units of it.
+MAX_MUSIC_SECONDS = 240.0
+#: Snippet k of a track is centred at k * SNIPPET_HOP_SECONDS seconds.
+SNIPPET_HOP_SECONDS = 2.5
+#: Two-stage search: tracks outside a video's X-Pool shortlist score dual - this margin,
+#: so they rank after every re-ranked track (dual + xpool >= dual - 2 > dual - 4).
+TWO_STAGE_MARGIN = 4.0
+
+#: Catalogue arrays, by role, as in ``mgsv_sk.ranking.MusicCatalogue``. ``xpool_kv`` exists
+#: only when the model has an X-Pool score.
+CATALOGUE_FILES: dict[str, str] = {
+    "ids": "catalogue/ids.json",
+    "emb": "catalogue/emb.npy",
+    "offsets": "catalogue/offsets.npy",
+    "tokens": "catalogue/tokens.npy",
+    "xpool_kv": "catalogue/xpool_kv.npy",
+}
+#: Graph names, in the order a request runs them.
+GRAPH_NAMES = ("video_encoder", "music_encoder", "score_tracks", "score_pairs", "detector")
+PRECISIONS = ("fp32", "int8")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, damaged, tampered with or of another format."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype ("float32", "bool", "int64") and shape,
+    each axis a symbolic name (str) or a fixed size (int)."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Inputs and outputs of one graph, in order."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs]}
+
+
+def spec_from_json(name: str, data: Mapping[str, Any]) -> GraphSpec:
+    """Inverse of :meth:`GraphSpec.to_json`."""
+
+    def tensors(items: Iterable[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["dtype"], tuple(t["shape"])) for t in items)
+
+    return GraphSpec(name, tensors(data["inputs"]), tensors(data["outputs"]))
+
+
+def graph_specs(
+    d_model: int, video_dim: int, music_dim: int, *, use_dual: bool, use_xpool: bool
+) -> dict[str, GraphSpec]:
+    """The graphs of a bundle for a model of these dims and retrieval scores.
+
+    Without an X-Pool score the music encoder has no keys/values and there are no score
+    graphs (the dual score is one matrix product the runtime does in numpy); without the
+    dual score the score graphs take no track embedding.
+    """
+    d = d_model
+
+    def t(name: str, dtype: str, *shape: str | int) -> TensorSpec:
+        return TensorSpec(name, dtype, tuple(shape))
+
+    specs = {
+        "video_encoder": GraphSpec(
+            "video_encoder",
+            (t("video", "float32", "batch", "frames", video_dim),
+             t("video_mask", "bool", "batch", "frames")),
+            (t("video_tokens", "float32", "batch", "frames", d),
+             t("video_emb", "float32", "batch", d)),
+        ),
+        "music_encoder": GraphSpec(
+            "music_encoder",
+            (t("music", "float32", "tracks", "snippets", music_dim),
+             t("music_mask", "bool", "tracks", "snippets")),
+            (t("music_tokens", "float32", "tracks", "snippets", d),
+             t("music_emb", "float32", "tracks", d))
+            + ((t("xpool_keys", "float32", "tracks", "snippets", d),
+                t("xpool_values", "float32", "tracks", "snippets", d)) if use_xpool else ()),
+        ),
+        "detector": GraphSpec(
+            "detector",
+            (t("video_tokens", "float32", "batch", "frames", d),
+             t("video_mask", "bool", "batch", "frames"),
+             t("video_emb", "float32", "batch", d),
+             t("music_tokens", "float32", "tracks", "snippets", d),
+             t("music_mask", "bool", "tracks", "snippets"),
+             t("music_index", "int64", "batch")),
+            (t("center_width", "float32", "batch", 2),
+             t("start_end", "float32", "batch", 2),
+             t("confidence", "float32", "batch"),
+             t("snippet_logits", "float32", "batch", "snippets")),
+        ),
+    }
+    if use_xpool:
+        emb_all = (t("music_emb", "float32", "tracks", d),) if use_dual else ()
+        emb_pair = (t("music_emb", "float32", "batch", d),) if use_dual else ()
+        specs["score_tracks"] = GraphSpec(
+            "score_tracks",
+            (t("video_emb", "float32", "batch", d),) + emb_all
+            + (t("xpool_keys", "float32", "tracks", "snippets", d),
+               t("xpool_values", "float32", "tracks", "snippets", d),
+               t("music_mask", "bool", "tracks", "snippets")),
+            (t("score", "float32", "batch", "tracks"),),
+        )
+        specs["score_pairs"] = GraphSpec(
+            "score_pairs",
+            (t("video_emb", "float32", "batch", d),) + emb_pair
+            + (t("xpool_keys", "float32", "batch", "snippets", d),
+               t("xpool_values", "float32", "batch", "snippets", d),
+               t("music_mask", "bool", "batch", "snippets")),
+            (t("score", "float32", "batch"),),
+        )
+    return {name: specs[name] for name in GRAPH_NAMES if name in specs}
+
+
+def graph_file(name: str, precision: str = "fp32") -> str:
+    """Bundle-relative path of a graph: ``graphs/<name>.onnx`` or ``graphs/<name>.int8.onnx``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return f"graphs/{name}.onnx" if precision == "fp32" else f"graphs/{name}.{precision}.onnx"
+
+
+def new_manifest(
+    *,
+    specs: Mapping[str, GraphSpec],
+    graph_files: Mapping[str, Mapping[str, str]],
+    dims: Mapping[str, int],
+    retrieval: Mapping[str, Any],
+    catalogue: Mapping[str, Any],
+    versions: Mapping[str, str],
+    opset: int,
+    exporter: str,
+    default_precision: str = "fp32",
+) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict (``files`` is filled by :func:`write_manifest`).
+
+    Parameters
+    ----------
+    specs : graph name -> GraphSpec
+    graph_files : graph name -> {precision: bundle-relative file}
+    dims : d_model, video_dim, music_dim, max_frames, max_snippets
+    retrieval : use_dual, use_xpool, xpool_top_k (None = X-Pool over every track)
+    catalogue : n_tracks, n_snippets and the bundle-relative ``files`` by role
+    versions : library versions that wrote the bundle
+    """
+    return {
+        "format": FORMAT,
+        "graphs": {name: {"files": dict(graph_files[name]), **spec.to_json()}
+                   for name, spec in specs.items()},
+        "default_precision": default_precision,
+        "dims": dict(dims),
+        "constants": {"max_music_seconds": MAX_MUSIC_SECONDS,
+                      "snippet_hop_seconds": SNIPPET_HOP_SECONDS,
+                      "two_stage_margin": TWO_STAGE_MARGIN},
+        "retrieval": dict(retrieval),
+        "catalogue": dict(catalogue),
+        "opset": int(opset),
+        "exporter": exporter,
+        "versions": dict(versions),
+        "files": {},
+    }
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bundle_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(
+    folder: str | os.PathLike[str],
+    manifest: Mapping[str, Any],
+    known: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Record the size and sha256 of every file under ``folder`` and write manifest.json.
+
+    ``known`` maps bundle-relative paths to checksums already computed (e.g. while a
+    large array was written), which are trusted instead of re-reading those files.
+    Returns the manifest written.
+    """
+    root = Path(folder)
+    known = dict(known or {})
+    files = {rel: {"bytes": (root / rel).stat().st_size,
+                   "sha256": known.get(rel) or sha256_file(root / rel)}
+             for rel in _bundle_files(root)}
+    out = {**manifest, "files": files}
+    (root / MANIFEST_FILE).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and sanity-check ``manifest.json`` of a bundle (checksums not verified)."""
+    root = Path(folder)
+    path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise FileNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
+                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
+                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path!s} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{root!s} holds format {found!r}, expected {FORMAT!r}; "
+                          "re-export it with this version")
+    missing = [k for k in ("graphs", "dims", "constants", "retrieval", "catalogue", "files")
+               if k not in manifest]
+    if missing:
+        raise BundleError(f"{path!s} lacks the key(s) {missing}; re-export the bundle")
+    return manifest
+
+
+def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
+                 checksums: bool = True) -> None:
+    """Check every file listed in the manifest: present, same size, same sha256.
+
+    Raises :class:`BundleError` naming the first file that differs, and for files in the
+    bundle that the manifest does not list (something was added after export).
+    """
+    root = Path(folder)
+    listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
+    for rel, info in listed.items():
+        path = root / rel
+        if not path.is_file():
+            raise BundleError(f"bundle {root!s} lacks {rel}, listed in its manifest; "
+                              "re-export the bundle")
+        size = path.stat().st_size
+        if size != info["bytes"]:
+            raise BundleError(f"{path!s} has {size} bytes, the manifest says {info['bytes']}: "
+                              "the file was changed or truncated after export; refusing it")
+        if checksums and sha256_file(path) != info["sha256"]:
+            raise BundleError(f"checksum mismatch for {path!s}: the file was changed after "
+                              "export; refusing to load the bundle")
+    extra = [rel for rel in _bundle_files(root) if rel not in listed]
+    if extra:
+        raise BundleError(f"bundle {root!s} holds file(s) its manifest does not list: "
+                          f"{extra[:5]}; remove them or re-export the bundle")

@@ -1,0 +1,313 @@
+"""Export a fitted :class:`mgsv_sk.MGSVGrounder` to an ONNX bundle (graphs + catalogue).
+
+The bundle layout and every name in it are defined in :mod:`export.manifest`; serve it with
+:class:`export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
+
+Each graph wraps *public* MaDe methods only (``encode_video``, ``encode_music``,
+``xpool.keys_values``, ``xpool.scores_from_kv``, ``xpool.paired_from_kv``, ``ground``,
+``MaDe.moment``; see :mod:`export._graphs`), so the detector's internals may change freely.
+
+Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing with named dynamic
+axes). The default dynamo exporter cannot capture these methods as written: their input
+validation is data-dependent (``bool(mask.any(1).all())`` in the mask check,
+``int(music_index.min())`` in ``ground``), which ``torch.export`` refuses, and
+``torch.export.draft_export`` gets past it only by specialising the detector's batch axis to
+the example's size. Tracing records those checks as constants, which is right here: the
+runtime validates inputs before they reach a graph. Every graph is checked after export
+(symbolic axes really symbolic, outputs equal to torch on inputs of *other* shapes than the
+example, batch 1 included), so a silently frozen axis fails the export instead of shipping.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mgsv_sk._atomic import atomic_directory
+
+from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
+from .manifest import (
+    CATALOGUE_FILES,
+    GraphSpec,
+    graph_file,
+    graph_specs,
+    new_manifest,
+    write_manifest,
+)
+
+__all__ = ["ExportError", "export_onnx"]
+
+logger = logging.getLogger(__name__)
+
+#: Opsets of the TorchScript exporter (20 is its newest; the dynamo exporter would map SDPA
+#: to the ONNX ``Attention`` op at 23, whose onnxruntime CPU kernel rejects the padding mask).
+SUPPORTED_OPSETS = range(17, 21)
+#: The post-export check accepts |ORT - torch| <= atol + rtol * |torch| (fp32 graphs; the
+#: rtol covers start/end in seconds, up to 240).
+CHECK_ATOL = 1e-4
+CHECK_RTOL = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graphs do not match the model (a frozen axis, a wrong output)."""
+
+
+# -- one graph ------------------------------------------------------------------------------------
+def _export_graph(module: nn.Module, spec: GraphSpec, args: tuple[Tensor, ...],
+                  opset: int, path: Path) -> None:
+    dynamic_axes = {t.name: {i: a for i, a in enumerate(t.shape) if isinstance(a, str)}
+                    for t in spec.inputs + spec.outputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        # Tracing warns that the model's input checks become constants (intended: the
+        # runtime validates inputs) and that the TorchScript exporter is legacy.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(
+            module, args, path, dynamo=False, opset_version=opset,
+            input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_axes=dynamic_axes, do_constant_folding=True,
+        )
+
+
+def _check_axes(model: Any, spec: GraphSpec) -> None:
+    """Every symbolic axis of the spec is symbolic in the graph (not frozen to the example's
+    size); fixed axes have their size. Then names them exactly as the spec."""
+    problems = []
+    values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    for t in spec.inputs + spec.outputs:
+        if t.name not in values:
+            problems.append(f"{t.name}: not in the graph")
+            continue
+        dims = values[t.name].type.tensor_type.shape.dim
+        if len(dims) != len(t.shape):
+            problems.append(f"{t.name}: rank {len(dims)}, expected {len(t.shape)}")
+            continue
+        for axis, (dim, want) in enumerate(zip(dims, t.shape)):
+            if isinstance(want, str) and not dim.dim_param:
+                problems.append(f"{t.name} axis {axis} ({want}) is fixed to {dim.dim_value}")
+            if isinstance(want, int) and dim.dim_value not in (0, want):
+                problems.append(f"{t.name} axis {axis}: {dim.dim_value}, expected {want}")
+            if isinstance(want, str):
+                dim.dim_param = want
+            else:
+                dim.dim_value = want
+    if problems:
+        raise ExportError(f"graph {spec.name!r} does not have the contract's shapes: "
+                          + "; ".join(problems))
+
+
+def _check_outputs(session: Any, module: nn.Module, spec: GraphSpec,
+                   args: tuple[Tensor, ...]) -> float:
+    """Largest |ORT - torch| over the outputs, checked against the tolerance (-inf
+    positions must agree)."""
+    with torch.no_grad():
+        expected = module(*args)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    feed = {t.name: a.numpy() for t, a in zip(spec.inputs, args)}
+    got = session.run(spec.output_names, feed)
+    worst = 0.0
+    for t, want, have in zip(spec.outputs, expected, got):
+        want_np = want.numpy()
+        if want_np.shape != have.shape:
+            raise ExportError(f"graph {spec.name!r}: output {t.name} has shape {have.shape}, "
+                              f"torch gives {want_np.shape} (a frozen axis?)")
+        finite = np.isfinite(want_np)
+        if not np.array_equal(finite, np.isfinite(have)):
+            raise ExportError(f"graph {spec.name!r}: output {t.name} differs from torch in "
+                              "where it is finite")
+        if not finite.any():
+            continue
+        diff = np.abs(want_np[finite] - have[finite])
+        worst = max(worst, float(diff.max()))
+        if (diff > CHECK_ATOL + CHECK_RTOL * np.abs(want_np[finite])).any():
+            raise ExportError(f"graph {spec.name!r}: {t.name} differs from torch by up to "
+                              f"{diff.max():.3g} on inputs of other shapes than the example")
+    return worst
+
+
+def _session(model_bytes: bytes) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _quantize(src: Path, dst: Path) -> None:
+    """int8 dynamic quantisation of the MatMul/Gemm weights, per output channel
+    (activations are quantised on the fly).
+
+    Pre-processing first folds products of constant weights (X-Pool's W_o W_v, say) into
+    one initializer: quantised as they are, such a MatMul gets a per-channel zero point that
+    onnxruntime's MatMulInteger kernel rejects at run time. Its symbolic shape inference
+    crashes on these graphs, so that step is skipped (ONNX shape inference still runs).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name(dst.name + ".pre")
+    try:
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_dynamic(pre, dst, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def _smoke_test(path: Path, spec: GraphSpec, args: tuple[Tensor, ...]) -> None:
+    """A quantised graph runs on inputs of other shapes and gives finite outputs."""
+    session = _session(path.read_bytes())
+    outs = session.run(spec.output_names, {t.name: a.numpy() for t, a in zip(spec.inputs, args)})
+    for t, out in zip(spec.outputs, outs):
+        if t.name != "snippet_logits" and not np.isfinite(out).all():
+            raise ExportError(f"quantised graph {spec.name!r} gives non-finite {t.name}")
+
+
+#: Graphs quantised with ``quantize=True``. The score graphs stay float32: their cost is
+#: reading the catalogue's keys and values (activations), and int8 weights would only add
+#: error to the retrieval scores.
+QUANTIZED_GRAPHS = ("video_encoder", "music_encoder", "detector")
+
+
+# -- the bundle -----------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    import mgsv_sk
+
+    out = {"mgsv_sk": mgsv_sk.__version__, "torch": torch.__version__,
+           "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import onnxscript
+
+        out["onnxscript"] = onnxscript.__version__
+    except ImportError:  # only the dynamo exporter needs it
+        pass
+    return out
+
+
+def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, Any]:
+    """The grounder's catalogue as plain .npy arrays (ragged per-track rows + offsets)."""
+    cat = grounder.catalogue_
+    (folder / "catalogue").mkdir(parents=True, exist_ok=True)
+    (folder / CATALOGUE_FILES["ids"]).write_text(json.dumps([str(i) for i in cat.ids]))
+    arrays: dict[str, np.ndarray] = {"emb": np.asarray(cat.emb, np.float32),
+              "offsets": np.asarray(cat.offsets, np.int64),
+              "tokens": np.asarray(cat.tokens, np.float32)}
+    if use_xpool:
+        arrays["xpool_kv"] = np.asarray(cat.xpool_kv, np.float32)  # [R, 2D] = keys | values
+    for role, array in arrays.items():
+        np.save(folder / CATALOGUE_FILES[role], np.ascontiguousarray(array), allow_pickle=False)
+    return {"n_tracks": len(cat.ids), "n_snippets": int(arrays["offsets"][-1]),
+            "files": {role: CATALOGUE_FILES[role] for role in ["ids", *arrays]}}
+
+
+def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool) -> None:
+    import onnx
+
+    model = copy.deepcopy(grounder.model_).eval()  # tracing toggles modes: never the user's
+    cfg = model.cfg
+    dims = {"d_model": cfg.d_model, "video_dim": cfg.video_dim, "music_dim": cfg.music_dim,
+            "max_frames": cfg.max_frames, "max_snippets": cfg.max_snippets}
+    specs = graph_specs(cfg.d_model, cfg.video_dim, cfg.music_dim,
+                        use_dual=cfg.use_dual, use_xpool=cfg.use_xpool)
+    gen = torch.Generator().manual_seed(0)
+    (folder / "graphs").mkdir(parents=True)
+    files: dict[str, dict[str, str]] = {}
+    for name, spec in specs.items():
+        module = WRAPPERS[name](model).eval()
+        fp32 = folder / graph_file(name)
+        _export_graph(module, spec, example_inputs(spec, EXPORT_SIZES, dims, gen), opset, fp32)
+        proto = onnx.load(fp32)
+        _check_axes(proto, spec)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, fp32)
+        files[name] = {"fp32": graph_file(name)}
+        if check:
+            session = _session(fp32.read_bytes())
+            worst = max(_check_outputs(session, module, spec, example_inputs(spec, s, dims, gen))
+                        for s in CHECK_SIZES)
+            logger.info("graph %s: max |ORT - torch| = %.2e", name, worst)
+        if quantize and name in QUANTIZED_GRAPHS:
+            int8 = folder / graph_file(name, "int8")
+            _quantize(fp32, int8)
+            for sizes in CHECK_SIZES:
+                _smoke_test(int8, spec, example_inputs(spec, sizes, dims, gen))
+            files[name]["int8"] = graph_file(name, "int8")
+        elif quantize:
+            files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
+    catalogue = _write_catalogue(grounder, folder, cfg.use_xpool)
+    top_k = grounder.xpool_top_k
+    manifest = new_manifest(
+        specs=specs, graph_files=files, dims=dims,
+        retrieval={"use_dual": cfg.use_dual, "use_xpool": cfg.use_xpool,
+                   "xpool_top_k": None if top_k is None else int(top_k)},
+        catalogue=catalogue, versions=_versions(), opset=opset,
+        exporter="torch.onnx.export(dynamo=False)",
+        default_precision="int8" if quantize else "fp32",
+    )
+    write_manifest(folder, manifest)
+
+
+def export_onnx(
+    grounder: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    opset: int = 20,
+    quantize: bool = False,
+    overwrite: bool = False,
+    check: bool = True,
+) -> Path:
+    """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`export.manifest`).
+
+    Parameters
+    ----------
+    grounder : MGSVGrounder
+        Fitted; its catalogue (``catalogue_``) becomes the bundle's catalogue and its
+        ``xpool_top_k`` the runtime's default.
+    out_dir : path
+        Folder to create. Written under a temporary name next to it and renamed into
+        place, so a failed export leaves nothing behind.
+    opset : int
+        ONNX opset, 17-20 (default 20).
+    quantize : bool
+        Also write int8 dynamically quantised encoders and detector
+        (``graphs/<name>.int8.onnx``); the runtime then serves int8 by default.
+    overwrite : bool
+        Replace an existing ``out_dir``.
+    check : bool
+        Run every fp32 graph on inputs of other shapes than the export example (batch 1
+        and 5) and compare with torch (|difference| <= 1e-4 + 1e-4 |value|), raising
+        :class:`ExportError` otherwise. Quantised graphs are always run on those inputs
+        and must give finite outputs.
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    if not hasattr(grounder, "model_") or not hasattr(grounder, "catalogue_"):
+        raise ValueError("export_onnx needs a fitted MGSVGrounder (call fit or "
+                         "MGSVGrounder.load first)")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
+        raise ValueError(f"opset must be an int in [{SUPPORTED_OPSETS.start}, "
+                         f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
+                         f"got {opset!r}")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        _build(grounder, tmp, opset, quantize, check)
+    dst = Path(out_dir)
+    logger.info("wrote ONNX bundle %s", dst)
+    return dst
