@@ -28,7 +28,11 @@ from .features import FeatureSource
 if TYPE_CHECKING:
     from .nn.model import MaDe, MusicEncoding
 
-__all__ = ["MusicCatalogue"]
+__all__ = ["MusicCatalogue", "TWO_STAGE_MARGIN"]
+
+#: Two-stage search: tracks not re-ranked by X-Pool keep their dual score minus this, so
+#: every re-ranked pair (dual + X-Pool, at least -2) ranks above them (dual, at most 1).
+TWO_STAGE_MARGIN = 4.0
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +188,7 @@ class MusicCatalogue:
         from ._base import top_k_indices
 
         cand = top_k_indices(dual, top_k)  # (B, K)
-        out = dual - 4.0  # cos + cos <= 2: every re-ranked pair stays above the rest
+        out = dual - TWO_STAGE_MARGIN
         for b in range(v.shape[0]):
             rows = cand[b]
             out[b, rows] = dual[b, rows] + self._xpool(model, v[b : b + 1], rows)[0]

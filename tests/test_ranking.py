@@ -65,3 +65,11 @@ def test_unknown_ids_are_named(parts):
     _, catalogue, _, _ = parts
     with pytest.raises(KeyError, match="1 music_id.*'nope'.*set_catalogue"):
         catalogue.positions(["nope"])
+
+
+def test_runtime_contract_carries_the_same_two_stage_margin():
+    # export/manifest.py cannot import torch-side code; the bundle's constant must match.
+    from export.manifest import TWO_STAGE_MARGIN as bundle_margin
+    from mgsv_sk.ranking import TWO_STAGE_MARGIN
+
+    assert bundle_margin == TWO_STAGE_MARGIN
