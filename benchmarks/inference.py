@@ -13,9 +13,8 @@ The model is the default architecture (d_model 256, 2 encoder / 6 decoder layers
 briefly on synthetic data; the same model gives the int8-vs-fp32 accuracy change (mIoU,
 R@1, ... on 500 synthetic test videos, gallery = their 500 tracks). The 100,000-track
 catalogue tiles 2,000 encoded tracks 50 times; the tiles' dual embeddings get Gaussian
-noise (std 0.05 per dimension, then unit norm), their tokens and X-Pool keys/values are
-copies. It is written to
-disk (about 17 GB, deleted at the end). About 6-8 minutes on 2 cores:
+noise (std 0.05 per dimension, then unit norm), their tokens and X-Pool snippet states
+are copies. It is written to disk (about 12 GB, deleted at the end). About 6-8 minutes on 2 cores:
 
     python benchmarks/inference.py [--train-videos 1500] [--epochs 2] [--large 100000]
 
@@ -166,7 +165,7 @@ def tile_bundle(src: Path, dst: Path, n_tracks: int, top_k: int, seed: int = 0) 
     np.save(dst / files["offsets"], big_offsets)
     rows = int(big_offsets[-1])
     known = {}
-    for role in ("tokens", "xpool_kv"):
+    for role in ("tokens", "xpool_states"):
         base = np.load(src / files[role], mmap_mode="r")
         known[CATALOGUE_FILES[role]] = _write_tiled(dst / files[role], base, reps, rows)
     manifest["catalogue"].update(n_tracks=n_tracks, n_snippets=rows)
@@ -183,8 +182,8 @@ def torch_large_catalogue(bundle: Path) -> Any:
     files = json.loads((bundle / "manifest.json").read_text())["catalogue"]["files"]
     ids = json.loads((bundle / files["ids"]).read_text())
     arrays = {r: np.load(bundle / files[r], mmap_mode="r") for r in
-              ("emb", "tokens", "xpool_kv", "offsets")}
-    return MusicCatalogue(ids, arrays["emb"], arrays["tokens"], arrays["xpool_kv"],
+              ("emb", "tokens", "xpool_states", "offsets")}
+    return MusicCatalogue(ids, arrays["emb"], arrays["tokens"], arrays["xpool_states"],
                           np.asarray(arrays["offsets"]))
 
 
@@ -315,7 +314,7 @@ def main() -> None:
         f"{args.train_videos} synthetic videos (latency does not depend on training)",
         f"100k catalogue: {args.catalogue} encoded tracks tiled {large_info['tiles']}x; "
         "tiles' dual embeddings perturbed (sigma 0.05, renormalised), tokens and X-Pool "
-        "keys/values copied; on disk for both (torch: memory maps; ORT: pread + memory-"
+        "snippet states copied; on disk for both (torch: memory maps; ORT: pread + memory-"
         "mapped embeddings); catalogue_resident_mb = RSS growth of the ORT process from "
         "loading the catalogue and serving 20 queries",
         "torch eager = MGSVGrounder.predict; ORT = export.runtime.OnnxGrounder.predict "
@@ -324,9 +323,9 @@ def main() -> None:
         "re-ranks the dual score's top-K only), for comparison with the full scan",
         "int8: video encoder, music encoder and detector weights (dynamic quantisation); "
         "the score graphs stay float32",
-        "the machine's 2 cores were shared with other jobs (load average at start below): "
-        "torch's 2-thread OpenMP pool then waits for descheduled threads at every parallel "
-        "region, hence the 1-thread columns; ORT sessions run with spinning off",
+        "1-thread columns: when the 2 cores are shared with other jobs (see the load average "
+        "at start), torch's 2-thread OpenMP pool waits for descheduled threads at every "
+        "parallel region; ORT sessions run with spinning off",
     ]
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),

@@ -5,8 +5,8 @@ part per ``add_tracks`` call), so appending never copies the bundle's arrays and
 that started on the old snapshot finishes on it. Its only lazily built state, the padded
 chunks for the full X-Pool scan, is made once under a lock.
 
-The per-snippet arrays of the bundle (tokens, X-Pool keys|values: ~17 GB for 100,000
-tracks) are read row range by row range with ``os.pread`` (:class:`NpyRows`): the data sit
+The per-snippet arrays of the bundle (tokens and X-Pool snippet states: ~11.6 GB for
+100,000 tracks) are read row range by row range with ``os.pread`` (:class:`NpyRows`): the data sit
 in the OS page cache, shared and evictable, and the process holds only what a request
 copies out. A memory map would instead count every page it touched in the process's
 resident memory, and with readahead and large page-cache folios one 115 KB track maps
@@ -86,23 +86,24 @@ def pad(arrays: Sequence[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarra
 @dataclass(frozen=True)
 class Part:
     """Tracks stored back to back, as mgsv_sk's MusicCatalogue: emb [n, D], offsets [n + 1],
-    tokens [R, D] and xpool_kv [R, 2D] (keys | values; None without X-Pool)."""
+    tokens [R, D] and xpool_states [R, D] (None without X-Pool)."""
 
     ids: tuple[str, ...]
     emb: np.ndarray
     offsets: np.ndarray
     tokens: Rows
-    kv: Rows | None
+    states: Rows | None
 
     @classmethod
     def from_tracks(cls, ids: Sequence[str], emb: np.ndarray, tokens: Sequence[np.ndarray],
-                    kv: Sequence[np.ndarray] | None) -> Part:
-        """From per-track [S_i, D] tokens and [S_i, 2D] keys|values (valid snippets only)."""
+                    states: Sequence[np.ndarray] | None) -> Part:
+        """From per-track [S_i, D] tokens and X-Pool states (valid snippets only)."""
         lengths = np.array([len(t) for t in tokens], np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         return cls(tuple(ids), np.ascontiguousarray(emb, np.float32), offsets,
                    np.concatenate(tokens).astype(np.float32, copy=False),
-                   None if kv is None else np.concatenate(kv).astype(np.float32, copy=False))
+                   None if states is None
+                   else np.concatenate(states).astype(np.float32, copy=False))
 
     @classmethod
     def load(cls, folder: Path, files: dict[str, str]) -> Part:
@@ -114,8 +115,8 @@ class Part:
         ids = tuple(str(i) for i in json.loads((folder / files["ids"]).read_text()))
         emb: Any = np.load(folder / files["emb"], mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / files["offsets"], allow_pickle=False).astype(np.int64)
-        kv = NpyRows(folder / files["xpool_kv"]) if "xpool_kv" in files else None
-        return cls(ids, emb, offsets, NpyRows(folder / files["tokens"]), kv)
+        states = NpyRows(folder / files["xpool_states"]) if "xpool_states" in files else None
+        return cls(ids, emb, offsets, NpyRows(folder / files["tokens"]), states)
 
 
 @dataclass(frozen=True)
@@ -124,8 +125,7 @@ class Chunk:
 
     rows: np.ndarray
     emb: np.ndarray
-    keys: np.ndarray
-    values: np.ndarray
+    states: np.ndarray
     mask: np.ndarray
 
 
@@ -140,7 +140,7 @@ class Catalogue:
             raise ValueError("catalogue ids must be unique")
         self._starts = np.cumsum([0] + [len(p.ids) for p in self.parts]).astype(np.int64)
         self.lengths = np.concatenate([np.diff(p.offsets) for p in self.parts]).astype(np.int64)
-        self.has_xpool = all(p.kv is not None for p in self.parts)
+        self.has_xpool = all(p.states is not None for p in self.parts)
         self._chunks: dict[int, list[Chunk]] = {}
         self._lock = threading.Lock()
 
@@ -181,13 +181,10 @@ class Catalogue:
         parts = self._slices("tokens", rows)
         return pad(parts, parts[0].shape[1])
 
-    def keys_values(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """X-Pool keys and values of ``rows``, padded: [k, max S, D] each, mask [k, max S]."""
-        parts = self._slices("kv", rows)
-        d = parts[0].shape[1] // 2
-        keys, mask = pad([p[:, :d] for p in parts], d)
-        values, _ = pad([p[:, d:] for p in parts], d)
-        return keys, values, mask
+    def xpool_states(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X-Pool snippet states of ``rows``, padded: [k, max S, D], mask [k, max S]."""
+        parts = self._slices("states", rows)
+        return pad(parts, parts[0].shape[1])
 
     def dual(self, video_emb: np.ndarray) -> np.ndarray:
         """cos(h(v), h0(M)) of unit-norm videos [B, D] against every track, [B, N] float32."""
@@ -196,8 +193,8 @@ class Catalogue:
             np.concatenate([(np.asarray(p.emb) @ video_emb.T).T for p in self.parts], axis=1))
 
     def chunks(self, size: int) -> list[Chunk]:
-        """Every track in chunks of ``size`` tracks of similar length (least padding), keys
-        and values padded once and kept (the full X-Pool scan reads them every query)."""
+        """Every track in chunks of ``size`` tracks of similar length (least padding), snippet
+        states padded once and kept (the full X-Pool scan reads them every query)."""
         cached = self._chunks.get(size)
         if cached is not None:
             return cached
@@ -207,7 +204,7 @@ class Catalogue:
                 built = []
                 for lo in range(0, len(order), size):
                     rows = order[lo: lo + size]
-                    keys, values, mask = self.keys_values(rows)
-                    built.append(Chunk(rows, self.emb(rows), keys, values, mask))
+                    states, mask = self.xpool_states(rows)
+                    built.append(Chunk(rows, self.emb(rows), states, mask))
                 self._chunks[size] = built
             return self._chunks[size]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -123,15 +124,22 @@ def as_features(obj: Any) -> FeatureReader:
                     f"or an object with video()/music() methods, got {type(obj).__name__}")
 
 
-def _check(arr: Any, dim: int, max_len: int) -> tuple[np.ndarray | None, str | None]:
+def _check(arr: Any, dim: int, max_len: int, cut: bool) -> tuple[np.ndarray | None, str | None]:
+    """Validate one item; ``cut``: keep the first ``max_len`` rows of a longer item (music:
+    the protocol stops at 240 s) instead of refusing it (video)."""
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]  # [1, T, D] -> [T, D]
     if a.ndim != 2 or a.shape[1] != dim:
         return None, f"shape {tuple(a.shape)}, expected (T, {dim})"
+    if cut and a.shape[0] > max_len:
+        a = a[:max_len]
     if not 1 <= a.shape[0] <= max_len:
-        return None, f"{a.shape[0]} rows, expected 1 to {max_len}"
-    if not np.issubdtype(a.dtype, np.number):
+        hint = (f" (a video of more than {max_len} s: trim it or sample {max_len} frames)"
+                if a.shape[0] > max_len else "")
+        return None, f"{a.shape[0]} rows, expected 1 to {max_len}{hint}"
+    if (a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.number)) or np.issubdtype(
+            a.dtype, np.complexfloating):
         return None, f"dtype {a.dtype}, expected float32"
     a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.isfinite(a).all():
@@ -142,11 +150,14 @@ def _check(arr: Any, dim: int, max_len: int) -> tuple[np.ndarray | None, str | N
 def read_items(reader: FeatureReader, ids: Sequence[str], kind: str, dim: int,
                max_len: int) -> list[np.ndarray]:
     """Features of ``ids`` (``kind`` "video" or "music"), validated: [T, dim] float32 with
-    1 <= T <= max_len, finite. Every problem is gathered into one :class:`FeatureError`."""
+    1 <= T <= max_len, finite. Every problem is gathered into one :class:`FeatureError`.
+    A track of more than ``max_len`` snippets is cut to its first 240 s with a
+    ``UserWarning`` (as ``mgsv_sk``'s feature sources do); a longer video is refused."""
     get = reader.video if kind == "video" else reader.music
     out: list[np.ndarray] = []
     missing: list[str] = []
     bad: list[str] = []
+    cut: list[str] = []
     for key in ids:
         try:
             raw = get(key)
@@ -156,11 +167,17 @@ def read_items(reader: FeatureReader, ids: Sequence[str], kind: str, dim: int,
         except ValueError as exc:  # a source's own "missing/malformed" error
             bad.append(f"{key!r}: {exc}")
             continue
-        arr, problem = _check(raw, dim, max_len)
+        arr, problem = _check(raw, dim, max_len, cut=kind == "music")
         if arr is None:
             bad.append(f"{key!r}: {problem}")
         else:
+            if kind == "music" and np.shape(raw)[-2] > max_len:
+                cut.append(key)
             out.append(arr)
+    if cut:
+        warnings.warn(f"{len(cut)} track(s) have more than {max_len} snippets (240 s), e.g. "
+                      f"{cut[:5]}: their features are cut at 240 s, where the MGSV protocol "
+                      "stops", UserWarning, stacklevel=3)
     if missing or bad:
         parts = []
         if missing:

@@ -1,7 +1,7 @@
 """The graphs of a bundle as small nn.Modules over *public* MaDe methods, and example inputs.
 
-Each wrapper calls only ``encode_video``, ``encode_music``, ``xpool.keys_values``,
-``xpool.scores_from_kv``, ``xpool.paired_from_kv``, ``ground`` and ``MaDe.moment``, so the
+Each wrapper calls only ``encode_video``, ``encode_music``, ``xpool.snippet_states``,
+``xpool.scores_from_states``, ``xpool.paired_from_states``, ``ground`` and ``MaDe.moment``, so the
 detector's internals may change without touching the export. Input and output names and
 axes are those of :func:`export.manifest.graph_specs`.
 """
@@ -45,40 +45,39 @@ class VideoEncoderGraph(_Graph):
 
 class MusicEncoderGraph(_Graph):
     """music [U, S, 768], music_mask [U, S] -> tokens [U, S, D], emb [U, D] and, with X-Pool,
-    keys and values [U, S, D] (what a catalogue caches per track)."""
+    snippet states [U, S, D] (what a catalogue caches per track)."""
 
     def forward(self, music: Tensor, music_mask: Tensor) -> tuple[Tensor, ...]:
         enc = self.model.encode_music(music, music_mask)
         if self.model.xpool is None:
             return enc.tokens, enc.emb
-        keys, values = self.xpool.keys_values(enc.tokens)
-        return enc.tokens, enc.emb, keys, values
+        return enc.tokens, enc.emb, self.xpool.snippet_states(enc.tokens)
 
 
 class ScoreTracksGraph(_Graph):
-    """Every (video, track) pair: video_emb [B, D], (music_emb [U, D]), keys/values [U, S, D],
-    music_mask [U, S] -> score [B, U] = dual + X-Pool (the enabled ones)."""
+    """Every (video, track) pair: video_emb [B, D], (music_emb [U, D]), snippet states
+    [U, S, D], music_mask [U, S] -> score [B, U] = dual + X-Pool (the enabled ones)."""
 
     def forward(self, video_emb: Tensor, *args: Tensor) -> Tensor:
         if self.model.cfg.use_dual:
-            music_emb, keys, values, mask = args
+            music_emb, states, mask = args
             dual = video_emb @ music_emb.T  # [B,D] @ [D,U] -> [B,U]
-            return dual + self.xpool.scores_from_kv(video_emb, keys, values, mask)
-        keys, values, mask = args
-        return self.xpool.scores_from_kv(video_emb, keys, values, mask)
+            return dual + self.xpool.scores_from_states(video_emb, states, mask)
+        states, mask = args
+        return self.xpool.scores_from_states(video_emb, states, mask)
 
 
 class ScorePairsGraph(_Graph):
-    """Matched pairs: video_emb [B, D], (music_emb [B, D]), keys/values [B, S, D],
+    """Matched pairs: video_emb [B, D], (music_emb [B, D]), snippet states [B, S, D],
     music_mask [B, S] -> score [B]."""
 
     def forward(self, video_emb: Tensor, *args: Tensor) -> Tensor:
         if self.model.cfg.use_dual:
-            music_emb, keys, values, mask = args
+            music_emb, states, mask = args
             dual = (video_emb * music_emb).sum(dim=-1)  # [B]
-            return dual + self.xpool.paired_from_kv(video_emb, keys, values, mask)
-        keys, values, mask = args
-        return self.xpool.paired_from_kv(video_emb, keys, values, mask)
+            return dual + self.xpool.paired_from_states(video_emb, states, mask)
+        states, mask = args
+        return self.xpool.paired_from_states(video_emb, states, mask)
 
 
 class DetectorGraph(_Graph):

@@ -8,7 +8,7 @@ A bundle is a folder::
     manifest.json                 this contract, filled in (see :func:`new_manifest`)
     graphs/video_encoder.onnx     video [batch, frames, 512] -> tokens, unit-norm embedding
     graphs/music_encoder.onnx     music [tracks, snippets, 768] -> tokens, embedding,
-                                  X-Pool keys and values
+                                  X-Pool snippet states
     graphs/score_tracks.onnx      retrieval scores of every (video, track) pair of a chunk
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
     graphs/detector.onnx          the moment of video b in track music_index[b]
@@ -17,7 +17,9 @@ A bundle is a folder::
     catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
     catalogue/offsets.npy         [N + 1] int64: track i owns snippet rows offsets[i]:offsets[i+1]
     catalogue/tokens.npy          [R, D] float32 snippet tokens of every track, back to back
-    catalogue/xpool_kv.npy        [R, 2D] float32 X-Pool keys | out-projected values per snippet
+    catalogue/xpool_states.npy    [R, D] float32 X-Pool snippet states (layer-normed tokens;
+                                  keys and values are linear maps of them, folded into the
+                                  score graphs: see mgsv_sk.nn.xpool)
 
 Every array is a plain ``.npy`` (no pickle) that ``np.load(mmap_mode="r")`` maps, so a
 catalogue larger than memory is served from the page cache. ``manifest.json`` lists the
@@ -58,7 +60,8 @@ __all__ = [
     "write_manifest",
 ]
 
-FORMAT = "mgsv_sk.onnx/1"
+#: /2: the catalogue caches X-Pool snippet states [R, D] instead of keys | values [R, 2D].
+FORMAT = "mgsv_sk.onnx/2"
 MANIFEST_FILE = "manifest.json"
 #: Tracks are cut at this many seconds; (center, width) spans are in units of it.
 MAX_MUSIC_SECONDS = 240.0
@@ -68,14 +71,14 @@ SNIPPET_HOP_SECONDS = 2.5
 #: so they rank after every re-ranked track (dual + xpool >= dual - 2 > dual - 4).
 TWO_STAGE_MARGIN = 4.0
 
-#: Catalogue arrays, by role, as in ``mgsv_sk.ranking.MusicCatalogue``. ``xpool_kv`` exists
-#: only when the model has an X-Pool score.
+#: Catalogue arrays, by role, as in ``mgsv_sk.ranking.MusicCatalogue``. ``xpool_states``
+#: exists only when the model has an X-Pool score.
 CATALOGUE_FILES: dict[str, str] = {
     "ids": "catalogue/ids.json",
     "emb": "catalogue/emb.npy",
     "offsets": "catalogue/offsets.npy",
     "tokens": "catalogue/tokens.npy",
-    "xpool_kv": "catalogue/xpool_kv.npy",
+    "xpool_states": "catalogue/xpool_states.npy",
 }
 #: Graph names, in the order a request runs them.
 GRAPH_NAMES = ("video_encoder", "music_encoder", "score_tracks", "score_pairs", "detector")
@@ -134,7 +137,7 @@ def graph_specs(
 ) -> dict[str, GraphSpec]:
     """The graphs of a bundle for a model of these dims and retrieval scores.
 
-    Without an X-Pool score the music encoder has no keys/values and there are no score
+    Without an X-Pool score the music encoder has no snippet states and there are no score
     graphs (the dual score is one matrix product the runtime does in numpy); without the
     dual score the score graphs take no track embedding.
     """
@@ -157,8 +160,7 @@ def graph_specs(
              t("music_mask", "bool", "tracks", "snippets")),
             (t("music_tokens", "float32", "tracks", "snippets", d),
              t("music_emb", "float32", "tracks", d))
-            + ((t("xpool_keys", "float32", "tracks", "snippets", d),
-                t("xpool_values", "float32", "tracks", "snippets", d)) if use_xpool else ()),
+            + ((t("xpool_states", "float32", "tracks", "snippets", d),) if use_xpool else ()),
         ),
         "detector": GraphSpec(
             "detector",
@@ -180,16 +182,14 @@ def graph_specs(
         specs["score_tracks"] = GraphSpec(
             "score_tracks",
             (t("video_emb", "float32", "batch", d),) + emb_all
-            + (t("xpool_keys", "float32", "tracks", "snippets", d),
-               t("xpool_values", "float32", "tracks", "snippets", d),
+            + (t("xpool_states", "float32", "tracks", "snippets", d),
                t("music_mask", "bool", "tracks", "snippets")),
             (t("score", "float32", "batch", "tracks"),),
         )
         specs["score_pairs"] = GraphSpec(
             "score_pairs",
             (t("video_emb", "float32", "batch", d),) + emb_pair
-            + (t("xpool_keys", "float32", "batch", "snippets", d),
-               t("xpool_values", "float32", "batch", "snippets", d),
+            + (t("xpool_states", "float32", "batch", "snippets", d),
                t("music_mask", "bool", "batch", "snippets")),
             (t("score", "float32", "batch"),),
         )
@@ -313,6 +313,16 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
     """
     root = Path(folder)
     listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
+    outside = [rel for rel in listed if Path(rel).is_absolute() or ".." in Path(rel).parts]
+    if outside:  # a manifest may only name files inside its bundle
+        raise BundleError(f"the manifest of {root!s} lists file(s) outside the bundle: "
+                          f"{outside[:5]}; refusing it (re-export the bundle)")
+    used = [f for g in manifest["graphs"].values() for f in g.get("files", {}).values()]
+    used += list(manifest["catalogue"].get("files", {}).values())
+    unverified = sorted({f for f in used if f not in listed})
+    if unverified:  # every file the runtime opens must carry a checksum
+        raise BundleError(f"the manifest of {root!s} uses file(s) it gives no checksum for: "
+                          f"{unverified[:5]}; refusing it (re-export the bundle)")
     for rel, info in listed.items():
         path = root / rel
         if not path.is_file():

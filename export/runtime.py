@@ -15,6 +15,7 @@ calls.
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,18 @@ def _sorted_batches(lengths: np.ndarray, size: int) -> Iterator[np.ndarray]:
     order = np.argsort(lengths, kind="stable")
     for lo in range(0, len(order), size):
         yield order[lo: lo + size]
+
+
+def _require_finite(ids: Sequence[str], bad: np.ndarray, kind: str) -> None:
+    """Refuse items whose encodings or outputs are not finite (finite but extreme features
+    overflow float32), naming them: a NaN never reaches a result or the catalogue."""
+    if bad.any():
+        names = [ids[int(i)] for i in np.flatnonzero(bad)]
+        raise FeatureError(
+            f"the features of {len(names)} {kind}(s) {names[:5]} give non-finite model "
+            "outputs: they hold values too large for float32 arithmetic; the features are "
+            "expected to be embeddings of moderate scale (CLIP / AST outputs): rescale or "
+            "re-extract them")
 
 
 def _as_id(value: Any) -> str:
@@ -188,7 +201,10 @@ class OnnxGrounder:
                             f"(and 'music_id' for SmG), got {type(X).__name__}")
         problems = []
         if "video_id" not in X.columns:
-            problems.append("missing column 'video_id'")
+            close = difflib.get_close_matches("video_id", [str(c) for c in X.columns
+                                                           if c != "music_id"], 1, 0.75)
+            problems.append("missing column 'video_id'"
+                            + (f" (found {close[0]!r}: misspelt?)" if close else ""))
         if len(X) == 0:
             problems.append("the frame has no rows")
         for name in ("video_id", "music_id"):
@@ -213,6 +229,8 @@ class OnnxGrounder:
             emb[rows] = e
             for j, r in enumerate(rows):
                 tokens[r] = tok[j, : lengths[r]]
+        bad = ~np.isfinite(emb).all(axis=1) | np.array([not np.isfinite(t).all() for t in tokens])
+        _require_finite(video_ids, bad, "video")
         return _Videos(tokens, emb, lengths)
 
     def _encode_music(self, music_ids: Sequence[str], source: Any) -> Part:
@@ -222,17 +240,20 @@ class OnnxGrounder:
         n = len(feats)
         emb = np.zeros((n, self._dims["d_model"]), np.float32)
         tokens: list[np.ndarray] = [np.zeros(0)] * n
-        kv: list[np.ndarray] = [np.zeros(0)] * n
+        states: list[np.ndarray] = [np.zeros(0)] * n
         for rows in _sorted_batches(lengths, _MUSIC_BATCH):
             music, mask = pad([feats[r] for r in rows], self._dims["music_dim"])
             outs = self._run("music_encoder", music=music, music_mask=mask)
             emb[rows] = outs[1]
-            both = np.concatenate(outs[2:4], axis=-1) if self.use_xpool else None  # [U,S,2D]
             for j, r in enumerate(rows):
                 tokens[r] = outs[0][j, : lengths[r]]
-                if both is not None:
-                    kv[r] = both[j, : lengths[r]]
-        return Part.from_tracks(music_ids, emb, tokens, kv if self.use_xpool else None)
+                if self.use_xpool:
+                    states[r] = outs[2][j, : lengths[r]]  # [S,D]
+        bad = ~np.isfinite(emb).all(axis=1) | np.array(
+            [not (np.isfinite(tokens[r]).all() and np.isfinite(states[r]).all())
+             for r in range(n)])
+        _require_finite(music_ids, bad, "track")  # never let a NaN into the catalogue
+        return Part.from_tracks(music_ids, emb, tokens, states if self.use_xpool else None)
 
     def _catalogue_for(self, music_ids: Sequence[str], source: Any,
                        cat: Catalogue) -> Catalogue:
@@ -251,10 +272,9 @@ class OnnxGrounder:
         out = np.zeros(len(rows), np.float32)
         for lo in range(0, len(rows), _PAIR_BATCH):
             part = rows[lo: lo + _PAIR_BATCH]
-            keys, values, mask = cat.keys_values(part)
+            states, mask = cat.xpool_states(part)
             score = self._run("score_pairs", video_emb=video_emb[lo: lo + len(part)],
-                              music_emb=cat.emb(part), xpool_keys=keys, xpool_values=values,
-                              music_mask=mask)[0]
+                              music_emb=cat.emb(part), xpool_states=states, music_mask=mask)[0]
             out[lo: lo + len(part)] = score
         return out
 
@@ -274,8 +294,8 @@ class OnnxGrounder:
         for chunk in cat.chunks(self.track_chunk):
             for lo in range(0, len(video_emb), _VIDEO_BATCH):
                 score = self._run("score_tracks", video_emb=video_emb[lo: lo + _VIDEO_BATCH],
-                                  music_emb=chunk.emb, xpool_keys=chunk.keys,
-                                  xpool_values=chunk.values, music_mask=chunk.mask)[0]
+                                  music_emb=chunk.emb, xpool_states=chunk.states,
+                                  music_mask=chunk.mask)[0]
                 out[lo: lo + _VIDEO_BATCH, chunk.rows] = score
         return out
 
@@ -319,6 +339,8 @@ class OnnxGrounder:
             music_ids = [cat.ids[i] for i in rows]
             scores = table[np.arange(len(frame)), rows]
         start, end, moment = self._ground(videos, np.arange(len(frame)), rows, cat)
+        _require_finite(frame["video_id"].tolist(),
+                        ~np.isfinite(np.c_[start, end, moment, scores]).all(axis=1), "video")
         return pd.DataFrame({"music_id": music_ids, "start": start, "end": end,
                              "score": scores, "moment_score": moment},
                             index=X.index, columns=list(PREDICTION_COLUMNS))
@@ -351,6 +373,8 @@ class OnnxGrounder:
         top = top_k_indices(table, k)
         video_rows = np.repeat(np.arange(len(frame)), k)
         start, end, moment = self._ground(videos, video_rows, top.ravel(), cat)
+        _require_finite(frame["video_id"].to_numpy(dtype=object)[video_rows].tolist(),
+                        ~np.isfinite(np.c_[start, end, moment]).all(axis=1), "video")
         return pd.DataFrame({
             "video_id": frame["video_id"].to_numpy(dtype=object)[video_rows],
             "rank": np.tile(np.arange(1, k + 1), len(frame)),

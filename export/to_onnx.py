@@ -4,7 +4,7 @@ The bundle layout and every name in it are defined in :mod:`export.manifest`; se
 :class:`export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
 
 Each graph wraps *public* MaDe methods only (``encode_video``, ``encode_music``,
-``xpool.keys_values``, ``xpool.scores_from_kv``, ``xpool.paired_from_kv``, ``ground``,
+``xpool.snippet_states``, ``xpool.scores_from_states``, ``xpool.paired_from_states``, ``ground``,
 ``MaDe.moment``; see :mod:`export._graphs`), so the detector's internals may change freely.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing with named dynamic
@@ -175,7 +175,7 @@ def _smoke_test(path: Path, spec: GraphSpec, args: tuple[Tensor, ...]) -> None:
 
 
 #: Graphs quantised with ``quantize=True``. The score graphs stay float32: their cost is
-#: reading the catalogue's keys and values (activations), and int8 weights would only add
+#: reading the catalogue's snippet states (activations), and int8 weights would only add
 #: error to the retrieval scores.
 QUANTIZED_GRAPHS = ("video_encoder", "music_encoder", "detector")
 
@@ -208,7 +208,7 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, 
               "offsets": np.asarray(cat.offsets, np.int64),
               "tokens": np.asarray(cat.tokens, np.float32)}
     if use_xpool:
-        arrays["xpool_kv"] = np.asarray(cat.xpool_kv, np.float32)  # [R, 2D] = keys | values
+        arrays["xpool_states"] = np.asarray(cat.xpool_states, np.float32)  # [R, D]
     for role, array in arrays.items():
         np.save(folder / CATALOGUE_FILES[role], np.ascontiguousarray(array), allow_pickle=False)
     return {"n_tracks": len(cat.ids), "n_snippets": int(arrays["offsets"][-1]),
@@ -218,7 +218,8 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, 
 def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool) -> None:
     import onnx
 
-    model = copy.deepcopy(grounder.model_).eval()  # tracing toggles modes: never the user's
+    # tracing toggles modes: never the user's model; on the CPU, as the example inputs are
+    model = copy.deepcopy(grounder.model_).cpu().eval()
     cfg = model.cfg
     dims = {"d_model": cfg.d_model, "video_dim": cfg.video_dim, "music_dim": cfg.music_dim,
             "max_frames": cfg.max_frames, "max_snippets": cfg.max_snippets}

@@ -30,14 +30,22 @@ def atomic_directory(
     dst = Path(destination)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
+                              "path (overwrite=True replaces folders only)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
         if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            # A fresh empty name (a stale one left by a killed process would not be empty).
+            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
             os.replace(dst, old)
-            os.replace(tmp, dst)
+            try:
+                os.replace(tmp, dst)
+            except BaseException:
+                os.replace(old, dst)  # put the previous folder back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dst)

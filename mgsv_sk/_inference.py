@@ -5,22 +5,24 @@ Shared by the estimator and the per-epoch validation of the fit loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ._batching import pad_stack, sorted_batches
-from .features import FeatureSource
-from .nn.model import MaDe
+from ._device import Autocast, autocast_for, model_device
+from .features import FeatureSource, _progress
+from .nn.model import Grounding, MaDe
 from .ranking import MusicCatalogue
 from .spans import MAX_MUSIC_SECONDS
 
-__all__ = ["ground_pairs", "pair_scores", "video_embeddings"]
+__all__ = ["ground_pairs", "pair_scores", "snippet_evidence", "video_embeddings"]
 
 
-def _autocast(enabled: bool) -> torch.autocast:
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+def _autocast(model: MaDe, autocast: Autocast) -> torch.autocast:
+    """Autocast on the model's device: False / None (off), True (bfloat16) or a dtype."""
+    return autocast_for(model_device(model), autocast)
 
 
 @torch.no_grad()
@@ -29,16 +31,23 @@ def video_embeddings(
     video_ids: Sequence[str],
     source: FeatureSource,
     batch_size: int = 256,
-    autocast: bool = False,
+    autocast: Autocast = False,
+    verbose: int = 0,
 ) -> torch.Tensor:
-    """Unit-norm video embeddings h(v), float32 [n, D], in the order of ``video_ids``."""
+    """Unit-norm video embeddings h(v), float32 [n, D] on the CPU, in the order of
+    ``video_ids``, computed on the model's device (``verbose > 0``: a progress bar over the
+    videos)."""
+    device = model_device(model)
     lengths = source.video_lengths(video_ids)
     out = torch.zeros(len(video_ids), model.cfg.d_model)
+    bar = _progress(len(video_ids), verbose > 0, "encoding videos")
     for rows in sorted_batches(lengths, batch_size):
         video, mask = pad_stack(source.videos(video_ids[r] for r in rows))
-        with _autocast(autocast):
-            enc = model.encode_video(video, mask)
-        out[torch.from_numpy(rows)] = enc.emb.float()
+        with _autocast(model, autocast):
+            enc = model.encode_video(video.to(device), mask.to(device))
+        out[torch.from_numpy(rows)] = enc.emb.float().cpu()
+        bar.update(len(rows))
+    bar.close()
     return out
 
 
@@ -50,29 +59,77 @@ def ground_pairs(
     catalogue: MusicCatalogue,
     source: FeatureSource,
     batch_size: int = 128,
-    autocast: bool = False,
+    autocast: Autocast = False,
+    verbose: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Moment of video i in catalogue track ``track_rows[i]``.
 
     Returns start and end in seconds (clamped to [0, 240]) and the detector's foreground
-    probability, each shape (n,).
+    probability, each shape (n,). ``verbose > 0``: a progress bar over the videos.
     """
-    lengths = source.video_lengths(video_ids)
     cw = np.zeros((len(video_ids), 2), np.float64)
     confidence = np.zeros(len(video_ids), np.float64)
-    for rows in sorted_batches(lengths, batch_size):
-        video, mask = pad_stack(source.videos(video_ids[r] for r in rows))
-        unique, index = np.unique(track_rows[rows], return_inverse=True)
-        with _autocast(autocast):
-            v_enc = model.encode_video(video, mask)
-            grounding = model.ground(v_enc, catalogue.encoding(unique),
-                                     torch.from_numpy(index.astype(np.int64)))
+    for rows, grounding in _grounding_batches(model, video_ids, track_rows, catalogue, source,
+                                              batch_size, autocast, verbose):
         spans, conf = model.moment(grounding)
-        cw[rows] = spans.float().numpy()
-        confidence[rows] = conf.float().numpy()
+        cw[rows] = spans.float().cpu().numpy()
+        confidence[rows] = conf.float().cpu().numpy()
     start = np.clip((cw[:, 0] - cw[:, 1] / 2) * MAX_MUSIC_SECONDS, 0.0, MAX_MUSIC_SECONDS)
     end = np.clip((cw[:, 0] + cw[:, 1] / 2) * MAX_MUSIC_SECONDS, start, MAX_MUSIC_SECONDS)
     return start, end, confidence
+
+
+@torch.no_grad()
+def snippet_evidence(
+    model: MaDe,
+    video_ids: Sequence[str],
+    track_rows: np.ndarray,
+    catalogue: MusicCatalogue,
+    source: FeatureSource,
+    batch_size: int = 128,
+    autocast: Autocast = False,
+    verbose: int = 0,
+) -> list[np.ndarray]:
+    """The detector's per-snippet evidence for video i in catalogue track ``track_rows[i]``:
+    sigmoid of ``snippet_logits`` over the track's valid snippets (snippet k centred at
+    2.5 k s), one float64 array of shape (S_i,) per video."""
+    n_snippets = catalogue.lengths
+    out: list[np.ndarray] = [np.zeros(0)] * len(video_ids)
+    for rows, grounding in _grounding_batches(model, video_ids, track_rows, catalogue, source,
+                                              batch_size, autocast, verbose):
+        probs = torch.sigmoid(grounding.snippet_logits.float()).cpu().numpy()  # [B,S]
+        for j, r in enumerate(rows):
+            out[r] = probs[j, : n_snippets[track_rows[r]]].astype(np.float64)
+    return out
+
+
+def _grounding_batches(
+    model: MaDe,
+    video_ids: Sequence[str],
+    track_rows: np.ndarray,
+    catalogue: MusicCatalogue,
+    source: FeatureSource,
+    batch_size: int,
+    autocast: Autocast,
+    verbose: int,
+) -> Iterator[tuple[np.ndarray, Grounding]]:
+    """Detector outputs batch by batch (videos sorted by length): (rows, Grounding)."""
+    device = model_device(model)
+    lengths = source.video_lengths(video_ids)
+    bar = _progress(len(video_ids), verbose > 0, "grounding")
+    try:
+        for rows in sorted_batches(lengths, batch_size):
+            video, mask = pad_stack(source.videos(video_ids[r] for r in rows))
+            unique, index = np.unique(track_rows[rows], return_inverse=True)
+            music = catalogue.encoding(unique)  # cached on the CPU
+            with torch.no_grad(), _autocast(model, autocast):
+                v_enc = model.encode_video(video.to(device), mask.to(device))
+                grounding = model.ground(v_enc, type(music)(*(t.to(device) for t in music)),
+                                         torch.from_numpy(index.astype(np.int64)).to(device))
+            yield rows, grounding
+            bar.update(len(rows))
+    finally:
+        bar.close()
 
 
 @torch.no_grad()
@@ -82,18 +139,21 @@ def pair_scores(
     track_rows: np.ndarray,
     catalogue: MusicCatalogue,
 ) -> np.ndarray:
-    """Retrieval score of each (video i, catalogue track ``track_rows[i]``) pair, (n,)."""
+    """Retrieval score of each (video i, catalogue track ``track_rows[i]``) pair, (n,); the
+    X-Pool part on the model's device."""
     rows = np.asarray(track_rows)
-    v = video_emb.float()
+    device = model_device(model)
+    v = video_emb.float().cpu()
     total = np.zeros(len(rows), np.float32)
     if model.cfg.use_dual:
         total += (v * torch.from_numpy(catalogue.emb[rows])).sum(-1).numpy()
-    if model.xpool is not None and catalogue.xpool_kv is not None:
+    if model.xpool is not None and catalogue.xpool_states is not None:
+        states_of = catalogue.xpool_states
         for lo in range(0, len(rows), 256):
             part = rows[lo : lo + 256]
-            kv, mask = pad_stack([catalogue.xpool_kv[catalogue.offsets[r]:catalogue.offsets[r + 1]]
-                                  for r in part])
-            keys, values = kv.chunk(2, dim=-1)
-            total[lo : lo + len(part)] += model.xpool.paired_from_kv(
-                v[lo : lo + len(part)], keys, values, mask).numpy()
+            states, mask = pad_stack([states_of[catalogue.offsets[r]:catalogue.offsets[r + 1]]
+                                      for r in part])
+            total[lo : lo + len(part)] += model.xpool.paired_from_states(
+                v[lo : lo + len(part)].to(device), states.to(device), mask.to(device)
+            ).float().cpu().numpy()
     return total

@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelFileError", "load_grounder", "save_grounder", "sha256_file"]
 
-FORMAT = "mgsv_sk.model/1"
+#: /2: the catalogue caches X-Pool snippet states instead of keys | values.
+FORMAT = "mgsv_sk.model/2"
 _FILES = ("config.json", "weights.npz", "catalogue.npz")
 
 
@@ -57,6 +58,8 @@ def _json_safe(value: Any) -> Any:
         return [_json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, torch.device):
+        return str(value)  # device=torch.device("cuda") is saved as "cuda"
     return None  # e.g. an in-memory feature source: not saved
 
 
@@ -79,8 +82,8 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
                  for k, v in est.model_.state_dict().items()}
         np.savez(tmp / "weights.npz", **state)
         arrays: dict[str, Any] = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
-        if cat.xpool_kv is not None:
-            arrays["xpool_kv"] = cat.xpool_kv
+        if cat.xpool_states is not None:
+            arrays["xpool_states"] = cat.xpool_states
         np.savez(tmp / "catalogue.npz", **arrays)
         manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -129,12 +132,19 @@ def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
     model = MaDe(est._model_config(dims["video_dim"], dims["music_dim"]))
     with np.load(folder / "weights.npz", allow_pickle=False) as weights:
         state = {k: torch.from_numpy(weights[k].copy()) for k in weights.files}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing / unexpected keys, other shapes
+        raise ModelFileError(
+            f"the weights in {folder / 'weights.npz'!s} do not fit the model its config.json "
+            f"describes ({str(exc).splitlines()[0]}); it was saved by another version of "
+            "mgsv_sk or edited: save it again with this version"
+        ) from exc
     model.eval()
     with np.load(folder / "catalogue.npz", allow_pickle=False) as arrays:
-        kv = arrays["xpool_kv"].copy() if "xpool_kv" in arrays.files else None
+        states = arrays["xpool_states"].copy() if "xpool_states" in arrays.files else None
         catalogue = MusicCatalogue(config["fitted"]["catalogue_ids"], arrays["emb"].copy(),
-                                   arrays["tokens"].copy(), kv, arrays["offsets"].copy())
+                                   arrays["tokens"].copy(), states, arrays["offsets"].copy())
     fitted = config["fitted"]
     est.model_ = model
     est.catalogue_ = catalogue

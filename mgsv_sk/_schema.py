@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,7 +20,9 @@ __all__ = [
     "AnnotationError",
     "FIT_COLUMNS",
     "GROUND_TRUTH_COLUMNS",
+    "MAX_MOMENT_SECONDS",
     "PREDICT_COLUMNS",
+    "check_trainable_moments",
     "read_annotations",
     "validate_annotations",
     "video_durations",
@@ -69,6 +72,9 @@ _TIME_COLUMNS = (
     "music_segment_duration",
     "video_total_duration",
 )
+#: Music features cover the first 240 s of a track (96 snippets of 2.5 s); the protocol
+#: cuts ground-truth moments there (mirrors ``mgsv_sk.spans.MAX_MUSIC_SECONDS``).
+MAX_MOMENT_SECONDS = 240.0
 # The release rounds times to the millisecond; a moment may end a hair past the track.
 _END_TOLERANCE_S = 0.05
 _MAX_EXAMPLES = 5
@@ -86,7 +92,7 @@ class AnnotationError(ValueError):
 
 
 def _examples(values: Iterable[object]) -> str:
-    items = list(values)
+    items = [v.item() if isinstance(v, np.generic) else v for v in values]  # 3, not np.int64(3)
     shown = ", ".join(repr(v) for v in items[:_MAX_EXAMPLES])
     more = f" and {len(items) - _MAX_EXAMPLES} more" if len(items) > _MAX_EXAMPLES else ""
     return f"{shown}{more}"
@@ -109,7 +115,10 @@ def _ids_as_strings(column: pd.Series, name: str, problems: list[str]) -> pd.Ser
 
 
 def _suggest(missing: str, present: Sequence[str]) -> str:
-    close = difflib.get_close_matches(missing, present, n=1, cutoff=0.75)
+    # Only columns the schema does not know can be a misspelling ('music_id' is not one
+    # of 'music_end').
+    unknown = [c for c in present if c not in ANNOTATION_COLUMNS]
+    close = difflib.get_close_matches(missing, unknown, n=1, cutoff=0.75)
     return f" (found {close[0]!r}: misspelt?)" if close else ""
 
 
@@ -181,7 +190,7 @@ def validate_annotations(
             )
         out[name] = values.astype("float64")
         arr = out[name].to_numpy()
-        nonfinite = ~np.isfinite(arr)
+        nonfinite = ~np.isfinite(arr) & ~bad_type.to_numpy()  # non-numeric: reported above
         if nonfinite.any():
             problems.append(
                 f"column {name!r} has {int(nonfinite.sum())} NaN/inf value(s) "
@@ -288,3 +297,34 @@ def video_durations(frame: pd.DataFrame) -> np.ndarray:
     raise AnnotationError(
         ["no video duration: add 'video_segment_duration' or 'video_start' and 'video_end'"]
     )
+
+
+def check_trainable_moments(frame: pd.DataFrame, source: str = "X") -> None:
+    """Training-only checks of a validated frame's moments against the 240 s the music
+    features cover.
+
+    A moment that *starts* at or after 240 s lies wholly outside the features and cannot
+    be learnt: :class:`AnnotationError`. A moment that *ends* after 240 s is cut there, as
+    the protocol's evaluation does, with a ``UserWarning`` (evaluation accepts both: such
+    ground truth is cut, or scores IoU 0 when nothing is left).
+    """
+    start = frame["music_start"].to_numpy(dtype=np.float64)
+    end = frame["music_end"].to_numpy(dtype=np.float64)
+    outside = start >= MAX_MOMENT_SECONDS
+    if outside.any():
+        rows = np.flatnonzero(outside)
+        raise AnnotationError(
+            [f"{len(rows)} moment(s) start at or after {MAX_MOMENT_SECONDS:g} s (rows "
+             f"{_examples(rows)}), past the music features (the first 240 s of a track); "
+             "drop those rows or re-cut the moments"],
+            source,
+        )
+    cut = end > MAX_MOMENT_SECONDS
+    if cut.any():
+        rows = np.flatnonzero(cut)
+        warnings.warn(
+            f"{len(rows)} moment(s) end after {MAX_MOMENT_SECONDS:g} s (rows "
+            f"{_examples(rows)}); they are trained as ending at {MAX_MOMENT_SECONDS:g} s, "
+            "where the music features and the protocol stop",
+            UserWarning, stacklevel=3,
+        )

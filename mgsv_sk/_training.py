@@ -6,7 +6,6 @@ its flat hyper-parameters into a :class:`TrainConfig` and a model.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -17,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import distributed as ddp
 from ._batching import collate, length_grouped_batches, target_center_width
+from ._device import Autocast, autocast_for
 from ._inference import ground_pairs, video_embeddings
 from .features import FeatureSource
 from .metrics import (
@@ -52,6 +53,15 @@ class TrainConfig:
     seed: int = 0
     verbose: int = 0
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    device: str = "cpu"  # a resolved device: "cpu", "cuda:0", ...
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: bfloat16 iff ``bf16``
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of training and validation (None: float32)."""
+        if self.amp_dtype is not None:
+            return self.amp_dtype
+        return torch.bfloat16 if self.bf16 else None
 
 
 @dataclass
@@ -89,19 +99,20 @@ _METRIC_KEYS = {
 EARLY_STOPPING_METRICS = tuple(_METRIC_KEYS)
 
 
-def validation_report(model: MaDe, split: Split, bf16: bool = False) -> dict[str, float]:
-    """The protocol's metrics on a held-out split (gallery = its distinct tracks)."""
+def validation_report(model: MaDe, split: Split, autocast: Autocast = False) -> dict[str, float]:
+    """The protocol's metrics on a held-out split (gallery = its distinct tracks), computed
+    on the model's device; ``autocast``: False, True (bfloat16) or an autocast dtype."""
     was_training = model.training
     model.eval()
     try:
-        catalogue = MusicCatalogue.build(model, split.music_ids, split.source, autocast=bf16)
+        catalogue = MusicCatalogue.build(model, split.music_ids, split.source, autocast=autocast)
         rows = catalogue.positions(split.music_ids)
-        emb = video_embeddings(model, split.video_ids, split.source, autocast=bf16)
+        emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
         scores = catalogue.scores(model, emb)
         ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
                                 np.asarray(split.music_ids, dtype=object))
         start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
-                                     autocast=bf16)
+                                     autocast=autocast)
         ious = temporal_iou(np.column_stack([start, end]),
                             np.column_stack([split.start, split.end]), split.duration)
     finally:
@@ -133,38 +144,52 @@ def _progress(total: int, desc: str, verbose: int) -> Any:
 
 
 def _train_epoch(
-    model: MaDe,
+    net: torch.nn.Module,
     split: Split,
     lengths: np.ndarray,
     targets: np.ndarray,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
+    scaler: torch.amp.GradScaler,
     cfg: TrainConfig,
     rng: np.random.Generator,
     epoch: int,
+    dist: ddp.DistContext | None = None,
 ) -> dict[str, float]:
-    model.train()
+    """One epoch; ``net`` is the model, or its DistributedDataParallel wrapper when
+    ``dist`` is given (this rank then trains on its shard of the epoch's batches)."""
+    net.train()
+    device = torch.device(cfg.device)
     sums: dict[str, float] = {}
     seen = 0
     batches = length_grouped_batches(lengths, cfg.batch_size, rng)
-    bar = _progress(len(batches), f"epoch {epoch}", cfg.verbose)
+    if dist is not None:
+        batches = ddp.shard_batches(batches, dist.rank, dist.world_size)
+    verbose = cfg.verbose if dist is None or dist.is_main else 0
+    bar = _progress(len(batches), f"epoch {epoch}", verbose)
     for rows in batches:
-        batch = collate(rows, split.video_ids, split.music_ids, split.source, targets)
+        batch = collate(rows, split.video_ids, split.music_ids, split.source, targets).to(device)
         assert batch.target_cw is not None
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model(batch.video, batch.video_mask, batch.music, batch.music_mask,
-                        batch.music_index)
+        with autocast_for(device, cfg.autocast_dtype):
+            out = net(batch.video, batch.video_mask, batch.music, batch.music_mask,
+                      batch.music_index)
         terms = made_losses(out, batch.music_index, batch.target_cw, cfg.loss_weights)
-        if not torch.isfinite(terms.total):
+        finite = bool(torch.isfinite(terms.total))
+        if dist is not None:  # raise on every rank or on none: a lone rank would hang DDP
+            finite = ddp.all_true(finite, dist, device)
+        if not finite:
             raise FloatingPointError(
-                f"training loss became {float(terms.total)} at epoch {epoch}; lower lr "
-                "(or disable bf16) and check the features for extreme values"
+                f"training loss became non-finite ({float(terms.total)} on this process) at "
+                f"epoch {epoch}; lower lr (or use mixed_precision='fp32') and check the "
+                "features for extreme values"
             )
         optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
+        scaler.scale(terms.total).backward()  # DDP all-reduces the gradients here
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)  # a plain optimizer.step() unless float16 loss scaling
+        scaler.update()
         scheduler.step()
         n = len(rows)
         seen += n
@@ -175,26 +200,69 @@ def _train_epoch(
             bar.set_postfix(loss=f"{sums['total'] / seen:.3f}")
     if bar is not None:
         bar.close()
+    if dist is not None:  # the same history on every rank
+        totals = ddp.sum_over_ranks({**sums, "\x00seen": float(seen)}, dist, device)
+        seen = int(totals.pop("\x00seen"))
+        sums = totals
     return {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
 
 
+def _validate(
+    model: MaDe, valid: Split, cfg: TrainConfig, dist: ddp.DistContext | None
+) -> dict[str, float]:
+    """Validation metrics: computed by rank 0 and broadcast, so that every rank takes the
+    same early-stopping decisions."""
+    if dist is None:
+        return validation_report(model, valid, cfg.autocast_dtype)
+    report = validation_report(model, valid, cfg.autocast_dtype) if dist.is_main else None
+    report = ddp.broadcast_object(report, dist, torch.device(cfg.device))
+    assert report is not None
+    return report
+
+
+def _snapshot(model: MaDe) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights (no GPU memory held for the best epoch)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def fit_model(
-    model: MaDe, train: Split, valid: Split | None, cfg: TrainConfig
+    model: MaDe,
+    train: Split,
+    valid: Split | None,
+    cfg: TrainConfig,
+    dist: ddp.DistContext | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; on return it holds the best weights seen.
+    """Train ``model`` in place on ``cfg.device``; on return it holds the best weights seen.
 
     With a validation split the model is evaluated after each epoch and training stops
     after ``patience`` epochs without improving ``early_stopping_metric``; without one it
     runs ``max_epochs``. A KeyboardInterrupt after at least one epoch ends training early
     with the best weights so far (``stopped="interrupted"``).
+
+    With ``dist`` (an initialised process group, see :mod:`mgsv_sk.distributed`) the model
+    is trained data-parallel: every rank must call this with the same splits and seed;
+    each takes a disjoint shard of every epoch's batches, gradients are averaged by DDP,
+    validation runs on rank 0 and its metrics are broadcast, and all ranks return
+    identical weights and history.
     """
+    device = torch.device(cfg.device)
+    model.to(device)
     rng = np.random.default_rng(cfg.seed)
     lengths = train.source.video_lengths(train.video_ids) + train.source.music_lengths(
         train.music_ids)
     targets = train.target_cw().astype(np.float32)
-    steps = cfg.max_epochs * math.ceil(len(train) / cfg.batch_size)
+    world = 1 if dist is None else dist.world_size
+    steps = cfg.max_epochs * math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, cfg.warmup_fraction))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.autocast_dtype == torch.float16)
+    net: torch.nn.Module = model
+    if dist is not None:
+        ddp.check_same(ddp.data_fingerprint(train.video_ids, train.music_ids,
+                                            [] if valid is None else valid.video_ids),
+                       "training data", dist, device)
+        net = ddp.wrap_model(model, device, dist)
+    main = dist is None or dist.is_main
 
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -204,10 +272,10 @@ def fit_model(
         tic = time.perf_counter()
         try:
             row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(_train_epoch(model, train, lengths, targets, optimizer, scheduler, cfg,
-                                    rng, epoch))
+            row.update(_train_epoch(net, train, lengths, targets, optimizer, scheduler, scaler,
+                                    cfg, rng, epoch, dist))
             if valid is not None:
-                report = validation_report(model, valid, cfg.bf16)
+                report = _validate(model, valid, cfg, dist)
                 row.update({f"val_{k}": v for k, v in report.items()})
         except KeyboardInterrupt:
             if best_state is None and not history:
@@ -221,13 +289,15 @@ def fit_model(
         score = _monitored(row, cfg.early_stopping_metric, valid is not None)
         if score > best_score + 1e-9:
             best_score, best_epoch, stale = score, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _snapshot(model)
         else:
             stale += 1
-        logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if main:
+            logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if valid is not None and stale >= cfg.patience:
             stopped = "converged"
             break
+    del net  # drop the DDP wrapper (and its gradient hooks); ``model`` is the module
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

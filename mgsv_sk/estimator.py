@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,11 +18,13 @@ import torch
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils.validation import check_is_fitted
 
+from . import distributed as ddp
 from ._base import BaseGrounder, new_fit_token
-from ._inference import ground_pairs, pair_scores, video_embeddings
-from ._schema import FIT_COLUMNS
+from ._device import MIXED_PRECISION, model_device, resolve_device, resolve_precision, rng_devices
+from ._inference import ground_pairs, pair_scores, snippet_evidence, video_embeddings
+from ._schema import FIT_COLUMNS, check_trainable_moments
 from ._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
-from .features import FeatureSource
+from .features import FeatureError, FeatureSource
 from .nn.config import MaDeConfig
 from .nn.losses import LossWeights
 from .nn.model import MaDe
@@ -30,18 +35,58 @@ __all__ = ["MGSVGrounder"]
 logger = logging.getLogger(__name__)
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"depth": 0, "saved": 0}
+
+
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` intra-op threads (None: leave torch's setting, which joblib's
-    workers already cap at cores / jobs), restoring the previous count after."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    workers already cap at cores / jobs), restoring the previous count after.
+
+    Reentrant and thread-safe: torch's thread count is process-wide, so concurrent calls
+    (threads predicting at once) share one saved count, restored when the last leaves;
+    a save/restore per call would let interleaved calls leave the wrong count behind.
+    """
+    if n is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_state["depth"] == 0:
+            _threads_state["saved"] = torch.get_num_threads()
+        _threads_state["depth"] += 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
     try:
         yield
     finally:
-        if n is not None:
-            torch.set_num_threads(previous)
+        with _THREADS_LOCK:
+            _threads_state["depth"] -= 1
+            if _threads_state["depth"] == 0:
+                torch.set_num_threads(_threads_state["saved"])
+
+
+def _require_finite(ids: list[str], bad: np.ndarray, kind: str) -> None:
+    """Raise a FeatureError naming the items whose encodings (or outputs) are not finite."""
+    if bad.any():
+        names = [ids[i] for i in np.flatnonzero(bad)]
+        raise FeatureError(
+            f"the features of {len(names)} {kind}(s) {names[:5]} give non-finite model "
+            "outputs: they hold values too large for float32 arithmetic; the features are "
+            "expected to be embeddings of moderate scale (CLIP / AST outputs): rescale or "
+            "re-extract them"
+        )
+
+
+def _check_catalogue(catalogue: MusicCatalogue) -> MusicCatalogue:
+    """The catalogue itself, after checking every track's cached arrays are finite."""
+    bad = ~np.isfinite(catalogue.emb).all(axis=1)
+    for data in (catalogue.tokens, catalogue.xpool_states):
+        if data is not None and len(data):
+            rows = np.flatnonzero(~np.isfinite(data).all(axis=1))
+            bad[np.searchsorted(catalogue.offsets, rows, side="right") - 1] = True
+    _require_finite(catalogue.ids, bad, "track")
+    return catalogue
 
 
 class MGSVGrounder(BaseGrounder):
@@ -78,7 +123,9 @@ class MGSVGrounder(BaseGrounder):
         AdamW, linear warm-up over this fraction of the steps then cosine decay, gradient
         norm clipping (paper: 3e-4, 0, 0.02, 1.0).
     batch_size : int
-        Videos per training batch (paper 512; 128 trains faster on a CPU).
+        Videos per training batch (paper 512; 128 trains faster on a CPU). Per process
+        in data-parallel training (:mod:`mgsv_sk.distributed`): a step then averages
+        ``batch_size * world_size`` videos, and each process's InfoNCE uses its own batch.
     max_epochs, patience : int
         Epoch budget and early-stopping patience (epochs without improvement).
     validation_fraction : float
@@ -87,17 +134,28 @@ class MGSVGrounder(BaseGrounder):
     early_stopping_metric : str
         Validation metric to maximise, a scorer name such as "miou", "r1", "mor10@0.5".
     bf16 : bool
-        bfloat16 autocast on the CPU (faster where the CPU supports it; see the README for
-        its measured accuracy effect).
-    device : str
-        "cpu" (the only device this release trains on).
+        Shorthand for ``mixed_precision="bf16"``: bfloat16 autocast, on the CPU too (faster
+        where the CPU supports it; see the README for its measured accuracy effect).
+    mixed_precision : {"auto", "bf16", "fp16", "fp32"}
+        Autocast precision of training and inference. "auto": float32 on the CPU; on a
+        GPU bfloat16 where it is supported (Ampere and later), else float16 with loss
+        scaling (``torch.amp.GradScaler``). "fp16" is for CUDA only. Attention softmax,
+        retrieval scores and losses stay float32 in every mode.
+    device : str or torch.device
+        Where the model is trained and run: "cpu" (default), "cuda", "cuda:N", or "auto"
+        (CUDA when ``torch.cuda.is_available()``, else the CPU). Inputs are moved to it
+        batch by batch and every result comes back as numpy. A model fitted on a GPU
+        pickles and saves with CPU weights and, loaded where ``device`` is unavailable,
+        runs on the CPU. In a ``torch.distributed`` run (see :mod:`mgsv_sk.distributed`)
+        "cuda" means ``cuda:LOCAL_RANK``.
     n_threads : int, optional
         torch intra-op threads during fit/predict; None keeps torch's setting.
     random_state : int, optional
         Seed of initialisation, batching and dropout; equal seeds give identical models on
         the same machine.
     verbose : int
-        0 silent, 1 a progress bar per epoch and the epoch summary in the log.
+        0 silent; 1 progress bars (one per training epoch, and over the videos of
+        ``predict`` / ``rank`` / ``snippet_evidence``) and the epoch summary in the log.
 
     Attributes
     ----------
@@ -156,7 +214,8 @@ class MGSVGrounder(BaseGrounder):
         validation_fraction: float = 0.1,
         early_stopping_metric: str = "mor10@0.5",
         bf16: bool = False,
-        device: str = "cpu",
+        mixed_precision: str = "auto",
+        device: str | torch.device = "cpu",
         n_threads: int | None = None,
         random_state: int | None = None,
         verbose: int = 0,
@@ -190,6 +249,7 @@ class MGSVGrounder(BaseGrounder):
         self.validation_fraction = validation_fraction
         self.early_stopping_metric = early_stopping_metric
         self.bf16 = bf16
+        self.mixed_precision = mixed_precision
         self.device = device
         self.n_threads = n_threads
         self.random_state = random_state
@@ -207,7 +267,7 @@ class MGSVGrounder(BaseGrounder):
             temperature_init=self.temperature_init,
         )
 
-    def _train_config(self, seed: int) -> TrainConfig:
+    def _train_config(self, seed: int, dist: ddp.DistContext | None = None) -> TrainConfig:
         problems = []
         for name in ("lr", "batch_size", "max_epochs", "patience"):
             value = getattr(self, name)
@@ -219,8 +279,24 @@ class MGSVGrounder(BaseGrounder):
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             problems.append(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}, "
                             f"got {self.early_stopping_metric!r}")
-        if self.device != "cpu":
-            problems.append(f"device must be 'cpu' in this release, got {self.device!r}")
+        device: torch.device | None = None
+        amp: torch.dtype | None = None
+        try:
+            device = resolve_device(self.device, None if dist is None else dist.local_rank)
+        except ValueError as exc:
+            problems.append(str(exc))
+        if device is not None:
+            try:
+                amp = resolve_precision(device, self.mixed_precision, bool(self.bf16)).dtype
+            except ValueError as exc:
+                problems.append(str(exc))
+            if dist is not None and dist.backend == "nccl" and device.type != "cuda":
+                problems.append(f"device resolves to {device} but the torch.distributed group "
+                                "uses the nccl backend, which needs CUDA; pass device='cuda', "
+                                "or initialise the group with backend='gloo' for CPU training")
+        elif self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, "
+                            f"got {self.mixed_precision!r}")
         if self.xpool_top_k is not None and self.xpool_top_k < 1:
             problems.append(f"xpool_top_k must be None or >= 1, got {self.xpool_top_k!r}")
         if problems:
@@ -232,8 +308,8 @@ class MGSVGrounder(BaseGrounder):
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
             max_epochs=int(self.max_epochs), patience=int(self.patience),
             warmup_fraction=self.warmup_fraction, grad_clip=self.grad_clip,
-            early_stopping_metric=self.early_stopping_metric, bf16=self.bf16, seed=seed,
-            verbose=self.verbose, loss_weights=weights,
+            early_stopping_metric=self.early_stopping_metric, bf16=bool(self.bf16), seed=seed,
+            verbose=self.verbose, loss_weights=weights, device=str(device), amp_dtype=amp,
         )
 
     # -- fit -------------------------------------------------------------------------------
@@ -249,21 +325,46 @@ class MGSVGrounder(BaseGrounder):
             The ground truth is read from ``X``'s columns.
         features : feature source, optional
             Overrides the ``features`` parameter for this call.
+
+        Notes
+        -----
+        Bad input (``AnnotationError``, ``FeatureError``, invalid parameters) is refused
+        before training and leaves an earlier fit in place. Once training starts, a failure
+        (an error, or Ctrl-C before the first epoch completes) leaves the estimator
+        unfitted; Ctrl-C later keeps the best weights so far (``stopped_ ==
+        "interrupted"``). Moments starting at or after 240 s are refused; moments ending
+        after 240 s are trained as ending there, with a ``UserWarning``.
         """
         frame = self._frame(X, FIT_COLUMNS)
+        check_trainable_moments(frame)
         source = self._source(features)
         seed = (int(np.random.SeedSequence().generate_state(1)[0]) if self.random_state is None
                 else int(self.random_state))
-        train_cfg = self._train_config(seed)
+        dist = ddp.current()  # data-parallel when a torch.distributed group is initialised
+        train_cfg = self._train_config(seed, dist)
+        device = torch.device(train_cfg.device)
+        if dist is not None:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            seed = ddp.broadcast_object(seed, dist, device)  # rank 0's seed on every rank
+            train_cfg = replace(train_cfg, seed=seed)
         music_ids = list(pd.unique(frame["music_id"]))
         source.check_available(frame["video_id"], music_ids)
         train, valid = self._split(frame, source, seed)
-        with torch_threads(self.n_threads), torch.random.fork_rng(devices=[]):
+        # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
+        # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
+        # it were this one's. The fitted attributes are set together at the end.
+        self._forget_fit()
+        with torch_threads(self.n_threads), \
+                torch.random.fork_rng(devices=rng_devices(device)):
             torch.manual_seed(seed)
             n_threads_used = torch.get_num_threads()
-            model = MaDe(self._model_config(source.video_dim, source.music_dim))
-            result = fit_model(model, train, valid, train_cfg)
-            catalogue = MusicCatalogue.build(model, music_ids, source, autocast=self.bf16)
+            model = MaDe(self._model_config(source.video_dim, source.music_dim)).to(device)
+            if dist is not None and dist.world_size > 1:
+                torch.manual_seed((seed + dist.rank) % 2**64)  # own dropout masks per rank
+            result = fit_model(model, train, valid, train_cfg, dist)
+            catalogue = MusicCatalogue.build(model, music_ids, source,
+                                             autocast=train_cfg.autocast_dtype)
         if result.stopped == "interrupted":
             warnings.warn("fit was interrupted: the model holds the best weights of the "
                           f"{len(result.history)} completed epoch(s)", RuntimeWarning,
@@ -278,6 +379,10 @@ class MGSVGrounder(BaseGrounder):
         self.n_threads_ = n_threads_used
         self.fit_token_ = new_fit_token()
         return self
+
+    def _forget_fit(self) -> None:
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)
 
     def _split(self, frame: pd.DataFrame, source: FeatureSource,
                seed: int) -> tuple[Split, Split | None]:
@@ -305,12 +410,16 @@ class MGSVGrounder(BaseGrounder):
         if all(m in self.catalogue_.index for m in unique):
             return self.catalogue_
         source.check_available([], unique)
-        return MusicCatalogue.build(self.model_, unique, source, autocast=self.bf16)
+        return _check_catalogue(MusicCatalogue.build(self.model_, unique, source,
+                                                     autocast=self._autocast_dtype()))
 
     def _video_emb(self, frame: pd.DataFrame, source: FeatureSource) -> torch.Tensor:
         ids = frame["video_id"].tolist()
         source.check_available(ids, [])
-        return video_embeddings(self.model_, ids, source, autocast=self.bf16)
+        emb = video_embeddings(self.model_, ids, source, autocast=self._autocast_dtype(),
+                               verbose=self.verbose)
+        _require_finite(ids, ~torch.isfinite(emb).all(dim=1).numpy(), "video")
+        return emb
 
     def _retrieval_scores(
         self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
@@ -338,13 +447,84 @@ class MGSVGrounder(BaseGrounder):
             catalogue = self._catalogue_for(music_ids, source)
             ids = frame["video_id"].tolist()
             source.check_available(ids, [])
-            return ground_pairs(self.model_, ids, catalogue.positions(music_ids), catalogue,
-                                source, autocast=self.bf16)
+            start, end, moment = ground_pairs(self.model_, ids, catalogue.positions(music_ids),
+                                              catalogue, source, autocast=self._autocast_dtype(),
+                                              verbose=self.verbose)
+        _require_finite(ids, ~(np.isfinite(start) & np.isfinite(end) & np.isfinite(moment)),
+                        "video")
+        return start, end, moment
+
+    def snippet_evidence(self, X: pd.DataFrame, features: Any = None) -> list[np.ndarray]:
+        """The detector's per-snippet evidence: for each row of ``X``, the probability that
+        each valid 2.5 s snippet of the row's track lies inside the video's moment.
+
+        Parameters
+        ----------
+        X : DataFrame
+            MGSV-EC rows with ``video_id`` and ``music_id`` (the track to read the evidence
+            on; for MsG, take ``music_id`` from ``predict``'s output first).
+        features : feature source, optional
+            Overrides the estimator's ``features`` for this call.
+
+        Returns
+        -------
+        list of ndarray
+            One float64 array of shape (S_i,) per row, in the order of ``X``: the sigmoid of
+            the evidence head's logit for each valid snippet of the track (snippet k is
+            centred at 2.5 k s). :func:`mgsv_sk.plot.plot_timeline` draws it.
+        """
+        check_is_fitted(self)
+        frame = self._frame(X)
+        if "music_id" not in frame.columns:
+            raise ValueError(
+                "snippet_evidence needs a music_id column (the track to read the evidence "
+                "on); for music-set grounding use predict(X)['music_id'] as that column")
+        source = self._source(features)
+        music_ids = frame["music_id"].tolist()
+        ids = frame["video_id"].tolist()
+        with torch_threads(self.n_threads):
+            catalogue = self._catalogue_for(music_ids, source)
+            source.check_available(ids, [])
+            return snippet_evidence(self.model_, ids, catalogue.positions(music_ids),
+                                    catalogue, source, autocast=self._autocast_dtype(),
+                                    verbose=self.verbose)
 
     def _index_catalogue(self, music_ids: list[str], source: FeatureSource) -> None:
         with torch_threads(self.n_threads):
-            self.catalogue_ = MusicCatalogue.build(self.model_, music_ids, source,
-                                                   autocast=self.bf16)
+            self.catalogue_ = _check_catalogue(MusicCatalogue.build(
+                self.model_, music_ids, source, autocast=self._autocast_dtype()))
+
+    # -- device ------------------------------------------------------------------------------
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """Inference autocast on the model's device; float32 where the chosen precision is
+        unavailable there (e.g. a float16 model served on a CPU)."""
+        return resolve_precision(model_device(self.model_),
+                                 getattr(self, "mixed_precision", "auto"), bool(self.bf16),
+                                 strict=False).dtype
+
+    def _place_model(self) -> None:
+        """Put a loaded or unpickled model on ``device`` when that device is available here,
+        else on the CPU (a model fitted on a GPU is served by a CPU-only machine)."""
+        model = getattr(self, "model_", None)
+        if model is None:
+            return
+        try:
+            device = resolve_device(self.device)
+        except ValueError as exc:
+            device = torch.device("cpu")
+            logger.warning("running the model on the CPU: %s", exc)
+        model.to(device)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        model = state.get("model_")
+        if isinstance(model, torch.nn.Module) and model_device(model).type != "cpu":
+            state["model_"] = copy.deepcopy(model).cpu()  # loadable without a GPU
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._place_model()
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
@@ -360,7 +540,9 @@ class MGSVGrounder(BaseGrounder):
         """Read a model written by :meth:`save` (checksums verified)."""
         from ._persistence import load_grounder
 
-        return load_grounder(cls, path, features=features)
+        est = load_grounder(cls, path, features=features)
+        est._place_model()  # weights are stored for the CPU; move them to ``device``
+        return est
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

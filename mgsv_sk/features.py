@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_directory
+from ._schema import validate_annotations
+from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
 __all__ = [
     "FeatureError",
@@ -57,6 +61,11 @@ class FeatureSource(ABC):
     Subclasses implement :meth:`video` and :meth:`music`; both return float32 arrays of
     the valid rows only (at least one row), and raise :class:`FeatureError` (or
     ``FileNotFoundError``/``KeyError`` subclasses of it) naming the id.
+
+    The built-in sources also apply the model's length limits: a video of more than 50
+    frames (1 per second) is refused with a :class:`FeatureError`; a track of more than 96
+    snippets is cut to its first 240 s with a ``UserWarning``, as the protocol never
+    evaluates past 240 s.
     """
 
     video_dim: int = VIDEO_DIM
@@ -99,17 +108,19 @@ class FeatureSource(ABC):
                 + "; point the estimator at the feature source that covers this frame"
             )
 
+    # A malformed feature (FeatureError) is not a missing one: it propagates with its
+    # own message instead of being reported as absent.
     def has_video(self, video_id: str) -> bool:
         try:
             self.video(video_id)
-        except (FeatureError, FileNotFoundError, KeyError):
+        except (FileNotFoundError, KeyError):
             return False
         return True
 
     def has_music(self, music_id: str) -> bool:
         try:
             self.music(music_id)
-        except (FeatureError, FileNotFoundError, KeyError):
+        except (FileNotFoundError, KeyError):
             return False
         return True
 
@@ -134,9 +145,41 @@ def _check_array(arr: np.ndarray, dim: int, what: str, where: str) -> np.ndarray
         )
     if arr.shape[0] == 0:
         raise FeatureError(f"{what} at {where} has no valid rows; every item needs at least one")
+    if arr.dtype != np.bool_ and (not np.issubdtype(arr.dtype, np.number)
+                                  or np.issubdtype(arr.dtype, np.complexfloating)):
+        raise FeatureError(
+            f"{what} at {where} has dtype {arr.dtype}, expected real numbers (float32); "
+            "pass the feature arrays themselves"
+        )
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
-        raise FeatureError(f"{what} at {where} contains NaN or inf; re-extract this feature")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+        raise FeatureError(f"{what} at {where} contains NaN or inf (as float32); re-extract "
+                           "this feature")
+    return arr
+
+
+def _cap_rows(arr: np.ndarray, what: str, where: str) -> tuple[np.ndarray, bool]:
+    """Apply the model's length limits: a video has at most 50 frames (1 fps), else
+    :class:`FeatureError`; a track's snippets past 240 s (96 of 2.5 s) are dropped, as the
+    protocol never evaluates past 240 s. Returns the array and whether it was cut."""
+    if what.startswith("video") and len(arr) > MAX_VIDEO_FRAMES:
+        raise FeatureError(
+            f"{what} at {where} has {len(arr)} frames, more than the {MAX_VIDEO_FRAMES} "
+            f"(1 per second, {MAX_VIDEO_FRAMES} s) the model reads; trim the video to "
+            f"{MAX_VIDEO_FRAMES} s or sample {MAX_VIDEO_FRAMES} frames before extracting features"
+        )
+    if what.startswith("music") and len(arr) > MAX_MUSIC_SNIPPETS:
+        return arr[:MAX_MUSIC_SNIPPETS], True
+    return arr, False
+
+
+def _warn_cut(ids: list[str]) -> None:
+    if ids:
+        warnings.warn(
+            f"{len(ids)} track(s) have more than {MAX_MUSIC_SNIPPETS} snippets (240 s), e.g. "
+            f"{ids[:5]}: their features are cut at 240 s, where the MGSV protocol stops",
+            UserWarning, stacklevel=3,
+        )
 
 
 def _apply_mask(feat: np.ndarray, mask: np.ndarray | None, what: str, where: str) -> np.ndarray:
@@ -193,12 +236,16 @@ class InMemoryFeatures(FeatureSource):
         what: str,
     ) -> dict[str, np.ndarray]:
         out = {}
+        cut = []
         for key, value in items.items():
             where = f"id {str(key)!r}"
             arr = np.asarray(value)
             mask = None if masks is None else masks.get(key)
             arr = _apply_mask(arr, mask, what, where)
-            out[str(key)] = _check_array(arr, dim, what, where)
+            out[str(key)], was_cut = _cap_rows(_check_array(arr, dim, what, where), what, where)
+            if was_cut:
+                cut.append(str(key))
+        _warn_cut(cut)
         return out
 
     def video(self, video_id: str) -> np.ndarray:
@@ -258,6 +305,13 @@ class FeatureTree(FeatureSource):
             raise MissingFeatureError(f"{what} file for {item} not found: {path!s}")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refused a Python object
+            raise FeatureError(
+                f"refused to load {what} for {item} from {path!s}: the file holds pickled "
+                "Python objects other than tensors, which could run code when loaded; "
+                "weights_only=True blocked them and nothing was executed. Re-save the "
+                "feature as a plain tensor (torch.save(tensor, path)) from a trusted source"
+            ) from exc
         except Exception as exc:  # torch raises many types for truncated/unsafe files
             raise FeatureError(
                 f"cannot read {what} for {item} at {path!s}: {type(exc).__name__}: "
@@ -276,8 +330,12 @@ class FeatureTree(FeatureSource):
         mask_path = self.base / mask_dir / f"{key}.pt"
         feat = self._load(feat_path, what, item)
         mask = self._load(mask_path, f"{what} mask", item) if mask_path.exists() else None
-        return _check_array(_apply_mask(feat, mask, what, str(feat_path)), dim, what,
-                            str(feat_path))
+        arr = _check_array(_apply_mask(feat, mask, what, str(feat_path)), dim, what,
+                           str(feat_path))
+        arr, was_cut = _cap_rows(arr, what, str(feat_path))
+        if was_cut:
+            _warn_cut([key])
+        return arr
 
     def video(self, video_id: str) -> np.ndarray:
         return self._read(str(video_id), _VIDEO_FEAT, _VIDEO_MASK, VIDEO_DIM, "video features")
@@ -489,8 +547,10 @@ def pack_features(
     if dst.exists() and not overwrite:  # checked before any reading
         raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
     if annotations is not None:
-        video_ids = annotations["video_id"].astype(str) if video_ids is None else video_ids
-        music_ids = annotations["music_id"].astype(str) if music_ids is None else music_ids
+        frame = validate_annotations(annotations, ("video_id", "music_id"),
+                                     source="annotations")
+        video_ids = frame["video_id"] if video_ids is None else video_ids
+        music_ids = frame["music_id"] if music_ids is None else music_ids
     vids = _unique_ids(video_ids, src, "video_ids")
     mids = _unique_ids(music_ids, src, "music_ids")
     src.check_available(vids, mids)

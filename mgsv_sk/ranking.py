@@ -3,9 +3,9 @@
 For every track the catalogue keeps, computed once when it is built:
 
 - the dual embedding h0(M) [D] (the dual score is one matrix product for all tracks);
-- the X-Pool keys and out-projected values of its snippets [S, 2D] (X-Pool depends on
-  the video only through its query, so the per-track projections are reused by every
-  query);
+- the layer-normed states of its snippets [S, D], of which X-Pool's keys and values are
+  linear maps (X-Pool depends on the video only through its query, so the per-track part
+  is reused by every query; see :mod:`mgsv_sk.nn.xpool`);
 - the snippet tokens [S, D] the moment detector reads when the track is grounded.
 
 Ragged per-track arrays are stored back to back with offsets, so a catalogue of thousands
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ._batching import pad_stack, sorted_batches
+from ._device import autocast_for
 from .features import FeatureSource
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ class MusicCatalogue:
         Dual embeddings h0(M), unit norm.
     tokens : ndarray (sum S, D)
         Snippet tokens of every track back to back; ``offsets`` (N + 1,) delimit them.
-    xpool_kv : ndarray (sum S, 2D) or None
-        X-Pool keys and values per snippet (None when the model has no X-Pool score).
+    xpool_states : ndarray (sum S, D) or None
+        X-Pool snippet states per snippet (None when the model has no X-Pool score).
     offsets : ndarray (N + 1,)
     """
 
@@ -65,13 +66,13 @@ class MusicCatalogue:
         ids: Sequence[str],
         emb: np.ndarray,
         tokens: np.ndarray,
-        xpool_kv: np.ndarray | None,
+        xpool_states: np.ndarray | None,
         offsets: np.ndarray,
     ) -> None:
         self.ids = [str(i) for i in ids]
         self.emb = emb
         self.tokens = tokens
-        self.xpool_kv = xpool_kv
+        self.xpool_states = xpool_states
         self.offsets = offsets
         self.index = {m: i for i, m in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
@@ -92,7 +93,7 @@ class MusicCatalogue:
         music_ids: Sequence[str],
         source: FeatureSource,
         batch_size: int = 128,
-        autocast: bool = False,
+        autocast: bool | torch.dtype | None = False,
     ) -> MusicCatalogue:
         """Encode ``music_ids`` from ``source`` with ``model`` (eval mode), each track once."""
         ids = list(dict.fromkeys(str(m) for m in music_ids))
@@ -100,26 +101,26 @@ class MusicCatalogue:
         n = len(ids)
         emb = np.zeros((n, model.cfg.d_model), np.float32)
         tokens: list[np.ndarray] = [np.zeros(0)] * n
-        kvs: list[np.ndarray] = [np.zeros(0)] * n
+        states: list[np.ndarray] = [np.zeros(0)] * n
         device = next(model.parameters()).device
         for rows in sorted_batches(lengths, batch_size):
             music, mask = pad_stack(source.musics(ids[r] for r in rows))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            with autocast_for(device, autocast):  # False, True (bfloat16) or a dtype
                 enc = model.encode_music(music.to(device), mask.to(device))
-                kv = (torch.cat(model.xpool.keys_values(enc.tokens), dim=-1)
-                      if model.xpool is not None else None)  # [U,S,2D]
+                st = (model.xpool.snippet_states(enc.tokens)
+                      if model.xpool is not None else None)  # [U,S,D]
             emb[rows] = enc.emb.float().cpu().numpy()
             tok = enc.tokens.float().cpu().numpy()
-            kv_np = None if kv is None else kv.float().cpu().numpy()
+            st_np = None if st is None else st.float().cpu().numpy()
             for j, r in enumerate(rows):
                 length = int(lengths[r])
                 tokens[r] = tok[j, :length]
-                if kv_np is not None:
-                    kvs[r] = kv_np[j, :length]
+                if st_np is not None:
+                    states[r] = st_np[j, :length]
         token_data, offsets = _ragged(tokens, model.cfg.d_model)
-        kv_data = _ragged(kvs, 2 * model.cfg.d_model)[0] if model.xpool is not None else None
+        st_data = _ragged(states, model.cfg.d_model)[0] if model.xpool is not None else None
         logger.info("encoded a catalogue of %d tracks (%d snippets)", n, len(token_data))
-        return cls(ids, emb, token_data, kv_data, offsets)
+        return cls(ids, emb, token_data, st_data, offsets)
 
     # -- reading ---------------------------------------------------------------------------
     def positions(self, music_ids: Sequence[str]) -> np.ndarray:
@@ -161,9 +162,9 @@ class MusicCatalogue:
         every re-ranked track).
         """
         cfg = model.cfg
-        v = video_emb.float()
+        v = video_emb.float().cpu()
         dual = (v @ torch.from_numpy(self.emb).T).numpy() if cfg.use_dual else None  # [B,N]
-        if self.xpool_kv is None or model.xpool is None:
+        if self.xpool_states is None or model.xpool is None:
             assert dual is not None
             return dual
         if xpool_top_k is not None and xpool_top_k < len(self) and dual is not None:
@@ -176,10 +177,10 @@ class MusicCatalogue:
 
     def _xpool(self, model: MaDe, v: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """X-Pool scores of videos v [B, D] against catalogue rows -> (B, len(rows))."""
-        assert model.xpool is not None and self.xpool_kv is not None
-        kv, mask = self._padded(self.xpool_kv, rows)  # [Uc,S,2D], [Uc,S]
-        keys, values = kv.chunk(2, dim=-1)
-        return model.xpool.scores_from_kv(v, keys, values, mask).numpy()
+        assert model.xpool is not None and self.xpool_states is not None
+        states, mask = self._padded(self.xpool_states, rows)  # [Uc,S,D], [Uc,S]
+        dev = next(model.parameters()).device  # the model's device; results back on the CPU
+        return model.xpool.scores_from_states(v.to(dev), states.to(dev), mask.to(dev)).cpu().numpy()
 
     def _two_stage(
         self, model: MaDe, v: torch.Tensor, dual: np.ndarray, top_k: int

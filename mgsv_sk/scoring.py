@@ -27,6 +27,8 @@ mor{k}@{θ}         MsG: true track in the top k and IoU > θ (k 1/10/100, θ 0.
 
 from __future__ import annotations
 
+import logging
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,6 +45,8 @@ from .metrics import (
     retrieval_report,
 )
 from .spans import temporal_iou
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "SCORER_NAMES",
@@ -85,10 +89,12 @@ def _fit_token(estimator: Any) -> Any:
 
 
 def _protocol_outputs(
-    estimator: Any, X: Any, grounding: bool, retrieval: bool, features: Any = None
+    estimator: Any, X: Any, grounding: bool, retrieval: bool, features: Any = None,
+    verbose: int = 0,
 ) -> _Outputs:
     """Per-row IoU (SmG, on the true track) and rank0 of the true track, computed once per
-    (fitted estimator, X) and shared by every scorer."""
+    (fitted estimator, X) and shared by every scorer. ``verbose > 0``: a progress bar over
+    the two passes (grounding, retrieval)."""
     token = _fit_token(estimator)
     entry = _CACHE.get(estimator) if token is not None and features is None else None
     if entry is None or entry[0] is not X or entry[1] != token:
@@ -96,24 +102,49 @@ def _protocol_outputs(
     out = entry[2]
     frame = validate_annotations(X, GROUND_TRUTH_COLUMNS, source="X (scoring)")
     kwargs = {} if features is None else {"features": features}
+    todo = int(grounding and out.ious is None) + int(retrieval and out.ranks is None)
+    bar = _stage_bar(todo, verbose)
     if grounding and out.ious is None:
+        tic = time.perf_counter()
+        if bar is not None:
+            bar.set_postfix_str("grounding")
         pred = estimator.predict(frame, **kwargs)
         out.ious = temporal_iou(
             pred[["start", "end"]].to_numpy(dtype=np.float64),
             frame[["music_start", "music_end"]].to_numpy(dtype=np.float64),
             frame["music_total_duration"].to_numpy(dtype=np.float64),
         )
+        logger.info("grounded %d videos in %.1f s", len(frame), time.perf_counter() - tic)
+        if bar is not None:
+            bar.update(1)
     if retrieval and out.ranks is None:
+        tic = time.perf_counter()
+        if bar is not None:
+            bar.set_postfix_str("retrieval")
         gallery = list(pd.unique(frame["music_id"]))
         scores = estimator.decision_function(frame, music_ids=gallery, **kwargs)
         out.ranks = retrieval_ranks(scores, np.asarray(gallery, dtype=object),
                                     frame["music_id"].to_numpy(dtype=object))
+        logger.info("ranked %d videos against %d tracks in %.1f s", len(frame), len(gallery),
+                    time.perf_counter() - tic)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     if token is not None and features is None:
         try:
             _CACHE[estimator] = entry
         except TypeError:  # not weak-referenceable: just do not cache
             pass
     return out
+
+
+def _stage_bar(total: int, verbose: int) -> Any:
+    if verbose <= 0 or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluating", unit="pass")
 
 
 def _report(out: _Outputs) -> dict[str, float]:
@@ -182,10 +213,15 @@ def evaluate(
     features: Any = None,
     grounding: bool = True,
     retrieval: bool = True,
+    verbose: int = 0,
 ) -> dict[str, float]:
     """The full protocol table of a fitted grounder on a split (metrics under their
     report names: ``mIoU``, ``IoU@0.5``, ``R@1``, ``MedianR``, ``MoR@1,0.5``, ...).
 
     Retrieval ranks each video's true track among the split's distinct tracks.
+    ``verbose=1`` shows a progress bar over the grounding and retrieval passes (bars over
+    the videos inside each pass come from the estimator's own ``verbose``); the time of
+    each pass is logged at INFO level either way.
     """
-    return _report(_protocol_outputs(estimator, X, grounding, retrieval, features=features))
+    return _report(_protocol_outputs(estimator, X, grounding, retrieval, features=features,
+                                     verbose=verbose))

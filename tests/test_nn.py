@@ -145,6 +145,31 @@ def test_xpool_chunked_equals_unchunked_and_paired():
     torch.testing.assert_close(paired, full[torch.arange(6), idx], atol=1e-5, rtol=0)
 
 
+def test_xpool_equals_textbook_attention_with_random_weights():
+    """The cached-state rewrite (query moved through W_k, W_o W_v after pooling) is exact."""
+    model = tiny_model().eval()
+    xp = model.xpool
+    assert xp is not None
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in xp.parameters():  # identity-initialised: randomise to test the algebra
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3 + (1.0 if p.ndim == 1 else 0.0))
+    batch = make_batch(b=4, u=3)
+    v = model.encode_video(batch["video"], batch["video_mask"])
+    m = model.encode_music(batch["music"], batch["music_mask"])
+    with torch.no_grad():
+        q = xp.q(xp.norm_in(v.emb)) * xp.scale  # [B,D]
+        n = xp.norm_in(m.tokens)  # [U,S,D]
+        logits = torch.einsum("usd,bd->bus", xp.k(n), q)
+        attn = logits.masked_fill(~m.mask[None], float("-inf")).softmax(-1)
+        pooled = xp.out(torch.einsum("bus,usd->bud", attn, xp.v(n)))
+        x = xp.norm_attn(pooled)
+        h1 = xp.norm_out(x + xp.proj(x))
+        expected = torch.nn.functional.cosine_similarity(h1, v.emb[:, None], dim=-1)
+        torch.testing.assert_close(xp.pairwise(v.emb, m.tokens, m.mask, chunk=2), expected,
+                                   atol=1e-5, rtol=1e-4)
+
+
 def test_disabled_score_is_empty_and_has_no_parameters():
     model = tiny_model(retrieval_scores=("dual",)).eval()
     assert model.xpool is None

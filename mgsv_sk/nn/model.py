@@ -90,8 +90,9 @@ class MaDe(nn.Module):
     * the decoder query also encodes the video's length, and a per-snippet evidence head
       with its own loss gives the detector dense supervision (see
       :class:`~mgsv_sk.nn.detector.MomentDetector`);
-    * X-Pool scores are computed in chunks of tracks with the output projection folded into
-      the values, never as a full [B, N, D] tensor;
+    * X-Pool scores are computed in chunks of tracks from the layer-normed snippet states
+      (the key and value projections moved to the video's side, exactly), never as a full
+      [B, N, D] tensor;
     * the single-query decoder is computed exactly without generic self-attention or memory
       projections, and has no query/key projections for its (trivial) self-attention, so the
       parameter count is ~0.79 M below a generic 6-layer decoder.

@@ -6,10 +6,13 @@ the score is cos(h(v), h1(M|v)).
 
 Exact rewrites keep the all-pairs version cheap:
 
-* the output projection is linear and the attention weights sum to 1, so it is folded into
-  the values once per track, W_o(sum_s a_s v_s) + b_o = sum_s a_s (W_o v_s + b_o), instead of
-  once per (video, track) pair; keys and these values depend on the track only, so a
-  catalogue can cache them (:meth:`XPool.keys_values`);
+* keys and values are linear maps of the layer-normed snippets n_s = LN1(m_s), so a
+  catalogue caches n_s only ([S, D] per track, :meth:`XPool.snippet_states`) and moves
+  the projections to the video's side: q . (W_k n_s + b_k) = (W_k^T q) . n_s + q . b_k,
+  whose last term is the same for every snippet and cancels in the softmax; and since
+  the attention weights sum to 1, W_o(sum_s a_s (W_v n_s + b_v)) + b_o =
+  (W_o W_v)(sum_s a_s n_s) + W_o b_v + b_o, one [D, D] product per pair after pooling.
+  A scan over a catalogue therefore reads D floats per snippet, not 2D (keys + values);
 * the residual x + W_p x is one matmul with (I + W_p), and the per-pair cosine is a batched
   matmul, saving two passes over the [B, U, D] pooled tensor;
 * pairs are processed ``chunk`` tracks at a time so no [B, U, S] or [B, U, D] tensor covers
@@ -78,44 +81,44 @@ class XPool(nn.Module):
             norm = torch.linalg.vector_norm(music_emb, dim=-1).clamp_min(1e-6)  # [Uc,B]
             return dot.squeeze(-1) / norm.T  # [B,Uc]
 
-    def _pool_from_kv(
-        self, video_emb: Tensor, keys: Tensor, values: Tensor, music_mask: Tensor
-    ) -> Tensor:
-        """Matched pairs: h(v) [B, D], keys/values [B, S, D], mask [B, S] -> h1(M|v) [B, D]."""
-        q = self._query(video_emb).to(keys.dtype)  # [B,D]
-        logits = torch.bmm(keys, q[:, :, None]).squeeze(-1).float()  # [B,S,1] -> [B,S]
+    def _token_query(self, video_emb: Tensor) -> Tensor:
+        """h(v) [B, D] -> W_k^T q [B, D]: the query moved to the snippet states' space."""
+        return self._query(video_emb) @ self.k.weight
+
+    def _values_out(self, pooled_states: Tensor) -> Tensor:
+        """sum_s a_s n_s [..., D] -> out-projected attention output W_o W_v x + W_o b_v + b_o."""
+        weight = self.out.weight @ self.v.weight
+        bias = self.out.weight @ self.v.bias + self.out.bias
+        return nn.functional.linear(pooled_states, weight.to(pooled_states.dtype),
+                                    bias.to(pooled_states.dtype))
+
+    def _pool_from_states(self, video_emb: Tensor, states: Tensor, music_mask: Tensor) -> Tensor:
+        """Matched pairs: h(v) [B, D], states [B, S, D], mask [B, S] -> h1(M|v) [B, D]."""
+        q = self._token_query(video_emb).to(states.dtype)  # [B,D]
+        logits = torch.bmm(states, q[:, :, None]).squeeze(-1).float()  # [B,S,1] -> [B,S]
         attn = logits.masked_fill(~music_mask, float("-inf")).softmax(dim=-1)  # [B,S]
-        pooled = torch.bmm(attn[:, None, :].to(values.dtype), values).squeeze(1)  # [B,D]
-        return self._head(pooled)
+        pooled = torch.bmm(attn[:, None, :].to(states.dtype), states).squeeze(1)  # [B,D]
+        return self._head(self._values_out(pooled))
 
     # -- per-track part (a catalogue encodes its tracks once) -----------------------------
-    def keys_values(self, music_tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Snippet tokens [U, S, D] -> keys [U, S, D] and out-projected values [U, S, D].
-
-        Independent of the video, so a catalogue computes it once per track.
-        """
-        d = music_tokens.shape[-1]
-        weight = torch.cat([self.k.weight, self.out.weight @ self.v.weight])  # [2D,D]
-        bias = torch.cat([self.k.bias, self.out.weight @ self.v.bias + self.out.bias])  # [2D]
-        kv = nn.functional.linear(self.norm_in(music_tokens), weight, bias)  # [U,S,2D]
-        keys, values = kv.split(d, dim=-1)
-        return keys, values
+    def snippet_states(self, music_tokens: Tensor) -> Tensor:
+        """Snippet tokens [U, S, D] -> layer-normed states [U, S, D], of which the keys and
+        values are linear maps. Independent of the video: a catalogue computes it once."""
+        return self.norm_in(music_tokens)
 
     # -- entry points ---------------------------------------------------------------------
     def pool(self, video_emb: Tensor, music_tokens: Tensor, music_mask: Tensor) -> Tensor:
         """Matched pairs: h(v) [B, D], tokens [B, S, D], mask [B, S] -> h1(M|v) [B, D]."""
-        return self._pool_from_kv(video_emb, *self.keys_values(music_tokens), music_mask)
+        return self._pool_from_states(video_emb, self.snippet_states(music_tokens), music_mask)
 
     def paired(self, video_emb: Tensor, music_tokens: Tensor, music_mask: Tensor) -> Tensor:
         """Score of matched pairs: h(v) [B, D], tokens [B, S, D], mask [B, S] -> [B]."""
-        return self.paired_from_kv(video_emb, *self.keys_values(music_tokens), music_mask)
+        return self.paired_from_states(video_emb, self.snippet_states(music_tokens), music_mask)
 
-    def paired_from_kv(
-        self, video_emb: Tensor, keys: Tensor, values: Tensor, music_mask: Tensor
-    ) -> Tensor:
-        """Matched pairs from cached keys/values: h(v) [B, D], keys/values [B, S, D],
+    def paired_from_states(self, video_emb: Tensor, states: Tensor, music_mask: Tensor) -> Tensor:
+        """Matched pairs from cached snippet states: h(v) [B, D], states [B, S, D],
         mask [B, S] -> scores [B]."""
-        return self._cosine(video_emb, self._pool_from_kv(video_emb, keys, values, music_mask))
+        return self._cosine(video_emb, self._pool_from_states(video_emb, states, music_mask))
 
     def pairwise(
         self, video_emb: Tensor, music_tokens: Tensor, music_mask: Tensor, chunk: int = 64
@@ -123,29 +126,26 @@ class XPool(nn.Module):
         """Scores of all pairs: h(v) [B, D], tokens [U, S, D], mask [U, S] -> [B, U].
 
         At most ``chunk`` tracks are scored at once, bounding the working set to about
-        ``4 * B * chunk * (S + 4 D)`` bytes (64: ~0.6 GB for B = 2,000, S = 96, D = 256).
+        ``4 * B * chunk * (S + 5 D)`` bytes (64: ~0.7 GB for B = 2,000, S = 96, D = 256).
         """
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1, got {chunk}")
-        keys, values = self.keys_values(music_tokens)  # [U,S,D] each
+        states = self.snippet_states(music_tokens)  # [U,S,D]
         scores = [
-            self.scores_from_kv(
-                video_emb, keys[u0 : u0 + chunk], values[u0 : u0 + chunk],
-                music_mask[u0 : u0 + chunk],
+            self.scores_from_states(
+                video_emb, states[u0 : u0 + chunk], music_mask[u0 : u0 + chunk]
             )  # [B,Uc]
-            for u0 in range(0, keys.shape[0], chunk)
+            for u0 in range(0, states.shape[0], chunk)
         ]
         if not scores:
             return video_emb.new_zeros(video_emb.shape[0], 0, dtype=torch.float32)
         return torch.cat(scores, dim=1)  # [B,U]
 
-    def scores_from_kv(
-        self, video_emb: Tensor, keys: Tensor, values: Tensor, music_mask: Tensor
-    ) -> Tensor:
-        """All pairs from cached keys/values in one go: h(v) [B, D], keys/values [U, S, D],
+    def scores_from_states(self, video_emb: Tensor, states: Tensor, music_mask: Tensor) -> Tensor:
+        """All pairs from cached snippet states in one go: h(v) [B, D], states [U, S, D],
         mask [U, S] -> scores [B, U] (builds [U, B, S] and [U, B, D]: callers chunk U)."""
-        q = self._query(video_emb).to(keys.dtype)  # [B,D]
-        logits = torch.matmul(keys, q.T).float()  # [U,S,D]@[D,B] -> [U,S,B]
+        q = self._token_query(video_emb).to(states.dtype)  # [B,D]
+        logits = torch.matmul(states, q.T).float()  # [U,S,D]@[D,B] -> [U,S,B]
         attn = logits.masked_fill(~music_mask[:, :, None], float("-inf")).softmax(dim=1)
-        pooled = torch.bmm(attn.transpose(1, 2).to(values.dtype), values)  # [U,B,D]
-        return self._cosine_all(video_emb, self._head(pooled))  # [B,U]
+        pooled = torch.bmm(attn.transpose(1, 2).to(states.dtype), states)  # [U,B,D]
+        return self._cosine_all(video_emb, self._head(self._values_out(pooled)))  # [B,U]
