@@ -148,11 +148,9 @@ def pair_scores(
     if model.cfg.use_dual:
         total += (v * torch.from_numpy(catalogue.emb[rows])).sum(-1).numpy()
     if model.xpool is not None and catalogue.xpool_states is not None:
-        states_of = catalogue.xpool_states
         for lo in range(0, len(rows), 256):
             part = rows[lo : lo + 256]
-            states, mask = pad_stack([states_of[catalogue.offsets[r]:catalogue.offsets[r + 1]]
-                                      for r in part])
+            states, mask = catalogue.xpool_batch(part)
             total[lo : lo + len(part)] += model.xpool.paired_from_states(
                 v[lo : lo + len(part)].to(device), states.to(device), mask.to(device)
             ).float().cpu().numpy()

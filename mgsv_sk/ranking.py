@@ -143,6 +143,12 @@ class MusicCatalogue:
         tokens, mask = self._padded(self.tokens, rows)
         return MusicEncoding(tokens, mask, torch.from_numpy(self.emb[rows]))
 
+    def xpool_batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cached X-Pool snippet states of catalogue rows, padded: [U, S, D], mask [U, S]."""
+        if self.xpool_states is None:
+            raise ValueError("this catalogue has no X-Pool states (the model has no X-Pool score)")
+        return self._padded(self.xpool_states, rows)
+
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
     def scores(
@@ -178,7 +184,7 @@ class MusicCatalogue:
     def _xpool(self, model: MaDe, v: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """X-Pool scores of videos v [B, D] against catalogue rows -> (B, len(rows))."""
         assert model.xpool is not None and self.xpool_states is not None
-        states, mask = self._padded(self.xpool_states, rows)  # [Uc,S,D], [Uc,S]
+        states, mask = self.xpool_batch(rows)  # [Uc,S,D], [Uc,S]
         dev = next(model.parameters()).device  # the model's device; results back on the CPU
         return model.xpool.scores_from_states(v.to(dev), states.to(dev), mask.to(dev)).cpu().numpy()
 
