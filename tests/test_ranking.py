@@ -73,3 +73,15 @@ def test_runtime_contract_carries_the_same_two_stage_margin():
     from mgsv_sk.ranking import TWO_STAGE_MARGIN
 
     assert bundle_margin == TWO_STAGE_MARGIN
+
+
+def test_runtime_top_k_matches_the_estimators():
+    # export/runtime.py cannot import mgsv_sk, so it keeps its own copy of top_k_indices:
+    # the two must rank (ties included) identically, or ORT and torch top-k would differ.
+    from export.runtime import top_k_indices as runtime_top_k
+    from mgsv_sk._base import top_k_indices
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(20, 30)).astype(np.float32)  # many ties
+    for k in (1, 5, 30, 40):
+        np.testing.assert_array_equal(runtime_top_k(scores, k), top_k_indices(scores, k))
