@@ -3,44 +3,174 @@
 A reader sees either the old folder or the complete new one, never a half-written one;
 a crash (or Ctrl-C) while writing leaves only the temporary folder's removal to do, and
 that is done here.
+
+Overwriting only ever replaces an artefact this library wrote: a folder is recognised by
+its marker file (``manifest.json`` / ``meta.json``) holding a JSON object whose
+``format`` starts with the artefact's format prefix (see :class:`Artefact`). Any other
+non-empty folder is refused before anything is read, written or moved, so
+``save(path, overwrite=True)`` pointed at a folder of unrelated files deletes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["atomic_directory"]
+__all__ = [
+    "KNOWN_ARTEFACTS",
+    "MODEL_FOLDER",
+    "ONNX_BUNDLE",
+    "PACKED_STORE",
+    "Artefact",
+    "atomic_directory",
+    "check_destination",
+]
+
+#: A marker file larger than this is not one of ours (ours are a few KB).
+_MAX_MARKER_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """How to recognise a folder this library wrote: ``marker`` (a file in the folder)
+    holds a JSON object whose ``"format"`` is a string starting with ``format_prefix``."""
+
+    marker: str
+    format_prefix: str
+    what: str
+
+    def recognises(self, folder: Path) -> bool:
+        path = folder / self.marker
+        try:
+            if not path.is_file() or path.is_symlink() or (
+                    path.stat().st_size > _MAX_MARKER_BYTES):
+                return False
+            content = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+            return False
+        fmt = content.get("format") if isinstance(content, dict) else None
+        return isinstance(fmt, str) and fmt.startswith(self.format_prefix)
+
+
+MODEL_FOLDER = Artefact("manifest.json", "mgsv_sk.model/", "saved MGSVGrounder")
+PACKED_STORE = Artefact("meta.json", "mgsv_sk.packed/", "packed feature store")
+ONNX_BUNDLE = Artefact("manifest.json", "mgsv_sk.onnx/", "ONNX bundle")
+#: What ``atomic_directory`` may replace when the caller does not say.
+KNOWN_ARTEFACTS: tuple[Artefact, ...] = (MODEL_FOLDER, PACKED_STORE, ONNX_BUNDLE)
+
+
+def _as_rules(replaces: Artefact | Sequence[Artefact] | None) -> tuple[Artefact, ...]:
+    if replaces is None:
+        return KNOWN_ARTEFACTS
+    if isinstance(replaces, Artefact):
+        return (replaces,)
+    return tuple(replaces)
+
+
+def _contains(folder: Path, inner: Path) -> bool:
+    return inner == folder or folder in inner.parents
+
+
+def check_destination(
+    destination: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    replaces: Artefact | Sequence[Artefact] | None = None,
+) -> Path:
+    """Check that ``destination`` may be written (as a folder) and return it as a Path.
+
+    Raises ``FileExistsError`` when it exists and ``overwrite`` is false, when it is a
+    file or a symbolic link, or when it is a non-empty folder that none of ``replaces``
+    (default: every artefact of this library) recognises; ``ValueError`` for a path that
+    cannot be replaced by a rename (``.``, ``..``, the filesystem root, the current
+    folder or one of its parents). Nothing is touched.
+    """
+    dst = Path(destination)
+    text = os.fspath(destination)
+    last = os.path.basename(text.rstrip("/" + (os.altsep or "")).rstrip(os.sep))
+    if last in ("", ".", "..") or dst.name in ("", ".", ".."):  # "sub/." is "sub" to pathlib
+        raise ValueError(
+            f"cannot write a folder at {os.fspath(destination)!r}: name the folder itself "
+            "(e.g. 'model/' or '../model'), not '.', '..' or the filesystem root"
+        )
+    absolute = Path(os.path.abspath(dst))
+    if absolute.parent == absolute:
+        raise ValueError(f"cannot write a folder at the filesystem root {absolute!s}; "
+                         "choose a sub-folder")
+    if dst.is_symlink():
+        raise FileExistsError(
+            f"{dst!s} is a symbolic link; remove it or pass the folder it points to "
+            "(a link is never replaced)"
+        )
+    if not dst.exists():
+        return dst
+    if not overwrite:
+        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
+    if not dst.is_dir():
+        raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
+                              "path (overwrite=True replaces folders only)")
+    try:
+        here = Path(os.getcwd())
+    except OSError:  # the current folder was deleted
+        here = None
+    if here is not None and _contains(absolute, here):
+        raise ValueError(
+            f"refusing to replace {dst!s}: it is (or contains) the current folder {here!s}; "
+            "run from elsewhere or write to another path"
+        )
+    rules = _as_rules(replaces)
+    try:
+        empty = not any(dst.iterdir())
+    except OSError as exc:
+        raise FileExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
+                              "replaces only folders it can check") from exc
+    if not empty and not any(rule.recognises(dst) for rule in rules):
+        kinds = " or ".join(f"a {r.what} ({r.marker} of format {r.format_prefix}*)"
+                            for r in rules)
+        raise FileExistsError(
+            f"refusing to overwrite {dst!s}: it is not {kinds} written by mgsv_sk, so "
+            "overwrite=True would delete files it did not write; remove or rename it "
+            "yourself, or choose another path"
+        )
+    return dst
 
 
 @contextmanager
 def atomic_directory(
-    destination: str | os.PathLike[str], *, overwrite: bool = False
+    destination: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    replaces: Artefact | Sequence[Artefact] | None = None,
 ) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``destination``; on success it replaces
     ``destination`` in one rename, on any error (or interrupt) it is deleted.
 
-    Raises ``FileExistsError`` up front when ``destination`` exists and ``overwrite`` is
-    false.
+    ``destination`` is checked up front by :func:`check_destination` (``replaces``: the
+    artefacts it may replace; default any of this library's), and again just before the
+    rename, so an existing folder is replaced only when it is an empty folder or one of
+    ours, and nothing is touched when it is not.
     """
-    dst = Path(destination)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
-                              "path (overwrite=True replaces folders only)")
+    dst = check_destination(destination, overwrite=overwrite, replaces=replaces)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
+        # Anything put there while we were writing is checked by the same rule.
+        check_destination(dst, overwrite=overwrite, replaces=replaces)
         if dst.exists():
             # A fresh empty name (a stale one left by a killed process would not be empty).
             old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old)
+            try:
+                os.replace(dst, old)
+            except BaseException:
+                old.rmdir()
+                raise
             try:
                 os.replace(tmp, dst)
             except BaseException:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._atomic import MODEL_FOLDER, ONNX_BUNDLE, PACKED_STORE, Artefact, check_destination
+
 
 class UserError(Exception):
     """A mistake in the command's arguments, found by the CLI itself."""
@@ -37,10 +39,15 @@ def _existing(path: str, what: str) -> Path:
     return p
 
 
-def _free(path: str, overwrite: bool) -> Path:
+def _free(path: str, overwrite: bool, replaces: Artefact | None = None) -> Path:
+    """``path`` may be written: it does not exist, or ``--overwrite`` was given (and, for a
+    folder output, ``replaces`` -- an :class:`mgsv_sk._atomic.Artefact` -- recognises what
+    is there: only an artefact of ours is ever replaced). Checked before any work."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    if replaces is not None:
+        check_destination(p, overwrite=overwrite, replaces=replaces)
     return p
 
 
@@ -138,7 +145,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from .features import as_feature_source, pack_features
 
     src = as_feature_source(str(_existing(args.tree, "feature tree")))
-    _free(args.out, args.overwrite)
+    _free(args.out, args.overwrite, PACKED_STORE)
     video_ids = music_ids = None
     if args.csv:
         frames = [read_annotations(path, required=("video_id", "music_id")) for path in args.csv]
@@ -156,7 +163,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     params = parse_params(args.param, args.params)
     features = _existing(args.features, "features")
-    out = _free(args.out, args.overwrite)
+    out = _free(args.out, args.overwrite, MODEL_FOLDER)  # before training, not after
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
     from .estimator import MGSVGrounder
 
@@ -278,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     _existing(args.model, "saved model folder")
-    _free(args.out, args.overwrite)
+    _free(args.out, args.overwrite, ONNX_BUNDLE)
     try:  # the deployment side is a separate package of this distribution
         from export.to_onnx import export_onnx
     except ImportError as exc:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._atomic import atomic_directory
+from ._atomic import MODEL_FOLDER, atomic_directory
 from .ranking import MusicCatalogue
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
                    "stopped": est.stopped_},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
-    with atomic_directory(path, overwrite=overwrite) as tmp:
+    with atomic_directory(path, overwrite=overwrite, replaces=MODEL_FOLDER) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
                  for k, v in est.model_.state_dict().items()}

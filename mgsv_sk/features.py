@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_directory
+from ._atomic import PACKED_STORE, atomic_directory, check_destination
 from ._schema import validate_annotations
 from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
@@ -543,9 +543,9 @@ def pack_features(
         The store, opened.
     """
     src = as_feature_source(source)
-    dst = Path(destination)
-    if dst.exists() and not overwrite:  # checked before any reading
-        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
+    # Checked before any reading: only an existing packed store (or an empty folder) is
+    # replaced, and only with overwrite=True.
+    dst = check_destination(destination, overwrite=overwrite, replaces=PACKED_STORE)
     if annotations is not None:
         frame = validate_annotations(annotations, ("video_id", "music_id"),
                                      source="annotations")
@@ -555,7 +555,7 @@ def pack_features(
     mids = _unique_ids(music_ids, src, "music_ids")
     src.check_available(vids, mids)
 
-    with atomic_directory(dst, overwrite=overwrite) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, replaces=PACKED_STORE) as tmp:
         bar = _progress(len(vids) + len(mids), verbose, f"packing into {dst.name}")
         meta: dict[str, Any] = {"format": _PACK_FORMAT}
         meta["video"] = _write_table(tmp, "video", vids, src.video, src.video_dim, bar.update)
