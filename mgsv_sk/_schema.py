@@ -22,7 +22,9 @@ __all__ = [
     "GROUND_TRUTH_COLUMNS",
     "MAX_MOMENT_SECONDS",
     "PREDICT_COLUMNS",
+    "MAX_ID_LENGTH",
     "check_trainable_moments",
+    "id_problem",
     "read_annotations",
     "validate_annotations",
     "video_durations",
@@ -78,6 +80,46 @@ MAX_MOMENT_SECONDS = 240.0
 # The release rounds times to the millisecond; a moment may end a hair past the track.
 _END_TOLERANCE_S = 0.05
 _MAX_EXAMPLES = 5
+#: The longest id, in UTF-8 bytes: ``<id>.pt`` must fit a file name (255 bytes).
+MAX_ID_LENGTH = 200
+
+
+def id_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a ``video_id``/``music_id``, or None when it can.
+
+    Ids are data, not paths: ``<id>.pt`` must name one file inside its folder of the
+    feature tree. So an id is a non-empty string of at most :data:`MAX_ID_LENGTH` UTF-8
+    bytes, with no path separator (``/`` or ``\\``), no NUL or other control character,
+    that is not ``.``/``..`` and does not start with ``..``. Letters, digits and
+    punctuation such as ``+ - _ . = ~ @`` are fine (``112712471153``,
+    ``7+5x4mjjeiubm49fg``).
+    """
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if value == "":
+        return "is empty"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (holds a lone surrogate)"
+    if size > MAX_ID_LENGTH:
+        return f"is {size} bytes long, more than the {MAX_ID_LENGTH} allowed"
+    if "/" in value or "\\" in value:
+        return "contains a path separator ('/' or '\\')"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        return "contains a NUL or other control character"
+    if value in (".", "..") or value.startswith(".."):
+        return "is '.' or '..' or starts with '..'"
+    return None
+
+
+def _id_rule_message(column: str, bad: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{v[:60]!r}{'...' if len(v) > 60 else ''} {why}" for v, why in
+                      bad[:_MAX_EXAMPLES])
+    more = f" and {len(bad) - _MAX_EXAMPLES} more" if len(bad) > _MAX_EXAMPLES else ""
+    return (f"column {column!r} has {len(bad)} invalid id(s) ({shown}{more}); an id names "
+            f"one feature file: a non-empty string of at most {MAX_ID_LENGTH} bytes without "
+            "'/', '\\', control characters or a leading '..'")
 
 
 class AnnotationError(ValueError):
@@ -177,6 +219,10 @@ def validate_annotations(
     for name in _ID_COLUMNS:
         if name in out.columns:
             out[name] = _ids_as_strings(out[name], name, problems).astype(object)
+            bad = [(v, why) for v in pd.unique(out[name].dropna())
+                   for why in [id_problem(v)] if why is not None]
+            if bad:
+                problems.append(_id_rule_message(name, bad))
     for name in _TIME_COLUMNS:
         if name not in out.columns:
             continue

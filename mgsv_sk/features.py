@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import PACKED_STORE, atomic_directory, check_destination
-from ._schema import validate_annotations
+from ._schema import id_problem, validate_annotations
 from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
 __all__ = [
@@ -134,6 +134,18 @@ class MissingFeatureError(FeatureError, FileNotFoundError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+def _check_id(key: str, kind: str) -> None:
+    """Refuse an id that cannot name a feature file (see ``mgsv_sk._schema.id_problem``)."""
+    why = id_problem(key)
+    if why is not None:
+        shown = f"{key[:60]!r}{'...' if len(key) > 60 else ''}" if isinstance(key, str) else (
+            repr(key))
+        raise FeatureError(
+            f"invalid {kind} {shown}: it {why}; ids are data, not paths: a non-empty string "
+            "of at most 200 bytes without '/', '\\', control characters or a leading '..'"
+        )
 
 
 def _check_array(arr: np.ndarray, dim: int, what: str, where: str) -> np.ndarray:
@@ -324,10 +336,22 @@ class FeatureTree(FeatureSource):
             )
         return obj.detach().to(torch.float32).numpy()
 
+    def _path(self, folder: Path, key: str, kind: str) -> Path:
+        """``<base>/<folder>/<key>.pt``, for a valid id only: the id is checked (the same
+        rule as the annotation validator's) before any file is looked at, so an id such
+        as ``../../x`` can neither open nor probe a file outside the tree."""
+        _check_id(key, kind)
+        directory = self.base / folder
+        path = directory / f"{key}.pt"
+        if path.parent != directory:  # cannot happen for a valid id; never open it anyway
+            raise FeatureError(f"{kind} {key!r} does not name a file in {directory!s}")
+        return path
+
     def _read(self, key: str, feat_dir: Path, mask_dir: Path, dim: int, what: str) -> np.ndarray:
-        item = f"{what.split()[0]}_id {key!r}"
-        feat_path = self.base / feat_dir / f"{key}.pt"
-        mask_path = self.base / mask_dir / f"{key}.pt"
+        kind = f"{what.split()[0]}_id"
+        item = f"{kind} {key!r}"
+        feat_path = self._path(feat_dir, key, kind)
+        mask_path = self._path(mask_dir, key, kind)
         feat = self._load(feat_path, what, item)
         mask = self._load(mask_path, f"{what} mask", item) if mask_path.exists() else None
         arr = _check_array(_apply_mask(feat, mask, what, str(feat_path)), dim, what,
@@ -344,10 +368,10 @@ class FeatureTree(FeatureSource):
         return self._read(str(music_id), _MUSIC_FEAT, _MUSIC_MASK, MUSIC_DIM, "music features")
 
     def has_video(self, video_id: str) -> bool:
-        return (self.base / _VIDEO_FEAT / f"{video_id}.pt").is_file()
+        return self._path(_VIDEO_FEAT, str(video_id), "video_id").is_file()
 
     def has_music(self, music_id: str) -> bool:
-        return (self.base / _MUSIC_FEAT / f"{music_id}.pt").is_file()
+        return self._path(_MUSIC_FEAT, str(music_id), "music_id").is_file()
 
     def video_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.base / _VIDEO_FEAT).glob("*.pt"))
@@ -571,8 +595,12 @@ def _unique_ids(ids: Iterable[Any] | None, src: FeatureSource, name: str) -> lis
         lister = getattr(src, name, None)  # FeatureTree.video_ids(), ...
         if lister is None:
             raise ValueError(f"{src!r} cannot list its ids: pass {name}= or annotations=")
-        return [str(i) for i in lister()]
-    return list(dict.fromkeys(str(i) for i in ids))
+        out = [str(i) for i in lister()]
+    else:
+        out = list(dict.fromkeys(str(i) for i in ids))
+    for key in out:  # the ids name files and are stored: the one id rule, up front
+        _check_id(key, name[:-1])
+    return out
 
 
 class _NoBar:
