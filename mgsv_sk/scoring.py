@@ -10,7 +10,8 @@ Several metrics from one prediction pass:
 - ``scoring=protocol_scorer(["miou", "r1", "mor1@0.5"])``: one callable returning a dict
   (scikit-learn accepts it), ``refit="miou"``;
 - ``scoring={"miou": get_scorer("miou"), "r1": get_scorer("r1")}`` also runs the model
-  once: scorers share the last prediction of a fitted estimator on the same ``X``.
+  once: scorers share the last prediction of a fitted estimator on the same ``X`` (an
+  ``X`` edited in place, a refit or ``set_params`` is predicted again).
 
 =================  =====================================================
 name               metric
@@ -27,6 +28,7 @@ mor{k}@{θ}         MsG: true track in the top k and IoU > θ (k 1/10/100, θ 0.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import weakref
@@ -80,12 +82,44 @@ class _Outputs:
     ranks: np.ndarray | None = None
 
 
-# estimator -> (X it saw, the estimator's fit token, outputs); one slot per estimator.
-_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, Any, _Outputs]] = weakref.WeakKeyDictionary()
+# estimator -> (key of what was scored, outputs); one slot per estimator. The key is the
+# estimator's fit token, its parameters, X's identity and a hash of X's content, so a
+# frame edited in place, a refit or set_params never gets an old result (an id reused by
+# another frame can only match when the content is the same too).
+_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, _Outputs]] = weakref.WeakKeyDictionary()
 
 
 def _fit_token(estimator: Any) -> Any:
     return getattr(estimator, "fit_token_", None)
+
+
+def _content_hash(frame: pd.DataFrame) -> str | None:
+    """A digest of every value, column name and dtype of ``frame``; None when a cell
+    cannot be hashed (e.g. a list), in which case nothing is cached."""
+    try:
+        rows = pd.util.hash_pandas_object(frame, index=True).to_numpy()
+    except TypeError:
+        return None
+    digest = hashlib.blake2b(rows.tobytes(), digest_size=20)
+    digest.update(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+    return digest.hexdigest()
+
+
+def _cache_key(estimator: Any, X: Any, frame: pd.DataFrame) -> tuple[Any, ...] | None:
+    """What a cached result is valid for: this fit, these parameters, this frame object
+    (scorers called in a row on one X share a pass; another frame is predicted afresh)
+    with this content (an in-place edit is predicted again)."""
+    token = _fit_token(estimator)
+    if token is None:
+        return None
+    content = _content_hash(frame)
+    if content is None:
+        return None
+    try:
+        params = repr(sorted(estimator.get_params(deep=False).items()))
+    except Exception:  # not an sklearn estimator: its parameters cannot be compared
+        return None
+    return (token, params, id(X), content)
 
 
 def _protocol_outputs(
@@ -95,12 +129,12 @@ def _protocol_outputs(
     """Per-row IoU (SmG, on the true track) and rank0 of the true track, computed once per
     (fitted estimator, X) and shared by every scorer. ``verbose > 0``: a progress bar over
     the two passes (grounding, retrieval)."""
-    token = _fit_token(estimator)
-    entry = _CACHE.get(estimator) if token is not None and features is None else None
-    if entry is None or entry[0] is not X or entry[1] != token:
-        entry = (X, token, _Outputs())
-    out = entry[2]
     frame = validate_annotations(X, GROUND_TRUTH_COLUMNS, source="X (scoring)")
+    key = _cache_key(estimator, X, frame) if features is None else None
+    entry = _CACHE.get(estimator) if key is not None else None
+    if entry is None or entry[0] != key:
+        entry = (key, _Outputs())
+    out = entry[1]
     kwargs = {} if features is None else {"features": features}
     todo = int(grounding and out.ious is None) + int(retrieval and out.ranks is None)
     bar = _stage_bar(todo, verbose)
@@ -131,7 +165,7 @@ def _protocol_outputs(
             bar.update(1)
     if bar is not None:
         bar.close()
-    if token is not None and features is None:
+    if key is not None:
         try:
             _CACHE[estimator] = entry
         except TypeError:  # not weak-referenceable: just do not cache
