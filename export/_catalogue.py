@@ -51,6 +51,12 @@ class NpyRows:
         self.path = path
         self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
         self._row_bytes = self.shape[1] * 4
+        size = path.stat().st_size
+        if size != self._offset + self.shape[0] * self._row_bytes:
+            raise ValueError(f"{path!s}: its header declares {self.shape[0]} x {self.shape[1]} "
+                             f"float32 ({self.shape[0] * self._row_bytes} bytes of data) but "
+                             f"the file holds {size - self._offset}; it is truncated or "
+                             "damaged: export the bundle again")
         self._fd = os.open(path, os.O_RDONLY)
         weakref.finalize(self, os.close, self._fd)
 

@@ -37,19 +37,74 @@ class FeatureReader(Protocol):
     def music(self, music_id: str) -> np.ndarray: ...
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """``meta.json`` of a packed store as a dict of our format, else :class:`FeatureError`
+    (mirrors ``mgsv_sk.features._read_meta``: the runtime may not import mgsv_sk)."""
+    path = folder / "meta.json"
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FeatureError(f"packed store {folder!s}: meta.json is corrupt ({exc}); re-run "
+                           "pack_features") from exc
+    except OSError as exc:
+        raise FeatureError(f"packed store {folder!s}: cannot read meta.json ({exc})") from exc
+    found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+    if found != PACKED_FORMAT:
+        raise FeatureError(f"{folder!s} is not a packed store of format {PACKED_FORMAT!r} "
+                           f"(meta.json holds {found!r}); re-run pack_features")
+    return meta
+
+
+def _check_table(folder: Path, name: str, meta: Mapping[str, Any]
+                 ) -> tuple[list[str], int, int, np.ndarray, Path]:
+    """Validate one table of a packed store before use (mirrors
+    ``mgsv_sk.features._check_table``): ids, rows and dim in meta.json, the offsets (their
+    header first, so a file declaring more than it holds is never read) and the size of
+    the feature file."""
+    def bad(what: str) -> FeatureError:
+        return FeatureError(f"packed store {folder!s} is damaged: {what}; re-run "
+                            "pack_features")
+
+    info = meta.get(name)
+    if not isinstance(info, dict):
+        raise bad(f"meta.json has no {name!r} table")
+    ids, rows, dim = info.get("ids"), info.get("rows"), info.get("dim")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise bad(f"meta.json's {name} ids are not a list of strings")
+    if len(set(ids)) != len(ids):
+        raise bad(f"meta.json lists duplicate {name} ids")
+    for field, value, low in (("rows", rows, 0), ("dim", dim, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(f"meta.json's {name} {field} is {value!r}, expected an integer >= {low}")
+    assert isinstance(rows, int) and isinstance(dim, int)
+    offsets_path = folder / f"{name}_offsets.npy"
+    try:
+        mapped = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise bad(f"{offsets_path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if mapped.shape != (len(ids) + 1,) or mapped.dtype.kind not in "iu":
+        raise bad(f"{offsets_path.name} has shape {mapped.shape} of {mapped.dtype}, expected "
+                  f"({len(ids) + 1},) integers (one more than the {len(ids)} ids)")
+    offsets = np.array(mapped, dtype=np.int64)
+    del mapped
+    if offsets[0] != 0 or offsets[-1] != rows or (np.diff(offsets) < 1).any():
+        raise bad(f"{offsets_path.name} is not increasing from 0 to {rows} (every item has "
+                  "at least one row)")
+    data_path = folder / f"{name}_features.f32"
+    expected = rows * dim * 4
+    size = data_path.stat().st_size if data_path.is_file() else -1
+    if size != expected:
+        raise bad(f"{data_path.name} has {size} bytes, expected {expected} for {rows} x {dim} "
+                  "float32")
+    return ids, rows, dim, offsets, data_path
+
+
 class _Table:
     """One modality of a packed store: a read-only memmap of rows plus offsets."""
 
     def __init__(self, folder: Path, name: str, meta: Mapping[str, Any]) -> None:
-        info = meta[name]
-        self.index = {str(k): i for i, k in enumerate(info["ids"])}
-        rows, dim = int(info["rows"]), int(info["dim"])
-        self.offsets = np.load(folder / f"{name}_offsets.npy", allow_pickle=False)
-        path = folder / f"{name}_features.f32"
-        size = path.stat().st_size if path.is_file() else -1
-        if size != rows * dim * 4 or len(self.offsets) != len(self.index) + 1:
-            raise FeatureError(f"packed store {folder!s} is damaged: {path.name} has {size} "
-                               f"bytes, expected {rows * dim * 4}; re-run pack_features")
+        ids, rows, dim, self.offsets, path = _check_table(folder, name, meta)
+        self.index = {k: i for i, k in enumerate(ids)}
         self.data = (np.memmap(path, dtype="<f4", mode="r", shape=(rows, dim)) if rows
                      else np.zeros((0, dim), np.float32))
 
@@ -72,10 +127,7 @@ class PackedFeatureStore:
                     "pass the packed folder")
             raise FileNotFoundError(f"no packed feature store at {self.path!s} (meta.json "
                                     "missing); create one with mgsv_sk.pack_features")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != PACKED_FORMAT:
-            raise FeatureError(f"{self.path!s} is not a packed store of format "
-                               f"{PACKED_FORMAT!r} (found {meta.get('format')!r})")
+        meta = _read_meta(self.path)
         self._video = _Table(self.path, "video", meta)
         self._music = _Table(self.path, "music", meta)
 

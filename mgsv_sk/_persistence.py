@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,23 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or :class:`ModelFileError` saying what is wrong."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelFileError(f"{path!s} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                             f"the {what} is damaged: save the model again") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path!s} is corrupt: {exc}") from exc
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path!s}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{path!s} holds a JSON {type(value).__name__}, expected the "
+                             f"{what} (a JSON object); save the model again")
+    return value
+
+
 def _verified(folder: Path) -> dict[str, Any]:
     manifest_path = folder / "manifest.json"
     if not manifest_path.is_file():
@@ -96,24 +114,152 @@ def _verified(folder: Path) -> dict[str, Any]:
             f"no saved MGSVGrounder at {folder!s} (manifest.json missing); write one with "
             "MGSVGrounder.save(path)"
         )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{manifest_path!s} is corrupt: {exc}") from exc
+    manifest = _read_json_object(manifest_path, "manifest")
     if manifest.get("format") != FORMAT:
         raise ModelFileError(f"{folder!s} holds format {manifest.get('format')!r}, "
                              f"expected {FORMAT!r}")
+    sums = manifest.get("sha256")
+    if not isinstance(sums, dict) or not all(isinstance(sums.get(n), str) for n in _FILES):
+        raise ModelFileError(f"{manifest_path!s} lacks the sha256 of "
+                             f"{', '.join(_FILES)}; it is damaged: save the model again")
     for name in _FILES:
         file = folder / name
         if not file.is_file():
             raise ModelFileError(f"saved model {folder!s} lacks {name}; save it again")
-        if sha256_file(file) != manifest["sha256"].get(name):
+        if sha256_file(file) != sums[name]:
             raise ModelFileError(
                 f"checksum mismatch for {file!s}: the file was changed or damaged after "
                 "saving; refusing to load it"
             )
-    config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+    config = _read_json_object(folder / "config.json", "model's config")
+    _check_config(config, folder / "config.json")
     return config
+
+
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """The structure ``save_grounder`` writes; anything else is :class:`ModelFileError`."""
+    def bad(what: str) -> ModelFileError:
+        return ModelFileError(f"{path!s} {what}; it was saved by another version of mgsv_sk "
+                              "or edited: save the model again with this version")
+
+    if config.get("format") != FORMAT:
+        raise bad(f"holds format {config.get('format')!r}, expected {FORMAT!r}")
+    for key in ("params", "model_config", "fitted"):
+        if not isinstance(config.get(key), dict):
+            raise bad(f"lacks the {key!r} object")
+    dims = config["model_config"]
+    for key in ("video_dim", "music_dim"):
+        value = dims.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(f"has model_config.{key} = {value!r}, expected a positive integer")
+    fitted = config["fitted"]
+    missing = [k for k in ("catalogue_ids", "history", "best_epoch", "n_epochs", "stopped")
+               if k not in fitted]
+    if missing:
+        raise bad(f"lacks fitted {missing}")
+    ids = fitted["catalogue_ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise bad("has catalogue_ids that are not a list of strings")
+    if len(set(ids)) != len(ids):
+        raise bad("has duplicate catalogue_ids")
+
+
+_MAX_DEFLATE_RATIO = 1024  # a compressed member may expand this much, no more
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+    """Shape and dtype of every array of an ``.npz``, from the headers only, each checked
+    against the bytes its member really holds: nothing is read or allocated for an array
+    that declares more data than the file has."""
+    headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+    disk = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                header = fh.tell()
+            if dtype.hasobject:
+                raise ModelFileError(f"{path!s}: array {name!r} holds Python objects; "
+                                     "refusing to load it")
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            limit = disk if info.compress_type == zipfile.ZIP_STORED else (
+                info.compress_size * _MAX_DEFLATE_RATIO)
+            if info.file_size != header + nbytes or info.file_size > limit:
+                raise ModelFileError(
+                    f"{path!s}: array {name!r} declares shape {tuple(shape)} of {dtype} "
+                    f"({nbytes} bytes) but its member holds {info.file_size - header} bytes "
+                    "(truncated or forged); save the model again"
+                )
+            headers[name] = (tuple(int(d) for d in shape), dtype)
+    return headers
+
+
+def _read_npz(path: Path, what: str, check: Any) -> dict[str, np.ndarray]:
+    """The arrays of ``path`` after ``check(headers)`` accepted their shapes; every
+    failure of a damaged or hostile file is a :class:`ModelFileError` naming it."""
+    try:
+        headers = _npz_headers(path)
+        check(headers)
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: np.array(arrays[name]) for name in headers}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ModelFileError(f"cannot read the {what} in {path!s}: {type(exc).__name__}: "
+                             f"{exc} (damaged or not written by MGSVGrounder.save); save the "
+                             "model again") from exc
+
+
+def _weights_fit(state: dict[str, torch.Tensor], path: Path) -> Any:
+    def check(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> None:
+        missing = sorted(set(state) - set(headers))
+        unexpected = sorted(set(headers) - set(state))
+        shapes = [f"{k} {headers[k][0]} vs {tuple(v.shape)}" for k, v in state.items()
+                  if k in headers and headers[k][0] != tuple(v.shape)]
+        if missing or unexpected or shapes:
+            detail = "; ".join(p for p in (
+                f"missing {missing[:5]}" if missing else "",
+                f"unexpected {unexpected[:5]}" if unexpected else "",
+                f"other shapes: {', '.join(shapes[:3])}" if shapes else "") if p)
+            raise ModelFileError(
+                f"the weights in {path!s} do not fit the model its config.json describes "
+                f"({detail}); it was saved by another version of mgsv_sk or edited: save it "
+                "again with this version"
+            )
+    return check
+
+
+def _catalogue_fits(n: int, width: int, path: Path) -> Any:
+    def check(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> None:
+        problems = []
+        missing = [k for k in ("emb", "tokens", "offsets") if k not in headers]
+        if missing:
+            problems.append(f"lacks {missing}")
+        else:
+            if headers["offsets"][0] != (n + 1,) or headers["offsets"][1].kind not in "iu":
+                problems.append(f"offsets have shape {headers['offsets'][0]} of "
+                                f"{headers['offsets'][1]}, expected ({n + 1},) integers")
+            if headers["emb"][0] != (n, width):
+                problems.append(f"emb has shape {headers['emb'][0]}, expected ({n}, {width})")
+            for name in ("tokens", "xpool_states"):
+                if name in headers and (len(headers[name][0]) != 2
+                                        or headers[name][0][1] != width):
+                    problems.append(f"{name} has shape {headers[name][0]}, expected "
+                                    f"(snippets, {width})")
+            if "xpool_states" in headers and headers["xpool_states"][0] != headers["tokens"][0]:
+                problems.append("xpool_states and tokens differ in shape")
+        for name, (_, dtype) in headers.items():
+            if dtype.kind not in "fiu":
+                problems.append(f"{name} has dtype {dtype}, expected numbers")
+        if problems:
+            raise ModelFileError(f"the catalogue in {path!s} is malformed: "
+                                 + "; ".join(problems) + "; save the model again")
+    return check
 
 
 def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
@@ -123,28 +269,53 @@ def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
     folder = Path(path)
     config = _verified(folder)
     params = dict(config["params"])
+    unknown = sorted(set(params) - set(cls._get_param_names()))
+    if unknown:
+        raise ModelFileError(
+            f"{folder / 'config.json'!s} has unknown parameter(s) {unknown} for "
+            f"{cls.__name__}; it was saved by another version of mgsv_sk or edited: save "
+            "it again with this version"
+        )
     if isinstance(params.get("retrieval_scores"), list):
         params["retrieval_scores"] = tuple(params["retrieval_scores"])
     if features is not None:
         params["features"] = features
     est = cls(**params)
     dims = config["model_config"]
-    model = MaDe(est._model_config(dims["video_dim"], dims["music_dim"]))
-    with np.load(folder / "weights.npz", allow_pickle=False) as weights:
-        state = {k: torch.from_numpy(weights[k].copy()) for k in weights.files}
+    try:
+        model = MaDe(est._model_config(dims["video_dim"], dims["music_dim"]))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(
+            f"the parameters in {folder / 'config.json'!s} do not describe a valid model "
+            f"({type(exc).__name__}: {exc}); save it again with this version"
+        ) from exc
+    weights_path = folder / "weights.npz"
+    expected = model.state_dict()
+    arrays = _read_npz(weights_path, "weights", _weights_fit(expected, weights_path))
+    state = {k: torch.from_numpy(v) for k, v in arrays.items()}
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:  # missing / unexpected keys, other shapes
+    except RuntimeError as exc:  # dtypes, or anything the header check did not catch
         raise ModelFileError(
-            f"the weights in {folder / 'weights.npz'!s} do not fit the model its config.json "
+            f"the weights in {weights_path!s} do not fit the model its config.json "
             f"describes ({str(exc).splitlines()[0]}); it was saved by another version of "
             "mgsv_sk or edited: save it again with this version"
         ) from exc
     model.eval()
-    with np.load(folder / "catalogue.npz", allow_pickle=False) as arrays:
-        states = arrays["xpool_states"].copy() if "xpool_states" in arrays.files else None
-        catalogue = MusicCatalogue(config["fitted"]["catalogue_ids"], arrays["emb"].copy(),
-                                   arrays["tokens"].copy(), states, arrays["offsets"].copy())
+    ids = config["fitted"]["catalogue_ids"]
+    cat_path = folder / "catalogue.npz"
+    cat = _read_npz(cat_path, "catalogue", _catalogue_fits(len(ids), model.cfg.d_model, cat_path))
+    offsets = cat["offsets"].astype(np.int64)
+    lengths = np.diff(offsets)
+    if len(offsets) and (offsets[0] != 0 or (lengths < 1).any()
+                         or offsets[-1] != cat["tokens"].shape[0]):
+        raise ModelFileError(
+            f"the catalogue in {cat_path!s} is malformed: its offsets do not start at 0, "
+            f"rise by at least 1 per track and end at the {cat['tokens'].shape[0]} snippets; "
+            "save the model again"
+        )
+    catalogue = MusicCatalogue(ids, cat["emb"], cat["tokens"], cat.get("xpool_states"),
+                               offsets)
     fitted = config["fitted"]
     est.model_ = model
     est.catalogue_ = catalogue

@@ -49,6 +49,8 @@ _VIDEO_MASK = Path("vit_feature1") / "vit_mask"
 _MUSIC_FEAT = Path("ast_feature2p5") / "ast_feature"
 _MUSIC_MASK = Path("ast_feature2p5") / "ast_mask"
 _PACK_FORMAT = "mgsv_sk.packed/1"
+#: A .pt feature file declaring more rows than this is refused from its header alone.
+_MAX_STORED_ROWS = 100_000
 
 
 class FeatureError(ValueError):
@@ -194,22 +196,44 @@ def _warn_cut(ids: list[str]) -> None:
         )
 
 
+def _valid_rows(mask: np.ndarray, n_rows: int, what: str, where: str) -> np.ndarray:
+    """Indices of the rows a mask marks valid. A mask has one value per row (shape (T,) or
+    (1, T)) and holds only 0 (padding) and 1 (valid); anything else is refused."""
+    mask = np.asarray(mask)
+    if mask.ndim == 2 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.ndim != 1 or mask.shape[0] != n_rows:
+        raise FeatureError(
+            f"mask of {what} at {where} has shape {tuple(mask.shape)}, expected ({n_rows},)"
+            " to match the feature's rows"
+        )
+    if mask.dtype != np.bool_ and (not np.issubdtype(mask.dtype, np.number)
+                                   or np.issubdtype(mask.dtype, np.complexfloating)):
+        raise FeatureError(f"mask of {what} at {where} has dtype {mask.dtype}, expected 0/1 "
+                           "(bool, integer or float)")
+    if mask.dtype != np.bool_:
+        if not np.isfinite(mask).all():
+            raise FeatureError(f"mask of {what} at {where} contains NaN or inf")
+        other = (mask != 0) & (mask != 1)
+        if other.any():
+            raise FeatureError(
+                f"mask of {what} at {where} holds {np.unique(mask[other])[:5].tolist()}, "
+                "not only 0 and 1; a mask marks valid rows with 1 and padding with 0: "
+                "re-extract it or pass a 0/1 mask"
+            )
+    return np.flatnonzero(mask)
+
+
 def _apply_mask(feat: np.ndarray, mask: np.ndarray | None, what: str, where: str) -> np.ndarray:
     if feat.ndim == 3 and feat.shape[0] == 1:
         feat = feat[0]
     if mask is None:
         return feat
-    mask = np.asarray(mask)
-    if mask.ndim == 2 and mask.shape[0] == 1:
-        mask = mask[0]
-    if mask.ndim != 1 or feat.ndim != 2 or mask.shape[0] != feat.shape[0]:
+    if feat.ndim != 2:
         raise FeatureError(
-            f"mask of {what} at {where} has shape {tuple(mask.shape)}, expected ({feat.shape[0]},)"
-            " to match the feature's rows"
+            f"{what} at {where} has shape {tuple(feat.shape)}, expected (T, D) or (1, T, D)"
         )
-    if not np.isfinite(mask).all():
-        raise FeatureError(f"mask of {what} at {where} contains NaN or inf")
-    return feat[mask > 0.5]
+    return feat[_valid_rows(mask, feat.shape[0], what, where)]
 
 
 class InMemoryFeatures(FeatureSource):
@@ -310,13 +334,22 @@ class FeatureTree(FeatureSource):
         self.root = root
         self.base = base
 
-    def _load(self, path: Path, what: str, item: str) -> np.ndarray:
+    def _load(self, path: Path, what: str, item: str) -> Any:
+        """The tensor in ``path``, memory-mapped where the file allows it: nothing is
+        copied here, so its declared shape can be checked before any data is read."""
         import torch  # only the .pt tree needs torch
 
         if not path.is_file():
             raise MissingFeatureError(f"{what} file for {item} not found: {path!s}")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                # A legacy (pre-zip) file cannot be mapped; its data is read, but still
+                # not copied or converted before the checks below.
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:  # weights_only refused a Python object
             raise FeatureError(
                 f"refused to load {what} for {item} from {path!s}: the file holds pickled "
@@ -334,7 +367,12 @@ class FeatureTree(FeatureSource):
             raise FeatureError(
                 f"{what} for {item} at {path!s} holds a {type(obj).__name__}, expected a tensor"
             )
-        return obj.detach().to(torch.float32).numpy()
+        if obj.is_complex() or obj.is_quantized or obj.is_sparse or obj.layout != torch.strided:
+            raise FeatureError(
+                f"{what} for {item} at {path!s} is a {obj.dtype} tensor ({obj.layout}), "
+                "expected real numbers (float32); re-save it as a dense real tensor"
+            )
+        return obj.detach()
 
     def _path(self, folder: Path, key: str, kind: str) -> Path:
         """``<base>/<folder>/<key>.pt``, for a valid id only: the id is checked (the same
@@ -348,16 +386,52 @@ class FeatureTree(FeatureSource):
         return path
 
     def _read(self, key: str, feat_dir: Path, mask_dir: Path, dim: int, what: str) -> np.ndarray:
+        import torch
+
         kind = f"{what.split()[0]}_id"
         item = f"{kind} {key!r}"
         feat_path = self._path(feat_dir, key, kind)
         mask_path = self._path(mask_dir, key, kind)
+        where = str(feat_path)
         feat = self._load(feat_path, what, item)
-        mask = self._load(mask_path, f"{what} mask", item) if mask_path.exists() else None
-        arr = _check_array(_apply_mask(feat, mask, what, str(feat_path)), dim, what,
-                           str(feat_path))
-        arr, was_cut = _cap_rows(arr, what, str(feat_path))
-        if was_cut:
+        shape = tuple(feat.shape)
+        if len(shape) == 3 and shape[0] == 1:
+            feat = feat[0]
+        if feat.ndim != 2 or feat.shape[1] != dim:
+            raise FeatureError(
+                f"{what} at {where} has shape {shape}, expected (T, {dim}) or (1, T, {dim})"
+            )
+        n_rows = int(feat.shape[0])
+        if n_rows > _MAX_STORED_ROWS:  # checked on the header: nothing was read
+            raise FeatureError(
+                f"{what} at {where} declares {n_rows} rows, more than the {_MAX_STORED_ROWS} "
+                "a feature file may hold (the model reads at most "
+                f"{MAX_VIDEO_FRAMES} frames / {MAX_MUSIC_SNIPPETS} snippets); the file is "
+                "damaged or not a feature file"
+            )
+        if mask_path.exists():
+            mask = self._load(mask_path, f"{what} mask", item)
+            if mask.numel() != n_rows:
+                raise FeatureError(
+                    f"mask of {what} at {where} has shape {tuple(mask.shape)}, expected "
+                    f"({n_rows},) to match the feature's rows"
+                )
+            rows = _valid_rows(mask.numpy() if mask.dtype == torch.bool
+                               else mask.to(torch.float64).numpy(), n_rows, what, where)
+        else:
+            rows = np.arange(n_rows)
+        if len(rows) == 0:
+            raise FeatureError(f"{what} at {where} has no valid rows; every item needs at "
+                               "least one")
+        # The length limits are applied to the row count, before any row is copied.
+        cut = what.startswith("music") and len(rows) > MAX_MUSIC_SNIPPETS
+        if what.startswith("video") and len(rows) > MAX_VIDEO_FRAMES:
+            _cap_rows(np.empty((len(rows), 0)), what, where)  # raises the usual error
+        rows = rows[:MAX_MUSIC_SNIPPETS] if cut else rows
+        picked = feat[torch.from_numpy(rows.astype(np.int64))] if len(rows) != n_rows else feat
+        # A copy: the result must not stay backed by the memory-mapped file.
+        arr = _check_array(np.array(picked.to(torch.float32).numpy()), dim, what, where)
+        if cut:
             _warn_cut([key])
         return arr
 
@@ -387,24 +461,18 @@ class FeatureTree(FeatureSource):
 
 
 class _PackedTable:
-    """One modality of a packed store: rows of every item back to back, plus offsets."""
+    """One modality of a packed store: rows of every item back to back, plus offsets.
+
+    Everything ``meta.json`` and the offsets say is checked against the files before the
+    store is used (:func:`_check_table`), so a damaged or hand-edited store is a
+    :class:`FeatureError` naming the file and the problem.
+    """
 
     def __init__(self, folder: Path, name: str, meta: dict[str, Any]) -> None:
-        info = meta[name]
-        self.ids: list[str] = info["ids"]
+        ids, rows, dim, offsets, data_path = _check_table(folder, name, meta, FeatureError)
+        self.ids: list[str] = ids
         self.index = {k: i for i, k in enumerate(self.ids)}
-        self.offsets = np.load(folder / f"{name}_offsets.npy")
-        rows, dim = int(info["rows"]), int(info["dim"])
-        data_path = folder / f"{name}_features.f32"
-        expected = rows * dim * 4
-        actual = data_path.stat().st_size if data_path.is_file() else -1
-        if actual != expected or len(self.offsets) != len(self.ids) + 1 or (
-            len(self.offsets) and int(self.offsets[-1]) != rows
-        ):
-            raise FeatureError(
-                f"packed store {folder!s} is damaged: {data_path.name} has {actual} bytes, "
-                f"expected {expected} for {rows} x {dim} float32; re-run pack_features"
-            )
+        self.offsets = offsets
         self.dim = dim
         self.data = np.memmap(data_path, dtype="<f4", mode="r", shape=(rows, dim)) if rows else (
             np.zeros((0, dim), np.float32)
@@ -427,6 +495,66 @@ class _PackedTable:
         return (self.offsets[pos + 1] - self.offsets[pos]).astype(np.int64)
 
 
+def _read_meta(folder: Path, error: type[Exception]) -> dict[str, Any]:
+    """``meta.json`` of a packed store as a dict of our format, else ``error``."""
+    path = folder / "meta.json"
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"packed store {folder!s}: meta.json is corrupt ({exc}); re-run "
+                    "pack_features") from exc
+    except OSError as exc:
+        raise error(f"packed store {folder!s}: cannot read meta.json ({exc})") from exc
+    found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+    if found != _PACK_FORMAT:
+        raise error(f"{folder!s} is not a packed store of format {_PACK_FORMAT!r} (meta.json "
+                    f"holds {found!r}); re-run pack_features")
+    return meta
+
+
+def _check_table(folder: Path, name: str, meta: dict[str, Any], error: type[Exception]
+                 ) -> tuple[list[str], int, int, np.ndarray, Path]:
+    """Validate one table of a packed store (the runtime's reader mirrors this): ids,
+    rows and dim in meta.json, the offsets file (read from its header first: an offsets
+    file declaring more entries than it holds is refused without reading it) and the
+    size of the feature file. Returns ids, rows, dim, offsets (int64) and the data path."""
+    def bad(what: str) -> Exception:
+        return error(f"packed store {folder!s} is damaged: {what}; re-run pack_features")
+
+    info = meta.get(name)
+    if not isinstance(info, dict):
+        raise bad(f"meta.json has no {name!r} table")
+    ids, rows, dim = info.get("ids"), info.get("rows"), info.get("dim")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise bad(f"meta.json's {name} ids are not a list of strings")
+    if len(set(ids)) != len(ids):
+        raise bad(f"meta.json lists duplicate {name} ids")
+    for field, value, low in (("rows", rows, 0), ("dim", dim, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise bad(f"meta.json's {name} {field} is {value!r}, expected an integer >= {low}")
+    assert isinstance(rows, int) and isinstance(dim, int)
+    offsets_path = folder / f"{name}_offsets.npy"
+    try:
+        mapped = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise bad(f"{offsets_path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
+    if mapped.shape != (len(ids) + 1,) or mapped.dtype.kind not in "iu":
+        raise bad(f"{offsets_path.name} has shape {mapped.shape} of {mapped.dtype}, expected "
+                  f"({len(ids) + 1},) integers (one more than the {len(ids)} ids)")
+    offsets = np.array(mapped, dtype=np.int64)
+    del mapped
+    if offsets[0] != 0 or offsets[-1] != rows or (np.diff(offsets) < 1).any():
+        raise bad(f"{offsets_path.name} is not increasing from 0 to {rows} (every item has "
+                  "at least one row)")
+    data_path = folder / f"{name}_features.f32"
+    expected = rows * dim * 4
+    actual = data_path.stat().st_size if data_path.is_file() else -1
+    if actual != expected:
+        raise bad(f"{data_path.name} has {actual} bytes, expected {expected} for {rows} x {dim} "
+                  "float32")
+    return ids, rows, dim, offsets, data_path
+
+
 class PackedFeatures(FeatureSource):
     """A packed feature store written by :func:`pack_features`, memory-mapped read-only.
 
@@ -442,15 +570,7 @@ class PackedFeatures(FeatureSource):
                 f"no packed feature store at {self.path!s} (meta.json missing); "
                 "create one with mgsv_sk.pack_features(source, path)"
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise FeatureError(f"packed store {self.path!s}: meta.json is corrupt ({exc})") from exc
-        if meta.get("format") != _PACK_FORMAT:
-            raise FeatureError(
-                f"{self.path!s} is not a packed store of format {_PACK_FORMAT!r} "
-                f"(found {meta.get('format')!r}); re-run pack_features"
-            )
+        meta = _read_meta(self.path, FeatureError)
         self.meta = meta
         self._video = _PackedTable(self.path, "video", meta)
         self._music = _PackedTable(self.path, "music", meta)
