@@ -4,10 +4,12 @@ Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo`` (on
 function each in :mod:`mgsv_sk._cli_commands`, importing torch only when it runs, so
 ``--help`` is instant).
 
-Exit codes: 0 success; 2 usage error (argparse); 1 a user mistake (a wrong path, a
-malformed CSV, a bad hyper-parameter, a damaged model or feature file...), reported as one
-line ``mgsv-sk: error: <message>`` on stderr without a traceback (``--debug`` shows it);
-130 interrupted. Other exceptions are bugs and keep their traceback.
+Exit codes: 0 success; 2 usage error (argparse); 1 any error while running: a user mistake
+(a wrong path, a malformed CSV, a bad hyper-parameter, a damaged model or feature file...)
+is reported as one line ``mgsv-sk: error: <message>`` on stderr without a traceback
+(``--debug`` shows it); an unexpected exception (perhaps a bug) is one line too, with its
+type, message and where it was raised, and ``--debug`` gives its traceback; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import sys
 import textwrap
 import warnings
+import zipfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +39,15 @@ PROG = "mgsv-sk"
 
 
 #: Exceptions reported as one line: the library raises these for bad input (AnnotationError,
-#: FeatureError, MissingFeatureError, ModelFileError, export's BundleError are ValueErrors).
+#: FeatureError, MissingFeatureError, ModelFileError, export's BundleError are ValueErrors;
+#: OSError covers every file that cannot be found, read or written; TypeError and KeyError
+#: come from parameters and data of the wrong kind; BadZipFile/EOFError from damaged files).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError,
-    NotADirectoryError, PermissionError,
+    UserError, ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile,
 )
+#: Raised for bad input with a message that says so by itself; others are prefixed with
+#: their type (``KeyError: 'x'`` means little as ``'x'``).
+_SELF_EXPLAINING: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
 
 
 def one_line(exc: BaseException) -> str:
@@ -50,6 +57,27 @@ def one_line(exc: BaseException) -> str:
         return type(exc).__name__
     rest = [line[2:] if line.startswith("- ") else line for line in lines[1:]]
     return lines[0] + (" " + "; ".join(rest) if rest else "")
+
+
+def _describe(exc: BaseException) -> str:
+    message = one_line(exc)
+    if isinstance(exc, _SELF_EXPLAINING):
+        return message
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        message = repr(exc.args[0])  # str(KeyError) is the bare key
+    name = type(exc).__name__
+    return message if message.startswith(name) else f"{name}: {message}"
+
+
+def _origin(exc: BaseException) -> str:
+    """``file:line in function`` of the frame that raised ``exc``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return "an unknown place"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return f"{code.co_filename}:{tb.tb_lineno} in {code.co_name}"
 
 
 # -- the parser -------------------------------------------------------------------------
@@ -227,7 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.debug:
             raise
-        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: error: {_describe(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # not a known input error: perhaps a bug, so say where
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_describe(exc)} (unexpected {type(exc).__name__} at "
+              f"{_origin(exc)}; if the input is right this is a bug: rerun with --debug for "
+              "the traceback and report it)", file=sys.stderr)
         return 1
 
 
