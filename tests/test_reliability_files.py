@@ -233,7 +233,8 @@ def _forge_npz(model: Path, name: str, key: str, shape: tuple[int, ...]) -> None
     raw = members[f"{key}.npy"]
     header_len = 10 + int.from_bytes(raw[8:10], "little")
     header = raw[10:header_len].decode("latin1")
-    old_shape = header[header.index("'shape': ") + 9: header.index(")", header.index("'shape'")) + 1]
+    at = header.index("'shape': ") + 9
+    old_shape = header[at: header.index(")", at) + 1]
     new = header.replace(old_shape, str(shape)).ljust(header_len - 10)[: header_len - 10]
     members[f"{key}.npy"] = raw[:10] + new.encode("latin1") + raw[header_len:]
     with zipfile.ZipFile(model / name, "w") as zf:
