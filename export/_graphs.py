@@ -1,8 +1,8 @@
 """The graphs of a bundle as small nn.Modules over *public* MaDe methods, and example inputs.
 
 Each wrapper calls only ``encode_video``, ``encode_music``, ``xpool.snippet_states``,
-``xpool.scores_from_states``, ``xpool.paired_from_states``, ``ground`` and ``MaDe.moment``, so the
-detector's internals may change without touching the export. Input and output names and
+``xpool.scores_from_states``, ``xpool.paired_from_states`` and ``ground``, so the moment
+heads' internals may change without touching the export. Input and output names and
 axes are those of :func:`export.manifest.graph_specs`.
 """
 
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from mgsv_sk.nn.model import MaDe, MusicEncoding, VideoEncoding
 from mgsv_sk.nn.xpool import XPool
 
-from .manifest import MAX_MUSIC_SECONDS, GraphSpec
+from .manifest import GraphSpec
 
 __all__ = ["CHECK_SIZES", "EXPORT_SIZES", "WRAPPERS", "example_inputs"]
 
@@ -81,25 +81,21 @@ class ScorePairsGraph(_Graph):
 
 
 class DetectorGraph(_Graph):
-    """Moment of video b in track music_index[b]: video tokens/mask/emb [B, ...], music
-    tokens [U, S, D] and mask [U, S], music_index [B] -> center_width [B, 2] (units of
-    240 s), start_end [B, 2] (seconds, clamped to [0, 240], end >= start), confidence [B]
-    (foreground probability), snippet_logits [B, S] (-inf on padding)."""
+    """Candidate moments of video b in track music_index[b]: video tokens/mask/emb [B, ...],
+    music tokens [U, S, D] and mask [U, S], music_index [B], video_seconds [B] (the window
+    head only) ->
+    window_starts, window_ends [B, K] (seconds, inside the track), window_logits [B, K]
+    (sigmoid = moment score, -inf = not a window), snippet_logits [B, S] (-inf on padding).
+    The runtime picks the moments from the windows (``mgsv_sk.core.moments``)."""
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
-                music_tokens: Tensor, music_mask: Tensor,
-                music_index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                video_seconds: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         video = VideoEncoding(video_tokens, video_mask, video_emb)
         # ground() reads the music embedding's length only (number of tracks).
         music = MusicEncoding(music_tokens, music_mask, music_tokens[:, 0])
-        grounding = self.model.ground(video, music, music_index)
-        center_width, confidence = MaDe.moment(grounding)
-        center, width = center_width[:, 0], center_width[:, 1]
-        start = ((center - width / 2) * MAX_MUSIC_SECONDS).clamp(0.0, MAX_MUSIC_SECONDS)
-        end = torch.clamp(torch.maximum((center + width / 2) * MAX_MUSIC_SECONDS, start),
-                          max=MAX_MUSIC_SECONDS)
-        return (center_width, torch.stack([start, end], dim=1), confidence,
-                grounding.snippet_logits)
+        g = self.model.ground(video, music, music_index, video_seconds)
+        return g.starts, g.ends, g.logits, g.snippet_logits
 
 
 WRAPPERS: dict[str, Callable[[MaDe], nn.Module]] = {
@@ -131,6 +127,8 @@ def example_inputs(spec: GraphSpec, sizes: dict[str, Any], dims: dict[str, int],
         shape = [axes[a] if isinstance(a, str) else a for a in t.shape]
         if t.name == "music_index":
             out.append(torch.tensor([(i + 1) % u for i in range(b)], dtype=torch.long))
+        elif t.name == "video_seconds":  # about one second per frame, some over a track
+            out.append(torch.tensor(frames, dtype=torch.float32) * 2.7 - 0.4)
         elif t.dtype == "bool":
             paired = t.shape[0] == "batch"
             out.append(video_mask if t.name == "video_mask"

@@ -215,6 +215,8 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
         read_manifest(bundle)
     use_music = mode == "smg" or (mode == "auto" and "music_id" in columns)
     keep = ["video_id", "music_id"] if use_music else ["video_id"]
+    # the videos' lengths are the moments' lengths: ship them to the workers too
+    keep += [c for c in ("video_segment_duration", "video_start", "video_end") if c in columns]
     if isinstance(features, (str, os.PathLike)):
         features = _local_path(features)
     else:  # one graph node that every task depends on, not a copy pickled into each task

@@ -11,7 +11,7 @@ A bundle is a folder::
                                   X-Pool snippet states
     graphs/score_tracks.onnx      retrieval scores of every (video, track) pair of a chunk
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
-    graphs/detector.onnx          the moment of video b in track music_index[b]
+    graphs/detector.onnx          the candidate moments of video b in track music_index[b]
     graphs/<name>.int8.onnx       dynamically quantised twins (``quantize=True``)
     catalogue/ids.json            track ids, one per catalogue row
     catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
@@ -26,7 +26,9 @@ catalogue larger than memory is served from the page cache. ``manifest.json`` li
 sha256 and size of every other file; the runtime refuses a bundle whose files differ.
 
 Symbolic axes: ``batch`` (videos, or matched pairs), ``tracks`` (tracks of one call),
-``frames`` (<= ``max_frames``), ``snippets`` (<= ``max_snippets``). Masks are bool with
+``frames`` (<= ``max_frames``), ``snippets`` (<= ``max_snippets``), ``windows`` (candidate
+moments per pair: the window head's grid, 1 for DETR; a logit of -inf marks a candidate
+that is not a window of the track). Masks are bool with
 True = valid; every row needs at least one valid position (an all-padding row gives NaN).
 """
 
@@ -61,7 +63,9 @@ __all__ = [
 ]
 
 #: /2: the catalogue caches X-Pool snippet states [R, D] instead of keys | values [R, 2D].
-FORMAT = "mgsv_sk.onnx/2"
+#: /3: the detector takes the videos' lengths and returns candidate windows (start, end,
+#: logit per candidate) from which the runtime picks the moments.
+FORMAT = "mgsv_sk.onnx/3"
 MANIFEST_FILE = "manifest.json"
 #: Tracks are cut at this many seconds; (center, width) spans are in units of it.
 MAX_MUSIC_SECONDS = 240.0
@@ -133,9 +137,13 @@ def spec_from_json(name: str, data: Mapping[str, Any]) -> GraphSpec:
 
 
 def graph_specs(
-    d_model: int, video_dim: int, music_dim: int, *, use_dual: bool, use_xpool: bool
+    d_model: int, video_dim: int, music_dim: int, *, use_dual: bool, use_xpool: bool,
+    uses_seconds: bool = True,
 ) -> dict[str, GraphSpec]:
     """The graphs of a bundle for a model of these dims and retrieval scores.
+
+    ``uses_seconds``: the detector takes the videos' lengths (the window head does; the
+    paper's DETR reads the length from the frames only).
 
     Without an X-Pool score the music encoder has no snippet states and there are no score
     graphs (the dual score is one matrix product the runtime does in numpy); without the
@@ -169,10 +177,11 @@ def graph_specs(
              t("video_emb", "float32", "batch", d),
              t("music_tokens", "float32", "tracks", "snippets", d),
              t("music_mask", "bool", "tracks", "snippets"),
-             t("music_index", "int64", "batch")),
-            (t("center_width", "float32", "batch", 2),
-             t("start_end", "float32", "batch", 2),
-             t("confidence", "float32", "batch"),
+             t("music_index", "int64", "batch"))
+            + ((t("video_seconds", "float32", "batch"),) if uses_seconds else ()),
+            (t("window_starts", "float32", "batch", "windows"),
+             t("window_ends", "float32", "batch", "windows"),
+             t("window_logits", "float32", "batch", "windows"),
              t("snippet_logits", "float32", "batch", "snippets")),
         ),
     }

@@ -27,6 +27,9 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from mgsv_sk._schema import video_durations
+from mgsv_sk.core.moments import check_moments, select_windows, window_lists
+
 from ._catalogue import Catalogue, Part, pad
 from ._features import FeatureError, as_features, read_items
 from .manifest import GraphSpec, read_manifest, spec_from_json, verify_files
@@ -69,6 +72,15 @@ def _require_finite(ids: Sequence[str], bad: np.ndarray, kind: str) -> None:
             "outputs: they hold values too large for float32 arithmetic; the features are "
             "expected to be embeddings of moderate scale (CLIP / AST outputs): rescale or "
             "re-extract them")
+
+
+def _video_seconds(X: pd.DataFrame, n_frames: np.ndarray) -> np.ndarray:
+    """Each video's length, the moment's: from ``X``'s columns as the estimator reads
+    them, else its number of frames (1 frame per second)."""
+    try:
+        return np.asarray(video_durations(X), dtype=np.float64)
+    except (ValueError, TypeError):
+        return n_frames.astype(np.float64)
 
 
 def _as_id(value: Any) -> str:
@@ -300,30 +312,34 @@ class OnnxGrounder:
         return out
 
     def _ground(self, videos: _Videos, video_rows: np.ndarray, track_rows: np.ndarray,
-                cat: Catalogue) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Moment of video video_rows[i] in catalogue track track_rows[i]: start, end
-        (seconds, float64) and the detector's confidence, each (n,)."""
-        cw = np.zeros((len(video_rows), 2), np.float64)
-        confidence = np.zeros(len(video_rows), np.float64)
+                cat: Catalogue, seconds: np.ndarray,
+                moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Up to ``moments`` moments of video video_rows[i] (``seconds[i]`` long) in
+        catalogue track track_rows[i], best first: start, end (seconds) and moment score,
+        each (n, moments) float64, NaN-padded."""
+        out = [np.full((len(video_rows), moments), np.nan) for _ in range(3)]
         for rows in _sorted_batches(videos.lengths[video_rows], _GROUND_BATCH):
             v = video_rows[rows]
             tokens, vmask = pad([videos.tokens[i] for i in v], self._dims["d_model"])
             unique, index = np.unique(track_rows[rows], return_inverse=True)
             music, mmask = cat.tokens(unique)
-            out = self._run("detector", video_tokens=tokens, video_mask=vmask,
-                            video_emb=videos.emb[v], music_tokens=music, music_mask=mmask,
-                            music_index=index.astype(np.int64).reshape(-1))
-            cw[rows], confidence[rows] = out[0], out[2]
-        s = self._seconds
-        start = np.clip((cw[:, 0] - cw[:, 1] / 2) * s, 0.0, s)
-        end = np.clip((cw[:, 0] + cw[:, 1] / 2) * s, start, s)
-        return start, end, confidence
+            starts, ends, logits, _ = self._run(
+                "detector", video_tokens=tokens, video_mask=vmask, video_emb=videos.emb[v],
+                music_tokens=music, music_mask=mmask,
+                music_index=index.astype(np.int64).reshape(-1),
+                video_seconds=seconds[rows].astype(np.float32))
+            for col, value in zip(out, select_windows(starts, ends, logits, moments)):
+                col[rows] = value
+        return out[0], out[1], out[2]
 
     # -- the estimator's API -----------------------------------------------------------------
-    def predict(self, X: pd.DataFrame, features: Any = None) -> pd.DataFrame:
+    def predict(self, X: pd.DataFrame, features: Any = None, *,
+                moments_per_track: int = 1) -> pd.DataFrame:
         """Ground each video on its own track (SmG, ``X`` has ``music_id``) or on the best
         catalogue track (MsG). Returns a frame indexed like ``X`` with ``music_id``,
-        ``start``, ``end`` (seconds), ``score`` and ``moment_score``."""
+        ``start``, ``end`` (seconds), ``score`` and ``moment_score`` (and ``windows`` with
+        ``moments_per_track > 1``, as :meth:`mgsv_sk.MGSVGrounder.predict`)."""
+        moments = check_moments(moments_per_track)
         frame = self._frame(X)
         cat = self._catalogue
         source = self._source(features)
@@ -338,12 +354,18 @@ class OnnxGrounder:
             rows = np.argmax(table, axis=1)
             music_ids = [cat.ids[i] for i in rows]
             scores = table[np.arange(len(frame)), rows]
-        start, end, moment = self._ground(videos, np.arange(len(frame)), rows, cat)
+        seconds = _video_seconds(X, videos.lengths)
+        start, end, moment = self._ground(videos, np.arange(len(frame)), rows, cat, seconds,
+                                          moments)
         _require_finite(frame["video_id"].tolist(),
-                        ~np.isfinite(np.c_[start, end, moment, scores]).all(axis=1), "video")
-        return pd.DataFrame({"music_id": music_ids, "start": start, "end": end,
-                             "score": scores, "moment_score": moment},
-                            index=X.index, columns=list(PREDICTION_COLUMNS))
+                        ~np.isfinite(np.c_[start[:, 0], end[:, 0], moment[:, 0], scores]
+                                     ).all(axis=1), "video")
+        out = pd.DataFrame({"music_id": music_ids, "start": start[:, 0], "end": end[:, 0],
+                            "score": scores, "moment_score": moment[:, 0]},
+                           index=X.index, columns=list(PREDICTION_COLUMNS))
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
 
     def decision_function(self, X: pd.DataFrame, features: Any = None,
                           music_ids: Any = None) -> np.ndarray:
@@ -360,11 +382,14 @@ class OnnxGrounder:
             table = table[:, served.positions(gallery)]
         return np.asarray(table)
 
-    def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None) -> pd.DataFrame:
+    def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None, *,
+             moments_per_track: int = 1) -> pd.DataFrame:
         """Top-``k`` catalogue tracks per video with the moment on each: columns
-        ``video_id, rank, music_id, score, start, end, moment_score``."""
+        ``video_id, rank, music_id, score, start, end, moment_score`` (and ``windows`` with
+        ``moments_per_track > 1``)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        moments = check_moments(moments_per_track)
         frame = self._frame(X)
         cat = self._catalogue
         videos = self._encode_videos(frame["video_id"].tolist(), self._source(features))
@@ -372,16 +397,22 @@ class OnnxGrounder:
         k = min(int(k), table.shape[1])
         top = top_k_indices(table, k)
         video_rows = np.repeat(np.arange(len(frame)), k)
-        start, end, moment = self._ground(videos, video_rows, top.ravel(), cat)
+        seconds = _video_seconds(X, videos.lengths)[video_rows]
+        start, end, moment = self._ground(videos, video_rows, top.ravel(), cat, seconds,
+                                          moments)
         _require_finite(frame["video_id"].to_numpy(dtype=object)[video_rows].tolist(),
-                        ~np.isfinite(np.c_[start, end, moment]).all(axis=1), "video")
-        return pd.DataFrame({
+                        ~np.isfinite(np.c_[start[:, 0], end[:, 0], moment[:, 0]]).all(axis=1),
+                        "video")
+        out = pd.DataFrame({
             "video_id": frame["video_id"].to_numpy(dtype=object)[video_rows],
             "rank": np.tile(np.arange(1, k + 1), len(frame)),
             "music_id": [cat.ids[i] for i in top.ravel()],
             "score": np.take_along_axis(table, top, axis=1).ravel(),
-            "start": start, "end": end, "moment_score": moment,
+            "start": start[:, 0], "end": end[:, 0], "moment_score": moment[:, 0],
         }, columns=list(RANK_COLUMNS))
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
 
     def add_tracks(self, music_ids: Sequence[Any], features: Any = None) -> OnnxGrounder:
         """Encode tracks with the music encoder graph and append them to the catalogue."""

@@ -5,8 +5,9 @@ A grounder implements three hooks, all on validated frames and string ids:
 
 - ``_retrieval_scores(frame, source, music_ids) -> (n, g)``: score each video against
   each track;
-- ``_ground(frame, source, music_ids) -> (start, end, moment_score)``: the moment of
-  each video on the track given for it (seconds, each shape (n,));
+- ``_ground(frame, source, music_ids, seconds, moments) -> (start, end, moment_score)``:
+  up to ``moments`` non-overlapping moments of each video (``seconds[i]`` long) on the
+  track given for it, best first (seconds; each shape (n, moments), NaN-padded);
 - ``_pair_scores(frame, source, music_ids) -> (n,)``: the retrieval score of each
   (video, its given track) pair.
 
@@ -24,6 +25,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
+from .core.moments import check_moments, window_lists
 from .features import FeatureSource, as_feature_source
 
 __all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS"]
@@ -47,7 +49,8 @@ class BaseGrounder(BaseEstimator):
         raise NotImplementedError
 
     def _ground(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str],
+        seconds: np.ndarray, moments: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
@@ -72,7 +75,8 @@ class BaseGrounder(BaseEstimator):
     def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS) -> pd.DataFrame:
         return validate_annotations(X, required, source="X")
 
-    def predict(self, X: pd.DataFrame, features: Any = None) -> pd.DataFrame:
+    def predict(self, X: pd.DataFrame, features: Any = None, *,
+                moments_per_track: int = 1) -> pd.DataFrame:
         """Ground each video: on its own track (SmG) or on the best catalogue track (MsG).
 
         Parameters
@@ -84,15 +88,20 @@ class BaseGrounder(BaseEstimator):
             grounding).
         features : feature source, optional
             Overrides the estimator's ``features`` for this call.
+        moments_per_track : int
+            Up to this many non-overlapping moments per video, best first (default 1).
 
         Returns
         -------
         DataFrame
-            Indexed like ``X``; columns ``music_id``, ``start``, ``end`` (seconds),
-            ``score`` (retrieval score of the pair) and ``moment_score`` (the detector's
-            confidence in the moment, in [0, 1]).
+            Indexed like ``X``; columns ``music_id``, ``start``, ``end`` (seconds, the best
+            moment), ``score`` (retrieval score of the pair) and ``moment_score`` (the
+            moment head's probability that the track holds a fitting moment, at the best
+            moment). With ``moments_per_track > 1`` also ``windows``: per row a list of
+            ``[start, end, moment_score]``, best first, at most ``moments_per_track`` long.
         """
         check_is_fitted(self)
+        moments = check_moments(moments_per_track)
         frame = self._frame(X)
         source = self._source(features)
         if "music_id" in frame.columns:
@@ -103,13 +112,17 @@ class BaseGrounder(BaseEstimator):
             best = np.argmax(table, axis=1)
             music_ids = [self.catalogue_ids_[i] for i in best]
             scores = table[np.arange(len(frame)), best]
-        start, end, moment = self._ground(frame, source, music_ids)
-        return pd.DataFrame(
-            {"music_id": music_ids, "start": start, "end": end, "score": scores,
-             "moment_score": moment},
+        start, end, moment = self._ground(frame, source, music_ids,
+                                          moment_lengths(frame, source), moments)
+        out = pd.DataFrame(
+            {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0], "score": scores,
+             "moment_score": moment[:, 0]},
             index=X.index,
             columns=list(PREDICTION_COLUMNS),
         )
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
 
     def decision_function(
         self, X: pd.DataFrame, features: Any = None, music_ids: Any = None
@@ -124,7 +137,8 @@ class BaseGrounder(BaseEstimator):
         gallery = self.catalogue_ids_ if music_ids is None else [str(m) for m in music_ids]
         return self._retrieval_scores(frame, self._source(features), gallery)
 
-    def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None) -> pd.DataFrame:
+    def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None, *,
+             moments_per_track: int = 1) -> pd.DataFrame:
         """Top-``k`` catalogue tracks per video with their scores and the moment on each.
 
         Returns
@@ -132,11 +146,14 @@ class BaseGrounder(BaseEstimator):
         DataFrame
             ``k`` rows per video (fewer if the catalogue is smaller), sorted by video then
             rank (1 = best): ``video_id``, ``rank``, ``music_id``, ``score``, ``start``,
-            ``end``, ``moment_score``.
+            ``end``, ``moment_score`` (the best moment on that track). With
+            ``moments_per_track > 1`` also ``windows``: per row up to that many
+            non-overlapping ``[start, end, moment_score]`` on the track, best first.
         """
         check_is_fitted(self)
-        if not isinstance(k, (int, np.integer)) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
+        moments = check_moments(moments_per_track)
         frame = self._frame(X)
         source = self._source(features)
         table = self._retrieval_scores(frame, source, self.catalogue_ids_)
@@ -146,19 +163,23 @@ class BaseGrounder(BaseEstimator):
         expanded = frame.iloc[rows].reset_index(drop=True).drop(columns="music_id",
                                                                 errors="ignore")
         music_ids = [self.catalogue_ids_[i] for i in top.ravel()]
-        start, end, moment = self._ground(expanded, source, music_ids)
-        return pd.DataFrame(
+        seconds = moment_lengths(frame, source)[rows]
+        start, end, moment = self._ground(expanded, source, music_ids, seconds, moments)
+        out = pd.DataFrame(
             {
                 "video_id": expanded["video_id"].to_numpy(),
                 "rank": np.tile(np.arange(1, k + 1), len(frame)),
                 "music_id": music_ids,
                 "score": np.take_along_axis(table, top, axis=1).ravel(),
-                "start": start,
-                "end": end,
-                "moment_score": moment,
+                "start": start[:, 0],
+                "end": end[:, 0],
+                "moment_score": moment[:, 0],
             },
             columns=list(RANK_COLUMNS),
         )
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
 
     def _index_catalogue(self, music_ids: list[str], source: FeatureSource) -> None:
         """Hook: precompute whatever serving a catalogue needs (default: nothing)."""

@@ -23,8 +23,9 @@ class Batch:
     """One batch: B videos and the U distinct tracks they use.
 
     video [B, F, 512] float32, video_mask [B, F] bool, music [U, S, 768], music_mask
-    [U, S] bool, music_index [B] long (video b uses track music_index[b]), target_cw
-    [B, 2] (center, width) / 240 s or None, rows [B] (positions in the frame).
+    [U, S] bool, music_index [B] long (video b uses track music_index[b]), video_seconds
+    [B] float32 (the videos' lengths), target_cw [B, 2] (center, width) / 240 s or None,
+    rows [B] (positions in the frame).
     """
 
     video: torch.Tensor
@@ -32,6 +33,7 @@ class Batch:
     music: torch.Tensor
     music_mask: torch.Tensor
     music_index: torch.Tensor
+    video_seconds: torch.Tensor
     target_cw: torch.Tensor | None
     rows: np.ndarray
     music_ids: list[str]
@@ -40,7 +42,7 @@ class Batch:
         if str(device) == "cpu":
             return self
         move = {k: getattr(self, k).to(device, non_blocking=True) for k in
-                ("video", "video_mask", "music", "music_mask", "music_index")}
+                ("video", "video_mask", "music", "music_mask", "music_index", "video_seconds")}
         target = None if self.target_cw is None else self.target_cw.to(device)
         return Batch(**move, target_cw=target, rows=self.rows, music_ids=self.music_ids)
 
@@ -68,10 +70,11 @@ def collate(
     video_ids: Sequence[str],
     music_ids: Sequence[str],
     source: FeatureSource,
+    seconds: np.ndarray,
     target_cw: np.ndarray | None = None,
 ) -> Batch:
     """Read and pad the features of ``rows``; a track shared by several videos is read
-    and later encoded once."""
+    and later encoded once. ``seconds``: every video's length (indexed by ``rows``)."""
     batch_music = [music_ids[r] for r in rows]
     unique = list(dict.fromkeys(batch_music))
     position = {m: i for i, m in enumerate(unique)}
@@ -80,7 +83,9 @@ def collate(
     index = torch.tensor([position[m] for m in batch_music], dtype=torch.long)
     target = None if target_cw is None else torch.from_numpy(
         np.ascontiguousarray(target_cw[rows], dtype=np.float32))
-    return Batch(video, video_mask, music, music_mask, index, target, rows, unique)
+    video_seconds = torch.from_numpy(np.ascontiguousarray(seconds[rows], dtype=np.float32))
+    return Batch(video, video_mask, music, music_mask, index, video_seconds, target, rows,
+                 unique)
 
 
 def length_grouped_batches(

@@ -12,10 +12,10 @@ import torch
 
 from ._batching import pad_stack, sorted_batches
 from ._device import Autocast, autocast_for, model_device
+from .core.moments import select_windows
 from .features import FeatureSource, _progress
 from .nn.model import Grounding, MaDe
 from .ranking import MusicCatalogue
-from .spans import MAX_MUSIC_SECONDS
 
 __all__ = ["ground_pairs", "pair_scores", "snippet_evidence", "video_embeddings"]
 
@@ -58,25 +58,29 @@ def ground_pairs(
     track_rows: np.ndarray,
     catalogue: MusicCatalogue,
     source: FeatureSource,
+    seconds: np.ndarray,
+    moments: int = 1,
     batch_size: int = 128,
     autocast: Autocast = False,
     verbose: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Moment of video i in catalogue track ``track_rows[i]``.
+    """Up to ``moments`` non-overlapping moments of video i (``seconds[i]`` long) in
+    catalogue track ``track_rows[i]``, best first.
 
-    Returns start and end in seconds (clamped to [0, 240]) and the detector's foreground
-    probability, each shape (n,). ``verbose > 0``: a progress bar over the videos.
+    Returns start and end in seconds and the moment score, each shape (n, moments), NaN
+    where a track has fewer windows (see :func:`mgsv_sk.core.moments.select_windows`).
+    ``verbose > 0``: a progress bar over the videos.
     """
-    cw = np.zeros((len(video_ids), 2), np.float64)
-    confidence = np.zeros(len(video_ids), np.float64)
+    out = [np.full((len(video_ids), moments), np.nan) for _ in range(3)]
+    seconds = np.asarray(seconds, dtype=np.float32)
     for rows, grounding in _grounding_batches(model, video_ids, track_rows, catalogue, source,
-                                              batch_size, autocast, verbose):
-        spans, conf = model.moment(grounding)
-        cw[rows] = spans.float().cpu().numpy()
-        confidence[rows] = conf.float().cpu().numpy()
-    start = np.clip((cw[:, 0] - cw[:, 1] / 2) * MAX_MUSIC_SECONDS, 0.0, MAX_MUSIC_SECONDS)
-    end = np.clip((cw[:, 0] + cw[:, 1] / 2) * MAX_MUSIC_SECONDS, start, MAX_MUSIC_SECONDS)
-    return start, end, confidence
+                                              seconds, batch_size, autocast, verbose):
+        starts, ends, logits = (t.float().cpu().numpy() for t in (
+            grounding.starts, grounding.ends, grounding.logits))
+        picked = select_windows(starts, ends, logits, moments)
+        for col, value in zip(out, picked):
+            col[rows] = value
+    return out[0], out[1], out[2]
 
 
 @torch.no_grad()
@@ -95,8 +99,9 @@ def snippet_evidence(
     2.5 k s), one float64 array of shape (S_i,) per video."""
     n_snippets = catalogue.lengths
     out: list[np.ndarray] = [np.zeros(0)] * len(video_ids)
+    seconds = source.video_lengths(video_ids).astype(np.float32)  # evidence ignores them
     for rows, grounding in _grounding_batches(model, video_ids, track_rows, catalogue, source,
-                                              batch_size, autocast, verbose):
+                                              seconds, batch_size, autocast, verbose):
         probs = torch.sigmoid(grounding.snippet_logits.float()).cpu().numpy()  # [B,S]
         for j, r in enumerate(rows):
             out[r] = probs[j, : n_snippets[track_rows[r]]].astype(np.float64)
@@ -109,6 +114,7 @@ def _grounding_batches(
     track_rows: np.ndarray,
     catalogue: MusicCatalogue,
     source: FeatureSource,
+    seconds: np.ndarray,
     batch_size: int,
     autocast: Autocast,
     verbose: int,
@@ -125,7 +131,8 @@ def _grounding_batches(
             with torch.no_grad(), _autocast(model, autocast):
                 v_enc = model.encode_video(video.to(device), mask.to(device))
                 grounding = model.ground(v_enc, type(music)(*(t.to(device) for t in music)),
-                                         torch.from_numpy(index.astype(np.int64)).to(device))
+                                         torch.from_numpy(index.astype(np.int64)).to(device),
+                                         torch.from_numpy(seconds[rows]).to(device))
             yield rows, grounding
             bar.update(len(rows))
     finally:

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["ModelFileError", "load_grounder", "save_grounder", "sha256_file"]
 
 #: /2: the catalogue caches X-Pool snippet states instead of keys | values.
-FORMAT = "mgsv_sk.model/2"
+#: /3: the moment head is chosen by ``detector`` (the window head by default).
+FORMAT = "mgsv_sk.model/3"
 _FILES = ("config.json", "weights.npz", "catalogue.npz")
 
 
@@ -117,7 +118,8 @@ def _verified(folder: Path) -> dict[str, Any]:
     manifest = _read_json_object(manifest_path, "manifest")
     if manifest.get("format") != FORMAT:
         raise ModelFileError(f"{folder!s} holds format {manifest.get('format')!r}, "
-                             f"expected {FORMAT!r}")
+                             f"expected {FORMAT!r}: it was written by another version of "
+                             "mgsv_sk; load it with that version, or fit and save it again")
     sums = manifest.get("sha256")
     if not isinstance(sums, dict) or not all(isinstance(sums.get(n), str) for n in _FILES):
         raise ModelFileError(f"{manifest_path!s} lacks the sha256 of "

@@ -66,13 +66,15 @@ class TrainConfig:
 
 @dataclass
 class Split:
-    """Rows to train or validate on: ids, ground truth and the feature source."""
+    """Rows to train or validate on: ids, ground truth, the videos' lengths (seconds) and
+    the feature source."""
 
     video_ids: list[str]
     music_ids: list[str]
     start: np.ndarray
     end: np.ndarray
     duration: np.ndarray
+    seconds: np.ndarray
     source: FeatureSource
 
     def __len__(self) -> int:
@@ -112,7 +114,8 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = False) -> 
         ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
                                 np.asarray(split.music_ids, dtype=object))
         start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
-                                     autocast=autocast)
+                                     split.seconds, autocast=autocast)
+        start, end = start[:, 0], end[:, 0]
         ious = temporal_iou(np.column_stack([start, end]),
                             np.column_stack([split.start, split.end]), split.duration)
     finally:
@@ -168,12 +171,14 @@ def _train_epoch(
     verbose = cfg.verbose if dist is None or dist.is_main else 0
     bar = _progress(len(batches), f"epoch {epoch}", verbose)
     for rows in batches:
-        batch = collate(rows, split.video_ids, split.music_ids, split.source, targets).to(device)
+        batch = collate(rows, split.video_ids, split.music_ids, split.source, split.seconds,
+                        targets).to(device)
         assert batch.target_cw is not None
         with autocast_for(device, cfg.autocast_dtype):
             out = net(batch.video, batch.video_mask, batch.music, batch.music_mask,
-                      batch.music_index)
-        terms = made_losses(out, batch.music_index, batch.target_cw, cfg.loss_weights)
+                      batch.music_index, batch.video_seconds)
+        terms = made_losses(out, batch.music_index, batch.target_cw, cfg.loss_weights,
+                            batch.video_seconds)
         finite = bool(torch.isfinite(terms.total))
         if dist is not None:  # raise on every rank or on none: a lone rank would hang DDP
             finite = ddp.all_true(finite, dist, device)

@@ -14,8 +14,9 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseGrounder, moment_lengths, new_fit_token
+from ._base import BaseGrounder, new_fit_token
 from ._schema import FIT_COLUMNS
+from .core.moments import select_windows
 from .features import FeatureSource
 from .spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
@@ -53,9 +54,12 @@ class TrivialGrounder(BaseGrounder):
     def _pair_scores(self, frame: pd.DataFrame, source: Any, music_ids: list[str]) -> Any:
         return np.full(len(frame), 0.5)
 
-    def _ground(self, frame: pd.DataFrame, source: Any, music_ids: list[str]) -> Any:
-        length = moment_lengths(frame, source)
-        return np.zeros(len(frame)), np.minimum(length, MAX_MUSIC_SECONDS), np.ones(len(frame))
+    def _ground(self, frame: pd.DataFrame, source: Any, music_ids: list[str],
+                seconds: np.ndarray, moments: int) -> Any:
+        n = len(frame)
+        start, end, score = (np.full((n, moments), np.nan) for _ in range(3))
+        start[:, 0], end[:, 0], score[:, 0] = 0.0, np.minimum(seconds, MAX_MUSIC_SECONDS), 1.0
+        return start, end, score
 
     def _source(self, features: Any = None) -> Any:
         if features is None and self.features is None:
@@ -158,16 +162,19 @@ class RidgeGrounder(BaseGrounder):
         return np.asarray(np.einsum("nd,nd->n", videos, tracks))
 
     def _ground(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str],
+        seconds: np.ndarray, moments: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         queries = self._embed_videos(frame, source, self.moment_map_)
-        lengths = moment_lengths(frame, source)
-        start = np.empty(len(frame))
-        confidence = np.empty(len(frame))
-        for i, (mid, length) in enumerate(zip(music_ids, lengths)):
+        out = [np.full((len(frame), moments), np.nan) for _ in range(3)]
+        for i, (mid, length) in enumerate(zip(music_ids, seconds)):
             means, starts = _window_means(source.music(mid), float(length))
             means = means - self.music_mean_
             sims = means @ queries[i] / np.linalg.norm(means, axis=1).clip(1e-12)
-            best = int(np.argmax(sims))
-            start[i], confidence[i] = starts[best], (sims[best] + 1.0) / 2.0
-        return start, start + lengths, confidence
+            # logit whose sigmoid is (cosine + 1) / 2, the baseline's confidence
+            sims = np.clip(sims, -1 + 1e-9, 1 - 1e-9)
+            logits = np.log1p(sims) - np.log1p(-sims)
+            picked = select_windows(starts[None], starts[None] + length, logits[None], moments)
+            for col, value in zip(out, picked):
+                col[i] = value[0]
+        return out[0], out[1], out[2]

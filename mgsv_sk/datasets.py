@@ -1,4 +1,4 @@
-"""Synthetic MGSV-EC data with a planted, learnable signal.
+"""Synthetic MGSV-EC data with a planted, learnable signal, in several worlds.
 
 The real features are not shipped, so tests, examples and benchmarks run on data made
 here, in exactly the release layout and with the real split's statistics (MGSV.md §2,
@@ -7,7 +7,7 @@ calibrated on the MGSV-EC val annotations): videos 5-50 s (mean about 23 s), tra
 moments at 0 s, the rest skewed towards the start of the track, and the release's
 category mix.
 
-The generative story (all maps linear, shared by every split through ``world_seed``):
+What every world shares (all maps linear, shared by every split through ``world_seed``):
 
 1. **Tracks.** Track ``m`` belongs to one of ``n_genres`` genres and has a style vector
    ``z_m = 0.7 g_genre + 0.7 e`` (so tracks of a genre are confusable). It is cut into
@@ -15,14 +15,32 @@ The generative story (all maps linear, shared by every split through ``world_see
    repeat, so a moment is not identified by one snippet). Snippet ``j`` has the latent
    ``a_j = motif + 0.3 e`` and the feature ``A_style z_m + A_motif a_j + noise``.
 2. **Videos.** Video ``v`` uses track ``m`` from ``s`` to ``s + L``. Its style is a noisy
-   copy ``y_v = z_m + tau e`` (retrieval signal, tau = ``style_noise``); frame ``t``
-   (1 fps) *sees the music playing at* ``s + t``: it carries that snippet's motif latent
-   (grounding signal) through another map, plus a category direction, a per-video
-   distractor and noise: ``B_style y_v + B_motif a_{(s+t)/2.5} + B_cat c + B_dis r_v + noise``.
+   copy ``y_v = z_m + tau e`` (retrieval signal, tau = ``style_noise``); every frame
+   carries ``B_style y_v`` plus a category direction, a per-video distractor and noise.
 
-Retrieval therefore needs a cross-modal map of the style, and grounding needs to find
-where in the track the frames' motif sequence is playing; a linear model gets part of
-both (see :class:`mgsv_sk.baselines.RidgeGrounder`), the trivial ``[0, video duration]``
+Where the **grounding** signal lives is what the ``world`` parameter chooses, so that no
+design of moment head is flattered by the data it is measured on:
+
+``"aligned"`` (default)
+    Frame ``t`` (1 fps) *sees the music playing at* ``s + t``: it carries that snippet's
+    motif latent through ``B_motif``. Grounding is finding where in the track the frames'
+    motif sequence is playing: temporal alignment.
+``"signature"``
+    No alignment in time: every frame carries the motif latent of a snippet drawn at
+    random from inside the moment (cuts of a video are not synchronised with its music),
+    so only the moment's bag of motifs, its *signature*, says where it is; the order of
+    the frames says nothing.
+``"hook"``
+    A track-level prior: every track has a hook (a chorus) that recurs 2-3 times, and the
+    hook's snippets share a world-wide "hook" direction in the music features (louder,
+    fuller). Moments that do not start at 0 s start on an occurrence of the hook (the
+    first one more often) give or take a second; the frames carry the motifs they play
+    over only weakly (a third of the "aligned" strength). Grounding is mostly knowing
+    which part of a track people use.
+
+In every world a linear model gets part of both tasks (:class:`mgsv_sk.baselines.RidgeGrounder`;
+``tests/test_datasets.py::test_every_world_is_learnable_by_a_linear_model`` checks that
+the trivial ``[0, video duration]`` predictor is far below it on mIoU), the trivial
 predictor only the moments at 0 s.
 """
 
@@ -40,7 +58,10 @@ from ._schema import ANNOTATION_COLUMNS
 from .features import FeatureSource, FeatureTree, InMemoryFeatures
 from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
 
-__all__ = ["SyntheticMGSV", "make_synthetic_mgsv", "CATEGORY_SHARES"]
+__all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
+
+#: The planted structures ``make_synthetic_mgsv(world=...)`` can make (module docstring).
+WORLDS: tuple[str, ...] = ("aligned", "signature", "hook")
 
 #: Category shares of the MGSV-EC val split (rounded; the long tail lumped into "Other").
 CATEGORY_SHARES: dict[str, float] = {
@@ -63,6 +84,10 @@ _LATENT = 16
 _MOTIFS = 4
 _SECTION_SNIPPETS = (3, 9)  # a section lasts 3-8 snippets (7.5-20 s)
 _START_AT_ZERO = 0.3
+_HOOK_SNIPPETS = (4, 7)  # a hook lasts 4-6 snippets (10-15 s)
+_HOOK_STRENGTH = 1.5  # scale of the world's hook direction in hook snippets
+_HOOK_FIRST = 0.6  # share of hook moments that start on the first occurrence
+_HOOK_MOTIF_SCALE = 1 / 3  # frames' motif strength in the hook world
 
 
 @dataclass
@@ -89,6 +114,7 @@ class _World:
     video_motif: np.ndarray
     video_category: np.ndarray
     video_distractor: np.ndarray
+    music_hook: np.ndarray
     genres: np.ndarray
     categories: np.ndarray
 
@@ -108,6 +134,8 @@ def _make_world(seed: int, n_genres: int, video_dim: int, music_dim: int) -> _Wo
         video_distractor=proj(video_dim),
         genres=rng.standard_normal((n_genres, _LATENT)),
         categories=rng.standard_normal((len(CATEGORY_SHARES), _LATENT)),
+        # drawn last, so the maps of the other worlds are those of earlier releases
+        music_hook=rng.standard_normal(music_dim) / np.sqrt(music_dim) * np.sqrt(_LATENT),
     )
 
 
@@ -138,10 +166,26 @@ def _sections(rng: np.random.Generator, n_snippets: int) -> np.ndarray:
     return motif
 
 
+def _hooks(rng: np.random.Generator, n_snippets: int) -> tuple[list[int], int]:
+    """First snippets of 2-3 non-overlapping occurrences of a track's hook (sorted) and
+    its length in snippets."""
+    length = int(rng.integers(*_HOOK_SNIPPETS))
+    wanted = int(rng.integers(2, 4))
+    starts: list[int] = []
+    for _ in range(50):
+        if len(starts) == wanted:
+            break
+        first = int(rng.integers(0, max(1, n_snippets - length)))
+        if all(abs(first - other) >= length + 2 for other in starts):
+            starts.append(first)
+    return sorted(starts), length
+
+
 def make_synthetic_mgsv(
     n_videos: int = 2000,
     n_tracks: int = 500,
     *,
+    world: str = "aligned",
     random_state: int = 0,
     split: str = "train",
     path: str | os.PathLike[str] | None = None,
@@ -160,6 +204,9 @@ def make_synthetic_mgsv(
     n_videos, n_tracks : int
         Rows and distinct tracks (each track used by at least one video when
         ``n_tracks <= n_videos``; val/test style splits use ``n_tracks == n_videos``).
+    world : {"aligned", "signature", "hook"}
+        Where the grounding signal lives (module docstring); the same world for every
+        split of one set.
     random_state : int
         Seed of this split; use different seeds for train and test.
     split : str
@@ -188,23 +235,36 @@ def make_synthetic_mgsv(
     """
     if n_videos < 1 or n_tracks < 1:
         raise ValueError(f"n_videos and n_tracks must be >= 1, got {n_videos} and {n_tracks}")
+    if world not in WORLDS:
+        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
     rng = np.random.default_rng(random_state)
-    world = _make_world(world_seed, n_genres, video_dim, music_dim)
+    world_maps = _make_world(world_seed, n_genres, video_dim, music_dim)
     f32 = np.float32
 
     music_ids = _track_ids(rng, n_tracks)
     durations = np.round(30.0 + 209.9 * rng.beta(0.9, 0.8, n_tracks), 3)
     genre = rng.integers(0, n_genres, n_tracks)
-    styles = 0.7 * world.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
+    styles = 0.7 * world_maps.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
     music: dict[str, np.ndarray] = {}
     motif_latents: list[np.ndarray] = []
+    hook_starts: list[list[int]] = []
     for m in range(n_tracks):
         n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
         palette = rng.standard_normal((_MOTIFS, _LATENT))
-        latent = motif_strength * palette[_sections(rng, n_snip)]
+        sections = _sections(rng, n_snip)
+        hook = np.zeros(n_snip)
+        if world == "hook":  # the hook: one more motif, recurring
+            palette = np.vstack([palette, rng.standard_normal((1, _LATENT))])
+            firsts, length = _hooks(rng, n_snip)
+            for first in firsts:
+                sections[first : first + length] = _MOTIFS
+                hook[first : first + length] = 1.0
+            hook_starts.append(firsts)
+        latent = motif_strength * palette[sections]
         latent = latent + 0.3 * rng.standard_normal((n_snip, _LATENT))
         motif_latents.append(latent)
-        feat = styles[m] @ world.music_style + latent @ world.music_motif
+        feat = styles[m] @ world_maps.music_style + latent @ world_maps.music_motif
+        feat = feat + _HOOK_STRENGTH * hook[:, None] * world_maps.music_hook
         feat = feat + feature_noise * rng.standard_normal((n_snip, music_dim))
         music[music_ids[m]] = feat.astype(f32)
 
@@ -222,6 +282,13 @@ def make_synthetic_mgsv(
     room = durations[track_of] - lengths
     at_zero = rng.random(n_videos) < _START_AT_ZERO
     starts = np.where(at_zero, 0.0, np.floor(room * rng.beta(0.8, 2.6, n_videos) * 1000) / 1000)
+    if world == "hook":  # moments not at 0 s start on an occurrence of the hook
+        for v in np.flatnonzero(~at_zero).tolist():
+            firsts = hook_starts[track_of[v]] or [0]
+            pick = 0 if rng.random() < _HOOK_FIRST or len(firsts) == 1 else int(
+                rng.integers(1, len(firsts)))
+            start = firsts[pick] * SNIPPET_HOP_SECONDS + rng.uniform(-1.0, 1.0)
+            starts[v] = np.floor(np.clip(start, 0.0, room[v]) * 1000) / 1000
     ends = np.round(starts + lengths, 3)
 
     video_base = 10**11 + int(random_state % 9_000) * 10**7
@@ -230,15 +297,20 @@ def make_synthetic_mgsv(
     for v in range(n_videos):
         m = track_of[v]
         n_frames = min(MAX_VIDEO_FRAMES, int(np.floor(lengths[v])) + 1)
-        t = starts[v] + np.arange(n_frames)
-        snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, len(motif_latents[m]) - 1)
+        last = len(motif_latents[m]) - 1
+        if world == "signature":  # frames show random moments of the moment, unordered
+            t = starts[v] + rng.uniform(0.0, lengths[v], n_frames)
+        else:
+            t = starts[v] + np.arange(n_frames)
+        snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, last)
+        motif = motif_latents[m][snip] * (_HOOK_MOTIF_SCALE if world == "hook" else 1.0)
         style = styles[m] + style_noise * rng.standard_normal(_LATENT)
         distractor = rng.standard_normal(_LATENT)
         feat = (
-            style @ world.video_style
-            + motif_latents[m][snip] @ world.video_motif
-            + world.categories[category[v]] @ world.video_category
-            + distractor @ world.video_distractor
+            style @ world_maps.video_style
+            + motif @ world_maps.video_motif
+            + world_maps.categories[category[v]] @ world_maps.video_category
+            + distractor @ world_maps.video_distractor
         )
         feat = feat + feature_noise * rng.standard_normal((n_frames, video_dim))
         videos[video_ids[v]] = feat.astype(f32)

@@ -22,13 +22,14 @@ from . import distributed as ddp
 from ._base import BaseGrounder, new_fit_token
 from ._device import MIXED_PRECISION, model_device, resolve_device, resolve_precision, rng_devices
 from ._inference import ground_pairs, pair_scores, snippet_evidence, video_embeddings
-from ._schema import FIT_COLUMNS, check_trainable_moments
+from ._schema import FIT_COLUMNS, check_trainable_moments, video_durations
 from ._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
 from .features import FeatureError, FeatureSource
-from .nn.config import MaDeConfig
+from .nn.config import DETECTORS, MaDeConfig
 from .nn.losses import LossWeights
 from .nn.model import MaDe
 from .ranking import MusicCatalogue
+from .spans import MAX_MUSIC_SECONDS
 
 __all__ = ["MGSVGrounder"]
 
@@ -102,17 +103,28 @@ class MGSVGrounder(BaseGrounder):
     features : path or FeatureSource, optional
         Default feature source (a packed store, an MGSV-EC feature tree or in-memory
         arrays); every method also takes ``features=``.
+    detector : {"window", "detr"}
+        The moment head. "window" (default) scores every candidate window of the track
+        (a start every 1.25 s, the video's length, refined offsets; see
+        :mod:`mgsv_sk.nn.window`) and is trained against the batch's other tracks, so its
+        ``moment_score`` says whether the track holds a fitting moment; "detr" is the
+        paper's single-query DETR detector (reproduces the paper; its ``moment_score`` is
+        the foreground probability, trained on positives only).
     d_model, n_heads, temporal_layers, encoder_layers, decoder_layers, ffn_mult : int
-        Architecture (paper: 256, 8, 1, 2, 6, 4).
+        Architecture (paper: 256, 8, 1, 2, 6, 4; the encoder / decoder layers are DETR's).
     temporal_dropout, detector_dropout : float
-        Dropout of the temporal self-attention (paper 0.8) and of the detector (0.1).
+        Dropout of the temporal self-attention (paper 0.8) and of the DETR detector (0.1).
     retrieval_scores : tuple of {"dual", "xpool"}
         Retrieval scores trained and summed at inference (paper: both).
     xpool_top_k : int, optional
         At inference, compute the X-Pool score only for each video's ``xpool_top_k`` best
         tracks by dual score (two-stage search for large catalogues); None: every track.
     l1_weight, giou_weight, fg_weight, dual_weight, xpool_weight : float
-        Loss weights (paper: 4, 1, 0.8, 1, 1).
+        Loss weights (paper: 4, 1, 0.8, 1, 1; l1, giou and fg are DETR's).
+    window_weight, boundary_weight, match_weight : float
+        Window head loss weights: the cross-entropy over candidate windows, the L1
+        refinement of their starts, and the moment score's cross-entropy against the
+        batch's other tracks (0 disables the negatives' term).
     snippet_weight : float
         Weight of the per-snippet evidence loss (an addition to the paper; 0 disables it).
     aux_loss : bool
@@ -186,6 +198,7 @@ class MGSVGrounder(BaseGrounder):
         self,
         features: Any = None,
         *,
+        detector: str = "window",
         d_model: int = 256,
         n_heads: int = 8,
         temporal_layers: int = 1,
@@ -200,6 +213,9 @@ class MGSVGrounder(BaseGrounder):
         giou_weight: float = 1.0,
         fg_weight: float = 0.8,
         snippet_weight: float = 1.0,
+        window_weight: float = 1.0,
+        boundary_weight: float = 1.0,
+        match_weight: float = 1.0,
         dual_weight: float = 1.0,
         xpool_weight: float = 1.0,
         aux_loss: bool = True,
@@ -221,6 +237,7 @@ class MGSVGrounder(BaseGrounder):
         verbose: int = 0,
     ) -> None:
         self.features = features
+        self.detector = detector
         self.d_model = d_model
         self.n_heads = n_heads
         self.temporal_layers = temporal_layers
@@ -235,6 +252,9 @@ class MGSVGrounder(BaseGrounder):
         self.giou_weight = giou_weight
         self.fg_weight = fg_weight
         self.snippet_weight = snippet_weight
+        self.window_weight = window_weight
+        self.boundary_weight = boundary_weight
+        self.match_weight = match_weight
         self.dual_weight = dual_weight
         self.xpool_weight = xpool_weight
         self.aux_loss = aux_loss
@@ -258,7 +278,8 @@ class MGSVGrounder(BaseGrounder):
     # -- configuration ---------------------------------------------------------------------
     def _model_config(self, video_dim: int, music_dim: int) -> MaDeConfig:
         return MaDeConfig(
-            video_dim=video_dim, music_dim=music_dim, d_model=self.d_model,
+            video_dim=video_dim, music_dim=music_dim, detector=self.detector,
+            d_model=self.d_model,
             n_heads=self.n_heads, temporal_layers=self.temporal_layers,
             temporal_dropout=self.temporal_dropout, ffn_mult=self.ffn_mult,
             encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
@@ -297,12 +318,18 @@ class MGSVGrounder(BaseGrounder):
         elif self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, "
                             f"got {self.mixed_precision!r}")
+        if self.n_threads is not None and (isinstance(self.n_threads, bool) or not isinstance(
+                self.n_threads, (int, np.integer)) or self.n_threads < 1):
+            problems.append(f"n_threads must be None or an int >= 1, got {self.n_threads!r}")
+        if self.detector not in DETECTORS:
+            problems.append(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         if self.xpool_top_k is not None and self.xpool_top_k < 1:
             problems.append(f"xpool_top_k must be None or >= 1, got {self.xpool_top_k!r}")
         if problems:
             raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
         weights = LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
-                              snippet=self.snippet_weight,
+                              snippet=self.snippet_weight, window=self.window_weight,
+                              boundary=self.boundary_weight, match=self.match_weight,
                               dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
         return TrainConfig(
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
@@ -387,10 +414,14 @@ class MGSVGrounder(BaseGrounder):
     def _split(self, frame: pd.DataFrame, source: FeatureSource,
                seed: int) -> tuple[Split, Split | None]:
         def make(part: pd.DataFrame) -> Split:
-            return Split(
-                part["video_id"].tolist(), part["music_id"].tolist(),
-                part["music_start"].to_numpy(np.float64), part["music_end"].to_numpy(np.float64),
-                part["music_total_duration"].to_numpy(np.float64), source)
+            start = part["music_start"].to_numpy(np.float64)
+            end = part["music_end"].to_numpy(np.float64)
+            try:
+                seconds = video_durations(part)
+            except ValueError:  # no video columns: the moment is as long as the video
+                seconds = np.minimum(end, MAX_MUSIC_SECONDS) - start
+            return Split(part["video_id"].tolist(), part["music_id"].tolist(), start, end,
+                         part["music_total_duration"].to_numpy(np.float64), seconds, source)
 
         n_tracks = frame["music_id"].nunique()
         if self.validation_fraction == 0 or n_tracks < 4:
@@ -441,17 +472,19 @@ class MGSVGrounder(BaseGrounder):
                                catalogue.positions(music_ids), catalogue)
 
     def _ground(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
+        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str],
+        seconds: np.ndarray, moments: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with torch_threads(self.n_threads):
             catalogue = self._catalogue_for(music_ids, source)
             ids = frame["video_id"].tolist()
             source.check_available(ids, [])
             start, end, moment = ground_pairs(self.model_, ids, catalogue.positions(music_ids),
-                                              catalogue, source, autocast=self._autocast_dtype(),
+                                              catalogue, source, seconds, moments,
+                                              autocast=self._autocast_dtype(),
                                               verbose=self.verbose)
-        _require_finite(ids, ~(np.isfinite(start) & np.isfinite(end) & np.isfinite(moment)),
-                        "video")
+        best = np.column_stack([start[:, 0], end[:, 0], moment[:, 0]])  # always present
+        _require_finite(ids, ~np.isfinite(best).all(axis=1), "video")
         return start, end, moment
 
     def snippet_evidence(self, X: pd.DataFrame, features: Any = None) -> list[np.ndarray]:

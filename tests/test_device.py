@@ -135,10 +135,12 @@ def test_batches_move_to_another_device(small_train):
     rows = np.arange(6)
     batch = collate(rows, small_train.frame["video_id"].tolist(),
                     small_train.frame["music_id"].tolist(), small_train.features,
-                    np.zeros((len(small_train.frame), 2), np.float32))
+                    np.full(len(small_train.frame), 20.0), np.zeros((len(small_train.frame), 2),
+                                                                     np.float32))
     assert batch.to("cpu") is batch
     moved = batch.to(torch.device("meta"))  # a real device move, no GPU needed
-    for name in ("video", "video_mask", "music", "music_mask", "music_index", "target_cw"):
+    for name in ("video", "video_mask", "music", "music_mask", "music_index", "video_seconds",
+                 "target_cw"):
         assert getattr(moved, name).device.type == "meta", name
     assert moved.music_ids == batch.music_ids and moved.rows is batch.rows
 

@@ -112,6 +112,43 @@ def test_rank_parity(tiny_fitted, served, small_train):
     assert np.abs(got[cols].to_numpy() - want[cols].to_numpy()).max() <= TOL
 
 
+def assert_same_windows(want: pd.DataFrame, got: pd.DataFrame) -> None:
+    """Every moment of every row: same count and order, spans within TOL seconds."""
+    assert [len(w) for w in got["windows"]] == [len(w) for w in want["windows"]]
+    for a, b in zip(want["windows"], got["windows"]):
+        assert np.abs(np.array(a) - np.array(b)).max() <= TOL
+
+
+@pytest.mark.parametrize("mode", ["smg", "msg"])
+def test_several_moments_per_track_parity(tiny_fitted, served, small_test, mode):
+    X = small_test.frame.iloc[:30]
+    X = X if mode == "smg" else X.drop(columns="music_id")
+    want = tiny_fitted.predict(X, features=small_test.features, moments_per_track=4)
+    got = served.predict(X, features=small_test.features, moments_per_track=4)
+    assert_same_predictions(want.drop(columns="windows"), got.drop(columns="windows"))
+    assert max(len(w) for w in want["windows"]) == 4  # several moments really compared
+    assert_same_windows(want, got)
+    X = small_test.frame.iloc[:10].drop(columns="music_id")
+    want = tiny_fitted.rank(X, k=3, features=small_test.features, moments_per_track=3)
+    got = served.rank(X, k=3, features=small_test.features, moments_per_track=3)
+    assert got[["video_id", "rank", "music_id"]].equals(want[["video_id", "rank", "music_id"]])
+    assert_same_windows(want, got)
+
+
+def test_detr_head_exports_with_parity(small_train, tmp_path):
+    from mgsv_sk import MGSVGrounder
+
+    model = MGSVGrounder(features=small_train.features, detector="detr",
+                         **{**TINY, "max_epochs": 1}).fit(small_train.frame)
+    bundle = export_onnx(model, tmp_path / "bundle")
+    served = OnnxGrounder.load(bundle, 1, features=small_train.features)
+    X = small_train.frame.iloc[:25]
+    assert_same_predictions(model.predict(X), served.predict(X))
+    want, got = (g.predict(X, moments_per_track=2) for g in (model, served))
+    assert all(len(w) == 1 for w in want["windows"])  # one query, one moment
+    assert_same_windows(want, got)
+
+
 def test_decision_function_parity(tiny_fitted, served, small_test):
     X, gallery = small_test.frame, small_test.frame["music_id"].unique()
     want = tiny_fitted.decision_function(X, features=small_test.features, music_ids=gallery)
@@ -160,7 +197,9 @@ def test_int8_graphs_serve(bundle, served, small_test):
 
 
 # -- deployment properties ------------------------------------------------------------------------
-def test_runtime_imports_neither_torch_nor_mgsv_sk(bundle, small_test, tiny_fitted, tmp_path):
+def test_runtime_never_imports_torch(bundle, small_test, tiny_fitted, tmp_path):
+    # The runtime shares mgsv_sk's torch-free code (window selection, schema) but must run
+    # where torch is not installed.
     from mgsv_sk import pack_features
 
     packed = pack_features(small_test.features, tmp_path / "packed",
@@ -170,7 +209,6 @@ def test_runtime_imports_neither_torch_nor_mgsv_sk(bundle, small_test, tiny_fitt
     script = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None
-        sys.modules["mgsv_sk"] = None
         sys.path.insert(0, {str(ROOT)!r})
         import pandas as pd
         from export.runtime import OnnxGrounder

@@ -1,4 +1,5 @@
-"""Tests of the torch MaDe model (mgsv_sk.nn): tiny configs, seeded, a few seconds in all."""
+"""Tests of the torch MaDe model (mgsv_sk.nn) with the paper's DETR detector: tiny configs,
+seeded, a few seconds in all. The window head has its own tests (test_window.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mgsv_sk.nn.detector import SingleQueryCrossAttention, SingleQueryDecoderLay
 from mgsv_sk.nn.layers import SelfAttention, fast_dropout
 
 TINY = dict(
+    detector="detr",
     video_dim=12,
     music_dim=16,
     d_model=32,
@@ -80,7 +82,7 @@ def test_default_parameter_count():
     # query code (256 x 256 + 256), the snippet evidence head (256 + 1) and the cross-modal
     # evidence (2 x 65,792 + 16 x 256 + 256 + 1) are additions.
     additions = 65_792 + 257 + 2 * 65_792 + 4_352 + 1
-    n = count_parameters(MaDe())
+    n = count_parameters(MaDe(MaDeConfig(detector="detr")))
     assert n == 9_548_549 + additions
     assert abs(n - additions + 6 * 2 * 65_792 - 10.5e6) < 0.25e6
 
@@ -96,12 +98,16 @@ def test_forward_shapes_and_ranges():
     assert ((out.spans > 0) & (out.spans < 1)).all()
     assert out.dual.abs().max() <= 1 + 1e-5 and out.xpool.abs().max() <= 1 + 1e-5
     assert math.isclose(float(out.logit_scale.detach()), 1 / 0.03, rel_tol=1e-5)
-    cw, conf = MaDe.moment(model.ground(
+    grounding = model.ground(
         model.encode_video(batch["video"], batch["video_mask"]),
         model.encode_music(batch["music"], batch["music_mask"]),
         batch["music_index"],
-    ))
-    assert cw.shape == (b, 2) and conf.shape == (b,) and ((conf > 0) & (conf < 1)).all()
+    )
+    start, end, conf = MaDe.best_window(grounding)
+    assert grounding.logits.shape == (b, 1) and start.shape == end.shape == conf.shape == (b,)
+    assert ((conf > 0) & (conf < 1)).all() and (0 <= start).all() and (start <= end).all()
+    center, width = grounding.spans[-1].unbind(-1)
+    torch.testing.assert_close(start, ((center - width / 2) * 240).clamp(0, 240))
 
 
 def test_single_frame_and_snippet():

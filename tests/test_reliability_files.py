@@ -247,9 +247,9 @@ MODEL_DAMAGE = [
     ("manifest-list", lambda m: (m / "manifest.json").write_text("[1, 2]"),
      r"manifest.json holds a JSON list, expected the manifest"),
     ("manifest-no-sha256", lambda m: (m / "manifest.json").write_text(
-        json.dumps({"format": "mgsv_sk.model/2"})), "manifest.json lacks the sha256 of"),
+        json.dumps({"format": "mgsv_sk.model/3"})), "manifest.json lacks the sha256 of"),
     ("manifest-sha256-list", lambda m: (m / "manifest.json").write_text(
-        json.dumps({"format": "mgsv_sk.model/2", "sha256": []})), "lacks the sha256"),
+        json.dumps({"format": "mgsv_sk.model/3", "sha256": []})), "lacks the sha256"),
     ("manifest-not-utf8", lambda m: (m / "manifest.json").write_bytes(b'{"format": "\xff"}'),
      r"manifest.json is not UTF-8 text \(byte 12"),
     ("config-unknown-param", lambda m: _edit_config(

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RETRIEVAL_SCORE_NAMES: tuple[str, ...] = ("dual", "xpool")
+#: Moment heads: "window" scores every candidate window (:mod:`mgsv_sk.nn.window`, the
+#: default); "detr" is the paper's single-query detector (:mod:`mgsv_sk.nn.detector`).
+DETECTORS: tuple[str, ...] = ("window", "detr")
 
 
 @dataclass(frozen=True)
@@ -28,13 +31,22 @@ class MaDeConfig:
         Dropout on the residual branches of the temporal self-attention layers.
     ffn_mult : int
         Feed-forward width as a multiple of ``d_model``.
+    detector : {"window", "detr"}
+        The moment head: "window" scores candidate windows on a grid of starts
+        (:class:`mgsv_sk.nn.window.WindowHead`); "detr" is the paper's single-query DETR
+        (:class:`mgsv_sk.nn.detector.MomentDetector`).
     encoder_layers, decoder_layers : int
-        Detector transformer depth (encoder may be 0, a paper ablation; decoder >= 1).
+        DETR transformer depth (encoder may be 0, a paper ablation; decoder >= 1).
     detector_dropout : float
-        Dropout inside the detector: residual branches and FFN everywhere, attention
+        Dropout inside the DETR detector: residual branches and FFN everywhere, attention
         weights in the decoder (not in the encoder, see :class:`mgsv_sk.nn.model.MaDe`).
     span_mlp_layers : int
-        Layers of the span head MLP.
+        Layers of the DETR span head MLP.
+    window_hidden : int
+        Width of the window head's per-candidate network.
+    windows_per_snippet : int
+        Candidate starts per 2.5 s snippet hop (2: a start every 1.25 s, each refined by a
+        regressed offset).
     retrieval_scores : tuple of str
         Which retrieval scores to compute and train: any non-empty subset of
         ``("dual", "xpool")``.
@@ -51,10 +63,13 @@ class MaDeConfig:
     temporal_layers: int = 1
     temporal_dropout: float = 0.8
     ffn_mult: int = 4
+    detector: str = "window"
     encoder_layers: int = 2
     decoder_layers: int = 6
     detector_dropout: float = 0.1
     span_mlp_layers: int = 3
+    window_hidden: int = 64
+    windows_per_snippet: int = 2
     retrieval_scores: tuple[str, ...] = RETRIEVAL_SCORE_NAMES
     temperature_init: float = 0.03
     max_frames: int = 50
@@ -73,7 +88,8 @@ class MaDeConfig:
     def _problems(self) -> list[str]:
         problems: list[str] = []
         positive = ("video_dim", "music_dim", "d_model", "n_heads", "ffn_mult",
-                    "decoder_layers", "span_mlp_layers", "max_frames", "max_snippets")
+                    "decoder_layers", "span_mlp_layers", "max_frames", "max_snippets",
+                    "window_hidden", "windows_per_snippet")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -88,6 +104,8 @@ class MaDeConfig:
                 problems.append(f"{name} must be a float in [0, 1), got {value!r}")
         if not (isinstance(self.temperature_init, (int, float)) and self.temperature_init > 0):
             problems.append(f"temperature_init must be > 0, got {self.temperature_init!r}")
+        if self.detector not in DETECTORS:
+            problems.append(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         d, h = self.d_model, self.n_heads
         if isinstance(d, int) and isinstance(h, int) and d >= 1 and h >= 1:
             if d % 2:

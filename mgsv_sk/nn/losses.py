@@ -6,7 +6,13 @@ negatives of each other (the public code counts them as negatives): video -> mus
 cross-entropy over the U tracks, music -> video treats every video of the track as a
 positive, -log(sum_pos exp / sum_all exp).
 
-Detection: the single query is always matched to the one true moment, so Hungarian matching
+Window head (the default): a cross-entropy over every candidate window against soft
+targets from each candidate's IoU with the true moment, an L1 refinement of the starts
+weighted by the same targets, and the moment score's binary cross-entropy: the best window
+of the video's own track should score 1, the best window of another track of the batch 0
+(:func:`window_terms`).
+
+DETR: the single query is always matched to the one true moment, so Hungarian matching
 is trivial: weighted L1 on (center, width), GIoU loss and foreground cross-entropy, on the
 final decoder layer plus (optionally, weighted) every earlier decoder layer.
 """
@@ -21,16 +27,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .detector import FOREGROUND
-from .model import MaDeOutput
+from .model import Grounding, MaDeOutput
 from .span_ops import generalized_span_iou
 
 SNIPPET_HOP = 2.5  # seconds between snippet centres
 MAX_SECONDS = 240.0  # spans are in units of this
+#: Soft targets of the window cross-entropy: exp((IoU - 1) / this), so a candidate of IoU
+#: 0.9 weighs e^-1 of the best one and one of IoU 0.5 e^-5.
+WINDOW_TARGET_TEMPERATURE = 0.1
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms (paper defaults).
+    """Weights of the loss terms (paper defaults for DETR's l1, giou, fg and the retrieval
+    terms; ``window``, ``boundary`` and ``match`` weigh the window head's terms).
 
     ``aux`` adds the detection terms of every non-final decoder layer, each scaled by
     ``aux_weight``. ``bg_weight`` is the background class weight of the foreground
@@ -42,6 +52,9 @@ class LossWeights:
     giou: float = 1.0
     fg: float = 0.8
     snippet: float = 1.0
+    window: float = 1.0
+    boundary: float = 1.0
+    match: float = 1.0
     dual: float = 1.0
     xpool: float = 1.0
     aux: bool = True
@@ -51,8 +64,8 @@ class LossWeights:
     def __post_init__(self) -> None:
         bad = [
             f"{name}={getattr(self, name)!r}"
-            for name in ("l1", "giou", "fg", "snippet", "dual", "xpool", "aux_weight",
-                         "bg_weight")
+            for name in ("l1", "giou", "fg", "snippet", "window", "boundary", "match", "dual",
+                         "xpool", "aux_weight", "bg_weight")
             if not getattr(self, name) >= 0
         ]
         if bad:
@@ -60,16 +73,21 @@ class LossWeights:
 
 
 class LossTerms(NamedTuple):
-    """Scalar loss tensors. ``dual`` / ``xpool`` are None when that score is disabled.
+    """Scalar loss tensors. ``dual`` / ``xpool`` are None when that score is disabled; the
+    terms of the head not in use are None (``l1``, ``giou``, ``fg``: DETR; ``window``,
+    ``boundary``, ``match``: the window head; ``match`` also without negatives).
 
-    Detection terms are unweighted but summed over the decoder layers used (the final one
-    plus ``aux_weight`` times each auxiliary one); ``total`` is the weighted sum.
+    DETR terms are unweighted but summed over the decoder layers used (the final one plus
+    ``aux_weight`` times each auxiliary one); ``total`` is the weighted sum.
     """
 
     total: Tensor
-    l1: Tensor
-    giou: Tensor
-    fg: Tensor
+    l1: Tensor | None
+    giou: Tensor | None
+    fg: Tensor | None
+    window: Tensor | None
+    boundary: Tensor | None
+    match: Tensor | None
     snippet: Tensor
     dual: Tensor | None
     xpool: Tensor | None
@@ -137,11 +155,54 @@ def snippet_evidence_loss(snippet_logits: Tensor, target_cw: Tensor) -> Tensor:
     return (loss * valid).sum() / valid.sum().clamp_min(1)
 
 
+def window_iou(anchors: Tensor, seconds: Tensor, target_cw: Tensor) -> Tensor:
+    """IoU of each candidate window [anchor, anchor + length] (cut at 240 s) with the true
+    moment. anchors [B, K] seconds, seconds [B], target_cw [B, 2] -> [B, K]."""
+    center, width = (target_cw.float() * MAX_SECONDS).unbind(-1)  # [B] seconds
+    gt_start, gt_end = (center - width / 2)[:, None], (center + width / 2)[:, None]
+    start = anchors.float()
+    end = (start + seconds.float()[:, None]).clamp(max=MAX_SECONDS)
+    inter = (torch.minimum(end, gt_end) - torch.maximum(start, gt_start)).clamp(min=0.0)
+    union = (end - start) + (gt_end - gt_start) - inter
+    return inter / union.clamp(min=1e-6)
+
+
+def window_terms(
+    grounding: Grounding, negative_logits: Tensor, seconds: Tensor, target_cw: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The window head's terms: candidate cross-entropy, start refinement, moment score.
+
+    grounding: the head on each video's own track (anchors, starts, logits [B, K]);
+    negative_logits [B, K] on another track (or [0, K]: no match term); seconds [B] the
+    videos' lengths; target_cw [B, 2] the true moments. Returns (window, boundary, match).
+    """
+    logits = grounding.logits.float()
+    valid = torch.isfinite(logits)  # [B,K]
+    iou = window_iou(grounding.anchors, seconds, target_cw)  # [B,K]
+    target = ((iou - 1.0) / WINDOW_TARGET_TEMPERATURE).masked_fill(~valid, float("-inf"))
+    target = target.softmax(dim=1)  # [B,K], 0 off the track
+    log_p = logits.log_softmax(dim=1).masked_fill(~valid, 0.0)
+    window = -(target * log_p).sum(dim=1).mean()
+    center, width = (target_cw.float() * MAX_SECONDS).unbind(-1)
+    gt_start = (center - width / 2)[:, None]  # [B,1]
+    error = (grounding.starts.float() - gt_start).abs() / SNIPPET_HOP
+    boundary = (target * error.masked_fill(~valid, 0.0)).sum(dim=1).mean()
+    match = None
+    if negative_logits.shape[0]:
+        best_pos = logits.max(dim=1).values  # [B]
+        best_neg = negative_logits.float().max(dim=1).values
+        match = 0.5 * (F.binary_cross_entropy_with_logits(best_pos, torch.ones_like(best_pos))
+                       + F.binary_cross_entropy_with_logits(best_neg,
+                                                            torch.zeros_like(best_neg)))
+    return window, boundary, match
+
+
 def made_losses(
     output: MaDeOutput,
     music_index: Tensor,
     target_cw: Tensor,
     weights: LossWeights | None = None,
+    video_seconds: Tensor | None = None,
 ) -> LossTerms:
     """All MaDe loss terms of one training batch.
 
@@ -149,18 +210,33 @@ def made_losses(
     ----------
     output : MaDeOutput
         ``MaDe.forward`` result: cosine scores [B, U] (an empty tensor when that score is
-        disabled), the logit scale 1 / temperature, spans and fg_logits [L, B, 2].
+        disabled), the logit scale 1 / temperature, the grounding on each video's track
+        and, for the window head, the logits on another track.
     music_index : Tensor
         [B] long, the unique-track column of each video.
     target_cw : Tensor
         [B, 2] true (center, width) in units of 240 s.
     weights : LossWeights, optional
         Defaults to the paper's weights.
+    video_seconds : Tensor, optional
+        [B] the videos' lengths, as given to ``MaDe.forward`` (window head; default: the
+        true moments' lengths).
     """
     w = weights if weights is not None else LossWeights()
-    l1, giou, fg = detection_terms(output.spans, output.fg_logits, target_cw, w)
-    snippet = snippet_evidence_loss(output.snippet_logits, target_cw)
-    total = w.l1 * l1 + w.giou * giou + w.fg * fg + w.snippet * snippet
+    g = output.grounding
+    snippet = snippet_evidence_loss(g.snippet_logits, target_cw)
+    total = w.snippet * snippet
+    l1 = giou = fg = window = boundary = match = None
+    if g.spans.shape[0]:  # DETR: one row per decoder layer
+        l1, giou, fg = detection_terms(g.spans, g.fg_logits, target_cw, w)
+        total = total + w.l1 * l1 + w.giou * giou + w.fg * fg
+    else:
+        seconds = (video_seconds if video_seconds is not None
+                   else target_cw[:, 1].float() * MAX_SECONDS)
+        window, boundary, match = window_terms(g, output.negative_logits, seconds, target_cw)
+        total = total + w.window * window + w.boundary * boundary
+        if match is not None:
+            total = total + w.match * match
     scale = output.logit_scale.float()
     dual = xpool = None
     if output.dual.numel():
@@ -169,5 +245,5 @@ def made_losses(
     if output.xpool.numel():
         xpool = info_nce(output.xpool * scale, music_index)
         total = total + w.xpool * xpool
-    return LossTerms(total=total, l1=l1, giou=giou, fg=fg, snippet=snippet, dual=dual,
-                     xpool=xpool)
+    return LossTerms(total=total, l1=l1, giou=giou, fg=fg, window=window, boundary=boundary,
+                     match=match, snippet=snippet, dual=dual, xpool=xpool)

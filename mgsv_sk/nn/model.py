@@ -13,6 +13,7 @@ from .config import MaDeConfig
 from .detector import FOREGROUND, MomentDetector
 from .encoders import TemporalEncoder
 from .layers import check_masks, full_precision
+from .window import MAX_SECONDS, WindowHead
 from .xpool import XPool
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1 / temperature
@@ -47,25 +48,48 @@ class RetrievalScores(NamedTuple):
 
 
 class Grounding(NamedTuple):
-    """Per-decoder-layer detector outputs, the last row final: spans [L, B, 2] as
-    (center, width) in units of 240 s, fg_logits [L, B, 2] (index 0 = foreground), and the
-    per-snippet evidence snippet_logits [B, S] (-inf on padding)."""
+    """Candidate moments of B (video, track) pairs, the same structure for both heads.
 
+    anchors, starts, ends [B, K] seconds (the window head: K candidates on its grid, refined
+    starts; DETR: K = 1, its span); logits [B, K] float32, sigmoid = moment score, -inf on
+    candidates that are not windows of the track; spans and fg_logits [L, B, 2] per DETR
+    decoder layer, the last final ((center, width) in units of 240 s; index 0 of fg_logits =
+    foreground), L = 0 for the window head; snippet_logits [B, S] per-snippet evidence (-inf
+    on padding).
+    """
+
+    anchors: Tensor
+    starts: Tensor
+    ends: Tensor
+    logits: Tensor
     spans: Tensor
     fg_logits: Tensor
     snippet_logits: Tensor
 
 
 class MaDeOutput(NamedTuple):
-    """Training forward: scores [B, U] (empty [B, 0] when disabled), spans and fg_logits
-    [L, B, 2], snippet_logits [B, S], logit_scale (scalar, 1 / temperature)."""
+    """Training forward: scores [B, U] (empty [B, 0] when disabled), the grounding of each
+    video on its own track, ``negative_logits`` [B, K]: the window head's logits of each
+    video on another track of the batch (empty [0, K] for DETR, or with one track), and
+    logit_scale (scalar, 1 / temperature)."""
 
     dual: Tensor
     xpool: Tensor
-    spans: Tensor
-    fg_logits: Tensor
-    snippet_logits: Tensor
+    grounding: Grounding
+    negative_logits: Tensor
     logit_scale: Tensor
+
+    @property
+    def spans(self) -> Tensor:
+        return self.grounding.spans
+
+    @property
+    def fg_logits(self) -> Tensor:
+        return self.grounding.fg_logits
+
+    @property
+    def snippet_logits(self) -> Tensor:
+        return self.grounding.snippet_logits
 
 
 class MaDe(nn.Module):
@@ -73,8 +97,10 @@ class MaDe(nn.Module):
 
     Video frames [B, F, 512] and track snippets [U, S, 768] are encoded separately
     (:class:`TemporalEncoder`); the retrieval score of a pair is cos(h(v), h0(M)) ("dual")
-    plus cos(h(v), h1(M|v)) (:class:`XPool`); the moment of a video in a track comes from a
-    single-query DETR (:class:`MomentDetector`). Masks are bool, True = valid; every video
+    plus cos(h(v), h1(M|v)) (:class:`XPool`); the moment of a video in a track comes from
+    the window head (:class:`~mgsv_sk.nn.window.WindowHead`, the default: every candidate
+    window scored, trained against the batch's other tracks) or the paper's single-query
+    DETR (:class:`MomentDetector`, ``detector="detr"``). Masks are bool, True = valid; every video
     needs >= 1 valid frame and every track >= 1 valid snippet. Inputs may be padded to any
     length F <= ``max_frames``, S <= ``max_snippets``; padding does not change any output.
 
@@ -117,7 +143,8 @@ class MaDe(nn.Module):
         self.video_encoder = TemporalEncoder(c.video_dim, c.max_frames, c)
         self.music_encoder = TemporalEncoder(c.music_dim, c.max_snippets, c)
         self.xpool = XPool(c) if c.use_xpool else None
-        self.detector = MomentDetector(c)
+        self.detector: MomentDetector | WindowHead = (
+            WindowHead(c) if c.detector == "window" else MomentDetector(c))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(c.temperature_init)))
 
     # -- encoders -------------------------------------------------------------------------
@@ -165,9 +192,15 @@ class MaDe(nn.Module):
         return RetrievalScores(dual, xpool, total)
 
     def ground(
-        self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor
+        self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor,
+        video_seconds: Tensor | None = None,
     ) -> Grounding:
-        """Moment of video b in track ``music_index[b]`` ([B] long into the U tracks)."""
+        """Moment of video b in track ``music_index[b]`` ([B] long into the U tracks).
+
+        ``video_seconds`` [B] is each video's length, the moment's (default: its number of
+        valid frames, at 1 frame per second); the window head gives every window this
+        length, DETR reads it only through the frames.
+        """
         b, u = video_enc.emb.shape[0], music_enc.emb.shape[0]
         if music_index.dtype != torch.long or tuple(music_index.shape) != (b,):
             raise ValueError(f"music_index must be a long tensor of shape ({b},), got "
@@ -175,19 +208,39 @@ class MaDe(nn.Module):
         if b and not (0 <= int(music_index.min()) and int(music_index.max()) < u):
             raise ValueError(f"music_index values must lie in [0, {u}), got "
                              f"[{int(music_index.min())}, {int(music_index.max())}]")
+        if video_seconds is None:
+            video_seconds = video_enc.mask.sum(dim=1).float()
+        elif tuple(video_seconds.shape) != (b,):
+            raise ValueError(f"video_seconds must have shape ({b},), got "
+                             f"{tuple(video_seconds.shape)}")
         # A track shared by several videos was encoded once; gather its tokens per video.
         music_tokens = music_enc.tokens[music_index]  # [U,S,D] -> [B,S,D]
         music_mask = music_enc.mask[music_index]  # [B,S]
+        if isinstance(self.detector, WindowHead):
+            w = self.detector(video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens,
+                              music_mask, video_seconds)
+            no_layers = w.logits.new_zeros(0, b, 2)  # [0,B,2]
+            return Grounding(w.anchors, w.starts, w.ends, w.logits, no_layers, no_layers,
+                             w.snippet_logits)
         spans, fg_logits, snippet_logits = self.detector(
             video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens, music_mask
         )
-        return Grounding(spans, fg_logits, snippet_logits)
+        center, width = spans[-1].float().unbind(-1)  # [B] each, units of 240 s
+        start = ((center - width / 2) * MAX_SECONDS).clamp(0.0, MAX_SECONDS)
+        end = torch.clamp(torch.maximum((center + width / 2) * MAX_SECONDS, start),
+                          max=MAX_SECONDS)
+        fg = fg_logits[-1].float()
+        logit = fg[:, FOREGROUND] - fg[:, 1 - FOREGROUND]  # sigmoid = softmax foreground
+        return Grounding(start[:, None], start[:, None], end[:, None], logit[:, None], spans,
+                         fg_logits, snippet_logits)
 
     @staticmethod
-    def moment(grounding: Grounding) -> tuple[Tensor, Tensor]:
-        """Final-layer prediction: (center, width) [B, 2] and foreground probability [B]."""
-        confidence = grounding.fg_logits[-1].float().softmax(dim=-1)[:, FOREGROUND]
-        return grounding.spans[-1], confidence
+    def best_window(grounding: Grounding) -> tuple[Tensor, Tensor, Tensor]:
+        """The best candidate of each pair: start, end (seconds) and moment score, [B] each."""
+        best = grounding.logits.argmax(dim=1, keepdim=True)  # [B,1]
+        pick = [t.gather(1, best).squeeze(1) for t in (grounding.starts, grounding.ends,
+                                                       grounding.logits)]
+        return pick[0], pick[1], torch.sigmoid(pick[2])
 
     # -- training forward -----------------------------------------------------------------
     def forward(
@@ -197,23 +250,32 @@ class MaDe(nn.Module):
         music: Tensor,
         music_mask: Tensor,
         music_index: Tensor,
+        video_seconds: Tensor | None = None,
     ) -> MaDeOutput:
         """Training forward over B videos and the U unique tracks of the batch.
 
         video [B, F, video_dim], video_mask [B, F] bool, music [U, S, music_dim],
-        music_mask [U, S] bool, music_index [B] long (video b's track is music[music_index[b]])
-        -> :class:`MaDeOutput`; feed it to :func:`mgsv_sk.nn.losses.made_losses`.
+        music_mask [U, S] bool, music_index [B] long (video b's track is music[music_index[b]]),
+        video_seconds [B] (optional, see :meth:`ground`) -> :class:`MaDeOutput`; feed it to
+        :func:`mgsv_sk.nn.losses.made_losses`. With the window head each video is also
+        grounded on one other track of the batch (drawn with torch's generator), the
+        negatives that teach the moment score whether a track fits at all.
         """
         video_enc = self.encode_video(video, video_mask)
         music_enc = self.encode_music(music, music_mask)
         scores = self.retrieval_scores(video_enc, music_enc)
-        grounding = self.ground(video_enc, music_enc, music_index)
+        grounding = self.ground(video_enc, music_enc, music_index, video_seconds)
+        b, u = music_index.shape[0], music_enc.emb.shape[0]
+        negative = grounding.logits.new_zeros(0, grounding.logits.shape[1])  # [0,K]
+        if isinstance(self.detector, WindowHead) and u > 1:
+            shift = torch.randint(1, u, (b,), device=music_index.device)
+            other = (music_index + shift) % u  # never the video's own track
+            negative = self.ground(video_enc, music_enc, other, video_seconds).logits
         return MaDeOutput(
             dual=scores.dual,
             xpool=scores.xpool,
-            spans=grounding.spans,
-            fg_logits=grounding.fg_logits,
-            snippet_logits=grounding.snippet_logits,
+            grounding=grounding,
+            negative_logits=negative,
             logit_scale=self.logit_scale(),
         )
 
