@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smg: ground on the CSV's music_id; msg: retrieve from the catalogue; "
                         "auto (default): smg when the CSV has music_id")
     p.add_argument("--top-k", type=int, metavar="K", help="MsG: the K best tracks per video")
+    p.add_argument("--moments-per-track", type=int, default=1, metavar="M",
+                   help="up to M non-overlapping moments per track, best first (default 1; "
+                        "all of them in the JSON lines' pred_relevant_windows)")
     p.add_argument("--catalogue", default="model", metavar="SOURCE",
                    help="MsG tracks to search: model (default: the tracks seen in fit), "
                         "input (the CSV's music_ids), or a file (CSV with music_id, or one id "
@@ -242,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet exclude each other")
-    for name in ("top_k", "epochs", "train_videos", "train_tracks", "test_videos", "threads"):
+    for name in ("top_k", "moments_per_track", "epochs", "train_videos", "train_tracks",
+                 "test_videos", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -28,8 +28,9 @@ design of moment head is flattered by the data it is measured on:
 ``"signature"``
     No alignment in time: every frame carries the motif latent of a snippet drawn at
     random from inside the moment (cuts of a video are not synchronised with its music),
-    so only the moment's bag of motifs, its *signature*, says where it is; the order of
-    the frames says nothing.
+    at 1.5 times the "aligned" strength, and tracks have 8 motifs instead of 4, so the
+    moment's bag of motifs, its *signature*, says where it is; the order of the frames
+    says nothing.
 ``"hook"``
     A track-level prior: every track has a hook (a chorus) that recurs 2-3 times, and the
     hook's snippets share a world-wide "hook" direction in the music features (louder,
@@ -88,6 +89,9 @@ _HOOK_SNIPPETS = (4, 7)  # a hook lasts 4-6 snippets (10-15 s)
 _HOOK_STRENGTH = 1.5  # scale of the world's hook direction in hook snippets
 _HOOK_FIRST = 0.6  # share of hook moments that start on the first occurrence
 _HOOK_MOTIF_SCALE = 1 / 3  # frames' motif strength in the hook world
+_SIGNATURE_MOTIF_SCALE = 1.5  # and in the signature world (no alignment to lean on)
+_SIGNATURE_MOTIFS = 8  # more motifs per track: a moment's bag of motifs is distinctive
+_MOTIF_SCALE = {"aligned": 1.0, "signature": _SIGNATURE_MOTIF_SCALE, "hook": _HOOK_MOTIF_SCALE}
 
 
 @dataclass
@@ -152,13 +156,13 @@ def _track_ids(rng: np.random.Generator, n: int) -> list[str]:
     return ids
 
 
-def _sections(rng: np.random.Generator, n_snippets: int) -> np.ndarray:
+def _sections(rng: np.random.Generator, n_snippets: int, n_motifs: int = _MOTIFS) -> np.ndarray:
     """Motif index of every snippet: short sections, neighbours differ."""
     motif = np.empty(n_snippets, dtype=np.int64)
     pos, prev = 0, -1
     while pos < n_snippets:
         length = int(rng.integers(*_SECTION_SNIPPETS))
-        choice = int(rng.integers(0, _MOTIFS - 1)) if prev >= 0 else int(rng.integers(0, _MOTIFS))
+        choice = int(rng.integers(0, n_motifs - 1)) if prev >= 0 else int(rng.integers(0, n_motifs))
         if prev >= 0 and choice >= prev:
             choice += 1
         motif[pos : pos + length] = choice
@@ -250,8 +254,9 @@ def make_synthetic_mgsv(
     hook_starts: list[list[int]] = []
     for m in range(n_tracks):
         n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
-        palette = rng.standard_normal((_MOTIFS, _LATENT))
-        sections = _sections(rng, n_snip)
+        n_motifs = _SIGNATURE_MOTIFS if world == "signature" else _MOTIFS
+        palette = rng.standard_normal((n_motifs, _LATENT))
+        sections = _sections(rng, n_snip, n_motifs)
         hook = np.zeros(n_snip)
         if world == "hook":  # the hook: one more motif, recurring
             palette = np.vstack([palette, rng.standard_normal((1, _LATENT))])
@@ -303,7 +308,7 @@ def make_synthetic_mgsv(
         else:
             t = starts[v] + np.arange(n_frames)
         snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, last)
-        motif = motif_latents[m][snip] * (_HOOK_MOTIF_SCALE if world == "hook" else 1.0)
+        motif = motif_latents[m][snip] * _MOTIF_SCALE[world]
         style = styles[m] + style_noise * rng.standard_normal(_LATENT)
         distractor = rng.standard_normal(_LATENT)
         feat = (

@@ -12,7 +12,8 @@ moment_detr tooling reads (``pred_relevant_windows``: ``[start, end, score]`` in
 - ``pred_music_ids`` / ``pred_music_scores``: the ranked tracks (MsG ``rank``: the top k;
   MsG ``predict``: the retrieved track; SmG: the given track) and their retrieval scores.
 - ``pred_relevant_windows``: the windows on the **first** track, ``[start, end,
-  moment_score]`` in seconds, best first (the detector is single-query, so one window).
+  moment_score]`` in seconds, best first: one, or up to m from ``predict`` / ``rank``
+  with ``moments_per_track=m`` (their ``windows`` column).
 - ``pred_windows_by_music``: the windows on every track, aligned with ``pred_music_ids``.
 
 Ids are strings, numbers plain JSON floats (never NaN: a non-finite value is refused),
@@ -96,7 +97,8 @@ def predictions_to_records(
         Either ``rank``'s output (columns ``video_id``, ``rank``, ``music_id``, ``score``,
         ``start``, ``end``, ``moment_score``; k rows per video) or ``predict``'s output
         (``music_id``, ``start``, ``end``, ``score``, ``moment_score``; one row per video)
-        with a ``video_id`` column or ``video_ids`` given.
+        with a ``video_id`` column or ``video_ids`` given; with a ``windows`` column
+        (``moments_per_track > 1``) every moment of a track is written, best first.
     video_ids : iterable, optional
         The video of each row of a ``predict`` frame (which is indexed like its ``X`` and
         has no ``video_id`` column).
@@ -136,10 +138,13 @@ def _record(video_id: str, rows: pd.DataFrame) -> dict[str, Any]:
     ids = [str(m) for m in rows["music_id"]]
     where = f"video {video_id!r}"
     scores = [_finite(s, f"score of {where}") for s in rows["score"]]
+    per_track = (rows["windows"].tolist() if "windows" in rows.columns
+                 else [[[s, e, c]] for s, e, c in zip(rows["start"], rows["end"],
+                                                     rows["moment_score"])])
     windows = [
         [[_finite(s, f"start of {where}"), _finite(e, f"end of {where}"),
-          _finite(c, f"moment_score of {where}")]]
-        for s, e, c in zip(rows["start"], rows["end"], rows["moment_score"])
+          _finite(c, f"moment_score of {where}")] for s, e, c in track]
+        for track in per_track
     ]
     return {
         "video_id": video_id,

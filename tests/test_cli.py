@@ -131,6 +131,18 @@ def test_predict_msg_top_k_jsonl(ws, model):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_predict_several_moments_per_track_jsonl(ws, model):
+    ok("predict", "model", str(ws["test"]), "moments.jsonl", "--moments-per-track", "3",
+       cwd=ws["root"])
+    records = read_jsonl(ws["root"] / "moments.jsonl")
+    test = read_annotations(ws["test"])
+    want = model.predict(test, moments_per_track=3)
+    assert max(len(r["pred_relevant_windows"]) for r in records) > 1
+    for record, windows in zip(records, want["windows"]):
+        np.testing.assert_allclose(record["pred_relevant_windows"], windows, atol=1e-6)
+        assert record["pred_windows_by_music"] == [record["pred_relevant_windows"]]
+
+
 def test_predict_msg_to_stdout_with_a_catalogue_file(ws, model, capsys, tmp_path):
     test = read_annotations(ws["test"])
     tracks = test["music_id"].iloc[:5].tolist()

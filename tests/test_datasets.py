@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mgsv_sk import RidgeGrounder, TrivialGrounder, evaluate, make_synthetic_mgsv
+from mgsv_sk.datasets import WORLDS
 from mgsv_sk._schema import ANNOTATION_COLUMNS, validate_annotations
 
 
@@ -60,9 +62,10 @@ def test_written_layout_is_the_release_layout(release_tree):
     assert list(release_tree.frame.columns) == list(ANNOTATION_COLUMNS)
 
 
-def test_trivial_predictor_is_far_below_a_fitted_linear_baseline():
-    train = make_synthetic_mgsv(1500, 150, random_state=0)
-    test = make_synthetic_mgsv(400, 400, random_state=1, split="test")
+@pytest.mark.parametrize("world", WORLDS)
+def test_every_world_is_learnable_by_a_linear_model(world):
+    train = make_synthetic_mgsv(1500, 150, world=world, random_state=0)
+    test = make_synthetic_mgsv(400, 400, world=world, random_state=1, split="test")
     trivial = TrivialGrounder().fit(train.frame)
     ridge = RidgeGrounder(features=train.features).fit(train.frame)
     t = evaluate(trivial, test.frame, features=test.features)
@@ -70,11 +73,26 @@ def test_trivial_predictor_is_far_below_a_fitted_linear_baseline():
     # The trivial predictor is right only on the moments at 0 s (about 0.5 mIoU, as on
     # the real data); the linear baseline finds much of the planted signal, yet is far
     # from solving the task (room for the real model).
-    assert 0.42 < t["mIoU"] < 0.58
+    assert 0.35 < t["mIoU"] < 0.58
     assert r["mIoU"] > t["mIoU"] + 0.08
     assert r["IoU@0.5"] > t["IoU@0.5"] + 0.12
-    assert r["R@1"] > 40 / 400  # chance is 1/400
+    assert r["R@1"] > 20 / 400  # chance is 1/400
     assert r["mIoU"] < 0.9 and r["R@1"] < 0.9
+
+
+def test_worlds_differ_where_the_grounding_signal_lives():
+    aligned = make_synthetic_mgsv(30, 10, random_state=4)
+    hook = make_synthetic_mgsv(30, 10, world="hook", random_state=4)
+    signature = make_synthetic_mgsv(30, 10, world="signature", random_state=4)
+    # same statistics and layout; the aligned world is the default (and unchanged)
+    assert aligned.frame.shape == hook.frame.shape == signature.frame.shape
+    pd.testing.assert_frame_equal(aligned.frame, make_synthetic_mgsv(30, 10, random_state=4,
+                                                                     world="aligned").frame)
+    # hook moments that do not start at 0 s start near a hook, off the grid by up to 1 s
+    starts = hook.frame["music_start"][hook.frame["music_start"] > 0]
+    assert len(starts) and not np.allclose(starts % 2.5, 0)
+    with pytest.raises(ValueError, match="world must be one of"):
+        make_synthetic_mgsv(3, 2, world="bogus")
 
 
 def test_bad_arguments():
