@@ -1,17 +1,24 @@
-"""Accuracy on a synthetic MGSV-EC set: the default MaDe model vs the trivial and ridge baselines.
+"""Accuracy at a fit budget, in every synthetic world: trivial, ridge, the paper's DETR head
+and the default window head.
 
-Train on a synthetic train split, evaluate every protocol metric on a 2,000-video /
-2,000-track test split (the retrieval gallery is its 2,000 tracks, as on MGSV-EC). Writes
-``benchmarks/results/accuracy{tag}.json`` and ``.md``. About 30 minutes on 2 idle cores
-with the defaults (16,000 videos / 1,600 tracks, 8 epochs, fp32); ``--bf16`` adds a fit
-with bf16 autocast (about 0.7x the time):
+For each world of :func:`mgsv_sk.make_synthetic_mgsv` (``aligned``, ``signature``, ``hook``)
+train on a synthetic train split and evaluate every protocol metric on a 2,000-video /
+2,000-track test split of tracks never seen in training (the retrieval gallery is its
+2,000 tracks, as on MGSV-EC). A budget fixes the training videos and epochs (both heads get
+the same data and the epochs that fit the budget; the seconds each took are recorded).
+Also recorded, per fit:
 
-    python benchmarks/accuracy.py [--train-videos 16000] [--max-epochs 8] [--bf16] [--int8]
-                                  [--tag T]
+* per epoch, the validation metrics on the held-out tracks (unseen in training), R@1 and
+  MoR@1 among them: how retrieval generalises as training goes on;
+* for the window head, the calibration of ``moment_score`` on balanced pairs (each test
+  video on its own track and on one other test track): expected calibration error and a
+  10-bin reliability table;
+* MsG top-1 when the top-10 tracks are re-ranked by ``score + w * logit(moment_score)``.
 
-``--int8`` exports the fp32 model with ``quantize=True`` and adds the onnxruntime fp32 and
-int8 rows (same test set and gallery), so int8's accuracy cost is measured on a trained
-model.
+Writes ``benchmarks/results/accuracy_<budget>.json`` and ``.md``::
+
+    python benchmarks/accuracy.py --budget 5min            # about 40 min on 2 cores
+    python benchmarks/accuracy.py --budget 30min --worlds aligned --heads window
 """
 
 from __future__ import annotations
@@ -20,105 +27,172 @@ import argparse
 import json
 import logging
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 
 from mgsv_sk import MGSVGrounder, RidgeGrounder, TrivialGrounder, evaluate, make_synthetic_mgsv
+from mgsv_sk.datasets import WORLDS
+from mgsv_sk.spans import temporal_iou
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ["mIoU", "IoU@0.3", "IoU@0.5", "IoU@0.7", "R@1", "R@5", "R@10", "R@25", "R@50", "R@100",
         "MedianR", "MeanR", "MRR", "MoR@1,0.5", "MoR@1,0.7", "MoR@10,0.5", "MoR@10,0.7",
         "MoR@100,0.5", "MoR@100,0.7"]
+#: A budget: training videos / tracks and, per head, the epochs that fit in about that
+#: long on 2 cores (an epoch of the DETR head costs about 2.5 of the window head's).
+BUDGETS = {
+    "5min": {"train_videos": 6000, "train_tracks": 600, "epochs": {"window": 4, "detr": 2}},
+    "30min": {"train_videos": 16000, "train_tracks": 1600,
+              "epochs": {"window": 10, "detr": 4}},
+    "smoke": {"train_videos": 300, "train_tracks": 40,  # checks the script
+              "epochs": {"window": 1, "detr": 1}},
+}
+HEADS = ("window", "detr")
+RERANK_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)
 
 
-def markdown(rows: dict[str, dict[str, float]]) -> str:
-    head = "| model | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS) + "\n"
-    body = ""
-    for name, report in rows.items():
-        cells = [f"{report[k]:.1f}" if k in ("MedianR", "MeanR") else f"{report[k]:.3f}"
-                 for k in KEYS]
-        body += f"| {name} | " + " | ".join(cells) + " |\n"
-    return head + body
+def calibration(model: MGSVGrounder, test: Any, seed: int = 0) -> dict[str, Any]:
+    """ECE and reliability of moment_score on balanced pairs: every test video on its own
+    track (label 1) and on one other test track (label 0)."""
+    frame = test.frame
+    rng = np.random.default_rng(seed)
+    tracks = frame["music_id"].to_numpy()
+    other = tracks[(np.arange(len(frame)) + rng.integers(1, len(frame), len(frame)))
+                   % len(frame)]
+    pos = model.predict(frame, features=test.features)["moment_score"].to_numpy()
+    neg = model.predict(frame.assign(music_id=other), features=test.features)[
+        "moment_score"].to_numpy()
+    prob = np.concatenate([pos, neg])
+    label = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    bins = np.minimum((prob * 10).astype(int), 9)
+    table, ece = [], 0.0
+    for b in range(10):
+        inside = bins == b
+        if inside.any():
+            conf, acc = float(prob[inside].mean()), float(label[inside].mean())
+            ece += inside.mean() * abs(conf - acc)
+            table.append({"bin": f"{b / 10:.1f}-{(b + 1) / 10:.1f}", "n": int(inside.sum()),
+                          "mean_score": conf, "share_true_track": acc})
+    auc = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+    return {"ece": float(ece), "auc_true_vs_other_track": auc, "reliability": table}
 
 
-def onnx_rows(model: MGSVGrounder, test: Any, threads: int) -> dict[str, dict[str, float]]:
-    """The protocol's metrics of the exported model served by onnxruntime, fp32 and int8."""
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
-
+def rerank(model: MGSVGrounder, test: Any, k: int = 10) -> dict[str, dict[str, float]]:
+    """MsG top-1 (R@1, MoR@1 at 0.5 / 0.7) when the top-k are re-ranked by
+    score + w * logit(moment_score), for each w of RERANK_WEIGHTS."""
+    frame = test.frame
+    model.set_catalogue(frame["music_id"].unique(), features=test.features)  # the gallery
+    ranked = model.rank(frame.drop(columns="music_id"), k=k, features=test.features)
+    n = len(frame)
+    score = ranked["score"].to_numpy().reshape(n, k)
+    p = np.clip(ranked["moment_score"].to_numpy().reshape(n, k), 1e-6, 1 - 1e-6)
+    logit = np.log(p) - np.log1p(-p)
+    ids = ranked["music_id"].to_numpy().reshape(n, k)
+    spans = ranked[["start", "end"]].to_numpy().reshape(n, k, 2)
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = export_onnx(model, Path(tmp) / "bundle", quantize=True)
-        for precision in ("fp32", "int8"):
-            served = OnnxGrounder.load(bundle, threads, precision=precision)
-            out[f"MaDe, onnxruntime {precision}"] = evaluate(served, test.frame,
-                                                             features=test.features)
+    for w in RERANK_WEIGHTS:
+        best = np.argmax(score + w * logit, axis=1)
+        hit = ids[np.arange(n), best] == frame["music_id"].to_numpy()
+        iou = temporal_iou(spans[np.arange(n), best],
+                           frame[["music_start", "music_end"]].to_numpy(),
+                           frame["music_total_duration"].to_numpy())
+        out[f"w={w:g}"] = {"R@1": float(hit.mean()), "MoR@1,0.5": float((hit & (iou > 0.5)).mean()),
+                           "MoR@1,0.7": float((hit & (iou > 0.7)).mean())}
     return out
+
+
+def run_world(world: str, budget: dict[str, Any], heads: list[str], threads: int,
+              test_videos: int) -> dict[str, Any]:
+    train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
+                                random_state=0)
+    test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
+                               split="test")
+    rows: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[str, Any]] = {}
+    rows["trivial [0, video duration]"] = evaluate(TrivialGrounder().fit(train.frame),
+                                                   test.frame, features=test.features)
+    tic = time.perf_counter()
+    ridge = RidgeGrounder(features=train.features).fit(train.frame)
+    runs["ridge baseline"] = {"fit_seconds": time.perf_counter() - tic}
+    rows["ridge baseline"] = evaluate(ridge, test.frame, features=test.features)
+    for head in heads:
+        name = "window head (default)" if head == "window" else "DETR head (paper)"
+        tic = time.perf_counter()
+        epochs = budget["epochs"][head]
+        model = MGSVGrounder(features=train.features, detector=head,
+                             max_epochs=epochs, patience=epochs,
+                             n_threads=threads, random_state=0).fit(train.frame)
+        fit_s = time.perf_counter() - tic
+        tic = time.perf_counter()
+        rows[name] = evaluate(model, test.frame, features=test.features)
+        hist = pd.DataFrame(model.history_)
+        runs[name] = {
+            "fit_seconds": fit_s, "eval_seconds": time.perf_counter() - tic,
+            "epochs": model.n_epochs_, "best_epoch": model.best_epoch_,
+            "per_epoch_unseen_tracks": hist[[c for c in hist.columns if c in (
+                "epoch", "seconds", "val_mIoU", "val_R@1", "val_R@10", "val_MoR@1,0.5",
+                "val_MoR@10,0.5")]].to_dict("records"),
+        }
+        if head == "window":
+            runs[name]["calibration"] = calibration(model, test)
+            runs[name]["rerank_top10"] = rerank(model, test)
+        print(f"[{world}] {name}: fit {fit_s:.0f} s, mIoU {rows[name]['mIoU']:.3f} "
+              f"R@1 {rows[name]['R@1']:.3f} MoR@1,0.5 {rows[name]['MoR@1,0.5']:.3f}", flush=True)
+    return {"metrics": rows, "runs": runs}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    out = []
+    for world, res in results["worlds"].items():
+        out.append(f"### world: {world}\n")
+        out.append("| model | fit s | " + " | ".join(KEYS) + " |")
+        out.append("|---|---|" + "---|" * len(KEYS))
+        for name, report in res["metrics"].items():
+            fit = res["runs"].get(name, {}).get("fit_seconds")
+            cells = [f"{report[k]:.1f}" if k in ("MedianR", "MeanR") else f"{report[k]:.3f}"
+                     for k in KEYS]
+            out.append(f"| {name} | {'' if fit is None else f'{fit:.0f}'} | "
+                       + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-videos", type=int, default=16000)
-    parser.add_argument("--train-tracks", type=int, default=1600)
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="5min")
+    parser.add_argument("--worlds", default=",".join(WORLDS))
+    parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--test-videos", type=int, default=2000)
-    parser.add_argument("--max-epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--bf16", action="store_true", help="also fit with bf16 autocast")
-    parser.add_argument("--int8", action="store_true",
-                        help="also evaluate the exported model with onnxruntime, fp32 and int8")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the results files")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-
-    train = make_synthetic_mgsv(args.train_videos, args.train_tracks, random_state=0)
-    test = make_synthetic_mgsv(args.test_videos, args.test_videos, random_state=1, split="test")
-    rows: dict[str, dict[str, float]] = {}
-    info: dict[str, dict[str, float]] = {}
-
-    rows["trivial [0, video duration]"] = evaluate(TrivialGrounder().fit(train.frame), test.frame,
-                                                   features=test.features)
-    tic = time.perf_counter()
-    ridge = RidgeGrounder(features=train.features).fit(train.frame)
-    rows["ridge baseline"] = evaluate(ridge, test.frame, features=test.features)
-    info["ridge baseline"] = {"fit_seconds": time.perf_counter() - tic}
-
-    variants = [("MaDe (default, fp32)", False)] + ([("MaDe (default, bf16)", True)]
-                                                    if args.bf16 else [])
-    for name, bf16 in variants:
-        tic = time.perf_counter()
-        model = MGSVGrounder(features=train.features, batch_size=args.batch_size,
-                             max_epochs=args.max_epochs, patience=3, bf16=bf16,
-                             random_state=0, verbose=0).fit(train.frame)
-        fit_s = time.perf_counter() - tic
-        tic = time.perf_counter()
-        rows[name] = evaluate(model, test.frame, features=test.features)
-        info[name] = {"fit_seconds": fit_s, "eval_seconds": time.perf_counter() - tic,
-                      "epochs": model.n_epochs_, "best_epoch": model.best_epoch_}
-        print(f"{name}: fit {fit_s:.0f} s, {model.n_epochs_} epochs, "
-              f"mIoU {rows[name]['mIoU']:.3f} R@1 {rows[name]['R@1']:.3f}", flush=True)
-        if args.int8 and not bf16:
-            rows.update(onnx_rows(model, test, args.threads))
-
-    result = {
-        "setup": {"train_videos": args.train_videos, "train_tracks": args.train_tracks,
-                  "test_videos": args.test_videos, "gallery": args.test_videos,
-                  "max_epochs": args.max_epochs, "batch_size": args.batch_size,
-                  "threads": args.threads, "torch": torch.__version__,
-                  "machine": platform.machine()},
-        "metrics": rows,
-        "runs": info,
+    budget = BUDGETS[args.budget]
+    worlds = [w for w in args.worlds.split(",") if w]
+    heads = [h for h in args.heads.split(",") if h]
+    results: dict[str, Any] = {
+        "setup": {"budget": args.budget, **budget, "test_videos": args.test_videos,
+                  "gallery": args.test_videos, "threads": args.threads,
+                  "torch": torch.__version__, "machine": platform.machine(),
+                  "note": "test tracks are never seen in training; both heads get the same "
+                          "videos, and the epochs that fit the budget"},
+        "worlds": {},
     }
+    name = f"accuracy_{args.budget}{args.tag}"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"accuracy{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(rows)
-    (RESULTS / f"accuracy{args.tag}.md").write_text(table)
-    print(table)
+    for world in worlds:
+        results["worlds"][world] = run_world(world, budget, heads, args.threads,
+                                             args.test_videos)
+        # written after every world, so a long run that is stopped keeps what it measured
+        (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+        (RESULTS / f"{name}.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

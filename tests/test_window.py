@@ -110,10 +110,11 @@ def test_aligned_evidence_is_the_diagonal_of_the_similarity_map():
         head.video.weight.copy_(torch.eye(32))
         head.music.weight.copy_(torch.eye(32))
         head.inp.weight[0, 0] = 1.0  # aligned feature -> hidden unit 0
-        head.out.weight[0, 0] = 1.0  # gelu(hidden 0) -> logit
+        head.out.weight[0, 0] = 1.0  # silu(hidden 0) -> logit
         vt, mt = torch.randn(1, 5, 32), torch.randn(1, 16, 32)
+        zero = torch.zeros(1, dtype=torch.long)
         out = head(vt, torch.ones(1, 5, dtype=bool), torch.randn(1, 32), mt,
-                   torch.ones(1, 16, dtype=bool), torch.tensor([4.6]))
+                   torch.ones(1, 16, dtype=bool), zero, zero, torch.tensor([4.6]))
     v = torch.nn.functional.normalize(vt[0], dim=-1)
     m = torch.nn.functional.normalize(mt[0], dim=-1)
     sim = v @ m.T  # [F,S]
@@ -126,7 +127,7 @@ def test_aligned_evidence_is_the_diagonal_of_the_similarity_map():
             w = p - lo
             vals.append(sim[f, lo] * (1 - w) + sim[f, min(lo + 1, 15)] * w)
         aligned = torch.stack(vals).mean()
-        torch.testing.assert_close(out.logits[0, c], torch.nn.functional.gelu(aligned),
+        torch.testing.assert_close(out.logits[0, c], torch.nn.functional.silu(aligned),
                                    atol=1e-5, rtol=0)
 
 

@@ -213,15 +213,12 @@ class MaDe(nn.Module):
         elif tuple(video_seconds.shape) != (b,):
             raise ValueError(f"video_seconds must have shape ({b},), got "
                              f"{tuple(video_seconds.shape)}")
+        if isinstance(self.detector, WindowHead):
+            video_index = torch.arange(b, device=music_index.device)
+            return self._windows(video_enc, music_enc, music_index, video_index, video_seconds)
         # A track shared by several videos was encoded once; gather its tokens per video.
         music_tokens = music_enc.tokens[music_index]  # [U,S,D] -> [B,S,D]
         music_mask = music_enc.mask[music_index]  # [B,S]
-        if isinstance(self.detector, WindowHead):
-            w = self.detector(video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens,
-                              music_mask, video_seconds)
-            no_layers = w.logits.new_zeros(0, b, 2)  # [0,B,2]
-            return Grounding(w.anchors, w.starts, w.ends, w.logits, no_layers, no_layers,
-                             w.snippet_logits)
         spans, fg_logits, snippet_logits = self.detector(
             video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens, music_mask
         )
@@ -233,6 +230,16 @@ class MaDe(nn.Module):
         logit = fg[:, FOREGROUND] - fg[:, 1 - FOREGROUND]  # sigmoid = softmax foreground
         return Grounding(start[:, None], start[:, None], end[:, None], logit[:, None], spans,
                          fg_logits, snippet_logits)
+
+    def _windows(self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor,
+                 video_index: Tensor, video_seconds: Tensor) -> Grounding:
+        """The window head on pairs (video video_index[p], track music_index[p])."""
+        assert isinstance(self.detector, WindowHead)
+        w = self.detector(video_enc.tokens, video_enc.mask, video_enc.emb, music_enc.tokens,
+                          music_enc.mask, music_index, video_index, video_seconds)
+        no_layers = w.logits.new_zeros(0, w.logits.shape[0], 2)  # [0,P,2]
+        return Grounding(w.anchors, w.starts, w.ends, w.logits, no_layers, no_layers,
+                         w.snippet_logits)
 
     @staticmethod
     def best_window(grounding: Grounding) -> tuple[Tensor, Tensor, Tensor]:
@@ -264,13 +271,20 @@ class MaDe(nn.Module):
         video_enc = self.encode_video(video, video_mask)
         music_enc = self.encode_music(music, music_mask)
         scores = self.retrieval_scores(video_enc, music_enc)
-        grounding = self.ground(video_enc, music_enc, music_index, video_seconds)
         b, u = music_index.shape[0], music_enc.emb.shape[0]
-        negative = grounding.logits.new_zeros(0, grounding.logits.shape[1])  # [0,K]
-        if isinstance(self.detector, WindowHead) and u > 1:
+        if not isinstance(self.detector, WindowHead) or u == 1:
+            grounding = self.ground(video_enc, music_enc, music_index, video_seconds)
+            negative = grounding.logits.new_zeros(0, grounding.logits.shape[1])  # [0,K]
+        else:  # one pass over 2B pairs: each video on its track, then on another one
+            if video_seconds is None:
+                video_seconds = video_enc.mask.sum(dim=1).float()
             shift = torch.randint(1, u, (b,), device=music_index.device)
             other = (music_index + shift) % u  # never the video's own track
-            negative = self.ground(video_enc, music_enc, other, video_seconds).logits
+            videos = torch.arange(b, device=music_index.device)
+            both = self._windows(video_enc, music_enc, torch.cat([music_index, other]),
+                                 torch.cat([videos, videos]), video_seconds)
+            grounding = Grounding(*(t[:, :b] if t.ndim == 3 else t[:b] for t in both))
+            negative = both.logits[b:]
         return MaDeOutput(
             dual=scores.dual,
             xpool=scores.xpool,

@@ -45,6 +45,7 @@ SNIPPET_HOP = 2.5  # seconds between snippet centres
 MAX_SECONDS = 240.0  # tracks are cut here
 CONTENT_CHANNELS = 4  # learned per-snippet content channels of the track
 N_POSITION_FEATURES = 6
+CONTEXT_WIDTH = 5  # candidates seen by one context layer (2 on each side: +-2.5 s)
 
 
 class WindowScores(NamedTuple):
@@ -61,6 +62,16 @@ class WindowScores(NamedTuple):
     ends: Tensor
     logits: Tensor
     snippet_logits: Tensor
+
+
+def _depthwise(x: Tensor, weight: Tensor) -> Tensor:
+    """Per-channel convolution along axis 1, zero-padded: x [P, K, C], weight [W, C] (W odd)
+    -> [P, K, C], out[:, k] = sum_i weight[i] * x[:, k + i - W // 2]."""
+    half = weight.shape[0] // 2
+    padded = F.pad(x, (0, 0, half, half))  # [P,K+W-1,C]
+    k = x.shape[1]
+    return sum((padded[:, i : i + k] * weight[i] for i in range(weight.shape[0])),
+               torch.zeros_like(x))
 
 
 def _positions(mask_row: Tensor) -> Tensor:
@@ -88,34 +99,50 @@ class WindowHead(nn.Module):
         self.inp = nn.Linear(h + n_snippet + N_POSITION_FEATURES, hidden)
         self.prior = nn.Embedding(cfg.max_snippets * cfg.windows_per_snippet, hidden)
         nn.init.zeros_(self.prior.weight)
-        self.context = nn.ModuleList(nn.Conv1d(hidden, hidden, 5, padding=2) for _ in range(2))
+        # depthwise convolutions (width 5) along the candidates, then a pointwise mix:
+        # separable, a fifth of a dense convolution's cost; written as shifted products,
+        # whose backward is far cheaper on a CPU than a grouped convolution's
+        self.context = nn.ParameterList(
+            nn.Parameter(torch.randn(CONTEXT_WIDTH, hidden) / CONTEXT_WIDTH) for _ in range(2))
+        self.context_mix = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(2))
         self.context_norm = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(2))
         self.out = nn.Linear(hidden, 2)  # logit, start offset
         self.bias = nn.Parameter(torch.zeros(()))
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
-                music_tokens: Tensor, music_mask: Tensor, video_seconds: Tensor) -> WindowScores:
-        """video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens
-        [B, S, D] (video b's track), music_mask [B, S], video_seconds [B] (the moment's
-        length) -> :class:`WindowScores`."""
+                music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                video_index: Tensor, video_seconds: Tensor) -> WindowScores:
+        """Score P (video, track) pairs: video video_index[p] on track music_index[p].
+
+        video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens [U, S, D],
+        music_mask [U, S], music_index / video_index [P] long, video_seconds [B] (the
+        moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
+        once per video and once per track, however many pairs share them.
+        """
         b, f, _ = video_tokens.shape
-        s = music_tokens.shape[1]
+        u, s, _ = music_tokens.shape
         h = self.n_heads
-        # -- frame x snippet similarity, per head ----------------------------------------
+        # -- per video and per track -----------------------------------------------------
         v = F.normalize(self.video(video_tokens).float().view(b, f, h, -1), dim=-1)  # [B,F,H,Dh]
-        m = F.normalize(self.music(music_tokens).float().view(b, s, h, -1), dim=-1)  # [B,S,H,Dh]
-        frame_ok = video_mask[:, None, :, None]  # [B,1,F,1]
-        sim = torch.einsum("bfhe,bshe->bhfs", v, m).masked_fill(~frame_ok, 0.0)  # [B,H,F,S]
-        n_frames = video_mask.sum(dim=1).float()  # [B], >= 1
-        mean_f = sim.sum(dim=2) / n_frames[:, None, None]  # [B,H,S]
+        m = F.normalize(self.music(music_tokens).float().view(u, s, h, -1), dim=-1)  # [U,S,H,Dh]
+        whole = F.normalize(self.whole(video_emb).float().view(b, h, -1), dim=-1)  # [B,H,Dh]
+        content = self.content(music_tokens).float().transpose(1, 2)  # [U,S,G] -> [U,G,S]
+        # -- per pair ----------------------------------------------------------------------
+        v, whole = v[video_index], whole[video_index]  # [P,F,H,Dh], [P,H,Dh]
+        m, content = m[music_index], content[music_index]  # [P,S,H,Dh], [P,G,S]
+        video_mask, music_mask = video_mask[video_index], music_mask[music_index]
+        seconds = video_seconds[video_index].float()  # [P]
+        b = video_index.shape[0]  # from here on, one row per pair
+        frame_ok = video_mask[:, None, :, None]  # [P,1,F,1]
+        sim = torch.einsum("bfhe,bshe->bhfs", v, m).masked_fill(~frame_ok, 0.0)  # [P,H,F,S]
+        n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
+        mean_f = sim.sum(dim=2) / n_frames[:, None, None]  # [P,H,S]
         sharp = self.log_sharpness.exp()
         # scale before masking: -inf * sharpness would give the sharpness a NaN gradient
         smax_f = torch.logsumexp((sim * sharp).masked_fill(~frame_ok, float("-inf")), 2) / sharp
-        whole = F.normalize(self.whole(video_emb).float().view(b, h, -1), dim=-1)  # [B,H,Dh]
-        to_whole = torch.einsum("bhe,bshe->bhs", whole, m)  # [B,H,S]
-        content = self.content(music_tokens).float().transpose(1, 2)  # [B,S,G] -> [B,G,S]
-        per_snippet = torch.cat([mean_f, smax_f, to_whole, content], dim=1)  # [B,C,S]
-        snippet_logits = self.snippet_head(per_snippet.transpose(1, 2)).squeeze(-1)  # [B,S]
+        to_whole = torch.einsum("bhe,bshe->bhs", whole, m)  # [P,H,S]
+        per_snippet = torch.cat([mean_f, smax_f, to_whole, content], dim=1)  # [P,C,S]
+        snippet_logits = self.snippet_head(per_snippet.transpose(1, 2)).squeeze(-1)  # [P,S]
 
         # -- candidate windows -----------------------------------------------------------
         snippet_index = _positions(music_mask[0])  # [S]
@@ -124,21 +151,17 @@ class WindowHead(nn.Module):
         anchors = grid * self.step  # [K] seconds
         n_snippets = music_mask.sum(dim=1).float()  # [B]
         track = ((n_snippets - 1.0) * SNIPPET_HOP).clamp(max=MAX_SECONDS)  # [B]
-        seconds = video_seconds.float()
-        room = (track - seconds).clamp(min=0.0)  # [B], the latest start inside the track
+        room = (track - seconds).clamp(min=0.0)  # [P], the latest start inside the track
         valid = anchors[None, :] <= room[:, None] + 1e-4  # [B,K]; anchor 0 always valid
 
-        # alignment: frame j over snippet position (anchor + j) / 2.5, interpolated
+        # alignment: frame j plays over snippet position (anchor + j) / 2.5; linear
+        # interpolation between snippets is a hat kernel, so the mean over frames of the
+        # interpolated similarity is one matmul with hat[j, s, c] = max(0, 1 - |pos - s|)
+        # (no gather: its backward would scatter)
         pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP  # [K,F]
-        lo = pos.floor()
-        frac = (pos - lo).T[None, None]  # [1,1,F,K]
-        last = snippet_index[-1].long()  # S - 1, kept dynamic
-        lo_i = torch.minimum(lo.long(), last).T  # [F,K]
-        hi_i = torch.minimum(lo_i + 1, last)
-        index_lo = lo_i[None, None].expand(b, h, -1, -1)  # [B,H,F,K]
-        index_hi = hi_i[None, None].expand(b, h, -1, -1)
-        along = sim.gather(3, index_lo) * (1.0 - frac) + sim.gather(3, index_hi) * frac
-        aligned = along.sum(dim=2) / n_frames[:, None, None]  # [B,H,K]
+        hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
+        along = sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)  # [P*H,F*S] @ [F*S,K]
+        aligned = along.view(b, h, -1) / n_frames[:, None, None]  # [P,H,K]
 
         # bag: mean of the per-snippet features over the snippets whose centre is inside
         csum = F.pad(per_snippet.cumsum(dim=2), (1, 0))  # [B,C,S+1]
@@ -166,9 +189,11 @@ class WindowHead(nn.Module):
         feats = torch.cat([aligned.transpose(1, 2), bag.transpose(1, 2), where], dim=-1)
         keep = valid[..., None].float()  # [B,K,1]
         x = (self.inp(feats.to(self.inp.weight.dtype)) + self.prior(grid.long())) * keep
-        for conv, norm in zip(self.context, self.context_norm):
-            x = x + conv(F.gelu(norm(x)).transpose(1, 2)).transpose(1, 2) * keep  # [B,K,H']
-        out = self.out(F.gelu(x)).float()  # [B,K,2]
+        for weight, mix, norm in zip(self.context, self.context_mix, self.context_norm):
+            # padding candidates read as zeros, whatever the batch's padding
+            y = _depthwise(F.silu(norm(x)) * keep, weight)  # [P,K,H']
+            x = x + mix(F.silu(y)) * keep
+        out = self.out(F.silu(x)).float()  # [P,K,2]
         logits = (out[..., 0] + self.bias).masked_fill(~valid, float("-inf"))
         offset = torch.tanh(out[..., 1]) * self.step
         starts = torch.minimum((a + offset).clamp(min=0.0), room[:, None])  # [B,K]
