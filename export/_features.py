@@ -12,7 +12,6 @@ works (an mgsv_sk ``FeatureSource`` included).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -38,65 +37,20 @@ class FeatureReader(Protocol):
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
-    """``meta.json`` of a packed store as a dict of our format, else :class:`FeatureError`
-    (mirrors ``mgsv_sk.features._read_meta``: the runtime may not import mgsv_sk)."""
-    path = folder / "meta.json"
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FeatureError(f"packed store {folder!s}: meta.json is corrupt ({exc}); re-run "
-                           "pack_features") from exc
-    except OSError as exc:
-        raise FeatureError(f"packed store {folder!s}: cannot read meta.json ({exc})") from exc
-    found = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
-    if found != PACKED_FORMAT:
-        raise FeatureError(f"{folder!s} is not a packed store of format {PACKED_FORMAT!r} "
-                           f"(meta.json holds {found!r}); re-run pack_features")
-    return meta
+    """``meta.json`` of a packed store as a dict of our format: mgsv_sk's (torch-free)
+    reader, raising this module's FeatureError."""
+    from mgsv_sk.features import _read_meta as read
+
+    return read(folder, FeatureError)
 
 
 def _check_table(folder: Path, name: str, meta: Mapping[str, Any]
                  ) -> tuple[list[str], int, int, np.ndarray, Path]:
-    """Validate one table of a packed store before use (mirrors
-    ``mgsv_sk.features._check_table``): ids, rows and dim in meta.json, the offsets (their
-    header first, so a file declaring more than it holds is never read) and the size of
-    the feature file."""
-    def bad(what: str) -> FeatureError:
-        return FeatureError(f"packed store {folder!s} is damaged: {what}; re-run "
-                            "pack_features")
+    """Validate one table of a packed store before use: mgsv_sk's (torch-free) check,
+    raising this module's FeatureError."""
+    from mgsv_sk.features import _check_table as check
 
-    info = meta.get(name)
-    if not isinstance(info, dict):
-        raise bad(f"meta.json has no {name!r} table")
-    ids, rows, dim = info.get("ids"), info.get("rows"), info.get("dim")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise bad(f"meta.json's {name} ids are not a list of strings")
-    if len(set(ids)) != len(ids):
-        raise bad(f"meta.json lists duplicate {name} ids")
-    for field, value, low in (("rows", rows, 0), ("dim", dim, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise bad(f"meta.json's {name} {field} is {value!r}, expected an integer >= {low}")
-    assert isinstance(rows, int) and isinstance(dim, int)
-    offsets_path = folder / f"{name}_offsets.npy"
-    try:
-        mapped = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise bad(f"{offsets_path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
-    if mapped.shape != (len(ids) + 1,) or mapped.dtype.kind not in "iu":
-        raise bad(f"{offsets_path.name} has shape {mapped.shape} of {mapped.dtype}, expected "
-                  f"({len(ids) + 1},) integers (one more than the {len(ids)} ids)")
-    offsets = np.array(mapped, dtype=np.int64)
-    del mapped
-    if offsets[0] != 0 or offsets[-1] != rows or (np.diff(offsets) < 1).any():
-        raise bad(f"{offsets_path.name} is not increasing from 0 to {rows} (every item has "
-                  "at least one row)")
-    data_path = folder / f"{name}_features.f32"
-    expected = rows * dim * 4
-    size = data_path.stat().st_size if data_path.is_file() else -1
-    if size != expected:
-        raise bad(f"{data_path.name} has {size} bytes, expected {expected} for {rows} x {dim} "
-                  "float32")
-    return ids, rows, dim, offsets, data_path
+    return check(folder, name, dict(meta), FeatureError)
 
 
 class _Table:

@@ -72,8 +72,11 @@ class BaseGrounder(BaseEstimator):
         return as_feature_source(chosen)
 
     @staticmethod
-    def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS) -> pd.DataFrame:
-        return validate_annotations(X, required, source="X")
+    def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS, *,
+               keep_duplicates: bool = True) -> pd.DataFrame:
+        """The validated frame, one row per row of ``X`` (a prediction answers every row,
+        repeated ones included; ``fit`` passes ``keep_duplicates=False``)."""
+        return validate_annotations(X, required, source="X", keep_duplicates=keep_duplicates)
 
     def predict(self, X: pd.DataFrame, features: Any = None, *,
                 moments_per_track: int = 1) -> pd.DataFrame:

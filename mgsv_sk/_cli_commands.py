@@ -180,7 +180,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[str, float]]:
-    from .baselines import RidgeGrounder, TrivialGrounder
+    from .baselines import TrivialGrounder
     from .scoring import evaluate
 
     reports = {"MGSVGrounder": evaluate(model, frame)}

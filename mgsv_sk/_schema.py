@@ -169,6 +169,7 @@ def validate_annotations(
     required: Sequence[str] = FIT_COLUMNS,
     *,
     source: str = "annotations",
+    keep_duplicates: bool = False,
 ) -> pd.DataFrame:
     """Check an MGSV-EC frame and return a clean copy with string ids and float times.
 
@@ -180,12 +181,17 @@ def validate_annotations(
         Columns that must be present (e.g. :data:`FIT_COLUMNS` for training).
     source : str
         Name used in error messages (a file name, say).
+    keep_duplicates : bool
+        Keep every row, repeated or not (a prediction frame: each row is a query, the
+        same video may be asked about several tracks). By default (annotations to train
+        on) exact duplicate rows are dropped and rows of one video that disagree are
+        refused.
 
     Returns
     -------
     DataFrame
         A copy with ``video_id``/``music_id`` as strings and time columns as float64,
-        index reset to ``0..n-1``; exact duplicate rows dropped.
+        index reset to ``0..n-1``.
 
     Raises
     ------
@@ -249,7 +255,8 @@ def validate_annotations(
                 f"(rows {_examples(np.flatnonzero(negative))}); times are seconds >= 0"
             )
     _check_moments(out, problems)
-    out = _drop_duplicates(out, problems)
+    if not keep_duplicates:
+        out = _drop_duplicates(out, problems)
     if problems:
         raise AnnotationError(problems, source)
     return out.reset_index(drop=True)

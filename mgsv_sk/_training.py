@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     """Optimisation settings of one fit (built by the estimator from its parameters)."""
 
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 128
     max_epochs: int = 50

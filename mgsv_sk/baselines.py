@@ -42,7 +42,7 @@ class TrivialGrounder(BaseGrounder):
         self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> TrivialGrounder:
-        frame = self._frame(X, FIT_COLUMNS)
+        frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         self.catalogue_ids_ = list(pd.unique(frame["music_id"]))
         self.fit_token_ = new_fit_token()
         return self
@@ -111,7 +111,7 @@ class RidgeGrounder(BaseGrounder):
         self.alpha = alpha
 
     def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None) -> RidgeGrounder:
-        frame = self._frame(X, FIT_COLUMNS)
+        frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         source = self._source(features)
         source.check_available(frame["video_id"], pd.unique(frame["music_id"]))
         video = self._video_means(frame, source)

@@ -514,7 +514,7 @@ def _read_meta(folder: Path, error: type[Exception]) -> dict[str, Any]:
 
 def _check_table(folder: Path, name: str, meta: dict[str, Any], error: type[Exception]
                  ) -> tuple[list[str], int, int, np.ndarray, Path]:
-    """Validate one table of a packed store (the runtime's reader mirrors this): ids,
+    """Validate one table of a packed store (the runtime's reader calls this too): ids,
     rows and dim in meta.json, the offsets file (read from its header first: an offsets
     file declaring more entries than it holds is refused without reading it) and the
     size of the feature file. Returns ids, rows, dim, offsets (int64) and the data path."""

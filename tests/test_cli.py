@@ -178,7 +178,7 @@ def test_demo_runs_end_to_end(tmp_path):
              "--test-videos", "20", "--epochs", "1", "--threads", "1", cwd=tmp_path)
     assert "trivial [0, duration]" in out and "MGSVGrounder" in out and "MoR@10,0.5" in out
     reports = json.loads((tmp_path / "d" / "metrics.json").read_text())
-    assert set(reports) == {"trivial [0, duration]", "MGSVGrounder"}
+    assert set(reports) == {"trivial [0, duration]", "ridge baseline", "MGSVGrounder"}
     assert reports["trivial [0, duration]"].keys() == reports["MGSVGrounder"].keys()
     assert {p.name for p in (tmp_path / "d").iterdir()} == {"release", "packed", "model",
                                                              "metrics.json"}
@@ -253,7 +253,7 @@ def test_bad_param_value_and_params_file(ws, capsys, tmp_path):
     params.write_text(json.dumps({"max_epochs": 0, "d_model": 32}))
     line = _main_error(["fit", str(ws["train"]), str(tmp_path / "m"), "-f",
                         str(ws["root"] / "packed"), "--params", str(params)], capsys)
-    assert "max_epochs must be > 0, got 0" in line
+    assert "'max_epochs' parameter of MGSVGrounder must be an int in the range [1, inf)" in line
     params.write_text("[1, 2]")
     line = _main_error(["fit", str(ws["train"]), str(tmp_path / "m"), "-f",
                         str(ws["root"] / "packed"), "--params", str(params)], capsys)

@@ -149,6 +149,15 @@ def test_detr_head_exports_with_parity(small_train, tmp_path):
     assert_same_windows(want, got)
 
 
+def test_repeated_rows_are_answered_row_by_row_in_both_backends(tiny_fitted, served,
+                                                               small_train):
+    X = small_train.frame.iloc[[3, 4, 3, 3, 5]].set_index(pd.Index([7, 8, 7, 9, 9]))
+    for query in (X, X.drop(columns="music_id")):
+        want, got = tiny_fitted.predict(query), served.predict(query)
+        assert len(want) == len(got) == 5 and want.index.equals(query.index)
+        assert_same_predictions(want, got)
+
+
 def test_decision_function_parity(tiny_fitted, served, small_test):
     X, gallery = small_test.frame, small_test.frame["music_id"].unique()
     want = tiny_fitted.decision_function(X, features=small_test.features, music_ids=gallery)

@@ -42,10 +42,10 @@ def test_param_n_threads_0_is_one_line(release, capsys, tmp_path):
             "--param", "n_threads=0", "--param", "max_epochs=1"]
     line = one_error_line(main(argv), capsys)
     # refused by the estimator's own parameter check, before any training
-    assert "n_threads must be None or an int >= 1, got 0" in line
+    assert "'n_threads' parameter of MGSVGrounder must be an int in the range [1, inf)" in line
     assert "unexpected" not in line
     assert not (tmp_path / "m").exists()
-    with pytest.raises(ValueError, match="n_threads must be None"):
+    with pytest.raises(ValueError, match="'n_threads' parameter"):
         main(["--debug", *argv])
 
 
