@@ -52,7 +52,8 @@ def test_cuda_without_a_gpu_says_how_to_fix_it(small_train, device):
     [({"mixed_precision": "half"}, "'mixed_precision' parameter of MGSVGrounder must be"),
      ({"mixed_precision": "fp16"}, "'fp16' needs a CUDA device"),
      ({"bf16": True, "mixed_precision": "fp32"}, "bf16=True contradicts"),
-     ({"device": 7, "mixed_precision": "x"}, "'mixed_precision' parameter.*\n.*'device' parameter")],
+     ({"device": 7, "mixed_precision": "x"},
+      "'mixed_precision' parameter.*\n.*'device' parameter")],
 )
 def test_precision_errors(small_train, params, match):
     est = MGSVGrounder(features=small_train.features, **{**TINY, **params})
