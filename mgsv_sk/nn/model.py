@@ -241,14 +241,6 @@ class MaDe(nn.Module):
         return Grounding(w.anchors, w.starts, w.ends, w.logits, no_layers, no_layers,
                          w.snippet_logits)
 
-    @staticmethod
-    def best_window(grounding: Grounding) -> tuple[Tensor, Tensor, Tensor]:
-        """The best candidate of each pair: start, end (seconds) and moment score, [B] each."""
-        best = grounding.logits.argmax(dim=1, keepdim=True)  # [B,1]
-        pick = [t.gather(1, best).squeeze(1) for t in (grounding.starts, grounding.ends,
-                                                       grounding.logits)]
-        return pick[0], pick[1], torch.sigmoid(pick[2])
-
     # -- training forward -----------------------------------------------------------------
     def forward(
         self,
