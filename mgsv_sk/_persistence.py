@@ -15,7 +15,6 @@ folder that loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._atomic import MODEL_FOLDER, atomic_directory
+from .core._atomic import MODEL_FOLDER, atomic_directory, sha256_file
 from .ranking import MusicCatalogue
 
 if TYPE_CHECKING:
@@ -41,14 +40,6 @@ _FILES = ("config.json", "weights.npz", "catalogue.npz")
 
 class ModelFileError(ValueError):
     """A saved model is missing, damaged or of another format."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_safe(value: Any) -> Any:
@@ -83,9 +74,10 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
         state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
                  for k, v in est.model_.state_dict().items()}
         np.savez(tmp / "weights.npz", **state)
-        arrays: dict[str, Any] = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
-        if cat.xpool_states is not None:
-            arrays["xpool_states"] = cat.xpool_states
+        emb, tokens, states, offsets = cat.arrays()
+        arrays: dict[str, Any] = {"emb": emb, "tokens": tokens, "offsets": offsets}
+        if states is not None:
+            arrays["xpool_states"] = states
         np.savez(tmp / "catalogue.npz", **arrays)
         manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -326,7 +318,7 @@ def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
     est.best_epoch_ = fitted["best_epoch"]
     est.n_epochs_ = fitted["n_epochs"]
     est.stopped_ = fitted["stopped"]
-    from ._base import new_fit_token
+    from .core.grounder import new_fit_token
 
     est.fit_token_ = new_fit_token()
     return est

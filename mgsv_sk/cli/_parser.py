@@ -1,7 +1,7 @@
 """The ``mgsv-sk`` command line (also ``python -m mgsv_sk``).
 
 Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo`` (one small
-function each in :mod:`mgsv_sk._cli_commands`, importing torch only when it runs, so
+function each in :mod:`mgsv_sk.cli.commands`, importing torch only when it runs, so
 ``--help`` is instant).
 
 Exit codes: 0 success; 2 usage error (argparse); 1 any error while running: a user mistake
@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from ._cli_commands import (
+from .commands import (
     UserError,
     cmd_demo,
     cmd_evaluate,

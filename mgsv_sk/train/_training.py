@@ -16,21 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as ddp
-from ._batching import collate, length_grouped_batches, target_center_width
-from ._device import Autocast, autocast_for
-from ._inference import ground_pairs, video_embeddings
-from .features import FeatureSource
-from .metrics import (
+from .._inference import ground_pairs, video_embeddings
+from ..core.features import FeatureSource
+from ..core.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
     retrieval_ranks,
     retrieval_report,
 )
-from .nn.losses import LossWeights, made_losses
-from .nn.model import MaDe
-from .ranking import MusicCatalogue
-from .spans import temporal_iou
+from ..core.spans import temporal_iou
+from ..nn.losses import LossWeights, made_losses
+from ..nn.model import MaDe
+from ..ranking import MusicCatalogue
+from . import distributed as ddp
+from ._batching import collate, length_grouped_batches, target_center_width
+from ._device import Autocast, autocast_for
 
 __all__ = ["TrainConfig", "TrainResult", "Split", "fit_model", "validation_report"]
 
