@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_sk.train._batching import pad_stack
 from mgsv_sk._inference import video_embeddings
 from mgsv_sk.ranking import MusicCatalogue
+from mgsv_sk.train._batching import pad_stack
 
 
 @pytest.fixture(scope="module")

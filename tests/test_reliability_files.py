@@ -20,6 +20,7 @@ from conftest import TINY
 
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
 from mgsv_sk._persistence import ModelFileError, sha256_file
+from mgsv_sk.core.features import as_feature_source
 from mgsv_sk.features import FeatureError, FeatureTree, InMemoryFeatures, PackedFeatures
 
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mgsv_sk import make_synthetic_mgsv, pack_features, read_annotations
-from mgsv_sk.core._schema import AnnotationError, id_problem, validate_annotations
 from mgsv_sk.cli import main
+from mgsv_sk.core._schema import AnnotationError, id_problem, validate_annotations
 from mgsv_sk.features import FeatureError, FeatureTree
 
 BAD_IDS = [

@@ -18,6 +18,7 @@ from conftest import TINY
 
 from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
+from mgsv_sk.cli import main
 from mgsv_sk.core._atomic import (
     MODEL_FOLDER,
     PACKED_STORE,
@@ -25,7 +26,6 @@ from mgsv_sk.core._atomic import (
     atomic_directory,
     check_destination,
 )
-from mgsv_sk.cli import main
 from mgsv_sk.features import PackedFeatures
 
 
