@@ -26,6 +26,7 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import check_is_fitted
 
+from ._fitted import FittedState
 from ._inference import ground_pairs, snippet_evidence, video_embeddings
 from .core._schema import FIT_COLUMNS, check_trainable_moments, video_durations
 from .core.catalogue import pair_scores, retrieval_scores
@@ -446,16 +447,27 @@ class MGSVGrounder(GrounderEstimator):
             warnings.warn("fit was interrupted: the model holds the best weights of the "
                           f"{len(result.history)} completed epoch(s)", RuntimeWarning,
                           stacklevel=2)
-        self.model_ = model
-        self.catalogue_ = catalogue
-        self.catalogue_ids_ = catalogue.ids
-        self.history_ = result.history
-        self.best_epoch_ = result.best_epoch
-        self.n_epochs_ = len(result.history)
-        self.stopped_ = result.stopped
-        self.n_threads_ = n_threads_used
-        self.fit_token_ = new_fit_token()
+        self._set_fitted(FittedState(model, catalogue, result.history, result.best_epoch,
+                                     len(result.history), result.stopped, n_threads_used))
         return self
+
+    def _set_fitted(self, state: FittedState) -> None:
+        """Apply a fitted state (from ``fit`` or a saved model): every fitted attribute
+        at once."""
+        self.model_ = state.model
+        self.catalogue_ = state.catalogue
+        self.catalogue_ids_ = list(state.catalogue.ids)
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        self.n_epochs_ = state.n_epochs
+        self.stopped_ = state.stopped
+        if state.n_threads is not None:
+            self.n_threads_ = state.n_threads
+        self.fit_token_ = new_fit_token()
+
+    def _fitted_state(self) -> FittedState:
+        return FittedState(self.model_, self.catalogue_, self.history_, self.best_epoch_,
+                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None))
 
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
@@ -597,14 +609,16 @@ class MGSVGrounder(GrounderEstimator):
         check_is_fitted(self)
         from ._persistence import save_grounder
 
-        save_grounder(self, path, overwrite=overwrite)
+        save_grounder(self.get_params(deep=False), self._fitted_state(), path,
+                      overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], features: Any = None) -> MGSVGrounder:
         """Read a model written by :meth:`save` (checksums verified)."""
         from ._persistence import load_grounder
 
-        est = load_grounder(cls, path, features=features)
+        est, state = load_grounder(cls, path, features=features)
+        est._set_fitted(state)
         est._place_model()  # weights are stored for the CPU; move them to ``device``
         return est
 

@@ -55,6 +55,7 @@ __all__ = [
     "ProtocolScorer",
     "evaluate",
     "get_scorer",
+    "scorer_value",
     "protocol_scorer",
 ]
 
@@ -74,6 +75,17 @@ _REGISTRY: dict[str, tuple[bool, bool, str, float]] = {
 }
 #: Every valid scorer name.
 SCORER_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def scorer_value(report: dict[str, float], name: str, prefix: str = "") -> float:
+    """The greater-is-better value of scorer ``name`` in a protocol report (keys as the
+    report functions write them, after ``prefix``; early stopping reads ``val_``-keys).
+
+    >>> scorer_value({"MedianR": 3.0}, "neg_median_rank")
+    -3.0
+    """
+    _, _, key, sign = _REGISTRY[name]
+    return sign * float(report[prefix + key])
 
 
 @dataclass
