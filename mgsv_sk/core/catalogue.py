@@ -287,6 +287,10 @@ class Catalogue(TrackIndex):
         return np.asarray(out, np.float32).reshape(len(out), -1)
 
     def _slices(self, field: str, rows: np.ndarray) -> list[np.ndarray]:
+        if len(self.parts) == 1:  # the common case: no part lookup per row
+            part = self.parts[0]
+            data, offsets = getattr(part, field), part.offsets.tolist()
+            return [data[offsets[r]: offsets[r + 1]] for r in np.asarray(rows).tolist()]
         out = []
         for r in rows:
             part, i = self._locate(int(r))
@@ -350,12 +354,12 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer |
     :data:`TWO_STAGE_MARGIN`, so they rank after every re-ranked track).
     """
     video_emb = np.ascontiguousarray(video_emb, np.float32)
-    dual = cat.dual(video_emb) if use_dual else None
     if xpool is None:
-        if dual is None:
+        if not use_dual:
             raise ValueError("a retrieval score needs the dual score or X-Pool")
-        return dual
-    if xpool_top_k is not None and xpool_top_k < len(cat) and dual is not None:
+        return cat.dual(video_emb)
+    if xpool_top_k is not None and xpool_top_k < len(cat) and use_dual:
+        dual = cat.dual(video_emb)
         cand = top_k_indices(dual, xpool_top_k)  # (B, K)
         out = dual - TWO_STAGE_MARGIN
         videos = np.repeat(np.arange(len(video_emb)), cand.shape[1])
