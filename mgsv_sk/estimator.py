@@ -143,7 +143,9 @@ class MGSVGrounder(GrounderEstimator):
         lr=3e-4, batch_size=512``; the defaults are what learns in minutes on a CPU
         (measured in ``benchmarks/accuracy.py``).
     batch_size : int
-        Videos per training batch (paper 512; 128 trains faster on a CPU). Per process
+        Videos per training batch (paper 512; 64 gives a CPU fit twice the optimiser steps
+        per epoch of 128, which the first epochs need: measured in
+        ``benchmarks/accuracy.py``). Per process
         in data-parallel training (:mod:`mgsv_sk.distributed`): a step then averages
         ``batch_size * world_size`` videos, and each process's InfoNCE uses its own batch.
     max_epochs, patience : int
@@ -234,7 +236,7 @@ class MGSVGrounder(GrounderEstimator):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.02,
         grad_clip: float = 1.0,
-        batch_size: int = 128,
+        batch_size: int = 64,
         max_epochs: int = 50,
         patience: int = 5,
         validation_fraction: float = 0.1,

@@ -44,7 +44,7 @@ class TrainConfig:
 
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
+    batch_size: int = 64
     max_epochs: int = 50
     patience: int = 5
     warmup_fraction: float = 0.02
