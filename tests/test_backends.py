@@ -56,6 +56,31 @@ def test_rank_shape_order_and_windows(grounder, small_train):
     assert len(grounder.rank(X.iloc[:1], k=1000)) == len(grounder.catalogue_ids_)
 
 
+def test_rank_rerank_by_moment_score(grounder, small_train):
+    X = small_train.frame.iloc[:6].drop(columns="music_id")
+    plain = grounder.rank(X, k=8)
+    mixed = grounder.rank(X, k=3, moment_weight=0.5, rerank_depth=8)
+    assert len(mixed) == 18 and mixed["rank"].tolist() == [1, 2, 3] * 6
+    p = plain["moment_score"].clip(1e-6, 1 - 1e-6)
+    plain = plain.assign(combined=plain["score"] + 0.5 * np.log(p / (1 - p)))
+    for vid, rows in mixed.groupby("video_id", sort=False):
+        cand = plain[plain["video_id"] == vid].sort_values("combined", ascending=False,
+                                                              kind="stable")
+        assert rows["music_id"].tolist() == cand["music_id"].tolist()[:3]
+        # each track keeps its own retrieval score and moment
+        assert np.allclose(rows["score"], cand["score"].iloc[:3])
+        assert np.allclose(rows["start"], cand["start"].iloc[:3])
+    assert grounder.rank(X, k=3, moment_weight=0.0).equals(grounder.rank(X, k=3))
+
+
+@pytest.mark.parametrize("bad", [{"moment_weight": -1.0}, {"moment_weight": float("nan")},
+                                 {"moment_weight": True}, {"rerank_depth": 0},
+                                 {"rerank_depth": 2.5}])
+def test_rank_refuses_bad_rerank_settings(grounder, small_train, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        grounder.rank(small_train.frame.iloc[:2].drop(columns="music_id"), k=2, **bad)
+
+
 @pytest.mark.parametrize("k", [0, -1, True, 2.0, "3"])
 def test_rank_refuses_a_bad_k(grounder, small_train, k):
     with pytest.raises(ValueError, match="k must be a positive integer"):

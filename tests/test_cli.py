@@ -131,6 +131,16 @@ def test_predict_msg_top_k_jsonl(ws, model):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_predict_msg_moment_weight_reranks(ws, model):
+    ok("predict", "model", str(ws["test"]), "mixed.csv", "--mode", "msg", "--top-k", "2",
+       "--moment-weight", "0.05", "--catalogue", "input", cwd=ws["root"])
+    got = pd.read_csv(ws["root"] / "mixed.csv", dtype={"video_id": str, "music_id": str})
+    test = read_annotations(ws["test"])
+    want = model.set_catalogue(test["music_id"]).rank(test.drop(columns="music_id"), k=2,
+                                                       moment_weight=0.05)
+    assert got["music_id"].tolist() == want["music_id"].tolist()
+
+
 def test_predict_several_moments_per_track_jsonl(ws, model):
     ok("predict", "model", str(ws["test"]), "moments.jsonl", "--moments-per-track", "3",
        cwd=ws["root"])

@@ -262,8 +262,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model.set_catalogue(_catalogue(args.catalogue, frame))
     query = frame if mode == "smg" else frame.drop(columns="music_id", errors="ignore")
     moments = args.moments_per_track
+    if args.moment_weight and args.top_k is None:
+        raise UserError("--moment-weight re-ranks MsG's top tracks: give --top-k too")
     if mode == "msg" and args.top_k is not None:
-        pred = model.rank(query, k=args.top_k, moments_per_track=moments)
+        pred = model.rank(query, k=args.top_k, moments_per_track=moments,
+                          moment_weight=args.moment_weight)
     else:
         pred = model.predict(query, moments_per_track=moments)
         pred.insert(0, "video_id", query["video_id"].to_numpy())
