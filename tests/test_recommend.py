@@ -95,3 +95,27 @@ def test_cli_catalogue_and_recommend(world, fitted, tmp_path, capsys):
     assert line["video_path"].endswith("new_video.mp4")
     start, end, _ = line["pred_relevant_windows"][0]
     assert end - start == pytest.approx(4.5, abs=0.3)
+
+
+def test_onnx_bundle_with_encoders_recommends_like_torch(world, fitted, tmp_path, capsys):
+    from export.runtime import OnnxGrounder
+    from export.to_onnx import export_onnx
+
+    bundle = export_onnx(fitted, tmp_path / "bundle",
+                         encoders={"video": world["clip"], "music": world["ast"]})
+    runtime = OnnxGrounder.load(bundle)
+    assert runtime.video_encoder is not None and runtime.music_encoder.dim == 32
+    video = world["root"] / "new_video.mp4"
+    got = runtime.recommend(video, k=3)
+    want = fitted.recommend(video, k=3, video_encoder=world["clip"])
+    assert got["music_id"].tolist() == want["music_id"].tolist()
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-3)
+    np.testing.assert_allclose(got[["start", "end"]], want[["start", "end"]], atol=0.05)
+    # the CLI: a catalogue built with the bundle's ONNX music encoder, served by the bundle
+    enc = str(bundle / runtime.manifest["encoders"]["music"]["files"]["fp32"])
+    assert main(["-q", "catalogue", str(world["root"] / "music"), str(tmp_path / "cat"),
+                 "--music-encoder", enc]) == 0
+    assert main(["recommend", str(video), "--model", str(bundle), "--catalogue",
+                 str(tmp_path / "cat"), "--top-k", "2"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["pred_music_ids"] == want["music_id"].tolist()[:2]
