@@ -44,9 +44,8 @@ def write_audio(path: Path, seconds: float, rate: int = 22_050, freq: float = 44
 
 
 def tiny_clip():
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
     import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     from mgsv_sk.extract import ClipImageEncoder
 
@@ -58,9 +57,8 @@ def tiny_clip():
 
 
 def tiny_ast():
-    from transformers import ASTConfig, ASTModel
-
     import torch
+    from transformers import ASTConfig, ASTModel
 
     from mgsv_sk.extract import AstEncoder
 

@@ -119,3 +119,27 @@ def test_onnx_bundle_with_encoders_recommends_like_torch(world, fitted, tmp_path
                  str(tmp_path / "cat"), "--top-k", "2"]) == 0
     line = json.loads(capsys.readouterr().out.strip())
     assert line["pred_music_ids"] == want["music_id"].tolist()[:2]
+
+
+def test_bundle_recommends_without_torch(world, fitted, tmp_path):
+    """The runtime path, media files included, with torch unimportable."""
+    import subprocess
+    import sys
+
+    from export.to_onnx import export_onnx
+
+    bundle = export_onnx(fitted, tmp_path / "bundle", encoders={"video": world["clip"]},
+                         check=False)
+    code = f"""
+import sys
+sys.modules["torch"] = None
+from export.runtime import OnnxGrounder
+g = OnnxGrounder.load({str(bundle)!r})
+out = g.recommend({str(world["root"] / "new_video.mp4")!r}, k=2)
+assert len(out) == 2 and "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -26,8 +26,15 @@ DEFAULT_AST = "MIT/ast-finetuned-audioset-10-10-0.4593"
 class Encoder(Protocol):
     """What the pipeline needs of an encoder."""
 
-    name: str
-    dim: int
+    @property
+    def name(self) -> str:
+        """What the encoder is (a hub name, a path)."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Width of the embeddings."""
+        ...
 
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         """(B, ...) float32 inputs -> (B, dim) float32 embeddings."""
@@ -55,7 +62,7 @@ class _TorchEncoder:
         raise NotImplementedError
 
     def encode(self, inputs: np.ndarray) -> np.ndarray:
-        torch = require("torch", "the torch encoders")
+        import torch
         inputs = np.ascontiguousarray(inputs, dtype=np.float32)
         out = np.zeros((len(inputs), self.dim), np.float32)
         module = self.module()
@@ -82,7 +89,7 @@ class _TorchEncoder:
 
 
 def _clip_module(model: Any) -> Any:
-    torch = require("torch", "the torch encoders")
+    import torch
 
     class ClipImage(torch.nn.Module):
         def __init__(self) -> None:
@@ -96,7 +103,7 @@ def _clip_module(model: Any) -> Any:
 
 
 def _ast_module(model: Any) -> Any:
-    torch = require("torch", "the torch encoders")
+    import torch
 
     class AstPooled(torch.nn.Module):
         def __init__(self) -> None:
