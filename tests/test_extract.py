@@ -92,7 +92,7 @@ def test_fbank_matches_transformers_numpy_kaldi():
     for row, n in ((0, 498), (2, 998), (5, 748)):
         pad = ours[row, n:]
         np.testing.assert_allclose(pad, 4.2677393 / (2 * 4.5689974), rtol=1e-6)
-        assert not np.allclose(ours[row, n - 1], pad[0]) or row == 5
+        assert np.abs(ours[row, n - 1] - pad[0]).max() > 0.1  # the last real frame
 
 
 def test_fbank_single_frame_hand_computed():
