@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..features import _KUAI, PackedFeatures, as_feature_source, pack_features
 from ._deps import require
@@ -114,8 +115,11 @@ def _download(entry: Any, dest: Path, *, repo_id: str, revision: str | None,
         resume = 0
     logger.info("downloading %s (%d bytes%s)", entry.path, entry.size,
                 f", resuming at {resume}" if resume else "")
+    headers = build_hf_headers(token=token)
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a CDN's signed address: the token stays home
     with open(part, "ab") as fh:
-        http_get(meta.location, fh, resume_size=resume, headers=build_hf_headers(token=token),
+        http_get(meta.location, fh, resume_size=resume, headers=headers,
                  expected_size=entry.size, displayed_filename=PurePosixPath(entry.path).name)
     if not _matches(part, entry):
         part.unlink()
@@ -147,10 +151,11 @@ def _members(archive: zipfile.ZipFile, name: str) -> list[tuple[zipfile.ZipInfo,
     return out
 
 
-def _extract(zip_path: Path, root: Path, name: str) -> None:
-    """Test the zip, extract its feature files beside the tree, move them into place."""
+def _extract(zip_path: Path, root: Path, name: str, digest: str) -> None:
+    """Test the zip, extract its feature files beside the tree, move them into place;
+    a marker holding the zip's checksum records a completed extraction."""
     marker = zip_path.with_name(zip_path.name + ".extracted")
-    if marker.is_file():
+    if marker.is_file() and marker.read_text().strip() == digest:
         return
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -174,7 +179,7 @@ def _extract(zip_path: Path, root: Path, name: str) -> None:
         raise DownloadError(
             f"{name} is not a readable zip ({exc}); delete {zip_path} and run the command "
             "again to download it anew") from exc
-    marker.write_text("ok\n")
+    marker.write_text(digest + "\n")
 
 
 def fetch_mgsv_ec(
@@ -234,7 +239,9 @@ def fetch_mgsv_ec(
         shutil.copyfile(download / entry.path, target)
         result.csvs[name.split("_")[0]] = target
     for entry in zips:
-        _extract(download / entry.path, root, entry.path)
+        expected = _expected(entry)
+        _extract(download / entry.path, root, entry.path,
+                 expected[1] if expected else str(entry.size))
     logger.info("%s", LICENCE_NOTE)
     if pack is not None and (Path(pack) / "meta.json").is_file():
         result.packed = PackedFeatures(pack)  # packed by an earlier run

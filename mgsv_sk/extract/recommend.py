@@ -38,6 +38,9 @@ def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLik
     if not paths:
         raise ValueError("video_paths is empty: pass one or more video files")
     items = media_ids(paths, "video")
+    if not items:
+        raise ValueError(f"no video files in {[str(p) for p in paths]}: give video files or "
+                         "folders holding .mp4 / .mov / .mkv / .webm / .avi / .m4v files")
     rows, feats = [], {}
     for key, path in items.items():
         try:
