@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -102,7 +103,8 @@ def main() -> None:
 
     result: dict = {"threads": args.threads, "tiny": args.tiny,
                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                    "torch": torch.__version__, "onnxruntime": ort.__version__}
+                    "torch": torch.__version__, "onnxruntime": ort.__version__,
+                    "load_average_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         video, audio = _make_media(tmp_path)
@@ -171,7 +173,8 @@ def _recommend(video: Path, backends: dict, threads: int) -> dict:
 
 
 def _table(r: dict) -> str:
-    lines = [f"Feature extraction on {r['threads']} CPU threads"
+    lines = [f"Feature extraction on {r['threads']} CPU threads (1-min load average at start "
+             f"{r['load_average_at_start']:.1f})"
              + (" (tiny encoders: smoke test)" if r["tiny"] else
                 " (CLIP ViT-B/32 and AST base at random weights)"), "",
              "| backend | CLIP frames/s | AST windows/s | audio s/s (AST) | min cosine vs torch |",
@@ -180,9 +183,10 @@ def _table(r: dict) -> str:
         lines.append(f"| {name} | {e['clip_frames_per_s']:.1f} | {e['ast_windows_per_s']:.2f} | "
                      f"{e['ast_audio_s_per_s']:.2f} | {e['cosine_vs_torch_min']:.5f} |")
     rec = r["recommend"]
-    lines += ["", f"Preprocessing: video decode + resize/crop {r['video_preprocess_frames_per_s']:.0f}"
-              f" frames/s; audio decode + resample + fbank {r['audio_preprocess_audio_s_per_s']:.0f}"
-              " s of audio/s.", "",
+    video_fps, audio_rate = (r["video_preprocess_frames_per_s"],
+                             r["audio_preprocess_audio_s_per_s"])
+    lines += ["", f"Preprocessing: video decode + resize/crop {video_fps:.0f} frames/s; "
+              f"audio decode + resample + fbank {audio_rate:.0f} s of audio/s.", "",
               f"`recommend` for one 30 s video against {rec['catalogue_tracks']} tracks "
               f"(catalogue encoded once by set_catalogue: {rec['set_catalogue_s']:.2f} s):", "",
               "| video encoder | latency (s) |", "|---|---|"]
