@@ -113,6 +113,11 @@ def test_packed_store_written_and_merged(media, clip_encoder, tmp_path):
 
 
 def test_bad_arguments_are_refused_up_front(media, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        extract_features(tmp_path / "mine", music=[media / "music"], layout="packed",
+                         music_encoder=StubMusicEncoder())
     with pytest.raises(ValueError, match="video_encoder is required"):
         extract_features(tmp_path / "o", videos=[media / "videos"])
     (tmp_path / "a").mkdir()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import PACKED_STORE, check_destination
 from ..features import (
     _KUAI,
     _MUSIC_FEAT,
@@ -170,6 +171,8 @@ class PackedWriter(FeatureWriter):
     """Parts under ``<store>.parts/``, packed into ``store`` by :meth:`finish`."""
 
     def __init__(self, store: str | os.PathLike[str]) -> None:
+        # Up front, not after hours of extraction: only a store of ours is ever replaced.
+        check_destination(store, overwrite=True, replaces=PACKED_STORE)
         self.store = Path(store)
         self.parts = self.store.with_name(self.store.name + ".parts")
         self.old = PackedFeatures(self.store) if (self.store / "meta.json").is_file() else None
