@@ -29,6 +29,7 @@ import pandas as pd
 
 from mgsv_sk._schema import video_durations
 from mgsv_sk.core.moments import check_moments, select_windows, window_lists
+from mgsv_sk.extract.onnx_encoders import OrtEncoder
 
 from ._catalogue import Catalogue, Part, pad
 from ._features import FeatureError, as_features, read_items
@@ -179,10 +180,19 @@ class OnnxGrounder:
             sessions[name] = ort.InferenceSession(str(folder / file), options,
                                                   providers=["CPUExecutionProvider"])
         part = Part.load(folder, manifest["catalogue"]["files"])
-        return cls(folder, manifest, sessions, Catalogue([part]), features=features,
-                   precision=precision, track_chunk=track_chunk)
+        grounder = cls(folder, manifest, sessions, Catalogue([part]), features=features,
+                       precision=precision, track_chunk=track_chunk)
+        for role, info in manifest.get("encoders", {}).items():  # exported with encoders=
+            file = info["files"].get(precision, info["files"]["fp32"])
+            setattr(grounder, f"{role}_encoder", OrtEncoder(folder / file,
+                                                            session_options=options))
+        return grounder
 
     # -- public state ------------------------------------------------------------------------
+    #: The bundle's feature encoders (OrtEncoder), when it was exported with them.
+    video_encoder: Any = None
+    music_encoder: Any = None
+
     @property
     def catalogue_ids_(self) -> list[str]:
         """Tracks served by MsG ``predict`` and ``rank``, in catalogue order."""
@@ -413,6 +423,32 @@ class OnnxGrounder:
         if moments > 1:
             out["windows"] = window_lists(start, end, moment)
         return out
+
+    def recommend(self, video_paths: Any, k: int = 10, *, video_encoder: Any = None,
+                  moments_per_track: int = 1) -> pd.DataFrame:
+        """Top-``k`` catalogue tracks for video files with the moment(s) on each, as
+        :meth:`mgsv_sk.MGSVGrounder.recommend`; frames are encoded by ``video_encoder``,
+        default the bundle's own (exported with ``encoders=``)."""
+        from mgsv_sk.extract.recommend import recommend_videos
+
+        encoder = video_encoder if video_encoder is not None else self.video_encoder
+        if encoder is None:
+            raise ValueError("this bundle holds no video encoder: export it with "
+                             "export_onnx(..., encoders={'video': ClipImageEncoder(...)}) or "
+                             "pass video_encoder=")
+        return recommend_videos(self, video_paths, k, video_encoder=encoder,
+                                moments_per_track=moments_per_track)
+
+    def set_catalogue(self, music_ids: Sequence[Any], features: Any = None) -> OnnxGrounder:
+        """Serve these tracks instead of the exported catalogue (encoded now from
+        ``features``, e.g. a store built by ``mgsv-sk catalogue``)."""
+        ids = list(dict.fromkeys(_as_id(m) for m in music_ids))
+        if not ids:
+            raise ValueError("set_catalogue needs at least one music_id")
+        part = self._encode_music(ids, self._source(features))
+        with self._lock:
+            self._catalogue = Catalogue([part])
+        return self
 
     def add_tracks(self, music_ids: Sequence[Any], features: Any = None) -> OnnxGrounder:
         """Encode tracks with the music encoder graph and append them to the catalogue."""
