@@ -36,6 +36,8 @@ _EXPORTS = {
     "protocol_scorer": "mgsv_sk.scoring",
     "evaluate": "mgsv_sk.scoring",
     "SCORER_NAMES": "mgsv_sk.scoring",
+    "fetch_mgsv_ec": "mgsv_sk.extract.fetch",
+    "extract_features": "mgsv_sk.extract.pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
