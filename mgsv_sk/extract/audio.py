@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spans import MAX_MUSIC_SECONDS
+from ..core.spans import MAX_MUSIC_SECONDS
 from ._deps import require
 from .recipe import SAMPLE_RATE
 

@@ -27,7 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..features import _KUAI, PackedFeatures, as_feature_source, pack_features
+from ..core._tree import _KUAI
+from ..core.features import as_feature_source, pack_features
+from ..core.packed import PackedFeatures
 from ._deps import require
 
 __all__ = ["FetchResult", "LICENCE_NOTE", "REPO_ID", "fetch_mgsv_ec"]

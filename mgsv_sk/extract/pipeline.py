@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..features import _check_id, _progress
-from ..spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+from ..core._sources import _check_id, _progress
+from ..core.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 from .audio import load_track
 from .encoders import Encoder
 from .fbank import ast_inputs

@@ -19,7 +19,12 @@ import math
 
 import numpy as np
 
-from ..spans import MAX_MUSIC_SECONDS, MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
+from ..core.spans import (
+    MAX_MUSIC_SECONDS,
+    MAX_MUSIC_SNIPPETS,
+    MAX_VIDEO_FRAMES,
+    SNIPPET_HOP_SECONDS,
+)
 
 __all__ = [
     "AST_MEAN",

@@ -23,18 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import PACKED_STORE, check_destination
-from ..features import (
-    _KUAI,
-    _MUSIC_FEAT,
-    _MUSIC_MASK,
-    _VIDEO_FEAT,
-    _VIDEO_MASK,
-    FeatureSource,
-    MissingFeatureError,
-    PackedFeatures,
-    pack_features,
-)
+from ..core._atomic import PACKED_STORE, check_destination
+from ..core._sources import FeatureSource, MissingFeatureError
+from ..core._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
+from ..core.features import pack_features
+from ..core.packed import PackedFeatures
 
 __all__ = ["FeatureWriter", "NpyFolder", "PackedWriter", "TreeWriter", "open_writer"]
 

@@ -1,6 +1,6 @@
 """The media commands of ``mgsv-sk``: ``download``, ``catalogue``, ``recommend``.
 
-Kept apart from :mod:`mgsv_sk._cli_commands` (one function per command, heavy imports
+Kept apart from :mod:`mgsv_sk.cli.commands` (one function per command, heavy imports
 inside); :func:`add_media_commands` adds their parsers.
 """
 
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._atomic import ONNX_BUNDLE
-from ._cli_commands import UserError, _existing, _free, _say
+from ..core._atomic import ONNX_BUNDLE
+from .commands import UserError, _existing, _free, _say
 
 __all__ = ["add_media_commands", "cmd_catalogue", "cmd_download", "cmd_recommend",
            "load_encoder"]
@@ -23,16 +23,16 @@ def load_encoder(spec: str, kind: str) -> Any:
     """An encoder from ``spec``: a ``.onnx`` file (onnxruntime), else a hub name or a local
     folder of a transformers model. ``kind`` is "video" or "music"."""
     if spec.lower().endswith(".onnx"):
-        from .extract.onnx_encoders import OrtEncoder
+        from ..extract.onnx_encoders import OrtEncoder
 
         return OrtEncoder(_existing(spec, "ONNX encoder"))
-    from .extract.encoders import AstEncoder, ClipImageEncoder
+    from ..extract.encoders import AstEncoder, ClipImageEncoder
 
     return (ClipImageEncoder if kind == "video" else AstEncoder).from_pretrained(spec)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .extract.fetch import LICENCE_NOTE, fetch_mgsv_ec
+    from ..extract.fetch import LICENCE_NOTE, fetch_mgsv_ec
 
     if args.pack and not (Path(args.pack) / "meta.json").is_file():
         _free(args.pack, False)  # a store of an earlier run is reused, anything else refused
@@ -47,7 +47,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_catalogue(args: argparse.Namespace) -> int:
-    from .extract.recommend import build_catalogue
+    from ..extract.recommend import build_catalogue
 
     for path in args.music:
         _existing(path, "music file or folder")
@@ -66,11 +66,11 @@ def _grounder(model: str, catalogue: str | None) -> Any:
 
         grounder: Any = OnnxGrounder.load(folder)
     else:
-        from .estimator import MGSVGrounder
+        from ..estimator import MGSVGrounder
 
         grounder = MGSVGrounder.load(folder)
     if catalogue is not None:
-        from .features import PackedFeatures
+        from ..core.packed import PackedFeatures
 
         store = PackedFeatures(_existing(catalogue, "catalogue store"))
         if not store.music_ids():
@@ -92,7 +92,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         encoder = load_encoder("openai/clip-vit-base-patch32", "video")
     table = grounder.recommend(args.videos, k=args.top_k, video_encoder=encoder,
                                moments_per_track=args.moments_per_track)
-    from .jsonl import predictions_to_records, write_text_atomic
+    from ..jsonl import predictions_to_records, write_text_atomic
 
     if args.out is not None and args.out.lower().endswith(".csv"):
         write_text_atomic(args.out, table.drop(columns="windows", errors="ignore")

@@ -13,6 +13,7 @@ non-empty folder is refused before anything is read, written or moved, so
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,10 +31,21 @@ __all__ = [
     "Artefact",
     "atomic_directory",
     "check_destination",
+    "sha256_file",
 ]
 
 #: A marker file larger than this is not one of ours (ours are a few KB).
 _MAX_MARKER_BYTES = 64 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks: the checksum of every artefact (saved
+    model, ONNX bundle)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
