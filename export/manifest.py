@@ -315,6 +315,7 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
                           f"{outside[:5]}; refusing it (re-export the bundle)")
     used = [f for g in manifest["graphs"].values() for f in g.get("files", {}).values()]
     used += list(manifest["catalogue"].get("files", {}).values())
+    used += [f for e in manifest.get("encoders", {}).values() for f in e["files"].values()]
     unverified = sorted({f for f in used if f not in listed})
     if unverified:  # every file the runtime opens must carry a checksum
         raise BundleError(f"the manifest of {root!s} uses file(s) it gives no checksum for: "

@@ -41,6 +41,7 @@ from mgsv_sk.core.catalogue import (
 from mgsv_sk.core.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.core.moments import select_windows
+from mgsv_sk.extract.onnx_encoders import OrtEncoder
 
 from .manifest import GraphSpec, read_manifest, spec_from_json, verify_files
 
@@ -161,8 +162,17 @@ class OnnxGrounder(BaseGrounder):
             sessions[name] = ort.InferenceSession(str(folder / file), options,
                                                   providers=["CPUExecutionProvider"])
         part = Part.load(folder, manifest["catalogue"]["files"])
-        return cls(folder, manifest, sessions, Catalogue([part]), features=features,
-                   precision=precision, track_chunk=track_chunk)
+        grounder = cls(folder, manifest, sessions, Catalogue([part]), features=features,
+                       precision=precision, track_chunk=track_chunk)
+        for role, info in manifest.get("encoders", {}).items():  # exported with encoders=
+            file = info["files"].get(precision, info["files"]["fp32"])
+            setattr(grounder, f"{role}_encoder", OrtEncoder(folder / file,
+                                                            session_options=options))
+        return grounder
+
+    #: The bundle's feature encoders (OrtEncoder), when it was exported with them.
+    video_encoder: Any = None
+    music_encoder: Any = None
 
     def __repr__(self) -> str:
         return (f"OnnxGrounder({str(self.folder)!r}, {len(self._catalogue)} tracks, "
@@ -183,16 +193,16 @@ class OnnxGrounder(BaseGrounder):
         """A bundle is a fitted model."""
 
     # -- hooks of mgsv_sk.core.grounder.BaseGrounder -------------------------------------------
-    def _check_dims(self, source: FeatureSource) -> None:
-        for kind in ("video", "music"):
-            have, want = getattr(source, f"{kind}_dim"), self._dims[f"{kind}_dim"]
-            if have != want:
-                raise FeatureError(f"{source!r} holds {kind} features of width {have}, but the "
-                                   f"bundle's model reads {want}; pass the features it was "
-                                   "trained on")
+    def _check_dims(self, source: FeatureSource, kind: str) -> None:
+        # only the kind read now: a query of video features alone (recommend) holds no music
+        have, want = getattr(source, f"{kind}_dim"), self._dims[f"{kind}_dim"]
+        if have != want:
+            raise FeatureError(f"{source!r} holds {kind} features of width {have}, but the "
+                               f"bundle's model reads {want}; pass the features it was "
+                               "trained on")
 
     def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> _Videos:
-        self._check_dims(source)
+        self._check_dims(source, "video")
         video_ids = frame["video_id"].tolist()
         feats = source.videos(video_ids)
         lengths = np.array([len(f) for f in feats], np.int64)
@@ -209,7 +219,7 @@ class OnnxGrounder(BaseGrounder):
         return _Videos(tokens, emb, lengths)
 
     def _encode_music(self, music_ids: Sequence[str], source: FeatureSource) -> Part:
-        self._check_dims(source)
+        self._check_dims(source, "music")
         feats = source.musics(music_ids)
         lengths = np.array([len(f) for f in feats], np.int64)
         n = len(feats)
@@ -270,6 +280,21 @@ class OnnxGrounder(BaseGrounder):
     def _pair_scores(self, videos: _Videos, rows: np.ndarray,
                      catalogue: Catalogue) -> np.ndarray:
         return pair_scores(videos.emb, rows, catalogue, self._xpool())
+
+    def recommend(self, video_paths: Any, k: int = 10, *, video_encoder: Any = None,
+                  moments_per_track: int = 1) -> pd.DataFrame:
+        """Top-``k`` catalogue tracks for video files with the moment(s) on each, as
+        :meth:`mgsv_sk.MGSVGrounder.recommend`; frames are encoded by ``video_encoder``,
+        default the bundle's own (exported with ``encoders=``)."""
+        from mgsv_sk.extract.recommend import recommend_videos
+
+        encoder = video_encoder if video_encoder is not None else self.video_encoder
+        if encoder is None:
+            raise ValueError("this bundle holds no video encoder: export it with "
+                             "export_onnx(..., encoders={'video': ClipImageEncoder(...)}) or "
+                             "pass video_encoder=")
+        return recommend_videos(self, video_paths, k, video_encoder=encoder,
+                                moments_per_track=moments_per_track)
 
     def add_tracks(self, music_ids: Sequence[Any], features: Any = None) -> OnnxGrounder:
         """Encode tracks with the music encoder graph and append them to the catalogue."""

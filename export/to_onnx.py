@@ -218,7 +218,8 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, 
             "files": {role: CATALOGUE_FILES[role] for role in ["ids", *arrays]}}
 
 
-def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool) -> None:
+def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
+           encoders: Any = None) -> None:
     import onnx
 
     # tracing toggles modes: never the user's model; on the CPU, as the example inputs are
@@ -264,6 +265,11 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool)
         exporter="torch.onnx.export(dynamo=False)",
         default_precision="int8" if quantize else "fp32",
     )
+    if encoders:  # the feature encoders too: OnnxGrounder then accepts media files
+        from ._encoders import export_encoders
+
+        manifest["encoders"] = export_encoders(encoders, folder, opset=min(opset, 17),
+                                               quantize=quantize, check=check)
     write_manifest(folder, manifest)
 
 
@@ -275,6 +281,7 @@ def export_onnx(
     quantize: bool = False,
     overwrite: bool = False,
     check: bool = True,
+    encoders: Any = None,
 ) -> Path:
     """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`export.manifest`).
 
@@ -298,6 +305,10 @@ def export_onnx(
         and 5) and compare with torch (|difference| <= 1e-4 + 1e-4 |value|), raising
         :class:`ExportError` otherwise. Quantised graphs are always run on those inputs
         and must give finite outputs.
+    encoders : dict, optional
+        ``{"video": ClipImageEncoder, "music": AstEncoder}`` (:mod:`mgsv_sk.extract`): also
+        export the feature encoders (see :mod:`export._encoders`), so the bundle serves
+        media files; checked against torch (cosine >= 0.9999).
 
     Returns
     -------
@@ -312,7 +323,7 @@ def export_onnx(
                          f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
                          f"got {opset!r}")
     with atomic_directory(out_dir, overwrite=overwrite, replaces=ONNX_BUNDLE) as tmp:
-        _build(grounder, tmp, opset, quantize, check)
+        _build(grounder, tmp, opset, quantize, check, encoders)
     dst = Path(out_dir)
     logger.info("wrote ONNX bundle %s", dst)
     return dst

@@ -36,6 +36,8 @@ _EXPORTS = {
     "protocol_scorer": "mgsv_sk.core.scoring",
     "evaluate": "mgsv_sk.core.scoring",
     "SCORER_NAMES": "mgsv_sk.core.scoring",
+    "fetch_mgsv_ec": "mgsv_sk.extract.fetch",
+    "extract_features": "mgsv_sk.extract.pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

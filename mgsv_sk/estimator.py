@@ -572,6 +572,33 @@ class MGSVGrounder(GrounderEstimator):
                                     catalogue, source, autocast=self._autocast_dtype(),
                                     verbose=self.verbose)
 
+    def recommend(self, video_paths: Any, k: int = 10, *, video_encoder: Any = None,
+                  moments_per_track: int = 1) -> pd.DataFrame:
+        """Top-``k`` catalogue tracks for video files, with the moment(s) to play on each.
+
+        Parameters
+        ----------
+        video_paths : path or list of paths
+            Video files (or folders of them); ``video_id`` is each file's stem.
+        k : int
+            Tracks per video.
+        video_encoder : Encoder, optional
+            Frame encoder (default: CLIP ViT-B/32 from the hub cache, as the release).
+        moments_per_track : int
+            Moments per track (``windows`` column when > 1).
+
+        Returns
+        -------
+        DataFrame
+            :meth:`rank`'s columns plus ``video_path`` (see
+            :func:`mgsv_sk.extract.recommend.recommend_videos`).
+        """
+        check_is_fitted(self)
+        from .extract.recommend import recommend_videos
+
+        return recommend_videos(self, video_paths, k, video_encoder=video_encoder,
+                                moments_per_track=moments_per_track)
+
     # -- device ------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
         """Inference autocast on the model's device; float32 where the chosen precision is

@@ -1,6 +1,7 @@
 """The ``mgsv-sk`` command line (also ``python -m mgsv_sk``).
 
-Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo`` (one small
+Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo``, and
+``download``, ``catalogue``, ``recommend`` (:mod:`mgsv_sk.cli.media`) (one small
 function each in :mod:`mgsv_sk.cli.commands`, importing torch only when it runs, so
 ``--help`` is instant).
 
@@ -32,6 +33,7 @@ from .commands import (
     cmd_pack,
     cmd_predict,
 )
+from .media import add_media_commands
 
 __all__ = ["PROG", "USER_ERRORS", "build_parser", "main", "one_line"]
 
@@ -227,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for fitting (default: torch's setting; 1 is faster on "
                         "a machine busy with other work)")
+    add_media_commands(sub, _command)
     return parser
 
 
@@ -244,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet exclude each other")
     for name in ("top_k", "moments_per_track", "epochs", "train_videos", "train_tracks",
-                 "test_videos", "threads"):
+                 "test_videos", "threads", "batch"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
