@@ -13,6 +13,7 @@ non-empty folder is refused before anything is read, written or moved, so
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ __all__ = [
     "Artefact",
     "atomic_directory",
     "check_destination",
+    "sha256_file",
 ]
 
 #: A marker file larger than this is not one of ours (ours are a few KB).
@@ -63,6 +65,15 @@ PACKED_STORE = Artefact("meta.json", "mgsv_sk.packed/", "packed feature store")
 ONNX_BUNDLE = Artefact("manifest.json", "mgsv_sk.onnx/", "ONNX bundle")
 #: What ``atomic_directory`` may replace when the caller does not say.
 KNOWN_ARTEFACTS: tuple[Artefact, ...] = (MODEL_FOLDER, PACKED_STORE, ONNX_BUNDLE)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _as_rules(replaces: Artefact | Sequence[Artefact] | None) -> tuple[Artefact, ...]:

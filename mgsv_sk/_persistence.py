@@ -15,7 +15,6 @@ folder that loads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._atomic import MODEL_FOLDER, atomic_directory
+from ._atomic import MODEL_FOLDER, atomic_directory, sha256_file
 from .ranking import MusicCatalogue
 
 if TYPE_CHECKING:
@@ -41,14 +40,6 @@ _FILES = ("config.json", "weights.npz", "catalogue.npz")
 
 class ModelFileError(ValueError):
     """A saved model is missing, damaged or of another format."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_safe(value: Any) -> Any:
