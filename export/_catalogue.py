@@ -27,6 +27,9 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from mgsv_sk.core.ann import AnnIndex, top_k_rows
+from mgsv_sk.core.compact import CompactRows, open_compact
+
 __all__ = ["Catalogue", "Chunk", "NpyRows", "Part", "pad"]
 
 
@@ -75,7 +78,7 @@ class NpyRows:
         return np.frombuffer(data, "<f4").reshape(n, self.shape[1])
 
 
-Rows: TypeAlias = np.ndarray | NpyRows
+Rows: TypeAlias = np.ndarray | NpyRows | CompactRows
 
 
 def pad(arrays: Sequence[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,17 +115,24 @@ class Part:
                    else np.concatenate(states).astype(np.float32, copy=False))
 
     @classmethod
-    def load(cls, folder: Path, files: dict[str, str]) -> Part:
+    def load(cls, folder: Path, files: dict[str, str], states: str = "float32") -> Part:
         """The bundle's catalogue: embeddings memory-mapped, per-snippet arrays read on
-        demand (:class:`NpyRows`)."""
+        demand (:class:`NpyRows`; compact ``states``, "float16" / "int8": decoded as read)."""
         missing = [r for r in ("ids", "emb", "offsets", "tokens") if r not in files]
         if missing:
             raise ValueError(f"catalogue of {folder!s} lacks {missing}")
         ids = tuple(str(i) for i in json.loads((folder / files["ids"]).read_text()))
         emb: Any = np.load(folder / files["emb"], mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / files["offsets"], allow_pickle=False).astype(np.int64)
-        states = NpyRows(folder / files["xpool_states"]) if "xpool_states" in files else None
-        return cls(ids, emb, offsets, NpyRows(folder / files["tokens"]), states)
+
+        def rows(role: str) -> Rows:
+            if states == "float32":
+                return NpyRows(folder / files[role])
+            scales = {"scales": files[f"{role}_scales"]} if f"{role}_scales" in files else {}
+            return open_compact(folder, {"data": files[role], **scales}, states)
+
+        xpool = rows("xpool_states") if "xpool_states" in files else None
+        return cls(ids, emb, offsets, rows("tokens"), xpool)
 
 
 @dataclass(frozen=True)
@@ -136,10 +146,12 @@ class Chunk:
 
 
 class Catalogue:
-    """Encoded tracks, in catalogue order, from one or more parts."""
+    """Encoded tracks, in catalogue order, from one or more parts; ``ann``: a first-stage
+    index over the first part's embeddings (:mod:`mgsv_sk.core.ann`), or None."""
 
-    def __init__(self, parts: Sequence[Part]) -> None:
+    def __init__(self, parts: Sequence[Part], ann: AnnIndex | None = None) -> None:
         self.parts = tuple(parts)
+        self.ann = ann
         self.ids: list[str] = [i for p in self.parts for i in p.ids]
         self.index = {m: i for i, m in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
@@ -155,7 +167,25 @@ class Catalogue:
 
     def with_part(self, part: Part) -> Catalogue:
         """A new snapshot with ``part``'s tracks appended."""
-        return Catalogue(self.parts + (part,))
+        return Catalogue(self.parts + (part,), self.ann)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the dual top-k comes from an approximate index (HNSW / IVF)."""
+        return self.ann is not None and not self.ann.exact
+
+    def first_stage(self, video_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dual scores and rows of each video's ``k`` best tracks, (B, k) each, best first:
+        the index over the first part, merged with an exact scan of any added parts."""
+        assert self.ann is not None
+        scores, rows = self.ann.search(video_emb, k)
+        if len(self.parts) > 1:
+            rest = np.concatenate([(np.asarray(p.emb) @ video_emb.T).T for p in self.parts[1:]],
+                                  axis=1)  # [B, added tracks]
+            cols = np.broadcast_to(np.arange(self._starts[1], len(self)), rest.shape)
+            scores, rows = top_k_rows(np.concatenate([scores, rest], axis=1),
+                                      np.concatenate([rows, cols], axis=1), k)
+        return scores, rows
 
     def positions(self, music_ids: Sequence[str]) -> np.ndarray:
         return np.array([self.index[m] for m in music_ids], dtype=np.int64)

@@ -28,6 +28,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from mgsv_sk._schema import video_durations
+from mgsv_sk.core.ann import load_index
 from mgsv_sk.core.moments import check_moments, select_windows, window_lists
 
 from ._catalogue import Catalogue, Part, pad
@@ -109,7 +110,9 @@ class OnnxGrounder:
         "fp32" or "int8" graphs in use.
     xpool_top_k : int or None
         Two-stage search: X-Pool only for each video's top-K tracks by dual score (the
-        exported grounder's value unless changed).
+        exported grounder's value unless changed). With an approximate catalogue index
+        (:mod:`export.compact`) the top-K come from the index and the other tracks score
+        -inf; without ``xpool_top_k`` every track is scanned.
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], sessions: dict[str, Any],
@@ -178,8 +181,11 @@ class OnnxGrounder:
                                  f"{sorted(graph['files'])}); export with quantize=True")
             sessions[name] = ort.InferenceSession(str(folder / file), options,
                                                   providers=["CPUExecutionProvider"])
-        part = Part.load(folder, manifest["catalogue"]["files"])
-        return cls(folder, manifest, sessions, Catalogue([part]), features=features,
+        info = manifest["catalogue"]
+        part = Part.load(folder, info["files"], info.get("states", "float32"))
+        ann = (load_index(folder, info["index"]["name"], emb=part.emb, n=len(part.ids),
+                          verify=verify) if "index" in info else None)
+        return cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                    precision=precision, track_chunk=track_chunk)
 
     # -- public state ------------------------------------------------------------------------
@@ -292,10 +298,19 @@ class OnnxGrounder:
 
     def _scores(self, video_emb: np.ndarray, cat: Catalogue) -> np.ndarray:
         """Scores of videos [n, D] against every catalogue track, (n, N) float32."""
+        top_k = self.xpool_top_k
+        if top_k is not None and top_k < len(cat) and self.use_dual and cat.approximate:
+            # ANN first stage: the tracks it does not return score -inf (never retrieved)
+            first, cand = cat.first_stage(video_emb, top_k)  # (n, K) each
+            table = np.full((len(video_emb), len(cat)), -np.inf, np.float32)
+            videos, cols = np.nonzero(cand >= 0)
+            table[videos, cand[videos, cols]] = (
+                self._pair_scores(video_emb[videos], cand[videos, cols], cat)
+                if self.use_xpool else first[videos, cols])
+            return table
         dual = cat.dual(video_emb) if self.use_dual else None
         if dual is not None and not self.use_xpool:
             return dual
-        top_k = self.xpool_top_k
         if top_k is not None and top_k < len(cat) and dual is not None:
             cand = top_k_indices(dual, top_k)  # (n, K)
             out = dual - self._margin
