@@ -77,6 +77,8 @@ def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bo
         arrays: dict[str, Any] = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
         if cat.xpool_states is not None:
             arrays["xpool_states"] = cat.xpool_states
+        arrays = {k: v.decode() if hasattr(v, "decode") else v  # compact rows: float32
+                  for k, v in arrays.items()}
         np.savez(tmp / "catalogue.npz", **arrays)
         manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -577,6 +577,27 @@ class MGSVGrounder(BaseGrounder):
                                     catalogue, source, autocast=self._autocast_dtype(),
                                     verbose=self.verbose)
 
+    def compact_catalogue(self, states: str = "float32", index: str = "auto") -> MGSVGrounder:
+        """Store the catalogue's snippet arrays compactly and index it for large searches.
+
+        Parameters
+        ----------
+        states : {"float32", "float16", "int8"}
+            Storage of the cached snippet tokens and X-Pool states (int8: a quarter of the
+            bytes, X-Pool scores within ``mgsv_sk.core.compact.SCORE_TOLERANCE``).
+        index : {"auto", "exact", "hnsw", "ivf"}
+            First stage of the two-stage search (``xpool_top_k``): "auto" scans exactly up
+            to 50,000 tracks and builds a FAISS HNSW graph above (``pip install
+            "mgsv-sk[ann]"``). With an approximate index, tracks outside its top-K score
+            -inf in ``decision_function``.
+
+        A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
+        model stores float32 arrays (call this again after ``load``).
+        """
+        check_is_fitted(self)
+        self.catalogue_.compact(states, index)
+        return self
+
     def _index_catalogue(self, music_ids: list[str], source: FeatureSource) -> None:
         with torch_threads(self.n_threads):
             self.catalogue_ = _check_catalogue(MusicCatalogue.build(

@@ -27,6 +27,7 @@ from ._device import autocast_for
 from .features import FeatureSource
 
 if TYPE_CHECKING:
+    from .core.ann import AnnIndex, AnnParams
     from .nn.model import MaDe, MusicEncoding
 
 __all__ = ["MusicCatalogue", "TWO_STAGE_MARGIN"]
@@ -59,6 +60,9 @@ class MusicCatalogue:
     xpool_states : ndarray (sum S, D) or None
         X-Pool snippet states per snippet (None when the model has no X-Pool score).
     offsets : ndarray (N + 1,)
+    ann : AnnIndex, optional
+        A first-stage index over ``emb`` (:meth:`compact`): an approximate one answers the
+        dual top-``xpool_top_k`` of the two-stage search.
     """
 
     def __init__(
@@ -68,12 +72,14 @@ class MusicCatalogue:
         tokens: np.ndarray,
         xpool_states: np.ndarray | None,
         offsets: np.ndarray,
+        ann: AnnIndex | None = None,
     ) -> None:
         self.ids = [str(i) for i in ids]
         self.emb = emb
         self.tokens = tokens
         self.xpool_states = xpool_states
         self.offsets = offsets
+        self.ann = ann
         self.index = {m: i for i, m in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
             raise ValueError("catalogue ids must be unique")
@@ -122,6 +128,24 @@ class MusicCatalogue:
         logger.info("encoded a catalogue of %d tracks (%d snippets)", n, len(token_data))
         return cls(ids, emb, token_data, st_data, offsets)
 
+    def compact(self, states: str = "float32", index: str = "exact",
+                params: AnnParams | None = None) -> None:
+        """Store tokens and X-Pool states as ``states`` ("float32", "float16", "int8";
+        :mod:`mgsv_sk.core.compact`) and index the embeddings for the first stage
+        (``index``: "auto", "exact", "hnsw", "ivf"; :mod:`mgsv_sk.core.ann`)."""
+        from .core.ann import build_index
+        from .core.compact import CompactRows, check_state_dtype, encode_rows
+
+        check_state_dtype(states)
+        ann = build_index(self.emb, index, params)
+        for name in ("tokens", "xpool_states"):
+            data = getattr(self, name)
+            if isinstance(data, CompactRows):
+                data = data.decode()
+            if data is not None:
+                setattr(self, name, data if states == "float32" else encode_rows(data, states))
+        self.ann = ann
+
     # -- reading ---------------------------------------------------------------------------
     def positions(self, music_ids: Sequence[str]) -> np.ndarray:
         """Row of each id; raises a KeyError naming the ids that are not catalogued."""
@@ -169,6 +193,9 @@ class MusicCatalogue:
         """
         cfg = model.cfg
         v = video_emb.float().cpu()
+        if (xpool_top_k is not None and xpool_top_k < len(self) and cfg.use_dual
+                and self.ann is not None and not self.ann.exact):
+            return self._ann_two_stage(model, v, xpool_top_k)
         dual = (v @ torch.from_numpy(self.emb).T).numpy() if cfg.use_dual else None  # [B,N]
         if self.xpool_states is None or model.xpool is None:
             assert dual is not None
@@ -199,4 +226,17 @@ class MusicCatalogue:
         for b in range(v.shape[0]):
             rows = cand[b]
             out[b, rows] = dual[b, rows] + self._xpool(model, v[b : b + 1], rows)[0]
+        return out
+
+    def _ann_two_stage(self, model: MaDe, v: torch.Tensor, top_k: int) -> np.ndarray:
+        """The ANN index's top ``top_k`` per video, X-Pool re-ranked; other tracks -inf."""
+        assert self.ann is not None
+        dual, cand = self.ann.search(v.numpy(), top_k)  # (B, K) each
+        out = np.full((v.shape[0], len(self)), -np.inf, np.float32)
+        for b in range(v.shape[0]):
+            ok = cand[b] >= 0
+            rows = cand[b, ok]
+            extra = (self._xpool(model, v[b: b + 1], rows)[0]
+                     if self.xpool_states is not None and model.xpool is not None else 0.0)
+            out[b, rows] = dual[b, ok] + extra
         return out

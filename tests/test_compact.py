@@ -94,3 +94,47 @@ def test_xpool_scores_within_the_stated_tolerance(d_model):
     for name in ("float16", "int8"):
         got = _xpool_scores(xpool, video, states, lengths, encode_rows(states, name))
         assert np.abs(got - exact).max() <= SCORE_TOLERANCE[name], name
+
+
+# -- the estimator's catalogue ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tiny_fitted, small_test):
+    import copy
+
+    model = copy.deepcopy(tiny_fitted)
+    model.set_catalogue(small_test.frame["music_id"].unique(), features=small_test.features)
+    model.set_params(xpool_top_k=10)
+    return model
+
+
+def test_exact_float32_catalogue_predicts_identically(served, small_test):
+    import copy
+
+    import pandas as pd
+
+    X = small_test.frame.iloc[:20].drop(columns="music_id")
+    model = copy.deepcopy(served).compact_catalogue("float32", "exact")
+    pd.testing.assert_frame_equal(model.predict(X, features=small_test.features),
+                                  served.predict(X, features=small_test.features))
+
+
+@pytest.mark.parametrize("states, index", [("int8", "hnsw"), ("float16", "ivf")])
+def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_path, states,
+                                                      index):
+    import copy
+
+    pytest.importorskip("faiss")
+    X = small_test.frame.iloc[:20].drop(columns="music_id")
+    model = copy.deepcopy(served).compact_catalogue(states, index)
+    assert model.catalogue_.ann.kind == index
+    want = served.rank(X, k=5, features=small_test.features)
+    got = model.rank(X, k=5, features=small_test.features)
+    assert (got["music_id"].to_numpy() == want["music_id"].to_numpy()).mean() >= 0.9
+    np.testing.assert_allclose(got["score"], want["score"], atol=SCORE_TOLERANCE[states])
+    table = model.decision_function(X, features=small_test.features)
+    assert (np.isfinite(table).sum(axis=1) == 10).all()  # the index's top-10, others -inf
+    model.save(tmp_path / "m")  # saved as float32 arrays
+    from mgsv_sk.estimator import MGSVGrounder
+
+    loaded = MGSVGrounder.load(tmp_path / "m")
+    assert loaded.catalogue_.ann is None and loaded.catalogue_.xpool_states.dtype == np.float32
