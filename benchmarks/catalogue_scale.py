@@ -67,7 +67,7 @@ def recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 def exact_top(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact dual top-k rows of the queries, scanning a (memory-mapped) emb in blocks."""
-    from mgsv_sk.core.ann import top_k_rows
+    from mgsv_sk.core.catalogue import top_k_rows
 
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_r = np.zeros((len(queries), 0), np.int64)
@@ -117,7 +117,7 @@ def serve_worker(config_path: str) -> None:
     out["memory_mb"]["after_queries"] = memory_mb()
     if not cfg.get("exact_first_stage"):  # the ANN stage's recall for these queries
         source = g._source(None)
-        emb = g._encode_videos(frame["video_id"].tolist(), source).emb
+        emb = g._encode_videos(frame, source).emb
         tic = time.perf_counter()
         _, got = g._catalogue.first_stage(emb, TOP_K)
         out["first_stage_ms"] = round(1e3 * (time.perf_counter() - tic) / len(emb), 3)
@@ -295,7 +295,7 @@ def main() -> None:
         qpath = work / "queries.json"
         queries[["video_id"]].to_json(qpath, orient="split")
         with torch.no_grad():
-            tune_q = model._video_emb(held_out, test.features).numpy()
+            tune_q = model._encode_videos(held_out, model._source(test.features)).emb
         print(f"model + base catalogue ready in {time.perf_counter() - tic:.0f} s", flush=True)
 
         ef_tables: dict[str, list[dict[str, float]]] = {}

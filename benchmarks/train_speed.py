@@ -37,8 +37,8 @@ def child(name: str, samples: int, threads: int, batch: int) -> None:
     import numpy as np
     import torch
 
-    import mgsv_sk._batching as batching
-    import mgsv_sk._training as training
+    import mgsv_sk.train._batching as batching
+    import mgsv_sk.train._training as training
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv
     from mgsv_sk.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 

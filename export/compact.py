@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.core._atomic import ONNX_BUNDLE, atomic_directory
 from mgsv_sk.core.ann import AnnParams, build_index
 from mgsv_sk.core.compact import CompactWriter, RowFile, check_state_dtype
 

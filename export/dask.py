@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._features import PackedFeatureStore
+from mgsv_sk.core.features import PackedFeatures as PackedFeatureStore
+
 from .manifest import MANIFEST_FILE, read_manifest
 from .runtime import PREDICTION_COLUMNS, RANK_COLUMNS, OnnxGrounder
 

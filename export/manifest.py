@@ -34,13 +34,16 @@ True = valid; every row needs at least one valid position (an all-padding row gi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from mgsv_sk.core._atomic import sha256_file
+from mgsv_sk.core.catalogue import TWO_STAGE_MARGIN
+from mgsv_sk.core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
 __all__ = [
     "BundleError",
@@ -67,15 +70,8 @@ __all__ = [
 #: logit per candidate) from which the runtime picks the moments.
 FORMAT = "mgsv_sk.onnx/3"
 MANIFEST_FILE = "manifest.json"
-#: Tracks are cut at this many seconds; (center, width) spans are in units of it.
-MAX_MUSIC_SECONDS = 240.0
-#: Snippet k of a track is centred at k * SNIPPET_HOP_SECONDS seconds.
-SNIPPET_HOP_SECONDS = 2.5
-#: Two-stage search: tracks outside a video's X-Pool shortlist score dual - this margin,
-#: so they rank after every re-ranked track (dual + xpool >= dual - 2 > dual - 4).
-TWO_STAGE_MARGIN = 4.0
 
-#: Catalogue arrays, by role, as in ``mgsv_sk.ranking.MusicCatalogue``. ``xpool_states``
+#: Catalogue arrays, by role, as in :class:`mgsv_sk.core.catalogue.Catalogue`. ``xpool_states``
 #: exists only when the model has an X-Pool score.
 CATALOGUE_FILES: dict[str, str] = {
     "ids": "catalogue/ids.json",
@@ -251,15 +247,6 @@ def new_manifest(
         "versions": dict(versions),
         "files": {},
     }
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bundle_files(folder: Path) -> list[str]:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mgsv_sk._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.core._atomic import ONNX_BUNDLE, atomic_directory
 
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
 from .manifest import (
@@ -203,21 +203,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _dense(rows: Any) -> np.ndarray:
-    """[R, D] float32 of an array or of compact rows (``mgsv_sk.core.compact``)."""
-    return rows.decode() if hasattr(rows, "decode") else np.asarray(rows, np.float32)
-
-
 def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, Any]:
     """The grounder's catalogue as plain .npy arrays (ragged per-track rows + offsets)."""
     cat = grounder.catalogue_
     (folder / "catalogue").mkdir(parents=True, exist_ok=True)
     (folder / CATALOGUE_FILES["ids"]).write_text(json.dumps([str(i) for i in cat.ids]))
-    arrays: dict[str, np.ndarray] = {"emb": np.asarray(cat.emb, np.float32),
-              "offsets": np.asarray(cat.offsets, np.int64),
-              "tokens": _dense(cat.tokens)}
-    if use_xpool:
-        arrays["xpool_states"] = _dense(cat.xpool_states)  # [R, D]
+    emb, tokens, states, offsets = cat.arrays()
+    arrays: dict[str, np.ndarray] = {"emb": emb, "offsets": offsets, "tokens": tokens}
+    if use_xpool and states is not None:
+        arrays["xpool_states"] = states  # [R, D]
     for role, array in arrays.items():
         np.save(folder / CATALOGUE_FILES[role], np.ascontiguousarray(array), allow_pickle=False)
     return {"n_tracks": len(cat.ids), "n_snippets": int(arrays["offsets"][-1]),

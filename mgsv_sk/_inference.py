@@ -10,14 +10,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ._batching import pad_stack, sorted_batches
-from ._device import Autocast, autocast_for, model_device
+from .core.features import FeatureSource, _progress
 from .core.moments import select_windows
-from .features import FeatureSource, _progress
 from .nn.model import Grounding, MaDe
 from .ranking import MusicCatalogue
+from .train._batching import pad_stack, sorted_batches
+from .train._device import Autocast, autocast_for, model_device
 
-__all__ = ["ground_pairs", "pair_scores", "snippet_evidence", "video_embeddings"]
+__all__ = ["ground_pairs", "snippet_evidence", "video_embeddings"]
 
 
 def _autocast(model: MaDe, autocast: Autocast) -> torch.autocast:
@@ -137,28 +137,3 @@ def _grounding_batches(
             bar.update(len(rows))
     finally:
         bar.close()
-
-
-@torch.no_grad()
-def pair_scores(
-    model: MaDe,
-    video_emb: torch.Tensor,
-    track_rows: np.ndarray,
-    catalogue: MusicCatalogue,
-) -> np.ndarray:
-    """Retrieval score of each (video i, catalogue track ``track_rows[i]``) pair, (n,); the
-    X-Pool part on the model's device."""
-    rows = np.asarray(track_rows)
-    device = model_device(model)
-    v = video_emb.float().cpu()
-    total = np.zeros(len(rows), np.float32)
-    if model.cfg.use_dual:
-        total += (v * torch.from_numpy(catalogue.emb[rows])).sum(-1).numpy()
-    if model.xpool is not None and catalogue.xpool_states is not None:
-        for lo in range(0, len(rows), 256):
-            part = rows[lo : lo + 256]
-            states, mask = catalogue.xpool_batch(part)
-            total[lo : lo + len(part)] += model.xpool.paired_from_states(
-                v[lo : lo + len(part)].to(device), states.to(device), mask.to(device)
-            ).float().cpu().numpy()
-    return total

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._atomic import MODEL_FOLDER, atomic_directory, sha256_file
+from .core._atomic import MODEL_FOLDER, atomic_directory, sha256_file
 from .ranking import MusicCatalogue
 
 if TYPE_CHECKING:
-    from .estimator import MGSVGrounder
+    from ._fitted import FittedState
 
 __all__ = ["ModelFileError", "load_grounder", "save_grounder", "sha256_file"]
 
@@ -56,29 +56,30 @@ def _json_safe(value: Any) -> Any:
     return None  # e.g. an in-memory feature source: not saved
 
 
-def save_grounder(est: MGSVGrounder, path: str | os.PathLike[str], overwrite: bool) -> None:
-    params = {k: _json_safe(v) for k, v in est.get_params(deep=False).items()}
-    cat = est.catalogue_
+def save_grounder(params: dict[str, Any], state: FittedState, path: str | os.PathLike[str],
+                  overwrite: bool) -> None:
+    """Write the estimator's parameters and fitted state to a checksummed folder."""
+    params = {k: _json_safe(v) for k, v in params.items()}
+    cat = state.catalogue
     config = {
         "format": FORMAT,
         "params": params,
-        "model_config": {"video_dim": est.model_.cfg.video_dim,
-                         "music_dim": est.model_.cfg.music_dim},
-        "fitted": {"catalogue_ids": cat.ids, "history": est.history_,
-                   "best_epoch": est.best_epoch_, "n_epochs": est.n_epochs_,
-                   "stopped": est.stopped_},
+        "model_config": {"video_dim": state.model.cfg.video_dim,
+                         "music_dim": state.model.cfg.music_dim},
+        "fitted": {"catalogue_ids": cat.ids, "history": state.history,
+                   "best_epoch": state.best_epoch, "n_epochs": state.n_epochs,
+                   "stopped": state.stopped},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
     with atomic_directory(path, overwrite=overwrite, replaces=MODEL_FOLDER) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        state = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
-                 for k, v in est.model_.state_dict().items()}
-        np.savez(tmp / "weights.npz", **state)
-        arrays: dict[str, Any] = {"emb": cat.emb, "tokens": cat.tokens, "offsets": cat.offsets}
-        if cat.xpool_states is not None:
-            arrays["xpool_states"] = cat.xpool_states
-        arrays = {k: v.decode() if hasattr(v, "decode") else v  # compact rows: float32
-                  for k, v in arrays.items()}
+        weights = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
+                   for k, v in state.model.state_dict().items()}
+        np.savez(tmp / "weights.npz", **weights)
+        emb, tokens, states, offsets = cat.arrays()
+        arrays: dict[str, Any] = {"emb": emb, "tokens": tokens, "offsets": offsets}
+        if states is not None:
+            arrays["xpool_states"] = states
         np.savez(tmp / "catalogue.npz", **arrays)
         manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -257,8 +258,11 @@ def _catalogue_fits(n: int, width: int, path: Path) -> Any:
     return check
 
 
-def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
-                  features: Any = None) -> MGSVGrounder:
+def load_grounder(cls: type[Any], path: str | os.PathLike[str],
+                  features: Any = None) -> tuple[Any, FittedState]:
+    """The unfitted estimator ``cls(**saved parameters)`` and the saved fitted state
+    (checksums and every array's shape verified); the estimator applies the state."""
+    from ._fitted import FittedState
     from .nn.model import MaDe
 
     folder = Path(path)
@@ -312,14 +316,5 @@ def load_grounder(cls: type[MGSVGrounder], path: str | os.PathLike[str],
     catalogue = MusicCatalogue(ids, cat["emb"], cat["tokens"], cat.get("xpool_states"),
                                offsets)
     fitted = config["fitted"]
-    est.model_ = model
-    est.catalogue_ = catalogue
-    est.catalogue_ids_ = catalogue.ids
-    est.history_ = fitted["history"]
-    est.best_epoch_ = fitted["best_epoch"]
-    est.n_epochs_ = fitted["n_epochs"]
-    est.stopped_ = fitted["stopped"]
-    from ._base import new_fit_token
-
-    est.fit_token_ = new_fit_token()
-    return est
+    return est, FittedState(model, catalogue, fitted["history"], fitted["best_epoch"],
+                            fitted["n_epochs"], fitted["stopped"])

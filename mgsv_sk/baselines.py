@@ -7,6 +7,7 @@ grounders alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,16 +15,18 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import BaseGrounder, new_fit_token
-from ._schema import FIT_COLUMNS
+from .core._schema import FIT_COLUMNS
+from .core.catalogue import TrackIndex
+from .core.features import FeatureSource
+from .core.grounder import new_fit_token
 from .core.moments import select_windows
-from .features import FeatureSource
-from .spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from .core.sklearn_base import GrounderEstimator
+from .core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
 __all__ = ["RidgeGrounder", "TrivialGrounder"]
 
 
-class TrivialGrounder(BaseGrounder):
+class TrivialGrounder(GrounderEstimator):
     """Predicts the moment ``[0, video duration]`` for every video.
 
     It scores SmG mIoU 0.478 on the real MGSV-EC test split. Its retrieval scores are
@@ -47,16 +50,20 @@ class TrivialGrounder(BaseGrounder):
         self.fit_token_ = new_fit_token()
         return self
 
-    def _retrieval_scores(self, frame: pd.DataFrame, source: Any, music_ids: list[str]) -> Any:
+    def _encode_videos(self, frame: pd.DataFrame, source: Any) -> int:
+        return len(frame)
+
+    def _scores(self, videos: int, catalogue: TrackIndex) -> np.ndarray:
         rng = np.random.default_rng(self.random_state)
-        return rng.random((len(frame), len(music_ids)))
+        return rng.random((videos, len(catalogue)))
 
-    def _pair_scores(self, frame: pd.DataFrame, source: Any, music_ids: list[str]) -> Any:
-        return np.full(len(frame), 0.5)
+    def _pair_scores(self, videos: int, rows: np.ndarray, catalogue: TrackIndex) -> np.ndarray:
+        return np.full(len(rows), 0.5)
 
-    def _ground(self, frame: pd.DataFrame, source: Any, music_ids: list[str],
-                seconds: np.ndarray, moments: int) -> Any:
-        n = len(frame)
+    def _ground(self, videos: int, video_rows: np.ndarray, catalogue: TrackIndex,
+                track_rows: np.ndarray, seconds: np.ndarray,
+                moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(video_rows)
         start, end, score = (np.full((n, moments), np.nan) for _ in range(3))
         start[:, 0], end[:, 0], score[:, 0] = 0.0, np.minimum(seconds, MAX_MUSIC_SECONDS), 1.0
         return start, end, score
@@ -68,6 +75,11 @@ class TrivialGrounder(BaseGrounder):
 
 
 class _NoFeatures(FeatureSource):
+    """No features: the durations must come from the frame."""
+
+    def check_available(self, video_ids: Any, music_ids: Any) -> None:
+        pass
+
     def video(self, video_id: str) -> np.ndarray:
         raise ValueError(
             "TrivialGrounder needs video durations: add 'video_segment_duration' (or "
@@ -93,7 +105,7 @@ def _window_means(snippets: np.ndarray, length_s: float) -> tuple[np.ndarray, np
     return means, first * SNIPPET_HOP_SECONDS
 
 
-class RidgeGrounder(BaseGrounder):
+class RidgeGrounder(GrounderEstimator):
     """A linear baseline: ridge maps from a video's mean frame feature to its track's mean
     snippet feature (retrieval, by cosine) and to its moment's mean snippet feature
     (grounding, by sliding a window of the video's length over the track).
@@ -140,37 +152,28 @@ class RidgeGrounder(BaseGrounder):
         means = np.stack([source.music(m).mean(axis=0) for m in music_ids]) - self.music_mean_
         return means / np.linalg.norm(means, axis=1, keepdims=True).clip(1e-12)
 
-    def _embed_videos(self, frame: pd.DataFrame, source: FeatureSource, target: Any) -> Any:
-        pred = target.predict(self._video_means(frame, source) - self.video_mean_)
-        return pred / np.linalg.norm(pred, axis=1, keepdims=True).clip(1e-12)
+    def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> _RidgeVideos:
+        means = self._video_means(frame, source) - self.video_mean_
+        return _RidgeVideos(_unit(self.retrieval_map_.predict(means)),
+                            _unit(self.moment_map_.predict(means)), source)
 
-    def _retrieval_scores(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
-    ) -> np.ndarray:
+    def _scores(self, videos: _RidgeVideos, catalogue: TrackIndex) -> np.ndarray:
         check_is_fitted(self)
-        unique = list(dict.fromkeys(music_ids))
-        tracks = self._embed_tracks(source, unique)
-        pos = {m: i for i, m in enumerate(unique)}
-        table = self._embed_videos(frame, source, self.retrieval_map_) @ tracks.T
-        return np.asarray(table[:, [pos[m] for m in music_ids]])
+        return np.asarray(videos.retrieval @ self._embed_tracks(videos.source, catalogue.ids).T)
 
-    def _pair_scores(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
-    ) -> np.ndarray:
-        videos = self._embed_videos(frame, source, self.retrieval_map_)
-        tracks = self._embed_tracks(source, music_ids)
-        return np.asarray(np.einsum("nd,nd->n", videos, tracks))
+    def _pair_scores(self, videos: _RidgeVideos, rows: np.ndarray,
+                     catalogue: TrackIndex) -> np.ndarray:
+        tracks = self._embed_tracks(videos.source, [catalogue.ids[r] for r in rows])
+        return np.asarray(np.einsum("nd,nd->n", videos.retrieval, tracks))
 
-    def _ground(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str],
-        seconds: np.ndarray, moments: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        queries = self._embed_videos(frame, source, self.moment_map_)
-        out = [np.full((len(frame), moments), np.nan) for _ in range(3)]
-        for i, (mid, length) in enumerate(zip(music_ids, seconds)):
-            means, starts = _window_means(source.music(mid), float(length))
+    def _ground(self, videos: _RidgeVideos, video_rows: np.ndarray, catalogue: TrackIndex,
+                track_rows: np.ndarray, seconds: np.ndarray,
+                moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = [np.full((len(video_rows), moments), np.nan) for _ in range(3)]
+        for i, (v, t, length) in enumerate(zip(video_rows, track_rows, seconds)):
+            means, starts = _window_means(videos.source.music(catalogue.ids[t]), float(length))
             means = means - self.music_mean_
-            sims = means @ queries[i] / np.linalg.norm(means, axis=1).clip(1e-12)
+            sims = means @ videos.moment[v] / np.linalg.norm(means, axis=1).clip(1e-12)
             # logit whose sigmoid is (cosine + 1) / 2, the baseline's confidence
             sims = np.clip(sims, -1 + 1e-9, 1 - 1e-9)
             logits = np.log1p(sims) - np.log1p(-sims)
@@ -178,3 +181,16 @@ class RidgeGrounder(BaseGrounder):
             for col, value in zip(out, picked):
                 col[i] = value[0]
         return out[0], out[1], out[2]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12))
+
+
+@dataclass(frozen=True)
+class _RidgeVideos:
+    """Videos of one call mapped by the two ridge maps (unit norm), and their source."""
+
+    retrieval: np.ndarray
+    moment: np.ndarray
+    source: FeatureSource

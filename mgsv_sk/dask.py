@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import joblib
 
-from .features import FeatureTree, InMemoryFeatures, PackedFeatures
+from .core.features import FeatureTree, InMemoryFeatures, PackedFeatures
 
 __all__ = ["IN_MEMORY_WARN_BYTES", "grid_search_on_dask"]
 

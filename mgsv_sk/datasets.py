@@ -55,9 +55,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._schema import ANNOTATION_COLUMNS
-from .features import FeatureSource, FeatureTree, InMemoryFeatures
-from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
+from .core._schema import ANNOTATION_COLUMNS
+from .core.features import FeatureSource, FeatureTree, InMemoryFeatures
+from .core.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
 
 __all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
 

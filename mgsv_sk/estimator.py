@@ -9,7 +9,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -26,18 +26,27 @@ from sklearn.utils._param_validation import (
 )
 from sklearn.utils.validation import check_is_fitted
 
-from . import distributed as ddp
-from ._base import BaseGrounder, new_fit_token
-from ._device import MIXED_PRECISION, model_device, resolve_device, resolve_precision, rng_devices
-from ._inference import ground_pairs, pair_scores, snippet_evidence, video_embeddings
-from ._schema import FIT_COLUMNS, check_trainable_moments, video_durations
-from ._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
-from .features import FeatureError, FeatureSource
+from ._fitted import FittedState
+from ._inference import ground_pairs, snippet_evidence, video_embeddings
+from .core._schema import FIT_COLUMNS, check_trainable_moments, video_durations
+from .core.catalogue import pair_scores, retrieval_scores
+from .core.features import FeatureSource, require_finite
+from .core.grounder import new_fit_token
+from .core.sklearn_base import GrounderEstimator
+from .core.spans import MAX_MUSIC_SECONDS
 from .nn.config import DETECTORS, MaDeConfig
 from .nn.losses import LossWeights
 from .nn.model import MaDe
-from .ranking import MusicCatalogue
-from .spans import MAX_MUSIC_SECONDS
+from .ranking import MusicCatalogue, xpool_scorer
+from .train import distributed as ddp
+from .train._device import (
+    MIXED_PRECISION,
+    model_device,
+    resolve_device,
+    resolve_precision,
+    rng_devices,
+)
+from .train._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
 
 __all__ = ["MGSVGrounder"]
 
@@ -75,30 +84,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
                 torch.set_num_threads(_threads_state["saved"])
 
 
-def _require_finite(ids: list[str], bad: np.ndarray, kind: str) -> None:
-    """Raise a FeatureError naming the items whose encodings (or outputs) are not finite."""
-    if bad.any():
-        names = [ids[i] for i in np.flatnonzero(bad)]
-        raise FeatureError(
-            f"the features of {len(names)} {kind}(s) {names[:5]} give non-finite model "
-            "outputs: they hold values too large for float32 arithmetic; the features are "
-            "expected to be embeddings of moderate scale (CLIP / AST outputs): rescale or "
-            "re-extract them"
-        )
+@dataclass(frozen=True)
+class _Videos:
+    """The videos of one call: ids, unit-norm embeddings [n, D] and their source (the
+    detector reads their frames again when grounding)."""
+
+    ids: list[str]
+    emb: np.ndarray
+    source: FeatureSource
 
 
-def _check_catalogue(catalogue: MusicCatalogue) -> MusicCatalogue:
-    """The catalogue itself, after checking every track's cached arrays are finite."""
-    bad = ~np.isfinite(catalogue.emb).all(axis=1)
-    for data in (catalogue.tokens, catalogue.xpool_states):
-        if data is not None and len(data):
-            rows = np.flatnonzero(~np.isfinite(data).all(axis=1))
-            bad[np.searchsorted(catalogue.offsets, rows, side="right") - 1] = True
-    _require_finite(catalogue.ids, bad, "track")
-    return catalogue
-
-
-class MGSVGrounder(BaseGrounder):
+class MGSVGrounder(GrounderEstimator):
     """Music grounding by short video with the MaDe model (Xin et al., ICCV 2025).
 
     ``fit`` trains the model on an MGSV-EC frame and indexes the tracks it saw as the
@@ -147,7 +143,9 @@ class MGSVGrounder(BaseGrounder):
         lr=3e-4, batch_size=512``; the defaults are what learns in minutes on a CPU
         (measured in ``benchmarks/accuracy.py``).
     batch_size : int
-        Videos per training batch (paper 512; 128 trains faster on a CPU). Per process
+        Videos per training batch (paper 512; 64 gives a CPU fit twice the optimiser steps
+        per epoch of 128, which the first epochs need: measured in
+        ``benchmarks/accuracy.py``). Per process
         in data-parallel training (:mod:`mgsv_sk.distributed`): a step then averages
         ``batch_size * world_size`` videos, and each process's InfoNCE uses its own batch.
     max_epochs, patience : int
@@ -238,7 +236,7 @@ class MGSVGrounder(BaseGrounder):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.02,
         grad_clip: float = 1.0,
-        batch_size: int = 128,
+        batch_size: int = 64,
         max_epochs: int = 50,
         patience: int = 5,
         validation_fraction: float = 0.1,
@@ -451,16 +449,27 @@ class MGSVGrounder(BaseGrounder):
             warnings.warn("fit was interrupted: the model holds the best weights of the "
                           f"{len(result.history)} completed epoch(s)", RuntimeWarning,
                           stacklevel=2)
-        self.model_ = model
-        self.catalogue_ = catalogue
-        self.catalogue_ids_ = catalogue.ids
-        self.history_ = result.history
-        self.best_epoch_ = result.best_epoch
-        self.n_epochs_ = len(result.history)
-        self.stopped_ = result.stopped
-        self.n_threads_ = n_threads_used
-        self.fit_token_ = new_fit_token()
+        self._set_fitted(FittedState(model, catalogue, result.history, result.best_epoch,
+                                     len(result.history), result.stopped, n_threads_used))
         return self
+
+    def _set_fitted(self, state: FittedState) -> None:
+        """Apply a fitted state (from ``fit`` or a saved model): every fitted attribute
+        at once."""
+        self.model_ = state.model
+        self.catalogue_ = state.catalogue
+        self.catalogue_ids_ = list(state.catalogue.ids)
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        self.n_epochs_ = state.n_epochs
+        self.stopped_ = state.stopped
+        if state.n_threads is not None:
+            self.n_threads_ = state.n_threads
+        self.fit_token_ = new_fit_token()
+
+    def _fitted_state(self) -> FittedState:
+        return FittedState(self.model_, self.catalogue_, self.history_, self.best_epoch_,
+                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None))
 
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
@@ -488,59 +497,45 @@ class MGSVGrounder(BaseGrounder):
         train_idx, valid_idx = next(splitter.split(frame, groups=frame["music_id"]))
         return make(frame.iloc[train_idx]), make(frame.iloc[valid_idx])
 
-    # -- inference hooks -------------------------------------------------------------------
-    def _catalogue_for(self, music_ids: list[str], source: FeatureSource) -> MusicCatalogue:
-        """Encodings of these tracks: the cached catalogue when it has them all, else
-        encoded now from ``source``."""
-        unique = list(dict.fromkeys(music_ids))
-        if all(m in self.catalogue_.index for m in unique):
-            return self.catalogue_
-        source.check_available([], unique)
-        return _check_catalogue(MusicCatalogue.build(self.model_, unique, source,
-                                                     autocast=self._autocast_dtype()))
+    # -- inference hooks (see mgsv_sk.core.grounder) ----------------------------------------
+    def _computing(self) -> Any:
+        return torch_threads(self.n_threads)
 
-    def _video_emb(self, frame: pd.DataFrame, source: FeatureSource) -> torch.Tensor:
+    def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> _Videos:
         ids = frame["video_id"].tolist()
-        source.check_available(ids, [])
         emb = video_embeddings(self.model_, ids, source, autocast=self._autocast_dtype(),
-                               verbose=self.verbose)
-        _require_finite(ids, ~torch.isfinite(emb).all(dim=1).numpy(), "video")
-        return emb
+                               verbose=self.verbose).numpy()
+        require_finite(ids, ~np.isfinite(emb).all(axis=1), "video")
+        return _Videos(ids, emb, source)
 
-    def _retrieval_scores(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
-    ) -> np.ndarray:
-        with torch_threads(self.n_threads):
-            catalogue = self._catalogue_for(music_ids, source)
-            table = catalogue.scores(self.model_, self._video_emb(frame, source),
-                                     xpool_top_k=self.xpool_top_k)
-        if catalogue.ids != list(music_ids):
-            table = table[:, catalogue.positions(list(music_ids))]
-        return np.asarray(table)
+    def _served_catalogue(self) -> MusicCatalogue:
+        return self.catalogue_
 
-    def _pair_scores(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str]
-    ) -> np.ndarray:
-        with torch_threads(self.n_threads):
-            catalogue = self._catalogue_for(music_ids, source)
-            return pair_scores(self.model_, self._video_emb(frame, source),
-                               catalogue.positions(music_ids), catalogue)
+    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> MusicCatalogue:
+        catalogue = MusicCatalogue.build(self.model_, music_ids, source,
+                                         autocast=self._autocast_dtype())
+        catalogue.check_finite()
+        return catalogue
 
-    def _ground(
-        self, frame: pd.DataFrame, source: FeatureSource, music_ids: list[str],
-        seconds: np.ndarray, moments: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        with torch_threads(self.n_threads):
-            catalogue = self._catalogue_for(music_ids, source)
-            ids = frame["video_id"].tolist()
-            source.check_available(ids, [])
-            start, end, moment = ground_pairs(self.model_, ids, catalogue.positions(music_ids),
-                                              catalogue, source, seconds, moments,
-                                              autocast=self._autocast_dtype(),
-                                              verbose=self.verbose)
-        best = np.column_stack([start[:, 0], end[:, 0], moment[:, 0]])  # always present
-        _require_finite(ids, ~np.isfinite(best).all(axis=1), "video")
-        return start, end, moment
+    def _serve(self, catalogue: Any) -> None:
+        self.catalogue_ = catalogue
+        self.catalogue_ids_ = list(catalogue.ids)
+
+    def _scores(self, videos: _Videos, catalogue: MusicCatalogue) -> np.ndarray:
+        return retrieval_scores(videos.emb, catalogue, xpool_scorer(self.model_, catalogue),
+                                use_dual=self.model_.cfg.use_dual,
+                                xpool_top_k=self.xpool_top_k, track_chunk=64)
+
+    def _pair_scores(self, videos: _Videos, rows: np.ndarray,
+                     catalogue: MusicCatalogue) -> np.ndarray:
+        return pair_scores(videos.emb, rows, catalogue, xpool_scorer(self.model_, catalogue))
+
+    def _ground(self, videos: _Videos, video_rows: np.ndarray, catalogue: MusicCatalogue,
+                track_rows: np.ndarray, seconds: np.ndarray,
+                moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids = [videos.ids[r] for r in video_rows]
+        return ground_pairs(self.model_, ids, track_rows, catalogue, videos.source, seconds,
+                            moments, autocast=self._autocast_dtype(), verbose=self.verbose)
 
     def snippet_evidence(self, X: pd.DataFrame, features: Any = None) -> list[np.ndarray]:
         """The detector's per-snippet evidence: for each row of ``X``, the probability that
@@ -571,8 +566,8 @@ class MGSVGrounder(BaseGrounder):
         music_ids = frame["music_id"].tolist()
         ids = frame["video_id"].tolist()
         with torch_threads(self.n_threads):
-            catalogue = self._catalogue_for(music_ids, source)
             source.check_available(ids, [])
+            catalogue = self._catalogue_for(music_ids, source)
             return snippet_evidence(self.model_, ids, catalogue.positions(music_ids),
                                     catalogue, source, autocast=self._autocast_dtype(),
                                     verbose=self.verbose)
@@ -592,16 +587,13 @@ class MGSVGrounder(BaseGrounder):
             -inf in ``decision_function``.
 
         A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
-        model stores float32 arrays (call this again after ``load``).
+        model stores float32 arrays (call this again after ``load``). The search itself is
+        the core catalogue's (:func:`mgsv_sk.core.catalogue.retrieval_scores`), shared with
+        the onnxruntime backend.
         """
         check_is_fitted(self)
-        self.catalogue_.compact(states, index)
+        self._serve(self.catalogue_.compacted(states, index))
         return self
-
-    def _index_catalogue(self, music_ids: list[str], source: FeatureSource) -> None:
-        with torch_threads(self.n_threads):
-            self.catalogue_ = _check_catalogue(MusicCatalogue.build(
-                self.model_, music_ids, source, autocast=self._autocast_dtype()))
 
     # -- device ------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -642,14 +634,16 @@ class MGSVGrounder(BaseGrounder):
         check_is_fitted(self)
         from ._persistence import save_grounder
 
-        save_grounder(self, path, overwrite=overwrite)
+        save_grounder(self.get_params(deep=False), self._fitted_state(), path,
+                      overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], features: Any = None) -> MGSVGrounder:
         """Read a model written by :meth:`save` (checksums verified)."""
         from ._persistence import load_grounder
 
-        est = load_grounder(cls, path, features=features)
+        est, state = load_grounder(cls, path, features=features)
+        est._set_fitted(state)
         est._place_model()  # weights are stored for the CPU; move them to ``device``
         return est
 

@@ -35,8 +35,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
         'mgsv_sk.plot needs matplotlib, which is optional: pip install "mgsv-sk[plot]"'
     ) from exc
 
-from .metrics import RECALL_KS, _check_ranks
-from .spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou
+from .core.metrics import RECALL_KS, _check_ranks
+from .core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou
 
 __all__ = ["plot_prediction", "plot_recall_at_k", "plot_timeline", "plot_training_curves"]
 

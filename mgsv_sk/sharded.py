@@ -7,7 +7,7 @@ lists; this module brings the model's X-Pool score as its ``rerank`` callable, s
     >>> from distributed import Client, LocalCluster                    # doctest: +SKIP
     >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))  # doctest: +SKIP
     >>> sharded, rerank = shard_grounder(client, grounder)              # doctest: +SKIP
-    >>> video_emb = grounder._video_emb(frame, source).numpy()           # doctest: +SKIP
+    >>> video_emb = grounder._encode_videos(frame, source).emb           # doctest: +SKIP
     >>> scores, rows = sharded.search(video_emb, 10, xpool_top_k=100,  # doctest: +SKIP
     ...                               rerank=rerank)
 
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._batching import pad_stack
 from .core.ann import AnnParams
 from .core.sharded import Shard, ShardedCatalogue
 from .ranking import TWO_STAGE_MARGIN
+from .train._batching import pad_stack
 
 if TYPE_CHECKING:
     from .nn.model import MaDe
@@ -71,8 +71,8 @@ def shard_grounder(client: Any, grounder: Any, *, n_shards: int | None = None,
     rerank : XPoolRerank or None
         Pass it to ``sharded.search(..., rerank=rerank)`` (None: a dual-only model).
     """
-    cat = grounder.catalogue_
-    sharded = ShardedCatalogue.scatter(client, cat.emb, cat.offsets, cat.xpool_states,
+    emb, _, states, offsets = grounder.catalogue_.arrays()  # float32, back to back
+    sharded = ShardedCatalogue.scatter(client, emb, offsets, states,
                                        n_shards=n_shards, index=index, params=params)
     rerank = XPoolRerank(grounder.model_) if grounder.model_.xpool is not None else None
     return sharded, rerank

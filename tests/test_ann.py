@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from mgsv_sk._base import top_k_indices
 from mgsv_sk.core.ann import (
     EXACT_MAX_TRACKS,
     AnnIndexError,
@@ -15,8 +14,8 @@ from mgsv_sk.core.ann import (
     build_index,
     load_index,
     resolve_kind,
-    top_k_rows,
 )
+from mgsv_sk.core.catalogue import top_k_indices, top_k_rows
 
 pytest.importorskip("faiss")
 

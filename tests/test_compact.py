@@ -137,4 +137,5 @@ def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_pa
     from mgsv_sk.estimator import MGSVGrounder
 
     loaded = MGSVGrounder.load(tmp_path / "m")
-    assert loaded.catalogue_.ann is None and loaded.catalogue_.xpool_states.dtype == np.float32
+    assert loaded.catalogue_.ann is None
+    assert loaded.catalogue_.arrays()[2].dtype == np.float32

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mgsv_sk import RidgeGrounder, TrivialGrounder, evaluate, make_synthetic_mgsv
-from mgsv_sk._schema import ANNOTATION_COLUMNS, validate_annotations
+from mgsv_sk.core._schema import ANNOTATION_COLUMNS, validate_annotations
 from mgsv_sk.datasets import WORLDS
 
 

@@ -17,9 +17,9 @@ from conftest import TINY
 from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder
-from mgsv_sk import _device as device_mod
-from mgsv_sk._batching import collate
-from mgsv_sk._device import autocast_for, resolve_device, resolve_precision
+from mgsv_sk.train import _device as device_mod
+from mgsv_sk.train._batching import collate
+from mgsv_sk.train._device import autocast_for, resolve_device, resolve_precision
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

@@ -14,8 +14,8 @@ from conftest import TINY
 from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder, get_scorer
-from mgsv_sk._base import PREDICTION_COLUMNS, RANK_COLUMNS
 from mgsv_sk._persistence import ModelFileError
+from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS
 
 
 def test_every_hyper_parameter_is_visible_and_clonable(small_train):
@@ -227,7 +227,7 @@ def test_verbose_shows_progress_and_logs_epochs(small_train, capsys, caplog):
 
 
 def _interrupt_after(monkeypatch, n_batches):
-    import mgsv_sk._training as training
+    import mgsv_sk.train._training as training
 
     real = training.collate
     calls = {"n": 0}

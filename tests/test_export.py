@@ -324,7 +324,7 @@ def test_clear_errors(served, small_train):
         served.predict(X.to_dict())
     with pytest.raises(FeatureError, match="nope"):
         served.predict(X.assign(music_id=["nope", "nope", X["music_id"].iloc[2]]))
-    with pytest.raises(FeatureError, match="no video features"):
+    with pytest.raises(FeatureError, match=r"no features for 3 video\(s\)"):
         served.predict(X.assign(video_id="ghost"))
     with pytest.raises(ValueError, match="k must be"):
         served.rank(X, k=0)
@@ -334,7 +334,7 @@ def test_clear_errors(served, small_train):
         "shape": np.zeros((5, 300), np.float32),
         "NaN": np.where(np.arange(512) == 3, np.nan, good[:4]),
         "rows": np.zeros((0, 512), np.float32),
-        "1 to 50": np.ones((51, 512), np.float32),
+        "more than the 50": np.ones((51, 512), np.float32),
     }
     for message, array in bad_cases.items():
         feats = ({vid: array}, {})

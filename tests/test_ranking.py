@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_sk._batching import pad_stack
 from mgsv_sk._inference import video_embeddings
+from mgsv_sk.core.catalogue import top_k_indices, top_k_rows
 from mgsv_sk.ranking import MusicCatalogue
+from mgsv_sk.train._batching import pad_stack
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_two_stage_search(parts):
                                atol=1e-6)
     k = 5
     two = catalogue.scores(model, emb, xpool_top_k=k)
-    dual = emb.numpy() @ catalogue.emb.T
+    dual = emb.numpy() @ catalogue.emb(np.arange(len(catalogue))).T
     for b in range(len(two)):
         cand = np.argsort(-dual[b])[:k]
         np.testing.assert_allclose(two[b, cand], full[b, cand], atol=1e-5)
@@ -67,21 +68,15 @@ def test_unknown_ids_are_named(parts):
         catalogue.positions(["nope"])
 
 
-def test_runtime_contract_carries_the_same_two_stage_margin():
-    # export/manifest.py cannot import torch-side code; the bundle's constant must match.
-    from export.manifest import TWO_STAGE_MARGIN as bundle_margin
-    from mgsv_sk.ranking import TWO_STAGE_MARGIN
-
-    assert bundle_margin == TWO_STAGE_MARGIN
-
-
-def test_runtime_top_k_matches_the_estimators():
-    # export/runtime.py cannot import mgsv_sk, so it keeps its own copy of top_k_indices:
-    # the two must rank (ties included) identically, or ORT and torch top-k would differ.
-    from export.runtime import top_k_indices as runtime_top_k
-    from mgsv_sk._base import top_k_indices
-
+def test_top_k_keeps_the_lower_column_on_a_tie_across_the_boundary():
+    """One top-k rule (full table and candidate lists): ties rank the lower row first,
+    also when the tie straddles the k-th place."""
     rng = np.random.default_rng(0)
-    scores = rng.integers(0, 4, size=(20, 30)).astype(np.float32)  # many ties
-    for k in (1, 5, 30, 40):
-        np.testing.assert_array_equal(runtime_top_k(scores, k), top_k_indices(scores, k))
+    for _ in range(200):
+        scores = rng.integers(0, 4, (3, 30)).astype(np.float32)
+        k = int(rng.integers(1, 30))
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k_indices(scores, k), want)
+        perm = rng.permutation(30)  # the same candidates, listed in another order
+        _, rows = top_k_rows(scores[:, perm], perm, k)
+        np.testing.assert_array_equal(rows, want)

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-import mgsv_sk.cli as cli
+import mgsv_sk.cli._parser as cli
 from mgsv_sk import make_synthetic_mgsv
 from mgsv_sk.cli import main
 

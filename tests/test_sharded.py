@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_sk._base import top_k_indices
 from mgsv_sk.core.ann import build_index
+from mgsv_sk.core.catalogue import top_k_indices
 from mgsv_sk.core.compact import encode_rows
 from mgsv_sk.core.sharded import ShardedCatalogue, shard_bounds
 from mgsv_sk.sharded import shard_grounder
@@ -30,7 +30,8 @@ def served(tiny_fitted, small_test):
 
     model = copy.deepcopy(tiny_fitted)
     model.set_catalogue(small_test.frame["music_id"].unique(), features=small_test.features)
-    video = model._video_emb(small_test.frame.iloc[:12], small_test.features)
+    video = torch.from_numpy(model._encode_videos(
+        small_test.frame.iloc[:12], model._source(small_test.features)).emb)
     return model, video
 
 
@@ -57,8 +58,8 @@ def test_two_stage_search_is_the_single_machine_one(client, served, top_k, k):
 
 def test_dual_search_identical_to_the_exact_index(client, served):
     model, video = served
-    emb = model.catalogue_.emb
-    sharded = ShardedCatalogue.scatter(client, emb, model.catalogue_.offsets, n_shards=3)
+    emb, _, _, offsets = model.catalogue_.arrays()
+    sharded = ShardedCatalogue.scatter(client, emb, offsets, n_shards=3)
     got = sharded.search(video.numpy(), 25)
     expected = build_index(emb, "exact").search(video.numpy(), 25)
     np.testing.assert_array_equal(got[1], expected[1])
@@ -69,8 +70,9 @@ def test_dual_search_identical_to_the_exact_index(client, served):
 def test_compact_states_on_the_shards(client, served):
     model, video = served
     cat = model.catalogue_
-    compact = encode_rows(cat.xpool_states, "int8")
-    sharded = ShardedCatalogue.scatter(client, cat.emb, cat.offsets, compact.decode())
+    emb, _, states, offsets = cat.arrays()
+    compact = encode_rows(states, "int8")
+    sharded = ShardedCatalogue.scatter(client, emb, offsets, compact.decode())
     _, rerank = shard_grounder(client, model)
     with torch.no_grad():
         table = cat.scores(model.model_, video, xpool_top_k=10)

@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import sha256_file
+from ._atomic import sha256_file
+from .catalogue import top_k_indices, top_k_rows
 
 __all__ = ["EXACT_MAX_TRACKS", "INDEX_KINDS", "AnnIndex", "AnnIndexError", "AnnParams",
-           "build_index", "load_index", "resolve_kind", "top_k_rows"]
+           "build_index", "load_index", "resolve_kind"]
 
 #: ``kind`` values of :func:`build_index`.
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
@@ -120,52 +121,6 @@ def resolve_kind(kind: str, n_tracks: int) -> str:
     return kind
 
 
-def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` best (score, row) pairs of each query, best first; ties: lower row first.
-
-    Parameters
-    ----------
-    scores : ndarray (B, C)
-        Candidate scores.
-    rows : ndarray (B, C) or (C,)
-        Catalogue row of each candidate (a (C,) vector is shared by every query). Rows
-        of -1 (no candidate) sort last.
-    k : int
-        Pairs kept per query (at most C).
-
-    Returns
-    -------
-    scores : ndarray (B, min(k, C)) float32
-    rows : ndarray (B, min(k, C)) int64
-
-    Examples
-    --------
-    >>> s, r = top_k_rows(np.array([[0.5, 0.9, 0.5]]), np.array([7, 3, 2]), 2)
-    >>> r.tolist(), s.astype(float).round(2).tolist()
-    ([[3, 2]], [[0.9, 0.5]])
-    """
-    scores = np.asarray(scores, np.float32)
-    rows = np.broadcast_to(np.asarray(rows, np.int64), scores.shape)
-    k = min(int(k), scores.shape[1])
-    key = np.where(rows < 0, np.inf, -scores)  # missing candidates last
-    if k < scores.shape[1]:
-        part = np.argpartition(key, k - 1, axis=1)[:, :k]
-        # a tie across the partition boundary: keep every column scoring like the k-th
-        kth = np.take_along_axis(key, part, axis=1).max(axis=1, keepdims=True)
-        tied = (key == kth).sum(axis=1) > (np.take_along_axis(key, part, axis=1) == kth
-                                            ).sum(axis=1)
-        if tied.any():
-            part = np.argsort(key, axis=1, kind="stable")
-    else:
-        part = np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    cand_key = np.take_along_axis(key, part, axis=1)
-    cand_rows = np.take_along_axis(rows, part, axis=1)
-    order = np.lexsort((cand_rows, cand_key), axis=1)[:, :k]  # by score, then row
-    best = np.take_along_axis(part, order, axis=1)
-    return (np.take_along_axis(scores, best, axis=1),
-            np.take_along_axis(rows, best, axis=1).astype(np.int64))
-
-
 @dataclass
 class AnnIndex:
     """A first-stage index over a catalogue's dual embeddings. Build with :func:`build_index`.
@@ -216,7 +171,8 @@ class AnnIndex:
         k = min(int(k), self.n)
         if self.exact:
             dual = (np.asarray(self.emb) @ q.T).T  # [N,D]@[D,B] -> [B,N]
-            return top_k_rows(dual, np.arange(self.n), k)
+            best = top_k_indices(dual, k)
+            return np.take_along_axis(dual, best, axis=1).astype(np.float32), best
         faiss = _faiss()
         if self.kind == "hnsw":
             sp: Any = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k))

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .ann import AnnIndex, AnnParams, build_index, top_k_rows
+from .ann import AnnIndex, AnnParams, build_index
+from .catalogue import top_k_rows
 
 __all__ = ["Rerank", "Shard", "ShardedCatalogue", "shard_bounds"]
 

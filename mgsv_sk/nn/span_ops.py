@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..spans import MAX_MUSIC_SECONDS
+from ..core.spans import MAX_MUSIC_SECONDS
 
 SPAN_SCALE = MAX_MUSIC_SECONDS  # seconds per unit of (center, width)
 

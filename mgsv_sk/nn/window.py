@@ -15,6 +15,9 @@ over the window:
   averaged over the snippets inside the window;
 * the track's own content: learned per-snippet channels of the contextual music tokens
   (what makes a section the one people use, e.g. a chorus), averaged over the window;
+* the onset: all of the above (and each snippet's evidence logit) read at the snippet the
+  window starts on and at the one before it, so the first snippet of a section is told
+  from the snippets inside it;
 * where it sits: the start in seconds and relative to the track, whether it is 0, the
   room the track leaves after it, the video's and the track's lengths, and a learned prior
   per grid position.
@@ -96,7 +99,9 @@ class WindowHead(nn.Module):
         self.log_sharpness = nn.Parameter(torch.tensor(2.3))  # smooth-max sharpness ~10
         n_snippet = 3 * h + CONTENT_CHANNELS
         self.snippet_head = nn.Linear(n_snippet, 1)
-        self.inp = nn.Linear(h + n_snippet + N_POSITION_FEATURES, hidden)
+        # per snippet channels + its evidence logit, as a bag and at the window's onset
+        n_read = n_snippet + 1
+        self.inp = nn.Linear(h + 3 * n_read + N_POSITION_FEATURES, hidden)
         self.prior = nn.Embedding(cfg.max_snippets * cfg.windows_per_snippet, hidden)
         nn.init.zeros_(self.prior.weight)
         # depthwise convolutions (width 5) along the candidates, then a pointwise mix:
@@ -143,6 +148,9 @@ class WindowHead(nn.Module):
         to_whole = torch.einsum("bhe,bshe->bhs", whole, m)  # [P,H,S]
         per_snippet = torch.cat([mean_f, smax_f, to_whole, content], dim=1)  # [P,C,S]
         snippet_logits = self.snippet_head(per_snippet.transpose(1, 2)).squeeze(-1)  # [P,S]
+        # the evidence logit, which the dense inside-the-moment loss trains from the first
+        # step, read by the window scorer too: a head start on a track-level prior
+        per_snippet = torch.cat([per_snippet, snippet_logits[:, None]], dim=1)  # [P,C,S]
 
         # -- candidate windows -----------------------------------------------------------
         snippet_index = _positions(music_mask[0])  # [S]
@@ -174,6 +182,13 @@ class WindowHead(nn.Module):
         bag = (csum.gather(2, (end_snip + 1.0).long()[:, None].expand(-1, c, -1))
                - csum.gather(2, first.long()[:, None].expand(-1, c, -1))) / count  # [B,C,K]
 
+        # onset: the snippet the window starts on and the one before it (interpolated), so
+        # a section's first snippet (a hook, a drop) is told from the ones inside it
+        at = anchors[None, :] / SNIPPET_HOP - torch.stack([anchors.new_zeros(()),
+                                                           anchors.new_ones(())])[:, None]
+        onset_hat = (1.0 - (at[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
+        onset = torch.einsum("bcs,tsk->btck", per_snippet, onset_hat).flatten(1, 2)  # [P,2C,K]
+
         # where the window sits
         a = anchors[None, :].expand(b, -1)  # [B,K]
         where = torch.stack([
@@ -186,7 +201,8 @@ class WindowHead(nn.Module):
         ], dim=-1)  # [B,K,6]
 
         # -- per-candidate network -------------------------------------------------------
-        feats = torch.cat([aligned.transpose(1, 2), bag.transpose(1, 2), where], dim=-1)
+        feats = torch.cat([aligned.transpose(1, 2), bag.transpose(1, 2), onset.transpose(1, 2),
+                           where], dim=-1)
         keep = valid[..., None].float()  # [B,K,1]
         x = (self.inp(feats.to(self.inp.weight.dtype)) + self.prior(grid.long())) * keep
         for weight, mix, norm in zip(self.context, self.context_mix, self.context_norm):

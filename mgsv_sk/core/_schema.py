@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .spans import MAX_MUSIC_SECONDS
+
 __all__ = [
     "ANNOTATION_COLUMNS",
     "AnnotationError",
@@ -76,7 +78,7 @@ _TIME_COLUMNS = (
 )
 #: Music features cover the first 240 s of a track (96 snippets of 2.5 s); the protocol
 #: cuts ground-truth moments there (mirrors ``mgsv_sk.spans.MAX_MUSIC_SECONDS``).
-MAX_MOMENT_SECONDS = 240.0
+MAX_MOMENT_SECONDS = MAX_MUSIC_SECONDS  # the features stop there
 # The release rounds times to the millisecond; a moment may end a hair past the track.
 _END_TOLERANCE_S = 0.05
 _MAX_EXAMPLES = 5

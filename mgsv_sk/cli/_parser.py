@@ -1,7 +1,7 @@
 """The ``mgsv-sk`` command line (also ``python -m mgsv_sk``).
 
 Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo`` (one small
-function each in :mod:`mgsv_sk._cli_commands`, importing torch only when it runs, so
+function each in :mod:`mgsv_sk.cli.commands`, importing torch only when it runs, so
 ``--help`` is instant).
 
 Exit codes: 0 success; 2 usage error (argparse); 1 any error while running: a user mistake
@@ -23,7 +23,7 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
-from ._cli_commands import (
+from .commands import (
     UserError,
     cmd_demo,
     cmd_evaluate,
@@ -204,14 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "manifest.json with checksums) served by export.runtime.OnnxGrounder with "
                  "numpy, pandas and onnxruntime only.",
                  "mgsv-sk export model/ bundle/ --quantize")
-    p.add_argument("model", help="folder written by `fit`")
-    p.add_argument("out", help="bundle folder to create (written atomically)")
-    p.add_argument("--quantize", action="store_true",
-                   help="also write int8 graphs (the runtime then serves them by default)")
-    p.add_argument("--opset", type=int, default=20, help="ONNX opset, 17-20 (default 20)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip comparing every graph with torch")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    from export.__main__ import add_export_arguments  # the CLI calls export, not the reverse
+
+    add_export_arguments(p)
 
     p = _command(sub, "demo", cmd_demo, "synthetic data end to end, next to the trivial baseline",
                  "Write a synthetic MGSV-EC release, pack it, fit a small MGSVGrounder, "

@@ -6,14 +6,15 @@ only to its own longest item, and batches are drawn from items of similar length
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .features import FeatureSource
-from .spans import MAX_MUSIC_SECONDS
+from ..core.catalogue import pad, sorted_batches
+from ..core.features import FeatureSource
+from ..core.spans import MAX_MUSIC_SECONDS
 
 __all__ = ["Batch", "collate", "length_grouped_batches", "pad_stack", "sorted_batches"]
 
@@ -48,14 +49,10 @@ class Batch:
 
 
 def pad_stack(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad variable-length [T_i, D] arrays to [n, max T_i, D] plus a bool mask [n, max T_i]."""
-    longest = max(len(a) for a in arrays)
-    dim = arrays[0].shape[1]
-    out = np.zeros((len(arrays), longest, dim), dtype=np.float32)
-    mask = np.zeros((len(arrays), longest), dtype=bool)
-    for i, a in enumerate(arrays):
-        out[i, : len(a)] = a
-        mask[i, : len(a)] = True
+    """Pad variable-length [T_i, D] arrays to [n, max T_i, D] plus a bool mask [n, max T_i]
+    (the core's :func:`~mgsv_sk.core.catalogue.pad`, as tensors)."""
+    arrays = list(arrays)
+    out, mask = pad(arrays, arrays[0].shape[1])
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 
@@ -106,10 +103,3 @@ def length_grouped_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     order = rng.permutation(len(batches))
     return [batches[i] for i in order]
-
-
-def sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Deterministic batches for inference, items sorted by length (least padding)."""
-    order = np.argsort(lengths, kind="stable")
-    for lo in range(0, len(order), batch_size):
-        yield order[lo : lo + batch_size]

@@ -38,6 +38,16 @@ __all__ = [
 _MAX_MARKER_BYTES = 64 << 20
 
 
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks: the checksum of every artefact (saved
+    model, ONNX bundle)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class Artefact:
     """How to recognise a folder this library wrote: ``marker`` (a file in the folder)
@@ -65,15 +75,6 @@ PACKED_STORE = Artefact("meta.json", "mgsv_sk.packed/", "packed feature store")
 ONNX_BUNDLE = Artefact("manifest.json", "mgsv_sk.onnx/", "ONNX bundle")
 #: What ``atomic_directory`` may replace when the caller does not say.
 KNOWN_ARTEFACTS: tuple[Artefact, ...] = (MODEL_FOLDER, PACKED_STORE, ONNX_BUNDLE)
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _as_rules(replaces: Artefact | Sequence[Artefact] | None) -> tuple[Artefact, ...]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._atomic import MODEL_FOLDER, ONNX_BUNDLE, PACKED_STORE, Artefact, check_destination
+from ..core._atomic import MODEL_FOLDER, ONNX_BUNDLE, PACKED_STORE, Artefact, check_destination
 
 
 class UserError(Exception):
@@ -53,7 +53,7 @@ def _free(path: str, overwrite: bool, replaces: Artefact | None = None) -> Path:
 
 def _load_model(args: argparse.Namespace) -> Any:
     _existing(args.model, "saved model folder")
-    from .estimator import MGSVGrounder
+    from ..estimator import MGSVGrounder
 
     model = MGSVGrounder.load(args.model, features=args.features)
     if model.features is None:
@@ -134,15 +134,15 @@ def format_table(reports: dict[str, dict[str, float]]) -> str:
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
-    from .jsonl import write_text_atomic
+    from ..jsonl import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ._schema import read_annotations
-    from .features import as_feature_source, pack_features
+    from ..core._schema import read_annotations
+    from ..core.features import as_feature_source, pack_features
 
     src = as_feature_source(str(_existing(args.tree, "feature tree")))
     _free(args.out, args.overwrite, PACKED_STORE)
@@ -159,13 +159,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ._schema import read_annotations
+    from ..core._schema import read_annotations
 
     params = parse_params(args.param, args.params)
     features = _existing(args.features, "features")
     out = _free(args.out, args.overwrite, MODEL_FOLDER)  # before training, not after
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
-    from .estimator import MGSVGrounder
+    from ..estimator import MGSVGrounder
 
     params = _check_params(params, MGSVGrounder().get_params(deep=False))
     params.setdefault("verbose", 1 if args.verbose else 0)
@@ -180,8 +180,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[str, float]]:
-    from .baselines import TrivialGrounder
-    from .scoring import evaluate
+    from ..baselines import TrivialGrounder
+    from ..core.scoring import evaluate
 
     reports = {"MGSVGrounder": evaluate(model, frame)}
     if trivial:
@@ -191,7 +191,7 @@ def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[s
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ._schema import read_annotations
+    from ..core._schema import read_annotations
 
     _existing(args.model, "saved model folder")
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
@@ -245,7 +245,7 @@ def _catalogue(spec: str, frame: Any) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ._schema import read_annotations
+    from ..core._schema import read_annotations
 
     fmt = _output_format(args)
     if args.out != "-":
@@ -270,7 +270,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if "windows" in pred.columns and fmt == "csv":  # one cell: "start end score; ..."
         pred["windows"] = [";".join(" ".join(f"{v:.3f}" for v in w) for w in ws)
                            for ws in pred["windows"]]
-    from .jsonl import predictions_to_jsonl, write_text_atomic
+    from ..jsonl import predictions_to_jsonl, write_text_atomic
 
     if args.out == "-":
         if fmt == "jsonl":
@@ -295,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UserError(f"the export package is not importable ({exc}); install mgsv-sk "
                         "with its export package") from exc
-    from .estimator import MGSVGrounder
+    from ..estimator import MGSVGrounder
 
     model = MGSVGrounder.load(args.model)
     out = export_onnx(model, args.out, opset=args.opset, quantize=args.quantize,
@@ -311,12 +311,12 @@ DEMO_PARAMS: dict[str, Any] = dict(
 
 
 def _run_demo(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
-    from ._schema import read_annotations
-    from .baselines import RidgeGrounder, TrivialGrounder
-    from .datasets import make_synthetic_mgsv
-    from .estimator import MGSVGrounder
-    from .features import pack_features
-    from .scoring import evaluate
+    from ..baselines import RidgeGrounder, TrivialGrounder
+    from ..core._schema import read_annotations
+    from ..core.features import pack_features
+    from ..core.scoring import evaluate
+    from ..datasets import make_synthetic_mgsv
+    from ..estimator import MGSVGrounder
 
     _say(args, f"1/4 writing a synthetic MGSV-EC release under {root / 'release'}")
     train = make_synthetic_mgsv(args.train_videos, args.train_tracks, random_state=args.seed,

@@ -16,21 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed as ddp
-from ._batching import collate, length_grouped_batches, target_center_width
-from ._device import Autocast, autocast_for
-from ._inference import ground_pairs, video_embeddings
-from .features import FeatureSource
-from .metrics import (
+from .._inference import ground_pairs, video_embeddings
+from ..core.features import FeatureSource
+from ..core.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
     retrieval_ranks,
     retrieval_report,
 )
-from .nn.losses import LossWeights, made_losses
-from .nn.model import MaDe
-from .ranking import MusicCatalogue
-from .spans import temporal_iou
+from ..core.scoring import SCORER_NAMES, scorer_value
+from ..core.spans import temporal_iou
+from ..nn.losses import LossWeights, made_losses
+from ..nn.model import MaDe
+from ..ranking import MusicCatalogue
+from . import distributed as ddp
+from ._batching import collate, length_grouped_batches, target_center_width
+from ._device import Autocast, autocast_for
 
 __all__ = ["TrainConfig", "TrainResult", "Split", "fit_model", "validation_report"]
 
@@ -43,7 +44,7 @@ class TrainConfig:
 
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 128
+    batch_size: int = 64
     max_epochs: int = 50
     patience: int = 5
     warmup_fraction: float = 0.02
@@ -92,13 +93,8 @@ class TrainResult:
     stopped: str  # "converged" (patience), "max_epochs" or "interrupted"
 
 
-# metric name as used by the scorers -> key of the protocol report
-_METRIC_KEYS = {
-    "miou": "mIoU", "iou@0.5": "IoU@0.5", "iou@0.7": "IoU@0.7", "r1": "R@1", "r5": "R@5",
-    "r10": "R@10", "mrr": "MRR", "mor1@0.5": "MoR@1,0.5", "mor1@0.7": "MoR@1,0.7",
-    "mor10@0.5": "MoR@10,0.5", "mor10@0.7": "MoR@10,0.7", "mor100@0.5": "MoR@100,0.5",
-}
-EARLY_STOPPING_METRICS = tuple(_METRIC_KEYS)
+#: Early stopping monitors any scorer of :mod:`mgsv_sk.core.scoring` (its registry).
+EARLY_STOPPING_METRICS = SCORER_NAMES
 
 
 def validation_report(model: MaDe, split: Split, autocast: Autocast = False) -> dict[str, float]:
@@ -313,4 +309,4 @@ def _monitored(row: dict[str, float], metric: str, has_valid: bool) -> float:
     """Greater-is-better value of the early-stopping metric in an epoch's row."""
     if not has_valid:
         return row["epoch"]  # no held-out data: keep the final weights
-    return row[f"val_{_METRIC_KEYS[metric]}"]
+    return scorer_value(row, metric, prefix="val_")

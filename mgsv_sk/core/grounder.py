@@ -1,0 +1,287 @@
+"""The grounder every backend shares: ``predict`` (SmG and MsG), ``rank``,
+``decision_function``, ``score`` and ``set_catalogue`` exist here once.
+
+A backend (the torch model :class:`mgsv_sk.MGSVGrounder`, the onnxruntime
+:class:`export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
+validated frames and string ids; the orchestration, the output columns, the tie rule and
+the finiteness checks are this module's:
+
+- ``_encode_videos(frame, source) -> videos``: whatever the backend needs of the videos
+  of one call (opaque here; encoded once per call, read by the other hooks);
+- ``_served_catalogue() -> TrackIndex``: the tracks MsG ``predict`` and ``rank`` search;
+- ``_encode_catalogue(music_ids, source) -> TrackIndex``: tracks encoded now (tracks
+  outside the served catalogue, or a new catalogue for ``set_catalogue``);
+- ``_serve(catalogue)``: make ``catalogue`` the served one;
+- ``_scores(videos, catalogue) -> (n, N)``: every video against every track;
+- ``_pair_scores(videos, rows, catalogue) -> (n,)``: video i against track ``rows[i]``;
+- ``_ground(videos, video_rows, catalogue, track_rows, seconds, moments)``: up to
+  ``moments`` non-overlapping moments of video ``video_rows[i]`` (``seconds[i]`` long) on
+  track ``track_rows[i]``, best first: start, end (seconds) and moment score, each
+  (n, moments), NaN-padded.
+
+Torch-free (numpy and pandas). scikit-learn is imported only by :class:`GrounderEstimator`
+(the base of the trainable grounders) and by the fitted check of those, so the
+onnxruntime backend imports without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
+from .catalogue import TrackIndex, top_k_indices
+from .features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
+from .moments import check_moments, window_lists
+
+__all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
+
+#: Columns of :meth:`BaseGrounder.predict`'s output.
+PREDICTION_COLUMNS = ("music_id", "start", "end", "score", "moment_score")
+#: Columns of :meth:`BaseGrounder.rank`'s output.
+RANK_COLUMNS = ("video_id", "rank", "music_id", "score", "start", "end", "moment_score")
+
+Moments = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class BaseGrounder:
+    """Shared plumbing; see the module docstring for the hooks a backend provides."""
+
+    features: Any
+    catalogue_ids_: list[str]
+
+    # -- hooks ----------------------------------------------------------------------
+    def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> Any:
+        raise NotImplementedError
+
+    def _served_catalogue(self) -> TrackIndex:
+        return TrackIndex(self.catalogue_ids_)
+
+    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> TrackIndex:
+        return TrackIndex(music_ids)
+
+    def _serve(self, catalogue: TrackIndex) -> None:
+        self.catalogue_ids_ = list(catalogue.ids)
+
+    def _scores(self, videos: Any, catalogue: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _pair_scores(self, videos: Any, rows: np.ndarray, catalogue: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _ground(self, videos: Any, video_rows: np.ndarray, catalogue: Any,
+                track_rows: np.ndarray, seconds: np.ndarray, moments: int) -> Moments:
+        raise NotImplementedError
+
+    def _computing(self) -> contextlib.AbstractContextManager[Any]:
+        """Context of one call's computation (the torch backend sets its thread count)."""
+        return contextlib.nullcontext()
+
+    def _check_fitted(self) -> None:
+        """Raise scikit-learn's NotFittedError before ``fit`` (a backend that is always
+        fitted, such as a loaded bundle, overrides this)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+
+    # -- plumbing -------------------------------------------------------------------
+    def _source(self, features: Any = None) -> FeatureSource:
+        """The feature source of a call: the argument, else the ``features`` parameter."""
+        chosen = features if features is not None else getattr(self, "features", None)
+        if chosen is None:
+            raise ValueError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
+                             "to this call")
+        return as_feature_source(chosen)
+
+    @staticmethod
+    def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS, *,
+               keep_duplicates: bool = True) -> pd.DataFrame:
+        """The validated frame, one row per row of ``X`` (a prediction answers every row,
+        repeated ones included; ``fit`` passes ``keep_duplicates=False``)."""
+        return validate_annotations(X, required, source="X", keep_duplicates=keep_duplicates)
+
+    def _catalogue_for(self, music_ids: list[str], source: FeatureSource) -> Any:
+        """The served catalogue when it has every id, else these tracks encoded now."""
+        served = self._served_catalogue()
+        unique = list(dict.fromkeys(music_ids))
+        if all(m in served.index for m in unique):
+            return served
+        source.check_available([], unique)
+        return self._encode_catalogue(unique, source)
+
+    @contextlib.contextmanager
+    def _call(self, X: pd.DataFrame, features: Any) -> Iterator[tuple[pd.DataFrame, Any,
+                                                                      FeatureSource]]:
+        """Validate ``X``, resolve the source, encode the videos once: (frame, videos,
+        source), inside the backend's computing context."""
+        self._check_fitted()
+        frame = self._frame(X)
+        source = self._source(features)
+        with self._computing():
+            source.check_available(frame["video_id"].tolist(), [])
+            yield frame, self._encode_videos(frame, source), source
+
+    def predict(self, X: pd.DataFrame, features: Any = None, *,
+                moments_per_track: int = 1) -> pd.DataFrame:
+        """Ground each video: on its own track (SmG) or on the best catalogue track (MsG).
+
+        Parameters
+        ----------
+        X : DataFrame
+            MGSV-EC rows. With a ``music_id`` column each video is grounded on that track
+            (single-music grounding); without it the best track of the catalogue is
+            retrieved first and the moment is computed on **that** track (music-set
+            grounding).
+        features : feature source, optional
+            Overrides the estimator's ``features`` for this call.
+        moments_per_track : int
+            Up to this many non-overlapping moments per video, best first (default 1).
+
+        Returns
+        -------
+        DataFrame
+            Indexed like ``X``; columns ``music_id``, ``start``, ``end`` (seconds, the best
+            moment), ``score`` (retrieval score of the pair) and ``moment_score`` (the
+            moment head's probability that the track holds a fitting moment, at the best
+            moment). With ``moments_per_track > 1`` also ``windows``: per row a list of
+            ``[start, end, moment_score]``, best first, at most ``moments_per_track`` long.
+        """
+        self._check_fitted()
+        moments = check_moments(moments_per_track)
+        with self._call(X, features) as (frame, videos, source):
+            if "music_id" in frame.columns:
+                music_ids = frame["music_id"].tolist()
+                catalogue = self._catalogue_for(music_ids, source)
+                rows = catalogue.positions(music_ids)
+                scores = self._pair_scores(videos, rows, catalogue)
+            else:
+                catalogue = self._served_catalogue()
+                table = self._scores(videos, catalogue)
+                rows = np.argmax(table, axis=1)
+                music_ids = [catalogue.ids[i] for i in rows]
+                scores = table[np.arange(len(frame)), rows]
+            start, end, moment = self._ground(videos, np.arange(len(frame)), catalogue, rows,
+                                              moment_lengths(frame, source), moments)
+        _check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
+        out = pd.DataFrame(
+            {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0], "score": scores,
+             "moment_score": moment[:, 0]},
+            index=X.index,
+            columns=list(PREDICTION_COLUMNS),
+        )
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
+
+    def decision_function(
+        self, X: pd.DataFrame, features: Any = None, music_ids: Any = None
+    ) -> np.ndarray:
+        """Retrieval scores of every video against every track, shape (n_videos, n_tracks).
+
+        Columns follow ``catalogue_ids_``, or ``music_ids`` when given (any tracks the
+        feature source holds: the protocol scores a split against its own tracks).
+        """
+        self._check_fitted()
+        with self._call(X, features) as (_, videos, source):
+            gallery = (list(self._served_catalogue().ids) if music_ids is None
+                       else [str(m) for m in music_ids])
+            catalogue = self._catalogue_for(gallery, source)
+            table = self._scores(videos, catalogue)
+        if catalogue.ids != gallery:
+            table = table[:, catalogue.positions(gallery)]
+        return np.asarray(table)
+
+    def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None, *,
+             moments_per_track: int = 1) -> pd.DataFrame:
+        """Top-``k`` catalogue tracks per video with their scores and the moment on each.
+
+        Returns
+        -------
+        DataFrame
+            ``k`` rows per video (fewer if the catalogue is smaller), sorted by video then
+            rank (1 = best): ``video_id``, ``rank``, ``music_id``, ``score``, ``start``,
+            ``end``, ``moment_score`` (the best moment on that track). With
+            ``moments_per_track > 1`` also ``windows``: per row up to that many
+            non-overlapping ``[start, end, moment_score]`` on the track, best first.
+        """
+        self._check_fitted()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        moments = check_moments(moments_per_track)
+        with self._call(X, features) as (frame, videos, source):
+            catalogue = self._served_catalogue()
+            table = self._scores(videos, catalogue)
+            k = min(int(k), table.shape[1])
+            top = top_k_indices(table, k)  # (n, k), best first
+            video_rows = np.repeat(np.arange(len(frame)), k)
+            seconds = moment_lengths(frame, source)[video_rows]
+            start, end, moment = self._ground(videos, video_rows, catalogue, top.ravel(),
+                                              seconds, moments)
+        video_ids = frame["video_id"].to_numpy(dtype=object)[video_rows]
+        _check_outputs(video_ids.tolist(), start, end, moment)
+        out = pd.DataFrame(
+            {
+                "video_id": video_ids,
+                "rank": np.tile(np.arange(1, k + 1), len(frame)),
+                "music_id": [catalogue.ids[i] for i in top.ravel()],
+                "score": np.take_along_axis(table, top, axis=1).ravel(),
+                "start": start[:, 0],
+                "end": end[:, 0],
+                "moment_score": moment[:, 0],
+            },
+            columns=list(RANK_COLUMNS),
+        )
+        if moments > 1:
+            out["windows"] = window_lists(start, end, moment)
+        return out
+
+    def set_catalogue(self, music_ids: Any, features: Any = None) -> BaseGrounder:
+        """Serve a different music collection: MsG ``predict`` and ``rank`` search these
+        tracks from now on. Features of the tracks are read (and, for the neural model,
+        encoded) once here, from ``features`` or the estimator's source."""
+        self._check_fitted()
+        ids = list(dict.fromkeys(str(m) for m in music_ids))
+        if not ids:
+            raise ValueError("set_catalogue needs at least one music_id")
+        source = self._source(features)
+        source.check_available([], ids)
+        with self._computing():
+            catalogue = self._encode_catalogue(ids, source)
+        self._serve(catalogue)
+        return self
+
+    def score(self, X: pd.DataFrame, y: Any = None) -> float:
+        """SmG mIoU on ``X`` (ground truth read from its columns): the task's headline
+        grounding figure. For other metrics use :func:`mgsv_sk.scoring.get_scorer`."""
+        self._check_fitted()
+        from .scoring import get_scorer
+
+        return float(get_scorer("miou")(self, X))
+
+
+def _check_outputs(video_ids: list[str], start: np.ndarray, end: np.ndarray,
+                   moment: np.ndarray, scores: np.ndarray | None = None) -> None:
+    """Refuse non-finite results, naming the videos (the best moment is always present)."""
+    columns = [start[:, 0], end[:, 0], moment[:, 0]]
+    if scores is not None:
+        columns.append(np.asarray(scores, np.float64))
+    require_finite(video_ids, ~np.isfinite(np.column_stack(columns)).all(axis=1), "video")
+
+
+def new_fit_token() -> str:
+    """A fresh id for a fit: scorers reuse one prediction pass only within one fit."""
+    return uuid.uuid4().hex
+
+
+def moment_lengths(frame: pd.DataFrame, source: FeatureSource) -> np.ndarray:
+    """Seconds of each video (the moment's length): from the frame's columns, else the
+    number of valid frames (1 fps)."""
+    try:
+        return video_durations(frame)
+    except ValueError:
+        return source.video_lengths(frame["video_id"]).astype(np.float64)

@@ -1,0 +1,104 @@
+"""One behavioural suite, run against both backends: the torch MGSVGrounder and the
+onnxruntime OnnxGrounder serving its exported bundle. Both are the core's BaseGrounder
+(predict / rank / decision_function / score / set_catalogue exist once), so a behaviour
+holds for both or for neither. Numerical parity of the two lives in test_export.py."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mgsv_sk.core.features import FeatureError
+from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_fitted, tmp_path_factory):
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_fitted, tmp_path_factory.mktemp("backends") / "bundle")
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def grounder(request, tiny_fitted, small_train):
+    if request.param == "torch":
+        return copy.deepcopy(tiny_fitted)
+    from export.runtime import OnnxGrounder
+
+    return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
+                             features=small_train.features, precision="fp32")
+
+
+@pytest.mark.parametrize("mode", ["smg", "msg"])
+def test_predict_answers_every_row_in_order(grounder, small_train, mode):
+    X = small_train.frame.iloc[[3, 4, 3, 3, 5]].set_index(pd.Index([7, 8, 7, 9, 9]))
+    X = X if mode == "smg" else X.drop(columns="music_id")
+    out = grounder.predict(X)
+    assert list(out.columns) == list(PREDICTION_COLUMNS) and out.index.equals(X.index)
+    assert out.iloc[0].equals(out.iloc[2]) and out.iloc[0].equals(out.iloc[3])
+    assert ((out["start"] >= 0) & (out["end"] > out["start"])).all()
+    if mode == "smg":
+        assert out["music_id"].tolist() == X["music_id"].tolist()
+    else:
+        assert set(out["music_id"]) <= set(grounder.catalogue_ids_)
+
+
+def test_rank_shape_order_and_windows(grounder, small_train):
+    X = small_train.frame.iloc[:6].drop(columns="music_id")
+    out = grounder.rank(X, k=4, moments_per_track=2)
+    assert list(out.columns) == [*RANK_COLUMNS, "windows"] and len(out) == 24
+    assert out["rank"].tolist() == [1, 2, 3, 4] * 6
+    assert (out.groupby("video_id", sort=False)["score"].diff().dropna() <= 0).all()
+    assert all(1 <= len(w) <= 2 for w in out["windows"])
+    assert len(grounder.rank(X.iloc[:1], k=1000)) == len(grounder.catalogue_ids_)
+
+
+@pytest.mark.parametrize("k", [0, -1, True, 2.0, "3"])
+def test_rank_refuses_a_bad_k(grounder, small_train, k):
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        grounder.rank(small_train.frame.iloc[:2], k=k)
+
+
+def test_decision_function_columns(grounder, small_train):
+    X = small_train.frame.iloc[:5]
+    table = grounder.decision_function(X)
+    assert table.shape == (5, len(grounder.catalogue_ids_))
+    gallery = list(reversed(grounder.catalogue_ids_[:4]))
+    sub = grounder.decision_function(X, music_ids=gallery)
+    cols = [grounder.catalogue_ids_.index(m) for m in gallery]
+    np.testing.assert_allclose(sub, table[:, cols], atol=1e-5)
+
+
+def test_set_catalogue_restricts_msg(grounder, small_train):
+    ids = grounder.catalogue_ids_[:3]
+    grounder.set_catalogue(ids)
+    assert grounder.catalogue_ids_ == ids
+    out = grounder.predict(small_train.frame.iloc[:8].drop(columns="music_id"))
+    assert set(out["music_id"]) <= set(ids)
+    with pytest.raises(ValueError, match="at least one"):
+        grounder.set_catalogue([])
+
+
+def test_score_is_smg_miou(grounder, small_train):
+    value = grounder.score(small_train.frame.iloc[:20])
+    assert isinstance(value, float) and 0.0 <= value <= 1.0
+
+
+def test_the_same_clear_errors(grounder, small_train):
+    X = small_train.frame.iloc[:3]
+    with pytest.raises(TypeError, match="DataFrame"):
+        grounder.predict(X.to_dict())
+    with pytest.raises(ValueError, match="video_id"):
+        grounder.predict(X.drop(columns="video_id"))
+    with pytest.raises(FeatureError, match=r"no features for 1 video\(s\) \['ghost'\]"):
+        grounder.predict(X.assign(video_id=["ghost", *X["video_id"].iloc[1:]]))
+    with pytest.raises(FeatureError, match=r"no features for 1 track\(s\) \['ghost'\]"):
+        grounder.predict(X.assign(music_id=["ghost", *X["music_id"].iloc[1:]]))
+    with pytest.raises(ValueError, match="moments_per_track"):
+        grounder.predict(X, moments_per_track=0)
+    grounder.features = None  # a copy per test
+    with pytest.raises(ValueError, match="no features given"):
+        grounder.predict(X)
