@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from mgsv_sk.core.ann import load_index
 from mgsv_sk.core.catalogue import (
     Catalogue,
     Chunk,
@@ -92,7 +93,9 @@ class OnnxGrounder(BaseGrounder):
         "fp32" or "int8" graphs in use.
     xpool_top_k : int or None
         Two-stage search: X-Pool only for each video's top-K tracks by dual score (the
-        exported grounder's value unless changed).
+        exported grounder's value unless changed). With an approximate catalogue index
+        (:mod:`export.compact`) the top-K come from the index and the other tracks score
+        -inf; without ``xpool_top_k`` every track is scanned.
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], sessions: dict[str, Any],
@@ -161,11 +164,14 @@ class OnnxGrounder(BaseGrounder):
                                  f"{sorted(graph['files'])}); export with quantize=True")
             sessions[name] = ort.InferenceSession(str(folder / file), options,
                                                   providers=["CPUExecutionProvider"])
-        part = Part.load(folder, manifest["catalogue"]["files"])
-        grounder = cls(folder, manifest, sessions, Catalogue([part]), features=features,
+        info = manifest["catalogue"]
+        part = Part.load(folder, info["files"], info.get("states", "float32"))
+        ann = (load_index(folder, info["index"]["name"], emb=part.emb, n=len(part.ids),
+                          verify=verify) if "index" in info else None)
+        grounder = cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                        precision=precision, track_chunk=track_chunk)
-        for role, info in manifest.get("encoders", {}).items():  # exported with encoders=
-            file = info["files"].get(precision, info["files"]["fp32"])
+        for role, encoder in manifest.get("encoders", {}).items():  # exported with encoders=
+            file = encoder["files"].get(precision, encoder["files"]["fp32"])
             setattr(grounder, f"{role}_encoder", OrtEncoder(folder / file,
                                                             session_options=options))
         return grounder

@@ -599,6 +599,29 @@ class MGSVGrounder(GrounderEstimator):
         return recommend_videos(self, video_paths, k, video_encoder=video_encoder,
                                 moments_per_track=moments_per_track)
 
+    def compact_catalogue(self, states: str = "float32", index: str = "auto") -> MGSVGrounder:
+        """Store the catalogue's snippet arrays compactly and index it for large searches.
+
+        Parameters
+        ----------
+        states : {"float32", "float16", "int8"}
+            Storage of the cached snippet tokens and X-Pool states (int8: a quarter of the
+            bytes, X-Pool scores within ``mgsv_sk.core.compact.SCORE_TOLERANCE``).
+        index : {"auto", "exact", "hnsw", "ivf"}
+            First stage of the two-stage search (``xpool_top_k``): "auto" scans exactly up
+            to 50,000 tracks and builds a FAISS HNSW graph above (``pip install
+            "mgsv-sk[ann]"``). With an approximate index, tracks outside its top-K score
+            -inf in ``decision_function``.
+
+        A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
+        model stores float32 arrays (call this again after ``load``). The search itself is
+        the core catalogue's (:func:`mgsv_sk.core.catalogue.retrieval_scores`), shared with
+        the onnxruntime backend.
+        """
+        check_is_fitted(self)
+        self._serve(self.catalogue_.compacted(states, index))
+        return self
+
     # -- device ------------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
         """Inference autocast on the model's device; float32 where the chosen precision is

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mgsv_sk._inference import video_embeddings
+from mgsv_sk.core.catalogue import top_k_indices, top_k_rows
 from mgsv_sk.ranking import MusicCatalogue
 from mgsv_sk.train._batching import pad_stack
 
@@ -65,3 +66,17 @@ def test_unknown_ids_are_named(parts):
     _, catalogue, _, _ = parts
     with pytest.raises(KeyError, match="1 music_id.*'nope'.*set_catalogue"):
         catalogue.positions(["nope"])
+
+
+def test_top_k_keeps_the_lower_column_on_a_tie_across_the_boundary():
+    """One top-k rule (full table and candidate lists): ties rank the lower row first,
+    also when the tie straddles the k-th place."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scores = rng.integers(0, 4, (3, 30)).astype(np.float32)
+        k = int(rng.integers(1, 30))
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k_indices(scores, k), want)
+        perm = rng.permutation(30)  # the same candidates, listed in another order
+        _, rows = top_k_rows(scores[:, perm], perm, k)
+        np.testing.assert_array_equal(rows, want)

@@ -21,6 +21,11 @@ copies out. A memory map would instead count every page it touched in the proces
 resident memory, and with readahead and large page-cache folios one 115 KB track maps
 about 2 MB (measured: 20 two-stage queries against 100,000 tracks left 2.8 GB mapped).
 The track embeddings, read in full by every dual-score pass, stay memory-mapped.
+
+For catalogues of millions of tracks (:meth:`Catalogue.compacted`, or a bundle whose
+manifest says so) the per-snippet arrays may be stored float16 / int8 (:mod:`.compact`,
+decoded as read) and the dual top-K of the two-stage search may come from an ANN index
+(:mod:`.ann`); both backends get them through this module's search.
 """
 
 from __future__ import annotations
@@ -32,13 +37,18 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
+from .compact import CompactRows, open_compact
+
+if TYPE_CHECKING:
+    from .ann import AnnIndex, AnnParams
+
 __all__ = ["TWO_STAGE_MARGIN", "Catalogue", "Chunk", "NpyRows", "Part", "TrackIndex",
            "XPoolScorer", "pad", "pair_scores", "retrieval_scores", "sorted_batches",
-           "top_k_indices"]
+           "top_k_indices", "top_k_rows"]
 
 #: Two-stage search: tracks not re-ranked by X-Pool keep their dual score minus this, so
 #: every re-ranked pair (dual + X-Pool, at least -2) ranks above them (dual, at most 1).
@@ -58,12 +68,56 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     n, g = scores.shape
     k = min(k, g)
     if k < g:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        key = -scores
+        part = np.argpartition(key, k - 1, axis=1)[:, :k]
+        # a tie across the partition boundary: the lower columns scoring like the k-th win
+        picked = np.take_along_axis(key, part, axis=1)
+        kth = picked.max(axis=1, keepdims=True)
+        tied = (key == kth).sum(axis=1) > (picked == kth).sum(axis=1)
+        if tied.any():
+            part[tied] = np.argsort(key[tied], axis=1, kind="stable")[:, :k]
     else:
         part = np.tile(np.arange(g), (n, 1))
     part.sort(axis=1)  # stable tie order by column before the score sort
     order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)
+
+
+def top_k_rows(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_indices`'s rule on candidate lists: the ``k`` best (score, row) pairs
+    of each query, best first, ties keeping the lower catalogue row first.
+
+    Parameters
+    ----------
+    scores : ndarray (B, C)
+        Candidate scores.
+    rows : ndarray (B, C) or (C,)
+        Catalogue row of each candidate (a (C,) vector is shared by every query). Rows
+        of -1 (no candidate) score -inf and sort last.
+    k : int
+        Pairs kept per query (at most C).
+
+    Returns
+    -------
+    scores : ndarray (B, min(k, C)) float32
+    rows : ndarray (B, min(k, C)) int64
+
+    Examples
+    --------
+    >>> s, r = top_k_rows(np.array([[0.5, 0.9, 0.5]]), np.array([7, 3, 2]), 2)
+    >>> r.tolist(), s.astype(float).round(2).tolist()
+    ([[3, 2]], [[0.9, 0.5]])
+    """
+    scores = np.asarray(scores, np.float32)
+    rows = np.broadcast_to(np.asarray(rows, np.int64), scores.shape)
+    # columns in row order (missing candidates last), so a column tie is a row tie
+    order = np.argsort(np.where(rows < 0, np.iinfo(np.int64).max, rows), axis=1,
+                       kind="stable")
+    rows = np.take_along_axis(rows, order, axis=1)
+    scores = np.where(rows < 0, -np.inf, np.take_along_axis(scores, order, axis=1))
+    best = top_k_indices(scores, k)
+    return (np.take_along_axis(scores, best, axis=1).astype(np.float32),
+            np.take_along_axis(rows, best, axis=1))
 
 
 class TrackIndex:
@@ -135,7 +189,7 @@ class NpyRows:
         return np.frombuffer(data, "<f4").reshape(n, self.shape[1])
 
 
-Rows: TypeAlias = np.ndarray | NpyRows
+Rows: TypeAlias = np.ndarray | NpyRows | CompactRows
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -183,17 +237,24 @@ class Part:
                    else np.concatenate(states).astype(np.float32, copy=False))
 
     @classmethod
-    def load(cls, folder: Path, files: dict[str, str]) -> Part:
+    def load(cls, folder: Path, files: dict[str, str], states: str = "float32") -> Part:
         """The bundle's catalogue: embeddings memory-mapped, per-snippet arrays read on
-        demand (:class:`NpyRows`)."""
+        demand (:class:`NpyRows`; compact ``states``, "float16" / "int8": decoded as read)."""
         missing = [r for r in ("ids", "emb", "offsets", "tokens") if r not in files]
         if missing:
             raise ValueError(f"catalogue of {folder!s} lacks {missing}")
         ids = tuple(str(i) for i in json.loads((folder / files["ids"]).read_text()))
         emb: Any = np.load(folder / files["emb"], mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / files["offsets"], allow_pickle=False).astype(np.int64)
-        states = NpyRows(folder / files["xpool_states"]) if "xpool_states" in files else None
-        return cls(ids, emb, offsets, NpyRows(folder / files["tokens"]), states)
+
+        def rows(role: str) -> Rows:
+            if states == "float32":
+                return NpyRows(folder / files[role])
+            scales = {"scales": files[f"{role}_scales"]} if f"{role}_scales" in files else {}
+            return open_compact(folder, {"data": files[role], **scales}, states)
+
+        xpool = rows("xpool_states") if "xpool_states" in files else None
+        return cls(ids, emb, offsets, rows("tokens"), xpool)
 
 
 @dataclass(frozen=True)
@@ -207,10 +268,12 @@ class Chunk:
 
 
 class Catalogue(TrackIndex):
-    """Encoded tracks, in catalogue order, from one or more parts."""
+    """Encoded tracks, in catalogue order, from one or more parts; ``ann``: a first-stage
+    index over the first part's embeddings (:mod:`mgsv_sk.core.ann`), or None."""
 
-    def __init__(self, parts: Sequence[Part]) -> None:
+    def __init__(self, parts: Sequence[Part], ann: AnnIndex | None = None) -> None:
         self.parts = tuple(parts)
+        self.ann = ann
         super().__init__([i for p in self.parts for i in p.ids])
         self._starts = np.cumsum([0] + [len(p.ids) for p in self.parts]).astype(np.int64)
         self.lengths = np.concatenate([np.diff(p.offsets) for p in self.parts]).astype(np.int64)
@@ -239,8 +302,9 @@ class Catalogue(TrackIndex):
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """emb [N, D], tokens [R, D], X-Pool states [R, D] (or None) and offsets [N + 1]
         of the whole catalogue, back to back (what a saved model or a bundle stores)."""
-        if len(self.parts) == 1 and not isinstance(self.parts[0].tokens, NpyRows):
-            p = self.parts[0]
+        p = self.parts[0]
+        if len(self.parts) == 1 and isinstance(p.tokens, np.ndarray) and (
+                p.states is None or isinstance(p.states, np.ndarray)):
             return (np.asarray(p.emb, np.float32), np.asarray(p.tokens, np.float32),
                     None if p.states is None else np.asarray(p.states, np.float32),
                     np.asarray(p.offsets, np.int64))
@@ -268,8 +332,51 @@ class Catalogue(TrackIndex):
         return self
 
     def with_part(self, part: Part) -> Catalogue:
-        """A new snapshot with ``part``'s tracks appended."""
-        return Catalogue(self.parts + (part,))
+        """A new snapshot with ``part``'s tracks appended (the index still covers the
+        first part; :meth:`first_stage` scans the added ones)."""
+        return Catalogue(self.parts + (part,), self.ann)
+
+    def compacted(self, states: str = "float32", index: str = "exact",
+                  params: AnnParams | None = None) -> Catalogue:
+        """A copy (same class) whose snippet tokens and X-Pool states are stored as
+        ``states`` ("float32", "float16", "int8"; :mod:`mgsv_sk.core.compact`) and whose
+        embeddings are indexed for the first stage (``index``: "auto", "exact", "hnsw",
+        "ivf"; :mod:`mgsv_sk.core.ann`); the parts are merged into one first."""
+        import copy
+
+        from .ann import build_index
+        from .compact import check_state_dtype, encode_rows
+
+        check_state_dtype(states)
+        emb, tokens, xpool, offsets = self.arrays()  # float32, decoded
+
+        def store(data: np.ndarray) -> Rows:
+            return data if states == "float32" else encode_rows(data, states)
+
+        out = copy.copy(self)  # a fresh lock and no padded chunks (__getstate__)
+        out.parts = (Part(tuple(self.ids), emb, offsets, store(tokens),
+                          None if xpool is None else store(xpool)),)
+        out._starts = np.array([0, len(self)], np.int64)
+        out.ann = build_index(emb, index, params)
+        return out
+
+    @property
+    def approximate(self) -> bool:
+        """Whether the dual top-k comes from an approximate index (HNSW / IVF)."""
+        return self.ann is not None and not self.ann.exact
+
+    def first_stage(self, video_emb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dual scores and rows of each video's ``k`` best tracks, (B, k) each, best first:
+        the index over the first part, merged with an exact scan of any added parts."""
+        assert self.ann is not None
+        scores, rows = self.ann.search(video_emb, k)
+        if len(self.parts) > 1:
+            rest = np.concatenate([(np.asarray(p.emb) @ video_emb.T).T for p in self.parts[1:]],
+                                  axis=1)  # [B, added tracks]
+            cols = np.broadcast_to(np.arange(self._starts[1], len(self)), rest.shape)
+            scores, rows = top_k_rows(np.concatenate([scores, rest], axis=1),
+                                      np.concatenate([rows, cols], axis=1), k)
+        return scores, rows
 
     # -- reading rows ---------------------------------------------------------------------
     def _locate(self, row: int) -> tuple[Part, int]:
@@ -351,9 +458,20 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer |
     The dual score covers every track; the X-Pool score (``xpool`` given) every track
     too, or with ``xpool_top_k`` only each video's ``xpool_top_k`` best tracks by dual
     score (two-stage search for large catalogues; the rest keep their dual score minus
-    :data:`TWO_STAGE_MARGIN`, so they rank after every re-ranked track).
+    :data:`TWO_STAGE_MARGIN`, so they rank after every re-ranked track). With an
+    approximate index (``cat.approximate``) the top-K come from the index and the other
+    tracks score -inf, X-Pool or not.
     """
     video_emb = np.ascontiguousarray(video_emb, np.float32)
+    if xpool_top_k is not None and xpool_top_k < len(cat) and use_dual and cat.approximate:
+        # ANN first stage: the tracks it does not return score -inf (never retrieved)
+        first, cand = cat.first_stage(video_emb, xpool_top_k)  # (B, K) each
+        table = np.full((len(video_emb), len(cat)), -np.inf, np.float32)
+        videos, cols = np.nonzero(cand >= 0)
+        rows = cand[videos, cols]
+        table[videos, rows] = (first[videos, cols] if xpool is None
+                               else xpool.pairs(video_emb[videos], rows, cat))
+        return table
     if xpool is None:
         if not use_dual:
             raise ValueError("a retrieval score needs the dual score or X-Pool")

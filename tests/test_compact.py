@@ -1,0 +1,141 @@
+"""Compact snippet states: decoding bounds, files, and the X-Pool score tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mgsv_sk.core.compact import (
+    SCORE_TOLERANCE,
+    STATE_DTYPES,
+    CompactWriter,
+    bytes_per_row,
+    encode_rows,
+    open_compact,
+)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((500, 48)) * rng.uniform(0.1, 3, (500, 1))).astype(np.float32)
+
+
+def test_decoding_bounds(rows):
+    np.testing.assert_array_equal(encode_rows(rows, "float32").decode(), rows)
+    half = encode_rows(rows, "float16").decode()
+    assert np.all(np.abs(half - rows) <= 2.0**-11 * np.abs(rows) + 1e-7)
+    int8 = encode_rows(rows, "int8")
+    bound = np.abs(rows).max(axis=1, keepdims=True) / 254 * (1 + 1e-5)
+    assert np.all(np.abs(int8.decode() - rows) <= bound)
+    assert int8.nbytes == len(rows) * bytes_per_row("int8", 48) == len(rows) * (48 + 4)
+    zeros = encode_rows(np.zeros((2, 4), np.float32), "int8")  # an all-zero row decodes to 0
+    np.testing.assert_array_equal(zeros.decode(), 0)
+
+
+@pytest.mark.parametrize("states", STATE_DTYPES)
+def test_written_files_read_back_by_row_range(rows, tmp_path, states):
+    files = CompactWriter(tmp_path, "states", len(rows), 48, states).write_all(
+        [rows[:123], rows[123:]])
+    opened = open_compact(tmp_path, files, states)
+    np.testing.assert_array_equal(opened[10:40], encode_rows(rows, states)[10:40])
+    assert opened.shape == rows.shape
+
+
+def test_incomplete_or_damaged_files_are_refused(rows, tmp_path):
+    writer = CompactWriter(tmp_path, "s", len(rows), 48, "int8")
+    writer.write(rows[:10])
+    with pytest.raises(ValueError, match="got 10 rows, its header declares 500"):
+        writer.close()
+    files = CompactWriter(tmp_path, "t", len(rows), 48, "int8").write_all([rows])
+    with open(tmp_path / files["data"], "r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        open_compact(tmp_path, files, "int8")
+    with pytest.raises(ValueError, match="states must be one of"):
+        encode_rows(rows, "bfloat16")
+
+
+def _xpool_scores(xpool, video, states, lengths, compact):
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    data = compact if compact is not None else states
+    parts = [data[offsets[i]: offsets[i + 1]] for i in range(len(lengths))]
+    padded = np.zeros((len(parts), max(lengths), states.shape[1]), np.float32)
+    mask = np.zeros(padded.shape[:2], bool)
+    for i, p in enumerate(parts):
+        padded[i, : len(p)], mask[i, : len(p)] = p, True
+    with torch.no_grad():
+        return xpool.scores_from_states(torch.from_numpy(video), torch.from_numpy(padded),
+                                        torch.from_numpy(mask)).numpy()
+
+
+@pytest.mark.parametrize("d_model", [32, 256])
+def test_xpool_scores_within_the_stated_tolerance(d_model):
+    """X-Pool of the default width (256) and the tests' (32), weights perturbed from the
+    identity initialisation, on layer-normed snippet states as a catalogue caches them."""
+    from mgsv_sk.nn.config import MaDeConfig
+    from mgsv_sk.nn.xpool import XPool
+
+    torch.manual_seed(0)
+    xpool = XPool(MaDeConfig(d_model=d_model, n_heads=2)).eval()
+    with torch.no_grad():
+        for p in xpool.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(5, 96, 64)
+    tokens = torch.from_numpy(rng.standard_normal((int(lengths.sum()), d_model)
+                                                  ).astype(np.float32) * 2 + 0.3)
+    with torch.no_grad():
+        states = xpool.snippet_states(tokens).numpy()
+    video = rng.standard_normal((16, d_model)).astype(np.float32)
+    video /= np.linalg.norm(video, axis=1, keepdims=True)
+    exact = _xpool_scores(xpool, video, states, lengths, None)
+    for name in ("float16", "int8"):
+        got = _xpool_scores(xpool, video, states, lengths, encode_rows(states, name))
+        assert np.abs(got - exact).max() <= SCORE_TOLERANCE[name], name
+
+
+# -- the estimator's catalogue ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tiny_fitted, small_test):
+    import copy
+
+    model = copy.deepcopy(tiny_fitted)
+    model.set_catalogue(small_test.frame["music_id"].unique(), features=small_test.features)
+    model.set_params(xpool_top_k=10)
+    return model
+
+
+def test_exact_float32_catalogue_predicts_identically(served, small_test):
+    import copy
+
+    import pandas as pd
+
+    X = small_test.frame.iloc[:20].drop(columns="music_id")
+    model = copy.deepcopy(served).compact_catalogue("float32", "exact")
+    pd.testing.assert_frame_equal(model.predict(X, features=small_test.features),
+                                  served.predict(X, features=small_test.features))
+
+
+@pytest.mark.parametrize("states, index", [("int8", "hnsw"), ("float16", "ivf")])
+def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_path, states,
+                                                      index):
+    import copy
+
+    pytest.importorskip("faiss")
+    X = small_test.frame.iloc[:20].drop(columns="music_id")
+    model = copy.deepcopy(served).compact_catalogue(states, index)
+    assert model.catalogue_.ann.kind == index
+    want = served.rank(X, k=5, features=small_test.features)
+    got = model.rank(X, k=5, features=small_test.features)
+    assert (got["music_id"].to_numpy() == want["music_id"].to_numpy()).mean() >= 0.9
+    np.testing.assert_allclose(got["score"], want["score"], atol=SCORE_TOLERANCE[states])
+    table = model.decision_function(X, features=small_test.features)
+    assert (np.isfinite(table).sum(axis=1) == 10).all()  # the index's top-10, others -inf
+    model.save(tmp_path / "m")  # saved as float32 arrays
+    from mgsv_sk.estimator import MGSVGrounder
+
+    loaded = MGSVGrounder.load(tmp_path / "m")
+    assert loaded.catalogue_.ann is None
+    assert loaded.catalogue_.arrays()[2].dtype == np.float32
