@@ -154,7 +154,8 @@ def markdown(results: dict[str, Any]) -> str:
         out.append("|---|---|" + "---|" * len(KEYS))
         for name, report in res["metrics"].items():
             fit = res["runs"].get(name, {}).get("fit_seconds")
-            cells = [f"{report[k]:.1f}" if k in ("MedianR", "MeanR") else f"{report[k]:.3f}"
+            cells = ["—" if k not in report else  # a run that recorded fewer metrics
+                     f"{report[k]:.1f}" if k in ("MedianR", "MeanR") else f"{report[k]:.3f}"
                      for k in KEYS]
             out.append(f"| {name} | {'' if fit is None else f'{fit:.0f}'} | "
                        + " | ".join(cells) + " |")
