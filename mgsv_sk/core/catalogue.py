@@ -31,9 +31,7 @@ decoded as read) and the dual top-K of the two-stage search may come from an ANN
 from __future__ import annotations
 
 import json
-import os
 import threading
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
-from .compact import CompactRows, open_compact
+from .compact import CompactRows, RowFile, open_compact
 
 if TYPE_CHECKING:
     from .ann import AnnIndex, AnnParams
@@ -144,49 +142,20 @@ class TrackIndex:
         return np.array([self.index[m] for m in music_ids], dtype=np.int64)
 
 
-class NpyRows:
-    """Row ranges of a 2-D little-endian float32 ``.npy`` file, read on demand.
+class NpyRows(RowFile):
+    """Row ranges of a 2-D little-endian float32 ``.npy`` file (a bundle's catalogue array),
+    read on demand: :class:`mgsv_sk.core.compact.RowFile` with that layout checked.
 
-    ``rows[a:b]`` returns an [b - a, D] array read with ``os.pread`` (no shared file
-    position, so threads may read concurrently).
+    ``rows[a:b]`` returns an [b - a, D] float32 array.
     """
 
+    shape: tuple[int, int]
+
     def __init__(self, path: Path) -> None:
-        with open(path, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            self._offset = fh.tell()
-        if len(shape) != 2 or fortran or dtype != np.dtype("<f4"):
+        super().__init__(path)
+        if len(self.shape) != 2 or self.dtype != np.dtype("<f4"):
             raise ValueError(f"{path!s}: expected a C-order 2-D float32 array, got shape "
-                             f"{shape}, dtype {dtype}, fortran_order {fortran}")
-        self.path = path
-        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
-        self._row_bytes = self.shape[1] * 4
-        size = path.stat().st_size
-        if size != self._offset + self.shape[0] * self._row_bytes:
-            raise ValueError(f"{path!s}: its header declares {self.shape[0]} x {self.shape[1]} "
-                             f"float32 ({self.shape[0] * self._row_bytes} bytes of data) but "
-                             f"the file holds {size - self._offset}; it is truncated or "
-                             "damaged: export the bundle again")
-        self._fd = os.open(path, os.O_RDONLY)
-        weakref.finalize(self, os.close, self._fd)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: slice) -> np.ndarray:
-        start, stop, step = key.indices(self.shape[0])
-        if step != 1:
-            raise ValueError("NpyRows reads contiguous row ranges only")
-        n = max(stop - start, 0)
-        want = n * self._row_bytes
-        data = os.pread(self._fd, want, self._offset + start * self._row_bytes)
-        if len(data) != want:
-            raise OSError(f"{self.path!s} is shorter than its header says (truncated?)")
-        return np.frombuffer(data, "<f4").reshape(n, self.shape[1])
+                             f"{self.shape}, dtype {self.dtype}")
 
 
 Rows: TypeAlias = np.ndarray | NpyRows | CompactRows

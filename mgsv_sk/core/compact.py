@@ -86,7 +86,7 @@ class RowFile:
             raise ValueError(f"{path!s}: its header declares shape {self.shape} "
                              f"({self.shape[0] * self._row_bytes} bytes of data) but the file "
                              f"holds {size - self._offset}; it is truncated or damaged: "
-                             "write the catalogue again")
+                             "write the catalogue or export the bundle again")
         self._fd = os.open(path, os.O_RDONLY)
         weakref.finalize(self, os.close, self._fd)
 
