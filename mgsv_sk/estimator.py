@@ -387,7 +387,7 @@ class MGSVGrounder(GrounderEstimator):
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
             max_epochs=int(self.max_epochs), patience=int(self.patience),
             warmup_fraction=self.warmup_fraction, grad_clip=self.grad_clip,
-            early_stopping_metric=self.early_stopping_metric, bf16=bool(self.bf16), seed=seed,
+            early_stopping_metric=self.early_stopping_metric, seed=seed,
             verbose=self.verbose, loss_weights=weights, device=str(device), amp_dtype=amp,
         )
 
@@ -444,7 +444,7 @@ class MGSVGrounder(GrounderEstimator):
                 torch.manual_seed((seed + dist.rank) % 2**64)  # own dropout masks per rank
             result = fit_model(model, train, valid, train_cfg, dist)
             catalogue = MusicCatalogue.build(model, music_ids, source,
-                                             autocast=train_cfg.autocast_dtype)
+                                             autocast=train_cfg.amp_dtype)
         if result.stopped == "interrupted":
             warnings.warn("fit was interrupted: the model holds the best weights of the "
                           f"{len(result.history)} completed epoch(s)", RuntimeWarning,

@@ -65,10 +65,10 @@ def test_defaults_keep_the_cpu_float32_path():
     est = MGSVGrounder(**TINY)
     assert est.get_params()["device"] == "cpu" and est.get_params()["mixed_precision"] == "auto"
     cfg = est._train_config(0)
-    assert cfg.device == "cpu" and cfg.autocast_dtype is None
+    assert cfg.device == "cpu" and cfg.amp_dtype is None
     # bf16=True is a shorthand for mixed_precision="bf16"
-    assert MGSVGrounder(bf16=True)._train_config(0).autocast_dtype == torch.bfloat16
-    assert (MGSVGrounder(mixed_precision="bf16")._train_config(0).autocast_dtype
+    assert MGSVGrounder(bf16=True)._train_config(0).amp_dtype == torch.bfloat16
+    assert (MGSVGrounder(mixed_precision="bf16")._train_config(0).amp_dtype
             == torch.bfloat16)
     twin = clone(MGSVGrounder(device=torch.device("cpu"), mixed_precision="fp32"))
     assert twin.device == torch.device("cpu") and twin.mixed_precision == "fp32"

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,29 +40,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one fit (built by the estimator from its parameters)."""
+    """Optimisation settings of one fit, built by the estimator from its parameters: the
+    defaults live in :class:`mgsv_sk.MGSVGrounder`'s signature only, so every field is
+    given here. ``amp_dtype`` is the one resolved precision (``bf16`` and
+    ``mixed_precision`` resolved on the device once, by
+    :func:`mgsv_sk.train._device.resolve_precision`; None: float32)."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 64
-    max_epochs: int = 50
-    patience: int = 5
-    warmup_fraction: float = 0.02
-    grad_clip: float = 1.0
-    early_stopping_metric: str = "mor10@0.5"
-    bf16: bool = False
-    seed: int = 0
-    verbose: int = 0
-    loss_weights: LossWeights = field(default_factory=LossWeights)
-    device: str = "cpu"  # a resolved device: "cpu", "cuda:0", ...
-    amp_dtype: torch.dtype | None = None  # autocast dtype; None: bfloat16 iff ``bf16``
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of training and validation (None: float32)."""
-        if self.amp_dtype is not None:
-            return self.amp_dtype
-        return torch.bfloat16 if self.bf16 else None
+    lr: float
+    weight_decay: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    warmup_fraction: float
+    grad_clip: float
+    early_stopping_metric: str
+    seed: int
+    verbose: int
+    loss_weights: LossWeights
+    device: str  # a resolved device: "cpu", "cuda:0", ...
+    amp_dtype: torch.dtype | None  # the autocast dtype of training and validation
 
 
 @dataclass
@@ -170,7 +166,7 @@ def _train_epoch(
         batch = collate(rows, split.video_ids, split.music_ids, split.source, split.seconds,
                         targets).to(device)
         assert batch.target_cw is not None
-        with autocast_for(device, cfg.autocast_dtype):
+        with autocast_for(device, cfg.amp_dtype):
             out = net(batch.video, batch.video_mask, batch.music, batch.music_mask,
                       batch.music_index, batch.video_seconds)
         terms = made_losses(out, batch.music_index, batch.target_cw, cfg.loss_weights,
@@ -214,8 +210,8 @@ def _validate(
     """Validation metrics: computed by rank 0 and broadcast, so that every rank takes the
     same early-stopping decisions."""
     if dist is None:
-        return validation_report(model, valid, cfg.autocast_dtype)
-    report = validation_report(model, valid, cfg.autocast_dtype) if dist.is_main else None
+        return validation_report(model, valid, cfg.amp_dtype)
+    report = validation_report(model, valid, cfg.amp_dtype) if dist.is_main else None
     report = ddp.broadcast_object(report, dist, torch.device(cfg.device))
     assert report is not None
     return report
@@ -256,7 +252,7 @@ def fit_model(
     steps = cfg.max_epochs * math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, cfg.warmup_fraction))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.autocast_dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16)
     net: torch.nn.Module = model
     if dist is not None:
         ddp.check_same(ddp.data_fingerprint(train.video_ids, train.music_ids,
