@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import ExportError, quantize_int8
+
 __all__ = ["ENCODER_INPUTS", "MIN_COSINE", "cosines", "export_encoders"]
 
 #: Input shape (after the batch axis) of each encoder role.
@@ -56,8 +58,6 @@ def export_encoders(encoders: Mapping[str, Any], folder: str | Path, *, opset: i
         The manifest's ``encoders`` entry: per role ``name``, ``dim``, ``input_shape``,
         ``files`` ({precision: bundle-relative path}) and ``min_cosine`` (fp32 vs torch).
     """
-    from .to_onnx import ExportError, _quantize
-
     folder = Path(folder)
     (folder / "graphs").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def export_encoders(encoders: Mapping[str, Any], folder: str | Path, *, opset: i
                                   f"{worst:.6f} < {MIN_COSINE}")
         if quantize:
             files["int8"] = f"graphs/{role}_features.int8.onnx"
-            _quantize(folder / rel, folder / files["int8"])
+            quantize_int8(folder / rel, folder / files["int8"])
         out[role] = {"name": str(encoder.name), "dim": int(encoder.dim),
                      "input_shape": list(ENCODER_INPUTS[role]), "files": files,
                      "min_cosine": worst}

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from mgsv_sk.core._atomic import ONNX_BUNDLE, atomic_directory
 
+from ._common import ExportError, quantize_int8
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
 from .manifest import (
     CATALOGUE_FILES,
@@ -56,10 +57,6 @@ SUPPORTED_OPSETS = range(17, 21)
 #: rtol covers start/end in seconds, up to 240).
 CHECK_ATOL = 1e-4
 CHECK_RTOL = 1e-4
-
-
-class ExportError(RuntimeError):
-    """The exported graphs do not match the model (a frozen axis, a wrong output)."""
 
 
 # -- one graph ------------------------------------------------------------------------------------
@@ -146,27 +143,6 @@ def _session(model_bytes: bytes) -> Any:
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
-def _quantize(src: Path, dst: Path) -> None:
-    """int8 dynamic quantisation of the MatMul/Gemm weights, per output channel
-    (activations are quantised on the fly).
-
-    Pre-processing first folds products of constant weights (X-Pool's W_o W_v, say) into
-    one initializer: quantised as they are, such a MatMul gets a per-channel zero point that
-    onnxruntime's MatMulInteger kernel rejects at run time. Its symbolic shape inference
-    crashes on these graphs, so that step is skipped (ONNX shape inference still runs).
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = dst.with_name(dst.name + ".pre")
-    try:
-        quant_pre_process(src, pre, skip_symbolic_shape=True)
-        quantize_dynamic(pre, dst, weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        pre.unlink(missing_ok=True)
-
-
 def _smoke_test(path: Path, spec: GraphSpec, args: tuple[Tensor, ...]) -> None:
     """A quantised graph runs on inputs of other shapes and gives finite outputs."""
     session = _session(path.read_bytes())
@@ -249,7 +225,7 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             logger.info("graph %s: max |ORT - torch| = %.2e", name, worst)
         if quantize and name in QUANTIZED_GRAPHS:
             int8 = folder / graph_file(name, "int8")
-            _quantize(fp32, int8)
+            quantize_int8(fp32, int8)
             for sizes in CHECK_SIZES:
                 _smoke_test(int8, spec, example_inputs(spec, sizes, dims, gen))
             files[name]["int8"] = graph_file(name, "int8")

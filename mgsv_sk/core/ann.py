@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import sha256_file
-from .catalogue import top_k_indices, top_k_rows
+from .topk import top_k_indices, top_k_rows
 
 __all__ = ["EXACT_MAX_TRACKS", "INDEX_KINDS", "AnnIndex", "AnnIndexError", "AnnParams",
            "build_index", "load_index", "resolve_kind"]
