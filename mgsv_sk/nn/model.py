@@ -13,7 +13,8 @@ from .config import MaDeConfig
 from .detector import FOREGROUND, MomentDetector
 from .encoders import TemporalEncoder
 from .layers import check_masks, full_precision
-from .window import MAX_SECONDS, WindowHead
+from .span_ops import cw_to_seconds
+from .window import WindowHead
 from .xpool import XPool
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1 / temperature
@@ -136,9 +137,9 @@ class MaDe(nn.Module):
     is capped at 100.
     """
 
-    def __init__(self, cfg: MaDeConfig | None = None) -> None:
+    def __init__(self, cfg: MaDeConfig) -> None:
         super().__init__()
-        self.cfg = cfg if cfg is not None else MaDeConfig()
+        self.cfg = cfg
         c = self.cfg
         self.video_encoder = TemporalEncoder(c.video_dim, c.max_frames, c)
         self.music_encoder = TemporalEncoder(c.music_dim, c.max_snippets, c)
@@ -222,10 +223,7 @@ class MaDe(nn.Module):
         spans, fg_logits, snippet_logits = self.detector(
             video_enc.tokens, video_enc.mask, video_enc.emb, music_tokens, music_mask
         )
-        center, width = spans[-1].float().unbind(-1)  # [B] each, units of 240 s
-        start = ((center - width / 2) * MAX_SECONDS).clamp(0.0, MAX_SECONDS)
-        end = torch.clamp(torch.maximum((center + width / 2) * MAX_SECONDS, start),
-                          max=MAX_SECONDS)
+        start, end = cw_to_seconds(spans[-1].float())  # [B] each, seconds in [0, 240]
         fg = fg_logits[-1].float()
         logit = fg[:, FOREGROUND] - fg[:, 1 - FOREGROUND]  # sigmoid = softmax foreground
         return Grounding(start[:, None], start[:, None], end[:, None], logit[:, None], spans,

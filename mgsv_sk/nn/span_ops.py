@@ -20,6 +20,14 @@ def cw_to_se(cw: Tensor, scale: float = SPAN_SCALE) -> Tensor:
     return torch.stack([center - 0.5 * width, center + 0.5 * width], dim=-1) * scale
 
 
+def cw_to_seconds(cw: Tensor, limit: float = SPAN_SCALE) -> tuple[Tensor, Tensor]:
+    """(center, width) [..., 2] in units of 240 s -> start, end [...] in seconds, inside
+    [0, ``limit``] with end >= start: a predicted moment the output can carry."""
+    start, end = cw_to_se(cw).unbind(-1)
+    start = start.clamp(0.0, limit)
+    return start, torch.maximum(end, start).clamp(max=limit)
+
+
 def se_to_cw(se: Tensor, scale: float = SPAN_SCALE) -> Tensor:
     """(start, end) [..., 2] -> (center, width) [..., 2] = ((s + e)/2, e - s) / scale."""
     start, end = se.unbind(-1)
