@@ -17,7 +17,10 @@ from contextlib import nullcontext
 
 import torch
 
-from mgsv_sk.nn import MaDe, MaDeConfig, count_parameters, made_losses
+from mgsv_sk import MGSVGrounder
+from mgsv_sk.nn import MaDe, count_parameters, made_losses
+
+DEFAULTS = MGSVGrounder()  # the estimator's defaults: the network and loss weights
 
 
 def make_batch(gen: torch.Generator, b: int = 128, f: int = 30, s: int = 70) -> dict:
@@ -41,7 +44,7 @@ def step(model: MaDe, opt: torch.optim.Optimizer, batch: dict, bf16: bool) -> fl
     with ctx:
         out = model(batch["video"], batch["video_mask"], batch["music"], batch["music_mask"],
                     batch["music_index"])
-    terms = made_losses(out, batch["music_index"], batch["target_cw"])
+    terms = made_losses(out, batch["music_index"], batch["target_cw"], DEFAULTS._loss_weights())
     opt.zero_grad(set_to_none=True)
     terms.total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -61,7 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     batches = [make_batch(gen, args.batch) for _ in range(3)]
-    model = MaDe(MaDeConfig()).train()
+    model = MaDe(DEFAULTS._model_config(512, 768)).train()
     print(f"trainable parameters: {count_parameters(model):,}")
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     for mode in args.modes.split(","):

@@ -177,7 +177,7 @@ def tile_bundle(src: Path, dst: Path, n_tracks: int, top_k: int, seed: int = 0) 
 
 def torch_large_catalogue(bundle: Path) -> Any:
     """The tiled catalogue as mgsv_sk's MusicCatalogue, over the same memory-mapped files."""
-    from mgsv_sk.ranking import MusicCatalogue
+    from mgsv_sk.infer.catalogue import MusicCatalogue
 
     files = json.loads((bundle / "manifest.json").read_text())["catalogue"]["files"]
     ids = json.loads((bundle / files["ids"]).read_text())

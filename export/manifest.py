@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.core._atomic import sha256_file
+from mgsv_sk.core._atomic import file_checksums, sha256_file, verify_checksums
 from mgsv_sk.core.catalogue import TWO_STAGE_MARGIN
 from mgsv_sk.core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
@@ -266,11 +266,7 @@ def write_manifest(
     Returns the manifest written.
     """
     root = Path(folder)
-    known = dict(known or {})
-    files = {rel: {"bytes": (root / rel).stat().st_size,
-                   "sha256": known.get(rel) or sha256_file(root / rel)}
-             for rel in _bundle_files(root)}
-    out = {**manifest, "files": files}
+    out = {**manifest, "files": file_checksums(root, _bundle_files(root), known)}
     (root / MANIFEST_FILE).write_text(json.dumps(out, indent=1))
     return out
 
@@ -309,10 +305,6 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
     """
     root = Path(folder)
     listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
-    outside = [rel for rel in listed if Path(rel).is_absolute() or ".." in Path(rel).parts]
-    if outside:  # a manifest may only name files inside its bundle
-        raise BundleError(f"the manifest of {root!s} lists file(s) outside the bundle: "
-                          f"{outside[:5]}; refusing it (re-export the bundle)")
     used = [f for g in manifest["graphs"].values() for f in g.get("files", {}).values()]
     used += list(manifest["catalogue"].get("files", {}).values())
     used += [f for e in manifest.get("encoders", {}).values() for f in e["files"].values()]
@@ -320,18 +312,8 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
     if unverified:  # every file the runtime opens must carry a checksum
         raise BundleError(f"the manifest of {root!s} uses file(s) it gives no checksum for: "
                           f"{unverified[:5]}; refusing it (re-export the bundle)")
-    for rel, info in listed.items():
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"bundle {root!s} lacks {rel}, listed in its manifest; "
-                              "re-export the bundle")
-        size = path.stat().st_size
-        if size != info["bytes"]:
-            raise BundleError(f"{path!s} has {size} bytes, the manifest says {info['bytes']}: "
-                              "the file was changed or truncated after export; refusing it")
-        if checksums and sha256_file(path) != info["sha256"]:
-            raise BundleError(f"checksum mismatch for {path!s}: the file was changed after "
-                              "export; refusing to load the bundle")
+    verify_checksums(root, listed, BundleError, "bundle", "re-export the bundle",
+                     checksums=checksums)
     extra = [rel for rel in _bundle_files(root) if rel not in listed]
     if extra:
         raise BundleError(f"bundle {root!s} holds file(s) its manifest does not list: "

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .infer.catalogue import MusicCatalogue
     from .nn.model import MaDe
-    from .ranking import MusicCatalogue
 
 __all__ = ["FittedState"]
 

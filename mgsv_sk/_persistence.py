@@ -7,7 +7,8 @@ A saved model is a folder:
 - ``weights.npz``: the network's tensors as float32 arrays (read with
   ``allow_pickle=False``);
 - ``catalogue.npz``: the catalogue's cached encodings;
-- ``manifest.json``: the sha256 of every other file, checked at load.
+- ``manifest.json``: the size and sha256 of every other file, checked at load (the
+  record ONNX bundles carry too: :func:`mgsv_sk.core._atomic.file_checksums`).
 
 It is written under a temporary name and renamed into place, so a crash never leaves a
 folder that loads.
@@ -24,8 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .core._atomic import MODEL_FOLDER, atomic_directory, sha256_file
-from .ranking import MusicCatalogue
+from .core._atomic import (
+    MODEL_FOLDER,
+    atomic_directory,
+    file_checksums,
+    sha256_file,
+    verify_checksums,
+)
+from .infer.catalogue import MusicCatalogue
 
 if TYPE_CHECKING:
     from ._fitted import FittedState
@@ -81,7 +88,7 @@ def save_grounder(params: dict[str, Any], state: FittedState, path: str | os.Pat
         if states is not None:
             arrays["xpool_states"] = states
         np.savez(tmp / "catalogue.npz", **arrays)
-        manifest = {"format": FORMAT, "sha256": {f: sha256_file(tmp / f) for f in _FILES}}
+        manifest = {"format": FORMAT, "files": file_checksums(tmp, _FILES)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -114,19 +121,17 @@ def _verified(folder: Path) -> dict[str, Any]:
         raise ModelFileError(f"{folder!s} holds format {manifest.get('format')!r}, "
                              f"expected {FORMAT!r}: it was written by another version of "
                              "mgsv_sk; load it with that version, or fit and save it again")
-    sums = manifest.get("sha256")
-    if not isinstance(sums, dict) or not all(isinstance(sums.get(n), str) for n in _FILES):
+    listed = manifest.get("files")
+    if "sha256" in manifest and listed is None:  # folders saved before the shared record
+        sums = manifest["sha256"]
+        listed = {n: {"sha256": sums.get(n)} for n in _FILES} if isinstance(sums, dict) else None
+    if not isinstance(listed, dict) or not all(
+            isinstance(listed.get(n), dict) and isinstance(listed[n].get("sha256"), str)
+            for n in _FILES):
         raise ModelFileError(f"{manifest_path!s} lacks the sha256 of "
                              f"{', '.join(_FILES)}; it is damaged: save the model again")
-    for name in _FILES:
-        file = folder / name
-        if not file.is_file():
-            raise ModelFileError(f"saved model {folder!s} lacks {name}; save it again")
-        if sha256_file(file) != sums[name]:
-            raise ModelFileError(
-                f"checksum mismatch for {file!s}: the file was changed or damaged after "
-                "saving; refusing to load it"
-            )
+    verify_checksums(folder, {n: listed[n] for n in _FILES}, ModelFileError, "saved model",
+                     "save the model again")
     config = _read_json_object(folder / "config.json", "model's config")
     _check_config(config, folder / "config.json")
     return config

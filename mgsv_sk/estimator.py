@@ -27,25 +27,25 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import check_is_fitted
 
 from ._fitted import FittedState
-from ._inference import ground_pairs, snippet_evidence, video_embeddings
 from .core._schema import FIT_COLUMNS, check_trainable_moments, video_durations
 from .core.catalogue import pair_scores, retrieval_scores
 from .core.features import FeatureSource, require_finite
 from .core.grounder import new_fit_token
 from .core.sklearn_base import GrounderEstimator
 from .core.spans import MAX_MUSIC_SECONDS
-from .nn.config import DETECTORS, MaDeConfig
-from .nn.losses import LossWeights
-from .nn.model import MaDe
-from .ranking import MusicCatalogue, xpool_scorer
-from .train import distributed as ddp
-from .train._device import (
+from .infer.batched import ground_pairs, snippet_evidence, video_embeddings
+from .infer.catalogue import MusicCatalogue, xpool_scorer
+from .infer.device import (
     MIXED_PRECISION,
     model_device,
     resolve_device,
     resolve_precision,
     rng_devices,
 )
+from .nn.config import DETECTORS, MaDeConfig
+from .nn.losses import LossWeights
+from .nn.model import MaDe
+from .train import distributed as ddp
 from .train._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
 
 __all__ = ["MGSVGrounder"]
@@ -348,8 +348,10 @@ class MGSVGrounder(GrounderEstimator):
         return int(check_random_state(self.random_state).randint(2**31 - 1))
 
     # -- configuration ---------------------------------------------------------------------
-    def _model_config(self, video_dim: int, music_dim: int) -> MaDeConfig:
-        return MaDeConfig(
+    def _model_config(self, video_dim: int, music_dim: int, **details: Any) -> MaDeConfig:
+        """The network's config from these parameters; ``details``: MaDeConfig fields no
+        parameter exposes (max_frames, window_hidden, ...)."""
+        return MaDeConfig(**details,
             video_dim=video_dim, music_dim=music_dim, detector=self.detector,
             d_model=self.d_model,
             n_heads=self.n_heads, temporal_layers=self.temporal_layers,
@@ -359,6 +361,12 @@ class MGSVGrounder(GrounderEstimator):
             retrieval_scores=tuple(self.retrieval_scores),
             temperature_init=self.temperature_init,
         )
+
+    def _loss_weights(self) -> LossWeights:
+        return LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
+                           snippet=self.snippet_weight, window=self.window_weight,
+                           boundary=self.boundary_weight, match=self.match_weight,
+                           dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
 
     def _train_config(self, seed: int, dist: ddp.DistContext | None = None) -> TrainConfig:
         problems = []
@@ -379,10 +387,7 @@ class MGSVGrounder(GrounderEstimator):
                                 "or initialise the group with backend='gloo' for CPU training")
         if problems:
             raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
-        weights = LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
-                              snippet=self.snippet_weight, window=self.window_weight,
-                              boundary=self.boundary_weight, match=self.match_weight,
-                              dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
+        weights = self._loss_weights()
         return TrainConfig(
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
             max_epochs=int(self.max_epochs), patience=int(self.patience),

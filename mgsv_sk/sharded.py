@@ -23,8 +23,8 @@ import torch
 
 from .core.ann import AnnParams
 from .core.sharded import Shard, ShardedCatalogue
-from .ranking import TWO_STAGE_MARGIN
-from .train._batching import pad_stack
+from .infer.catalogue import TWO_STAGE_MARGIN
+from .infer.padding import pad_stack
 
 if TYPE_CHECKING:
     from .nn.model import MaDe
@@ -34,7 +34,8 @@ __all__ = ["TWO_STAGE_MARGIN", "XPoolRerank", "shard_grounder"]
 
 class XPoolRerank:
     """``rerank`` callable of :meth:`ShardedCatalogue.search`: the model's X-Pool score of one
-    video against a shard's tracks, computed as :class:`mgsv_sk.ranking.MusicCatalogue` does.
+    video against a shard's tracks, computed as
+    :class:`mgsv_sk.infer.catalogue.MusicCatalogue` does.
 
     Parameters
     ----------

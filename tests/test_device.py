@@ -17,9 +17,9 @@ from conftest import TINY
 from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder
-from mgsv_sk.train import _device as device_mod
+from mgsv_sk.infer import device as device_mod
+from mgsv_sk.infer.device import autocast_for, resolve_device, resolve_precision
 from mgsv_sk.train._batching import collate
-from mgsv_sk.train._device import autocast_for, resolve_device, resolve_precision
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -123,13 +123,13 @@ def test_bf16_on_an_old_gpu(monkeypatch):
 
 def test_autocast_contexts():
     cpu = torch.device("cpu")
-    for off in (False, None):
-        with autocast_for(cpu, off):
-            assert not torch.is_autocast_enabled("cpu")
-    for on in (True, torch.bfloat16):
-        with autocast_for(cpu, on):
-            assert torch.is_autocast_enabled("cpu")
-            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with autocast_for(cpu, None):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast_for(cpu, torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(TypeError, match="torch dtype or None"):
+        autocast_for(cpu, True)  # one representation: a dtype, not a flag
 
 
 def test_batches_move_to_another_device(small_train):

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from _configs import loss_weights, made_config
 from torch import nn
 
 from mgsv_sk import spans as np_spans
 from mgsv_sk.core.moments import select_windows
 from mgsv_sk.nn import (
-    LossWeights,
     MaDe,
     MaDeConfig,
     count_parameters,
@@ -40,7 +40,7 @@ TINY = dict(
 
 def tiny_model(seed: int = 0, **overrides: object) -> MaDe:
     torch.manual_seed(seed)
-    return MaDe(MaDeConfig(**{**TINY, **overrides}))
+    return MaDe(made_config(**{**TINY, **overrides}))
 
 
 def make_batch(seed: int = 0, b: int = 5, u: int = 3, f: int = 9, s: int = 13) -> dict:
@@ -66,15 +66,17 @@ def run(model: MaDe, batch: dict):
 
 # -- config ---------------------------------------------------------------------------------
 def test_config_defaults_and_validation():
-    cfg = MaDeConfig()
+    cfg = made_config()  # the estimator's defaults: the config declares none for them
     assert (cfg.d_model, cfg.n_heads, cfg.decoder_layers, cfg.temperature_init) == (
         256, 8, 6, 0.03)
-    assert MaDeConfig(retrieval_scores=["xpool"]).retrieval_scores == ("xpool",)
+    with pytest.raises(TypeError, match="missing"):
+        MaDeConfig(video_dim=512)  # no second copy of the estimator's defaults
+    assert made_config(retrieval_scores=["xpool"]).retrieval_scores == ("xpool",)
     with pytest.raises(ValueError, match="divisible by n_heads") as err:
-        MaDeConfig(d_model=30, n_heads=4, retrieval_scores=("dual", "bogus"))
+        made_config(d_model=30, n_heads=4, retrieval_scores=("dual", "bogus"))
     assert "retrieval_scores" in str(err.value)  # all problems in one message
     with pytest.raises(ValueError, match="temporal_dropout"):
-        MaDeConfig(temporal_dropout=1.0)
+        made_config(temporal_dropout=1.0)
 
 
 def test_default_parameter_count():
@@ -83,7 +85,7 @@ def test_default_parameter_count():
     # query code (256 x 256 + 256), the snippet evidence head (256 + 1) and the cross-modal
     # evidence (2 x 65,792 + 16 x 256 + 256 + 1) are additions.
     additions = 65_792 + 257 + 2 * 65_792 + 4_352 + 1
-    n = count_parameters(MaDe(MaDeConfig(detector="detr")))
+    n = count_parameters(MaDe(made_config(detector="detr")))
     assert n == 9_548_549 + additions
     assert abs(n - additions + 6 * 2 * 65_792 - 10.5e6) < 0.25e6
 
@@ -184,7 +186,7 @@ def test_disabled_score_is_empty_and_has_no_parameters():
     batch = make_batch()
     out = run(model, batch)
     assert out.xpool.shape == (5, 0) and out.dual.shape == (5, 3)
-    terms = made_losses(out, batch["music_index"], batch["target_cw"])
+    terms = made_losses(out, batch["music_index"], batch["target_cw"], loss_weights())
     assert terms.xpool is None and "xpool" not in terms.as_floats()
 
 
@@ -238,6 +240,15 @@ def test_self_attention_with_position_matches_multihead_attention():
 
 
 # -- span geometry ----------------------------------------------------------------------------
+def test_detr_spans_become_moments_inside_the_track_range():
+    cw = torch.tensor([[0.5, 0.2], [0.02, 0.2], [0.98, 0.3], [0.5, -0.1], [1.5, 0.1]])
+    start, end = span_ops.cw_to_seconds(cw)
+    assert ((start >= 0) & (end >= start) & (end <= 240)).all()
+    torch.testing.assert_close(start[:3], torch.tensor([96.0, 0.0, 199.2]))
+    torch.testing.assert_close(end[:3], torch.tensor([144.0, 28.8, 240.0]))
+    assert end[3] == start[3] and start[4] == end[4] == 240  # negative width, past the end
+
+
 def test_span_roundtrip_and_parity_with_numpy():
     g = np.random.default_rng(0)
     cw = g.uniform(0, 1, (50, 2))
@@ -278,18 +289,19 @@ def test_info_nce_shared_track_is_not_negative():
 def test_loss_terms_finite_positive_and_weighted():
     model = tiny_model().train()
     batch = make_batch()
-    terms = made_losses(run(model, batch), batch["music_index"], batch["target_cw"])
+    terms = made_losses(run(model, batch), batch["music_index"], batch["target_cw"],
+                        loss_weights())
     floats = terms.as_floats()
     assert set(floats) == {"total", "l1", "giou", "fg", "snippet", "dual", "xpool"}
     assert all(math.isfinite(v) and v > 0 for v in floats.values())
-    w = LossWeights()
+    w = loss_weights()
     want = sum(getattr(w, k) * floats[k]
                for k in ("l1", "giou", "fg", "snippet", "dual", "xpool"))
     assert math.isclose(floats["total"], want, rel_tol=1e-5)
     no_aux = made_losses(run(model.eval(), batch), batch["music_index"], batch["target_cw"],
-                         LossWeights(aux=False))
+                         loss_weights(aux=False))
     assert no_aux.l1 < made_losses(run(model, batch), batch["music_index"],
-                                   batch["target_cw"]).l1
+                                   batch["target_cw"], loss_weights()).l1
 
 
 def test_training_reduces_loss_and_trains_query_position():
@@ -298,7 +310,8 @@ def test_training_reduces_loss_and_trains_query_position():
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
-        terms = made_losses(run(model, batch), batch["music_index"], batch["target_cw"])
+        terms = made_losses(run(model, batch), batch["music_index"], batch["target_cw"],
+                            loss_weights())
         opt.zero_grad()
         terms.total.backward()
         if not losses:
@@ -320,7 +333,7 @@ def test_bf16_autocast_close_to_fp32():
         got = getattr(out, name)
         assert got.dtype == torch.float32 and torch.isfinite(got).all()
         torch.testing.assert_close(got, getattr(ref, name), atol=0.06, rtol=0)
-    terms = made_losses(out, batch["music_index"], batch["target_cw"])
+    terms = made_losses(out, batch["music_index"], batch["target_cw"], loss_weights())
     assert terms.total.dtype == torch.float32 and torch.isfinite(terms.total)
 
 

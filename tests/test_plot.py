@@ -62,7 +62,7 @@ def test_snippet_evidence_is_one_probability_per_valid_snippet(tiny_model, small
 def test_snippet_evidence_matches_the_models_logits(tiny_model, small_test):
     import torch
 
-    from mgsv_sk.train._batching import pad_stack
+    from mgsv_sk.infer.padding import pad_stack
 
     row = small_test.frame.iloc[[3]]
     got = tiny_model.snippet_evidence(row, features=small_test.features)[0]

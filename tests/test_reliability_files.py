@@ -19,7 +19,8 @@ import torch
 from conftest import TINY
 
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
-from mgsv_sk._persistence import ModelFileError, sha256_file
+from mgsv_sk._persistence import ModelFileError
+from mgsv_sk.core._atomic import file_checksums
 from mgsv_sk.core.features import as_feature_source
 from mgsv_sk.features import FeatureError, FeatureTree, InMemoryFeatures, PackedFeatures
 
@@ -204,8 +205,7 @@ def saved(data, tmp_path_factory):
 def _rehash(model: Path) -> None:
     """Make the manifest agree with edited files: only the content checks can catch it."""
     manifest = json.loads((model / "manifest.json").read_text())
-    for name in manifest["sha256"]:
-        manifest["sha256"][name] = sha256_file(model / name)
+    manifest["files"] = file_checksums(model, manifest["files"])
     (model / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -499,7 +499,7 @@ def _loads(kind: str, dst: Path, data: Any) -> Any:
 
 # (writer, module and function that dies mid-write: after some files are already written)
 CRASHES = [
-    ("save", _save, "mgsv_sk._persistence", "sha256_file"),  # after config + weights
+    ("save", _save, "mgsv_sk._persistence", "file_checksums"),  # after config + weights
     ("pack", _pack, "mgsv_sk.core.packed", "np.save"),  # after video_features.f32
     ("export", _export, "export.to_onnx", "_write_catalogue"),  # after every graph
 ]
@@ -559,8 +559,8 @@ MODEL_DAMAGE = [
     ("weights.npz", "flip-a-byte", r"checksum mismatch for .*weights\.npz: .* refusing"),
     ("catalogue.npz", "flip-a-byte", r"checksum mismatch for .*catalogue\.npz"),
     ("config.json", "flip-a-byte", r"checksum mismatch for .*config\.json"),
-    ("weights.npz", "truncate", r"checksum mismatch for .*weights\.npz"),
-    ("catalogue.npz", "delete", r"lacks catalogue\.npz; save it again"),
+    ("weights.npz", "truncate", r"weights\.npz has \d+ bytes, the manifest says \d+"),
+    ("catalogue.npz", "delete", r"lacks catalogue\.npz, listed in its manifest; save the model"),
     ("manifest.json", "truncate", r"manifest\.json is corrupt"),
 ]
 
@@ -582,9 +582,23 @@ def test_weights_that_do_not_fit_the_config_are_refused(saved, tmp_path):
     config["params"]["d_model"] = 64  # consistent checksums, inconsistent content
     (copy_ / "config.json").write_text(json.dumps(config))
     manifest = json.loads((copy_ / "manifest.json").read_text())
-    manifest["sha256"]["config.json"] = sha256_file(copy_ / "config.json")
+    manifest["files"]["config.json"] = {"bytes": (copy_ / "config.json").stat().st_size,
+                                        "sha256": sha256_file(copy_ / "config.json")}
     (copy_ / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFileError, match=r"weights in .*weights\.npz do not fit the model"):
+        MGSVGrounder.load(copy_)
+
+
+def test_a_model_saved_with_the_older_checksum_record_still_loads(saved, tmp_path):
+    # before the record shared with bundles, a saved model listed bare sha256 values
+    copy_ = tmp_path / "model"
+    shutil.copytree(saved, copy_)
+    manifest = json.loads((copy_ / "manifest.json").read_text())
+    sums = {name: info["sha256"] for name, info in manifest.pop("files").items()}
+    (copy_ / "manifest.json").write_text(json.dumps({**manifest, "sha256": sums}))
+    assert MGSVGrounder.load(copy_).catalogue_.ids == MGSVGrounder.load(saved).catalogue_.ids
+    _damage(copy_ / "weights.npz", "flip-a-byte")
+    with pytest.raises(ModelFileError, match=r"checksum mismatch for .*weights\.npz"):
         MGSVGrounder.load(copy_)
 
 

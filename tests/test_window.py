@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _configs import loss_weights, made_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mgsv_sk import spans as np_spans
 from mgsv_sk.core.moments import select_windows, sigmoid
-from mgsv_sk.nn import MaDe, MaDeConfig, made_losses
+from mgsv_sk.nn import MaDe, made_losses
 from mgsv_sk.nn.losses import window_iou, window_terms
 from mgsv_sk.nn.window import WindowHead
 
@@ -21,7 +22,7 @@ TINY = dict(video_dim=12, music_dim=16, d_model=32, n_heads=2, ffn_mult=2, max_f
 
 def tiny_model(seed: int = 0, **overrides: object) -> MaDe:
     torch.manual_seed(seed)
-    return MaDe(MaDeConfig(**{**TINY, **overrides}))
+    return MaDe(made_config(**{**TINY, **overrides}))
 
 
 def make_batch(seed: int = 0, b: int = 6, u: int = 3, f: int = 9, s: int = 13) -> dict:
@@ -51,7 +52,7 @@ def test_candidates_cover_the_grid_and_stay_inside_the_track():
     with torch.no_grad():
         g = ground(model, batch)
     b, s = 6, 13
-    k = MaDeConfig().windows_per_snippet * s
+    k = made_config().windows_per_snippet * s
     assert g.anchors.shape == g.starts.shape == g.ends.shape == g.logits.shape == (b, k)
     assert g.spans.shape[0] == 0 and g.snippet_logits.shape == (b, s)
     np.testing.assert_allclose(g.anchors[0].numpy(), np.arange(k) * 1.25)
@@ -102,7 +103,7 @@ def test_aligned_evidence_is_the_diagonal_of_the_similarity_map():
     # function of the mean over frames of sim[f, (start + f) / 2.5] (interpolated), which
     # is computed here by a loop.
     torch.manual_seed(3)
-    cfg = MaDeConfig(**{**TINY, "n_heads": 1})
+    cfg = made_config(**{**TINY, "n_heads": 1})
     head = WindowHead(cfg).eval()
     with torch.no_grad():
         for p in head.parameters():
@@ -160,7 +161,7 @@ def test_window_terms_prefer_the_true_window_and_learn_from_negatives():
     assert window_terms(sharp, out.negative_logits, seconds, cw)[0] < window
     # without negatives (one track in the batch) there is no match term
     assert window_terms(g, g.logits[:0], seconds, cw)[2] is None
-    terms = made_losses(out, batch["music_index"], cw, video_seconds=seconds)
+    terms = made_losses(out, batch["music_index"], cw, loss_weights(), video_seconds=seconds)
     assert terms.l1 is None and terms.window is not None and terms.match is not None
     terms.total.backward()
     assert model.detector.bias.grad is not None and model.detector.bias.grad != 0

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,9 @@ __all__ = [
     "Artefact",
     "atomic_directory",
     "check_destination",
+    "file_checksums",
     "sha256_file",
+    "verify_checksums",
 ]
 
 #: A marker file larger than this is not one of ours (ours are a few KB).
@@ -46,6 +48,44 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_checksums(folder: str | os.PathLike[str], files: Iterable[str],
+                   known: Mapping[str, str] | None = None) -> dict[str, dict[str, object]]:
+    """The checksum record of an artefact folder: ``{relative path: {"bytes": size,
+    "sha256": hex}}`` for ``files`` (paths relative to ``folder``), the one format that
+    saved models and ONNX bundles write in their ``manifest.json``. ``known`` gives
+    checksums already computed (trusted instead of reading those files again)."""
+    root, known = Path(folder), dict(known or {})
+    return {rel: {"bytes": (root / rel).stat().st_size,
+                  "sha256": known.get(rel) or sha256_file(root / rel)}
+            for rel in files}
+
+
+def verify_checksums(folder: str | os.PathLike[str], listed: Mapping[str, Mapping[str, object]],
+                     error: type[Exception], what: str, fix: str, *,
+                     checksums: bool = True) -> None:
+    """Check the files of a checksum record (:func:`file_checksums`): each inside
+    ``folder``, present, of the recorded size and sha256. Raises ``error`` naming the first
+    file that differs; ``what`` names the artefact ("saved model", "bundle"), ``fix`` the
+    remedy ("save it again"). ``checksums=False`` checks presence and sizes only."""
+    root = Path(folder)
+    outside = [rel for rel in listed if Path(rel).is_absolute() or ".." in Path(rel).parts]
+    if outside:  # a record may only name files inside its folder
+        raise error(f"the manifest of {root!s} lists file(s) outside the {what}: "
+                    f"{outside[:5]}; refusing it ({fix})")
+    for rel, info in listed.items():
+        path = root / rel
+        if not path.is_file():
+            raise error(f"{what} {root!s} lacks {rel}, listed in its manifest; {fix}")
+        size = path.stat().st_size
+        if "bytes" in info and size != info["bytes"]:
+            raise error(f"{path!s} has {size} bytes, the manifest says {info['bytes']}: the "
+                        f"file was changed or truncated after it was written; refusing it "
+                        f"({fix})")
+        if checksums and sha256_file(path) != info.get("sha256"):
+            raise error(f"checksum mismatch for {path!s}: the file was changed or damaged "
+                        f"after it was written; refusing to load the {what} ({fix})")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Hyper-parameters of the MaDe model, frozen and validated once.
 
-Defaults are those of the paper's public training script (MGSV, Xin et al. 2025), except
-the moment head (the window head; ``detector="detr"`` is the paper's) and the temporal
-dropout (0.1; the paper's 0.8 suits 100 epochs, not minutes).
+The fields a user tunes are :class:`mgsv_sk.MGSVGrounder`'s parameters, and their defaults
+are declared there only (its signature): this config has none for them, the estimator
+builds it from its parameters. The fields it keeps defaults for are architecture details
+no estimator parameter exposes (input widths come from the features).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ RETRIEVAL_SCORE_NAMES: tuple[str, ...] = ("dual", "xpool")
 DETECTORS: tuple[str, ...] = ("window", "detr")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MaDeConfig:
     """Architecture of :class:`mgsv_sk.nn.model.MaDe`.
 
@@ -58,22 +59,24 @@ class MaDeConfig:
         Longest video (frames) and track (snippets) the position codes cover.
     """
 
+    # the estimator's parameters (defaults: MGSVGrounder's signature)
+    d_model: int
+    n_heads: int
+    temporal_layers: int
+    temporal_dropout: float
+    ffn_mult: int
+    detector: str
+    encoder_layers: int
+    decoder_layers: int
+    detector_dropout: float
+    retrieval_scores: tuple[str, ...]
+    temperature_init: float
+    # details no parameter exposes
     video_dim: int = 512
     music_dim: int = 768
-    d_model: int = 256
-    n_heads: int = 8
-    temporal_layers: int = 1
-    temporal_dropout: float = 0.1
-    ffn_mult: int = 4
-    detector: str = "window"
-    encoder_layers: int = 2
-    decoder_layers: int = 6
-    detector_dropout: float = 0.1
     span_mlp_layers: int = 3
     window_hidden: int = 64
     windows_per_snippet: int = 2
-    retrieval_scores: tuple[str, ...] = RETRIEVAL_SCORE_NAMES
-    temperature_init: float = 0.03
     max_frames: int = 50
     max_snippets: int = 96
 

@@ -37,10 +37,12 @@ MAX_SECONDS = 240.0  # spans are in units of this
 WINDOW_TARGET_TEMPERATURE = 0.1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossWeights:
-    """Weights of the loss terms (paper defaults for DETR's l1, giou, fg and the retrieval
-    terms; ``window``, ``boundary`` and ``match`` weigh the window head's terms).
+    """Weights of the loss terms: DETR's l1, giou, fg, the window head's ``window``,
+    ``boundary`` and ``match``, the snippet evidence and the retrieval terms. Those are
+    :class:`mgsv_sk.MGSVGrounder` parameters (``l1_weight``, ...), whose defaults are
+    declared in its signature only; the estimator builds this from them.
 
     ``aux`` adds the detection terms of every non-final decoder layer, each scaled by
     ``aux_weight``. ``bg_weight`` is the background class weight of the foreground
@@ -48,16 +50,16 @@ class LossWeights:
     effect and is kept only for parity with multi-query DETR.
     """
 
-    l1: float = 4.0
-    giou: float = 1.0
-    fg: float = 0.8
-    snippet: float = 1.0
-    window: float = 1.0
-    boundary: float = 1.0
-    match: float = 1.0
-    dual: float = 1.0
-    xpool: float = 1.0
-    aux: bool = True
+    l1: float
+    giou: float
+    fg: float
+    snippet: float
+    window: float
+    boundary: float
+    match: float
+    dual: float
+    xpool: float
+    aux: bool
     aux_weight: float = 1.0
     bg_weight: float = 0.1
 
@@ -201,7 +203,7 @@ def made_losses(
     output: MaDeOutput,
     music_index: Tensor,
     target_cw: Tensor,
-    weights: LossWeights | None = None,
+    weights: LossWeights,
     video_seconds: Tensor | None = None,
 ) -> LossTerms:
     """All MaDe loss terms of one training batch.
@@ -216,13 +218,13 @@ def made_losses(
         [B] long, the unique-track column of each video.
     target_cw : Tensor
         [B, 2] true (center, width) in units of 240 s.
-    weights : LossWeights, optional
-        Defaults to the paper's weights.
+    weights : LossWeights
+        The terms' weights (``MGSVGrounder._loss_weights()``: the estimator's).
     video_seconds : Tensor, optional
         [B] the videos' lengths, as given to ``MaDe.forward`` (window head; default: the
         true moments' lengths).
     """
-    w = weights if weights is not None else LossWeights()
+    w = weights
     g = output.grounding
     snippet = snippet_evidence_loss(g.snippet_logits, target_cw)
     total = w.snippet * snippet

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.catalogue import pad, sorted_batches
+from ..core.catalogue import sorted_batches
 from ..core.features import FeatureSource
 from ..core.spans import MAX_MUSIC_SECONDS
+from ..infer.padding import pad_stack
 
 __all__ = ["Batch", "collate", "length_grouped_batches", "pad_stack", "sorted_batches"]
 
@@ -46,14 +47,6 @@ class Batch:
                 ("video", "video_mask", "music", "music_mask", "music_index", "video_seconds")}
         target = None if self.target_cw is None else self.target_cw.to(device)
         return Batch(**move, target_cw=target, rows=self.rows, music_ids=self.music_ids)
-
-
-def pad_stack(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad variable-length [T_i, D] arrays to [n, max T_i, D] plus a bool mask [n, max T_i]
-    (the core's :func:`~mgsv_sk.core.catalogue.pad`, as tensors)."""
-    arrays = list(arrays)
-    out, mask = pad(arrays, arrays[0].shape[1])
-    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 def target_center_width(start: np.ndarray, end: np.ndarray) -> np.ndarray:

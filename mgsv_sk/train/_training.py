@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._inference import ground_pairs, video_embeddings
 from ..core.features import FeatureSource
 from ..core.metrics import (
     grounding_report_from_iou,
@@ -26,12 +25,13 @@ from ..core.metrics import (
 )
 from ..core.scoring import SCORER_NAMES, scorer_value
 from ..core.spans import temporal_iou
+from ..infer.batched import ground_pairs, video_embeddings
+from ..infer.catalogue import MusicCatalogue
+from ..infer.device import Autocast, autocast_for
 from ..nn.losses import LossWeights, made_losses
 from ..nn.model import MaDe
-from ..ranking import MusicCatalogue
 from . import distributed as ddp
 from ._batching import collate, length_grouped_batches, target_center_width
-from ._device import Autocast, autocast_for
 
 __all__ = ["TrainConfig", "TrainResult", "Split", "fit_model", "validation_report"]
 
@@ -44,7 +44,7 @@ class TrainConfig:
     defaults live in :class:`mgsv_sk.MGSVGrounder`'s signature only, so every field is
     given here. ``amp_dtype`` is the one resolved precision (``bf16`` and
     ``mixed_precision`` resolved on the device once, by
-    :func:`mgsv_sk.train._device.resolve_precision`; None: float32)."""
+    :func:`mgsv_sk.infer.device.resolve_precision`; None: float32)."""
 
     lr: float
     weight_decay: float
@@ -93,7 +93,7 @@ class TrainResult:
 EARLY_STOPPING_METRICS = SCORER_NAMES
 
 
-def validation_report(model: MaDe, split: Split, autocast: Autocast = False) -> dict[str, float]:
+def validation_report(model: MaDe, split: Split, autocast: Autocast = None) -> dict[str, float]:
     """The protocol's metrics on a held-out split (gallery = its distinct tracks), computed
     on the model's device; ``autocast``: False, True (bfloat16) or an autocast dtype."""
     was_training = model.training

@@ -6,22 +6,26 @@ Shared by the estimator and the per-epoch validation of the fit loop.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .core.features import FeatureSource, _progress
-from .core.moments import select_windows
-from .nn.model import Grounding, MaDe
-from .ranking import MusicCatalogue
-from .train._batching import pad_stack, sorted_batches
-from .train._device import Autocast, autocast_for, model_device
+from ..core.catalogue import sorted_batches
+from ..core.features import FeatureSource, _progress
+from ..core.moments import select_windows
+from ..nn.model import Grounding, MaDe
+from .device import Autocast, autocast_for, model_device
+from .padding import pad_stack
+
+if TYPE_CHECKING:
+    from .catalogue import MusicCatalogue
 
 __all__ = ["ground_pairs", "snippet_evidence", "video_embeddings"]
 
 
 def _autocast(model: MaDe, autocast: Autocast) -> torch.autocast:
-    """Autocast on the model's device: False / None (off), True (bfloat16) or a dtype."""
+    """Autocast on the model's device in dtype ``autocast`` (None: float32)."""
     return autocast_for(model_device(model), autocast)
 
 
@@ -31,7 +35,7 @@ def video_embeddings(
     video_ids: Sequence[str],
     source: FeatureSource,
     batch_size: int = 256,
-    autocast: Autocast = False,
+    autocast: Autocast = None,
     verbose: int = 0,
 ) -> torch.Tensor:
     """Unit-norm video embeddings h(v), float32 [n, D] on the CPU, in the order of
@@ -61,7 +65,7 @@ def ground_pairs(
     seconds: np.ndarray,
     moments: int = 1,
     batch_size: int = 128,
-    autocast: Autocast = False,
+    autocast: Autocast = None,
     verbose: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Up to ``moments`` non-overlapping moments of video i (``seconds[i]`` long) in
@@ -91,7 +95,7 @@ def snippet_evidence(
     catalogue: MusicCatalogue,
     source: FeatureSource,
     batch_size: int = 128,
-    autocast: Autocast = False,
+    autocast: Autocast = None,
     verbose: int = 0,
 ) -> list[np.ndarray]:
     """The detector's per-snippet evidence for video i in catalogue track ``track_rows[i]``:

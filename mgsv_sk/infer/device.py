@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 #: Accepted values of the estimator's ``mixed_precision`` parameter.
 MIXED_PRECISION = ("auto", "bf16", "fp16", "fp32")
 
-#: What inference helpers accept as ``autocast``: False / None (float32), True (bfloat16,
-#: the historical CPU flag) or an autocast dtype.
-Autocast = bool | torch.dtype | None
+#: The one representation of a resolved precision that fit and inference pass around: the
+#: autocast dtype, or None for float32 (``resolve_precision(...).dtype``).
+Autocast = torch.dtype | None
 
 _DTYPES: dict[str, torch.dtype | None] = {
     "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None,
@@ -161,13 +161,11 @@ def resolve_precision(
 
 
 def autocast_for(device: torch.device, autocast: Autocast) -> torch.autocast:
-    """Autocast context on ``device``: ``autocast`` False / None (off), True (bfloat16) or a
-    dtype."""
-    if isinstance(autocast, torch.dtype):
-        dtype: torch.dtype | None = autocast
-    else:
-        dtype = torch.bfloat16 if autocast else None
-    return Precision(device.type, dtype).autocast()
+    """Autocast context on ``device`` in dtype ``autocast`` (None: off, float32)."""
+    if autocast is not None and not isinstance(autocast, torch.dtype):
+        raise TypeError(f"autocast must be a torch dtype or None (float32), got {autocast!r}; "
+                        "resolve a precision with resolve_precision(device, ...).dtype")
+    return Precision(device.type, autocast).autocast()
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
