@@ -179,23 +179,71 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool) -> dict[str, Any]:
-    """The grounder's catalogue as plain .npy arrays (ragged per-track rows + offsets)."""
+def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
+    """How a grounder's catalogue is stored now: (states, index kind, AnnParams or None);
+    float32 and an exact scan unless ``compact_catalogue`` changed them."""
+    from mgsv_sk.core.compact import CompactRows
+
+    tokens = cat.parts[0].tokens
+    states = tokens.states if isinstance(tokens, CompactRows) else "float32"
+    ann = getattr(cat, "ann", None)
+    return states, "exact" if ann is None else ann.kind, None if ann is None else ann.params
+
+
+def _check_storage(states: str | None, index: str | None, n_tracks: int) -> None:
+    """Refuse bad catalogue storage options, and an approximate index without FAISS."""
+    from mgsv_sk.core import ann
+    from mgsv_sk.core.compact import check_state_dtype
+
+    if states is not None:
+        check_state_dtype(states)
+    if index is not None and ann.resolve_kind(index, n_tracks) != "exact":
+        ann._faiss()  # the ImportError names the extra to install
+
+
+def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str | None,
+                     index: str | None) -> dict[str, Any]:
+    """The grounder's catalogue as .npy arrays (ragged per-track rows + offsets): snippet
+    rows float32 or compact (``states``), and a first-stage index unless it is an exact
+    scan (``index``); None keeps the catalogue's own storage."""
+    from mgsv_sk.core.compact import check_state_dtype
+
+    from .compact import index_catalogue, write_compact_rows
+
     cat = grounder.catalogue_
+    own_states, own_index, params = _catalogue_storage(cat)
+    states = check_state_dtype(states or own_states)
+    index = index or own_index
     (folder / "catalogue").mkdir(parents=True, exist_ok=True)
     (folder / CATALOGUE_FILES["ids"]).write_text(json.dumps([str(i) for i in cat.ids]))
-    emb, tokens, states, offsets = cat.arrays()
-    arrays: dict[str, np.ndarray] = {"emb": emb, "offsets": offsets, "tokens": tokens}
-    if use_xpool and states is not None:
-        arrays["xpool_states"] = states  # [R, D]
-    for role, array in arrays.items():
+    emb, tokens, xpool, offsets = cat.arrays()
+    files = {"ids": CATALOGUE_FILES["ids"]}
+    snippet_rows = {"tokens": tokens}
+    if use_xpool and xpool is not None:
+        snippet_rows["xpool_states"] = xpool  # [R, D]
+    for role, array in {"emb": emb, "offsets": offsets}.items():
         np.save(folder / CATALOGUE_FILES[role], np.ascontiguousarray(array), allow_pickle=False)
-    return {"n_tracks": len(cat.ids), "n_snippets": int(arrays["offsets"][-1]),
-            "files": {role: CATALOGUE_FILES[role] for role in ["ids", *arrays]}}
+        files[role] = CATALOGUE_FILES[role]
+    for role, array in snippet_rows.items():
+        if states == "float32":
+            np.save(folder / CATALOGUE_FILES[role], np.ascontiguousarray(array),
+                    allow_pickle=False)
+            files[role] = CATALOGUE_FILES[role]
+        else:
+            files.update(write_compact_rows(folder, role, array, len(array), array.shape[1],
+                                            states))
+    info: dict[str, Any] = {"n_tracks": len(cat.ids), "n_snippets": int(offsets[-1]),
+                            "files": files}
+    if states != "float32":
+        info["states"] = states
+    if index != "exact":
+        info["index"] = index_catalogue(folder, emb, index, params if index == own_index
+                                        else None)
+    return info
 
 
 def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
-           encoders: Any = None) -> None:
+           encoders: Any = None, states: str | None = None, index: str | None = None) -> None:
     import onnx
 
     # tracing toggles modes: never the user's model; on the CPU, as the example inputs are
@@ -231,7 +279,7 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             files[name]["int8"] = graph_file(name, "int8")
         elif quantize:
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
-    catalogue = _write_catalogue(grounder, folder, cfg.use_xpool)
+    catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
     top_k = grounder.xpool_top_k
     manifest = new_manifest(
         specs=specs, graph_files=files, dims=dims,
@@ -258,6 +306,8 @@ def export_onnx(
     overwrite: bool = False,
     check: bool = True,
     encoders: Any = None,
+    states: str | None = None,
+    index: str | None = None,
 ) -> Path:
     """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`export.manifest`).
 
@@ -285,6 +335,14 @@ def export_onnx(
         ``{"video": ClipImageEncoder, "music": AstEncoder}`` (:mod:`mgsv_sk.extract`): also
         export the feature encoders (see :mod:`export._encoders`), so the bundle serves
         media files; checked against torch (cosine >= 0.9999).
+    states : {"float32", "float16", "int8"}, optional
+        Storage of the catalogue's snippet tokens and X-Pool states in the bundle
+        (:mod:`mgsv_sk.core.compact`); None: as the grounder's catalogue stores them
+        (float32 unless ``compact_catalogue`` changed it).
+    index : {"auto", "exact", "hnsw", "ivf"}, optional
+        First-stage index of the bundle's catalogue (:mod:`mgsv_sk.core.ann`; "auto":
+        exact up to 50,000 tracks); None: the grounder's catalogue's own (exact unless
+        ``compact_catalogue`` indexed it).
 
     Returns
     -------
@@ -298,8 +356,9 @@ def export_onnx(
         raise ValueError(f"opset must be an int in [{SUPPORTED_OPSETS.start}, "
                          f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
                          f"got {opset!r}")
+    _check_storage(states, index, len(grounder.catalogue_.ids))  # before anything is written
     with atomic_directory(out_dir, overwrite=overwrite, replaces=ONNX_BUNDLE) as tmp:
-        _build(grounder, tmp, opset, quantize, check, encoders)
+        _build(grounder, tmp, opset, quantize, check, encoders, states, index)
     dst = Path(out_dir)
     logger.info("wrote ONNX bundle %s", dst)
     return dst

@@ -127,3 +127,19 @@ def test_the_same_clear_errors(grounder, small_train):
     grounder.features = None  # a copy per test
     with pytest.raises(ValueError, match="no features given"):
         grounder.predict(X)
+
+
+def test_a_store_path_is_opened_once_and_again_when_rewritten(grounder, small_train, tmp_path):
+    from mgsv_sk import pack_features
+
+    X = small_train.frame.iloc[:4]
+    path = tmp_path / "store"
+    pack_features(small_train.features, path, annotations=X)
+    first = grounder.predict(X, features=str(path))
+    opened = grounder._source(str(path))
+    assert grounder._source(path) is opened  # the same store: not read again
+    pack_features(small_train.features, path, annotations=small_train.frame.iloc[:6],
+                  overwrite=True)  # written again (atomically): a new marker file
+    again = grounder._source(str(path))
+    assert again is not opened and len(again.video_ids()) == 6
+    pd.testing.assert_frame_equal(grounder.predict(X, features=str(path)), first)

@@ -10,9 +10,12 @@ from mgsv_sk.core.compact import (
     SCORE_TOLERANCE,
     STATE_DTYPES,
     CompactWriter,
+    RowFile,
     bytes_per_row,
     encode_rows,
     open_compact,
+    read_ranges,
+    take_rows,
 )
 
 
@@ -41,6 +44,49 @@ def test_written_files_read_back_by_row_range(rows, tmp_path, states):
     opened = open_compact(tmp_path, files, states)
     np.testing.assert_array_equal(opened[10:40], encode_rows(rows, states)[10:40])
     assert opened.shape == rows.shape
+
+
+@pytest.mark.parametrize("states", STATE_DTYPES)
+def test_scattered_ranges_and_rows_read_at_once_match_slices(rows, tmp_path, states):
+    files = CompactWriter(tmp_path, "states", len(rows), 48, states).write_all([rows])
+    opened, memory = open_compact(tmp_path, files, states), encode_rows(rows, states)
+    bounds = [(400, 410), (3, 4), (0, 0), (120, 199), (499, 500)]
+    for got, (a, b) in zip(opened.ranges(bounds), bounds, strict=True):
+        np.testing.assert_array_equal(got, memory[a:b])
+    assert [len(x) for x in read_ranges(memory, bounds)] == [b - a for a, b in bounds]
+    np.save(tmp_path / "emb.npy", rows)
+    emb = RowFile(tmp_path / "emb.npy")
+    picked = np.array([7, 499, 0, 7, 250])
+    np.testing.assert_array_equal(take_rows(emb, picked), rows[picked])
+    np.testing.assert_array_equal(take_rows(rows, picked), rows[picked])
+    assert take_rows(emb, np.array([], np.int64)).shape == (0, 48)
+
+
+def test_a_row_file_copied_to_another_process_reopens_its_file(rows, tmp_path):
+    import pickle
+
+    np.save(tmp_path / "a.npy", rows)
+    copy = pickle.loads(pickle.dumps(RowFile(tmp_path / "a.npy")))  # as a Dask worker gets it
+    np.testing.assert_array_equal(copy[5:9], rows[5:9])
+
+
+def test_a_loaded_catalogue_reads_scattered_embeddings_without_the_memory_map(rows, tmp_path):
+    from mgsv_sk.core.catalogue import Catalogue, Part
+
+    offsets = np.arange(0, 501, 5, dtype=np.int64)  # 100 tracks of 5 snippets
+    emb = rows[:100] / np.linalg.norm(rows[:100], axis=1, keepdims=True)
+    for name, arr in (("emb", emb), ("offsets", offsets), ("tokens", rows)):
+        np.save(tmp_path / f"{name}.npy", arr)
+    (tmp_path / "ids.json").write_text(str([f"m{i}" for i in range(100)]).replace("'", '"'))
+    files = {r: f"{r}.npy" for r in ("emb", "offsets", "tokens")} | {"ids": "ids.json"}
+    part = Part.load(tmp_path, files)
+    assert isinstance(part.emb_file, RowFile)
+    cat = Catalogue([part])
+    picked = np.array([99, 3, 42])
+    np.testing.assert_array_equal(cat.emb(picked), emb[picked])
+    tokens, mask = cat.padded_tokens(picked)
+    np.testing.assert_array_equal(tokens[1], rows[15:20])
+    assert mask.all()
 
 
 def test_incomplete_or_damaged_files_are_refused(rows, tmp_path):
@@ -74,11 +120,12 @@ def _xpool_scores(xpool, video, states, lengths, compact):
 def test_xpool_scores_within_the_stated_tolerance(d_model):
     """X-Pool of the default width (256) and the tests' (32), weights perturbed from the
     identity initialisation, on layer-normed snippet states as a catalogue caches them."""
-    from mgsv_sk.nn.config import MaDeConfig
+    from _configs import made_config
+
     from mgsv_sk.nn.xpool import XPool
 
     torch.manual_seed(0)
-    xpool = XPool(MaDeConfig(d_model=d_model, n_heads=2)).eval()
+    xpool = XPool(made_config(d_model=d_model, n_heads=2)).eval()
     with torch.no_grad():
         for p in xpool.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -84,3 +84,27 @@ def test_tampered_index_is_refused(bundle, small_train, tmp_path):
         OnnxGrounder.load(path, 1)
     sidecar = path / "catalogue" / "ann_index.json"
     assert json.loads(sidecar.read_text())["kind"] == "hnsw"
+
+
+def test_export_writes_compact_states_and_an_index_in_one_step(tiny_fitted, bundle, small_train,
+                                                                tmp_path):
+    import copy
+
+    with pytest.raises(ValueError, match="states must be one of"):
+        export_onnx(tiny_fitted, tmp_path / "bad", states="int4")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+    direct = export_onnx(tiny_fitted, tmp_path / "direct", states="int8", index="ivf",
+                         check=False)
+    info = read_manifest(direct)["catalogue"]
+    assert info["states"] == "int8" and info["index"]["kind"] == "ivf"
+    copied = compact_bundle(bundle, tmp_path / "copied", states="int8", index="ivf")
+    for role in ("tokens", "xpool_states", "tokens_scales"):  # the same compact rows
+        assert (direct / info["files"][role]).read_bytes() == (
+            copied / read_manifest(copied)["catalogue"]["files"][role]).read_bytes()
+    rows = small_train.frame.drop(columns="music_id").iloc[:20]
+    pd.testing.assert_frame_equal(_load(direct, small_train).rank(rows, k=5),
+                                  _load(copied, small_train).rank(rows, k=5))
+    # a catalogue compacted on the estimator is exported as it is stored, by default
+    model = copy.deepcopy(tiny_fitted).compact_catalogue(states="float16", index="hnsw")
+    kept = read_manifest(export_onnx(model, tmp_path / "kept", check=False))["catalogue"]
+    assert kept["states"] == "float16" and kept["index"]["kind"] == "hnsw"

@@ -79,3 +79,26 @@ def test_compact_states_on_the_shards(client, served):
     scores, rows = sharded.search(video.numpy(), 1, xpool_top_k=10, rerank=rerank)
     best = table.max(axis=1)
     assert np.abs(scores[:, 0] - best).max() <= 1e-2
+
+
+@pytest.mark.parametrize("states", ["float32", "int8"])
+def test_a_bundle_sharded_without_torch_answers_as_its_runtime(client, served, tmp_path,
+                                                               small_test, states):
+    from export.runtime import OnnxGrounder
+    from export.sharded import shard_bundle
+    from export.to_onnx import export_onnx
+
+    model, _ = served
+    bundle = export_onnx(model, tmp_path / "bundle", states=states, check=False)
+    g = OnnxGrounder.load(bundle, 1, features=small_test.features, precision="fp32")
+    g.xpool_top_k = 10
+    frame = small_test.frame.iloc[:12]
+    table = g.decision_function(frame)  # the runtime's own two-stage search
+    expected = top_k_indices(np.asarray(table), 5)
+    video = g._encode_videos(frame, g._source(None)).emb
+    sharded, rerank = shard_bundle(client, bundle, precision="fp32")
+    assert len(sharded) == len(g.catalogue_ids_) and rerank is not None
+    scores, rows = sharded.search(video, 5, xpool_top_k=10, rerank=rerank)
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(scores, np.take_along_axis(np.asarray(table), expected, axis=1),
+                               atol=1e-5)

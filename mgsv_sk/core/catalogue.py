@@ -20,7 +20,10 @@ in the OS page cache, shared and evictable, and the process holds only what a re
 copies out. A memory map would instead count every page it touched in the process's
 resident memory, and with readahead and large page-cache folios one 115 KB track maps
 about 2 MB (measured: 20 two-stage queries against 100,000 tracks left 2.8 GB mapped).
-The track embeddings, read in full by every dual-score pass, stay memory-mapped.
+The track embeddings, read in full by every dual-score pass, stay memory-mapped for
+those scans; the scattered rows a two-stage search re-ranks are read with ``pread``
+too (with an ANN first stage at 1M tracks, gathering them from the map left about
+1 GB of the 1 GB file resident after 200 queries).
 
 For catalogues of millions of tracks (:meth:`Catalogue.compacted`, or a bundle whose
 manifest says so) the per-snippet arrays may be stored float16 / int8 (:mod:`.compact`,
@@ -39,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
-from .compact import CompactRows, RowFile, open_compact
+from .compact import CompactRows, RowFile, open_compact, read_ranges, take_rows
 from .topk import top_k_indices, top_k_rows
 
 if TYPE_CHECKING:
@@ -124,13 +127,15 @@ def pad(arrays: Sequence[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarra
 @dataclass(frozen=True)
 class Part:
     """Tracks stored back to back, as mgsv_sk's MusicCatalogue: emb [n, D], offsets [n + 1],
-    tokens [R, D] and xpool_states [R, D] (None without X-Pool)."""
+    tokens [R, D] and xpool_states [R, D] (None without X-Pool); ``emb_file``: the same
+    embeddings read row by row with ``pread`` (a loaded bundle's), for scattered rows."""
 
     ids: tuple[str, ...]
     emb: np.ndarray
     offsets: np.ndarray
     tokens: Rows
     states: Rows | None
+    emb_file: RowFile | None = None
 
     @classmethod
     def from_tracks(cls, ids: Sequence[str], emb: np.ndarray, tokens: Sequence[np.ndarray],
@@ -161,7 +166,7 @@ class Part:
             return open_compact(folder, {"data": files[role], **scales}, states)
 
         xpool = rows("xpool_states") if "xpool_states" in files else None
-        return cls(ids, emb, offsets, rows("tokens"), xpool)
+        return cls(ids, emb, offsets, rows("tokens"), xpool, RowFile(folder / files["emb"]))
 
 
 @dataclass(frozen=True)
@@ -293,7 +298,8 @@ class Catalogue(TrackIndex):
     def emb(self, rows: np.ndarray) -> np.ndarray:
         """Track embeddings of ``rows``, [k, D] float32."""
         if len(self.parts) == 1:
-            return np.asarray(self.parts[0].emb[np.asarray(rows)], np.float32)
+            part = self.parts[0]
+            return take_rows(part.emb if part.emb_file is None else part.emb_file, rows)
         out = []
         for r in rows:
             part, i = self._locate(int(r))
@@ -304,7 +310,8 @@ class Catalogue(TrackIndex):
         if len(self.parts) == 1:  # the common case: no part lookup per row
             part = self.parts[0]
             data, offsets = getattr(part, field), part.offsets.tolist()
-            return [data[offsets[r]: offsets[r + 1]] for r in np.asarray(rows).tolist()]
+            return read_ranges(data, [(offsets[r], offsets[r + 1])
+                                      for r in np.asarray(rows).tolist()])
         out = []
         for r in rows:
             part, i = self._locate(int(r))

@@ -27,8 +27,10 @@ onnxruntime backend imports without it.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,7 +98,18 @@ class BaseGrounder:
         if chosen is None:
             raise ValueError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
                              "to this call")
-        return as_feature_source(chosen)
+        if not isinstance(chosen, (str, os.PathLike)):
+            return as_feature_source(chosen)
+        # A path is opened once and reused while its marker file is unchanged: opening a
+        # packed store reads and checks its ids and offsets (milliseconds per query for a
+        # server answering one video at a time); a store written again is reopened.
+        key = _path_key(chosen)
+        cached = getattr(self, "_opened_source", None)
+        if cached is not None and key is not None and cached[0] == key:
+            return cached[1]
+        source = as_feature_source(chosen)
+        self._opened_source = (key, source)
+        return source
 
     @staticmethod
     def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS, *,
@@ -288,6 +301,19 @@ class BaseGrounder:
         from .scoring import get_scorer
 
         return float(get_scorer("miou")(self, X))
+
+
+def _path_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
+    """Identity of a feature path's current content: the resolved path and the inode,
+    size and mtime of its marker file (``meta.json`` of a packed store; the folder itself
+    for a release tree). None: it cannot be read, so nothing is cached."""
+    root = Path(path).resolve()
+    marker = root / "meta.json"
+    try:
+        st = (marker if marker.is_file() else root).stat()
+    except OSError:
+        return None
+    return (str(root), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _check_rerank(moment_weight: Any, rerank_depth: Any) -> tuple[float, int]:
