@@ -186,3 +186,25 @@ def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_pa
     loaded = MGSVGrounder.load(tmp_path / "m")
     assert loaded.catalogue_.ann is None
     assert loaded.catalogue_.arrays()[2].dtype == np.float32
+
+
+@pytest.mark.parametrize("states", STATE_DTYPES)
+def test_padded_rows_of_scattered_tracks_match_their_decoded_slices(rows, states):
+    from mgsv_sk.core.catalogue import Catalogue, Part, pad
+
+    lengths = np.random.default_rng(1).integers(1, 9, 60)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    data = rows[: offsets[-1]]
+    emb = np.eye(60, 48, dtype=np.float32)
+    cat = Catalogue([Part(tuple(f"m{i}" for i in range(60)), emb, offsets, data, data)])
+    cat = cat.compacted(states)  # int8 / float16 rows decoded as read
+    decoded = encode_rows(data, states).decode()
+    picked = np.array([59, 3, 3, 17, 0])
+    want = pad([decoded[offsets[r]: offsets[r + 1]] for r in picked], 48)
+    for got in (cat.padded_states(picked), cat.padded_tokens(picked)):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    two_parts = cat.with_part(Part(("extra",), emb[:1], np.array([0, 2]), data[:2], data[:2]))
+    got = two_parts.padded_states(np.array([60, 3]))
+    np.testing.assert_array_equal(got[0][0, :2], data[:2])
+    np.testing.assert_array_equal(got[1].sum(axis=1), [2, lengths[3]])

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
-from .compact import CompactRows, RowFile, open_compact, read_ranges, take_rows
+from .compact import CompactRows, RowFile, open_compact, read_concat, read_ranges, take_rows
 from .topk import top_k_indices, top_k_rows
 
 if TYPE_CHECKING:
@@ -320,13 +320,25 @@ class Catalogue(TrackIndex):
 
     def padded_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Snippet tokens of ``rows``, padded: [k, max S, D] float32 and mask [k, max S]."""
-        parts = self._slices("tokens", rows)
-        return pad(parts, parts[0].shape[1])
+        return self._padded("tokens", rows)
 
     def padded_states(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """X-Pool snippet states of ``rows``, padded: [k, max S, D], mask [k, max S]."""
-        parts = self._slices("states", rows)
-        return pad(parts, parts[0].shape[1])
+        return self._padded("states", rows)
+
+    def _padded(self, field: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        lengths = self.lengths[rows]
+        if len(self.parts) == 1:  # every range read at once, decoded in one pass
+            part = self.parts[0]
+            flat = read_concat(getattr(part, field), list(zip(
+                part.offsets[rows].tolist(), part.offsets[rows + 1].tolist())))
+        else:
+            flat = np.concatenate(self._slices(field, rows)).astype(np.float32, copy=False)
+        mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [k, max S]
+        out = np.zeros((len(rows), mask.shape[1], flat.shape[1]), np.float32)
+        out[mask] = flat  # row-major order of the mask = the ranges back to back
+        return out, mask
 
     def dual(self, video_emb: np.ndarray) -> np.ndarray:
         """cos(h(v), h0(M)) of unit-norm videos [B, D] against every track, [B, N] float32."""
