@@ -10,7 +10,7 @@ the *base* of every synthetic catalogue, built without encoding anything at that
 - snippet tokens and X-Pool states: the base track's real encoder outputs, stored int8
   with per-row scales (``export.compact``), written tiled (about 30 GB at 1M tracks);
 - the first-stage index: each kind of ``--index`` in turn on the same catalogue (default
-  ``auto``: HNSW above 50,000 tracks, M 32, efConstruction 64; ``ivf``: 4 sqrt(N) cells),
+  ``auto``: IVF above 50,000 tracks, 4 sqrt(N) cells; ``hnsw``: M 32, efConstruction 64),
   its search parameter (HNSW efSearch, IVF nprobe) tuned per size to the least of a grid
   with recall@100 >= 0.99 on held-out queries (other test videos than the measured ones).
 

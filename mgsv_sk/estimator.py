@@ -614,7 +614,7 @@ class MGSVGrounder(GrounderEstimator):
             bytes, X-Pool scores within ``mgsv_sk.core.compact.SCORE_TOLERANCE``).
         index : {"auto", "exact", "hnsw", "ivf"}
             First stage of the two-stage search (``xpool_top_k``): "auto" scans exactly up
-            to 50,000 tracks and builds a FAISS HNSW graph above (``pip install
+            to 50,000 tracks and builds a FAISS IVF index above (``pip install
             "mgsv-sk[ann]"``). With an approximate index, tracks outside its top-K score
             -inf in ``decision_function``.
 

@@ -58,7 +58,7 @@ def test_approximate_index_agrees_with_exact(catalogue, kind):
 
 def test_auto_kind_and_its_override():
     assert resolve_kind("auto", EXACT_MAX_TRACKS) == "exact"
-    assert resolve_kind("auto", EXACT_MAX_TRACKS + 1) == "hnsw"
+    assert resolve_kind("auto", EXACT_MAX_TRACKS + 1) == "ivf"
     assert resolve_kind("exact", 10**7) == "exact"
     with pytest.raises(ValueError, match="index must be one of"):
         resolve_kind("flat", 10)

@@ -9,7 +9,12 @@ top-k is a maximum-inner-product search. :func:`build_index` picks how to run it
   sub-linear, approximate, tuned by ``ef_search``;
 - ``"ivf"``: a FAISS inverted file (``IndexIVFFlat``): ``nlist`` k-means cells, ``nprobe``
   of them scanned per query;
-- ``"auto"``: exact up to :data:`EXACT_MAX_TRACKS` tracks, HNSW above.
+- ``"auto"``: exact up to :data:`EXACT_MAX_TRACKS` tracks, IVF above. IVF is the default
+  because its recall holds with its default ``nprobe`` as the catalogue grows (measured on
+  clustered synthetic catalogues, recall@100 against the exact scan: 0.988 at 100,000
+  tracks, 0.991 at 1,000,000), while HNSW needed ``ef_search`` raised from 512 to 2,048
+  at a million tracks to reach 0.99; IVF also builds in half the time and holds
+  less memory (``benchmarks/catalogue_scale.py``).
 
 The approximate kinds score their candidates with exact inner products (flat storage), so
 only *which* tracks come back is approximate, never their scores. An index is saved inside
@@ -39,7 +44,7 @@ __all__ = ["EXACT_MAX_TRACKS", "INDEX_KINDS", "AnnIndex", "AnnIndexError", "AnnP
 #: ``kind`` values of :func:`build_index`.
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
 #: ``kind="auto"`` scans exactly up to this many tracks (about 5 ms per query on 2 cores
-#: at D = 256) and builds an HNSW graph above.
+#: at D = 256) and builds an IVF index above.
 EXACT_MAX_TRACKS = 50_000
 #: Format of the sidecar JSON written next to a saved index.
 FORMAT = "mgsv_sk.ann/1"
@@ -111,13 +116,13 @@ def resolve_kind(kind: str, n_tracks: int) -> str:
 
     Examples
     --------
-    >>> resolve_kind("auto", 1_000), resolve_kind("auto", 1_000_000), resolve_kind("ivf", 10)
-    ('exact', 'hnsw', 'ivf')
+    >>> resolve_kind("auto", 1_000), resolve_kind("auto", 1_000_000), resolve_kind("hnsw", 10)
+    ('exact', 'ivf', 'hnsw')
     """
     if kind not in INDEX_KINDS:
         raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
     if kind == "auto":
-        return "exact" if n_tracks <= EXACT_MAX_TRACKS else "hnsw"
+        return "exact" if n_tracks <= EXACT_MAX_TRACKS else "ivf"
     return kind
 
 
