@@ -186,7 +186,7 @@ def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
 
     tokens = cat.parts[0].tokens
     states = tokens.states if isinstance(tokens, CompactRows) else "float32"
-    ann = getattr(cat, "ann", None)
+    ann = cat.ann
     return states, "exact" if ann is None else ann.kind, None if ann is None else ann.params
 
 
@@ -206,13 +206,11 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str |
     """The grounder's catalogue as .npy arrays (ragged per-track rows + offsets): snippet
     rows float32 or compact (``states``), and a first-stage index unless it is an exact
     scan (``index``); None keeps the catalogue's own storage."""
-    from mgsv_sk.core.compact import check_state_dtype
-
     from .compact import index_catalogue, write_compact_rows
 
     cat = grounder.catalogue_
     own_states, own_index, params = _catalogue_storage(cat)
-    states = check_state_dtype(states or own_states)
+    states = states or own_states  # checked by export_onnx before anything was written
     index = index or own_index
     (folder / "catalogue").mkdir(parents=True, exist_ok=True)
     (folder / CATALOGUE_FILES["ids"]).write_text(json.dumps([str(i) for i in cat.ids]))

@@ -178,13 +178,10 @@ class CompactRows:
         return self[0: len(self)]
 
     def ranges(self, bounds: Sequence[tuple[int, int]]) -> list[np.ndarray]:
-        """Several row ranges ``[a, b)`` decoded to float32, read at once (:func:`read_ranges`)."""
-        data = read_ranges(self.data, bounds)
-        if self.states != "int8":
-            return [x.astype(np.float32, copy=self.states != "float32") for x in data]
-        scales = read_ranges(self.scales, bounds)
-        return [x.astype(np.float32) * np.asarray(s, np.float32)[:, None]
-                for x, s in zip(data, scales)]
+        """Several row ranges ``[a, b)`` decoded to float32, read at once (:func:`read_concat`,
+        split back into the ranges)."""
+        cuts = np.cumsum([b - a for a, b in bounds])[:-1]
+        return np.split(read_concat(self, bounds), cuts) if bounds else []
 
 
 def read_concat(rows: Any, bounds: Sequence[tuple[int, int]]) -> np.ndarray:
@@ -218,10 +215,7 @@ def take_rows(rows: Any, index: Sequence[int] | np.ndarray) -> np.ndarray:
     index = np.asarray(index, np.int64).reshape(-1)
     if not hasattr(rows, "ranges"):
         return np.asarray(rows[index], np.float32)
-    parts = rows.ranges([(int(r), int(r) + 1) for r in index.tolist()])
-    if not parts:
-        return np.zeros((0, *rows.shape[1:]), np.float32)
-    return np.concatenate(parts).astype(np.float32, copy=False)
+    return read_concat(rows, [(r, r + 1) for r in index.tolist()])
 
 
 def _encode_block(x: np.ndarray, states: str) -> tuple[np.ndarray, np.ndarray | None]:
