@@ -227,7 +227,8 @@ def new_manifest(
     specs : graph name -> GraphSpec
     graph_files : graph name -> {precision: bundle-relative file}
     dims : d_model, video_dim, music_dim, max_frames, max_snippets
-    retrieval : use_dual, use_xpool, xpool_top_k (None = X-Pool over every track)
+    retrieval : use_dual, use_xpool, xpool_top_k (None = X-Pool over every track),
+        moment_weight and rerank_depth (the re-ranking of :mod:`mgsv_sk.core.rerank`)
     catalogue : n_tracks, n_snippets and the bundle-relative ``files`` by role
     versions : library versions that wrote the bundle
     """

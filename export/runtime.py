@@ -96,6 +96,10 @@ class OnnxGrounder(BaseGrounder):
         exported grounder's value unless changed). With an approximate catalogue index
         (:mod:`export.compact`) the top-K come from the index and the other tracks score
         -inf; without ``xpool_top_k`` every track is scanned.
+    moment_weight, rerank_depth : float, int
+        Re-ranking of each video's best ``rerank_depth`` tracks by ``score +
+        moment_weight * logit(moment_score)`` (:mod:`mgsv_sk.core.rerank`): the exported
+        grounder's setting (0 for a bundle written before the manifest held it).
     """
 
     def __init__(self, folder: Path, manifest: dict[str, Any], sessions: dict[str, Any],
@@ -109,6 +113,8 @@ class OnnxGrounder(BaseGrounder):
         retrieval = manifest["retrieval"]
         self.use_dual, self.use_xpool = bool(retrieval["use_dual"]), bool(retrieval["use_xpool"])
         self.xpool_top_k: int | None = retrieval.get("xpool_top_k")
+        self.moment_weight = float(retrieval.get("moment_weight", 0.0))
+        self.rerank_depth = int(retrieval.get("rerank_depth", 10))
         self._dims = manifest["dims"]
         self._specs: dict[str, GraphSpec] = {n: spec_from_json(n, g)
                                              for n, g in manifest["graphs"].items()}

@@ -279,10 +279,12 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
     catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
     top_k = grounder.xpool_top_k
+    moment_weight, rerank_depth = grounder._rerank()
     manifest = new_manifest(
         specs=specs, graph_files=files, dims=dims,
         retrieval={"use_dual": cfg.use_dual, "use_xpool": cfg.use_xpool,
-                   "xpool_top_k": None if top_k is None else int(top_k)},
+                   "xpool_top_k": None if top_k is None else int(top_k),
+                   "moment_weight": moment_weight, "rerank_depth": rerank_depth},
         catalogue=catalogue, versions=_versions(), opset=opset,
         exporter="torch.onnx.export(dynamo=False)",
         default_precision="int8" if quantize else "fp32",

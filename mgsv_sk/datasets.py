@@ -38,6 +38,13 @@ design of moment head is flattered by the data it is measured on:
     first one more often) give or take a second; the frames carry the motifs they play
     over only weakly (a third of the "aligned" strength). Grounding is mostly knowing
     which part of a track people use.
+``"noisy"``
+    The "signature" world's moments (a bag of motifs, no alignment in time) under heavy
+    frame-level noise: every frame also carries its own draw of style jitter, and the
+    frame noise is 2.5 times ``feature_noise``. Meant with few tracks and many videos per
+    track (the benchmark's 10 per track): a model can fit the training tracks' quirks far
+    more easily than learn the style maps, which is what retrieval on tracks never seen
+    in training needs. It shows retrieval overfitting that the other worlds hide.
 
 In every world a linear model gets part of both tasks (:class:`mgsv_sk.baselines.RidgeGrounder`;
 ``tests/test_datasets.py::test_every_world_is_learnable_by_a_linear_model`` checks that
@@ -62,7 +69,7 @@ from .core.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECOND
 __all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
 
 #: The planted structures ``make_synthetic_mgsv(world=...)`` can make (module docstring).
-WORLDS: tuple[str, ...] = ("aligned", "signature", "hook")
+WORLDS: tuple[str, ...] = ("aligned", "signature", "hook", "noisy")
 
 #: Category shares of the MGSV-EC val split (rounded; the long tail lumped into "Other").
 CATEGORY_SHARES: dict[str, float] = {
@@ -91,7 +98,11 @@ _HOOK_FIRST = 0.6  # share of hook moments that start on the first occurrence
 _HOOK_MOTIF_SCALE = 1 / 3  # frames' motif strength in the hook world
 _SIGNATURE_MOTIF_SCALE = 1.5  # and in the signature world (no alignment to lean on)
 _SIGNATURE_MOTIFS = 8  # more motifs per track: a moment's bag of motifs is distinctive
-_MOTIF_SCALE = {"aligned": 1.0, "signature": _SIGNATURE_MOTIF_SCALE, "hook": _HOOK_MOTIF_SCALE}
+_NOISY_FRAME_NOISE = 2.5  # the noisy world's frame noise, in units of feature_noise
+_NOISY_STYLE_JITTER = 1.0  # and its per-frame style jitter (std of the latent)
+_MOTIF_SCALE = {"aligned": 1.0, "signature": _SIGNATURE_MOTIF_SCALE, "hook": _HOOK_MOTIF_SCALE,
+                "noisy": _SIGNATURE_MOTIF_SCALE}
+_UNALIGNED = ("signature", "noisy")  # frames drawn anywhere inside the moment
 
 
 @dataclass
@@ -208,7 +219,7 @@ def make_synthetic_mgsv(
     n_videos, n_tracks : int
         Rows and distinct tracks (each track used by at least one video when
         ``n_tracks <= n_videos``; val/test style splits use ``n_tracks == n_videos``).
-    world : {"aligned", "signature", "hook"}
+    world : {"aligned", "signature", "hook", "noisy"}
         Where the grounding signal lives (module docstring); the same world for every
         split of one set.
     random_state : int
@@ -254,7 +265,7 @@ def make_synthetic_mgsv(
     hook_starts: list[list[int]] = []
     for m in range(n_tracks):
         n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
-        n_motifs = _SIGNATURE_MOTIFS if world == "signature" else _MOTIFS
+        n_motifs = _SIGNATURE_MOTIFS if world in _UNALIGNED else _MOTIFS
         palette = rng.standard_normal((n_motifs, _LATENT))
         sections = _sections(rng, n_snip, n_motifs)
         hook = np.zeros(n_snip)
@@ -303,7 +314,7 @@ def make_synthetic_mgsv(
         m = track_of[v]
         n_frames = min(MAX_VIDEO_FRAMES, int(np.floor(lengths[v])) + 1)
         last = len(motif_latents[m]) - 1
-        if world == "signature":  # frames show random moments of the moment, unordered
+        if world in _UNALIGNED:  # frames show random moments of the moment, unordered
             t = starts[v] + rng.uniform(0.0, lengths[v], n_frames)
         else:
             t = starts[v] + np.arange(n_frames)
@@ -317,7 +328,12 @@ def make_synthetic_mgsv(
             + world_maps.categories[category[v]] @ world_maps.video_category
             + distractor @ world_maps.video_distractor
         )
-        feat = feat + feature_noise * rng.standard_normal((n_frames, video_dim))
+        frame_noise = feature_noise
+        if world == "noisy":  # every frame strays from the video's style on its own
+            jitter = _NOISY_STYLE_JITTER * rng.standard_normal((n_frames, _LATENT))
+            feat = feat + jitter @ world_maps.video_style
+            frame_noise = _NOISY_FRAME_NOISE * feature_noise
+        feat = feat + frame_noise * rng.standard_normal((n_frames, video_dim))
         videos[video_ids[v]] = feat.astype(f32)
 
     frame = pd.DataFrame(

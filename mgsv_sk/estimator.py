@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._fitted import FittedState
 from .core._schema import FIT_COLUMNS, check_trainable_moments, video_durations
 from .core.catalogue import pair_scores, retrieval_scores
-from .core.features import FeatureSource, require_finite
+from .core.features import FeatureSource, as_feature_source, require_finite
 from .core.grounder import new_fit_token
 from .core.sklearn_base import GrounderEstimator
 from .core.spans import MAX_MUSIC_SECONDS
@@ -49,6 +49,9 @@ from .train import distributed as ddp
 from .train._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
 
 __all__ = ["MGSVGrounder"]
+
+#: ``moment_weight="auto"`` with the window head (measured in ``benchmarks/accuracy.py``).
+DEFAULT_MOMENT_WEIGHT = 0.05
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +221,12 @@ class MGSVGrounder(GrounderEstimator):
         decoder_layers: int = 6,
         ffn_mult: int = 4,
         temporal_dropout: float = 0.1,
+        input_dropout: float = 0.0,
         detector_dropout: float = 0.1,
         retrieval_scores: tuple[str, ...] = ("dual", "xpool"),
         xpool_top_k: int | None = None,
+        moment_weight: float | str = "auto",
+        rerank_depth: int = 10,
         l1_weight: float = 4.0,
         giou_weight: float = 1.0,
         fg_weight: float = 0.8,
@@ -240,6 +246,7 @@ class MGSVGrounder(GrounderEstimator):
         max_epochs: int = 50,
         patience: int = 5,
         validation_fraction: float = 0.1,
+        validation_gallery: Any = "train",
         early_stopping_metric: str = "mor10@0.5",
         bf16: bool = False,
         mixed_precision: str = "auto",
@@ -257,9 +264,12 @@ class MGSVGrounder(GrounderEstimator):
         self.decoder_layers = decoder_layers
         self.ffn_mult = ffn_mult
         self.temporal_dropout = temporal_dropout
+        self.input_dropout = input_dropout
         self.detector_dropout = detector_dropout
         self.retrieval_scores = retrieval_scores
         self.xpool_top_k = xpool_top_k
+        self.moment_weight = moment_weight
+        self.rerank_depth = rerank_depth
         self.l1_weight = l1_weight
         self.giou_weight = giou_weight
         self.fg_weight = fg_weight
@@ -279,6 +289,7 @@ class MGSVGrounder(GrounderEstimator):
         self.max_epochs = max_epochs
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.validation_gallery = validation_gallery
         self.early_stopping_metric = early_stopping_metric
         self.bf16 = bf16
         self.mixed_precision = mixed_precision
@@ -299,9 +310,12 @@ class MGSVGrounder(GrounderEstimator):
         "decoder_layers": [Interval(Integral, 1, None, closed="left")],
         "ffn_mult": [Interval(Integral, 1, None, closed="left")],
         "temporal_dropout": [Interval(Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(Real, 0, 1, closed="left")],
         "detector_dropout": [Interval(Real, 0, 1, closed="left")],
         "retrieval_scores": [list, tuple, str],
         "xpool_top_k": [Interval(Integral, 1, None, closed="left"), None],
+        "moment_weight": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
+        "rerank_depth": [Interval(Integral, 1, None, closed="left")],
         **{name: [Interval(Real, 0, None, closed="left")] for name in (
             "l1_weight", "giou_weight", "fg_weight", "snippet_weight", "window_weight",
             "boundary_weight", "match_weight", "dual_weight", "xpool_weight",
@@ -314,6 +328,7 @@ class MGSVGrounder(GrounderEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "patience": [Interval(Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
+        "validation_gallery": [StrOptions({"train", "held_out"}), "array-like"],
         "early_stopping_metric": [StrOptions(set(EARLY_STOPPING_METRICS))],
         "bf16": ["boolean"],
         "mixed_precision": [StrOptions(set(MIXED_PRECISION))],
@@ -338,6 +353,18 @@ class MGSVGrounder(GrounderEstimator):
             raise InvalidParameterError("Invalid MGSVGrounder parameters:\n  - "
                                         + "\n  - ".join(problems))
 
+    def _moment_weight(self) -> float:
+        """``moment_weight`` resolved: "auto" re-ranks by the window head's moment score
+        (a trained fit-or-not score) and not by DETR's (a foreground probability trained
+        on positives only)."""
+        if isinstance(self.moment_weight, str):
+            return DEFAULT_MOMENT_WEIGHT if self.detector == "window" else 0.0
+        return float(self.moment_weight)
+
+    def _rerank(self, moment_weight: Any = None, rerank_depth: Any = None) -> tuple[float, int]:
+        return super()._rerank(self._moment_weight() if moment_weight is None
+                               else moment_weight, rerank_depth)
+
     def _seed(self) -> int:
         """The fit's seed: ``random_state`` itself (int), a draw from it (RandomState), or
         fresh entropy (None)."""
@@ -355,7 +382,8 @@ class MGSVGrounder(GrounderEstimator):
             video_dim=video_dim, music_dim=music_dim, detector=self.detector,
             d_model=self.d_model,
             n_heads=self.n_heads, temporal_layers=self.temporal_layers,
-            temporal_dropout=self.temporal_dropout, ffn_mult=self.ffn_mult,
+            temporal_dropout=self.temporal_dropout, input_dropout=self.input_dropout,
+            ffn_mult=self.ffn_mult,
             encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
             detector_dropout=self.detector_dropout,
             retrieval_scores=tuple(self.retrieval_scores),
@@ -392,12 +420,15 @@ class MGSVGrounder(GrounderEstimator):
             lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
             max_epochs=int(self.max_epochs), patience=int(self.patience),
             warmup_fraction=self.warmup_fraction, grad_clip=self.grad_clip,
-            early_stopping_metric=self.early_stopping_metric, seed=seed,
+            early_stopping_metric=self.early_stopping_metric,
+            moment_weight=self._moment_weight(), rerank_depth=int(self.rerank_depth),
+            seed=seed,
             verbose=self.verbose, loss_weights=weights, device=str(device), amp_dtype=amp,
         )
 
     # -- fit -------------------------------------------------------------------------------
-    def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None) -> MGSVGrounder:
+    def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None, *,
+            eval_set: Any = None) -> MGSVGrounder:
         """Train on an MGSV-EC frame; its tracks become the catalogue.
 
         Parameters
@@ -409,6 +440,12 @@ class MGSVGrounder(GrounderEstimator):
             The ground truth is read from ``X``'s columns.
         features : feature source, optional
             Overrides the ``features`` parameter for this call.
+        eval_set : DataFrame, (DataFrame, features) or a list of them, optional
+            Labelled splits evaluated after every epoch, for the record (early stopping
+            reads the validation split only): the ``i``-th split's metrics are
+            ``history_[e]["eval{i}_R@1"]``, ... (retrieval against the split's own
+            tracks, as the protocol does, ranked as ``rank`` ranks). A split without its
+            own features reads the fit's source.
 
         Notes
         -----
@@ -436,6 +473,7 @@ class MGSVGrounder(GrounderEstimator):
         source.check_available(frame["video_id"], music_ids)
         model_cfg = self._model_config(source.video_dim, source.music_dim)  # validated here
         train, valid = self._split(frame, source, seed)
+        evals = self._eval_splits(eval_set, source)
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.
@@ -447,7 +485,7 @@ class MGSVGrounder(GrounderEstimator):
             model = MaDe(model_cfg).to(device)
             if dist is not None and dist.world_size > 1:
                 torch.manual_seed((seed + dist.rank) % 2**64)  # own dropout masks per rank
-            result = fit_model(model, train, valid, train_cfg, dist)
+            result = fit_model(model, train, valid, train_cfg, dist, evals)
             catalogue = MusicCatalogue.build(model, music_ids, source,
                                              autocast=train_cfg.amp_dtype)
         if result.stopped == "interrupted":
@@ -480,17 +518,21 @@ class MGSVGrounder(GrounderEstimator):
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
             delattr(self, name)
 
+    @staticmethod
+    def _make_split(part: pd.DataFrame, source: FeatureSource) -> Split:
+        start = part["music_start"].to_numpy(np.float64)
+        end = part["music_end"].to_numpy(np.float64)
+        try:
+            seconds = video_durations(part)
+        except ValueError:  # no video columns: the moment is as long as the video
+            seconds = np.minimum(end, MAX_MUSIC_SECONDS) - start
+        return Split(part["video_id"].tolist(), part["music_id"].tolist(), start, end,
+                     part["music_total_duration"].to_numpy(np.float64), seconds, source)
+
     def _split(self, frame: pd.DataFrame, source: FeatureSource,
                seed: int) -> tuple[Split, Split | None]:
         def make(part: pd.DataFrame) -> Split:
-            start = part["music_start"].to_numpy(np.float64)
-            end = part["music_end"].to_numpy(np.float64)
-            try:
-                seconds = video_durations(part)
-            except ValueError:  # no video columns: the moment is as long as the video
-                seconds = np.minimum(end, MAX_MUSIC_SECONDS) - start
-            return Split(part["video_id"].tolist(), part["music_id"].tolist(), start, end,
-                         part["music_total_duration"].to_numpy(np.float64), seconds, source)
+            return self._make_split(part, source)
 
         n_tracks = frame["music_id"].nunique()
         if self.validation_fraction == 0 or n_tracks < 4:
@@ -500,7 +542,38 @@ class MGSVGrounder(GrounderEstimator):
         splitter = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction,
                                      random_state=seed % (2**32))
         train_idx, valid_idx = next(splitter.split(frame, groups=frame["music_id"]))
-        return make(frame.iloc[train_idx]), make(frame.iloc[valid_idx])
+        train, valid = make(frame.iloc[train_idx]), make(frame.iloc[valid_idx])
+        valid.distractors = self._validation_distractors(train, valid, source)
+        return train, valid
+
+    def _validation_distractors(self, train: Split, valid: Split,
+                                source: FeatureSource) -> list[str]:
+        """Tracks that join the validation gallery (``validation_gallery``): the training
+        tracks ("train"), none ("held_out"), or the given ids."""
+        choice = self.validation_gallery
+        if isinstance(choice, str):
+            return list(dict.fromkeys(train.music_ids)) if choice == "train" else []
+        held_out = set(valid.music_ids)
+        ids = [m for m in dict.fromkeys(str(m) for m in choice) if m not in held_out]
+        source.check_available([], ids)
+        return ids
+
+    def _eval_splits(self, eval_set: Any, source: FeatureSource) -> list[tuple[str, Split]]:
+        """``fit(eval_set=...)`` as named splits, validated before training starts."""
+        if eval_set is None:
+            return []
+        single = isinstance(eval_set, pd.DataFrame) or (
+            isinstance(eval_set, tuple) and len(eval_set) == 2
+            and isinstance(eval_set[0], pd.DataFrame))
+        items = [eval_set] if single else list(eval_set)
+        out = []
+        for i, item in enumerate(items):
+            X_eval, own = item if isinstance(item, tuple) else (item, None)
+            frame = self._frame(X_eval, FIT_COLUMNS)
+            split_source = source if own is None else as_feature_source(own)
+            split_source.check_available(frame["video_id"], list(pd.unique(frame["music_id"])))
+            out.append((f"eval{i}", self._make_split(frame, split_source)))
+        return out
 
     # -- inference hooks (see mgsv_sk.core.grounder) ----------------------------------------
     def _computing(self) -> Any:

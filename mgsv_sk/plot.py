@@ -13,6 +13,8 @@ plot_timeline              arrays: track duration, moments, per-snippet evidence
                            (also the ONNX detector's raw ``snippet_logits``)
 plot_prediction            a fitted grounder and one row of a frame (SmG)
 plot_training_curves       ``MGSVGrounder.history_`` (or the fitted estimator)
+plot_generalisation        several histories with ``fit(eval_set=...)``: validation
+                           against test on unseen tracks, epoch by epoch
 plot_recall_at_k           0-based ranks from :func:`mgsv_sk.metrics.retrieval_ranks`,
                            one model or several as labelled curves
 =========================  ==========================================================
@@ -30,6 +32,7 @@ import pandas as pd
 try:
     import matplotlib.pyplot as plt
     from matplotlib.axes import Axes
+    from matplotlib.ticker import MaxNLocator
 except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
     raise ImportError(
         'mgsv_sk.plot needs matplotlib, which is optional: pip install "mgsv-sk[plot]"'
@@ -38,7 +41,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without matplotl
 from .core.metrics import RECALL_KS, _check_ranks
 from .core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou
 
-__all__ = ["plot_prediction", "plot_recall_at_k", "plot_timeline", "plot_training_curves"]
+__all__ = ["plot_generalisation", "plot_prediction", "plot_recall_at_k", "plot_timeline",
+           "plot_training_curves"]
 
 #: Validation metrics drawn by default (those of ``history_`` that are fractions).
 DEFAULT_CURVE_METRICS = ("mIoU", "IoU@0.5", "R@1", "R@10", "MoR@1,0.5", "MoR@10,0.5")
@@ -357,6 +361,66 @@ def plot_training_curves(
                         xytext=(3, 4), textcoords="offset points", fontsize="small",
                         color="0.3")
     return loss_ax, val_ax
+
+
+def plot_generalisation(
+    histories: Mapping[str, Any],
+    *,
+    metric: str = "R@1",
+    evaluation: str = "eval0",
+    best_epochs: Mapping[str, int] | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Validation and held-out test curves of one metric, epoch by epoch, for several fits.
+
+    Parameters
+    ----------
+    histories : mapping of label -> history
+        Each a ``history_`` (list of dicts, DataFrame) or a fitted MGSVGrounder, fitted
+        with ``eval_set=``: the validation curve (``val_<metric>``, dashed) and the
+        evaluation split's (``<evaluation>_<metric>``, solid) share a colour per label.
+    metric : str
+        Report name, e.g. "R@1", "MoR@1,0.5", "mIoU".
+    evaluation : str
+        Prefix of the ``eval_set`` split in the history ("eval0": the first).
+    best_epochs : mapping of label -> int, optional
+        The epoch each fit kept, marked with a dot on its test curve (default: a fitted
+        estimator's ``best_epoch_``).
+
+    Returns
+    -------
+    Axes
+    """
+    if not histories:
+        raise ValueError("histories is empty: give at least one label -> history")
+    ax = _new_axes(ax, (6.4, 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, history) in enumerate(histories.items()):
+        frame, fitted_best = _history_frame(history)
+        needed = [f"val_{metric}", f"{evaluation}_{metric}"]
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise ValueError(f"history {label!r} has no column(s) {missing}: fit with a "
+                             "validation split and eval_set= to record both curves")
+        epochs = (frame["epoch"].to_numpy() if "epoch" in frame
+                  else np.arange(1, len(frame) + 1))
+        color = colors[i % len(colors)]
+        test = frame[needed[1]].to_numpy(dtype=np.float64)
+        ax.plot(epochs, test, color=color, lw=2, marker="o", markersize=3,
+                label=f"{label}: test")
+        ax.plot(epochs, frame[needed[0]].to_numpy(dtype=np.float64), color=color, lw=1.2,
+                ls="--", label=f"{label}: validation")
+        best = (best_epochs or {}).get(label, fitted_best)
+        if best is not None and best in set(epochs.tolist()):
+            ax.plot([best], [test[list(epochs).index(best)]], "o", color=color,
+                    markersize=9, markerfacecolor="none", markeredgewidth=2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch: validation (dashed) and unseen test tracks (solid)")
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize="small", ncol=2)
+    return ax
 
 
 def _rank_sets(

@@ -58,7 +58,7 @@ def test_rank_shape_order_and_windows(grounder, small_train):
 
 def test_rank_rerank_by_moment_score(grounder, small_train):
     X = small_train.frame.iloc[:6].drop(columns="music_id")
-    plain = grounder.rank(X, k=8)
+    plain = grounder.rank(X, k=8, moment_weight=0.0)
     mixed = grounder.rank(X, k=3, moment_weight=0.5, rerank_depth=8)
     assert len(mixed) == 18 and mixed["rank"].tolist() == [1, 2, 3] * 6
     p = plain["moment_score"].clip(1e-6, 1 - 1e-6)
@@ -67,10 +67,36 @@ def test_rank_rerank_by_moment_score(grounder, small_train):
         cand = plain[plain["video_id"] == vid].sort_values("combined", ascending=False,
                                                               kind="stable")
         assert rows["music_id"].tolist() == cand["music_id"].tolist()[:3]
-        # each track keeps its own retrieval score and moment
-        assert np.allclose(rows["score"], cand["score"].iloc[:3])
+        # the score is what the rows are ordered by; each track keeps its own moment
+        assert np.allclose(rows["score"], cand["combined"].iloc[:3])
         assert np.allclose(rows["start"], cand["start"].iloc[:3])
-    assert grounder.rank(X, k=3, moment_weight=0.0).equals(grounder.rank(X, k=3))
+
+
+def test_default_ranking_is_the_grounders_rerank_everywhere(grounder, small_train, small_test):
+    """rank, MsG predict and decision_function order by one rule: the grounder's own
+    re-ranking (a fitted window-head model re-ranks by default, and so does its bundle)."""
+    assert grounder._rerank() == (0.05, 10)
+    X = small_test.frame.iloc[:12].drop(columns="music_id")
+    feats = small_test.features
+    gallery = list(small_test.frame["music_id"].unique())
+    grounder.set_catalogue(gallery, features=feats)
+    ranked = grounder.rank(X, k=5, features=feats)
+    assert not ranked.equals(grounder.rank(X, k=5, features=feats, moment_weight=0.0))
+    table = grounder.decision_function(X, features=feats, music_ids=gallery)
+    order = np.argsort(-table, axis=1, kind="stable")[:, :5]
+    assert ranked["music_id"].tolist() == [gallery[j] for j in order.ravel()]
+    np.testing.assert_allclose(ranked["score"], np.take_along_axis(table, order, 1).ravel(),
+                               rtol=1e-5, atol=1e-5)
+    best = grounder.predict(X, features=feats)
+    assert best["music_id"].tolist() == ranked[ranked["rank"] == 1]["music_id"].tolist()
+    # every track outside the re-ranked candidates ranks after them, in retrieval order
+    plain = grounder.decision_function(X, features=feats, music_ids=gallery, moment_weight=0)
+    depth = grounder._rerank()[1]
+    for row, plain_row in zip(table, plain):
+        top = set(np.argsort(-plain_row, kind="stable")[:depth])
+        rest = [j for j in np.argsort(-plain_row, kind="stable") if j not in top]
+        assert min(row[list(top)]) > max(row[rest])
+        assert list(np.argsort(-row[rest], kind="stable")) == list(range(len(rest)))
 
 
 @pytest.mark.parametrize("bad", [{"moment_weight": -1.0}, {"moment_weight": float("nan")},
@@ -89,12 +115,17 @@ def test_rank_refuses_a_bad_k(grounder, small_train, k):
 
 def test_decision_function_columns(grounder, small_train):
     X = small_train.frame.iloc[:5]
-    table = grounder.decision_function(X)
+    table = grounder.decision_function(X, moment_weight=0)  # plain retrieval scores
     assert table.shape == (5, len(grounder.catalogue_ids_))
     gallery = list(reversed(grounder.catalogue_ids_[:4]))
-    sub = grounder.decision_function(X, music_ids=gallery)
+    sub = grounder.decision_function(X, music_ids=gallery, moment_weight=0)
     cols = [grounder.catalogue_ids_.index(m) for m in gallery]
     np.testing.assert_allclose(sub, table[:, cols], atol=1e-5)
+    # re-ranked, the candidates are the gallery's own best tracks: 4 of 4 here
+    mixed = grounder.decision_function(X, music_ids=gallery)
+    pairs = grounder.predict(X.iloc[np.repeat(np.arange(5), 4)].drop(columns="music_id")
+                             .assign(music_id=gallery * 5))
+    np.testing.assert_allclose(mixed.ravel(), pairs["score"], rtol=1e-5, atol=1e-5)
 
 
 def test_set_catalogue_restricts_msg(grounder, small_train):

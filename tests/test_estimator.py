@@ -13,7 +13,7 @@ import torch
 from conftest import TINY
 from sklearn.base import clone
 
-from mgsv_sk import MGSVGrounder, get_scorer
+from mgsv_sk import MGSVGrounder, evaluate, get_scorer
 from mgsv_sk._persistence import ModelFileError
 from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS
 
@@ -278,3 +278,74 @@ def test_two_stage_search_parameter(tiny_model, small_train):
     assert (
         top["music_id"].to_numpy() == np.array(tiny_model.catalogue_ids_)[full.argmax(1)]
     ).mean() > 0.5
+
+
+def test_validation_ranks_against_a_catalogue_sized_gallery(tiny_fitted, small_train):
+    """The validation split's retrieval is measured against its tracks plus the training
+    tracks as distractors (``validation_gallery="train"``), with the gallery size in the
+    history; "held_out" ranks against the held-out tracks alone."""
+    hist = pd.DataFrame(tiny_fitted.history_)
+    n_tracks = small_train.frame["music_id"].nunique()
+    assert (hist["val_gallery_tracks"] == n_tracks).all()
+    assert {"val_R@1", "val_R@10", "val_MoR@1,0.5"} <= set(hist.columns)
+    alone = MGSVGrounder(features=small_train.features, validation_gallery="held_out",
+                         **{**TINY, "max_epochs": 1}).fit(small_train.frame)
+    held_out = alone.history_[0]["val_gallery_tracks"]
+    assert 1 <= held_out < n_tracks
+    # a wider gallery can only push the true track down: recall falls or stays
+    wide = MGSVGrounder(features=small_train.features, **{**TINY, "max_epochs": 1}).fit(
+        small_train.frame)
+    assert wide.history_[0]["val_R@10"] <= alone.history_[0]["val_R@10"]
+
+
+def test_validation_gallery_takes_distractor_ids(small_train, small_test):
+    from mgsv_sk.core._sources import InMemoryFeatures
+
+    feats = InMemoryFeatures({**small_train.features._videos, **small_test.features._videos},
+                             {**small_train.features._music, **small_test.features._music})
+    extra = list(small_test.frame["music_id"].unique())
+    est = MGSVGrounder(features=feats, validation_gallery=extra,
+                       **{**TINY, "max_epochs": 1}).fit(small_train.frame)
+    held_out = est.history_[0]["val_gallery_tracks"] - len(extra)
+    assert 1 <= held_out < small_train.frame["music_id"].nunique()
+    with pytest.raises(Exception, match="nope"):
+        MGSVGrounder(features=feats, validation_gallery=["nope"], **TINY).fit(small_train.frame)
+
+
+def test_eval_set_is_recorded_per_epoch_and_never_steers(small_train, small_test):
+    kw = {**TINY, "max_epochs": 2, "patience": 5}
+    plain = MGSVGrounder(features=small_train.features, **kw).fit(small_train.frame)
+    est = MGSVGrounder(features=small_train.features, **kw).fit(
+        small_train.frame, eval_set=(small_test.frame, small_test.features))
+    hist = pd.DataFrame(est.history_)
+    assert (hist["eval0_gallery_tracks"] == small_test.frame["music_id"].nunique()).all()
+    assert {"eval0_R@1", "eval0_mIoU", "eval0_MoR@1,0.5"} <= set(hist.columns)
+    # the record does not change training: same weights, same validation
+    assert est.best_epoch_ == plain.best_epoch_
+    assert np.allclose(hist["val_R@1"], pd.DataFrame(plain.history_)["val_R@1"])
+    final = est.history_[-1]
+    report = evaluate(est, small_test.frame, features=small_test.features)
+    if est.best_epoch_ == est.n_epochs_:  # the kept weights are the last epoch's
+        assert report["R@1"] == pytest.approx(final["eval0_R@1"], abs=1e-9)
+
+
+def test_early_stopping_stops_on_a_planted_decline(small_train, monkeypatch):
+    """Validation R@1 rises for three epochs, then falls: the fit stops ``patience``
+    epochs after the peak and keeps the peak's weights."""
+    from mgsv_sk.train import _training
+
+    curve = iter([0.2, 0.4, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2])
+    real = _training.validation_report
+    kept: dict[int, float] = {}
+
+    def planted(model, split, *args, **kwargs):
+        report = real(model, split, *args, **kwargs)
+        report["R@1"] = next(curve)
+        kept[len(kept) + 1] = float(next(iter(model.parameters())).detach().sum())
+        return report
+
+    monkeypatch.setattr(_training, "validation_report", planted)
+    est = MGSVGrounder(features=small_train.features, early_stopping_metric="r1",
+                       **{**TINY, "max_epochs": 10, "patience": 2}).fit(small_train.frame)
+    assert est.best_epoch_ == 3 and est.n_epochs_ == 5 and est.stopped_ == "converged"
+    assert float(next(iter(est.model_.parameters())).detach().sum()) == pytest.approx(kept[3])

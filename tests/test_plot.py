@@ -284,3 +284,22 @@ def test_predict_and_evaluate_bars_only_when_verbose(tiny_model, small_test, cap
     evaluate(tiny_model, frame, features=small_test.features, verbose=1)
     err = capsys.readouterr().err
     assert "evaluating" in err and "2/2" in err
+
+
+def test_generalisation_curves_draw_validation_and_test(tmp_path):
+    from mgsv_sk.plot import plot_generalisation
+
+    rows = [{"epoch": e, "val_R@1": 0.3 + 0.05 * e, "eval0_R@1": 0.2 + 0.04 * e}
+            for e in range(1, 6)]
+    ax = plot_generalisation({"hook": rows, "noisy": pd.DataFrame(rows)},
+                             best_epochs={"hook": 4})
+    lines = [ln for ln in ax.get_lines() if ln.get_label().startswith(("hook", "noisy"))]
+    assert len(lines) == 4
+    test_line = next(ln for ln in lines if ln.get_label() == "hook: test")
+    assert list(test_line.get_ydata()) == pytest.approx([0.24, 0.28, 0.32, 0.36, 0.40])
+    ax.figure.savefig(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="eval_set"):
+        plot_generalisation({"x": [{"epoch": 1, "val_R@1": 0.1}]})
+    with pytest.raises(ValueError, match="empty"):
+        plot_generalisation({})

@@ -194,9 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moments-per-track", type=int, default=1, metavar="M",
                    help="up to M non-overlapping moments per track, best first (default 1; "
                         "all of them in the JSON lines' pred_relevant_windows)")
-    p.add_argument("--moment-weight", type=float, default=0.0, metavar="W",
-                   help="MsG with --top-k: re-rank the 10 best tracks by score + W * "
-                        "logit(moment_score) (default 0: retrieval order; 0.05 measured best)")
+    p.add_argument("--moment-weight", type=float, default=None, metavar="W",
+                   help="MsG: re-rank each video's best tracks by score + W * "
+                        "logit(moment_score) (default: the model's own setting; 0: plain "
+                        "retrieval order)")
+    p.add_argument("--rerank-depth", type=int, default=None, metavar="D",
+                   help="MsG: how many retrieval candidates are re-ranked (default: the "
+                        "model's own setting)")
     p.add_argument("--catalogue", default="model", metavar="SOURCE",
                    help="MsG tracks to search: model (default: the tracks seen in fit), "
                         "input (the CSV's music_ids), or a file (CSV with music_id, or one id "

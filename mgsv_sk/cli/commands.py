@@ -262,13 +262,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         model.set_catalogue(_catalogue(args.catalogue, frame))
     query = frame if mode == "smg" else frame.drop(columns="music_id", errors="ignore")
     moments = args.moments_per_track
-    if args.moment_weight and args.top_k is None:
-        raise UserError("--moment-weight re-ranks MsG's top tracks: give --top-k too")
+    rerank = {"moment_weight": args.moment_weight, "rerank_depth": args.rerank_depth}
     if mode == "msg" and args.top_k is not None:
-        pred = model.rank(query, k=args.top_k, moments_per_track=moments,
-                          moment_weight=args.moment_weight)
+        pred = model.rank(query, k=args.top_k, moments_per_track=moments, **rerank)
     else:
-        pred = model.predict(query, moments_per_track=moments)
+        pred = model.predict(query, moments_per_track=moments, **rerank)
         pred.insert(0, "video_id", query["video_id"].to_numpy())
     if "windows" in pred.columns and fmt == "csv":  # one cell: "start end score; ..."
         pred["windows"] = [";".join(" ".join(f"{v:.3f}" for v in w) for w in ws)

@@ -40,6 +40,7 @@ from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
 from .catalogue import TrackIndex, top_k_indices
 from .features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
 from .moments import check_moments, window_lists
+from .rerank import candidates, check_rerank, combined_scores, rerank_table
 
 __all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
 
@@ -56,6 +57,11 @@ class BaseGrounder:
 
     features: Any
     catalogue_ids_: list[str]
+    #: Re-ranking of retrieval candidates by the moment score (:mod:`mgsv_sk.core.rerank`);
+    #: a backend with a moment head overrides these (the torch model as parameters, the
+    #: bundle from its manifest); 0 keeps the retrieval order.
+    moment_weight: float | str = 0.0  # a backend may resolve a name ("auto")
+    rerank_depth: int = 10
 
     # -- hooks ----------------------------------------------------------------------
     def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> Any:
@@ -127,6 +133,28 @@ class BaseGrounder:
         source.check_available([], unique)
         return self._encode_catalogue(unique, source)
 
+    def _rerank(self, moment_weight: Any = None, rerank_depth: Any = None) -> tuple[float, int]:
+        """The call's re-ranking: the arguments where given, else the grounder's own."""
+        return check_rerank(self.moment_weight if moment_weight is None else moment_weight,
+                            self.rerank_depth if rerank_depth is None else rerank_depth)
+
+    def _final_scores(self, videos: Any, catalogue: Any, table: np.ndarray,
+                      seconds: np.ndarray, weight: float, depth: int,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+        """The scores every ranking orders by (:func:`mgsv_sk.core.rerank.rerank_table`):
+        each video's best ``depth`` columns of ``table`` grounded and re-scored by their
+        moment score. ``rows``: the catalogue row of each column (default: column j is row
+        j)."""
+        top = candidates(table, weight, depth)
+        n, d = top.shape
+        if d == 0:
+            return np.asarray(table)
+        video_rows = np.repeat(np.arange(n), d)
+        track_rows = top.ravel() if rows is None else np.asarray(rows)[top.ravel()]
+        _, _, moment = self._ground(videos, video_rows, catalogue, track_rows,
+                                    seconds[video_rows], 1)
+        return rerank_table(table, top, moment[:, 0].reshape(n, d), weight)
+
     @contextlib.contextmanager
     def _call(self, X: pd.DataFrame, features: Any) -> Iterator[tuple[pd.DataFrame, Any,
                                                                       FeatureSource]]:
@@ -140,7 +168,8 @@ class BaseGrounder:
             yield frame, self._encode_videos(frame, source), source
 
     def predict(self, X: pd.DataFrame, features: Any = None, *,
-                moments_per_track: int = 1) -> pd.DataFrame:
+                moments_per_track: int = 1, moment_weight: float | None = None,
+                rerank_depth: int | None = None) -> pd.DataFrame:
         """Ground each video: on its own track (SmG) or on the best catalogue track (MsG).
 
         Parameters
@@ -154,32 +183,41 @@ class BaseGrounder:
             Overrides the estimator's ``features`` for this call.
         moments_per_track : int
             Up to this many non-overlapping moments per video, best first (default 1).
+        moment_weight, rerank_depth : optional
+            Override the grounder's re-ranking for this call (see :meth:`rank`).
 
         Returns
         -------
         DataFrame
             Indexed like ``X``; columns ``music_id``, ``start``, ``end`` (seconds, the best
-            moment), ``score`` (retrieval score of the pair) and ``moment_score`` (the
+            moment), ``score`` (the pair's final score: retrieval score plus
+            ``moment_weight * logit(moment_score)``, see :meth:`rank`) and ``moment_score`` (the
             moment head's probability that the track holds a fitting moment, at the best
             moment). With ``moments_per_track > 1`` also ``windows``: per row a list of
             ``[start, end, moment_score]``, best first, at most ``moments_per_track`` long.
         """
         self._check_fitted()
         moments = check_moments(moments_per_track)
+        weight, depth = self._rerank(moment_weight, rerank_depth)
         with self._call(X, features) as (frame, videos, source):
-            if "music_id" in frame.columns:
+            seconds = moment_lengths(frame, source)
+            smg = "music_id" in frame.columns
+            if smg:
                 music_ids = frame["music_id"].tolist()
                 catalogue = self._catalogue_for(music_ids, source)
                 rows = catalogue.positions(music_ids)
                 scores = self._pair_scores(videos, rows, catalogue)
             else:
                 catalogue = self._served_catalogue()
-                table = self._scores(videos, catalogue)
+                table = self._final_scores(videos, catalogue, self._scores(videos, catalogue),
+                                           seconds, weight, depth)
                 rows = np.argmax(table, axis=1)
                 music_ids = [catalogue.ids[i] for i in rows]
                 scores = table[np.arange(len(frame)), rows]
             start, end, moment = self._ground(videos, np.arange(len(frame)), catalogue, rows,
-                                              moment_lengths(frame, source), moments)
+                                              seconds, moments)
+            if smg:
+                scores = combined_scores(scores, moment[:, 0], weight)
         _check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
         out = pd.DataFrame(
             {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0], "score": scores,
@@ -192,75 +230,88 @@ class BaseGrounder:
         return out
 
     def decision_function(
-        self, X: pd.DataFrame, features: Any = None, music_ids: Any = None
+        self, X: pd.DataFrame, features: Any = None, music_ids: Any = None, *,
+        moment_weight: float | None = None, rerank_depth: int | None = None,
     ) -> np.ndarray:
-        """Retrieval scores of every video against every track, shape (n_videos, n_tracks).
+        """The scores :meth:`rank` orders by, of every video against every track, shape
+        (n_videos, n_tracks).
 
         Columns follow ``catalogue_ids_``, or ``music_ids`` when given (any tracks the
-        feature source holds: the protocol scores a split against its own tracks).
+        feature source holds: the protocol scores a split against its own tracks). With
+        re-ranking (``moment_weight > 0``, the default of a fitted MGSVGrounder) each
+        video's best ``rerank_depth`` tracks hold their combined score and the others
+        their retrieval score shifted below them (:mod:`mgsv_sk.core.rerank`), so the
+        order of a row is the order of :meth:`rank` on that gallery.
         """
         self._check_fitted()
-        with self._call(X, features) as (_, videos, source):
+        weight, depth = self._rerank(moment_weight, rerank_depth)
+        with self._call(X, features) as (frame, videos, source):
             gallery = (list(self._served_catalogue().ids) if music_ids is None
                        else [str(m) for m in music_ids])
             catalogue = self._catalogue_for(gallery, source)
             table = self._scores(videos, catalogue)
-        if catalogue.ids != gallery:
-            table = table[:, catalogue.positions(gallery)]
+            rows = None
+            if catalogue.ids != gallery:
+                rows = catalogue.positions(gallery)
+                table = table[:, rows]
+            table = self._final_scores(videos, catalogue, table, moment_lengths(frame, source),
+                                       weight, depth, rows)
         return np.asarray(table)
 
     def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None, *,
-             moments_per_track: int = 1, moment_weight: float = 0.0,
-             rerank_depth: int = 10) -> pd.DataFrame:
+             moments_per_track: int = 1, moment_weight: float | None = None,
+             rerank_depth: int | None = None) -> pd.DataFrame:
         """Top-``k`` catalogue tracks per video with their scores and the moment on each.
 
         Parameters
         ----------
-        moment_weight : float
-            With ``moment_weight > 0`` the best ``max(k, rerank_depth)`` tracks by
-            retrieval score are grounded and re-ordered by
-            ``score + moment_weight * logit(moment_score)``: the moment head's confidence
-            that the track holds a fitting moment breaks near-ties of retrieval. 0 (the
-            default) keeps the retrieval order, which is what ``decision_function`` and the
-            R@k scorers rank by. 0.05 lifted MsG R@1 and MoR@1 in every synthetic world of
-            ``benchmarks/accuracy.py`` (see the README).
-        rerank_depth : int
-            How many retrieval candidates the re-ranking reads (used when
-            ``moment_weight > 0``).
+        moment_weight : float, optional
+            Each video's best ``rerank_depth`` tracks by retrieval score are grounded and
+            re-ordered by ``score + moment_weight * logit(moment_score)``: the moment
+            head compares the video's frames with every window of the track, evidence
+            that holds up on tracks never seen in training better than the whole-track
+            embeddings do. None: the grounder's own setting (a fitted MGSVGrounder's
+            ``moment_weight`` parameter, a bundle's manifest); 0 keeps the plain retrieval
+            order. ``decision_function``, MsG ``predict`` and the R@k scorers use the same
+            rule, so they agree with this ranking.
+        rerank_depth : int, optional
+            How many retrieval candidates are re-ranked (None: the grounder's own).
 
         Returns
         -------
         DataFrame
             ``k`` rows per video (fewer if the catalogue is smaller), sorted by video then
-            rank (1 = best): ``video_id``, ``rank``, ``music_id``, ``score``, ``start``,
-            ``end``, ``moment_score`` (the best moment on that track). With
-            ``moments_per_track > 1`` also ``windows``: per row up to that many
-            non-overlapping ``[start, end, moment_score]`` on the track, best first.
+            rank (1 = best): ``video_id``, ``rank``, ``music_id``, ``score`` (the score it
+            is ranked by), ``start``, ``end``, ``moment_score`` (the best moment on that
+            track). With ``moments_per_track > 1`` also ``windows``: per row up to that
+            many non-overlapping ``[start, end, moment_score]`` on the track, best first.
         """
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         moments = check_moments(moments_per_track)
-        weight, depth = _check_rerank(moment_weight, rerank_depth)
+        weight, depth = self._rerank(moment_weight, rerank_depth)
         with self._call(X, features) as (frame, videos, source):
             catalogue = self._served_catalogue()
             table = self._scores(videos, catalogue)
+            n = len(frame)
             k = min(int(k), table.shape[1])
-            read = min(max(k, depth), table.shape[1]) if weight > 0 else k
-            top = top_k_indices(table, read)  # (n, read), best first
-            video_rows = np.repeat(np.arange(len(frame)), read)
+            d = min(depth, table.shape[1]) if weight > 0 else 0  # tracks re-ranked
+            read = max(k, d)
+            top = top_k_indices(table, read)  # (n, read), best retrieval first
+            video_rows = np.repeat(np.arange(n), read)
             seconds = moment_lengths(frame, source)[video_rows]
             start, end, moment = self._ground(videos, video_rows, catalogue, top.ravel(),
                                               seconds, moments)
-            if weight > 0:  # re-order the candidates, keep the best k
-                n = len(frame)
-                p = np.clip(moment[:, 0], 1e-6, 1.0 - 1e-6).reshape(n, read)
-                combined = np.take_along_axis(table, top, axis=1) + weight * np.log(p / (1 - p))
-                order = np.argsort(-combined, axis=1, kind="stable")[:, :k]  # (n, k)
-                keep = (order + read * np.arange(n)[:, None]).ravel()
-                top = np.take_along_axis(top, order, axis=1)
-                video_rows, start, end, moment = (video_rows[keep], start[keep], end[keep],
-                                                  moment[keep])
+            final = rerank_table(table, top[:, :d], moment[:, 0].reshape(n, read)[:, :d],
+                                 weight)
+            ranked = np.take_along_axis(final, top, axis=1)  # (n, read)
+            order = np.argsort(-ranked, axis=1, kind="stable")[:, :k]  # (n, k)
+            keep = (order + read * np.arange(n)[:, None]).ravel()
+            top = np.take_along_axis(top, order, axis=1)
+            video_rows, start, end, moment = (video_rows[keep], start[keep], end[keep],
+                                              moment[keep])
+            score = np.take_along_axis(ranked, order, axis=1).ravel()
         video_ids = frame["video_id"].to_numpy(dtype=object)[video_rows]
         _check_outputs(video_ids.tolist(), start, end, moment)
         out = pd.DataFrame(
@@ -268,7 +319,7 @@ class BaseGrounder:
                 "video_id": video_ids,
                 "rank": np.tile(np.arange(1, k + 1), len(frame)),
                 "music_id": [catalogue.ids[i] for i in top.ravel()],
-                "score": np.take_along_axis(table, top, axis=1).ravel(),
+                "score": score,
                 "start": start[:, 0],
                 "end": end[:, 0],
                 "moment_score": moment[:, 0],
@@ -314,18 +365,6 @@ def _path_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
     except OSError:
         return None
     return (str(root), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _check_rerank(moment_weight: Any, rerank_depth: Any) -> tuple[float, int]:
-    """Validated ``(moment_weight, rerank_depth)`` of :meth:`BaseGrounder.rank`."""
-    if (isinstance(moment_weight, bool) or not isinstance(moment_weight, (int, float, np.number))
-            or not np.isfinite(moment_weight) or moment_weight < 0):
-        raise ValueError("moment_weight must be a finite number >= 0 (0 keeps the retrieval "
-                         f"order), got {moment_weight!r}")
-    if (isinstance(rerank_depth, bool) or not isinstance(rerank_depth, (int, np.integer))
-            or rerank_depth < 1):
-        raise ValueError(f"rerank_depth must be a positive integer, got {rerank_depth!r}")
-    return float(moment_weight), int(rerank_depth)
 
 
 def _check_outputs(video_ids: list[str], start: np.ndarray, end: np.ndarray,

@@ -32,6 +32,9 @@ class MaDeConfig:
         Temporal self-attention layers per modality (0 = projection only, a paper ablation).
     temporal_dropout : float
         Dropout on the residual branches of the temporal self-attention layers.
+    input_dropout : float
+        Dropout on the input features (frames and snippets) in training: the frozen
+        features' dimensions cannot be memorised one by one.
     ffn_mult : int
         Feed-forward width as a multiple of ``d_model``.
     detector : {"window", "detr"}
@@ -64,6 +67,7 @@ class MaDeConfig:
     n_heads: int
     temporal_layers: int
     temporal_dropout: float
+    input_dropout: float
     ffn_mult: int
     detector: str
     encoder_layers: int
@@ -103,7 +107,7 @@ class MaDeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name} must be an int >= 0, got {value!r}")
-        for name in ("temporal_dropout", "detector_dropout"):
+        for name in ("temporal_dropout", "input_dropout", "detector_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be a float in [0, 1), got {value!r}")

@@ -19,6 +19,7 @@ class TemporalEncoder(nn.Module):
 
     def __init__(self, in_dim: int, max_len: int, cfg: MaDeConfig) -> None:
         super().__init__()
+        self.input_dropout = cfg.input_dropout
         self.proj = nn.Linear(in_dim, cfg.d_model)
         self.pos = SinePositionCode(max_len, cfg.d_model)
         self.layers = nn.ModuleList(
@@ -42,6 +43,8 @@ class TemporalEncoder(nn.Module):
         L2-normalised (computed in float32).
         """
         t = x.shape[1]
+        if self.training and self.input_dropout > 0:
+            x = F.dropout(x, self.input_dropout, training=True)
         h = self.proj(x) + self.pos(t)  # [B,T,D]
         attn_mask = attention_mask(mask)  # [B,1,1,T]
         for layer in self.layers:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ from ..core.metrics import (
     retrieval_ranks,
     retrieval_report,
 )
+from ..core.rerank import candidates, rerank_table
 from ..core.scoring import SCORER_NAMES, scorer_value
 from ..core.spans import temporal_iou
 from ..infer.batched import ground_pairs, video_embeddings
@@ -54,6 +55,8 @@ class TrainConfig:
     warmup_fraction: float
     grad_clip: float
     early_stopping_metric: str
+    moment_weight: float  # the re-ranking the validation ranks by (as inference does)
+    rerank_depth: int
     seed: int
     verbose: int
     loss_weights: LossWeights
@@ -64,7 +67,9 @@ class TrainConfig:
 @dataclass
 class Split:
     """Rows to train or validate on: ids, ground truth, the videos' lengths (seconds) and
-    the feature source."""
+    the feature source. ``distractors``: tracks that join a validation split's gallery
+    (ranked against, never anyone's true track), so that retrieval is measured against a
+    catalogue about as large as the ones users search."""
 
     video_ids: list[str]
     music_ids: list[str]
@@ -73,6 +78,11 @@ class Split:
     duration: np.ndarray
     seconds: np.ndarray
     source: FeatureSource
+    distractors: list[str] = field(default_factory=list)
+
+    def gallery(self) -> list[str]:
+        """The tracks retrieval ranks against: the split's own, then the distractors."""
+        return list(dict.fromkeys([*self.music_ids, *self.distractors]))
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -93,16 +103,32 @@ class TrainResult:
 EARLY_STOPPING_METRICS = SCORER_NAMES
 
 
-def validation_report(model: MaDe, split: Split, autocast: Autocast = None) -> dict[str, float]:
-    """The protocol's metrics on a held-out split (gallery = its distinct tracks), computed
-    on the model's device; ``autocast``: False, True (bfloat16) or an autocast dtype."""
+def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
+                      moment_weight: float = 0.0, rerank_depth: int = 10) -> dict[str, float]:
+    """The protocol's metrics on a held-out split, computed on the model's device;
+    ``autocast``: False, True (bfloat16) or an autocast dtype.
+
+    Retrieval ranks every video against :meth:`Split.gallery` (its tracks and the
+    distractors; ``gallery_tracks`` in the report) by the same scores inference ranks by
+    (re-ranked by the moment score with ``moment_weight > 0``); grounding is on each
+    video's true track.
+    """
     was_training = model.training
     model.eval()
     try:
-        catalogue = MusicCatalogue.build(model, split.music_ids, split.source, autocast=autocast)
+        gallery = split.gallery()
+        catalogue = MusicCatalogue.build(model, gallery, split.source, autocast=autocast)
         rows = catalogue.positions(split.music_ids)
         emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
         scores = catalogue.scores(model, emb)
+        top = candidates(scores, moment_weight, rerank_depth)
+        if top.shape[1]:
+            n, d = top.shape
+            pairs = np.repeat(np.arange(n), d)
+            _, _, moment = ground_pairs(model, [split.video_ids[i] for i in pairs],
+                                        top.ravel(), catalogue, split.source,
+                                        split.seconds[pairs], autocast=autocast)
+            scores = rerank_table(scores, top, moment[:, 0].reshape(n, d), moment_weight)
         ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
                                 np.asarray(split.music_ids, dtype=object))
         start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
@@ -115,6 +141,7 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None) -> d
     report = grounding_report_from_iou(ious)
     report.update(retrieval_report(ranks))
     report.update(moment_recall_report(ranks, ious))
+    report["gallery_tracks"] = float(len(gallery))
     return report
 
 
@@ -209,9 +236,13 @@ def _validate(
 ) -> dict[str, float]:
     """Validation metrics: computed by rank 0 and broadcast, so that every rank takes the
     same early-stopping decisions."""
+    def report_of() -> dict[str, float]:
+        return validation_report(model, valid, cfg.amp_dtype, cfg.moment_weight,
+                                 cfg.rerank_depth)
+
     if dist is None:
-        return validation_report(model, valid, cfg.amp_dtype)
-    report = validation_report(model, valid, cfg.amp_dtype) if dist.is_main else None
+        return report_of()
+    report = report_of() if dist.is_main else None
     report = ddp.broadcast_object(report, dist, torch.device(cfg.device))
     assert report is not None
     return report
@@ -228,8 +259,12 @@ def fit_model(
     valid: Split | None,
     cfg: TrainConfig,
     dist: ddp.DistContext | None = None,
+    evals: Sequence[tuple[str, Split]] = (),
 ) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; on return it holds the best weights seen.
+
+    ``evals``: named splits also evaluated after every epoch (``{name}_R@1``, ... in the
+    history), for the record only: early stopping reads the validation split alone.
 
     With a validation split the model is evaluated after each epoch and training stops
     after ``patience`` epochs without improving ``early_stopping_metric``; without one it
@@ -274,6 +309,9 @@ def fit_model(
             if valid is not None:
                 report = _validate(model, valid, cfg, dist)
                 row.update({f"val_{k}": v for k, v in report.items()})
+            for name, split in evals:
+                row.update({f"{name}_{k}": v
+                            for k, v in _validate(model, split, cfg, dist).items()})
         except KeyboardInterrupt:
             if best_state is None and not history:
                 raise
