@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 from .commands import UserError, _existing, _say
@@ -31,8 +32,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config)
     _say(args, f"serving {bundle} on http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to "
                "stop; in-flight requests finish first)")
-    run(app, args.host, args.port, graceful_seconds=args.graceful_seconds,
-        log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    stopped_by = run(app, args.host, args.port, graceful_seconds=args.graceful_seconds,
+                     log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    if stopped_by is not None:
+        _say(args, f"stopped by {signal.Signals(stopped_by).name}; in-flight requests were "
+                   "finished")
     return 0
 
 

@@ -136,9 +136,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return max(0, size - length), size - 1
     first = int(first_text)
     last = int(last_text) if last_text else size - 1
-    if last < first:
-        return None  # invalid: ignored, the whole file is sent
     if first >= size:
         raise RangeNotSatisfiable(f"the range starts at byte {first}, but the file has "
                                   f"{size} bytes")
+    if last < first:
+        return None  # invalid: ignored, the whole file is sent
     return first, min(last, size - 1)
