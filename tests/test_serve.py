@@ -424,7 +424,8 @@ def test_schema_fuzz_finds_no_server_error(model):
 
     app = create_app(model, config=ServeConfig(**LIMITS))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    failures = []
+    failures: list[str] = []
+    seen: dict[str, set[int]] = {}
     for operation in schema.get_all_operations():
         op = operation.ok()
 
@@ -433,6 +434,7 @@ def test_schema_fuzz_finds_no_server_error(model):
         @schemathesis_given(op)
         def run(case) -> None:
             response = case.call()
+            seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
             if response.status_code >= 500:
                 failures.append(f"{case.method} {case.formatted_path}: {response.status_code} "
                                 f"{response.text[:200]}")
@@ -440,6 +442,8 @@ def test_schema_fuzz_finds_no_server_error(model):
 
         run()
     assert not failures, failures
+    assert len(seen) == 9, seen  # every operation was exercised
+    print(seen)
 
 
 def schemathesis_given(operation):
@@ -526,3 +530,47 @@ def test_threaded_uvicorn_server_answers(model):
 
         assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
         assert json.loads(httpx.get(f"{server.url}/v2/models/mgsv").text)["name"] == "mgsv"
+
+
+def test_fuzz_near_valid_requests_find_no_server_error(client):
+    """The schema fuzz mostly meets the first check; this one starts from valid requests
+    (known tracks, real tensors) and varies the numbers, ranges and parameters."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    numbers = st.floats(allow_nan=False, allow_infinity=False, width=32)
+    ascii_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+    ranges = st.one_of(st.none(), ascii_text,
+                       st.builds(lambda a, b: f"bytes={a}-{b}",
+                                 st.integers(0, 10**6), st.integers(0, 10**6)))
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(music_id=st.sampled_from([*TRACKS, "nope", "a/b", " "]), start=numbers,
+           end=numbers, range_header=ranges)
+    def audio(music_id, start, end, range_header):
+        headers = {} if range_header is None else {"Range": range_header}
+        response = client.get(f"/v1/tracks/{music_id}/audio",
+                              params={"start": start, "end": end}, headers=headers)
+        assert response.status_code in (200, 206, 400, 404, 416, 422), response.text
+
+    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(frames=st.integers(0, 60), width=st.sampled_from([512, 511, 0]), value=numbers,
+           k=st.integers(-2, 60), moments=st.integers(-1, 7),
+           duration=st.one_of(st.none(), numbers),
+           music=st.one_of(st.none(), st.sampled_from([*TRACKS, "nope"])))
+    def infer(frames, width, value, k, moments, duration, music):
+        tensor = {"name": "video_frames", "datatype": "FP32", "shape": [frames, width],
+                  "data": [value] * (frames * width)}
+        inputs = [tensor] + ([] if music is None else [
+            {"name": "music_id", "datatype": "BYTES", "shape": [1], "data": [music]}])
+        parameters = {"k": k, "moments_per_track": moments}
+        if duration is not None:
+            parameters["video_duration"] = duration
+        response = client.post("/v2/models/mgsv/infer",
+                               json={"inputs": inputs, "parameters": parameters})
+        assert response.status_code in (200, 400, 404, 422), response.text
+
+    audio()
+    infer()

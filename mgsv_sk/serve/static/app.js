@@ -5,11 +5,17 @@
 const $ = (id) => document.getElementById(id);
 const state = { limits: null, busy: false };
 
-function clock(seconds) {
-  const s = Math.max(0, seconds);
+// m:ss, or m:ss.s with tenths (moments are often a few seconds long)
+function clock(seconds, tenths = false) {
+  const s = Math.max(0, tenths ? Math.round(seconds * 10) / 10 : Math.round(seconds));
   const m = Math.floor(s / 60);
-  const rest = (s - 60 * m).toFixed(1).padStart(4, "0");
-  return `${m}:${rest}`;
+  const rest = s - 60 * m;
+  return `${m}:${(tenths ? rest.toFixed(1) : String(rest)).padStart(tenths ? 4 : 2, "0")}`;
+}
+
+function size(bytes) {
+  return bytes < 2 ** 20 ? `${Math.max(1, Math.round(bytes / 1024))} KB`
+    : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 function showError(message) {
@@ -61,7 +67,7 @@ function preview(file) {
   const video = $("preview-video");
   if (video.src) URL.revokeObjectURL(video.src);
   video.src = URL.createObjectURL(file);
-  $("preview-name").textContent = `${file.name} · ${(file.size / 2 ** 20).toFixed(1)} MiB`;
+  $("preview-name").textContent = `${file.name} · ${size(file.size)}`;
   $("preview").hidden = false;
 }
 
@@ -114,7 +120,7 @@ function render(body) {
     card.querySelector(".music-id").textContent = track.music_id;
     const best = track.moments[0];
     card.querySelector(".track-meta").textContent = `${clock(track.track_seconds)} long` +
-      (best ? ` · best moment ${clock(best.start)}–${clock(best.end)}` : "");
+      (best ? ` · best moment at ${clock(best.start, true)}` : "");
     card.querySelector(".score").textContent = `score ${track.score.toFixed(3)}`;
     card.querySelector(".track-end").textContent = clock(track.track_seconds);
     const span = Math.max(track.track_seconds, ...track.moments.map((m) => m.end), 1e-6);
@@ -126,7 +132,7 @@ function render(body) {
       segment.className = `segment${i === 0 ? " best" : ""}`;
       segment.style.left = `${(100 * moment.start) / span}%`;
       segment.style.width = `${(100 * (moment.end - moment.start)) / span}%`;
-      segment.title = `${clock(moment.start)}–${clock(moment.end)}`;
+      segment.title = `${clock(moment.start, true)} – ${clock(moment.end, true)}`;
       timeline.append(segment);
 
       const item = document.createElement("li");
@@ -139,7 +145,7 @@ function render(body) {
       icon.className = "icon";
       icon.textContent = "▶";
       const range = document.createElement("span");
-      range.textContent = `${clock(moment.start)} – ${clock(moment.end)}`;
+      range.textContent = `${clock(moment.start, true)} – ${clock(moment.end, true)}`;
       const prob = document.createElement("span");
       prob.className = "prob";
       prob.textContent = `${Math.round(100 * moment.score)}%`;
@@ -155,12 +161,12 @@ function render(body) {
       item.append(button);
       moments.append(item);
     });
-    if (!track.moments.some((m) => m.audio_url)) audio.hidden = true;
+    audio.hidden = true; // shown once one of the track's moments plays
     list.append(card);
   }
   const t = body.timings_ms;
   $("summary").textContent = `${body.tracks.length} tracks for ${body.video.filename} ` +
-    `(${body.video.seconds.toFixed(1)} s) in ${Math.round(t.total)} ms · decode ` +
+    `(${body.video.seconds.toFixed(1)} s, ${size(body.video.bytes)}) in ${Math.round(t.total)} ms · decode ` +
     `${Math.round(t.decode)} ms · rank ${Math.round(t.rank)} ms · model ${body.model_version}`;
   $("summary").hidden = false;
 }
@@ -177,6 +183,7 @@ function playMoment(card, audio, moment, button, segment, span) {
     audio.src = url;
     audio.dataset.start = moment.start;
   }
+  audio.hidden = false;
   const head = card.querySelector(".playhead");
   head.hidden = false;
   audio.ontimeupdate = () => {
