@@ -453,10 +453,11 @@ def schemathesis_given(operation):
 
 
 def test_serving_imports_no_torch(fx):
-    """The service path, upload to moment audio, with torch unimportable."""
+    """The service path, upload to moment audio, with torch and transformers unimportable."""
     code = f"""
 import sys
 sys.modules["torch"] = None
+sys.modules["transformers"] = None  # the serve extra does not install it
 from fastapi.testclient import TestClient
 from mgsv_sk.serve import create_app
 with TestClient(create_app({str(fx / "bundle")!r}, {str(fx / "catalogue")!r})) as c:
@@ -574,3 +575,51 @@ def test_fuzz_near_valid_requests_find_no_server_error(client):
 
     audio()
     infer()
+
+
+# -- the catalogue's audio files and the command line ---------------------------------------
+def test_the_catalogue_store_records_each_tracks_audio_file(fx, tmp_path):
+    import shutil
+
+    from mgsv_sk.cli import main
+    from mgsv_sk.core.packed import PackedFeatures
+
+    sources = PackedFeatures(fx / "catalogue").music_sources()
+    assert set(sources) == set(TRACKS)
+    assert all(Path(p).is_absolute() and Path(p).name == f"{m}.wav" for m, p in sources.items())
+    # a rerun (everything already extracted) and an extension keep / add the paths
+    store = tmp_path / "catalogue"
+    shutil.copytree(fx / "catalogue", store)
+    manifest = json.loads((fx / "bundle" / "manifest.json").read_text())
+    encoder = str(fx / "bundle" / manifest["encoders"]["music"]["files"]["fp32"])
+    assert main(["-q", "catalogue", str(fx / "music"), str(store), "--music-encoder",
+                 encoder]) == 0
+    assert PackedFeatures(store).music_sources() == sources
+    extra = tmp_path / "more"
+    extra.mkdir()
+    shutil.copy(fx / "music" / "song_a.wav", extra / "song_e.wav")
+    assert main(["-q", "catalogue", str(extra), str(store), "--music-encoder", encoder]) == 0
+    grown = PackedFeatures(store).music_sources()
+    assert grown == {**sources, "song_e": str((extra / "song_e.wav").resolve())}
+
+
+def test_a_store_without_recorded_files_has_no_sources(tmp_path):
+    from mgsv_sk import make_synthetic_mgsv, pack_features
+
+    data = make_synthetic_mgsv(4, 2, random_state=0)
+    assert pack_features(data.features, tmp_path / "p").music_sources() == {}
+
+
+def test_cli_serve_help_and_errors(fx, tmp_path, capsys):
+    from mgsv_sk.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    assert "example:\n  mgsv-sk serve" in capsys.readouterr().out
+    assert main(["serve", str(tmp_path / "nothing")]) == 1
+    assert "ONNX bundle not found" in capsys.readouterr().err
+    assert main(["serve", str(fx / "bundle"), "--queue-size", "-1"]) == 1
+    assert "queue_size must be an integer >= 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(fx / "bundle"), "--workers", "0"])

@@ -224,7 +224,7 @@ def _music_id(tensor: InferTensor, model: ServedModel) -> str:
 
 def _infer_outputs(tracks: list[TrackResult]) -> list[dict[str, Any]]:
     width = max((len(t.moments) for t in tracks), default=0)
-    moments = []
+    moments: list[float] = []
     for t in tracks:  # rows of -1 pad a track with fewer moments than the widest
         rows = [[m.start, m.end, m.score] for m in t.moments]
         moments.extend(v for row in rows + [[-1.0, -1.0, -1.0]] * (width - len(rows))
@@ -376,7 +376,7 @@ def create_app(
             raise ApiError(400, f"inputs must be 'video_frames' (FP32 [F, {model.frame_dim}]) "
                                 f"and optionally 'music_id' (BYTES [1]); got "
                                 f"{sorted(tensors)}")
-        params = body.parameters or InferParameters()
+        params = body.parameters or InferParameters.model_validate({})
         if params.k > config.max_k or params.moments_per_track > config.max_moments:
             raise ApiError(422, f"k must be <= {config.max_k} and moments_per_track <= "
                                 f"{config.max_moments}; got {params.k} and "

@@ -160,7 +160,8 @@ class ServedModel:
     # -- the catalogue ------------------------------------------------------------------------
     @property
     def track_ids(self) -> Sequence[str]:
-        return self.grounder.catalogue_ids_  # type: ignore[no-any-return]
+        ids: list[str] = self.grounder.catalogue_ids_
+        return ids
 
     def has_track(self, music_id: str) -> bool:
         return music_id in self.grounder._served_catalogue().index
@@ -211,7 +212,8 @@ class ServedModel:
               seconds: float) -> list[TrackResult]:
         """Frame features ``(F, video_dim)`` -> the top-``k`` tracks (MsG), or the moment on
         ``music_id`` (SmG)."""
-        features = ({_QUERY_ID: np.ascontiguousarray(frames, np.float32)}, {})
+        features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (
+            {_QUERY_ID: np.ascontiguousarray(frames, np.float32)}, {})
         query = pd.DataFrame({"video_id": [_QUERY_ID], "video_segment_duration": [seconds]})
         if music_id is None:
             table = self.grounder.rank(query, k=k, features=features, moments_per_track=moments)
@@ -249,6 +251,8 @@ class ServedModel:
         if seconds > max_seconds:
             raise ValueError(f"{shown} is {seconds:.1f} s long; this server takes videos of "
                              f"at most {max_seconds:g} s: trim it")
+        if self.video_encoder is None:
+            raise ValueError("this bundle holds no video encoder, so it cannot read videos")
         try:
             frame, feats = video_query(path, self.video_encoder)
         except ValueError as exc:

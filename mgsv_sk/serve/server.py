@@ -23,8 +23,8 @@ def run(app: Any, host: str = "127.0.0.1", port: int = 8000, *, graceful_seconds
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            access_log=access_log, timeout_graceful_shutdown=graceful_seconds,
-                            server_header=False)
+                            access_log=access_log, server_header=False,
+                            timeout_graceful_shutdown=max(1, round(graceful_seconds)))
     received: list[int] = []
     stops = (signal.SIGINT, signal.SIGTERM)
     main = threading.current_thread() is threading.main_thread()
