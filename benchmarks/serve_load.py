@@ -235,7 +235,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path,
                         default=Path(tempfile.gettempdir()) / "mgsv-serve-load")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the .md (and targets) from the .json")
     args = parser.parse_args()
+    if args.render:
+        report = json.loads((RESULTS / "serve_load.json").read_text())
+        report["targets"] = targets(report)
+        (RESULTS / "serve_load.json").write_text(json.dumps(report, indent=1) + "\n")
+        (RESULTS / "serve_load.md").write_text(markdown(report))
+        return
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     if args.build_only:
@@ -337,6 +345,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     rows = [r for rows in report["sweep"].values() for r in rows]
     infer = {r["concurrency"]: r for r in report["sweep"]["infer"]}
     ratio = infer[4]["rps"] / report["in_process_infer_rps_c4"]
+    soak_ratio = report["soak"]["rps"] / report["in_process_infer_rps_c4"]
     tail = infer[8]["latency_ms"]["p99"] / infer[1]["latency_ms"]["p50"]
     soak = report["soak"]
     lo, hi = soak["rss_mib_after_warmup_min"], soak["rss_mib_after_warmup_max"]
@@ -347,8 +356,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "no_request_dropped": {"value": dropped, "target": "0 answers other than 200 / 503",
                                "met": dropped == 0},
         "counters_match": {"met": all(r["counters_match"] for r in rows)},
-        "infer_c4_vs_in_process": {"value": round(ratio, 3), "target": ">= 0.85",
-                                   "met": ratio >= 0.85},
+        "infer_c4_vs_in_process (sweep, 12 s)": {"value": round(ratio, 3),
+                                                 "target": ">= 0.85", "met": ratio >= 0.85},
+        "infer_c4_vs_in_process (soak)": {"value": round(soak_ratio, 3),
+                                                 "target": ">= 0.85",
+                                                 "met": soak_ratio >= 0.85},
         "p99_c8_over_p50_c1": {"value": round(tail, 2), "target": "<= 4", "met": tail <= 4},
         "rss_drift_after_warmup": {"value": round(drift, 4), "target": "<= 0.05",
                                    "met": drift <= 0.05},
@@ -384,6 +396,13 @@ def markdown(report: dict[str, Any]) -> str:
               f"start, {soak['rss_mib_after_warmup_min']}-{soak['rss_mib_after_warmup_max']} "
               f"MiB after warm-up (first 20 %), {soak['rss_mib_end']} MiB at the end. Server "
               f"exit code after SIGTERM: {report['server_exit_code']}.", "",
+              "Reading them: the 2 cores also ran the load generator and, during this run, "
+              "other work (training jobs), so one 12 s level can be far off (compare the "
+              "sweep's `infer` at concurrency 4 with the soak at the same concurrency over "
+              "300 s). With 2 inference workers a closed loop of 8 clients keeps about 3 "
+              "requests queued ahead of each one, so p99 at concurrency 8 is at least ~4x the "
+              "single-client p50 by construction on 2 cores; meeting that target needs more "
+              "cores or batching requests into one onnxruntime call.", "",
               "| target | value | goal | met |", "|---|---:|---|:---:|"]
     for name, t in report["targets"].items():
         lines.append(f"| {name} | {t.get('value', '')} | {t.get('target', 'all levels')} | "
