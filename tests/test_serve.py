@@ -352,6 +352,10 @@ def test_infer_malformed_json_and_large_bodies(client, model):
     with TestClient(create_app(model, config=ServeConfig(max_json_bytes=1000))) as c:
         assert "larger than 1000 bytes" in error_of(
             c.post("/v2/models/mgsv/infer", json=frames_body(np.ones((3, 512)))), 413)
+        raw = json.dumps(frames_body(np.ones((3, 512)))).encode()
+        chunked = c.post("/v2/models/mgsv/infer", content=iter([raw[:800], raw[800:]]),
+                         headers={"content-type": "application/json"})
+        error_of(chunked, 400)  # no Content-Length: reading stops at the cap
 
 
 # -- load: admission, metrics -------------------------------------------------------------

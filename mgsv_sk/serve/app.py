@@ -125,11 +125,13 @@ class _State:
         self.model: ServedModel | None = None
         self.load_error: str | None = None
 
-    def ready_model(self) -> ServedModel:
+    def ready_model(self, probe: bool = False) -> ServedModel:
+        """The model, or a 503 (counted as a rejection unless ``probe``: a health check)."""
         if self.model is None:
             message = ("the model failed to load: " + self.load_error if self.load_error
                        else "the model is loading; retry shortly")
-            self.metrics.rejected.labels("not_ready").inc()
+            if not probe:
+                self.metrics.rejected.labels("not_ready").inc()
             raise ApiError(503, message, {"Retry-After": str(self.config.retry_after_s)})
         return self.model
 
@@ -169,6 +171,41 @@ class _MetricsMiddleware:
                 route = "/static"
             self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - began)
+
+
+class _BodyTooLarge(Exception):
+    """A JSON body passed the cap while it was read."""
+
+
+class _JsonBodyLimit:
+    """Caps the JSON body of ``path`` before FastAPI reads and parses it: a declared
+    ``Content-Length`` over ``limit`` is answered 413 at once; a chunked body stops being
+    read at the cap (FastAPI then answers 400), so memory stays bounded either way."""
+
+    def __init__(self, app: Any, path: str, limit: int, metrics: Metrics) -> None:
+        self.app, self.path, self.limit, self.metrics = app, path, limit, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            self.metrics.rejected.labels("too_large").inc()
+            response = JSONResponse({"error": f"the request body is larger than "
+                                              f"{self.limit} bytes"}, status_code=413)
+            await response(scope, receive, send)
+            return
+        seen = [0]
+
+        async def counted() -> Any:
+            message = await receive()
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > self.limit:
+                raise _BodyTooLarge
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _audio_url(music_id: str, start: float, end: float) -> str:
@@ -332,6 +369,8 @@ def create_app(
                     "JSON {\"error\": ...}.")
     app.state.serve = state
     install_error_handlers(app)
+    app.add_middleware(_JsonBodyLimit, path=f"/v2/models/{MODEL_NAME}/infer",
+                       limit=config.max_json_bytes, metrics=metrics)
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -346,12 +385,12 @@ def create_app(
 
     @app.get("/v2/health/ready", tags=["oip"], responses={503: _ERRORS[503]})
     def ready() -> dict[str, bool]:
-        state.ready_model()
+        state.ready_model(probe=True)
         return {"ready": True}
 
     @app.get(f"/v2/models/{MODEL_NAME}/ready", tags=["oip"], responses={503: _ERRORS[503]})
     def model_ready() -> dict[str, Any]:
-        state.ready_model()
+        state.ready_model(probe=True)
         return {"name": MODEL_NAME, "ready": True}
 
     @app.get(f"/v2/models/{MODEL_NAME}", tags=["oip"], responses={503: _ERRORS[503]})
@@ -360,16 +399,11 @@ def create_app(
 
     @app.post(f"/v2/models/{MODEL_NAME}/infer", tags=["oip"], response_model=InferResponse,
               responses={c: _ERRORS[c] for c in (400, 404, 413, 422, 503)})
-    async def infer(body: InferRequest, request: Request) -> dict[str, Any]:
+    async def infer(body: InferRequest) -> dict[str, Any]:
         """Frame features -> the top-k tracks with their moments (MsG), or the moments on
         one track when ``music_id`` is given (SmG)."""
         began = time.perf_counter()
         model = state.ready_model()
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > config.max_json_bytes:
-            metrics.rejected.labels("too_large").inc()
-            raise ApiError(413, f"the request body is larger than {config.max_json_bytes} "
-                                "bytes")
         tensors = {t.name: t for t in body.inputs}
         unknown = sorted(set(tensors) - {"video_frames", "music_id"})
         if unknown or "video_frames" not in tensors:
