@@ -1,7 +1,8 @@
 """The ``mgsv-sk`` command line (also ``python -m mgsv_sk``).
 
 Commands: ``pack``, ``fit``, ``evaluate``, ``predict``, ``export``, ``demo``, and
-``download``, ``catalogue``, ``recommend`` (:mod:`mgsv_sk.cli.media`) (one small
+``download``, ``catalogue``, ``recommend`` (:mod:`mgsv_sk.cli.media`), ``serve``
+(:mod:`mgsv_sk.cli.serve`) (one small
 function each in :mod:`mgsv_sk.cli.commands`, importing torch only when it runs, so
 ``--help`` is instant).
 
@@ -34,6 +35,7 @@ from .commands import (
     cmd_predict,
 )
 from .media import add_media_commands
+from .serve import add_serve_command
 
 __all__ = ["PROG", "USER_ERRORS", "build_parser", "main", "one_line"]
 
@@ -234,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads for fitting (default: torch's setting; 1 is faster on "
                         "a machine busy with other work)")
     add_media_commands(sub, _command)
+    add_serve_command(sub, _command)
     return parser
 
 

@@ -96,6 +96,7 @@ def pack_features(
     annotations: Any = None,
     overwrite: bool = False,
     verbose: bool = False,
+    music_sources: Mapping[str, str] | None = None,
 ) -> PackedFeatures:
     """Read every needed feature once and write a packed, memory-mappable store.
 
@@ -115,6 +116,10 @@ def pack_features(
         Replace an existing store at ``destination``.
     verbose : bool
         Show a progress bar.
+    music_sources : mapping music_id -> path, optional
+        The audio file each track was extracted from (``mgsv-sk catalogue`` records it),
+        kept in ``meta.json`` for the tracks packed, so a server can play their moments
+        (:meth:`PackedFeatures.music_sources`).
 
     Returns
     -------
@@ -139,6 +144,9 @@ def pack_features(
         meta: dict[str, Any] = {"format": PACK_FORMAT}
         meta["video"] = _write_table(tmp, "video", vids, src.video, src.video_dim, bar.update)
         meta["music"] = _write_table(tmp, "music", mids, src.music, src.music_dim, bar.update)
+        if music_sources:
+            meta["music_sources"] = {m: str(music_sources[m]) for m in mids
+                                     if m in music_sources}
         bar.close()
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: marks completeness
     logger.info("packed %d videos and %d tracks into %s", len(vids), len(mids), dst)

@@ -158,6 +158,16 @@ class PackedFeatures(FeatureSource):
     def music_ids(self) -> list[str]:
         return list(self._music.ids)
 
+    def music_sources(self) -> dict[str, str]:
+        """``music_id -> path`` of the audio file each track was extracted from, for the
+        tracks whose file was recorded (stores written by ``mgsv-sk catalogue``; empty for
+        older stores and stores packed from features)."""
+        sources = self.meta.get("music_sources")
+        if not isinstance(sources, dict):
+            return {}
+        return {str(k): v for k, v in sources.items()
+                if isinstance(v, str) and str(k) in self._music.index}
+
     def __repr__(self) -> str:
         return f"PackedFeatures({str(self.path)!r})"
 

@@ -203,6 +203,7 @@ def extract_features(
                              f"{'ClipImageEncoder' if name[0] == 'v' else 'AstEncoder'}"
                              ".from_pretrained() from mgsv_sk.extract")
     writer = open_writer(out, layout)
+    writer.note_sources("music", music_items)
     report = ExtractionReport()
     if video_items and video_encoder is not None:
         _run("video", video_items, video_encoder, writer, batch, report, verbose, _video_prepare)

@@ -61,6 +61,10 @@ class FeatureWriter:
         """Complete the output (the packed writer packs here); returns what was written."""
         return None
 
+    def note_sources(self, kind: str, items: dict[str, Path]) -> None:
+        """The media file of each item (``id -> path``); the packed writer keeps those of
+        the tracks so a server can play them. Others ignore it."""
+
 
 class TreeWriter(FeatureWriter):
     """The release layout under ``root`` (``.pt`` files; needs torch)."""
@@ -172,6 +176,11 @@ class PackedWriter(FeatureWriter):
         self._old_ids = {"video": set(), "music": set()} if self.old is None else {
             "video": set(self.old.video_ids()), "music": set(self.old.music_ids())}
         self._folder = NpyFolder(self.parts)
+        self._sources = {} if self.old is None else self.old.music_sources()
+
+    def note_sources(self, kind: str, items: dict[str, Path]) -> None:
+        if kind == "music":  # absolute: the store is read from other working directories
+            self._sources.update({k: str(Path(p).resolve()) for k, p in items.items()})
 
     def done(self, kind: str, key: str) -> bool:
         return key in self._old_ids[kind] or self._folder.path(kind, key).is_file()
@@ -183,11 +192,14 @@ class PackedWriter(FeatureWriter):
     def finish(self) -> PackedFeatures | None:
         """Pack old store + new parts into the store (atomically) and drop the parts."""
         folder = NpyFolder(self.parts)
-        if not folder.video_ids() and not folder.music_ids():
+        if not folder.video_ids() and not folder.music_ids() and (
+                self.old is None or self.old.music_sources() == {
+                    k: v for k, v in self._sources.items() if self.old.has_music(k)}):
             shutil.rmtree(self.parts, ignore_errors=True)
             return self.old
         merged = _Merged(self.old, folder)
-        store = pack_features(merged, self.store, overwrite=self.old is not None)
+        store = pack_features(merged, self.store, overwrite=self.old is not None,
+                              music_sources=self._sources)
         shutil.rmtree(self.parts, ignore_errors=True)
         return store
 

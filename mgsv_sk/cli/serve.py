@@ -1,0 +1,80 @@
+"""``mgsv-sk serve``: the HTTP service and its demo page (:mod:`mgsv_sk.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from typing import Any
+
+from .commands import UserError, _existing, _say
+
+__all__ = ["add_serve_command", "cmd_serve"]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from ..serve import ServeConfig, create_app, run
+    except ImportError as exc:
+        raise UserError(str(exc)) from exc
+    bundle = _existing(args.bundle, "ONNX bundle")
+    if args.catalogue is not None:
+        _existing(args.catalogue, "catalogue store")
+    if args.audio is not None:
+        _existing(args.audio, "audio folder")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.quiet:
+        _say(args, f"warning: listening on {args.host}, reachable from other machines; put "
+                   "it behind a TLS reverse proxy")
+    limits: dict[str, Any] = {} if args.workers is None else {"workers": args.workers}
+    config = ServeConfig(**limits, queue_size=args.queue_size,
+                         max_upload_bytes=int(args.max_upload_mb * 2**20),
+                         max_video_seconds=args.max_video_seconds,
+                         intra_op_threads=args.threads)
+    app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config)
+    _say(args, f"serving {bundle} on http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to "
+               "stop; in-flight requests finish first)")
+    stopped_by = run(app, args.host, args.port, graceful_seconds=args.graceful_seconds,
+                     log_level="info" if args.verbose else "warning", access_log=args.verbose)
+    if stopped_by is not None:
+        _say(args, f"stopped by {signal.Signals(stopped_by).name}; in-flight requests were "
+                   "finished")
+    return 0
+
+
+def _positive(kind: Any) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def add_serve_command(sub: Any, command: Any) -> None:
+    """Add ``serve`` to the subparsers ``sub``; ``command`` is the CLI's parser factory."""
+    p = command(sub, "serve", cmd_serve, "HTTP service + demo page for an ONNX bundle",
+                "Serve an ONNX bundle over HTTP (torch-free): Open Inference Protocol "
+                "health, metadata and infer under /v2, video uploads at /v1/recommend, the "
+                "moments' audio, Prometheus /metrics and a demo page at /. See "
+                "docs/serving.md.",
+                "mgsv-sk serve bundle/ --catalogue catalogue/ --port 8000")
+    p.add_argument("bundle", help="ONNX bundle from `export` (with encoders= for uploads)")
+    p.add_argument("--catalogue", metavar="STORE",
+                   help="store from `catalogue` (default: the bundle's own tracks)")
+    p.add_argument("--audio", metavar="DIR",
+                   help="folder of <music_id>.wav|.mp3|... for tracks whose audio file the "
+                        "catalogue does not record")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
+                   help="inference threads (default: the cores, at most 4)")
+    p.add_argument("--threads", type=_positive(int), default=1, metavar="N",
+                   help="onnxruntime threads per request (default 1)")
+    p.add_argument("--queue-size", type=int, default=16, metavar="N",
+                   help="requests waiting beyond the workers before 503 (default 16)")
+    p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
+                   help="largest video upload (default 64)")
+    p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",
+                   help="longest video accepted (default 60)")
+    p.add_argument("--graceful-seconds", type=_positive(float), default=30.0, metavar="S",
+                   help="on SIGTERM, how long in-flight requests may take to finish "
+                        "(default 30)")

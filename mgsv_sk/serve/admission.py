@@ -1,0 +1,84 @@
+"""Bounded admission and a bounded pool of inference threads.
+
+A request is admitted when fewer than ``workers + queue_size`` are in the system, else it
+is refused at once (the caller answers 503 with ``Retry-After``): the queue never grows
+without bound and no client waits forever. Admitted work runs on ``workers`` threads that
+share one set of onnxruntime sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+__all__ = ["Admission", "Overloaded"]
+
+T = TypeVar("T")
+
+
+class Overloaded(Exception):
+    """The admission queue is full."""
+
+
+class Admission:
+    """``workers`` threads and room for ``queue_size`` waiting requests."""
+
+    def __init__(self, workers: int, queue_size: int) -> None:
+        self.workers = workers
+        self.capacity = workers + queue_size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mgsv-infer")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._running = 0
+
+    @property
+    def admitted(self) -> int:
+        """Requests in the system (running or waiting)."""
+        return self._admitted
+
+    @property
+    def waiting(self) -> int:
+        """Admitted requests not yet on a thread."""
+        return self._admitted - self._running
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one place in the system for a whole request, or raise :class:`Overloaded`."""
+        with self._lock:
+            if self._admitted >= self.capacity:
+                raise Overloaded
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+    async def run(self, func: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """Run ``func(*args)`` on a pool thread; returns its result and the seconds it
+        waited for a thread (call inside :meth:`slot`)."""
+        queued = time.perf_counter()
+        waited = [0.0]
+
+        def call() -> T:
+            waited[0] = time.perf_counter() - queued
+            with self._lock:
+                self._running += 1
+            try:
+                return func(*args)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        result = await asyncio.wrap_future(self._pool.submit(call))
+        return result, waited[0]
+
+    def shutdown(self) -> None:
+        """Finish what runs and stop the threads (after the server stopped taking
+        requests)."""
+        self._pool.shutdown(wait=True)

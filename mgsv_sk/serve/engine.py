@@ -1,0 +1,298 @@
+"""The served model: one OnnxGrounder (its onnxruntime sessions shared by every request
+thread), the catalogue it searches, and where each track's audio is.
+
+Stateless per request: a call reads the grounder's catalogue snapshot and its own inputs
+only, so two users at once get their own results. Torch-free (numpy, pandas,
+onnxruntime, PyAV and soundfile for media).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..core._atomic import sha256_file
+from ..core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from ..extract._deps import require
+from ..extract.pipeline import AUDIO_EXTENSIONS
+from .audio import audio_seconds
+
+__all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
+
+MODEL_NAME = "mgsv"
+_QUERY_ID = "query"
+
+
+@dataclass(frozen=True)
+class Moment:
+    start: float
+    end: float
+    score: float
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """One ranked track: retrieval ``score`` and its moments, best first."""
+
+    rank: int
+    music_id: str
+    score: float
+    moments: list[Moment]
+
+
+@dataclass
+class Recommendation:
+    """What ``recommend`` found for one video, with the seconds of each stage."""
+
+    tracks: list[TrackResult]
+    video_seconds: float
+    frames: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def video_seconds(path: str | os.PathLike[str]) -> float:
+    """A video's duration from its container, without decoding it.
+
+    Raises
+    ------
+    ValueError
+        Not a video PyAV (FFmpeg) can open, no video stream, or no duration.
+    """
+    av = require("av", "reading videos")
+    from ..extract.video import _duration
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            if not container.streams.video:
+                raise ValueError("the file has no video stream")
+            seconds = _duration(container, container.streams.video[0])
+    except ValueError:
+        raise
+    except Exception as exc:  # FFmpeg's errors: invalid data, unknown format...
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("the video declares no duration")
+    return seconds
+
+
+def _results(table: pd.DataFrame) -> list[TrackResult]:
+    """Rows of ``rank`` / ``predict`` (with ``windows`` when several moments were asked)
+    as TrackResults."""
+    out = []
+    for i, row in enumerate(table.itertuples(index=False)):
+        windows = getattr(row, "windows", None)
+        if windows is None or not isinstance(windows, list):
+            windows = [[row.start, row.end, row.moment_score]]
+        moments = [Moment(float(s), float(e), float(p)) for s, e, p in windows
+                   if np.isfinite([s, e, p]).all()]
+        out.append(TrackResult(int(getattr(row, "rank", i + 1)), str(row.music_id),
+                               float(row.score), moments))
+    return out
+
+
+class ServedModel:
+    """A loaded bundle ready to answer requests. Build it with :meth:`load`.
+
+    Attributes
+    ----------
+    grounder : OnnxGrounder
+    checksum : str
+        sha256 of the bundle's ``manifest.json`` (which lists the sha256 of every other
+        file): one digest that names the exact model and catalogue arrays.
+    version : str
+        The model's version as the API reports it: the checksum's first 12 hex digits.
+    """
+
+    def __init__(self, grounder: Any, *, checksum: str, sources: dict[str, str] | None = None,
+                 audio_dir: str | os.PathLike[str] | None = None,
+                 catalogue: str | None = None, video_encoder: Any = None) -> None:
+        self.grounder = grounder
+        self.checksum = checksum
+        self.version = checksum[:12]
+        self.catalogue = catalogue
+        self._sources = dict(sources or {})
+        self._audio_dir = None if audio_dir is None else Path(audio_dir)
+        self._seconds: dict[str, float] = {}
+        self._dims = grounder.manifest["dims"]
+        #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
+        self.video_encoder = video_encoder if video_encoder is not None else getattr(
+            grounder, "video_encoder", None)
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | None = None,
+             *, audio_dir: str | os.PathLike[str] | None = None,
+             intra_op_threads: int | None = 1) -> ServedModel:
+        """Open ``bundle`` (checksums verified) and, if given, serve the tracks of the
+        packed store ``catalogue`` (from ``mgsv-sk catalogue``) instead of the bundle's own.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            A missing or damaged bundle or store, or a store of another feature width.
+        """
+        from export.manifest import MANIFEST_FILE
+        from export.runtime import OnnxGrounder
+
+        from ..core.packed import PackedFeatures
+
+        grounder = OnnxGrounder.load(bundle, intra_op_threads)
+        sources: dict[str, str] = {}
+        name = None
+        if catalogue is not None:
+            store = PackedFeatures(catalogue)
+            ids = store.music_ids()
+            if not ids:
+                raise ValueError(f"catalogue {catalogue!s} holds no tracks; build it with "
+                                 "`mgsv-sk catalogue MUSIC_DIR OUT`")
+            grounder.set_catalogue(ids, features=store)
+            sources, name = store.music_sources(), str(catalogue)
+        return cls(grounder, checksum=sha256_file(Path(bundle) / MANIFEST_FILE),
+                   sources=sources, audio_dir=audio_dir, catalogue=name)
+
+    # -- the catalogue ------------------------------------------------------------------------
+    @property
+    def track_ids(self) -> Sequence[str]:
+        ids: list[str] = self.grounder.catalogue_ids_
+        return ids
+
+    def has_track(self, music_id: str) -> bool:
+        return music_id in self.grounder._served_catalogue().index
+
+    def audio_path(self, music_id: str) -> Path | None:
+        """The track's source audio: recorded by ``mgsv-sk catalogue``, else
+        ``audio_dir/<music_id>.<ext>``; None when neither exists."""
+        recorded = self._sources.get(music_id)
+        if recorded is not None and Path(recorded).is_file():
+            return Path(recorded)
+        if self._audio_dir is not None:
+            for ext in AUDIO_EXTENSIONS:
+                candidate = self._audio_dir / f"{music_id}{ext}"
+                if candidate.is_file():
+                    return candidate
+        return None
+
+    def track_seconds(self, music_id: str) -> float:
+        """The track's length: its audio file's, else its snippets x 2.5 s (at most the
+        240 s the model reads)."""
+        known = self._seconds.get(music_id)
+        if known is not None:
+            return known
+        path = self.audio_path(music_id)
+        seconds = None
+        if path is not None:
+            try:
+                seconds = audio_seconds(path)
+            except Exception:  # an unreadable file: fall back on the features' length
+                seconds = None
+        if seconds is None:
+            cat = self.grounder._served_catalogue()
+            snippets = int(cat.lengths[cat.positions([music_id])[0]])
+            seconds = min(snippets * SNIPPET_HOP_SECONDS, MAX_MUSIC_SECONDS)
+        self._seconds[music_id] = float(seconds)
+        return float(seconds)
+
+    # -- requests -----------------------------------------------------------------------------
+    @property
+    def frame_dim(self) -> int:
+        return int(self._dims["video_dim"])
+
+    @property
+    def max_frames(self) -> int:
+        return int(self._dims["max_frames"])
+
+    def infer(self, frames: np.ndarray, *, music_id: str | None, k: int, moments: int,
+              seconds: float) -> list[TrackResult]:
+        """Frame features ``(F, video_dim)`` -> the top-``k`` tracks (MsG), or the moment on
+        ``music_id`` (SmG)."""
+        features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (
+            {_QUERY_ID: np.ascontiguousarray(frames, np.float32)}, {})
+        query = pd.DataFrame({"video_id": [_QUERY_ID], "video_segment_duration": [seconds]})
+        if music_id is None:
+            table = self.grounder.rank(query, k=k, features=features, moments_per_track=moments)
+        else:
+            query["music_id"] = [music_id]
+            table = self.grounder.predict(query, features=features, moments_per_track=moments)
+        return _results(table)
+
+    def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
+                  name: str | None = None) -> Recommendation:
+        """A video file -> the top-``k`` tracks with their moments, as
+        :meth:`export.runtime.OnnxGrounder.recommend` computes them (the same calls).
+
+        Raises
+        ------
+        ValueError
+            An unreadable video, or one longer than ``max_seconds``; the message names
+            the file as ``name`` (the client's file name), never the server's path.
+        """
+        from ..extract.recommend import video_query
+
+        shown = repr(name) if name else "the video"
+
+        def unreadable(exc: ValueError) -> ValueError:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            why = str(cause).replace(f"'{path}'", shown).replace(str(path), shown)
+            return ValueError(f"cannot read {shown} as a video ({why}); send a video file "
+                              "FFmpeg can decode")
+
+        began = time.perf_counter()
+        try:
+            seconds = video_seconds(path)  # from the header: a long video is not decoded
+        except ValueError as exc:
+            raise unreadable(exc) from exc
+        if seconds > max_seconds:
+            raise ValueError(f"{shown} is {seconds:.1f} s long; this server takes videos of "
+                             f"at most {max_seconds:g} s: trim it")
+        if self.video_encoder is None:
+            raise ValueError("this bundle holds no video encoder, so it cannot read videos")
+        try:
+            frame, feats = video_query(path, self.video_encoder)
+        except ValueError as exc:
+            raise unreadable(exc) from exc
+        decoded = time.perf_counter()
+        query = frame[["video_id", "video_segment_duration"]]
+        table = self.grounder.rank(query, k=k, features=(feats, {}), moments_per_track=moments)
+        ranked = time.perf_counter()
+        return Recommendation(_results(table), float(frame["video_end"].iloc[0]),
+                              int(len(next(iter(feats.values())))),
+                              {"decode": decoded - began, "rank": ranked - decoded})
+
+    @property
+    def can_recommend(self) -> bool:
+        return self.video_encoder is not None
+
+    def metadata(self, limits: dict[str, Any]) -> dict[str, Any]:
+        """The OIP model metadata, with the catalogue, the checksum and the limits."""
+        manifest = self.grounder.manifest
+        return {
+            "name": MODEL_NAME,
+            "versions": [self.version],
+            "platform": "onnxruntime",
+            "inputs": [
+                {"name": "video_frames", "datatype": "FP32", "shape": [-1, self.frame_dim]},
+                {"name": "music_id", "datatype": "BYTES", "shape": [1], "optional": True},
+            ],
+            "outputs": [
+                {"name": "music_id", "datatype": "BYTES", "shape": [-1]},
+                {"name": "score", "datatype": "FP32", "shape": [-1]},
+                {"name": "moments", "datatype": "FP32", "shape": [-1, -1, 3]},
+            ],
+            "parameters": {
+                "catalogue_tracks": len(self.track_ids),
+                "catalogue": self.catalogue or "bundle",
+                "bundle_sha256": self.checksum,
+                "precision": self.grounder.precision,
+                "max_frames": self.max_frames,
+                "recommend_from_video": self.can_recommend,
+                "exporter": manifest.get("exporter"),
+                **limits,
+            },
+        }

@@ -1,0 +1,78 @@
+"""Every error the service answers is JSON ``{"error": message}`` with a 4xx or 503 status;
+a bug is a JSON 500 without a traceback (logged on the server)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = ["ApiError", "error_response", "install_error_handlers"]
+
+logger = logging.getLogger("mgsv_sk.serve")
+
+
+class ApiError(Exception):
+    """An answer to a request that cannot be served: ``status`` and a message naming the
+    problem and the fix; ``headers`` (e.g. ``Retry-After``) go with it."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(status: int, message: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _location(loc: Any) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)] if isinstance(loc, (list, tuple)) else []
+    return ".".join(parts) or "request"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for item in exc.errors()[:5]:
+        problems.append(f"{_location(item.get('loc'))}: {item.get('msg', 'invalid')}")
+    more = len(exc.errors()) - len(problems)
+    return ("invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0
+                                                          else "")
+            + "; see /openapi.json for the schema")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """JSON errors for our ApiError, FastAPI's validation (422), Starlette's HTTP errors
+    (404 unknown path, 405 wrong method...) and anything unexpected (500, logged)."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.message, exc.headers)
+
+    async def validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(422, _validation_message(exc))
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such path; see /openapi.json for the endpoints"
+        return error_response(exc.status_code, message, dict(exc.headers or {}))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path,
+                         exc_info=exc)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server log "
+                                   "has the details")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

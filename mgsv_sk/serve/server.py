@@ -1,0 +1,38 @@
+"""Serve the app with uvicorn on one host and port.
+
+uvicorn handles SIGTERM and SIGINT: it stops accepting connections, lets in-flight
+requests finish (up to ``graceful_seconds``), then runs the app's shutdown, which waits for
+the inference threads. uvicorn then re-raises the signal to the handler that was there
+before it; :func:`run` puts a recording one there, so a graceful stop returns normally
+(the command exits 0) instead of dying by the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+__all__ = ["run"]
+
+
+def run(app: Any, host: str = "127.0.0.1", port: int = 8000, *, graceful_seconds: float = 30,
+        log_level: str = "info", access_log: bool = False) -> int | None:
+    """Serve ``app`` until SIGTERM / SIGINT (blocking); returns the signal that stopped it
+    (None if it stopped otherwise)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            access_log=access_log, server_header=False,
+                            timeout_graceful_shutdown=max(1, round(graceful_seconds)))
+    received: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum))
+                for s in stops} if main else {}
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return received[0] if received else None

@@ -1,0 +1,174 @@
+"""A multipart video upload streamed to a temporary file under a size cap.
+
+The body is parsed as it arrives (python-multipart's streaming parser) and the ``video``
+part is written straight to disk: an upload never sits in memory, and one over the cap is
+refused (413) as soon as it passes it, or before reading when ``Content-Length`` already
+says so. The caller owns the folder and deletes it after the request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from ..extract.pipeline import VIDEO_EXTENSIONS
+from .errors import ApiError
+
+__all__ = ["FIELD", "Upload", "receive_video"]
+
+#: The form field that carries the video.
+FIELD = "video"
+#: Bytes of form fields other than the video (and of multipart headers) accepted.
+_OTHER_BYTES = 64 << 10
+_KINDS = ", ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The received video: where it is, its client-side name and type, its size."""
+
+    path: Path
+    filename: str
+    content_type: str
+    size: int
+
+
+def _is_video(content_type: str, suffix: str) -> bool:
+    if content_type.startswith("video/"):
+        return True
+    generic = content_type in ("", "application/octet-stream")
+    return generic and suffix in VIDEO_EXTENSIONS
+
+
+class _VideoPart:
+    """The parser's callbacks: headers of each part, the video part's bytes to ``folder``."""
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder, self.max_bytes = folder, max_bytes
+        self.headers: dict[str, str] = {}
+        self._field = self._value = b""
+        self.file: IO[bytes] | None = None
+        self.writing = False
+        self.upload: dict[str, Any] | None = None
+        self.size = self.other = 0
+        self.problem: ApiError | None = None
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
+                "on_header_value": self.header_value, "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished, "on_part_data": self.data,
+                "on_part_end": self.part_end}
+
+    def part_begin(self) -> None:
+        self.headers, self.writing = {}, False
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self.headers[self._field.decode("latin-1").lower()] = self._value.decode("latin-1")
+        self.other += len(self._field) + len(self._value)
+        self._field = self._value = b""
+
+    def headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get("content-disposition", ""))
+        name = options.get(b"name", b"").decode("latin-1")
+        filename = options.get(b"filename")
+        if name != FIELD or filename is None or self.upload is not None:
+            return
+        name_text = Path(filename.decode("utf-8", "replace")).name or "upload"
+        content_type = parse_options_header(self.headers.get("content-type", ""))[0].decode(
+            "latin-1").lower()
+        suffix = Path(name_text).suffix.lower()
+        if not _is_video(content_type, suffix):
+            self.problem = ApiError(415, f"the upload {name_text!r} is of type "
+                                         f"{content_type or 'unknown'!r}, not a video; send a "
+                                         f"video file ({_KINDS})")
+            return
+        path = self.folder / f"upload{suffix if suffix in VIDEO_EXTENSIONS else '.mp4'}"
+        self.file = open(path, "wb")  # noqa: SIM115 (closed in part_end / close)
+        self.writing = True
+        self.upload = {"path": path, "filename": name_text, "content_type": content_type}
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        if self.problem is not None:
+            return
+        if not self.writing:
+            self.other += end - start
+            if self.other > _OTHER_BYTES:
+                self.problem = ApiError(413, f"the form's other fields exceed {_OTHER_BYTES} "
+                                             f"bytes; send only the {FIELD!r} file")
+            return
+        self.size += end - start
+        if self.size > self.max_bytes:
+            self.problem = _too_large(self.max_bytes)
+            return
+        assert self.file is not None
+        self.file.write(data[start:end])
+
+    def part_end(self) -> None:
+        if self.writing:
+            self.close()
+            self.writing = False
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, f"the upload is larger than this server's limit of "
+                         f"{max_bytes / 2**20:.0f} MiB; send a shorter or smaller video")
+
+
+async def receive_video(request: Request, folder: Path, max_bytes: int) -> Upload:
+    """Stream the request's ``video`` file field into ``folder``.
+
+    Raises
+    ------
+    ApiError
+        415 not a multipart form or not a video; 413 over ``max_bytes``; 400 a malformed
+        form or no ``video`` file in it.
+    """
+    media_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if media_type != b"multipart/form-data":
+        raise ApiError(415, f"send the video as multipart/form-data with a {FIELD!r} file "
+                            f"field (got Content-Type {media_type.decode('latin-1') or 'none'!r})")
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "the multipart Content-Type has no boundary")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes + _OTHER_BYTES:
+        raise _too_large(max_bytes)
+    part = _VideoPart(folder, max_bytes)
+    parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+            if part.problem is not None:
+                raise part.problem
+        parser.finalize()
+    except ClientDisconnect as exc:
+        raise ApiError(400, "the client closed the connection before the upload ended") from exc
+    except FormParserError as exc:
+        raise ApiError(400, f"malformed multipart body ({exc}); send a standard form "
+                            f"upload with a {FIELD!r} file field") from exc
+    finally:
+        part.close()
+    if part.problem is not None:
+        raise part.problem
+    if part.upload is None:
+        raise ApiError(400, f"the form has no {FIELD!r} file field; send the video as "
+                            f"{FIELD}=@clip.mp4")
+    if part.size == 0:
+        raise ApiError(422, f"the uploaded video {part.upload['filename']!r} is empty")
+    return Upload(size=part.size, **part.upload)

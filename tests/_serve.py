@@ -1,0 +1,71 @@
+"""Shared by the service tests: the fixture folder (built once per session) and a uvicorn
+server on a free loopback port, in a thread."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_BUILT: dict[str, Path] = {}
+
+
+def fixture_dir(tmp_path_factory: Any) -> Path:
+    """``MGSV_SERVE_FIXTURE`` (CI's torch-free environment), else built here with torch."""
+    given = os.environ.get("MGSV_SERVE_FIXTURE")
+    if given:
+        return Path(given)
+    if "dir" not in _BUILT:
+        if importlib.util.find_spec("torch") is None:
+            pytest.skip("no MGSV_SERVE_FIXTURE and no torch to build one")
+        for module in ("av", "soundfile", "transformers"):
+            pytest.importorskip(module)
+        from serve_fixture import build
+
+        _BUILT["dir"] = build(tmp_path_factory.mktemp("serve"))
+    return _BUILT["dir"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThreadedServer:
+    """uvicorn serving ``app`` on 127.0.0.1 in a daemon thread (``with`` starts and stops
+    it); ``url`` is its base URL."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("the test server did not become ready in 30 s")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
