@@ -19,6 +19,15 @@ Writes ``benchmarks/results/accuracy_<budget>.json`` and ``.md``::
 
     python benchmarks/accuracy.py --budget 5min            # about 40 min on 2 cores
     python benchmarks/accuracy.py --budget 30min --worlds aligned --heads window
+
+``--curves N`` instead fits the default window head for N epochs in each world with the
+test split as ``fit(eval_set=...)``, recording validation and test metrics epoch by epoch;
+it reports their rank correlation (Spearman) per world, the epoch early stopping keeps
+under the defaults (replayed on the curve: stopping does not change the epochs before it)
+and how far test R@1 falls below its peak. Writes ``accuracy_curves<tag>.json`` / ``.md``
+and the picture ``docs/images/generalisation.png``::
+
+    python benchmarks/accuracy.py --curves 20 --worlds noisy,hook
 """
 
 from __future__ import annotations
@@ -84,10 +93,12 @@ def calibration(model: MGSVGrounder, test: Any, seed: int = 0) -> dict[str, Any]
 
 def rerank(model: MGSVGrounder, test: Any, k: int = 10) -> dict[str, dict[str, float]]:
     """MsG top-1 (R@1, MoR@1 at 0.5 / 0.7) when the top-k are re-ranked by
-    score + w * logit(moment_score), for each w of RERANK_WEIGHTS."""
+    score + w * logit(moment_score), for each w of RERANK_WEIGHTS (w = 0: plain retrieval;
+    the default ``moment_weight`` is one of them)."""
     frame = test.frame
     model.set_catalogue(frame["music_id"].unique(), features=test.features)  # the gallery
-    ranked = model.rank(frame.drop(columns="music_id"), k=k, features=test.features)
+    ranked = model.rank(frame.drop(columns="music_id"), k=k, features=test.features,
+                        moment_weight=0.0)  # plain retrieval scores, re-weighted below
     n = len(frame)
     score = ranked["score"].to_numpy().reshape(n, k)
     p = np.clip(ranked["moment_score"].to_numpy().reshape(n, k), 1e-6, 1 - 1e-6)
@@ -178,6 +189,110 @@ def run_world(world: str, budget: dict[str, Any], heads: list[str], threads: int
     return {"metrics": rows, "runs": runs}
 
 
+#: The per-epoch metrics a curve run records for validation and test.
+CURVE_KEYS = ("R@1", "R@10", "MRR", "MoR@1,0.5", "mIoU")
+
+
+def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> int:
+    """The epoch early stopping keeps on this history (the fit loop's rule: the best
+    value so far, stop after ``patience`` epochs without improving)."""
+    from mgsv_sk.core.scoring import scorer_value
+
+    best, best_epoch, stale = -np.inf, 1, 0
+    for row in history:
+        value = scorer_value(row, metric, prefix="val_")
+        if value > best + 1e-9:
+            best, best_epoch, stale = value, int(row["epoch"]), 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return best_epoch
+
+
+def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
+               test_videos: int) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
+                                random_state=0)
+    test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
+                               split="test")
+    defaults = MGSVGrounder()
+    tic = time.perf_counter()
+    model = MGSVGrounder(features=train.features, max_epochs=epochs, patience=epochs,
+                         n_threads=threads, random_state=0)
+    model.fit(train.frame, eval_set=(test.frame, test.features))
+    seconds = time.perf_counter() - tic
+    hist = model.history_
+    test_r1 = np.array([row["eval0_R@1"] for row in hist])
+    kept = kept_epoch(hist, defaults.early_stopping_metric, defaults.patience)
+    out: dict[str, Any] = {
+        "fit_seconds": seconds,
+        "epochs": [{"epoch": int(row["epoch"]), "seconds": row["seconds"],
+                    "val_gallery_tracks": row["val_gallery_tracks"],
+                    **{f"val_{k}": row[f"val_{k}"] for k in CURVE_KEYS},
+                    **{f"test_{k}": row[f"eval0_{k}"] for k in CURVE_KEYS}} for row in hist],
+        "spearman_val_test": {k: float(spearmanr([r[f"val_{k}"] for r in hist],
+                                                 [r[f"eval0_{k}"] for r in hist])[0])
+                              for k in CURVE_KEYS},
+        "early_stopping": {"metric": defaults.early_stopping_metric,
+                           "patience": defaults.patience, "kept_epoch": kept,
+                           "test_R@1_kept": float(test_r1[kept - 1]),
+                           "test_R@1_best": float(test_r1.max()),
+                           "best_epoch": int(np.argmax(test_r1)) + 1},
+        "test_R@1_largest_fall_below_peak": float(
+            np.max(np.maximum.accumulate(test_r1) - test_r1)),
+    }
+    es = out["early_stopping"]
+    print(f"[{world}] {epochs} epochs in {seconds:.0f} s; kept epoch {kept} "
+          f"(test R@1 {es['test_R@1_kept']:.3f}, best {es['test_R@1_best']:.3f} at "
+          f"{es['best_epoch']}); spearman R@1 {out['spearman_val_test']['R@1']:.2f}",
+          flush=True)
+    return out
+
+
+def curves_markdown(results: dict[str, Any]) -> str:
+    out = ["| world | fit s | val gallery | kept epoch | test R@1 kept / best (epoch) | "
+           "largest fall below peak | Spearman val/test R@1 | MoR@1,0.5 | MRR |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for world, res in results["worlds"].items():
+        es, rho = res["early_stopping"], res["spearman_val_test"]
+        out.append(f"| {world} | {res['fit_seconds']:.0f} | "
+                   f"{res['epochs'][0]['val_gallery_tracks']:.0f} | {es['kept_epoch']} | "
+                   f"{es['test_R@1_kept']:.3f} / {es['test_R@1_best']:.3f} "
+                   f"({es['best_epoch']}) | {res['test_R@1_largest_fall_below_peak']:.3f} | "
+                   f"{rho['R@1']:.2f} | {rho['MoR@1,0.5']:.2f} | {rho['MRR']:.2f} |")
+    out.append("")
+    for world, res in results["worlds"].items():
+        out.append(f"### {world}: per epoch (validation / test on unseen tracks)\n")
+        out.append("| epoch | s | " + " | ".join(f"val {k} | test {k}" for k in CURVE_KEYS)
+                   + " |")
+        out.append("|---|---|" + "---|---|" * len(CURVE_KEYS))
+        for row in res["epochs"]:
+            out.append(f"| {row['epoch']} | {row['seconds']:.0f} | " + " | ".join(
+                f"{row[f'val_{k}']:.3f} | {row[f'test_{k}']:.3f}" for k in CURVE_KEYS) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def draw_curves(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mgsv_sk.plot import plot_generalisation
+
+    histories = {w: [{"epoch": r["epoch"], "val_R@1": r["val_R@1"], "eval0_R@1": r["test_R@1"]}
+                     for r in res["epochs"]] for w, res in results["worlds"].items()}
+    kept = {w: res["early_stopping"]["kept_epoch"] for w, res in results["worlds"].items()}
+    ax = plot_generalisation(histories, best_epochs=kept)
+    ax.set_title("R@1 per epoch: validation (dashed, held-out + training tracks) and\n"
+                 "test on 2,000 unseen tracks (solid); circle: the epoch early stopping keeps",
+                 fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.savefig(path, dpi=110, bbox_inches="tight")
+
+
 def markdown(results: dict[str, Any]) -> str:
     out = []
     for world, res in results["worlds"].items():
@@ -213,6 +328,9 @@ def main() -> None:
     parser.add_argument("--test-videos", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the results files")
+    parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
+                        help="record validation and test curves of the default window head "
+                             "over EPOCHS epochs instead of the budget table")
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
@@ -230,8 +348,20 @@ def main() -> None:
                           "videos, and the epochs that fit the budget"},
         "worlds": {},
     }
-    name = f"accuracy_{args.budget}{args.tag}"
     RESULTS.mkdir(exist_ok=True)
+    if args.curves:
+        name = f"accuracy_curves{args.tag}"
+        results["setup"]["curve_epochs"] = args.curves
+        for world in worlds:
+            results["worlds"][world] = run_curves(world, budget, args.curves, args.threads,
+                                                  args.test_videos)
+            (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+            (RESULTS / f"{name}.md").write_text(curves_markdown(results))
+            draw_curves(results, Path(__file__).parents[1] / "docs" / "images" /
+                        f"generalisation{args.tag}.png")
+        print(curves_markdown(results))
+        return
+    name = f"accuracy_{args.budget}{args.tag}"
     for world in worlds:
         results["worlds"][world] = run_world(world, budget, heads, args.threads,
                                              args.test_videos, args.storage)
