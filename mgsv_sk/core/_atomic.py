@@ -69,15 +69,25 @@ def verify_checksums(folder: str | os.PathLike[str], listed: Mapping[str, Mappin
     ``folder``, present, of the recorded size and sha256. Raises ``error`` naming the first
     file that differs; ``what`` names the artefact ("saved model", "bundle"), ``fix`` the
     remedy ("save it again"). ``checksums=False`` checks presence and sizes only."""
+    from ._files import PathOutsideRootError, inside_root, regular_file
+
     root = Path(folder)
-    outside = [rel for rel in listed if Path(rel).is_absolute() or ".." in Path(rel).parts]
-    if outside:  # a record may only name files inside its folder
+    outside = []
+    for rel in listed:  # a record may only name files inside its folder: the one check
+        try:
+            inside_root(root, rel, "a manifest entry")
+        except PathOutsideRootError as exc:
+            outside.append(f"{rel!r} ({str(exc).split(';')[0]})" if isinstance(rel, str)
+                           else repr(rel))
+    if outside:
         raise error(f"the manifest of {root!s} lists file(s) outside the {what}: "
                     f"{outside[:5]}; refusing it ({fix})")
     for rel, info in listed.items():
         path = root / rel
-        if not path.is_file():
-            raise error(f"{what} {root!s} lacks {rel}, listed in its manifest; {fix}")
+        try:
+            regular_file(path, f"{what} file {rel}", error)
+        except FileNotFoundError:
+            raise error(f"{what} {root!s} lacks {rel}, listed in its manifest; {fix}") from None
         size = path.stat().st_size
         if "bytes" in info and size != info["bytes"]:
             raise error(f"{path!s} has {size} bytes, the manifest says {info['bytes']}: the "

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._readers import id_list
 from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
 from .catalogue import TrackIndex, top_k_indices
 from .features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
@@ -202,7 +203,7 @@ class BaseGrounder:
         self._check_fitted()
         with self._call(X, features) as (_, videos, source):
             gallery = (list(self._served_catalogue().ids) if music_ids is None
-                       else [str(m) for m in music_ids])
+                       else id_list(music_ids, "music_ids"))
             catalogue = self._catalogue_for(gallery, source)
             table = self._scores(videos, catalogue)
         if catalogue.ids != gallery:
@@ -284,7 +285,7 @@ class BaseGrounder:
         tracks from now on. Features of the tracks are read (and, for the neural model,
         encoded) once here, from ``features`` or the estimator's source."""
         self._check_fitted()
-        ids = list(dict.fromkeys(str(m) for m in music_ids))
+        ids = id_list(music_ids, "music_ids")
         if not ids:
             raise ValueError("set_catalogue needs at least one music_id")
         source = self._source(features)
