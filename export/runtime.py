@@ -391,4 +391,5 @@ class OnnxGrounder(BaseGrounder):
                                  f"e.g. {present[:5]}; add only new tracks")
             self._catalogue = self._catalogue.with_part(part)
             self.catalogue_ids_ = list(self._catalogue.ids)
+        self._remember_source(features, adding=True)
         return self

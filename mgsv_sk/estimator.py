@@ -436,6 +436,10 @@ class MGSVGrounder(GrounderEstimator):
         source.check_available(frame["video_id"], music_ids)
         model_cfg = self._model_config(source.video_dim, source.music_dim)  # validated here
         train, valid = self._split(frame, source, seed)
+        # Every feature is read and checked once before the previous fit is let go: a
+        # corrupt file is refused while the earlier model is still in place.
+        source.video_lengths(frame["video_id"].tolist())
+        source.music_lengths(music_ids)
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.
@@ -456,6 +460,7 @@ class MGSVGrounder(GrounderEstimator):
                           stacklevel=2)
         self._set_fitted(FittedState(model, catalogue, result.history, result.best_epoch,
                                      len(result.history), result.stopped, n_threads_used))
+        self._remember_source(features)  # the catalogue's encodings came from this source
         return self
 
     def _set_fitted(self, state: FittedState) -> None:

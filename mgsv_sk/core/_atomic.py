@@ -18,10 +18,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "KNOWN_ARTEFACTS",
@@ -223,24 +225,96 @@ def atomic_directory(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
-        # Anything put there while we were writing is checked by the same rule.
-        check_destination(dst, overwrite=overwrite, replaces=replaces)
-        if dst.exists():
-            # A fresh empty name (a stale one left by a killed process would not be empty).
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            try:
-                os.replace(dst, old)
-            except BaseException:
-                old.rmdir()
-                raise
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old, dst)  # put the previous folder back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        with writer_lock(dst):  # one writer of dst at a time swaps its folder in
+            # Anything put there while we were writing (another writer's folder included)
+            # is checked by the same rule.
+            check_destination(dst, overwrite=overwrite, replaces=replaces)
+            _swap_in(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, dst: Path) -> None:
+    """Move ``tmp`` to ``dst``, replacing the folder there (if any) by two renames."""
+    if dst.exists():
+        # A fresh empty name (a stale one left by a killed process would not be empty).
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        try:
+            os.replace(dst, old)
+        except BaseException:
+            old.rmdir()
+            raise
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            os.replace(old, dst)  # put the previous folder back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+#: How long a writer waits for another writer of the same destination before giving up.
+LOCK_TIMEOUT_S = 600.0
+
+
+@contextmanager
+def writer_lock(destination: str | os.PathLike[str],
+                timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock of ``destination``'s writers: ``flock`` on ``.<name>.lock`` beside it.
+
+    Writers of one artefact (two processes saving the same model folder) take turns; one
+    that waits more than ``timeout`` seconds (default :data:`LOCK_TIMEOUT_S`) gets a
+    ``FileExistsError`` naming the lock. The lock file is removed by its holder before it
+    lets go (re-checked after locking, so a waiter never holds a removed file). Where
+    ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    dst = Path(destination)
+    path = dst.with_name(f".{dst.name}.lock")
+    limit = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _wait_flock(fcntl, fd, limit, path)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed it meanwhile: lock the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _wait_flock(fcntl: Any, fd: int, limit: float, path: Path) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > limit:
+                raise FileExistsError(
+                    f"another process is writing {path.with_name(path.name[1:-5])!s} (it "
+                    f"holds {path!s}); wait for it to finish, or remove the lock file if no "
+                    "such process is running") from None
+            time.sleep(0.05)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)

@@ -325,6 +325,45 @@ class ReaderFeatures(FeatureSource):
         return repr(self.reader)
 
 
+class UnavailableSource(FeatureSource):
+    """A feature source that could not be reopened where it was (a model unpickled after
+    its store moved or was deleted). Loading the model succeeds; any read raises a
+    ``FileNotFoundError`` saying how to point the model at the new location."""
+
+    def __init__(self, kind: str, path: str, reason: str) -> None:
+        self.kind, self.path, self.reason = kind, path, reason
+
+    def _fail(self, *_: Any) -> Any:
+        raise MissingFeatureError(
+            f"the {self.kind} at {self.path} cannot be opened ({self.reason}); if it "
+            "moved, point the model at its new location: model.set_params(features=NEW_PATH) "
+            "(or pass features= to the call)")
+
+    video = music = has_video = has_music = video_lengths = music_lengths = _fail
+    video_ids = music_ids = _fail
+
+    def __repr__(self) -> str:
+        return f"UnavailableSource({self.kind} at {self.path!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (reopen_source, (self.kind, self.path))
+
+
+def reopen_source(kind: str, path: Any) -> FeatureSource:
+    """Unpickle a path-backed source: the store or tree at ``path`` again, or (it moved,
+    or is damaged) an :class:`UnavailableSource` saying so, so the object holding it still
+    loads and can be pointed elsewhere."""
+    from .packed import PackedFeatures  # the two path-backed sources
+    from ._tree import FeatureTree
+
+    cls = {"packed feature store": PackedFeatures, "feature tree": FeatureTree}[kind]
+    try:
+        return cls(path)
+    except (OSError, ValueError) as exc:
+        return UnavailableSource(kind, str(path), f"{type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass

@@ -25,6 +25,7 @@ from ._sources import (
     _check_id,
     _valid_rows,
     _warn_cut,
+    reopen_source,
 )
 from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
@@ -185,6 +186,6 @@ class FeatureTree(FeatureSource):
         return f"FeatureTree({str(self.root)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FeatureTree, (self.root,))
+        return (reopen_source, ("feature tree", self.root))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._files import exists_as_name, open_regular, regular_file
-from ._sources import FeatureError, FeatureSource, MissingFeatureError
+from ._sources import FeatureError, FeatureSource, MissingFeatureError, reopen_source
 
 PACK_FORMAT = "mgsv_sk.packed/1"
 
@@ -169,7 +169,7 @@ class PackedFeatures(FeatureSource):
         return f"PackedFeatures({str(self.path)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PackedFeatures, (self.path,))
+        return (reopen_source, ("packed feature store", self.path))
 
 
 
