@@ -164,9 +164,9 @@ def id_text(value: object) -> tuple[str | None, str | None]:
         if np.isnan(value):
             return None, "is empty"
         if not np.isfinite(value):
-            return None, f"is {value} (not a finite number)"
+            return None, "holds inf or other non-finite numbers"
         if value != np.round(value):
-            return None, f"is the fractional number {value!r}"
+            return None, "holds fractional numbers"
         return str(int(value)), None
     if isinstance(value, bytes):
         return None, "is bytes, not text: decode it first"
@@ -189,10 +189,10 @@ def _ids_as_strings(column: pd.Series, name: str, problems: list[str]) -> pd.Ser
             f"column {name!r} has {len(empty)} empty value(s) (rows {_examples(empty)}); "
             "every row needs an id"
         )
-    if other:
-        shown = "; ".join(f"row {r} {why}" for r, why in other[:_MAX_EXAMPLES])
-        problems.append(f"column {name!r} has {len(other)} value(s) that are not ids ({shown}); "
-                        "ids are strings or whole numbers")
+    for why in dict.fromkeys(w for _, w in other):  # one line per kind of problem
+        rows = [r for r, w in other if w == why]
+        problems.append(f"column {name!r} {why}; ids must be strings (or whole numbers, "
+                        f"written as integers): rows {_examples(rows)}")
     return pd.Series(texts, index=column.index, dtype=object)
 
 

@@ -284,6 +284,13 @@ class InMemoryFeatures(FeatureSource):
     def has_music(self, music_id: str) -> bool:
         return str(music_id) in self._music
 
+    # Checked at construction: the lengths need no read.
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        return np.array([len(InMemoryFeatures.video(self, v)) for v in video_ids], np.int64)
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        return np.array([len(InMemoryFeatures.music(self, m)) for m in music_ids], np.int64)
+
     def video_ids(self) -> list[str]:
         return list(self._videos)
 
