@@ -357,6 +357,9 @@ class _SourceKeys(set[Any]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_SourceKeys, ())
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SourceKeys:
+        return _SourceKeys(self)  # a copy in this process shares the sources (by identity)
+
 
 def source_identity(obj: Any) -> Any:
     """What makes two feature arguments the same source: the resolved path of a path, a
