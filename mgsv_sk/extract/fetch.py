@@ -130,10 +130,13 @@ def _hub_message(exc: Exception, what: str, repo_id: str, revision: str | None,
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     where = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    if name in ("RepositoryNotFoundError", "GatedRepoError") or status in (401, 403):
+    listing = what.startswith("listing")  # a 404 there: no such dataset (or revision)
+    if name in ("RepositoryNotFoundError", "GatedRepoError") or status in (401, 403) or (
+            listing and status == 404 and name != "RevisionNotFoundError"):
         return (f"{what}: the hub dataset {repo_id!r} was not found at {where} or needs "
-                f"access (HTTP {status}); check repo_id=, or pass token= (--repo on the "
-                "command line; a token from `huggingface-cli login` is used by default)")
+                f"access (HTTP {status}); check repo_id= and revision=, or pass token= "
+                "(--repo / --revision on the command line; a token from `huggingface-cli "
+                "login` is used by default)")
     if name == "RevisionNotFoundError":
         return (f"{what}: the hub dataset {repo_id!r} has no revision {revision!r}; check "
                 "revision= (--revision), or leave it out for the latest")
