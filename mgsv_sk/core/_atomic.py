@@ -191,6 +191,8 @@ def check_destination(
     rules = _as_rules(replaces)
     try:
         empty = not any(dst.iterdir())
+    except FileNotFoundError:  # moved away meanwhile (another writer swapping it in)
+        return dst
     except OSError as exc:
         raise FileExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
                               "replaces only folders it can check") from exc
