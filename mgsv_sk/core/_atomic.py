@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -167,16 +168,18 @@ def check_destination(
     if absolute.parent == absolute:
         raise ValueError(f"cannot write a folder at the filesystem root {absolute!s}; "
                          "choose a sub-folder")
-    if dst.is_symlink():
+    try:  # one look at the name: another writer may be swapping it meanwhile
+        mode = os.lstat(dst).st_mode
+    except FileNotFoundError:
+        return dst
+    if stat.S_ISLNK(mode):
         raise FileExistsError(
             f"{dst!s} is a symbolic link; remove it or pass the folder it points to "
             "(a link is never replaced)"
         )
-    if not dst.exists():
-        return dst
     if not overwrite:
         raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
-    if not dst.is_dir():
+    if not stat.S_ISDIR(mode):
         raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
                               "path (overwrite=True replaces folders only)")
     try:
