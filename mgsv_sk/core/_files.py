@@ -21,8 +21,8 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-__all__ = ["PathOutsideRootError", "check_relative", "exists_as_name", "inside_root", "open_regular",
-           "regular_file"]
+__all__ = ["PathOutsideRootError", "check_relative", "exists_as_name", "inside_root",
+           "open_regular", "regular_file"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 

@@ -10,7 +10,6 @@ import difflib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

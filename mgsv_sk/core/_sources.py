@@ -340,14 +340,35 @@ class UnavailableSource(FeatureSource):
     def __init__(self, kind: str, path: str, reason: str) -> None:
         self.kind, self.path, self.reason = kind, path, reason
 
-    def _fail(self, *_: Any) -> Any:
-        raise MissingFeatureError(
+    def _fail(self) -> MissingFeatureError:
+        return MissingFeatureError(
             f"the {self.kind} at {self.path} cannot be opened ({self.reason}); if it "
             "moved, point the model at its new location: model.set_params(features=NEW_PATH) "
             "(or pass features= to the call)")
 
-    video = music = has_video = has_music = video_lengths = music_lengths = _fail
-    video_ids = music_ids = _fail
+    def video(self, video_id: str) -> np.ndarray:
+        raise self._fail()
+
+    def music(self, music_id: str) -> np.ndarray:
+        raise self._fail()
+
+    def has_video(self, video_id: str) -> bool:  # never "absent": the source is unusable
+        raise self._fail()
+
+    def has_music(self, music_id: str) -> bool:
+        raise self._fail()
+
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        raise self._fail()
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        raise self._fail()
+
+    def video_ids(self) -> list[str]:
+        raise self._fail()
+
+    def music_ids(self) -> list[str]:
+        raise self._fail()
 
     def __repr__(self) -> str:
         return f"UnavailableSource({self.kind} at {self.path!r})"
@@ -360,8 +381,8 @@ def reopen_source(kind: str, path: Any) -> FeatureSource:
     """Unpickle a path-backed source: the store or tree at ``path`` again, or (it moved,
     or is damaged) an :class:`UnavailableSource` saying so, so the object holding it still
     loads and can be pointed elsewhere."""
-    from .packed import PackedFeatures  # the two path-backed sources
     from ._tree import FeatureTree
+    from .packed import PackedFeatures  # the two path-backed sources
 
     cls = {"packed feature store": PackedFeatures, "feature tree": FeatureTree}[kind]
     try:
