@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_sk.core._atomic import file_checksums, sha256_file, verify_checksums
+from mgsv_sk.core._files import open_regular
 from mgsv_sk.core.catalogue import TWO_STAGE_MARGIN
 from mgsv_sk.core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
@@ -320,11 +321,12 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
                                 "write one with `python -m export SAVED_MODEL OUT_DIR`")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
                                 "write one with `python -m export SAVED_MODEL OUT_DIR`")
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
+        with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
+            manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path!s} is corrupt: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

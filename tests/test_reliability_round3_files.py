@@ -221,3 +221,24 @@ def test_a_bundle_index_name_outside_the_bundle_is_refused(tiny_fitted, tmp_path
     write_manifest(bundle, {k: v for k, v in manifest.items() if k != "files"})
     with pytest.raises(BundleError, match="'..' part"):
         OnnxGrounder.load(bundle)
+
+
+@pytest.mark.parametrize("artefact", ["model", "bundle"])
+def test_a_fifo_manifest_is_refused_not_waited_on(artefact, tiny_fitted, tmp_path):
+    from export.manifest import BundleError
+    from export.runtime import OnnxGrounder
+    from export.to_onnx import export_onnx
+    from mgsv_sk import MGSVGrounder
+    from mgsv_sk._persistence import ModelFileError
+
+    folder = tmp_path / artefact
+    if artefact == "model":
+        tiny_fitted.save(folder)
+    else:
+        export_onnx(tiny_fitted, folder, check=False)
+    (folder / "manifest.json").unlink()
+    os.mkfifo(folder / "manifest.json")
+    error, load = ((ModelFileError, MGSVGrounder.load) if artefact == "model"
+                   else (BundleError, OnnxGrounder.load))
+    with pytest.raises(error, match="FIFO"):
+        load(folder)

@@ -119,3 +119,12 @@ def test_cli_smg_reads_missing_value_spellings_as_ids(odd, tmp_path, capsys):
     dup = _write(tmp_path / "d.csv", "video_id,video_id\nNA,null\n")
     assert main(["predict", str(odd["root"] / "model"), dup, "-", "-q"]) == 1
     assert "column 'video_id' appears 2 times" in capsys.readouterr().err
+
+
+def test_a_utf16_id_list_from_a_windows_editor_reads_as_utf8_does(tmp_path):
+    path = tmp_path / "ids.txt"
+    path.write_bytes("NA\r\n\r\nnull\r\nNA\r\n".encode("utf-16"))  # with its BOM
+    assert read_id_list(path) == ["NA", "null"]
+    path.write_bytes(b"\xff\xfe\x00")  # a BOM and half a character
+    with pytest.raises(AnnotationError, match="not UTF-8 text"):
+        read_id_list(path)

@@ -2,11 +2,12 @@
 for id sequences given in Python. The command line and the API call these same functions,
 so an input reads the same way whichever door it came through.
 
-- :func:`read_table`: a CSV (UTF-8, a BOM stripped), id columns read as the strings that
-  are written (``NA``, ``null``, ``None`` and ``007`` are ids, never missing values or
-  numbers), the other columns parsed as pandas does; a column named twice in the header is
-  an error naming it (pandas would rename the second ``x.1`` and use the first).
-- :func:`read_id_list`: one id per line (UTF-8, a BOM stripped, CRLF or LF line ends);
+- :func:`read_table`: a CSV (UTF-8, or UTF-16 with its BOM; a BOM stripped), id columns
+  read as the strings that are written (``NA``, ``null``, ``None`` and ``007`` are ids,
+  never missing values or numbers), the other columns parsed as pandas does; a column
+  named twice in the header is an error naming it (pandas would rename the second ``x.1``
+  and use the first).
+- :func:`read_id_list`: one id per line (UTF-8 or UTF-16, a BOM stripped, CRLF or LF);
   blank lines are skipped, surrounding whitespace is trimmed, and a repeated id is kept
   once, at its first line.
 - :func:`id_list`: ids given as a sequence (or a path of an id list or CSV): normalised by
@@ -15,6 +16,7 @@ so an input reads the same way whichever door it came through.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
@@ -47,8 +49,9 @@ def _text(source: Any, what: str) -> tuple[str, str]:
     else:
         data, name = source.read(), what
     if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8-sig")
+        try:  # a Windows editor's "Unicode" is UTF-16 with its byte-order mark
+            data = data.decode("utf-16" if data[:2] in (codecs.BOM_UTF16_LE,
+                                                         codecs.BOM_UTF16_BE) else "utf-8-sig")
         except UnicodeDecodeError as exc:
             raise AnnotationError([f"cannot parse as CSV: it is not UTF-8 text (byte "
                                    f"{exc.start}: {exc.reason}); save it as UTF-8"],

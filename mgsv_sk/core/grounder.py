@@ -369,8 +369,8 @@ def source_identity(obj: Any) -> Any:
     path = obj if isinstance(obj, (str, os.PathLike)) else (
         getattr(obj, "path", None) if type(obj).__name__ == "PackedFeatures" else
         getattr(obj, "root", None) if type(obj).__name__ == "FeatureTree" else None)
-    if path is not None:
-        return ("path", os.path.realpath(path))
+    if path is not None:  # the same path rewritten since is another source
+        return ("path", _path_key(path) or os.path.realpath(path))
     return ("object", id(obj))
 
 

@@ -395,8 +395,20 @@ def fetch_mgsv_ec(
         _extract(download / entry.path, root, entry.path,
                  expected[1] if expected else str(entry.size), entry.size)
     logger.info("%s", LICENCE_NOTE)
-    if pack is not None and (Path(pack) / "meta.json").is_file():
-        result.packed = PackedFeatures(pack)  # packed by an earlier run
-    elif pack is not None:
-        result.packed = pack_features(as_feature_source(root), pack, verbose=verbose)
+    if pack is not None:
+        result.packed = _packed(root, Path(pack), verbose)
     return result
+
+
+def _packed(root: Path, pack: Path, verbose: bool) -> PackedFeatures:
+    """The store of an earlier run when it holds every item of the tree, else the tree
+    packed (again) into it: a store is checked against the tree, never trusted."""
+    tree = as_feature_source(root)
+    if (pack / "meta.json").is_file():
+        store = PackedFeatures(pack)
+        if (set(tree.video_ids()) <= set(store.video_ids())  # type: ignore[attr-defined]
+                and set(tree.music_ids()) <= set(store.music_ids())):  # type: ignore[attr-defined]
+            return store
+        logger.info("%s lacks items of the tree: packing it again", pack)
+        return pack_features(tree, pack, overwrite=True, verbose=verbose)
+    return pack_features(tree, pack, verbose=verbose)
