@@ -577,7 +577,7 @@ class MGSVGrounder(GrounderEstimator):
         ids = frame["video_id"].tolist()
         with torch_threads(self.n_threads):
             source.check_available(ids, [])
-            catalogue = self._catalogue_for(music_ids, source)
+            catalogue = self._catalogue_for(music_ids, source, features)
             return snippet_evidence(self.model_, ids, catalogue.positions(music_ids),
                                     catalogue, source, autocast=self._autocast_dtype(),
                                     verbose=self.verbose)
