@@ -71,10 +71,22 @@ def test_writers_of_one_folder_take_turns(tiny_fitted, tmp_path):
 
 
 def test_a_writer_waiting_too_long_gets_a_clear_error(tmp_path):
-    with writer_lock(tmp_path / "m"):
-        with pytest.raises(FileExistsError, match=r"another process is writing .*m \(it holds"):
+    caught: list[BaseException] = []
+
+    def other_writer() -> None:
+        try:
             with writer_lock(tmp_path / "m", timeout=0.2):
                 pass
+        except BaseException as exc:  # noqa: BLE001
+            caught.append(exc)
+
+    with writer_lock(tmp_path / "m"):
+        with writer_lock(tmp_path / "m"):  # reentrant within one thread (nested writers)
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            thread.join(10)
+    assert isinstance(caught[0], FileExistsError)
+    assert "another process is writing" in str(caught[0]) and "(it holds" in str(caught[0])
     assert _leftovers(tmp_path) == []  # the lock file goes with its holder
 
 
@@ -100,6 +112,44 @@ def test_processes_saving_over_one_folder_never_collide(tiny_fitted, tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     assert MGSVGrounder.load(dst).catalogue_ids_ == tiny_fitted.catalogue_ids_
     assert _leftovers(tmp_path) == []
+
+
+def test_two_extractions_into_one_store_keep_each_others_tracks(tmp_path):
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("soundfile")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _media import StubMusicEncoder, write_audio
+
+    from mgsv_sk.extract.recommend import build_catalogue
+
+    folders = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(3):
+            write_audio(folder / f"{name}{i}.wav", 2.0, freq=200 + 50 * i)
+        folders.append(folder)
+    errors: list[BaseException] = []
+
+    def run(folder) -> None:
+        try:
+            build_catalogue([folder], tmp_path / "cat", music_encoder=StubMusicEncoder())
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    from mgsv_sk.features import PackedFeatures
+
+    assert sorted(PackedFeatures(tmp_path / "cat").music_ids()) == [
+        "a0", "a1", "a2", "b0", "b1", "b2"]
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "cat.parts").exists()
 
 
 # == root 7: geometry ========================================================================

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -282,6 +283,11 @@ def writer_lock(destination: str | os.PathLike[str],
         return
     dst = Path(destination)
     path = dst.with_name(f".{dst.name}.lock")
+    held = _held_locks()
+    key = os.path.abspath(path)
+    if key in held:  # this thread holds it already (a writer calling another writer)
+        yield
+        return
     limit = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -293,13 +299,26 @@ def writer_lock(destination: str | os.PathLike[str],
             os.close(fd)
             raise
         os.close(fd)  # the holder removed it meanwhile: lock the new one
+    held.add(key)
     try:
         yield
     finally:
+        held.discard(key)
         try:
             os.unlink(path)
         finally:
             os.close(fd)
+
+
+_THREAD = threading.local()
+
+
+def _held_locks() -> set[str]:
+    """The lock files this thread holds (a writer lock is reentrant within a thread)."""
+    if not hasattr(_THREAD, "held"):
+        _THREAD.held = set()
+    held: set[str] = _THREAD.held
+    return held
 
 
 def _wait_flock(fcntl: Any, fd: int, limit: float, path: Path) -> None:

@@ -15,7 +15,6 @@ leaves a half-written file that reads as a feature, and a rerun skips what is do
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core._atomic import PACKED_STORE, check_destination
+from ..core._atomic import PACKED_STORE, check_destination, writer_lock
 from ..core._files import inside_root
 from ..core._sources import FeatureSource, MissingFeatureError, _check_id
 from ..core._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
@@ -203,15 +202,31 @@ class PackedWriter(FeatureWriter):
         _atomic_write(self._folder.path(kind, key), lambda p: _save_npy(p, valid))
 
     def finish(self) -> PackedFeatures | None:
-        """Pack old store + new parts into the store (atomically) and drop the parts."""
-        folder = NpyFolder(self.parts)
-        if not folder.video_ids() and not folder.music_ids():
-            shutil.rmtree(self.parts, ignore_errors=True)
-            return self.old
-        merged = _Merged(self.old, folder)
-        store = pack_features(merged, self.store, overwrite=self.old is not None)
-        shutil.rmtree(self.parts, ignore_errors=True)
-        return store
+        """Pack the store as it is now + the parts into the store (atomically), then drop
+        the parts it packed. Under the store's writer lock: two extractions into one store
+        each add their items, neither loses the other's."""
+        with writer_lock(self.store):
+            old = (PackedFeatures(self.store) if (self.store / "meta.json").is_file()
+                   else None)
+            folder = NpyFolder(self.parts)
+            packed = [folder.path(kind, key) for kind in _KINDS
+                      for key in getattr(folder, f"{kind}_ids")()]
+            if not packed:
+                _remove_empty(self.parts)
+                return old
+            store = pack_features(_Merged(old, folder), self.store, overwrite=old is not None)
+            for part in packed:  # only what was packed: another writer's new parts stay
+                part.unlink(missing_ok=True)
+            _remove_empty(self.parts)
+            return store
+
+
+def _remove_empty(parts: Path) -> None:
+    for folder in (*(parts / kind for kind in _KINDS), parts):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or holding another writer's parts (or a temporary file)
+            pass
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
