@@ -81,7 +81,7 @@ def read_table(source: Any, id_columns: Sequence[str] = ("video_id", "music_id")
     """
     text, name = _text(source, what)
     header = _header(text)
-    check_unique_columns([h.strip() if isinstance(h, str) else h for h in header], name)
+    check_unique_columns(header, name)
     ids = [c for c in header if c in id_columns]
     try:
         return pd.read_csv(
