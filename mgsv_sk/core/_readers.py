@@ -95,7 +95,8 @@ def read_table(source: Any, id_columns: Sequence[str] = ("video_id", "music_id")
 def read_id_list(source: Any, what: str = "id list") -> list[str]:
     """Ids of a text file, one per line: blank lines skipped, whitespace trimmed, a
     repeated id kept once (at its first line). A ``.csv`` file is read as a table and its
-    ``music_id`` column used (else its only column)."""
+    ``music_id`` column used (else its only column): cells exactly as written, empty cells
+    skipped."""
     if isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(".csv"):
         table = read_table(source, ("music_id", "video_id"), what=what)
         column = "music_id" if "music_id" in table.columns else (
@@ -103,7 +104,8 @@ def read_id_list(source: Any, what: str = "id list") -> list[str]:
         if column is None:
             raise ValueError(f"{what} {os.fspath(source)} has no music_id column (it has "
                              f"{[str(c) for c in table.columns][:10]})")
-        return id_list(table[column].tolist(), f"{what} {os.fspath(source)}")
+        cells = table[column].dropna().tolist()  # an empty cell is a blank line
+        return id_list(cells, f"{what} {os.fspath(source)}")
     text, name = _text(source, what)
     lines = [line.strip() for line in text.splitlines()]
     return id_list([line for line in lines if line], f"{what} {name}")
