@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mgsv_sk.core._atomic import file_checksums, sha256_file, verify_checksums
+from mgsv_sk.core._files import open_regular
 from mgsv_sk.core.catalogue import TWO_STAGE_MARGIN
 from mgsv_sk.core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
@@ -56,6 +57,7 @@ __all__ = [
     "TWO_STAGE_MARGIN",
     "TensorSpec",
     "graph_file",
+    "graph_problems",
     "graph_specs",
     "new_manifest",
     "read_manifest",
@@ -201,6 +203,47 @@ def graph_specs(
     return {name: specs[name] for name in GRAPH_NAMES if name in specs}
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "bool": "tensor(bool)", "int64": "tensor(int64)"}
+
+
+def _shape_problem(want: Sequence[str | int], have: Sequence[Any]) -> str | None:
+    if len(want) != len(have):
+        return f"has {len(have)} axes {list(have)}, the manifest says {len(want)} {list(want)}"
+    for axis, (w, h) in enumerate(zip(want, have)):
+        if isinstance(w, int) and isinstance(h, int) and w != h:
+            return f"has size {h} on axis {axis}, the manifest says {w} ({list(want)})"
+    return None
+
+
+def graph_problems(spec: GraphSpec, inputs: Sequence[Any], outputs: Sequence[Any]
+                   ) -> list[str]:
+    """How a graph's inputs and outputs (onnxruntime ``NodeArg``s: name, type, shape)
+    differ from its manifest entry: names, element types, ranks and fixed sizes (a
+    symbolic axis matches any size). Empty when they agree."""
+    problems = []
+    have_in = {a.name: a for a in inputs}
+    missing = [n for n in spec.input_names if n not in have_in]
+    extra = [n for n in have_in if n not in spec.input_names]
+    if missing or extra:
+        problems.append(f"inputs {sorted(have_in)}, the manifest says {spec.input_names}")
+    have_out = {a.name: a for a in outputs}
+    lacking = [n for n in spec.output_names if n not in have_out]
+    if lacking:
+        problems.append(f"outputs {sorted(have_out)} lack {lacking}")
+    for role, tensors, have in (("input", spec.inputs, have_in), ("output", spec.outputs,
+                                                                     have_out)):
+        for t in tensors:
+            arg = have.get(t.name)
+            if arg is None:
+                continue
+            if _ORT_TYPES.get(t.dtype, t.dtype) != arg.type:
+                problems.append(f"{role} {t.name!r} is {arg.type}, the manifest says {t.dtype}")
+            why = _shape_problem(t.shape, list(arg.shape))
+            if why is not None:
+                problems.append(f"{role} {t.name!r} {why}")
+    return problems
+
+
 def graph_file(name: str, precision: str = "fp32") -> str:
     """Bundle-relative path of a graph: ``graphs/<name>.onnx`` or ``graphs/<name>.int8.onnx``."""
     if precision not in PRECISIONS:
@@ -279,11 +322,12 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
                                 "write one with `python -m export SAVED_MODEL OUT_DIR`")
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
                                 "write one with `python -m export SAVED_MODEL OUT_DIR`")
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
+        with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
+            manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path!s} is corrupt: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

@@ -28,11 +28,14 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from mgsv_sk.core._files import inside_root
+from mgsv_sk.core._readers import id_list
 from mgsv_sk.core.ann import load_index
 from mgsv_sk.core.catalogue import (
     Catalogue,
     Chunk,
     Part,
+    check_positive,
     pad,
     pair_scores,
     retrieval_scores,
@@ -42,9 +45,17 @@ from mgsv_sk.core.catalogue import (
 from mgsv_sk.core.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.core.moments import select_windows
+from mgsv_sk.core.rerank import check_rerank
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
 
-from .manifest import GraphSpec, read_manifest, spec_from_json, verify_files
+from .manifest import (
+    BundleError,
+    GraphSpec,
+    graph_problems,
+    read_manifest,
+    spec_from_json,
+    verify_files,
+)
 
 __all__ = ["FeatureError", "OnnxGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS",
            "top_k_indices"]
@@ -82,6 +93,49 @@ class _OrtXPool:
         return out
 
 
+def _session(folder: Path, file: str, options: Any) -> Any:
+    try:
+        return ort.InferenceSession(str(folder / file), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes for an invalid graph
+        raise BundleError(f"bundle {folder!s}: {file} is not a graph onnxruntime can load "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                          "re-export the bundle") from exc
+
+
+def _check_graph(folder: Path, file: str, spec: GraphSpec, session: Any) -> None:
+    """The graph's inputs and outputs against its manifest entry, at load: a graph swapped
+    for another valid one is refused here, not at the first request."""
+    problems = graph_problems(spec, session.get_inputs(), session.get_outputs())
+    if problems:
+        raise BundleError(f"bundle {folder!s}: the {spec.name} graph {file} does not match "
+                          "its manifest: " + "; ".join(problems[:4])
+                          + "; the graph was replaced or the manifest edited: re-export it")
+
+
+def _bundle_encoder(folder: Path, role: str, info: dict[str, Any], precision: str,
+                    options: Any) -> OrtEncoder:
+    """A feature encoder of the bundle, in ``precision`` where it has that graph, else the
+    other one it lists; its shapes are checked against the manifest."""
+    files = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"bundle {folder!s}: the manifest's {role} encoder lists no graph "
+                          "file; re-export the bundle")
+    file = files.get(precision) or next(files[p] for p in ("fp32", "int8", *files) if p in files)
+    try:
+        encoder = OrtEncoder(folder / file, session_options=options)
+    except Exception as exc:
+        raise BundleError(f"bundle {folder!s}: the {role} encoder {file} cannot be loaded "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                          "re-export the bundle") from exc
+    shape = info.get("input_shape")
+    why = encoder.mismatch(None if shape is None else tuple(shape), info.get("dim"))
+    if why is not None:
+        raise BundleError(f"bundle {folder!s}: the {role} encoder graph {file} {why}; the "
+                          "graph was replaced or the manifest edited: re-export the bundle")
+    return encoder
+
+
 class OnnxGrounder(BaseGrounder):
     """An exported MGSVGrounder on onnxruntime. Build it with :meth:`load`.
 
@@ -112,9 +166,9 @@ class OnnxGrounder(BaseGrounder):
         self.track_chunk = track_chunk
         retrieval = manifest["retrieval"]
         self.use_dual, self.use_xpool = bool(retrieval["use_dual"]), bool(retrieval["use_xpool"])
-        self.xpool_top_k: int | None = retrieval.get("xpool_top_k")
-        self.moment_weight = float(retrieval.get("moment_weight", 0.0))
-        self.rerank_depth = int(retrieval.get("rerank_depth", 10))
+        self.xpool_top_k = retrieval.get("xpool_top_k")
+        self.moment_weight = retrieval.get("moment_weight", 0.0)
+        self.rerank_depth = retrieval.get("rerank_depth", 10)
         self._dims = manifest["dims"]
         self._specs: dict[str, GraphSpec] = {n: spec_from_json(n, g)
                                              for n, g in manifest["graphs"].items()}
@@ -168,19 +222,59 @@ class OnnxGrounder(BaseGrounder):
             if file is None:
                 raise ValueError(f"bundle {folder!s} has no {precision!r} graphs (it has "
                                  f"{sorted(graph['files'])}); export with quantize=True")
-            sessions[name] = ort.InferenceSession(str(folder / file), options,
-                                                  providers=["CPUExecutionProvider"])
+            sessions[name] = _session(folder, file, options)
+            _check_graph(folder, file, spec_from_json(name, graph), sessions[name])
         info = manifest["catalogue"]
         part = Part.load(folder, info["files"], info.get("states", "float32"))
-        ann = (load_index(folder, info["index"]["name"], emb=part.emb, n=len(part.ids),
-                          verify=verify) if "index" in info else None)
+        ann = None
+        if "index" in info:
+            inside_root(folder, f"{info['index']['name']}.json", "the catalogue index",
+                        BundleError)
+            ann = load_index(folder, info["index"]["name"], emb=part.emb, n=len(part.ids),
+                             verify=verify)
         grounder = cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                        precision=precision, track_chunk=track_chunk)
         for role, encoder in manifest.get("encoders", {}).items():  # exported with encoders=
-            file = encoder["files"].get(precision, encoder["files"]["fp32"])
-            setattr(grounder, f"{role}_encoder", OrtEncoder(folder / file,
-                                                            session_options=options))
+            setattr(grounder, f"{role}_encoder",
+                    _bundle_encoder(folder, role, encoder, precision, options))
         return grounder
+
+    @property
+    def xpool_top_k(self) -> int | None:
+        """Two-stage search depth (None: X-Pool over every track); validated when set."""
+        return self._xpool_top_k
+
+    @xpool_top_k.setter
+    def xpool_top_k(self, value: int | None) -> None:
+        self._xpool_top_k = check_positive(value, "xpool_top_k", optional=True)
+
+    @property
+    def moment_weight(self) -> float:
+        """Weight of the moment score's logit in the ranking (0: plain retrieval order);
+        validated when set."""
+        return self._moment_weight
+
+    @moment_weight.setter
+    def moment_weight(self, value: float) -> None:
+        self._moment_weight = check_rerank(value, 1)[0]
+
+    @property
+    def rerank_depth(self) -> int:
+        """Retrieval candidates re-ranked by the moment score; validated when set."""
+        return self._rerank_depth
+
+    @rerank_depth.setter
+    def rerank_depth(self, value: int) -> None:
+        self._rerank_depth = check_rerank(0.0, value)[1]
+
+    @property
+    def track_chunk(self) -> int:
+        """Tracks per score_tracks call of a full X-Pool scan; validated when set."""
+        return self._track_chunk
+
+    @track_chunk.setter
+    def track_chunk(self, value: int) -> None:
+        self._track_chunk = int(check_positive(value, "track_chunk") or 1)
 
     #: The bundle's feature encoders (OrtEncoder), when it was exported with them.
     video_encoder: Any = None
@@ -310,7 +404,7 @@ class OnnxGrounder(BaseGrounder):
 
     def add_tracks(self, music_ids: Sequence[Any], features: Any = None) -> OnnxGrounder:
         """Encode tracks with the music encoder graph and append them to the catalogue."""
-        ids = list(dict.fromkeys(str(m) for m in music_ids))
+        ids = id_list(music_ids, "music_ids")
         if not ids:
             raise ValueError("add_tracks needs at least one music_id")
         source = self._source(features)
@@ -323,4 +417,5 @@ class OnnxGrounder(BaseGrounder):
                                  f"e.g. {present[:5]}; add only new tracks")
             self._catalogue = self._catalogue.with_part(part)
             self.catalogue_ids_ = list(self._catalogue.ids)
+        self._remember_source(features, adding=True)
         return self

@@ -32,6 +32,7 @@ from .core._atomic import (
     sha256_file,
     verify_checksums,
 )
+from .core._files import open_regular
 from .infer.catalogue import MusicCatalogue
 
 if TYPE_CHECKING:
@@ -95,7 +96,8 @@ def save_grounder(params: dict[str, Any], state: FittedState, path: str | os.Pat
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path``, or :class:`ModelFileError` saying what is wrong."""
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        with open_regular(path, what, ModelFileError) as fh:
+            value = json.loads(fh.read().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ModelFileError(f"{path!s} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
                              f"the {what} is damaged: save the model again") from exc
@@ -111,7 +113,7 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def _verified(folder: Path) -> dict[str, Any]:
     manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
+    if not os.path.lexists(manifest_path):
         raise FileNotFoundError(
             f"no saved MGSVGrounder at {folder!s} (manifest.json missing); write one with "
             "MGSVGrounder.save(path)"

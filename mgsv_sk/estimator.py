@@ -474,6 +474,10 @@ class MGSVGrounder(GrounderEstimator):
         model_cfg = self._model_config(source.video_dim, source.music_dim)  # validated here
         train, valid = self._split(frame, source, seed)
         evals = self._eval_splits(eval_set, source)
+        # Every feature is read and checked once before the previous fit is let go: a
+        # corrupt file is refused while the earlier model is still in place.
+        source.video_lengths(frame["video_id"].tolist())
+        source.music_lengths(music_ids)
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.
@@ -494,6 +498,7 @@ class MGSVGrounder(GrounderEstimator):
                           stacklevel=2)
         self._set_fitted(FittedState(model, catalogue, result.history, result.best_epoch,
                                      len(result.history), result.stopped, n_threads_used))
+        self._remember_source(features)  # the catalogue's encodings came from this source
         return self
 
     def _set_fitted(self, state: FittedState) -> None:
@@ -645,7 +650,7 @@ class MGSVGrounder(GrounderEstimator):
         ids = frame["video_id"].tolist()
         with torch_threads(self.n_threads):
             source.check_available(ids, [])
-            catalogue = self._catalogue_for(music_ids, source)
+            catalogue = self._catalogue_for(music_ids, source, features)
             return snippet_evidence(self.model_, ids, catalogue.positions(music_ids),
                                     catalogue, source, autocast=self._autocast_dtype(),
                                     verbose=self.verbose)

@@ -448,8 +448,8 @@ class _FailingReads(InMemoryFeatures):
 def test_a_fit_that_dies_in_its_first_epoch_leaves_the_estimator_unfitted(
         error, refit, tiny_fitted, small_train):
     est = copy.deepcopy(tiny_fitted) if refit else MGSVGrounder(**ONE_EPOCH)
-    # about 120 length reads, then the first batch: dies inside epoch 1
-    source = _FailingReads(small_train, after=150, error=error)
+    # in-memory lengths need no read: the 30th read is inside the first epoch's batches
+    source = _FailingReads(small_train, after=30, error=error)
     with pytest.raises(type(error)):
         est.set_params(features=source).fit(small_train.frame)
     with pytest.raises(NotFittedError):  # never the earlier fit's model posing as this one
@@ -459,8 +459,8 @@ def test_a_fit_that_dies_in_its_first_epoch_leaves_the_estimator_unfitted(
 
 
 def test_a_fit_interrupted_after_an_epoch_keeps_the_best_weights(small_train):
-    # 120 length reads, then about 120 per epoch (+ validation): Ctrl-C inside epoch 2
-    source = _FailingReads(small_train, after=330, error=KeyboardInterrupt())
+    # about 120 reads per epoch (in-memory lengths need none): Ctrl-C inside epoch 2
+    source = _FailingReads(small_train, after=180, error=KeyboardInterrupt())
     est = MGSVGrounder(features=source, **{**TINY, "max_epochs": 4, "validation_fraction": 0})
     with pytest.warns(RuntimeWarning, match=r"interrupted: the model holds the best weights"):
         est.fit(small_train.frame)

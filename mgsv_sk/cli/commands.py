@@ -224,21 +224,15 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _catalogue(spec: str, frame: Any) -> list[str]:
-    """Music ids of ``--catalogue input|PATH`` (a CSV with music_id, or one id per line)."""
-    import pandas as pd
-
+    """Music ids of ``--catalogue input|PATH`` (a CSV with music_id, or one id per line,
+    read by :func:`mgsv_sk.core._readers.read_id_list`, as the API reads a path)."""
     if spec == "input":
         if "music_id" not in frame.columns:
             raise UserError("--catalogue input needs a music_id column in the CSV")
-        return list(pd.unique(frame["music_id"]))
-    path = _existing(spec, "catalogue file")
-    if path.suffix.lower() == ".csv":
-        table = pd.read_csv(path, dtype=str)
-        if "music_id" not in table.columns:
-            raise UserError(f"catalogue CSV {spec} has no music_id column")
-        ids = table["music_id"].dropna().tolist()
-    else:
-        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return list(dict.fromkeys(frame["music_id"]))
+    from ..core._readers import read_id_list
+
+    ids = read_id_list(_existing(spec, "catalogue file"), "catalogue file")
     if not ids:
         raise UserError(f"catalogue file {spec} lists no music_id")
     return ids

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core._atomic import ONNX_BUNDLE
+from ..core._files import regular_file
 from .commands import UserError, _existing, _free, _say
 
 __all__ = ["add_media_commands", "cmd_catalogue", "cmd_download", "cmd_recommend",
@@ -83,8 +84,9 @@ def _grounder(model: str, catalogue: str | None) -> Any:
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.out not in (None, "-"):
         _free(args.out, args.overwrite)
-    for path in args.videos:
-        _existing(path, "video")
+    for path in args.videos:  # before any model is loaded: a FIFO is named, never opened
+        if not Path(_existing(path, "video")).is_dir():
+            regular_file(path, "video")
     grounder = _grounder(args.model, args.catalogue)
     encoder = (load_encoder(args.video_encoder, "video") if args.video_encoder
                else getattr(grounder, "video_encoder", None))

@@ -17,11 +17,15 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "KNOWN_ARTEFACTS",
@@ -69,15 +73,25 @@ def verify_checksums(folder: str | os.PathLike[str], listed: Mapping[str, Mappin
     ``folder``, present, of the recorded size and sha256. Raises ``error`` naming the first
     file that differs; ``what`` names the artefact ("saved model", "bundle"), ``fix`` the
     remedy ("save it again"). ``checksums=False`` checks presence and sizes only."""
+    from ._files import PathOutsideRootError, inside_root, regular_file
+
     root = Path(folder)
-    outside = [rel for rel in listed if Path(rel).is_absolute() or ".." in Path(rel).parts]
-    if outside:  # a record may only name files inside its folder
+    outside = []
+    for rel in listed:  # a record may only name files inside its folder: the one check
+        try:
+            inside_root(root, rel, "a manifest entry")
+        except PathOutsideRootError as exc:
+            outside.append(f"{rel!r} ({str(exc).split(';')[0]})" if isinstance(rel, str)
+                           else repr(rel))
+    if outside:
         raise error(f"the manifest of {root!s} lists file(s) outside the {what}: "
                     f"{outside[:5]}; refusing it ({fix})")
     for rel, info in listed.items():
         path = root / rel
-        if not path.is_file():
-            raise error(f"{what} {root!s} lacks {rel}, listed in its manifest; {fix}")
+        try:
+            regular_file(path, f"{what} file {rel}", error)
+        except FileNotFoundError:
+            raise error(f"{what} {root!s} lacks {rel}, listed in its manifest; {fix}") from None
         size = path.stat().st_size
         if "bytes" in info and size != info["bytes"]:
             raise error(f"{path!s} has {size} bytes, the manifest says {info['bytes']}: the "
@@ -155,16 +169,18 @@ def check_destination(
     if absolute.parent == absolute:
         raise ValueError(f"cannot write a folder at the filesystem root {absolute!s}; "
                          "choose a sub-folder")
-    if dst.is_symlink():
+    try:  # one look at the name: another writer may be swapping it meanwhile
+        mode = os.lstat(dst).st_mode
+    except FileNotFoundError:
+        return dst
+    if stat.S_ISLNK(mode):
         raise FileExistsError(
             f"{dst!s} is a symbolic link; remove it or pass the folder it points to "
             "(a link is never replaced)"
         )
-    if not dst.exists():
-        return dst
     if not overwrite:
         raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
-    if not dst.is_dir():
+    if not stat.S_ISDIR(mode):
         raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
                               "path (overwrite=True replaces folders only)")
     try:
@@ -179,6 +195,8 @@ def check_destination(
     rules = _as_rules(replaces)
     try:
         empty = not any(dst.iterdir())
+    except FileNotFoundError:  # moved away meanwhile (another writer swapping it in)
+        return dst
     except OSError as exc:
         raise FileExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
                               "replaces only folders it can check") from exc
@@ -213,24 +231,114 @@ def atomic_directory(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:
         yield tmp
-        # Anything put there while we were writing is checked by the same rule.
-        check_destination(dst, overwrite=overwrite, replaces=replaces)
-        if dst.exists():
-            # A fresh empty name (a stale one left by a killed process would not be empty).
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            try:
-                os.replace(dst, old)
-            except BaseException:
-                old.rmdir()
-                raise
-            try:
-                os.replace(tmp, dst)
-            except BaseException:
-                os.replace(old, dst)  # put the previous folder back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
+        with writer_lock(dst):  # one writer of dst at a time swaps its folder in
+            # Anything put there while we were writing (another writer's folder included)
+            # is checked by the same rule.
+            check_destination(dst, overwrite=overwrite, replaces=replaces)
+            _swap_in(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(tmp: Path, dst: Path) -> None:
+    """Move ``tmp`` to ``dst``, replacing the folder there (if any) by two renames."""
+    if dst.exists():
+        # A fresh empty name (a stale one left by a killed process would not be empty).
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        try:
+            os.replace(dst, old)
+        except BaseException:
+            old.rmdir()
+            raise
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            os.replace(old, dst)  # put the previous folder back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+#: How long a writer waits for another writer of the same destination before giving up.
+LOCK_TIMEOUT_S = 600.0
+
+
+@contextmanager
+def writer_lock(destination: str | os.PathLike[str],
+                timeout: float | None = None) -> Iterator[None]:
+    """Hold the lock of ``destination``'s writers: ``flock`` on ``.<name>.lock`` beside it.
+
+    Writers of one artefact (two processes saving the same model folder) take turns; one
+    that waits more than ``timeout`` seconds (default :data:`LOCK_TIMEOUT_S`) gets a
+    ``FileExistsError`` naming the lock. The lock file is removed by its holder before it
+    lets go (re-checked after locking, so a waiter never holds a removed file). Where
+    ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    dst = Path(destination)
+    path = dst.with_name(f".{dst.name}.lock")
+    held = _held_locks()
+    key = os.path.abspath(path)
+    if key in held:  # this thread holds it already (a writer calling another writer)
+        yield
+        return
+    limit = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _wait_flock(fcntl, fd, limit, path)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed it meanwhile: lock the new one
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+_THREAD = threading.local()
+
+
+def _held_locks() -> set[str]:
+    """The lock files this thread holds (a writer lock is reentrant within a thread)."""
+    if not hasattr(_THREAD, "held"):
+        _THREAD.held = set()
+    held: set[str] = _THREAD.held
+    return held
+
+
+def _wait_flock(fcntl: Any, fd: int, limit: float, path: Path) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > limit:
+                raise FileExistsError(
+                    f"another process is writing {path.with_name(path.name[1:-5])!s} (it "
+                    f"holds {path!s}); wait for it to finish, or remove the lock file if no "
+                    "such process is running") from None
+            time.sleep(0.05)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)

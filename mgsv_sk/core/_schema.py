@@ -10,7 +10,6 @@ import difflib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,6 +25,8 @@ __all__ = [
     "PREDICT_COLUMNS",
     "MAX_ID_LENGTH",
     "check_trainable_moments",
+    "check_unique_columns",
+    "id_text",
     "id_problem",
     "read_annotations",
     "validate_annotations",
@@ -142,20 +143,69 @@ def _examples(values: Iterable[object]) -> str:
     return f"{shown}{more}"
 
 
+def id_text(value: object) -> tuple[str | None, str | None]:
+    """The id a cell stands for, as the string it was written as: ``(text, None)``, or
+    ``(None, why)`` when it cannot be one. One rule for every reader (CSV, frame, list).
+
+    Strings are kept exactly (``"NA"``, ``"null"`` and ``" 7"`` are ids); integers are
+    their digits; a float column (pandas reads an integer column with a gap as floats)
+    must hold whole, finite numbers, written as integers (``7.0`` -> ``"7"``).
+    """
+    if isinstance(value, str):
+        return value, None
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None, "is empty"
+    if isinstance(value, (bool, np.bool_)):
+        return None, f"is a boolean ({value}), not an id"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), None
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return None, "is empty"
+        if not np.isfinite(value):
+            return None, "holds inf or other non-finite numbers"
+        if value != np.round(value):
+            return None, "holds fractional numbers"
+        return str(int(value)), None
+    if isinstance(value, bytes):
+        return None, "is bytes, not text: decode it first"
+    return None, f"is a {type(value).__name__}, not a string"
+
+
 def _ids_as_strings(column: pd.Series, name: str, problems: list[str]) -> pd.Series:
-    """Ids are strings: the release CSVs hold integer video ids, which must not become floats."""
-    if column.isna().any():
-        rows = np.flatnonzero(column.isna().to_numpy())
+    """Ids are strings: the release CSVs hold integer video ids, which must not become
+    floats; empty cells, inf, fractions and other objects are reported, never cast."""
+    texts, empty, other = [], [], []
+    for row, value in enumerate(column.tolist()):
+        text, why = id_text(value)
+        texts.append(text)
+        if why == "is empty":
+            empty.append(row)
+        elif why is not None:
+            other.append((row, why))
+    if empty:
         problems.append(
-            f"column {name!r} has {len(rows)} empty value(s) (rows {_examples(rows)}); "
+            f"column {name!r} has {len(empty)} empty value(s) (rows {_examples(empty)}); "
             "every row needs an id"
         )
-    if pd.api.types.is_float_dtype(column):
-        finite = column.dropna()
-        if (finite != np.round(finite)).any():
-            problems.append(f"column {name!r} holds fractional numbers; ids must be strings")
-        return column.map(lambda v: v if pd.isna(v) else str(int(v)))
-    return column.map(lambda v: v if pd.isna(v) else str(v))
+    for why in dict.fromkeys(w for _, w in other):  # one line per kind of problem
+        rows = [r for r, w in other if w == why]
+        problems.append(f"column {name!r} {why}; ids must be strings (or whole numbers, "
+                        f"written as integers): rows {_examples(rows)}")
+    return pd.Series(texts, index=column.index, dtype=object)
+
+
+def check_unique_columns(columns: Sequence[object], source: str) -> None:
+    """Refuse duplicated column labels, naming them (pandas would silently pick one, or
+    fail with its own error)."""
+    seen: dict[str, int] = {}
+    for c in columns:
+        seen[str(c)] = seen.get(str(c), 0) + 1
+    repeated = [c for c, n in seen.items() if n > 1]
+    if repeated:
+        raise AnnotationError(
+            [f"column {c!r} appears {seen[c]} times; keep one column of each name" for c in
+             repeated], source)
 
 
 def _suggest(missing: str, present: Sequence[str]) -> str:
@@ -213,6 +263,7 @@ def validate_annotations(
             f"{source}: expected a pandas DataFrame in the MGSV-EC schema, got "
             f"{type(frame).__name__}; read the CSV with mgsv_sk.read_annotations(path)"
         )
+    check_unique_columns(list(frame.columns), source)
     problems: list[str] = []
     present = [str(c) for c in frame.columns]
     missing = [c for c in required if c not in frame.columns]
@@ -226,7 +277,7 @@ def validate_annotations(
     out = frame.copy()
     for name in _ID_COLUMNS:
         if name in out.columns:
-            out[name] = _ids_as_strings(out[name], name, problems).astype(object)
+            out[name] = _ids_as_strings(out[name], name, problems)
             bad = [(v, why) for v in pd.unique(out[name].dropna())
                    for why in [id_problem(v)] if why is not None]
             if bad:
@@ -329,14 +380,11 @@ def read_annotations(
     """
     if isinstance(source, pd.DataFrame):
         return validate_annotations(source, required)
+    from ._readers import read_table
+
     name = str(source) if isinstance(source, (str, os.PathLike)) else "annotations"
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-        raise FileNotFoundError(f"annotation CSV not found: {source!s}")
-    try:
-        frame = pd.read_csv(source, dtype={c: str for c in _ID_COLUMNS})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise AnnotationError([f"cannot parse as CSV: {exc}"], name) from exc
-    return validate_annotations(frame, required, source=name)
+    return validate_annotations(read_table(source, _ID_COLUMNS, what="annotation CSV"),
+                                required, source=name)
 
 
 def video_durations(frame: pd.DataFrame) -> np.ndarray:

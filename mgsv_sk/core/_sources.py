@@ -284,6 +284,13 @@ class InMemoryFeatures(FeatureSource):
     def has_music(self, music_id: str) -> bool:
         return str(music_id) in self._music
 
+    # Checked at construction: the lengths need no read.
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        return np.array([len(InMemoryFeatures.video(self, v)) for v in video_ids], np.int64)
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        return np.array([len(InMemoryFeatures.music(self, m)) for m in music_ids], np.int64)
+
     def video_ids(self) -> list[str]:
         return list(self._videos)
 
@@ -323,6 +330,66 @@ class ReaderFeatures(FeatureSource):
 
     def __repr__(self) -> str:
         return repr(self.reader)
+
+
+class UnavailableSource(FeatureSource):
+    """A feature source that could not be reopened where it was (a model unpickled after
+    its store moved or was deleted). Loading the model succeeds; any read raises a
+    ``FileNotFoundError`` saying how to point the model at the new location."""
+
+    def __init__(self, kind: str, path: str, reason: str) -> None:
+        self.kind, self.path, self.reason = kind, path, reason
+
+    def _fail(self) -> MissingFeatureError:
+        return MissingFeatureError(
+            f"the {self.kind} at {self.path} cannot be opened ({self.reason}); if it "
+            "moved, point the model at its new location: model.set_params(features=NEW_PATH) "
+            "(or pass features= to the call)")
+
+    def video(self, video_id: str) -> np.ndarray:
+        raise self._fail()
+
+    def music(self, music_id: str) -> np.ndarray:
+        raise self._fail()
+
+    def has_video(self, video_id: str) -> bool:  # never "absent": the source is unusable
+        raise self._fail()
+
+    def has_music(self, music_id: str) -> bool:
+        raise self._fail()
+
+    def video_lengths(self, video_ids: Iterable[str]) -> np.ndarray:
+        raise self._fail()
+
+    def music_lengths(self, music_ids: Iterable[str]) -> np.ndarray:
+        raise self._fail()
+
+    def video_ids(self) -> list[str]:
+        raise self._fail()
+
+    def music_ids(self) -> list[str]:
+        raise self._fail()
+
+    def __repr__(self) -> str:
+        return f"UnavailableSource({self.kind} at {self.path!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (reopen_source, (self.kind, self.path))
+
+
+def reopen_source(kind: str, path: Any) -> FeatureSource:
+    """Unpickle a path-backed source: the store or tree at ``path`` again, or (it moved,
+    or is damaged) an :class:`UnavailableSource` saying so, so the object holding it still
+    loads and can be pointed elsewhere."""
+    from ._tree import FeatureTree
+    from .packed import PackedFeatures  # the two path-backed sources
+
+    cls = {"packed feature store": PackedFeatures, "feature tree": FeatureTree}[kind]
+    try:
+        return cls(path)
+    except (OSError, ValueError) as exc:
+        return UnavailableSource(kind, str(path), f"{type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
 
 
 class _NoBar:

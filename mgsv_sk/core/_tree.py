@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import exists_as_name, inside_root, regular_file
 from ._sources import (
     MUSIC_DIM,
     VIDEO_DIM,
@@ -24,6 +25,7 @@ from ._sources import (
     _check_id,
     _valid_rows,
     _warn_cut,
+    reopen_source,
 )
 from .spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
@@ -64,8 +66,12 @@ class FeatureTree(FeatureSource):
         copied here, so its declared shape can be checked before any data is read."""
         import torch  # only the .pt tree needs torch
 
-        if not path.is_file():
-            raise MissingFeatureError(f"{what} file for {item} not found: {path!s}")
+        # Only a name that does not exist is "missing"; a FIFO, folder, dangling link or
+        # link loop is an error (never opened: a FIFO would block the read forever).
+        try:
+            regular_file(path, f"{what} file for {item}", FeatureError)
+        except FileNotFoundError:
+            raise MissingFeatureError(f"{what} file for {item} not found: {path!s}") from None
         try:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -104,11 +110,7 @@ class FeatureTree(FeatureSource):
         rule as the annotation validator's) before any file is looked at, so an id such
         as ``../../x`` can neither open nor probe a file outside the tree."""
         _check_id(key, kind)
-        directory = self.base / folder
-        path = directory / f"{key}.pt"
-        if path.parent != directory:  # cannot happen for a valid id; never open it anyway
-            raise FeatureError(f"{kind} {key!r} does not name a file in {directory!s}")
-        return path
+        return inside_root(self.base / folder, f"{key}.pt", kind, FeatureError)
 
     def _read(self, key: str, feat_dir: Path, mask_dir: Path, dim: int, what: str) -> np.ndarray:
         import torch
@@ -134,7 +136,7 @@ class FeatureTree(FeatureSource):
                 f"{MAX_VIDEO_FRAMES} frames / {MAX_MUSIC_SNIPPETS} snippets); the file is "
                 "damaged or not a feature file"
             )
-        if mask_path.exists():
+        if exists_as_name(mask_path):  # a mask that exists but cannot be read is an error
             mask = self._load(mask_path, f"{what} mask", item)
             if mask.numel() != n_rows:
                 raise FeatureError(
@@ -166,11 +168,13 @@ class FeatureTree(FeatureSource):
     def music(self, music_id: str) -> np.ndarray:
         return self._read(str(music_id), _MUSIC_FEAT, _MUSIC_MASK, MUSIC_DIM, "music features")
 
+    # A name that exists (even a broken link) is "present": reading it then says what is
+    # wrong with it instead of reporting the feature as missing.
     def has_video(self, video_id: str) -> bool:
-        return self._path(_VIDEO_FEAT, str(video_id), "video_id").is_file()
+        return exists_as_name(self._path(_VIDEO_FEAT, str(video_id), "video_id"))
 
     def has_music(self, music_id: str) -> bool:
-        return self._path(_MUSIC_FEAT, str(music_id), "music_id").is_file()
+        return exists_as_name(self._path(_MUSIC_FEAT, str(music_id), "music_id"))
 
     def video_ids(self) -> list[str]:
         return sorted(p.stem for p in (self.base / _VIDEO_FEAT).glob("*.pt"))
@@ -182,6 +186,6 @@ class FeatureTree(FeatureSource):
         return f"FeatureTree({str(self.root)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (FeatureTree, (self.root,))
+        return (reopen_source, ("feature tree", self.root))
 
 

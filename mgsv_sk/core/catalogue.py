@@ -376,6 +376,18 @@ class XPoolScorer(Protocol):
         ones)."""
 
 
+def check_positive(value: Any, name: str, *, optional: bool = False) -> int | None:
+    """``value`` as an int >= 1 (or None when ``optional``), else a ValueError naming
+    ``name``: the one check of a settable count (``xpool_top_k``, ``track_chunk``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < 1:
+        allowed = "a positive integer" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return int(value)
+
+
 def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer | None, *,
                      use_dual: bool, xpool_top_k: int | None = None,
                      track_chunk: int = 128) -> np.ndarray:
@@ -388,6 +400,8 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer |
     approximate index (``cat.approximate``) the top-K come from the index and the other
     tracks score -inf, X-Pool or not.
     """
+    xpool_top_k = check_positive(xpool_top_k, "xpool_top_k", optional=True)
+    track_chunk = int(check_positive(track_chunk, "track_chunk") or 1)
     video_emb = np.ascontiguousarray(video_emb, np.float32)
     if xpool_top_k is not None and xpool_top_k < len(cat) and use_dual and cat.approximate:
         # ANN first stage: the tracks it does not return score -inf (never retrieved)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import PACKED_STORE, atomic_directory, check_destination
+from ._readers import id_list
 from ._schema import validate_annotations
 from ._sources import (
     MUSIC_DIM,
@@ -160,7 +161,7 @@ def _unique_ids(ids: Iterable[Any] | None, src: FeatureSource, name: str) -> lis
             raise ValueError(f"{src!r} cannot list its ids: pass {name}= or annotations=")
         out = [str(i) for i in lister()]
     else:
-        out = list(dict.fromkeys(str(i) for i in ids))
+        out = id_list(ids, name)
     for key in out:  # the ids name files and are stored: the one id rule, up front
         _check_id(key, name[:-1])
     return out

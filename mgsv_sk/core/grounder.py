@@ -36,11 +36,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._readers import id_list
 from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
 from .catalogue import TrackIndex, top_k_indices
 from .features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
-from .moments import check_moments, window_lists
+from .moments import check_moments, on_tracks, window_lists
 from .rerank import candidates, check_rerank, combined_scores, rerank_table
+from .spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
 __all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
 
@@ -124,12 +126,46 @@ class BaseGrounder:
         repeated ones included; ``fit`` passes ``keep_duplicates=False``)."""
         return validate_annotations(X, required, source="X", keep_duplicates=keep_duplicates)
 
-    def _catalogue_for(self, music_ids: list[str], source: FeatureSource) -> Any:
-        """The served catalogue when it has every id, else these tracks encoded now."""
+    def _remember_source(self, features: Any, *, adding: bool = False) -> None:
+        """Record where the served catalogue's encodings came from (``features``, else the
+        ``features`` parameter): a call given that source again may use them."""
+        key = source_identity(features if features is not None else
+                              getattr(self, "features", None))
+        keys = getattr(self, "_catalogue_sources", None) if adding else None
+        self._catalogue_sources = _SourceKeys(keys or ())
+        self._catalogue_sources.add(key)
+
+    def _own_source(self, features: Any) -> bool:
+        """Whether a call's ``features`` is the source the served catalogue was encoded
+        from (None: the ``features`` parameter, always)."""
+        if features is None:
+            return True
+        key = source_identity(features)
+        return key == source_identity(getattr(self, "features", None)) or key in getattr(
+            self, "_catalogue_sources", ())
+
+    def _catalogue_for(self, music_ids: list[str], source: FeatureSource,
+                       features: Any = None) -> Any:
+        """The served catalogue when it has every id (and the call's source is the one it
+        was encoded from, or holds none of these tracks), else these tracks encoded now
+        from the call's source: a ``features=`` override that holds a track is never
+        answered with the served encoding of that id."""
         served = self._served_catalogue()
         unique = list(dict.fromkeys(music_ids))
         if all(m in served.index for m in unique):
-            return served
+            if self._own_source(features):
+                return served
+            held = _held(source, unique, served)
+            if not held:  # the override gives videos only: the served tracks stand
+                return served
+            if len(held) < len(unique):
+                raise ValueError(
+                    f"features= holds {len(held)} of the {len(unique)} track(s) this call "
+                    f"reads (e.g. {held[:3]}) but not the others (e.g. "
+                    f"{[m for m in unique if m not in set(held)][:3]}): the served catalogue "
+                    "was encoded from another source, and mixing the two would answer from "
+                    "stale encodings. Pass a source holding all of them or none (videos "
+                    "only), or call set_catalogue(music_ids, features=...) first")
         source.check_available([], unique)
         return self._encode_catalogue(unique, source)
 
@@ -204,11 +240,11 @@ class BaseGrounder:
             smg = "music_id" in frame.columns
             if smg:
                 music_ids = frame["music_id"].tolist()
-                catalogue = self._catalogue_for(music_ids, source)
+                catalogue = self._catalogue_for(music_ids, source, features)
                 rows = catalogue.positions(music_ids)
                 scores = self._pair_scores(videos, rows, catalogue)
             else:
-                catalogue = self._served_catalogue()
+                catalogue = self._search_catalogue(source, features)
                 table = self._final_scores(videos, catalogue, self._scores(videos, catalogue),
                                            seconds, weight, depth)
                 rows = np.argmax(table, axis=1)
@@ -216,6 +252,7 @@ class BaseGrounder:
                 scores = table[np.arange(len(frame)), rows]
             start, end, moment = self._ground(videos, np.arange(len(frame)), catalogue, rows,
                                               seconds, moments)
+            start, end = on_tracks(start, end, track_seconds(catalogue, rows))
             if smg:
                 scores = combined_scores(scores, moment[:, 0], weight)
         _check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
@@ -247,8 +284,8 @@ class BaseGrounder:
         weight, depth = self._rerank(moment_weight, rerank_depth)
         with self._call(X, features) as (frame, videos, source):
             gallery = (list(self._served_catalogue().ids) if music_ids is None
-                       else [str(m) for m in music_ids])
-            catalogue = self._catalogue_for(gallery, source)
+                       else id_list(music_ids, "music_ids"))
+            catalogue = self._catalogue_for(gallery, source, features)
             table = self._scores(videos, catalogue)
             rows = None
             if catalogue.ids != gallery:
@@ -292,7 +329,7 @@ class BaseGrounder:
         moments = check_moments(moments_per_track)
         weight, depth = self._rerank(moment_weight, rerank_depth)
         with self._call(X, features) as (frame, videos, source):
-            catalogue = self._served_catalogue()
+            catalogue = self._search_catalogue(source, features)
             table = self._scores(videos, catalogue)
             n = len(frame)
             k = min(int(k), table.shape[1])
@@ -303,6 +340,7 @@ class BaseGrounder:
             seconds = moment_lengths(frame, source)[video_rows]
             start, end, moment = self._ground(videos, video_rows, catalogue, top.ravel(),
                                               seconds, moments)
+            start, end = on_tracks(start, end, track_seconds(catalogue, top.ravel()))
             final = rerank_table(table, top[:, :d], moment[:, 0].reshape(n, read)[:, :d],
                                  weight)
             ranked = np.take_along_axis(final, top, axis=1)  # (n, read)
@@ -335,7 +373,7 @@ class BaseGrounder:
         tracks from now on. Features of the tracks are read (and, for the neural model,
         encoded) once here, from ``features`` or the estimator's source."""
         self._check_fitted()
-        ids = list(dict.fromkeys(str(m) for m in music_ids))
+        ids = id_list(music_ids, "music_ids")
         if not ids:
             raise ValueError("set_catalogue needs at least one music_id")
         source = self._source(features)
@@ -343,7 +381,16 @@ class BaseGrounder:
         with self._computing():
             catalogue = self._encode_catalogue(ids, source)
         self._serve(catalogue)
+        self._remember_source(features)
         return self
+
+    def _search_catalogue(self, source: FeatureSource, features: Any) -> Any:
+        """The catalogue MsG searches in this call: the served one, or (a ``features=``
+        override holding its tracks) the same tracks encoded from the override."""
+        served = self._served_catalogue()
+        if self._own_source(features) or not _lists_music(source):
+            return served  # cheap at any catalogue size: no per-track work
+        return self._catalogue_for(list(served.ids), source, features)
 
     def score(self, X: pd.DataFrame, y: Any = None) -> float:
         """SmG mIoU on ``X`` (ground truth read from its columns): the task's headline
@@ -352,6 +399,57 @@ class BaseGrounder:
         from .scoring import get_scorer
 
         return float(get_scorer("miou")(self, X))
+
+
+class _SourceKeys(set[Any]):
+    """Identities of the sources a served catalogue was encoded from; pickled empty (an
+    object's identity means nothing in another process)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SourceKeys, ())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SourceKeys:
+        return _SourceKeys(self)  # a copy in this process shares the sources (by identity)
+
+
+def source_identity(obj: Any) -> Any:
+    """What makes two feature arguments the same source: the resolved path of a path, a
+    packed store or a release tree; else the object itself (by identity)."""
+    if obj is None:
+        return None
+    path = obj if isinstance(obj, (str, os.PathLike)) else (
+        getattr(obj, "path", None) if type(obj).__name__ == "PackedFeatures" else
+        getattr(obj, "root", None) if type(obj).__name__ == "FeatureTree" else None)
+    if path is not None:  # the same path rewritten since is another source
+        return ("path", _path_key(path) or os.path.realpath(path))
+    return ("object", id(obj))
+
+
+def _lists_music(source: FeatureSource) -> bool:
+    """False for a source known to hold no track (a query's videos only)."""
+    lister = getattr(source, "music_ids", None)
+    return not (callable(lister) and len(lister()) == 0)
+
+
+def _held(source: FeatureSource, ids: list[str], served: Any) -> list[str]:
+    """The ``ids`` that ``source`` holds (listing the source when it is the smaller)."""
+    lister = getattr(source, "music_ids", None)
+    if callable(lister):
+        listed = lister()
+        if len(listed) <= len(ids):
+            wanted = set(ids)
+            return [m for m in listed if m in wanted]
+    return [m for m in ids if source.has_music(m)]
+
+
+def track_seconds(catalogue: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Seconds of music the model knows of each track ``rows`` (2.5 s per valid
+    snippet, at most 240 s), or None for a catalogue without lengths (a baseline's)."""
+    lengths = getattr(catalogue, "lengths", None)
+    if lengths is None:
+        return None
+    return np.minimum(np.asarray(lengths, np.float64)[np.asarray(rows)] * SNIPPET_HOP_SECONDS,
+                      MAX_MUSIC_SECONDS)
 
 
 def _path_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_moments", "select_windows", "sigmoid", "window_lists"]
+__all__ = ["check_moments", "on_tracks", "select_windows", "sigmoid", "window_lists"]
 
 
 def check_moments(moments_per_track: Any) -> int:
@@ -29,6 +29,30 @@ def window_lists(start: np.ndarray, end: np.ndarray,
     ``windows`` column of a prediction."""
     return [[[float(a), float(b), float(c)] for a, b, c in zip(*row) if np.isfinite(a)]
             for row in zip(start, end, score)]
+
+
+def on_tracks(start: np.ndarray, end: np.ndarray, track: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Moments (n, m) moved onto their track (``track``: (n,) seconds): a moment ending
+    past the track slides back to end with it, keeping its length where the track is long
+    enough, and is cut to the whole track where it is not (a track shorter than the
+    video). NaN padding stays NaN; ``track`` None changes nothing.
+
+    Examples
+    --------
+    >>> s, e = on_tracks(np.array([[0.0], [8.0]]), np.array([[20.0], [12.0]]),
+    ...                  np.array([2.5, 10.0]))
+    >>> s.ravel().tolist(), e.ravel().tolist()
+    ([0.0, 6.0], [2.5, 10.0])
+    """
+    if track is None:
+        return start, end
+    limit = np.asarray(track, np.float64)[:, None]
+    with np.errstate(invalid="ignore"):
+        shift = np.maximum(end - limit, 0.0)
+        new_start = np.maximum(start - shift, 0.0)
+        new_end = np.minimum(new_start + (end - start), limit)
+    return new_start, new_end
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ._sources import FeatureError, FeatureSource, MissingFeatureError
+from ._files import exists_as_name, open_regular, regular_file
+from ._sources import FeatureError, FeatureSource, MissingFeatureError, reopen_source
 
 PACK_FORMAT = "mgsv_sk.packed/1"
 
@@ -56,7 +57,8 @@ def _read_meta(folder: Path, error: type[Exception]) -> dict[str, Any]:
     """``meta.json`` of a packed store as a dict of our format, else ``error``."""
     path = folder / "meta.json"
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        with open_regular(path, f"packed store {folder!s}: meta.json", error) as fh:
+            meta = json.loads(fh.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"packed store {folder!s}: meta.json is corrupt ({exc}); re-run "
                     "pack_features") from exc
@@ -92,6 +94,7 @@ def _check_table(folder: Path, name: str, meta: dict[str, Any], error: type[Exce
     assert isinstance(rows, int) and isinstance(dim, int)
     offsets_path = folder / f"{name}_offsets.npy"
     try:
+        regular_file(offsets_path, f"packed store {folder!s}: {offsets_path.name}", error)
         mapped = np.load(offsets_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
         raise bad(f"{offsets_path.name} is unreadable ({type(exc).__name__}: {exc})") from exc
@@ -105,7 +108,11 @@ def _check_table(folder: Path, name: str, meta: dict[str, Any], error: type[Exce
                   "at least one row)")
     data_path = folder / f"{name}_features.f32"
     expected = rows * dim * 4
-    actual = data_path.stat().st_size if data_path.is_file() else -1
+    try:
+        actual = regular_file(data_path, f"packed store {folder!s}: {data_path.name}",
+                              error).stat().st_size
+    except FileNotFoundError:
+        actual = -1
     if actual != expected:
         raise bad(f"{data_path.name} has {actual} bytes, expected {expected} for {rows} x {dim} "
                   "float32")
@@ -122,7 +129,7 @@ class PackedFeatures(FeatureSource):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
+        if not exists_as_name(meta_path):
             raise FileNotFoundError(
                 f"no packed feature store at {self.path!s} (meta.json missing); "
                 "create one with mgsv_sk.pack_features(source, path)"
@@ -172,7 +179,7 @@ class PackedFeatures(FeatureSource):
         return f"PackedFeatures({str(self.path)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PackedFeatures, (self.path,))
+        return (reopen_source, ("packed feature store", self.path))
 
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core._files import regular_file
 from ..core.spans import MAX_MUSIC_SECONDS
 from ._deps import require
 from .recipe import SAMPLE_RATE
@@ -105,13 +106,22 @@ def load_track(path: str | os.PathLike[str]) -> Track:
 
     Raises
     ------
+    FileNotFoundError
+        ``path`` names nothing.
     ValueError
-        The file holds no audio (or no samples).
+        Not a regular file (a FIFO, a folder, a broken link: never opened), no audio
+        samples, or NaN / infinite samples (float WAV files can hold them).
     """
-    text = os.fspath(path)
+    text = os.fspath(regular_file(path, "audio file"))  # a FIFO is refused, never opened
     decoded = _decode_soundfile(text)
     wave, rate, duration = decoded if decoded is not None else _decode_av(text)
-    if len(wave) == 0 or duration <= 0:
+    if len(wave) == 0 or not duration > 0:
         raise ValueError("the file holds no audio samples")
+    if not rate > 0:
+        raise ValueError(f"the file declares a sample rate of {rate}")
+    bad = ~np.isfinite(wave)
+    if bad.any():  # a NaN would reach every window's features: refuse the file instead
+        raise ValueError(f"the file holds {int(bad.sum())} NaN or infinite sample(s) (first "
+                         f"at {np.flatnonzero(bad)[0] / rate:.3f} s); re-encode it")
     wave = resample(wave[: int(math.ceil(MAX_MUSIC_SECONDS * rate))], rate)[:_TRACK_SAMPLES]
     return Track(np.pad(wave, (0, _TRACK_SAMPLES - len(wave))), duration)

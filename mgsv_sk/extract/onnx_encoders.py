@@ -48,6 +48,21 @@ class OrtEncoder:
         self.batch_size = batch_size
         self.name = self.path.name
 
+    def mismatch(self, input_shape: tuple[int, ...] | None, dim: int | None) -> str | None:
+        """How the graph differs from an encoder of ``input_shape`` (after the batch axis)
+        and ``dim`` outputs, or None."""
+        arg = self.session.get_inputs()[0]
+        have = list(arg.shape)[1:]
+        if input_shape is not None and (len(have) != len(input_shape) or any(
+                isinstance(h, int) and h != w for h, w in zip(have, input_shape))):
+            return f"takes inputs of shape {list(arg.shape)}, expected [batch, " \
+                f"{', '.join(map(str, input_shape))}]"
+        if arg.type != "tensor(float)":
+            return f"takes {arg.type} inputs, expected float32"
+        if dim is not None and self.dim != dim:
+            return f"gives {self.dim}-d embeddings, expected {dim}"
+        return None
+
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         """(B, ...) float32 -> (B, dim) float32."""
         inputs = np.ascontiguousarray(inputs, dtype=np.float32)

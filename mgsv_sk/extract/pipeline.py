@@ -24,7 +24,7 @@ from .audio import load_track
 from .encoders import Encoder
 from .fbank import ast_inputs
 from .recipe import window_mask
-from .store import FeatureWriter, open_writer
+from .store import FeatureWriter, nonfinite_problem, open_writer
 from .video import load_clip
 
 __all__ = ["ExtractionReport", "encode_music_file", "encode_video_file", "extract_features",
@@ -129,6 +129,11 @@ def _run(kind: str, items: dict[str, Path], encoder: Encoder, writer: FeatureWri
             rows = np.zeros((len(mask), encoder.dim), np.float32)
             rows[mask > 0] = embedded[lo: lo + len(inputs)]
             lo += len(inputs)
+            why = nonfinite_problem(rows)
+            if why is not None:  # a failure, never a stored row (nor "done" on a rerun)
+                report.failed[str(items[key])] = f"the encoder's output {why}"
+                logger.warning("%s %s: the encoder's output %s; skipped", kind, items[key], why)
+                continue
             writer.write(kind, key, rows, mask)
             report.written.append(key)
         bar.update(len(pending))
@@ -137,6 +142,9 @@ def _run(kind: str, items: dict[str, Path], encoder: Encoder, writer: FeatureWri
     for key, path in todo.items():
         try:
             inputs, mask = prepare(path)
+            why = nonfinite_problem(inputs)
+            if why is not None:
+                raise ValueError(f"the decoded inputs {why}")
         except Exception as exc:  # a damaged or foreign file: name it, skip it, carry on
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             report.failed[str(path)] = why

@@ -1,7 +1,9 @@
 """The MGSV-EC release's feature recipe as numbers: which frames, which music windows,
 which normalisation. Pure numpy; the decoders and encoders follow these functions.
 
-Video: one frame per whole second (the frame at ``int(sec * fps)``), seconds
+Video: one frame per whole second (the frame on screen at that second by presentation
+timestamp: the frame at ``int(sec * fps)`` at a constant rate, see
+:mod:`mgsv_sk.extract.video`), seconds
 ``floor(start)`` .. ``min(floor(end), 49)``; shorter side to 224 (bicubic), centre crop
 224, CLIP normalisation; CLIP ViT-B/32 image embedding, 512-d, not L2-normalised.
 

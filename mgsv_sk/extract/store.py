@@ -15,7 +15,6 @@ leaves a half-written file that reads as a feature, and a rerun skips what is do
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core._atomic import PACKED_STORE, check_destination
-from ..core._sources import FeatureSource, MissingFeatureError
+from ..core._atomic import PACKED_STORE, check_destination, writer_lock
+from ..core._files import inside_root
+from ..core._sources import FeatureSource, MissingFeatureError, _check_id
 from ..core._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
 from ..core.features import pack_features
 from ..core.packed import PackedFeatures
@@ -45,6 +45,22 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def nonfinite_problem(rows: np.ndarray) -> str | None:
+    """Why ``rows`` cannot be stored (NaN or inf values), or None."""
+    bad = ~np.isfinite(np.asarray(rows, np.float32))
+    if bad.any():
+        return (f"holds {int(bad.sum())} NaN or infinite value(s) (in {int(bad.any(axis=-1).sum())}"
+                " row(s))" if bad.ndim > 1 else f"holds {int(bad.sum())} NaN or infinite value(s)")
+    return None
+
+
+def _refuse_nonfinite(kind: str, key: str, rows: np.ndarray) -> None:
+    why = nonfinite_problem(rows)
+    if why is not None:
+        raise ValueError(f"{kind} features of {key!r} {why}; nothing was written (a "
+                         "non-finite feature would poison every search of the catalogue)")
 
 
 class FeatureWriter:
@@ -77,7 +93,9 @@ class TreeWriter(FeatureWriter):
 
     def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
         feat, mask = self._DIRS[kind]
-        return self.base / feat / f"{key}.pt", self.base / mask / f"{key}.pt"
+        _check_id(key, f"{kind}_id")
+        return (inside_root(self.base / feat, f"{key}.pt", f"{kind}_id"),
+                inside_root(self.base / mask, f"{key}.pt", f"{kind}_id"))
 
     def done(self, kind: str, key: str) -> bool:
         return all(p.is_file() for p in self._paths(kind, key))
@@ -85,6 +103,7 @@ class TreeWriter(FeatureWriter):
     def write(self, kind: str, key: str, rows: np.ndarray, mask: np.ndarray) -> None:
         import torch
 
+        _refuse_nonfinite(kind, key, rows)
         feat_path, mask_path = self._paths(kind, key)
         feat_path.unlink(missing_ok=True)  # a re-extraction: not done until both are back
         _atomic_write(mask_path, lambda p: torch.save(torch.from_numpy(
@@ -107,7 +126,8 @@ class NpyFolder(FeatureSource):
                 setattr(self, f"{kind}_dim", int(np.load(first, mmap_mode="r").shape[1]))
 
     def path(self, kind: str, key: str) -> Path:
-        return self.root / kind / f"{key}.npy"
+        _check_id(key, f"{kind}_id")
+        return inside_root(self.root / kind, f"{key}.npy", f"{kind}_id")
 
     def _get(self, kind: str, key: str) -> np.ndarray:
         path = self.path(kind, str(key))
@@ -186,22 +206,40 @@ class PackedWriter(FeatureWriter):
         return key in self._old_ids[kind] or self._folder.path(kind, key).is_file()
 
     def write(self, kind: str, key: str, rows: np.ndarray, mask: np.ndarray) -> None:
+        _refuse_nonfinite(kind, key, rows)
         valid = np.ascontiguousarray(rows[np.asarray(mask) > 0], np.float32)
         _atomic_write(self._folder.path(kind, key), lambda p: _save_npy(p, valid))
 
     def finish(self) -> PackedFeatures | None:
-        """Pack old store + new parts into the store (atomically) and drop the parts."""
-        folder = NpyFolder(self.parts)
-        if not folder.video_ids() and not folder.music_ids() and (
-                self.old is None or self.old.music_sources() == {
-                    k: v for k, v in self._sources.items() if self.old.has_music(k)}):
-            shutil.rmtree(self.parts, ignore_errors=True)
-            return self.old
-        merged = _Merged(self.old, folder)
-        store = pack_features(merged, self.store, overwrite=self.old is not None,
-                              music_sources=self._sources)
-        shutil.rmtree(self.parts, ignore_errors=True)
-        return store
+        """Pack the store as it is now + the parts into the store (atomically), then drop
+        the parts it packed. Under the store's writer lock: two extractions into one store
+        each add their items, neither loses the other's."""
+        with writer_lock(self.store):
+            old = (PackedFeatures(self.store) if (self.store / "meta.json").is_file()
+                   else None)
+            folder = NpyFolder(self.parts)
+            packed = [folder.path(kind, key) for kind in _KINDS
+                      for key in getattr(folder, f"{kind}_ids")()]
+            # the source paths of the store as it is now, and this extraction's on top
+            sources = {**({} if old is None else old.music_sources()), **self._sources}
+            if not packed and (old is None or old.music_sources() == {
+                    k: v for k, v in sources.items() if old.has_music(k)}):
+                _remove_empty(self.parts)
+                return old
+            store = pack_features(_Merged(old, folder), self.store, overwrite=old is not None,
+                                  music_sources=sources)
+            for part in packed:  # only what was packed: another writer's new parts stay
+                part.unlink(missing_ok=True)
+            _remove_empty(self.parts)
+            return store
+
+
+def _remove_empty(parts: Path) -> None:
+    for folder in (*(parts / kind for kind in _KINDS), parts):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or holding another writer's parts (or a temporary file)
+            pass
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
