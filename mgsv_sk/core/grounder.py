@@ -257,7 +257,8 @@ class BaseGrounder:
                 scores = combined_scores(scores, moment[:, 0], weight)
         _check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
         out = pd.DataFrame(
-            {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0], "score": scores,
+            {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0],
+             "score": np.asarray(scores, np.float32),  # the column's dtype in every mode
              "moment_score": moment[:, 0]},
             index=X.index,
             columns=list(PREDICTION_COLUMNS),
@@ -357,7 +358,7 @@ class BaseGrounder:
                 "video_id": video_ids,
                 "rank": np.tile(np.arange(1, k + 1), len(frame)),
                 "music_id": [catalogue.ids[i] for i in top.ravel()],
-                "score": score,
+                "score": np.asarray(score, np.float32),
                 "start": start[:, 0],
                 "end": end[:, 0],
                 "moment_score": moment[:, 0],
