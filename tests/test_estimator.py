@@ -121,11 +121,13 @@ def test_rank_gives_sorted_top_k_with_moments(tiny_fitted, small_train):
 
 def test_decision_function_over_catalogue_or_given_tracks(tiny_fitted, small_train):
     X = small_train.frame.iloc[:12]
-    table = tiny_fitted.decision_function(X)
+    table = tiny_fitted.decision_function(X, moment_weight=0)  # plain retrieval scores
     assert table.shape == (12, len(tiny_fitted.catalogue_ids_))
     some = tiny_fitted.catalogue_ids_[::3]
-    sub = tiny_fitted.decision_function(X, music_ids=some)
+    sub = tiny_fitted.decision_function(X, music_ids=some, moment_weight=0)
     np.testing.assert_allclose(sub, table[:, ::3], atol=1e-5)
+    # re-ranked (the default), the candidates are the given gallery's own best tracks
+    assert tiny_fitted.decision_function(X, music_ids=some).shape == sub.shape
 
 
 def test_set_catalogue_serves_another_collection(tiny_model, small_test):
