@@ -286,9 +286,10 @@ def draw_curves(results: dict[str, Any], path: Path) -> None:
                      for r in res["epochs"]] for w, res in results["worlds"].items()}
     kept = {w: res["early_stopping"]["kept_epoch"] for w, res in results["worlds"].items()}
     ax = plot_generalisation(histories, best_epochs=kept)
+    n_test = results["setup"]["test_videos"]
     ax.set_title("R@1 per epoch: validation (dashed, held-out + training tracks) and\n"
-                 "test on 2,000 unseen tracks (solid); circle: the epoch early stopping keeps",
-                 fontsize="medium")
+                 f"test on {n_test:,} unseen tracks (solid); circle: the epoch early "
+                 "stopping keeps", fontsize="medium")
     path.parent.mkdir(parents=True, exist_ok=True)
     ax.figure.savefig(path, dpi=110, bbox_inches="tight")
 
