@@ -51,3 +51,15 @@ def tiny_fitted(small_train):
 @pytest.fixture
 def tiny_model(tiny_fitted):
     return copy.deepcopy(tiny_fitted)
+
+
+@pytest.fixture(params=["torch", "onnx"])
+def grounder(request, tiny_fitted, small_train):
+    """Both backends of one fitted model: the torch estimator and the onnxruntime runtime
+    serving the ``bundle`` fixture of the requesting module (its exported bundle)."""
+    if request.param == "torch":
+        return copy.deepcopy(tiny_fitted)
+    from export.runtime import OnnxGrounder
+
+    return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
+                             features=small_train.features, precision="fp32")

@@ -5,8 +5,6 @@ holds for both or for neither. Numerical parity of the two lives in test_export.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,16 +18,6 @@ def bundle(tiny_fitted, tmp_path_factory):
     from export.to_onnx import export_onnx
 
     return export_onnx(tiny_fitted, tmp_path_factory.mktemp("backends") / "bundle")
-
-
-@pytest.fixture(params=["torch", "onnx"])
-def grounder(request, tiny_fitted, small_train):
-    if request.param == "torch":
-        return copy.deepcopy(tiny_fitted)
-    from export.runtime import OnnxGrounder
-
-    return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
-                             features=small_train.features, precision="fp32")
 
 
 @pytest.mark.parametrize("mode", ["smg", "msg"])

@@ -29,16 +29,6 @@ def bundle(tiny_fitted, tmp_path_factory):
     return export_onnx(tiny_fitted, tmp_path_factory.mktemp("r3state") / "bundle", check=False)
 
 
-@pytest.fixture(params=["torch", "onnx"])
-def grounder(request, tiny_fitted, small_train):
-    if request.param == "torch":
-        return copy.deepcopy(tiny_fitted)
-    from export.runtime import OnnxGrounder
-
-    return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
-                             features=small_train.features, precision="fp32")
-
-
 # == root 6: concurrent writers ==============================================================
 def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
