@@ -41,7 +41,7 @@ from ._schema import PREDICT_COLUMNS, validate_annotations, video_durations
 from .catalogue import TrackIndex, top_k_indices
 from .features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
 from .moments import check_moments, on_tracks, window_lists
-from .rerank import candidates, check_rerank, combined_scores, rerank_table
+from .rerank import check_rerank, combined_scores, rerank_count, rerank_table, reranked
 from .spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
 __all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
@@ -177,19 +177,16 @@ class BaseGrounder:
     def _final_scores(self, videos: Any, catalogue: Any, table: np.ndarray,
                       seconds: np.ndarray, weight: float, depth: int,
                       rows: np.ndarray | None = None) -> np.ndarray:
-        """The scores every ranking orders by (:func:`mgsv_sk.core.rerank.rerank_table`):
-        each video's best ``depth`` columns of ``table`` grounded and re-scored by their
-        moment score. ``rows``: the catalogue row of each column (default: column j is row
-        j)."""
-        top = candidates(table, weight, depth)
-        n, d = top.shape
-        if d == 0:
-            return np.asarray(table)
-        video_rows = np.repeat(np.arange(n), d)
-        track_rows = top.ravel() if rows is None else np.asarray(rows)[top.ravel()]
-        _, _, moment = self._ground(videos, video_rows, catalogue, track_rows,
-                                    seconds[video_rows], 1)
-        return rerank_table(table, top, moment[:, 0].reshape(n, d), weight)
+        """The scores every ranking orders by (:func:`mgsv_sk.core.rerank.reranked`), the
+        candidates grounded by this backend. ``rows``: the catalogue row of each column
+        of ``table`` (default: column j is row j)."""
+        def moment_scores(video_rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+            track_rows = columns if rows is None else np.asarray(rows)[columns]
+            _, _, moment = self._ground(videos, video_rows, catalogue, track_rows,
+                                        seconds[video_rows], 1)
+            return moment[:, 0]
+
+        return reranked(table, weight, depth, moment_scores)
 
     @contextlib.contextmanager
     def _call(self, X: pd.DataFrame, features: Any) -> Iterator[tuple[pd.DataFrame, Any,
@@ -334,7 +331,7 @@ class BaseGrounder:
             table = self._scores(videos, catalogue)
             n = len(frame)
             k = min(int(k), table.shape[1])
-            d = min(depth, table.shape[1]) if weight > 0 else 0  # tracks re-ranked
+            d = rerank_count(table.shape[1], weight, depth)
             read = max(k, d)
             top = top_k_indices(table, read)  # (n, read), best retrieval first
             video_rows = np.repeat(np.arange(n), read)

@@ -15,12 +15,14 @@ rule, in both backends.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .topk import top_k_indices
 
 __all__ = ["RERANK_MARGIN", "candidates", "check_rerank", "combined_scores", "moment_logit",
-           "rerank_table"]
+           "rerank_count", "rerank_table", "reranked"]
 
 #: How far below the lowest re-ranked score a track outside the re-ranked candidates is
 #: placed (its order among the others is kept).
@@ -87,10 +89,30 @@ def rerank_table(table: np.ndarray, top: np.ndarray, moment_score: np.ndarray,
     return scores
 
 
+def rerank_count(n_tracks: int, moment_weight: float, depth: int) -> int:
+    """How many of each video's tracks are re-ranked: ``min(depth, N)``, 0 when the weight
+    is 0."""
+    return min(int(depth), int(n_tracks)) if moment_weight > 0 else 0
+
+
 def candidates(table: np.ndarray, moment_weight: float, depth: int) -> np.ndarray:
-    """Each video's re-ranked candidates: its best ``min(depth, N)`` tracks by retrieval
-    score, best first, (n, d); none (d = 0) when the weight is 0."""
-    d = min(int(depth), table.shape[1]) if moment_weight > 0 else 0
+    """Each video's re-ranked candidates: its best :func:`rerank_count` tracks by
+    retrieval score, best first, (n, d)."""
+    d = rerank_count(table.shape[1], moment_weight, depth)
     if d == 0:
         return np.zeros((table.shape[0], 0), np.int64)
     return top_k_indices(table, d)
+
+
+def reranked(table: np.ndarray, moment_weight: float, depth: int,
+             moment_scores: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """:func:`rerank_table` of ``table`` on its :func:`candidates`, the moment scores
+    coming from ``moment_scores(video_rows, columns)`` (flat arrays of the candidate
+    pairs, (n * d,) each); ``table`` itself when nothing is re-ranked. The grounder and
+    the fit's validation both rank through this."""
+    top = candidates(table, moment_weight, depth)
+    n, d = top.shape
+    if d == 0:
+        return np.asarray(table)
+    moment = np.asarray(moment_scores(np.repeat(np.arange(n), d), top.ravel()))
+    return rerank_table(table, top, moment.reshape(n, d), moment_weight)

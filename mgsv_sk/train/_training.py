@@ -23,7 +23,7 @@ from ..core.metrics import (
     retrieval_ranks,
     retrieval_report,
 )
-from ..core.rerank import candidates, rerank_table
+from ..core.rerank import reranked
 from ..core.scoring import SCORER_NAMES, scorer_value
 from ..core.spans import temporal_iou
 from ..infer.batched import ground_pairs, video_embeddings
@@ -120,15 +120,15 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
         catalogue = MusicCatalogue.build(model, gallery, split.source, autocast=autocast)
         rows = catalogue.positions(split.music_ids)
         emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
-        scores = catalogue.scores(model, emb)
-        top = candidates(scores, moment_weight, rerank_depth)
-        if top.shape[1]:
-            n, d = top.shape
-            pairs = np.repeat(np.arange(n), d)
-            _, _, moment = ground_pairs(model, [split.video_ids[i] for i in pairs],
-                                        top.ravel(), catalogue, split.source,
-                                        split.seconds[pairs], autocast=autocast)
-            scores = rerank_table(scores, top, moment[:, 0].reshape(n, d), moment_weight)
+
+        def moment_scores(video_rows: np.ndarray, track_rows: np.ndarray) -> np.ndarray:
+            _, _, moment = ground_pairs(model, [split.video_ids[i] for i in video_rows],
+                                        track_rows, catalogue, split.source,
+                                        split.seconds[video_rows], autocast=autocast)
+            return moment[:, 0]
+
+        scores = reranked(catalogue.scores(model, emb), moment_weight, rerank_depth,
+                          moment_scores)
         ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
                                 np.asarray(split.music_ids, dtype=object))
         start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
