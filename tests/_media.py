@@ -43,6 +43,26 @@ def write_audio(path: Path, seconds: float, rate: int = 22_050, freq: float = 44
     return path
 
 
+def write_media_set(root: Path, tracks: dict[str, float], n_videos: int) -> list[dict]:
+    """``root/music/<id>.wav`` for each track (id -> seconds, a tone each) and
+    ``root/videos/clip<i>.mp4`` (3-5 s, cycling over the tracks, starting at 0 or 2.5 s);
+    returns the videos' annotation rows."""
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / "music").mkdir(parents=True, exist_ok=True)
+    for i, (name, seconds) in enumerate(tracks.items()):
+        write_audio(root / "music" / f"{name}.wav", seconds, freq=220 * (i + 1))
+    rows = []
+    for i in range(n_videos):
+        seconds = 3.0 + i % 3
+        write_video(root / "videos" / f"clip{i}.mp4", seconds, seed=i)
+        name = list(tracks)[i % len(tracks)]
+        start = float(i % 2) * 2.5
+        rows.append({"video_id": f"clip{i}", "music_id": name, "video_start": 0.0,
+                     "video_end": seconds, "music_start": start, "music_end": start + seconds,
+                     "music_total_duration": tracks[name]})
+    return rows
+
+
 def tiny_clip():
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection

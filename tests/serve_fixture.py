@@ -28,27 +28,14 @@ QUERY_SECONDS = 4.5
 
 def build(out: Path) -> Path:
     import pandas as pd
-    from _media import tiny_ast, tiny_clip, write_audio, write_video
+    from _media import tiny_ast, tiny_clip, write_media_set, write_video
 
     from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder
     from mgsv_sk.cli import main
     from mgsv_sk.extract import extract_features
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "videos").mkdir(exist_ok=True)
-    (out / "music").mkdir(exist_ok=True)
-    for i, (name, seconds) in enumerate(TRACKS.items()):
-        write_audio(out / "music" / f"{name}.wav", seconds, freq=220 * (i + 1))
-    rows = []
-    for i in range(8):
-        seconds = 3.0 + i % 3
-        write_video(out / "videos" / f"clip{i}.mp4", seconds, seed=i)
-        name = list(TRACKS)[i % len(TRACKS)]
-        start = float(i % 2) * 2.5
-        rows.append({"video_id": f"clip{i}", "music_id": name, "video_start": 0.0,
-                     "video_end": seconds, "music_start": start, "music_end": start + seconds,
-                     "music_total_duration": TRACKS[name]})
+    rows = write_media_set(out, TRACKS, 8)
     write_video(out / "query.mp4", QUERY_SECONDS, seed=99)
     write_video(out / "other.mp4", 3.0, seed=7)
     write_video(out / "long.mp4", 8.0, seed=5)

@@ -13,7 +13,7 @@ pytest.importorskip("av")
 pytest.importorskip("soundfile")
 pytest.importorskip("transformers")
 
-from _media import tiny_ast, tiny_clip, write_audio, write_video  # noqa: E402
+from _media import tiny_ast, tiny_clip, write_media_set, write_video  # noqa: E402
 
 from mgsv_sk import MGSVGrounder  # noqa: E402
 from mgsv_sk.cli import main  # noqa: E402
@@ -25,19 +25,7 @@ TRACKS = {"song_a": 14.0, "song_b": 20.0, "song_c": 9.0}
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    (root / "videos").mkdir()
-    (root / "music").mkdir()
-    for i, (name, seconds) in enumerate(TRACKS.items()):
-        write_audio(root / "music" / f"{name}.wav", seconds, freq=220 * (i + 1))
-    rows = []
-    for i in range(9):
-        seconds = 3.0 + i % 3
-        write_video(root / "videos" / f"clip{i}.mp4", seconds, seed=i)
-        name = list(TRACKS)[i % 3]
-        start = float(i % 2) * 2.5
-        rows.append({"video_id": f"clip{i}", "music_id": name, "video_start": 0.0,
-                     "video_end": seconds, "music_start": start, "music_end": start + seconds,
-                     "music_total_duration": TRACKS[name]})
+    rows = write_media_set(root, TRACKS, 9)
     write_video(root / "new_video.mp4", 4.5, seed=99)
     clip, ast = tiny_clip(), tiny_ast()
     report = extract_features(root / "packed", videos=[root / "videos"], music=[root / "music"],
