@@ -16,7 +16,7 @@ _EXPORTS = {
     "MGSVGrounder": "mgsv_sk.estimator",
     "TrivialGrounder": "mgsv_sk.baselines",
     "RidgeGrounder": "mgsv_sk.baselines",
-    "read_annotations": "mgsv_sk.core._schema",
+    "read_annotations": "mgsv_sk.core._readers",
     "validate_annotations": "mgsv_sk.core._schema",
     "AnnotationError": "mgsv_sk.core._schema",
     "ANNOTATION_COLUMNS": "mgsv_sk.core._schema",

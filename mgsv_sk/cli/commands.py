@@ -141,7 +141,7 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..core._schema import read_annotations
+    from ..core._readers import read_annotations
     from ..core.features import as_feature_source, pack_features
 
     src = as_feature_source(str(_existing(args.tree, "feature tree")))
@@ -159,7 +159,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..core._schema import read_annotations
+    from ..core._readers import read_annotations
 
     params = parse_params(args.param, args.params)
     features = _existing(args.features, "features")
@@ -191,7 +191,7 @@ def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[s
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..core._schema import read_annotations
+    from ..core._readers import read_annotations
 
     _existing(args.model, "saved model folder")
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
@@ -239,7 +239,7 @@ def _catalogue(spec: str, frame: Any) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core._schema import read_annotations
+    from ..core._readers import read_annotations
 
     fmt = _output_format(args)
     if args.out != "-":
@@ -307,7 +307,7 @@ DEMO_PARAMS: dict[str, Any] = dict(
 
 def _run_demo(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
     from ..baselines import RidgeGrounder, TrivialGrounder
-    from ..core._schema import read_annotations
+    from ..core._readers import read_annotations
     from ..core.features import pack_features
     from ..core.scoring import evaluate
     from ..datasets import make_synthetic_mgsv

@@ -26,9 +26,16 @@ from typing import Any
 import pandas as pd
 
 from ._files import open_regular
-from ._schema import AnnotationError, check_unique_columns, id_text
+from ._schema import (
+    FIT_COLUMNS,
+    ID_COLUMNS,
+    AnnotationError,
+    check_unique_columns,
+    id_text,
+    validate_annotations,
+)
 
-__all__ = ["MAX_TABLE_BYTES", "id_list", "read_id_list", "read_table"]
+__all__ = ["MAX_TABLE_BYTES", "id_list", "read_annotations", "read_id_list", "read_table"]
 
 #: A CSV or id list larger than this is refused before it is read (MGSV-EC's are a few MB).
 MAX_TABLE_BYTES = 1 << 30
@@ -136,3 +143,27 @@ def id_list(values: Any, what: str = "ids") -> list[str]:
         raise ValueError(f"{what}: {len(bad)} value(s) cannot be ids: " + "; ".join(bad[:5])
                          + "; ids are strings or whole numbers")
     return list(out)
+
+
+def read_annotations(
+    source: str | os.PathLike[str] | pd.DataFrame,
+    required: Sequence[str] = FIT_COLUMNS,
+) -> pd.DataFrame:
+    """Read an MGSV-EC CSV (or take a frame) and validate it.
+
+    Ids are read as strings straight from the text, so an integer ``video_id`` such as
+    ``112712471153`` never passes through a float.
+
+    Examples
+    --------
+    >>> import io
+    >>> csv = io.StringIO("video_id,music_id,music_start,music_end,music_total_duration\\n"
+    ...                   "7,9,0,12.5,60\\n")
+    >>> read_annotations(csv).loc[0, "music_id"]
+    '9'
+    """
+    if isinstance(source, pd.DataFrame):
+        return validate_annotations(source, required)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "annotations"
+    return validate_annotations(read_table(source, ID_COLUMNS, what="annotation CSV"),
+                                required, source=name)

@@ -7,7 +7,6 @@ user fixes a CSV in one round instead of one exception at a time.
 from __future__ import annotations
 
 import difflib
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 
@@ -28,7 +27,6 @@ __all__ = [
     "check_unique_columns",
     "id_text",
     "id_problem",
-    "read_annotations",
     "validate_annotations",
     "video_durations",
 ]
@@ -66,7 +64,7 @@ FIT_COLUMNS = GROUND_TRUTH_COLUMNS
 #: What prediction needs at the least (MsG: no music_id; SmG adds it).
 PREDICT_COLUMNS: tuple[str, ...] = ("video_id",)
 
-_ID_COLUMNS = ("video_id", "music_id")
+ID_COLUMNS = ("video_id", "music_id")
 _TIME_COLUMNS = (
     "video_start",
     "video_end",
@@ -275,7 +273,7 @@ def validate_annotations(
         raise AnnotationError(problems, source)
 
     out = frame.copy()
-    for name in _ID_COLUMNS:
+    for name in ID_COLUMNS:
         if name in out.columns:
             out[name] = _ids_as_strings(out[name], name, problems)
             bad = [(v, why) for v in pd.unique(out[name].dropna())
@@ -359,32 +357,6 @@ def _drop_duplicates(out: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
             f"({_examples(ids)}); keep one row per video"
         )
     return out
-
-
-def read_annotations(
-    source: str | os.PathLike[str] | pd.DataFrame,
-    required: Sequence[str] = FIT_COLUMNS,
-) -> pd.DataFrame:
-    """Read an MGSV-EC CSV (or take a frame) and validate it.
-
-    Ids are read as strings straight from the text, so an integer ``video_id`` such as
-    ``112712471153`` never passes through a float.
-
-    Examples
-    --------
-    >>> import io
-    >>> csv = io.StringIO("video_id,music_id,music_start,music_end,music_total_duration\\n"
-    ...                   "7,9,0,12.5,60\\n")
-    >>> read_annotations(csv).loc[0, "music_id"]
-    '9'
-    """
-    if isinstance(source, pd.DataFrame):
-        return validate_annotations(source, required)
-    from ._readers import read_table
-
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "annotations"
-    return validate_annotations(read_table(source, _ID_COLUMNS, what="annotation CSV"),
-                                required, source=name)
 
 
 def video_durations(frame: pd.DataFrame) -> np.ndarray:

@@ -377,14 +377,11 @@ class UnavailableSource(FeatureSource):
         return (reopen_source, (self.kind, self.path))
 
 
-def reopen_source(kind: str, path: Any) -> FeatureSource:
-    """Unpickle a path-backed source: the store or tree at ``path`` again, or (it moved,
-    or is damaged) an :class:`UnavailableSource` saying so, so the object holding it still
-    loads and can be pointed elsewhere."""
-    from ._tree import FeatureTree
-    from .packed import PackedFeatures  # the two path-backed sources
-
-    cls = {"packed feature store": PackedFeatures, "feature tree": FeatureTree}[kind]
+def reopen_source(cls: Any, kind: str, path: Any) -> FeatureSource:
+    """Unpickle a path-backed source: ``cls(path)`` again (the store or tree at ``path``;
+    the class comes with the pickle, so this module names none of them), or (it moved, or
+    is damaged) an :class:`UnavailableSource` of that ``kind`` saying so, so the object
+    holding it still loads and can be pointed elsewhere."""
     try:
         return cls(path)
     except (OSError, ValueError) as exc:

@@ -186,6 +186,6 @@ class FeatureTree(FeatureSource):
         return f"FeatureTree({str(self.root)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (reopen_source, ("feature tree", self.root))
+        return (reopen_source, (type(self), "feature tree", self.root))
 
 

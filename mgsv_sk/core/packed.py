@@ -179,7 +179,7 @@ class PackedFeatures(FeatureSource):
         return f"PackedFeatures({str(self.path)!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (reopen_source, ("packed feature store", self.path))
+        return (reopen_source, (type(self), "packed feature store", self.path))
 
 
 
