@@ -104,6 +104,36 @@ def test_processes_saving_over_one_folder_never_collide(tiny_fitted, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("swap", ["gone", "replaced"])
+def test_a_folder_swapped_while_it_is_judged_is_judged_again(tmp_path, monkeypatch, swap):
+    # Another writer's two renames may fall between listing the folder and reading its
+    # marker: the marker then reads as missing, which must not pass for "not ours".
+    from mgsv_sk.core import _atomic
+
+    dst = tmp_path / "model"
+    dst.mkdir()
+    (dst / "manifest.json").write_text(json.dumps({"format": "mgsv_sk.model/1"}))
+    real = _atomic.Artefact.recognises
+    calls = []
+
+    def swapping(self, folder):
+        calls.append(folder)
+        if len(calls) == 1:  # the other writer moves the folder away mid-look
+            dst.rename(tmp_path / ".model.old")
+            if swap == "replaced":
+                shutil.copytree(tmp_path / ".model.old", dst)
+            return False
+        return real(self, folder)
+
+    monkeypatch.setattr(_atomic.Artefact, "recognises", swapping)
+    assert _atomic.check_destination(dst, overwrite=True, replaces=_atomic.MODEL_FOLDER) == dst
+    # ... while a folder that stays put and is not ours is still refused
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        _atomic.check_destination(tmp_path / "mine", overwrite=True)
+
+
 def test_two_extractions_into_one_store_keep_each_others_tracks(tmp_path):
     import sys
     from pathlib import Path

@@ -170,9 +170,10 @@ def check_destination(
         raise ValueError(f"cannot write a folder at the filesystem root {absolute!s}; "
                          "choose a sub-folder")
     try:  # one look at the name: another writer may be swapping it meanwhile
-        mode = os.lstat(dst).st_mode
+        first = os.lstat(dst)
     except FileNotFoundError:
         return dst
+    mode = first.st_mode
     if stat.S_ISLNK(mode):
         raise FileExistsError(
             f"{dst!s} is a symbolic link; remove it or pass the folder it points to "
@@ -201,6 +202,9 @@ def check_destination(
         raise FileExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
                               "replaces only folders it can check") from exc
     if not empty and not any(rule.recognises(dst) for rule in rules):
+        if _swapped_meanwhile(dst, first):
+            # Another writer renamed its folder in while we looked: judge what is there now.
+            return check_destination(destination, overwrite=overwrite, replaces=replaces)
         kinds = " or ".join(f"a {r.what} ({r.marker} of format {r.format_prefix}*)"
                             for r in rules)
         raise FileExistsError(
@@ -209,6 +213,17 @@ def check_destination(
             "yourself, or choose another path"
         )
     return dst
+
+
+def _swapped_meanwhile(dst: Path, seen: os.stat_result) -> bool:
+    """Whether the folder at ``dst`` is gone or is another one than ``seen`` (a writer's
+    two renames happened between our looks); a refusal is only given for a folder that
+    stayed put while it was judged."""
+    try:
+        now = os.lstat(dst)
+    except FileNotFoundError:
+        return True
+    return (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino)
 
 
 @contextmanager
