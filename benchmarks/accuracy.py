@@ -45,8 +45,8 @@ import pandas as pd
 import torch
 
 from mgsv_sk import MGSVGrounder, RidgeGrounder, TrivialGrounder, evaluate, make_synthetic_mgsv
-from mgsv_sk.datasets import WORLDS
-from mgsv_sk.spans import temporal_iou
+from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.data.synthetic import WORLDS
 
 RESULTS = Path(__file__).parent / "results"
 KEYS = ["mIoU", "IoU@0.3", "IoU@0.5", "IoU@0.7", "R@1", "R@5", "R@10", "R@25", "R@50", "R@100",
@@ -196,7 +196,7 @@ CURVE_KEYS = ("R@1", "R@10", "MRR", "MoR@1,0.5", "mIoU")
 def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> int:
     """The epoch early stopping keeps on this history (the fit loop's rule: the best
     value so far, stop after ``patience`` epochs without improving)."""
-    from mgsv_sk.core.scoring import scorer_value
+    from mgsv_sk.evaluation.scoring import scorer_value
 
     best, best_epoch, stale = -np.inf, 1, 0
     for row in history:

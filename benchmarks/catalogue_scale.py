@@ -70,7 +70,7 @@ def recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 def exact_top(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact dual top-k rows of the queries, scanning a (memory-mapped) emb in blocks."""
-    from mgsv_sk.core.catalogue import top_k_rows
+    from mgsv_sk.search.catalogue import top_k_rows
 
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_r = np.zeros((len(queries), 0), np.int64)
@@ -290,7 +290,7 @@ def tune_search(bundle: Path, queries: np.ndarray, kind: str
     from dataclasses import replace
 
     from export.compact import INDEX_NAME
-    from mgsv_sk.core.ann import load_index
+    from mgsv_sk.search.ann import load_index
 
     name, grid = SEARCH_GRID[kind]
     emb = np.load(bundle / "catalogue" / "emb.npy", mmap_mode="r")
@@ -357,7 +357,7 @@ def main() -> None:
     from export.compact import compact_bundle
     from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
-    from mgsv_sk.core.ann import EXACT_MAX_TRACKS
+    from mgsv_sk.search.ann import EXACT_MAX_TRACKS
 
     torch.set_num_threads(THREADS)
     started = time.perf_counter()

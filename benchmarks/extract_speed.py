@@ -158,7 +158,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def _recommend(video: Path, backends: dict, threads: int) -> dict:
     from mgsv_sk import MGSVGrounder
-    from mgsv_sk.datasets import make_synthetic_mgsv
+    from mgsv_sk.data.synthetic import make_synthetic_mgsv
 
     train = make_synthetic_mgsv(256, 64, random_state=0)
     model = MGSVGrounder(features=train.features, max_epochs=1, validation_fraction=0,

@@ -178,7 +178,7 @@ def in_process_baseline(work: Path, frames: list[np.ndarray], concurrency: int,
     process (the same model, sessions and calls as the server's, no HTTP)."""
     from mgsv_sk.serve import ServedModel
 
-    model = ServedModel.load(work / "bundle", intra_op_threads=THREADS)
+    model = ServedModel.load(work / "bundle", n_threads=THREADS)
     model.infer(frames[0], music_id=None, k=10, moments=1, seconds=len(frames[0]))  # warm-up
     done = [0]
     lock = threading.Lock()
@@ -207,7 +207,7 @@ def start_server(work: Path, port: int) -> subprocess.Popen[str]:
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "mgsv_sk", "serve", str(work / "bundle"), "--port", str(port),
-         "--workers", str(WORKERS), "--threads", str(THREADS), "--queue-size", "32",
+         "--workers", str(WORKERS), "--n-threads", str(THREADS), "--queue-size", "32",
          "--max-video-seconds", "60"],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
@@ -279,7 +279,7 @@ def main() -> None:
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(),
                     "note": "the load generator runs on the same cores as the server"},
-        "server": {"workers": WORKERS, "intra_op_threads": THREADS, "queue_size": 32},
+        "server": {"workers": WORKERS, "n_threads": THREADS, "queue_size": 32},
         "model": {"tracks": args.tracks,
                   "frames": f"{min(map(len, frames))}-{max(map(len, frames))} x 512",
                   "d_model": 256, "video_encoder": "tiny random ViT (2 layers, width 32)"},
@@ -370,7 +370,7 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# `mgsv-sk serve` under load (loopback, closed loop)", "",
              f"Machine: {report['machine']['cores']} cores, shared by the server "
-             f"({report['server']['workers']} workers x {report['server']['intra_op_threads']} "
+             f"({report['server']['workers']} workers x {report['server']['n_threads']} "
              "onnxruntime thread) and the load generator. Model: d_model 256, "
              f"{report['model']['tracks']} tracks; `infer` sends up to 50 x 512 frame features "
              "(OIP JSON), `recommend` uploads a 15 s 320x240 mp4 (decoded for real, "

@@ -40,7 +40,7 @@ def child(name: str, samples: int, threads: int, batch: int) -> None:
     import mgsv_sk.train._batching as batching
     import mgsv_sk.train._training as training
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv
-    from mgsv_sk.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+    from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 
     cfg = CONFIGS[name]
     if cfg["full_padding"]:

@@ -32,7 +32,7 @@ from mgsv_sk import (
     pack_features,
     protocol_scorer,
 )
-from mgsv_sk.dask import grid_search_on_dask
+from mgsv_sk.train.dask_search import grid_search_on_dask
 
 NUMERIC = ["start", "end", "score", "moment_score"]
 

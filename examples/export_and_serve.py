@@ -8,7 +8,7 @@ The same export from the command line: ``python -m export SAVED_MODEL_DIR OUT_DI
 [--quantize]``. The server side needs numpy, pandas and onnxruntime only:
 
     from export.runtime import OnnxGrounder
-    grounder = OnnxGrounder.load("bundle/", intra_op_num_threads=2)
+    grounder = OnnxGrounder.load("bundle/", n_threads=2)
     grounder.predict(frame, features="packed/")     # a packed store (mgsv_sk.pack_features)
 """
 
@@ -70,9 +70,9 @@ def main() -> None:
 
     # 3. Serve from a packed store, as a server without torch would.
     store = pack_features(test.features, work / "packed", annotations=test.frame)
-    fp32 = OnnxGrounder.load(bundle, intra_op_num_threads=2, features=store.path,
+    fp32 = OnnxGrounder.load(bundle, n_threads=2, features=store.path,
                              precision="fp32")
-    int8 = OnnxGrounder.load(bundle, intra_op_num_threads=2, features=store.path)
+    int8 = OnnxGrounder.load(bundle, n_threads=2, features=store.path)
 
     # 4. Parity with the torch estimator on the 300 test videos.
     smg_x, msg_x = test.frame, test.frame.drop(columns="music_id")

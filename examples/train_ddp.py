@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv
-from mgsv_sk.distributed import init_from_env
+from mgsv_sk.train.distributed import init_from_env
 
 
 def weights_sha256(model: MGSVGrounder) -> str:

@@ -86,7 +86,7 @@ class DetectorGraph(_Graph):
     head only) ->
     window_starts, window_ends [B, K] (seconds, inside the track), window_logits [B, K]
     (sigmoid = moment score, -inf = not a window), snippet_logits [B, S] (-inf on padding).
-    The runtime picks the moments from the windows (``mgsv_sk.core.moments``)."""
+    The runtime picks the moments from the windows (``mgsv_sk.grounding.moments``)."""
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
                 music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,

@@ -2,8 +2,8 @@
 
 :func:`compact_bundle` writes a copy of an exported bundle whose per-snippet catalogue
 arrays (snippet tokens, X-Pool states) are stored as float16 or int8 with per-row scales
-(:mod:`mgsv_sk.core.compact`) and whose catalogue carries a first-stage index over the
-dual embeddings (:mod:`mgsv_sk.core.ann`). :class:`export.runtime.OnnxGrounder` serves
+(:mod:`mgsv_sk.search.compact`) and whose catalogue carries a first-stage index over the
+dual embeddings (:mod:`mgsv_sk.search.ann`). :class:`export.runtime.OnnxGrounder` serves
 such a bundle as any other: the index answers the dual top-``xpool_top_k`` of the
 two-stage search, the compact rows are decoded as they are read.
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.core._atomic import ONNX_BUNDLE, atomic_directory
-from mgsv_sk.core.ann import AnnParams, build_index
-from mgsv_sk.core.compact import CompactWriter, RowFile, check_state_dtype
+from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.search.ann import AnnParams, build_index
+from mgsv_sk.search.compact import CompactWriter, RowFile, check_state_dtype
 
 from .manifest import read_manifest, verify_files, write_manifest
 
@@ -81,7 +81,7 @@ def compact_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
         Storage of snippet tokens and X-Pool states (bytes per snippet at D = 256: 1024,
         512, 260 each).
     index : {"auto", "exact", "hnsw", "ivf"}
-        First-stage index (:func:`mgsv_sk.core.ann.build_index`; "auto": exact up to
+        First-stage index (:func:`mgsv_sk.search.ann.build_index`; "auto": exact up to
         50,000 tracks).
     params : AnnParams, optional
 

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mgsv_sk.core.features import PackedFeatures as PackedFeatureStore
+from mgsv_sk._extras import require
+from mgsv_sk.data.features import PackedFeatures as PackedFeatureStore
 
 from .manifest import MANIFEST_FILE, read_manifest
 from .runtime import PREDICTION_COLUMNS, RANK_COLUMNS, OnnxGrounder
@@ -38,7 +39,6 @@ __all__ = ["MODES", "clear_worker_cache", "predict_dask", "prediction_meta"]
 
 #: ``mode`` values of :func:`predict_dask`.
 MODES = ("auto", "smg", "msg", "rank")
-_INSTALL_HINT = 'pip install "mgsv-sk[dask]"'
 #: Bundles and stores kept open per worker process (oldest dropped first).
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
@@ -46,12 +46,7 @@ _cache_lock = threading.Lock()
 
 
 def _dask_dataframe() -> Any:
-    try:
-        import dask.dataframe as dd
-    except ImportError as exc:
-        raise ImportError(f"predict_dask needs dask's DataFrame (dask[dataframe], which "
-                          f"brings pyarrow): {_INSTALL_HINT}") from exc
-    return dd
+    return require("dask.dataframe", "predict_dask (dask's DataFrame, which brings pyarrow)")
 
 
 def _identity(path: Path, marker: str) -> tuple[Any, ...]:
@@ -81,12 +76,12 @@ def clear_worker_cache() -> None:
         _cache.clear()
 
 
-def _grounder(bundle: str, threads: int | None, precision: str | None) -> OnnxGrounder:
+def _grounder(bundle: str, n_threads: int | None, precision: str | None) -> OnnxGrounder:
     folder = Path(bundle)
     read_manifest(folder)  # a clear FileNotFoundError / BundleError on this worker
-    key = ("bundle", *_identity(folder, MANIFEST_FILE), threads, precision)
+    key = ("bundle", *_identity(folder, MANIFEST_FILE), n_threads, precision)
     grounder: OnnxGrounder = _cached(
-        key, lambda: OnnxGrounder.load(folder, threads, precision=precision))
+        key, lambda: OnnxGrounder.load(folder, n_threads, precision=precision))
     return grounder
 
 
@@ -130,10 +125,10 @@ def prediction_meta(mode: str, index: pd.Index | None = None) -> pd.DataFrame:
 
 
 def _predict_partition(part: pd.DataFrame, bundle: str, features: Any, rank: bool, k: int,
-                       threads: int | None, precision: str | None) -> pd.DataFrame:
+                       n_threads: int | None, precision: str | None) -> pd.DataFrame:
     if len(part) == 0:  # the runtime refuses empty frames; a filtered partition may be one
         return prediction_meta("rank" if rank else "auto", part.index)
-    grounder = _grounder(bundle, threads, precision)
+    grounder = _grounder(bundle, n_threads, precision)
     source = _features(features)
     if rank:
         out = grounder.rank(part, k=k, features=source)
@@ -148,7 +143,7 @@ def _local_path(path: str | os.PathLike[str]) -> str:
 
 
 def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
-                 mode: str = "auto", k: int = 10, intra_op_num_threads: int | None = 1,
+                 mode: str = "auto", k: int = 10, n_threads: int | None = 1,
                  precision: str | None = None, check_bundle: bool = True) -> Any:
     """Ground (or rank) every row of a Dask DataFrame with an exported bundle.
 
@@ -171,9 +166,9 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
         ``music_id``, else MsG; "rank": the top-``k`` catalogue tracks per video.
     k : int
         Tracks per video for ``mode="rank"``.
-    intra_op_num_threads : int or None
+    n_threads : int or None
         onnxruntime threads per session (default 1: a worker computes as many partitions
-        at once as it has threads, each on one core). None: onnxruntime's default (all
+        at once as it has n_threads, each on one core). None: onnxruntime's default (all
         cores, which oversubscribes a worker with more than one thread).
     precision : {"fp32", "int8"}, optional
         Graphs to serve (default: the bundle's).
@@ -224,6 +219,6 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
         features = dask.delayed(features, pure=False)
     return ddf[keep].map_partitions(
         _predict_partition, _local_path(bundle), features, mode == "rank", int(k),
-        intra_op_num_threads, precision,
+        n_threads, precision,
         meta=prediction_meta(mode, ddf._meta.index), align_dataframes=False,
     )

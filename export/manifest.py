@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.core._atomic import file_checksums, sha256_file, verify_checksums
-from mgsv_sk.core._files import open_regular
-from mgsv_sk.core.catalogue import TWO_STAGE_MARGIN
-from mgsv_sk.core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
+from mgsv_sk.files._paths import open_regular
+from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN
 
 __all__ = [
     "BundleError",
@@ -73,7 +73,7 @@ __all__ = [
 FORMAT = "mgsv_sk.onnx/3"
 MANIFEST_FILE = "manifest.json"
 
-#: Catalogue arrays, by role, as in :class:`mgsv_sk.core.catalogue.Catalogue`. ``xpool_states``
+#: Catalogue arrays, by role, as in :class:`mgsv_sk.search.catalogue.Catalogue`. ``xpool_states``
 #: exists only when the model has an X-Pool score.
 CATALOGUE_FILES: dict[str, str] = {
     "ids": "catalogue/ids.json",
@@ -271,7 +271,7 @@ def new_manifest(
     graph_files : graph name -> {precision: bundle-relative file}
     dims : d_model, video_dim, music_dim, max_frames, max_snippets
     retrieval : use_dual, use_xpool, xpool_top_k (None = X-Pool over every track),
-        moment_weight and rerank_depth (the re-ranking of :mod:`mgsv_sk.core.rerank`)
+        moment_weight and rerank_depth (the re-ranking of :mod:`mgsv_sk.search.rerank`)
     catalogue : n_tracks, n_snippets and the bundle-relative ``files`` by role
     versions : library versions that wrote the bundle
     """

@@ -1,12 +1,12 @@
 """OnnxGrounder: serve an exported MGSV bundle with onnxruntime, torch-free.
 
-The onnxruntime backend of :class:`mgsv_sk.core.grounder.BaseGrounder`: ``predict``,
-``rank``, ``decision_function``, ``score`` and ``set_catalogue`` are the core's (the same
+The onnxruntime backend of :class:`mgsv_sk.grounding.base.BaseGrounder`: ``predict``,
+``rank``, ``decision_function``, ``score`` and ``set_catalogue`` are the shared grounder's (the same
 code as :class:`mgsv_sk.MGSVGrounder`'s, so the same columns, dtypes, index, tie rule,
 errors and two-stage search); this module runs the bundle's graphs for the hooks. It
-imports numpy, pandas, onnxruntime and :mod:`mgsv_sk.core`, never torch.
+imports numpy, pandas, onnxruntime and mgsv_sk's torch-free layers, never torch.
 
-    >>> g = OnnxGrounder.load("bundle/", intra_op_num_threads=2)     # doctest: +SKIP
+    >>> g = OnnxGrounder.load("bundle/", n_threads=2)     # doctest: +SKIP
     >>> g.predict(frame, features="packed/")                         # doctest: +SKIP
 
 Thread safety: one InferenceSession per graph, shared by every thread (onnxruntime's ``run``
@@ -28,10 +28,14 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from mgsv_sk.core._files import inside_root
-from mgsv_sk.core._readers import id_list
-from mgsv_sk.core.ann import load_index
-from mgsv_sk.core.catalogue import (
+from mgsv_sk.data._readers import id_list
+from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
+from mgsv_sk.extract.onnx_encoders import OrtEncoder
+from mgsv_sk.files._paths import inside_root
+from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
+from mgsv_sk.grounding.moments import select_windows
+from mgsv_sk.search.ann import load_index
+from mgsv_sk.search.catalogue import (
     Catalogue,
     Chunk,
     Part,
@@ -42,11 +46,7 @@ from mgsv_sk.core.catalogue import (
     sorted_batches,
     top_k_indices,
 )
-from mgsv_sk.core.features import FeatureError, FeatureSource, require_finite
-from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
-from mgsv_sk.core.moments import select_windows
-from mgsv_sk.core.rerank import check_rerank
-from mgsv_sk.extract.onnx_encoders import OrtEncoder
+from mgsv_sk.search.rerank import check_rerank
 
 from .manifest import (
     BundleError,
@@ -152,7 +152,7 @@ class OnnxGrounder(BaseGrounder):
         -inf; without ``xpool_top_k`` every track is scanned.
     moment_weight, rerank_depth : float, int
         Re-ranking of each video's best ``rerank_depth`` tracks by ``score +
-        moment_weight * logit(moment_score)`` (:mod:`mgsv_sk.core.rerank`): the exported
+        moment_weight * logit(moment_score)`` (:mod:`mgsv_sk.search.rerank`): the exported
         grounder's setting (0 for a bundle written before the manifest held it).
     """
 
@@ -179,7 +179,7 @@ class OnnxGrounder(BaseGrounder):
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, bundle: str | os.PathLike[str], intra_op_num_threads: int | None = None, *,
+    def load(cls, bundle: str | os.PathLike[str], n_threads: int | None = None, *,
              features: Any = None, precision: str | None = None, verify: bool = True,
              allow_spinning: bool = False, track_chunk: int = 128) -> OnnxGrounder:
         """Open a bundle written by :func:`export.to_onnx.export_onnx`.
@@ -187,7 +187,7 @@ class OnnxGrounder(BaseGrounder):
         Parameters
         ----------
         bundle : path
-        intra_op_num_threads : int, optional
+        n_threads : int, optional
             Threads of each graph's session (None: onnxruntime's default, all cores).
         features : optional
             Default feature source of every call (packed store path, (videos, music) dicts
@@ -210,8 +210,8 @@ class OnnxGrounder(BaseGrounder):
         verify_files(folder, manifest, checksums=verify)
         precision = precision or manifest.get("default_precision", "fp32")
         options = ort.SessionOptions()
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = int(intra_op_num_threads)
+        if n_threads is not None:
+            options.intra_op_num_threads = int(n_threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning",
@@ -298,7 +298,7 @@ class OnnxGrounder(BaseGrounder):
     def _check_fitted(self) -> None:
         """A bundle is a fitted model."""
 
-    # -- hooks of mgsv_sk.core.grounder.BaseGrounder -------------------------------------------
+    # -- hooks of mgsv_sk.grounding.base.BaseGrounder -------------------------------------------
     def _check_dims(self, source: FeatureSource, kind: str) -> None:
         # only the kind read now: a query of video features alone (recommend) holds no music
         have, want = getattr(source, f"{kind}_dim"), self._dims[f"{kind}_dim"]

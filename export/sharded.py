@@ -1,10 +1,10 @@
 """An ONNX bundle's catalogue sharded across Dask workers, served without torch.
 
-:class:`mgsv_sk.core.sharded.ShardedCatalogue` holds the shards and merges their top-k
+:class:`mgsv_sk.search.sharded.ShardedCatalogue` holds the shards and merges their top-k
 lists; this module gives it a bundle's catalogue and the bundle's X-Pool score as the
 ``rerank`` callable, so ``search`` answers as :class:`export.runtime.OnnxGrounder`'s own
 two-stage search (``xpool_top_k``) does. It is the torch-free twin of
-:func:`mgsv_sk.sharded.shard_grounder`:
+:func:`mgsv_sk.infer.sharded.shard_grounder`:
 
     >>> from distributed import Client, LocalCluster                     # doctest: +SKIP
     >>> client = Client(LocalCluster(n_workers=2, threads_per_worker=1))   # doctest: +SKIP
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.core.ann import AnnParams
-from mgsv_sk.core.catalogue import pad
-from mgsv_sk.core.sharded import Shard, ShardedCatalogue
+from mgsv_sk.search.ann import AnnParams
+from mgsv_sk.search.catalogue import pad
+from mgsv_sk.search.sharded import Shard, ShardedCatalogue
 
 from .dask import _grounder
 from .manifest import read_manifest
@@ -46,25 +46,25 @@ class OnnxXPoolRerank:
     ----------
     bundle : path
         The bundle, readable at this path on every worker.
-    threads : int, optional
+    n_threads : int, optional
         onnxruntime intra-op threads per worker (None: its default).
     precision : {"fp32", "int8"}, optional
         Graphs to run (None: the bundle's default).
     """
 
-    def __init__(self, bundle: str | os.PathLike[str], threads: int | None = None,
+    def __init__(self, bundle: str | os.PathLike[str], n_threads: int | None = None,
                  precision: str | None = None) -> None:
         manifest = read_manifest(bundle)  # a clear error here, not on a worker
         if not manifest["retrieval"]["use_xpool"]:
             raise ValueError(f"the bundle {bundle!s} has no X-Pool score (exported from a "
                              "model without 'xpool'); search the sharded catalogue with "
                              "rerank=None")
-        self.bundle, self.threads, self.precision = str(bundle), threads, precision
+        self.bundle, self.n_threads, self.precision = str(bundle), n_threads, precision
         self.use_dual = bool(manifest["retrieval"]["use_dual"])
 
     def __call__(self, shard: Shard, video_emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """X-Pool scores of video_emb (1, D) against the shard's ``rows`` (m,) -> (m,)."""
-        grounder = _grounder(self.bundle, self.threads, self.precision)
+        grounder = _grounder(self.bundle, self.n_threads, self.precision)
         assert shard.states is not None
         states, mask = pad([np.asarray(shard.states[shard.offsets[r]: shard.offsets[r + 1]],
                                        np.float32) for r in rows], shard.emb.shape[1])
@@ -79,7 +79,7 @@ class OnnxXPoolRerank:
 
 def shard_bundle(client: Any, bundle: str | os.PathLike[str], *, n_shards: int | None = None,
                  index: str = "exact", params: AnnParams | None = None,
-                 threads: int | None = None, precision: str | None = None
+                 n_threads: int | None = None, precision: str | None = None
                  ) -> tuple[ShardedCatalogue, OnnxXPoolRerank | None]:
     """Shard a bundle's catalogue across ``client``'s workers: each shard's rows are read
     from the bundle's files once (compact rows decoded to float32 on the way) and its
@@ -92,10 +92,10 @@ def shard_bundle(client: Any, bundle: str | os.PathLike[str], *, n_shards: int |
     rerank : OnnxXPoolRerank or None
         Pass it to ``sharded.search(..., rerank=rerank)`` (None: a dual-only bundle).
     """
-    served = OnnxGrounder.load(Path(bundle), threads, precision=precision)
+    served = OnnxGrounder.load(Path(bundle), n_threads, precision=precision)
     [part] = served._catalogue.parts  # a bundle's catalogue: one part, read on demand
     sharded = ShardedCatalogue.scatter(client, part.emb, part.offsets, part.states,
                                        n_shards=n_shards, index=index, params=params)
-    rerank = (OnnxXPoolRerank(bundle, threads, precision)
+    rerank = (OnnxXPoolRerank(bundle, n_threads, precision)
               if served.manifest["retrieval"]["use_xpool"] else None)
     return sharded, rerank

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mgsv_sk.core._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
 
 from ._common import ExportError, quantize_int8
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
@@ -182,7 +182,7 @@ def _versions() -> dict[str, str]:
 def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
     """How a grounder's catalogue is stored now: (states, index kind, AnnParams or None);
     float32 and an exact scan unless ``compact_catalogue`` changed them."""
-    from mgsv_sk.core.compact import CompactRows
+    from mgsv_sk.search.compact import CompactRows
 
     tokens = cat.parts[0].tokens
     states = tokens.states if isinstance(tokens, CompactRows) else "float32"
@@ -192,8 +192,8 @@ def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
 
 def _check_storage(states: str | None, index: str | None, n_tracks: int) -> None:
     """Refuse bad catalogue storage options, and an approximate index without FAISS."""
-    from mgsv_sk.core import ann
-    from mgsv_sk.core.compact import check_state_dtype
+    from mgsv_sk.search import ann
+    from mgsv_sk.search.compact import check_state_dtype
 
     if states is not None:
         check_state_dtype(states)
@@ -337,10 +337,10 @@ def export_onnx(
         media files; checked against torch (cosine >= 0.9999).
     states : {"float32", "float16", "int8"}, optional
         Storage of the catalogue's snippet tokens and X-Pool states in the bundle
-        (:mod:`mgsv_sk.core.compact`); None: as the grounder's catalogue stores them
+        (:mod:`mgsv_sk.search.compact`); None: as the grounder's catalogue stores them
         (float32 unless ``compact_catalogue`` changed it).
     index : {"auto", "exact", "hnsw", "ivf"}, optional
-        First-stage index of the bundle's catalogue (:mod:`mgsv_sk.core.ann`; "auto":
+        First-stage index of the bundle's catalogue (:mod:`mgsv_sk.search.ann`; "auto":
         exact up to 50,000 tracks); None: the grounder's catalogue's own (exact unless
         ``compact_catalogue`` indexed it).
 

@@ -15,7 +15,7 @@ plot_prediction            a fitted grounder and one row of a frame (SmG)
 plot_training_curves       ``MGSVGrounder.history_`` (or the fitted estimator)
 plot_generalisation        several histories with ``fit(eval_set=...)``: validation
                            against test on unseen tracks, epoch by epoch
-plot_recall_at_k           0-based ranks from :func:`mgsv_sk.metrics.retrieval_ranks`,
+plot_recall_at_k           0-based ranks from :func:`mgsv_sk.evaluation.metrics.retrieval_ranks`,
                            one model or several as labelled curves
 =========================  ==========================================================
 """
@@ -29,17 +29,15 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-try:
-    import matplotlib.pyplot as plt
-    from matplotlib.axes import Axes
-    from matplotlib.ticker import MaxNLocator
-except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
-    raise ImportError(
-        'mgsv_sk.plot needs matplotlib, which is optional: pip install "mgsv-sk[plot]"'
-    ) from exc
+from mgsv_sk._extras import require
 
-from .core.metrics import RECALL_KS, _check_ranks
-from .core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou
+require("matplotlib", "mgsv_sk.plot")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou  # noqa: E402
+from mgsv_sk.evaluation.metrics import RECALL_KS, _check_ranks  # noqa: E402
 
 __all__ = ["plot_generalisation", "plot_prediction", "plot_recall_at_k", "plot_timeline",
            "plot_training_curves"]
@@ -465,7 +463,7 @@ def plot_recall_at_k(
     Parameters
     ----------
     ranks : array (n,), list of arrays, or dict label -> array
-        0-based rank of each video's true track (:func:`mgsv_sk.metrics.retrieval_ranks`);
+        0-based rank of each video's true track (:func:`mgsv_sk.retrieval_ranks`);
         several models as a list (with ``labels``) or a dict. Models may be scored on
         different numbers of videos.
     labels : list of str, optional

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from mgsv_sk.datasets import make_synthetic_mgsv
+from mgsv_sk.data.synthetic import make_synthetic_mgsv
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgsv_sk.core.features import FeatureError
-from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS
+from mgsv_sk.data.features import FeatureError
+from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from conftest import TINY
 
 from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv, read_annotations
 from mgsv_sk.cli import build_parser, main, one_line
-from mgsv_sk.features import FeatureTree, PackedFeatures
-from mgsv_sk.jsonl import read_jsonl, records_to_frame
+from mgsv_sk.data.features import FeatureTree, PackedFeatures
+from mgsv_sk.data.jsonl import read_jsonl, records_to_frame
 
 COMMANDS = ("pack", "fit", "evaluate", "predict", "export", "demo")
 TINY_PARAMS = [f"--param={k}={v}" for k, v in TINY.items()]
@@ -185,7 +185,7 @@ def test_export_writes_a_bundle(ws):
 
 def test_demo_runs_end_to_end(tmp_path):
     out = ok("demo", "--dir", "d", "--train-videos", "60", "--train-tracks", "12",
-             "--test-videos", "20", "--epochs", "1", "--threads", "1", cwd=tmp_path)
+             "--test-videos", "20", "--epochs", "1", "--n-threads", "1", cwd=tmp_path)
     assert "trivial [0, duration]" in out and "MGSVGrounder" in out and "MoR@10,0.5" in out
     reports = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert set(reports) == {"trivial [0, duration]", "ridge baseline", "MGSVGrounder"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_sk.core.compact import (
+from mgsv_sk.search.compact import (
     SCORE_TOLERANCE,
     STATE_DTYPES,
     CompactWriter,
@@ -71,7 +71,7 @@ def test_a_row_file_copied_to_another_process_reopens_its_file(rows, tmp_path):
 
 
 def test_a_loaded_catalogue_reads_scattered_embeddings_without_the_memory_map(rows, tmp_path):
-    from mgsv_sk.core.catalogue import Catalogue, Part
+    from mgsv_sk.search.catalogue import Catalogue, Part
 
     offsets = np.arange(0, 501, 5, dtype=np.int64)  # 100 tracks of 5 snippets
     emb = rows[:100] / np.linalg.norm(rows[:100], axis=1, keepdims=True)
@@ -181,7 +181,7 @@ def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_pa
     table = model.decision_function(X, features=small_test.features)
     assert (np.isfinite(table).sum(axis=1) == 10).all()  # the index's top-10, others -inf
     model.save(tmp_path / "m")  # saved as float32 arrays
-    from mgsv_sk.estimator import MGSVGrounder
+    from mgsv_sk.estimators.made import MGSVGrounder
 
     loaded = MGSVGrounder.load(tmp_path / "m")
     assert loaded.catalogue_.ann is None
@@ -190,7 +190,7 @@ def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_pa
 
 @pytest.mark.parametrize("states", STATE_DTYPES)
 def test_padded_rows_of_scattered_tracks_match_their_decoded_slices(rows, states):
-    from mgsv_sk.core.catalogue import Catalogue, Part, pad
+    from mgsv_sk.search.catalogue import Catalogue, Part, pad
 
     lengths = np.random.default_rng(1).integers(1, 9, 60)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

@@ -12,7 +12,7 @@ from export.compact import compact_bundle
 from export.manifest import BundleError, read_manifest
 from export.runtime import OnnxGrounder
 from export.to_onnx import export_onnx
-from mgsv_sk.core.compact import SCORE_TOLERANCE
+from mgsv_sk.search.compact import SCORE_TOLERANCE
 
 pytest.importorskip("faiss")
 

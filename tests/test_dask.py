@@ -21,7 +21,7 @@ from distributed import Client, LocalCluster
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
 import export.dask as export_dask
-import mgsv_sk.dask as mgsv_dask
+import mgsv_sk.train.dask_search as mgsv_dask
 from export.dask import predict_dask, prediction_meta
 from export.runtime import OnnxGrounder
 from export.to_onnx import export_onnx

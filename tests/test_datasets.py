@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from mgsv_sk import RidgeGrounder, TrivialGrounder, evaluate, make_synthetic_mgsv
-from mgsv_sk.core._schema import ANNOTATION_COLUMNS, validate_annotations
-from mgsv_sk.datasets import WORLDS
+from mgsv_sk.data._schema import ANNOTATION_COLUMNS, validate_annotations
+from mgsv_sk.data.synthetic import WORLDS
 
 
 def test_statistics_follow_the_real_split():

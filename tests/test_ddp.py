@@ -19,7 +19,7 @@ import torch.distributed as dist
 from conftest import TINY
 
 from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv
-from mgsv_sk.distributed import current, data_fingerprint, is_main_process, shard_batches
+from mgsv_sk.train.distributed import current, data_fingerprint, is_main_process, shard_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -64,7 +64,7 @@ def test_one_process_group_trains_like_a_plain_fit(tiny_fitted, small_train, tmp
 
 
 def test_nccl_group_with_a_cpu_device_is_refused(small_train, monkeypatch):
-    from mgsv_sk import distributed
+    from mgsv_sk.train import distributed
 
     monkeypatch.setattr(distributed, "current",
                         lambda: distributed.DistContext(0, 2, 0, "nccl"))
@@ -109,6 +109,6 @@ def test_two_gloo_processes_under_torchrun(tmp_path, small_train):
 
 
 def test_distributed_module_doctests():
-    from mgsv_sk import distributed
+    from mgsv_sk.train import distributed
 
     assert doctest.testmod(distributed).failed == 0

@@ -152,7 +152,7 @@ def test_a_gpu_model_pickles_and_loads_on_a_cpu_only_machine(tiny_model, small_t
     where its device is missing, it runs on the CPU with a warning."""
     X = small_train.frame.iloc[:20]
     expected = tiny_model.predict(X)
-    import mgsv_sk.estimator as estimator_mod
+    import mgsv_sk.estimators.made as estimator_mod
 
     gpu_device = torch.device("cuda", 0)
     monkeypatch.setattr(estimator_mod, "model_device", lambda model: gpu_device)
@@ -164,7 +164,7 @@ def test_a_gpu_model_pickles_and_loads_on_a_cpu_only_machine(tiny_model, small_t
     tiny_model.set_params(device="cuda")
     if CUDA:
         pytest.skip("this machine has CUDA; the GPU test covers it")
-    with caplog.at_level(logging.WARNING, logger="mgsv_sk.estimator"):
+    with caplog.at_level(logging.WARNING, logger="mgsv_sk.estimators.made"):
         back = pickle.loads(pickle.dumps(tiny_model))
         path = tmp_path / "model.joblib"
         joblib.dump(tiny_model, path)

@@ -14,8 +14,8 @@ from conftest import TINY
 from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder, evaluate, get_scorer
-from mgsv_sk._persistence import ModelFileError
-from mgsv_sk.core.grounder import PREDICTION_COLUMNS, RANK_COLUMNS
+from mgsv_sk.estimators._persistence import ModelFileError
+from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS
 
 
 def test_every_hyper_parameter_is_visible_and_clonable(small_train):
@@ -301,7 +301,7 @@ def test_validation_ranks_against_a_catalogue_sized_gallery(tiny_fitted, small_t
 
 
 def test_validation_gallery_takes_distractor_ids(small_train, small_test):
-    from mgsv_sk.core._sources import InMemoryFeatures
+    from mgsv_sk.data._sources import InMemoryFeatures
 
     feats = InMemoryFeatures({**small_train.features._videos, **small_test.features._videos},
                              {**small_train.features._music, **small_test.features._music})

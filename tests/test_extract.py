@@ -171,7 +171,7 @@ def test_clip_embeds_not_normalised(clip_encoder):
 def test_missing_extra_names_the_install(monkeypatch):
     import builtins
 
-    from mgsv_sk.extract._deps import require
+    from mgsv_sk._extras import require
 
     real = builtins.__import__
 

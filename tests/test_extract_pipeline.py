@@ -11,8 +11,8 @@ pytest.importorskip("transformers")
 
 from _media import StubMusicEncoder, tiny_clip, write_audio, write_video  # noqa: E402
 
+from mgsv_sk.data.features import FeatureTree, PackedFeatures  # noqa: E402
 from mgsv_sk.extract import extract_features  # noqa: E402
-from mgsv_sk.features import FeatureTree, PackedFeatures  # noqa: E402
 
 
 @pytest.fixture(scope="module")

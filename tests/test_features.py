@@ -15,7 +15,7 @@ from mgsv_sk import (
     PackedFeatures,
     pack_features,
 )
-from mgsv_sk.features import as_feature_source
+from mgsv_sk.data.features import as_feature_source
 
 
 def _in_memory_from_tree(tree, frame):
@@ -43,7 +43,7 @@ def test_three_sources_return_identical_arrays(release_tree, tmp_path):
 
 
 def test_tree_matches_generated_arrays_and_masks_are_applied(tmp_path):
-    from mgsv_sk.datasets import make_synthetic_mgsv
+    from mgsv_sk.data.synthetic import make_synthetic_mgsv
 
     mem = make_synthetic_mgsv(6, 3, random_state=5)
     disk = make_synthetic_mgsv(6, 3, random_state=5, path=tmp_path)

@@ -15,8 +15,8 @@ import pytest
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 pytest.importorskip("huggingface_hub")
 
+from mgsv_sk.data.features import FeatureTree  # noqa: E402
 from mgsv_sk.extract.fetch import DownloadError, fetch_mgsv_ec  # noqa: E402
-from mgsv_sk.features import FeatureTree  # noqa: E402
 
 REPO = "xxayt/MGSV-EC"
 

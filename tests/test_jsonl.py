@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgsv_sk.jsonl import (
+from mgsv_sk.data.jsonl import (
     JSONL_KEYS,
     predictions_to_jsonl,
     predictions_to_records,

@@ -1,4 +1,4 @@
-"""Tests of mgsv_sk.metrics: hand-computed toys and parity with naive Python loops."""
+"""Tests of mgsv_sk.evaluation.metrics: hand-computed toys and parity with naive Python loops."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import statistics
 import numpy as np
 import pytest
 
-from mgsv_sk.metrics import (
+from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.evaluation.metrics import (
     IOU_THRESHOLDS,
     MOR_KS,
     MOR_THRESHOLDS,
@@ -19,7 +20,6 @@ from mgsv_sk.metrics import (
     retrieval_ranks,
     retrieval_report,
 )
-from mgsv_sk.spans import temporal_iou
 
 # ---------------------------------------------------------------------------------------------
 # naive references

@@ -11,8 +11,8 @@ import torch
 from _configs import loss_weights, made_config
 from torch import nn
 
-from mgsv_sk import spans as np_spans
-from mgsv_sk.core.moments import select_windows
+from mgsv_sk.data import spans as np_spans
+from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.nn import (
     MaDe,
     MaDeConfig,

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mgsv_sk import pack_features  # noqa: E402
 from mgsv_sk import plot as mplot  # noqa: E402
-from mgsv_sk.metrics import retrieval_ranks  # noqa: E402
+from mgsv_sk.evaluation.metrics import retrieval_ranks  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

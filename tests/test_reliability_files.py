@@ -19,10 +19,15 @@ import torch
 from conftest import TINY
 
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
-from mgsv_sk._persistence import ModelFileError
-from mgsv_sk.core._atomic import file_checksums
-from mgsv_sk.core.features import as_feature_source
-from mgsv_sk.features import FeatureError, FeatureTree, InMemoryFeatures, PackedFeatures
+from mgsv_sk.data.features import (
+    FeatureError,
+    FeatureTree,
+    InMemoryFeatures,
+    PackedFeatures,
+    as_feature_source,
+)
+from mgsv_sk.estimators._persistence import ModelFileError
+from mgsv_sk.files._atomic import file_checksums
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Issue 12, family 2: ids are data, not paths.
 
-One rule (``mgsv_sk.core._schema.id_problem``) is applied by the frame validator and at the
+One rule (``mgsv_sk.data._schema.id_problem``) is applied by the frame validator and at the
 point where ``FeatureTree`` builds a file path (and by ``pack_features`` for ids given
 directly): an id that could leave the tree, probe the file system or overflow a file
 name is refused with an error naming the id and the rule, before any file is opened.
@@ -17,8 +17,8 @@ import torch
 
 from mgsv_sk import make_synthetic_mgsv, pack_features, read_annotations
 from mgsv_sk.cli import main
-from mgsv_sk.core._schema import AnnotationError, id_problem, validate_annotations
-from mgsv_sk.features import FeatureError, FeatureTree
+from mgsv_sk.data._schema import AnnotationError, id_problem, validate_annotations
+from mgsv_sk.data.features import FeatureError, FeatureTree
 
 BAD_IDS = [
     ("parent-escape", "../../secret", "contains a path separator"),

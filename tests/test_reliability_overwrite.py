@@ -1,7 +1,7 @@
 """Issue 12, family 1: overwriting only ever replaces an artefact of ours.
 
 ``save``, ``pack_features``, ``export_onnx`` and the CLI's ``--overwrite`` go through one
-mechanism (``mgsv_sk.core._atomic.check_destination`` / ``atomic_directory`` and the
+mechanism (``mgsv_sk.files._atomic.check_destination`` / ``atomic_directory`` and the
 ``Artefact`` recognition rule): a folder is replaced only when it is empty or holds our
 marker file (``manifest.json`` / ``meta.json`` with our ``format``); anything else is
 refused before anything is read, written or moved, and no temporary folder is left.
@@ -19,14 +19,14 @@ from conftest import TINY
 from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
 from mgsv_sk.cli import main
-from mgsv_sk.core._atomic import (
+from mgsv_sk.data.features import PackedFeatures
+from mgsv_sk.files._atomic import (
     MODEL_FOLDER,
     PACKED_STORE,
     Artefact,
     atomic_directory,
     check_destination,
 )
-from mgsv_sk.features import PackedFeatures
 
 
 def leftovers(folder: Path) -> list[str]:

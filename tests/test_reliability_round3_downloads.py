@@ -17,8 +17,8 @@ pytest.importorskip("huggingface_hub")
 from test_fetch import REPO, StandIn, _release_zip  # noqa: E402
 
 from mgsv_sk.cli import main  # noqa: E402
+from mgsv_sk.data.features import FeatureTree  # noqa: E402
 from mgsv_sk.extract.fetch import DownloadError, fetch_mgsv_ec  # noqa: E402
-from mgsv_sk.features import FeatureTree  # noqa: E402
 
 
 def _csvs(release_tree) -> dict[str, bytes]:

@@ -1,6 +1,6 @@
 """Issue 22, roots 2 and 3: only regular files are opened (a FIFO never hangs a command; a
 mask that exists but cannot be read is an error, never "absent"), and every path read from
-data stays inside its root (one check: ``mgsv_sk.core._files.inside_root``)."""
+data stays inside its root (one check: ``mgsv_sk.files._paths.inside_root``)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,14 @@ from _media import StubMusicEncoder, write_audio  # noqa: E402
 
 from mgsv_sk import make_synthetic_mgsv  # noqa: E402
 from mgsv_sk.cli import main  # noqa: E402
-from mgsv_sk.core._atomic import verify_checksums  # noqa: E402
-from mgsv_sk.core._files import (  # noqa: E402
+from mgsv_sk.data.features import FeatureError, FeatureTree  # noqa: E402
+from mgsv_sk.files._atomic import verify_checksums  # noqa: E402
+from mgsv_sk.files._paths import (  # noqa: E402
     PathOutsideRootError,
     inside_root,
     open_regular,
     regular_file,
 )
-from mgsv_sk.features import FeatureError, FeatureTree  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
 
@@ -229,7 +229,7 @@ def test_a_fifo_manifest_is_refused_not_waited_on(artefact, tiny_fitted, tmp_pat
     from export.runtime import OnnxGrounder
     from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder
-    from mgsv_sk._persistence import ModelFileError
+    from mgsv_sk.estimators._persistence import ModelFileError
 
     folder = tmp_path / artefact
     if artefact == "model":

@@ -11,8 +11,8 @@ import pytest
 
 from mgsv_sk import pack_features, read_annotations, validate_annotations
 from mgsv_sk.cli import main
-from mgsv_sk.core._readers import id_list, read_id_list, read_table
-from mgsv_sk.core._schema import AnnotationError
+from mgsv_sk.data._readers import id_list, read_id_list, read_table
+from mgsv_sk.data._schema import AnnotationError
 
 ODD_IDS = ["NA", "null", "None", "007", "nan"]  # ids pandas would read as missing / numbers
 

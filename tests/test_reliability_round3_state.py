@@ -18,8 +18,8 @@ import pytest
 
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
 from mgsv_sk.cli import main
-from mgsv_sk.core._atomic import writer_lock
-from mgsv_sk.core.features import FeatureError, InMemoryFeatures
+from mgsv_sk.data.features import FeatureError, InMemoryFeatures
+from mgsv_sk.files._atomic import writer_lock
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_processes_saving_over_one_folder_never_collide(tiny_fitted, tmp_path):
 def test_a_folder_swapped_while_it_is_judged_is_judged_again(tmp_path, monkeypatch, swap):
     # Another writer's two renames may fall between listing the folder and reading its
     # marker: the marker then reads as missing, which must not pass for "not ours".
-    from mgsv_sk.core import _atomic
+    from mgsv_sk.files import _atomic
 
     dst = tmp_path / "model"
     dst.mkdir()
@@ -165,7 +165,7 @@ def test_two_extractions_into_one_store_keep_each_others_tracks(tmp_path):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    from mgsv_sk.features import PackedFeatures
+    from mgsv_sk.data.features import PackedFeatures
 
     assert sorted(PackedFeatures(tmp_path / "cat").music_ids()) == [
         "a0", "a1", "a2", "b0", "b1", "b2"]

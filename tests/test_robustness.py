@@ -34,23 +34,23 @@ import export.runtime as runtime
 from export.manifest import BundleError
 from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, get_scorer, pack_features
-from mgsv_sk._persistence import ModelFileError, sha256_file
-from mgsv_sk.core._schema import AnnotationError
-from mgsv_sk.estimator import torch_threads
-from mgsv_sk.features import (
+from mgsv_sk.data._schema import AnnotationError
+from mgsv_sk.data.features import (
     FeatureError,
     FeatureTree,
     InMemoryFeatures,
     MissingFeatureError,
     PackedFeatures,
 )
-from mgsv_sk.metrics import (
+from mgsv_sk.data.spans import clamp_prediction, cw_to_se, se_to_cw, temporal_iou
+from mgsv_sk.estimators._persistence import ModelFileError, sha256_file
+from mgsv_sk.estimators.made import torch_threads
+from mgsv_sk.evaluation.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
     retrieval_ranks,
     retrieval_report,
 )
-from mgsv_sk.spans import clamp_prediction, cw_to_se, se_to_cw, temporal_iou
 
 ORTFeatureError = runtime.FeatureError
 ONE_EPOCH = {**TINY, "max_epochs": 1}
@@ -499,8 +499,8 @@ def _loads(kind: str, dst: Path, data: Any) -> Any:
 
 # (writer, module and function that dies mid-write: after some files are already written)
 CRASHES = [
-    ("save", _save, "mgsv_sk._persistence", "file_checksums"),  # after config + weights
-    ("pack", _pack, "mgsv_sk.core.packed", "np.save"),  # after video_features.f32
+    ("save", _save, "mgsv_sk.estimators._persistence", "file_checksums"),  # after config + weights
+    ("pack", _pack, "mgsv_sk.data.packed", "np.save"),  # after video_features.f32
     ("export", _export, "export.to_onnx", "_write_catalogue"),  # after every graph
 ]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mgsv_sk import AnnotationError, read_annotations, validate_annotations
-from mgsv_sk.core._schema import ANNOTATION_COLUMNS, FIT_COLUMNS, video_durations
+from mgsv_sk.data._schema import ANNOTATION_COLUMNS, FIT_COLUMNS, video_durations
 
 
 def test_release_csv_round_trip_keeps_ids_as_strings(release_tree):

@@ -8,9 +8,9 @@ import pytest
 from sklearn.model_selection import GridSearchCV, GroupKFold, cross_validate
 
 from mgsv_sk import RidgeGrounder, TrivialGrounder, evaluate, get_scorer, protocol_scorer
-from mgsv_sk.metrics import retrieval_ranks, retrieval_report
-from mgsv_sk.scoring import SCORER_NAMES
-from mgsv_sk.spans import temporal_iou
+from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.evaluation.metrics import retrieval_ranks, retrieval_report
+from mgsv_sk.evaluation.scoring import SCORER_NAMES
 
 
 class CountingRidge(RidgeGrounder):

@@ -586,7 +586,7 @@ def test_the_catalogue_store_records_each_tracks_audio_file(fx, tmp_path):
     import shutil
 
     from mgsv_sk.cli import main
-    from mgsv_sk.core.packed import PackedFeatures
+    from mgsv_sk.data.packed import PackedFeatures
 
     sources = PackedFeatures(fx / "catalogue").music_sources()
     assert set(sources) == set(TRACKS)

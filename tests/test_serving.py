@@ -65,4 +65,4 @@ def test_serving_never_imports_torch(served, fixture_dir):
     served.predict(_read(fixture_dir / "X.csv").iloc[:2])
     if os.environ.get("MGSV_SERVING_FIXTURE"):
         assert importlib.util.find_spec("torch") is None, "the serving env must lack torch"
-    assert "torch" not in sys.modules or "mgsv_sk.estimator" in sys.modules
+    assert "torch" not in sys.modules or "mgsv_sk.estimators.made" in sys.modules

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from mgsv_sk.core.ann import build_index
-from mgsv_sk.core.catalogue import top_k_indices
-from mgsv_sk.core.compact import encode_rows
-from mgsv_sk.core.sharded import ShardedCatalogue, shard_bounds
-from mgsv_sk.sharded import shard_grounder
+from mgsv_sk.infer.sharded import shard_grounder
+from mgsv_sk.search.ann import build_index
+from mgsv_sk.search.catalogue import top_k_indices
+from mgsv_sk.search.compact import encode_rows
+from mgsv_sk.search.sharded import ShardedCatalogue, shard_bounds
 
 distributed = pytest.importorskip("distributed")
 

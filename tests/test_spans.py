@@ -1,11 +1,11 @@
-"""Tests of mgsv_sk.spans: toy cases with hand arithmetic and parity with a naive loop."""
+"""Tests of mgsv_sk.data.spans: toy cases with hand arithmetic and parity with a naive loop."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mgsv_sk.spans import (
+from mgsv_sk.data.spans import (
     MAX_MUSIC_SECONDS,
     MAX_MUSIC_SNIPPETS,
     MAX_VIDEO_FRAMES,

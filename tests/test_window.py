@@ -1,5 +1,5 @@
 """Tests of the window moment head (mgsv_sk.nn.window), its losses and the torch-free window
-selection (mgsv_sk.core.moments): tiny configs, seeded, a few seconds in all."""
+selection (mgsv_sk.grounding.moments): tiny configs, seeded, a few seconds in all."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from _configs import loss_weights, made_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mgsv_sk import spans as np_spans
-from mgsv_sk.core.moments import select_windows, sigmoid
+from mgsv_sk.data import spans as np_spans
+from mgsv_sk.grounding.moments import select_windows, sigmoid
 from mgsv_sk.nn import MaDe, made_losses
 from mgsv_sk.nn.losses import window_iou, window_terms
 from mgsv_sk.nn.window import WindowHead

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test videos, each with its own track (default 100)")
     p.add_argument("--epochs", type=int, default=6, metavar="N", help="default 6")
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--n-threads", type=int, metavar="N",
                    help="torch threads for fitting (default: torch's setting; 1 is faster on "
                         "a machine busy with other work)")
     add_media_commands(sub, _command)
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet exclude each other")
     for name in ("top_k", "moments_per_track", "epochs", "train_videos", "train_tracks",
-                 "test_videos", "threads", "batch"):
+                 "test_videos", "n_threads", "batch"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

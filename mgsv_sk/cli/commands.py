@@ -18,7 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core._atomic import MODEL_FOLDER, ONNX_BUNDLE, PACKED_STORE, Artefact, check_destination
+from mgsv_sk.files._atomic import (
+    MODEL_FOLDER,
+    ONNX_BUNDLE,
+    PACKED_STORE,
+    Artefact,
+    check_destination,
+)
 
 
 class UserError(Exception):
@@ -53,7 +59,7 @@ def _free(path: str, overwrite: bool, replaces: Artefact | None = None) -> Path:
 
 def _load_model(args: argparse.Namespace) -> Any:
     _existing(args.model, "saved model folder")
-    from ..estimator import MGSVGrounder
+    from mgsv_sk.estimators.made import MGSVGrounder
 
     model = MGSVGrounder.load(args.model, features=args.features)
     if model.features is None:
@@ -134,15 +140,15 @@ def format_table(reports: dict[str, dict[str, float]]) -> str:
 
 
 def _write_json(path: str, payload: dict[str, Any]) -> None:
-    from ..jsonl import write_text_atomic
+    from mgsv_sk.data.jsonl import write_text_atomic
 
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..core._readers import read_annotations
-    from ..core.features import as_feature_source, pack_features
+    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data.features import as_feature_source, pack_features
 
     src = as_feature_source(str(_existing(args.tree, "feature tree")))
     _free(args.out, args.overwrite, PACKED_STORE)
@@ -159,13 +165,13 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..core._readers import read_annotations
+    from mgsv_sk.data._readers import read_annotations
 
     params = parse_params(args.param, args.params)
     features = _existing(args.features, "features")
     out = _free(args.out, args.overwrite, MODEL_FOLDER)  # before training, not after
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
-    from ..estimator import MGSVGrounder
+    from mgsv_sk.estimators.made import MGSVGrounder
 
     params = _check_params(params, MGSVGrounder().get_params(deep=False))
     params.setdefault("verbose", 1 if args.verbose else 0)
@@ -180,8 +186,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[str, float]]:
-    from ..baselines import TrivialGrounder
-    from ..core.scoring import evaluate
+    from mgsv_sk.estimators.baselines import TrivialGrounder
+    from mgsv_sk.evaluation.scoring import evaluate
 
     reports = {"MGSVGrounder": evaluate(model, frame)}
     if trivial:
@@ -191,7 +197,7 @@ def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[s
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..core._readers import read_annotations
+    from mgsv_sk.data._readers import read_annotations
 
     _existing(args.model, "saved model folder")
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
@@ -225,12 +231,12 @@ def _output_format(args: argparse.Namespace) -> str:
 
 def _catalogue(spec: str, frame: Any) -> list[str]:
     """Music ids of ``--catalogue input|PATH`` (a CSV with music_id, or one id per line,
-    read by :func:`mgsv_sk.core._readers.read_id_list`, as the API reads a path)."""
+    read by :func:`mgsv_sk.data._readers.read_id_list`, as the API reads a path)."""
     if spec == "input":
         if "music_id" not in frame.columns:
             raise UserError("--catalogue input needs a music_id column in the CSV")
         return list(dict.fromkeys(frame["music_id"]))
-    from ..core._readers import read_id_list
+    from mgsv_sk.data._readers import read_id_list
 
     ids = read_id_list(_existing(spec, "catalogue file"), "catalogue file")
     if not ids:
@@ -239,7 +245,7 @@ def _catalogue(spec: str, frame: Any) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..core._readers import read_annotations
+    from mgsv_sk.data._readers import read_annotations
 
     fmt = _output_format(args)
     if args.out != "-":
@@ -265,7 +271,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if "windows" in pred.columns and fmt == "csv":  # one cell: "start end score; ..."
         pred["windows"] = [";".join(" ".join(f"{v:.3f}" for v in w) for w in ws)
                            for ws in pred["windows"]]
-    from ..jsonl import predictions_to_jsonl, write_text_atomic
+    from mgsv_sk.data.jsonl import predictions_to_jsonl, write_text_atomic
 
     if args.out == "-":
         if fmt == "jsonl":
@@ -290,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UserError(f"the export package is not importable ({exc}); install mgsv-sk "
                         "with its export package") from exc
-    from ..estimator import MGSVGrounder
+    from mgsv_sk.estimators.made import MGSVGrounder
 
     model = MGSVGrounder.load(args.model)
     out = export_onnx(model, args.out, opset=args.opset, quantize=args.quantize,
@@ -306,12 +312,12 @@ DEMO_PARAMS: dict[str, Any] = dict(
 
 
 def _run_demo(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
-    from ..baselines import RidgeGrounder, TrivialGrounder
-    from ..core._readers import read_annotations
-    from ..core.features import pack_features
-    from ..core.scoring import evaluate
-    from ..datasets import make_synthetic_mgsv
-    from ..estimator import MGSVGrounder
+    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data.features import pack_features
+    from mgsv_sk.data.synthetic import make_synthetic_mgsv
+    from mgsv_sk.estimators.baselines import RidgeGrounder, TrivialGrounder
+    from mgsv_sk.estimators.made import MGSVGrounder
+    from mgsv_sk.evaluation.scoring import evaluate
 
     _say(args, f"1/4 writing a synthetic MGSV-EC release under {root / 'release'}")
     train = make_synthetic_mgsv(args.train_videos, args.train_tracks, random_state=args.seed,
@@ -326,7 +332,7 @@ def _run_demo(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float
     _say(args, f"3/4 fitting MGSVGrounder on {len(train_df)} videos / "
                f"{train_df['music_id'].nunique()} tracks ({args.epochs} epoch(s) at most)")
     model = MGSVGrounder(features=store, max_epochs=args.epochs, random_state=args.seed,
-                         n_threads=args.threads, verbose=int(args.verbose),
+                         n_threads=args.n_threads, verbose=int(args.verbose),
                          **DEMO_PARAMS).fit(train_df)
     model.save(root / "model")
     _say(args, f"4/4 evaluating on {len(test_df)} test videos against their "

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..core._atomic import ONNX_BUNDLE
-from ..core._files import regular_file
+from mgsv_sk.files._atomic import ONNX_BUNDLE
+from mgsv_sk.files._paths import regular_file
+
 from .commands import UserError, _existing, _free, _say
 
 __all__ = ["add_media_commands", "cmd_catalogue", "cmd_download", "cmd_recommend",
@@ -67,11 +68,11 @@ def _grounder(model: str, catalogue: str | None) -> Any:
 
         grounder: Any = OnnxGrounder.load(folder)
     else:
-        from ..estimator import MGSVGrounder
+        from mgsv_sk.estimators.made import MGSVGrounder
 
         grounder = MGSVGrounder.load(folder)
     if catalogue is not None:
-        from ..core.packed import PackedFeatures
+        from mgsv_sk.data.packed import PackedFeatures
 
         store = PackedFeatures(_existing(catalogue, "catalogue store"))
         if not store.music_ids():
@@ -94,7 +95,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         encoder = load_encoder("openai/clip-vit-base-patch32", "video")
     table = grounder.recommend(args.videos, k=args.top_k, video_encoder=encoder,
                                moments_per_track=args.moments_per_track)
-    from ..jsonl import predictions_to_records, write_text_atomic
+    from mgsv_sk.data.jsonl import predictions_to_records, write_text_atomic
 
     if args.out is not None and args.out.lower().endswith(".csv"):
         write_text_atomic(args.out, table.drop(columns="windows", errors="ignore")

@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(**limits, queue_size=args.queue_size,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_video_seconds=args.max_video_seconds,
-                         intra_op_threads=args.threads)
+                         n_threads=args.n_threads)
     app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config)
     _say(args, f"serving {bundle} on http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to "
                "stop; in-flight requests finish first)")
@@ -67,7 +67,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
                    help="inference threads (default: the cores, at most 4)")
-    p.add_argument("--threads", type=_positive(int), default=1, metavar="N",
+    p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
                    help="onnxruntime threads per request (default 1)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="requests waiting beyond the workers before 503 (default 16)")

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core._files import regular_file
-from ..core.spans import MAX_MUSIC_SECONDS
-from ._deps import require
+from mgsv_sk._extras import require
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.files._paths import regular_file
+
 from .recipe import SAMPLE_RATE
 
 __all__ = ["Track", "load_track", "resample"]

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._deps import require
+from mgsv_sk._extras import require
 
 __all__ = ["AstEncoder", "ClipImageEncoder", "DEFAULT_AST", "DEFAULT_CLIP", "Encoder"]
 

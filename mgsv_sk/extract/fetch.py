@@ -5,7 +5,7 @@
 ``<root>/.download/`` (resumable: a ``.part`` file grows across interrupted runs, and a
 finished file is not fetched again), checks each file against the checksum the hub gives
 (sha256 for LFS files, the git blob sha1 otherwise), tests the zip's CRCs, and extracts
-the features into the layout :class:`mgsv_sk.features.FeatureTree` reads::
+the features into the layout :class:`mgsv_sk.data.features.FeatureTree` reads::
 
     <root>/dataset/MGSV-EC/{train,val,test}_data.csv
     <root>/features/Kuai_feature/{vit_feature1,ast_feature2p5}/...
@@ -30,11 +30,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..core._files import check_relative, inside_root
-from ..core._tree import _KUAI
-from ..core.features import as_feature_source, pack_features
-from ..core.packed import PackedFeatures
-from ._deps import require
+from mgsv_sk._extras import require
+from mgsv_sk.data._tree import _KUAI
+from mgsv_sk.data.features import as_feature_source, pack_features
+from mgsv_sk.data.packed import PackedFeatures
+from mgsv_sk.files._paths import check_relative, inside_root
 
 __all__ = ["FetchResult", "LICENCE_NOTE", "REPO_ID", "fetch_mgsv_ec"]
 

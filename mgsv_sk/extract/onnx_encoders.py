@@ -20,13 +20,13 @@ class OrtEncoder:
     ----------
     path : path
         The ``.onnx`` file.
-    intra_op_num_threads : int, optional
+    n_threads : int, optional
         onnxruntime threads (None: its default, all cores).
     batch_size : int
         Rows per run.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, intra_op_num_threads: int | None = None,
+    def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None,
                  batch_size: int = 16, session_options: Any = None) -> None:
         import onnxruntime as ort
 
@@ -35,8 +35,8 @@ class OrtEncoder:
             raise FileNotFoundError(f"no ONNX encoder at {self.path!s}; export one with "
                                     "export.to_onnx.export_onnx(..., encoders=...)")
         options = session_options or ort.SessionOptions()
-        if intra_op_num_threads is not None:
-            options.intra_op_num_threads = int(intra_op_num_threads)
+        if n_threads is not None:
+            options.intra_op_num_threads = int(n_threads)
         self.session = ort.InferenceSession(str(self.path), options,
                                             providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name

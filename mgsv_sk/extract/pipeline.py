@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core._sources import _check_id, _progress
-from ..core.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+from mgsv_sk.data._sources import _check_id, _progress
+from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+
 from .audio import load_track
 from .encoders import Encoder
 from .fbank import ast_inputs

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ..core.spans import (
+from mgsv_sk.data.spans import (
     MAX_MUSIC_SECONDS,
     MAX_MUSIC_SNIPPETS,
     MAX_VIDEO_FRAMES,

@@ -6,7 +6,7 @@ leaves a half-written file that reads as a feature, and a rerun skips what is do
 
 - :class:`TreeWriter`: ``features/Kuai_feature/vit_feature1/{vit_feature,vit_mask}/<id>.pt``
   and ``ast_feature2p5/{ast_feature,ast_mask}/<id>.pt``, padded to 50 / 96 rows with a 0/1
-  mask, exactly as the release (:class:`mgsv_sk.features.FeatureTree` reads it).
+  mask, exactly as the release (:class:`mgsv_sk.data.features.FeatureTree` reads it).
 - :class:`PackedWriter`: valid rows per item as ``.npy`` under ``<store>.parts/`` while
   extracting (numpy only), packed into ``<store>`` (the :func:`mgsv_sk.pack_features`
   format) by :meth:`PackedWriter.finish`, merged with what the store already held.
@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ..core._atomic import PACKED_STORE, check_destination, writer_lock
-from ..core._files import inside_root
-from ..core._sources import FeatureSource, MissingFeatureError, _check_id
-from ..core._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
-from ..core.features import pack_features
-from ..core.packed import PackedFeatures
+from mgsv_sk.data._sources import FeatureSource, MissingFeatureError, _check_id
+from mgsv_sk.data._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
+from mgsv_sk.data.features import pack_features
+from mgsv_sk.data.packed import PackedFeatures
+from mgsv_sk.files._atomic import PACKED_STORE, check_destination, writer_lock
+from mgsv_sk.files._paths import inside_root
 
 __all__ = ["FeatureWriter", "NpyFolder", "PackedWriter", "TreeWriter", "open_writer"]
 

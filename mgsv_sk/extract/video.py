@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core._files import regular_file
-from ._deps import require
+from mgsv_sk._extras import require
+from mgsv_sk.files._paths import regular_file
+
 from .recipe import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, frame_seconds
 
 __all__ = ["Clip", "clip_pixels", "load_clip"]

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..core.catalogue import sorted_batches
-from ..core.features import FeatureSource, _progress
-from ..core.moments import select_windows
+from mgsv_sk.data.features import FeatureSource, _progress
+from mgsv_sk.grounding.moments import select_windows
+from mgsv_sk.search.catalogue import sorted_batches
+
 from ..nn.model import Grounding, MaDe
 from .device import Autocast, autocast_for, model_device
 from .padding import pad_stack
@@ -72,7 +73,7 @@ def ground_pairs(
     catalogue track ``track_rows[i]``, best first.
 
     Returns start and end in seconds and the moment score, each shape (n, moments), NaN
-    where a track has fewer windows (see :func:`mgsv_sk.core.moments.select_windows`).
+    where a track has fewer windows (see :func:`mgsv_sk.grounding.moments.select_windows`).
     ``verbose > 0``: a progress bar over the videos.
     """
     out = [np.full((len(video_ids), moments), np.nan) for _ in range(3)]

@@ -1,8 +1,8 @@
-"""The torch backend's catalogue: :class:`mgsv_sk.core.catalogue.Catalogue` encoded by a
+"""The torch backend's catalogue: :class:`mgsv_sk.search.catalogue.Catalogue` encoded by a
 MaDe model, and the model's X-Pool as the catalogue search's scorer.
 
 The arrays, the search (dual score, full X-Pool scan, two-stage search, top-k) and their
-tie rule are the core's, shared with the onnxruntime backend; this module adds only what
+tie rule are the search's, shared with the onnxruntime backend; this module adds only what
 needs torch: encoding tracks and evaluating X-Pool.
 """
 
@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..core.catalogue import (
+from mgsv_sk.data.features import FeatureSource
+from mgsv_sk.search.catalogue import (
     TWO_STAGE_MARGIN,
     Catalogue,
     Chunk,
@@ -23,7 +24,7 @@ from ..core.catalogue import (
     retrieval_scores,
     sorted_batches,
 )
-from ..core.features import FeatureSource
+
 from .device import Autocast, autocast_for, model_device
 from .padding import pad_stack
 
@@ -77,7 +78,7 @@ def xpool_scorer(model: MaDe, catalogue: Catalogue) -> TorchXPool | None:
 
 
 class MusicCatalogue(Catalogue):
-    """Encoded tracks of a music collection held in memory: the core's catalogue of one
+    """Encoded tracks of a music collection held in memory: the search's catalogue of one
     part, built by a MaDe model.
 
     Parameters
@@ -140,7 +141,7 @@ class MusicCatalogue(Catalogue):
     def scores(self, model: MaDe, video_emb: torch.Tensor, *, xpool_top_k: int | None = None,
                track_chunk: int = 64) -> np.ndarray:
         """Retrieval scores of unit-norm videos [B, D] against every track, (B, N) float32
-        (see :func:`mgsv_sk.core.catalogue.retrieval_scores`)."""
+        (see :func:`mgsv_sk.search.catalogue.retrieval_scores`)."""
         return retrieval_scores(video_emb.float().cpu().numpy(), self,
                                 xpool_scorer(model, self), use_dual=model.cfg.use_dual,
                                 xpool_top_k=xpool_top_k, track_chunk=track_chunk)

@@ -1,4 +1,4 @@
-"""Variable-length feature arrays as padded tensors (the core's padding, in torch)."""
+"""Variable-length feature arrays as padded tensors (the search's padding, in torch)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..core.catalogue import pad
+from mgsv_sk.search.catalogue import pad
 
 __all__ = ["pad_stack"]
 
 
 def pad_stack(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad variable-length [T_i, D] arrays to [n, max T_i, D] plus a bool mask [n, max T_i]
-    (the core's :func:`~mgsv_sk.core.catalogue.pad`, as tensors)."""
+    (the search's :func:`~mgsv_sk.search.catalogue.pad`, as tensors)."""
     arrays = list(arrays)
     out, mask = pad(arrays, arrays[0].shape[1])
     return torch.from_numpy(out), torch.from_numpy(mask)

@@ -1,7 +1,7 @@
 """The MaDe model in torch, one architectural part per file, read leaf to root:
 config -> layers -> encoders -> xpool -> detector -> model -> losses (span_ops: geometry).
 
-May import torch and :mod:`mgsv_sk.core` (the constants and span geometry it mirrors);
+May import torch and :mod:`mgsv_sk.data` (the constants and span geometry it mirrors);
 never the estimator, ``train``, ``cli`` or ``export``."""
 
 from .config import MaDeConfig

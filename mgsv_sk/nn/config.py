@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+
 RETRIEVAL_SCORE_NAMES: tuple[str, ...] = ("dual", "xpool")
 #: Moment heads: "window" scores every candidate window (:mod:`mgsv_sk.nn.window`, the
 #: default); "detr" is the paper's single-query detector (:mod:`mgsv_sk.nn.detector`).
@@ -81,8 +83,8 @@ class MaDeConfig:
     span_mlp_layers: int = 3
     window_hidden: int = 64
     windows_per_snippet: int = 2
-    max_frames: int = 50
-    max_snippets: int = 96
+    max_frames: int = MAX_VIDEO_FRAMES
+    max_snippets: int = MAX_MUSIC_SNIPPETS
 
     def __post_init__(self) -> None:
         # Accept any iterable of names (a list from a grid search) but store a tuple.

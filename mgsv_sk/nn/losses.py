@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+
 from .detector import FOREGROUND
 from .model import Grounding, MaDeOutput
 from .span_ops import generalized_span_iou
 
-SNIPPET_HOP = 2.5  # seconds between snippet centres
-MAX_SECONDS = 240.0  # spans are in units of this
 #: Soft targets of the window cross-entropy: exp((IoU - 1) / this), so a candidate of IoU
 #: 0.9 weighs e^-1 of the best one and one of IoU 0.5 e^-5.
 WINDOW_TARGET_TEMPERATURE = 0.1
@@ -149,7 +149,8 @@ def snippet_evidence_loss(snippet_logits: Tensor, target_cw: Tensor) -> Tensor:
     inside the true moment? snippet_logits [B, S] (-inf on padding), target_cw [B, 2]."""
     logits = snippet_logits.float()
     valid = torch.isfinite(logits)  # [B,S]
-    centres = torch.arange(logits.shape[1], device=logits.device) * (SNIPPET_HOP / MAX_SECONDS)
+    step = SNIPPET_HOP_SECONDS / MAX_MUSIC_SECONDS  # snippet centres in span units
+    centres = torch.arange(logits.shape[1], device=logits.device) * step
     center, width = target_cw.float().unbind(-1)  # [B] each
     inside = ((centres[None] - center[:, None]).abs() <= width[:, None] / 2).float()  # [B,S]
     loss = F.binary_cross_entropy_with_logits(logits.masked_fill(~valid, 0.0), inside,
@@ -160,10 +161,10 @@ def snippet_evidence_loss(snippet_logits: Tensor, target_cw: Tensor) -> Tensor:
 def window_iou(anchors: Tensor, seconds: Tensor, target_cw: Tensor) -> Tensor:
     """IoU of each candidate window [anchor, anchor + length] (cut at 240 s) with the true
     moment. anchors [B, K] seconds, seconds [B], target_cw [B, 2] -> [B, K]."""
-    center, width = (target_cw.float() * MAX_SECONDS).unbind(-1)  # [B] seconds
+    center, width = (target_cw.float() * MAX_MUSIC_SECONDS).unbind(-1)  # [B] seconds
     gt_start, gt_end = (center - width / 2)[:, None], (center + width / 2)[:, None]
     start = anchors.float()
-    end = (start + seconds.float()[:, None]).clamp(max=MAX_SECONDS)
+    end = (start + seconds.float()[:, None]).clamp(max=MAX_MUSIC_SECONDS)
     inter = (torch.minimum(end, gt_end) - torch.maximum(start, gt_start)).clamp(min=0.0)
     union = (end - start) + (gt_end - gt_start) - inter
     return inter / union.clamp(min=1e-6)
@@ -185,9 +186,9 @@ def window_terms(
     target = target.softmax(dim=1)  # [B,K], 0 off the track
     log_p = logits.log_softmax(dim=1).masked_fill(~valid, 0.0)
     window = -(target * log_p).sum(dim=1).mean()
-    center, width = (target_cw.float() * MAX_SECONDS).unbind(-1)
+    center, width = (target_cw.float() * MAX_MUSIC_SECONDS).unbind(-1)
     gt_start = (center - width / 2)[:, None]  # [B,1]
-    error = (grounding.starts.float() - gt_start).abs() / SNIPPET_HOP
+    error = (grounding.starts.float() - gt_start).abs() / SNIPPET_HOP_SECONDS
     boundary = (target * error.masked_fill(~valid, 0.0)).sum(dim=1).mean()
     match = None
     if negative_logits.shape[0]:
@@ -234,7 +235,7 @@ def made_losses(
         total = total + w.l1 * l1 + w.giou * giou + w.fg * fg
     else:
         seconds = (video_seconds if video_seconds is not None
-                   else target_cw[:, 1].float() * MAX_SECONDS)
+                   else target_cw[:, 1].float() * MAX_MUSIC_SECONDS)
         window, boundary, match = window_terms(g, output.negative_logits, seconds, target_cw)
         total = total + w.window * window + w.boundary * boundary
         if match is not None:

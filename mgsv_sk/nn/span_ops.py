@@ -1,4 +1,4 @@
-"""Torch twins of the span geometry in :mod:`mgsv_sk.spans` (elementwise, differentiable).
+"""Torch twins of the span geometry in :mod:`mgsv_sk.data.spans` (elementwise, differentiable).
 
 A span is either (center, width) in units of ``scale`` seconds (the model's output space,
 ``scale`` = 240 s, the longest track) or (start, end) in seconds; the last axis has size 2.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..core.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 
 SPAN_SCALE = MAX_MUSIC_SECONDS  # seconds per unit of (center, width)
 
@@ -65,7 +65,7 @@ def generalized_span_iou(a_cw: Tensor, b_cw: Tensor, eps: float = 1e-6) -> Tenso
 def temporal_iou(pred_se: Tensor, gt_se: Tensor, duration: Tensor) -> Tensor:
     """Protocol IoU of predicted and true (start, end) spans in seconds [..., 2] -> [...].
 
-    Mirrors :func:`mgsv_sk.spans.temporal_iou` line for line: the prediction's start is
+    Mirrors :func:`mgsv_sk.data.spans.temporal_iou` line for line: the prediction's start is
     clamped to >= 0 and its end to <= 240 s and then to <= the track ``duration`` [...]; the
     truth's end is cut at 240 s; a prediction's length is max(end - start, 0); the IoU is 0
     where the truth is empty or the union is not positive.

@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+
 from .config import MaDeConfig
 
-SNIPPET_HOP = 2.5  # seconds between snippet centres
-MAX_SECONDS = 240.0  # tracks are cut here
 CONTENT_CHANNELS = 4  # learned per-snippet content channels of the track
 N_POSITION_FEATURES = 6
 CONTEXT_WIDTH = 5  # candidates seen by one context layer (2 on each side: +-2.5 s)
@@ -91,7 +91,7 @@ class WindowHead(nn.Module):
         hidden = cfg.window_hidden
         self.n_heads = h
         self.per_snippet = cfg.windows_per_snippet
-        self.step = SNIPPET_HOP / cfg.windows_per_snippet
+        self.step = SNIPPET_HOP_SECONDS / cfg.windows_per_snippet
         self.video = nn.Linear(d, d)  # frame and snippet projections of the similarity map
         self.music = nn.Linear(d, d)
         self.whole = nn.Linear(d, d)  # h(v) in the snippets' projection
@@ -158,7 +158,7 @@ class WindowHead(nn.Module):
         grid = (snippet_index[:, None] * self.per_snippet + sub[None, :]).reshape(-1)  # [K]
         anchors = grid * self.step  # [K] seconds
         n_snippets = music_mask.sum(dim=1).float()  # [B]
-        track = ((n_snippets - 1.0) * SNIPPET_HOP).clamp(max=MAX_SECONDS)  # [B]
+        track = ((n_snippets - 1.0) * SNIPPET_HOP_SECONDS).clamp(max=MAX_MUSIC_SECONDS)  # [B]
         room = (track - seconds).clamp(min=0.0)  # [P], the latest start inside the track
         valid = anchors[None, :] <= room[:, None] + 1e-4  # [B,K]; anchor 0 always valid
 
@@ -166,16 +166,16 @@ class WindowHead(nn.Module):
         # interpolation between snippets is a hat kernel, so the mean over frames of the
         # interpolated similarity is one matmul with hat[j, s, c] = max(0, 1 - |pos - s|)
         # (no gather: its backward would scatter)
-        pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP  # [K,F]
+        pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP_SECONDS  # [K,F]
         hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
         along = sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)  # [P*H,F*S] @ [F*S,K]
         aligned = along.view(b, h, -1) / n_frames[:, None, None]  # [P,H,K]
 
         # bag: mean of the per-snippet features over the snippets whose centre is inside
         csum = F.pad(per_snippet.cumsum(dim=2), (1, 0))  # [B,C,S+1]
-        end_snip = torch.floor((anchors[None, :] + seconds[:, None]) / SNIPPET_HOP + 1e-6)
+        end_snip = torch.floor((anchors[None, :] + seconds[:, None]) / SNIPPET_HOP_SECONDS + 1e-6)
         end_snip = torch.minimum(end_snip, n_snippets[:, None] - 1.0)  # [B,K]
-        first = torch.ceil(anchors / SNIPPET_HOP - 1e-6)[None, :]  # [1,K]
+        first = torch.ceil(anchors / SNIPPET_HOP_SECONDS - 1e-6)[None, :]  # [1,K]
         first = torch.minimum(first.expand_as(end_snip), end_snip)  # >= 1 snippet per window
         count = (end_snip - first + 1.0)[:, None]  # [B,1,K]
         c = per_snippet.shape[1]
@@ -184,7 +184,7 @@ class WindowHead(nn.Module):
 
         # onset: the snippet the window starts on and the one before it (interpolated), so
         # a section's first snippet (a hook, a drop) is told from the ones inside it
-        at = anchors[None, :] / SNIPPET_HOP - torch.stack([anchors.new_zeros(()),
+        at = anchors[None, :] / SNIPPET_HOP_SECONDS - torch.stack([anchors.new_zeros(()),
                                                            anchors.new_ones(())])[:, None]
         onset_hat = (1.0 - (at[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
         onset = torch.einsum("bcs,tsk->btck", per_snippet, onset_hat).flatten(1, 2)  # [P,2C,K]
@@ -192,12 +192,12 @@ class WindowHead(nn.Module):
         # where the window sits
         a = anchors[None, :].expand(b, -1)  # [B,K]
         where = torch.stack([
-            a / MAX_SECONDS,
-            a / track.clamp(min=SNIPPET_HOP)[:, None],
+            a / MAX_MUSIC_SECONDS,
+            a / track.clamp(min=SNIPPET_HOP_SECONDS)[:, None],
             (a == 0).float(),
-            (room[:, None] - a) / MAX_SECONDS,
-            (seconds / MAX_SECONDS)[:, None].expand_as(a),
-            (track / MAX_SECONDS)[:, None].expand_as(a),
+            (room[:, None] - a) / MAX_MUSIC_SECONDS,
+            (seconds / MAX_MUSIC_SECONDS)[:, None].expand_as(a),
+            (track / MAX_MUSIC_SECONDS)[:, None].expand_as(a),
         ], dim=-1)  # [B,K,6]
 
         # -- per-candidate network -------------------------------------------------------
@@ -213,6 +213,6 @@ class WindowHead(nn.Module):
         logits = (out[..., 0] + self.bias).masked_fill(~valid, float("-inf"))
         offset = torch.tanh(out[..., 1]) * self.step
         starts = torch.minimum((a + offset).clamp(min=0.0), room[:, None])  # [B,K]
-        ends = (starts + seconds[:, None]).clamp(max=MAX_SECONDS)
+        ends = (starts + seconds[:, None]).clamp(max=MAX_MUSIC_SECONDS)
         snippet_logits = snippet_logits.float().masked_fill(~music_mask, float("-inf"))
         return WindowScores(a, starts, ends, logits, snippet_logits)

@@ -12,17 +12,14 @@ SIGTERM (:mod:`.server`). See ``docs/serving.md``.
 
 from __future__ import annotations
 
-try:
-    import fastapi  # noqa: F401
-    import prometheus_client  # noqa: F401
-    import python_multipart  # noqa: F401
-except ImportError as exc:  # pragma: no cover - depends on the install
-    raise ImportError(f"mgsv_sk.serve needs the serve extra ({exc}); install it with "
-                      "pip install 'mgsv-sk[serve]'") from exc
+from mgsv_sk._extras import require
 
-from .app import create_app
-from .config import ServeConfig
-from .engine import ServedModel
-from .server import run
+for _module in ("fastapi", "prometheus_client", "python_multipart"):
+    require(_module, "mgsv_sk.serve")
+
+from .app import create_app  # noqa: E402
+from .config import ServeConfig  # noqa: E402
+from .engine import ServedModel  # noqa: E402
+from .server import run  # noqa: E402
 
 __all__ = ["ServeConfig", "ServedModel", "create_app", "run"]

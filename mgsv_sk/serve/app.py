@@ -23,8 +23,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+
 from .. import __version__
-from ..core.spans import MAX_MUSIC_SECONDS
 from .admission import Admission, Overloaded
 from .audio import RangeNotSatisfiable, moment_wav, parse_range
 from .config import ServeConfig
@@ -325,7 +326,7 @@ def create_app(
         if loader is None:
             def loader() -> ServedModel:
                 return ServedModel.load(bundle, catalogue, audio_dir=audio_dir,
-                                        intra_op_threads=config.intra_op_threads)
+                                        n_threads=config.n_threads)
 
     def load() -> None:
         assert loader is not None

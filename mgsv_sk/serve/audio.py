@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from ..extract._deps import require
+from mgsv_sk._extras import require
 
 __all__ = ["RangeNotSatisfiable", "audio_seconds", "moment_wav", "parse_range"]
 

@@ -35,7 +35,7 @@ class ServeConfig:
         Most tracks one request may ask for.
     max_moments : int
         Most moments per track one request may ask for.
-    intra_op_threads : int
+    n_threads : int
         onnxruntime threads of each graph's session (per request; ``workers`` of them run
         at once).
     retry_after_s : int
@@ -50,14 +50,14 @@ class ServeConfig:
     max_video_seconds: float = 60.0
     max_k: int = 50
     max_moments: int = 5
-    intra_op_threads: int = 1
+    n_threads: int = 1
     retry_after_s: int = 1
     max_json_bytes: int = 8 << 20
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("workers", "max_upload_bytes", "max_k", "max_moments",
-                     "intra_op_threads", "retry_after_s", "max_json_bytes"):
+                     "n_threads", "retry_after_s", "max_json_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
@@ -74,6 +74,6 @@ class ServeConfig:
     def public(self) -> dict[str, Any]:
         """The limits a client needs to know (the page and the model metadata show them)."""
         out = asdict(self)
-        for private in ("intra_op_threads", "retry_after_s"):
+        for private in ("n_threads", "retry_after_s"):
             out.pop(private)
         return out

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..core._atomic import sha256_file
-from ..core.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from ..extract._deps import require
+from mgsv_sk._extras import require
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.files._atomic import sha256_file
+
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from .audio import audio_seconds
 
@@ -129,7 +130,7 @@ class ServedModel:
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | None = None,
              *, audio_dir: str | os.PathLike[str] | None = None,
-             intra_op_threads: int | None = 1) -> ServedModel:
+             n_threads: int | None = 1) -> ServedModel:
         """Open ``bundle`` (checksums verified) and, if given, serve the tracks of the
         packed store ``catalogue`` (from ``mgsv-sk catalogue``) instead of the bundle's own.
 
@@ -140,10 +141,9 @@ class ServedModel:
         """
         from export.manifest import MANIFEST_FILE
         from export.runtime import OnnxGrounder
+        from mgsv_sk.data.packed import PackedFeatures
 
-        from ..core.packed import PackedFeatures
-
-        grounder = OnnxGrounder.load(bundle, intra_op_threads)
+        grounder = OnnxGrounder.load(bundle, n_threads)
         sources: dict[str, str] = {}
         name = None
         if catalogue is not None:

@@ -2,7 +2,7 @@
 training (``distributed``).
 
 Owns everything that turns a validated frame and a feature source into trained MaDe
-weights. May import torch, :mod:`mgsv_sk.core`, :mod:`mgsv_sk.nn` and
+weights. May import torch, the torch-free layers, :mod:`mgsv_sk.nn` and
 :mod:`mgsv_sk.infer` (device and precision, and the batched inference that validation
-runs); never :mod:`mgsv_sk.estimator`, :mod:`mgsv_sk.cli` or ``export``.
+runs); never :mod:`mgsv_sk.estimators`, :mod:`mgsv_sk.cli` or ``export``.
 """

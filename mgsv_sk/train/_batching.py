@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.catalogue import sorted_batches
-from ..core.features import FeatureSource
-from ..core.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.data.features import FeatureSource
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.search.catalogue import sorted_batches
+
 from ..infer.padding import pad_stack
 
 __all__ = ["Batch", "collate", "length_grouped_batches", "pad_stack", "sorted_batches"]

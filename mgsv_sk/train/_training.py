@@ -16,16 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.features import FeatureSource
-from ..core.metrics import (
+from mgsv_sk.data.features import FeatureSource
+from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.evaluation.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
     retrieval_ranks,
     retrieval_report,
 )
-from ..core.rerank import reranked
-from ..core.scoring import SCORER_NAMES, scorer_value
-from ..core.spans import temporal_iou
+from mgsv_sk.evaluation.scoring import SCORER_NAMES, scorer_value
+from mgsv_sk.search.rerank import reranked
+
 from ..infer.batched import ground_pairs, video_embeddings
 from ..infer.catalogue import MusicCatalogue
 from ..infer.device import Autocast, autocast_for
@@ -99,7 +100,7 @@ class TrainResult:
     stopped: str  # "converged" (patience), "max_epochs" or "interrupted"
 
 
-#: Early stopping monitors any scorer of :mod:`mgsv_sk.core.scoring` (its registry).
+#: Early stopping monitors any scorer of :mod:`mgsv_sk.evaluation.scoring` (its registry).
 EARLY_STOPPING_METRICS = SCORER_NAMES
 
 
@@ -271,7 +272,7 @@ def fit_model(
     runs ``max_epochs``. A KeyboardInterrupt after at least one epoch ends training early
     with the best weights so far (``stopped="interrupted"``).
 
-    With ``dist`` (an initialised process group, see :mod:`mgsv_sk.distributed`) the model
+    With ``dist`` (an initialised process group, see :mod:`mgsv_sk.train.distributed`) the model
     is trained data-parallel: every rank must call this with the same splits and seed;
     each takes a disjoint shard of every epoch's batches, gradients are averaged by DDP,
     validation runs on rank 0 and its metrics are broadcast, and all ranks return
