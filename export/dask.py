@@ -8,8 +8,9 @@ computes reuses those sessions. A packed feature store given as a path is opened
 worker process the same way; both paths must be readable at the same location on every
 worker (a shared filesystem, or the same files copied to each machine).
 
-Like :mod:`export.runtime`, this module never imports torch or mgsv_sk. Dask is imported
-when a function is called; install it with ``pip install "mgsv-sk[dask]"``.
+Like :mod:`export.runtime`, this module never imports torch (only mgsv_sk's torch-free
+layers). Dask is imported when a function is called; install it with
+``pip install "mgsv-sk[dask]"``.
 
     >>> import dask.dataframe as dd                                      # doctest: +SKIP
     >>> ddf = dd.read_csv("test_data.csv",                               # doctest: +SKIP
@@ -21,8 +22,6 @@ when a function is called; install it with ``pip install "mgsv-sk[dask]"``.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -32,57 +31,24 @@ import pandas as pd
 from mgsv_sk._extras import require
 from mgsv_sk.data.features import PackedFeatures as PackedFeatureStore
 
-from .manifest import MANIFEST_FILE, read_manifest
+from . import _cache
+from .manifest import read_manifest
 from .runtime import PREDICTION_COLUMNS, RANK_COLUMNS, OnnxGrounder
 
 __all__ = ["MODES", "clear_worker_cache", "predict_dask", "prediction_meta"]
 
 #: ``mode`` values of :func:`predict_dask`.
 MODES = ("auto", "smg", "msg", "rank")
-#: Bundles and stores kept open per worker process (oldest dropped first).
-_CACHE_SIZE = 4
-_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_cache_lock = threading.Lock()
 
 
 def _dask_dataframe() -> Any:
     return require("dask.dataframe", "predict_dask (dask's DataFrame, which brings pyarrow)")
 
 
-def _identity(path: Path, marker: str) -> tuple[Any, ...]:
-    """(resolved path, inode, mtime, size) of ``path/marker``: a bundle or store re-written
-    in place gets a new identity, so a worker never serves a stale copy."""
-    st = os.stat(path / marker)
-    return (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _cached(key: tuple[Any, ...], make: Any) -> Any:
-    with _cache_lock:
-        value = _cache.get(key)
-        if value is None:
-            value = make()
-            _cache[key] = value
-            while len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        else:
-            _cache.move_to_end(key)
-        return value
-
-
 def clear_worker_cache() -> None:
     """Forget the bundles and stores this process has opened (``client.run`` it on every
     worker to release their memory)."""
-    with _cache_lock:
-        _cache.clear()
-
-
-def _grounder(bundle: str, n_threads: int | None, precision: str | None) -> OnnxGrounder:
-    folder = Path(bundle)
-    read_manifest(folder)  # a clear FileNotFoundError / BundleError on this worker
-    key = ("bundle", *_identity(folder, MANIFEST_FILE), n_threads, precision)
-    grounder: OnnxGrounder = _cached(
-        key, lambda: OnnxGrounder.load(folder, n_threads, precision=precision))
-    return grounder
+    _cache.clear()
 
 
 def _features(features: Any) -> Any:
@@ -91,8 +57,8 @@ def _features(features: Any) -> Any:
     folder = Path(features)
     if not (folder / "meta.json").is_file():
         return PackedFeatureStore(folder)  # raises the runtime's explanatory error
-    key = ("store", *_identity(folder, "meta.json"))
-    return _cached(key, lambda: PackedFeatureStore(folder))
+    key = ("store", *_cache.identity(folder, "meta.json"))
+    return _cache.cached(key, lambda: PackedFeatureStore(folder))
 
 
 def prediction_meta(mode: str, index: pd.Index | None = None) -> pd.DataFrame:
@@ -128,7 +94,7 @@ def _predict_partition(part: pd.DataFrame, bundle: str, features: Any, rank: boo
                        n_threads: int | None, precision: str | None) -> pd.DataFrame:
     if len(part) == 0:  # the runtime refuses empty frames; a filtered partition may be one
         return prediction_meta("rank" if rank else "auto", part.index)
-    grounder = _grounder(bundle, n_threads, precision)
+    grounder = OnnxGrounder.shared(bundle, n_threads, precision)
     source = _features(features)
     if rank:
         out = grounder.rank(part, k=k, features=source)

@@ -39,6 +39,7 @@ from mgsv_sk.search.catalogue import (
     Catalogue,
     Chunk,
     Part,
+    SnippetRows,
     check_positive,
     pad,
     pair_scores,
@@ -48,7 +49,9 @@ from mgsv_sk.search.catalogue import (
 )
 from mgsv_sk.search.rerank import check_rerank
 
+from . import _cache
 from .manifest import (
+    MANIFEST_FILE,
     BundleError,
     GraphSpec,
     graph_problems,
@@ -73,16 +76,24 @@ class _Videos:
 
 
 class _OrtXPool:
-    """The bundle's score graphs as the core catalogue search's X-Pool scorer."""
+    """The bundle's score graphs as the catalogue search's :class:`Scorer` (dual + X-Pool).
+
+    An onnxruntime session cannot be pickled: a pickled scorer (sent to the Dask workers
+    that hold catalogue shards) carries the bundle's path and reopens it there, once per
+    process (:meth:`OnnxGrounder.shared`)."""
 
     def __init__(self, grounder: OnnxGrounder) -> None:
         self.run = grounder._run
+        self._opened = (str(grounder.folder), grounder.n_threads, grounder.precision)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_shared_scorer, self._opened)
 
     def tracks(self, video_emb: np.ndarray, chunk: Chunk) -> np.ndarray:
         return self.run("score_tracks", video_emb=video_emb, music_emb=chunk.emb,
                         xpool_states=chunk.states, music_mask=chunk.mask)[0]
 
-    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: Catalogue) -> np.ndarray:
+    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: SnippetRows) -> np.ndarray:
         out = np.zeros(len(rows), np.float32)
         for lo in range(0, len(rows), _PAIR_BATCH):
             part = rows[lo: lo + _PAIR_BATCH]
@@ -91,6 +102,10 @@ class _OrtXPool:
                 "score_pairs", video_emb=video_emb[lo: lo + len(part)], music_emb=cat.emb(part),
                 xpool_states=states, music_mask=mask)[0]
         return out
+
+
+def _shared_scorer(bundle: str, n_threads: int | None, precision: str) -> _OrtXPool:
+    return _OrtXPool(OnnxGrounder.shared(bundle, n_threads, precision))
 
 
 def _session(folder: Path, file: str, options: Any) -> Any:
@@ -136,7 +151,7 @@ def _bundle_encoder(folder: Path, role: str, info: dict[str, Any], precision: st
     return encoder
 
 
-class OnnxGrounder(BaseGrounder):
+class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     """An exported MGSVGrounder on onnxruntime. Build it with :meth:`load`.
 
     Attributes
@@ -164,6 +179,8 @@ class OnnxGrounder(BaseGrounder):
         self.precision = precision
         self.features = features
         self.track_chunk = track_chunk
+        #: Threads of each session (None: onnxruntime's default), as given to :meth:`load`.
+        self.n_threads: int | None = None
         retrieval = manifest["retrieval"]
         self.use_dual, self.use_xpool = bool(retrieval["use_dual"]), bool(retrieval["use_xpool"])
         self.xpool_top_k = retrieval.get("xpool_top_k")
@@ -234,10 +251,22 @@ class OnnxGrounder(BaseGrounder):
                              verify=verify)
         grounder = cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                        precision=precision, track_chunk=track_chunk)
+        grounder.n_threads = n_threads
         for role, encoder in manifest.get("encoders", {}).items():  # exported with encoders=
             setattr(grounder, f"{role}_encoder",
                     _bundle_encoder(folder, role, encoder, precision, options))
         return grounder
+
+    @classmethod
+    def shared(cls, bundle: str | os.PathLike[str], n_threads: int | None = None,
+               precision: str | None = None) -> OnnxGrounder:
+        """The bundle opened once in this process and reused (a Dask worker's partitions and
+        shard re-rankings): keyed by the manifest file's identity, so a bundle re-written in
+        place is opened afresh; checksums are verified when it is first opened."""
+        folder = Path(bundle)
+        read_manifest(folder)  # a clear FileNotFoundError / BundleError here
+        key = ("bundle", *_cache.identity(folder, MANIFEST_FILE), n_threads, precision)
+        return _cache.cached(key, lambda: cls.load(folder, n_threads, precision=precision))
 
     @property
     def xpool_top_k(self) -> int | None:
@@ -375,17 +404,18 @@ class OnnxGrounder(BaseGrounder):
             self._catalogue = catalogue
             self.catalogue_ids_ = list(catalogue.ids)
 
-    def _xpool(self) -> _OrtXPool | None:
+    def _scorer(self, catalogue: Any) -> _OrtXPool | None:
         return _OrtXPool(self) if self.use_xpool else None
 
     def _scores(self, videos: _Videos, catalogue: Catalogue) -> np.ndarray:
         """Scores of videos against every catalogue track, (n, N) float32."""
-        return retrieval_scores(videos.emb, catalogue, self._xpool(), use_dual=self.use_dual,
+        return retrieval_scores(videos.emb, catalogue, self._scorer(catalogue),
+                                use_dual=self.use_dual,
                                 xpool_top_k=self.xpool_top_k, track_chunk=self.track_chunk)
 
     def _pair_scores(self, videos: _Videos, rows: np.ndarray,
                      catalogue: Catalogue) -> np.ndarray:
-        return pair_scores(videos.emb, rows, catalogue, self._xpool())
+        return pair_scores(videos.emb, rows, catalogue, self._scorer(catalogue))
 
     def recommend(self, video_paths: Any, k: int = 10, *, video_encoder: Any = None,
                   moments_per_track: int = 1) -> pd.DataFrame:

@@ -8,6 +8,8 @@ from typing import Any
 
 from mgsv_sk import MGSVGrounder
 from mgsv_sk.nn import LossWeights, MaDeConfig
+from mgsv_sk.train import fitting
+from mgsv_sk.train.fitting import model_config
 
 
 def made_config(**fields: Any) -> MaDeConfig:
@@ -17,9 +19,9 @@ def made_config(**fields: Any) -> MaDeConfig:
     est = {k: v for k, v in fields.items() if k in params}
     details = {k: v for k, v in fields.items() if k not in params}
     video_dim, music_dim = details.pop("video_dim", 512), details.pop("music_dim", 768)
-    return MGSVGrounder(**est)._model_config(video_dim, music_dim, **details)
+    return model_config(MGSVGrounder(**est).get_params(), video_dim, music_dim, **details)
 
 
 def loss_weights(**fields: Any) -> LossWeights:
     """LossWeights at MGSVGrounder's defaults, with ``fields`` (LossWeights names) replaced."""
-    return replace(MGSVGrounder()._loss_weights(), **fields)
+    return replace(fitting.loss_weights(MGSVGrounder().get_params()), **fields)

@@ -20,6 +20,7 @@ from conftest import TINY
 from distributed import Client, LocalCluster
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
+import export._cache as export_cache
 import export.dask as export_dask
 import mgsv_sk.train.dask_search as mgsv_dask
 from export.dask import predict_dask, prediction_meta
@@ -199,7 +200,7 @@ def test_predict_dask_equals_the_runtime_on_the_whole_frame(client, small_train,
     assert_same_frame(got, want)
     assert (got.dtypes == out._meta.dtypes).all()
     # each worker process loaded the bundle once, however many partitions it computed
-    loaded = client.run(lambda: sum(k[0] == "bundle" for k in export_dask._cache))
+    loaded = client.run(lambda: sum(k[0] == "bundle" for k in export_cache._cache))
     assert set(loaded.values()) <= {0, 1} and sum(loaded.values()) >= 1
 
 

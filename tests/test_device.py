@@ -20,6 +20,7 @@ from mgsv_sk import MGSVGrounder
 from mgsv_sk.infer import device as device_mod
 from mgsv_sk.infer.device import autocast_for, resolve_device, resolve_precision
 from mgsv_sk.train._batching import collate
+from mgsv_sk.train.fitting import train_config
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -61,15 +62,18 @@ def test_precision_errors(small_train, params, match):
         est.fit(small_train.frame)
 
 
+def _train_config(est):
+    return train_config(est.get_params(), 0, 0.0, None)
+
+
 def test_defaults_keep_the_cpu_float32_path():
     est = MGSVGrounder(**TINY)
     assert est.get_params()["device"] == "cpu" and est.get_params()["mixed_precision"] == "auto"
-    cfg = est._train_config(0)
+    cfg = _train_config(est)
     assert cfg.device == "cpu" and cfg.amp_dtype is None
     # bf16=True is a shorthand for mixed_precision="bf16"
-    assert MGSVGrounder(bf16=True)._train_config(0).amp_dtype == torch.bfloat16
-    assert (MGSVGrounder(mixed_precision="bf16")._train_config(0).amp_dtype
-            == torch.bfloat16)
+    assert _train_config(MGSVGrounder(bf16=True)).amp_dtype == torch.bfloat16
+    assert _train_config(MGSVGrounder(mixed_precision="bf16")).amp_dtype == torch.bfloat16
     twin = clone(MGSVGrounder(device=torch.device("cpu"), mixed_precision="fp32"))
     assert twin.device == torch.device("cpu") and twin.mixed_precision == "fp32"
 

@@ -182,5 +182,5 @@ def test_missing_extra_names_the_install(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake)
     monkeypatch.delitem(__import__("sys").modules, "av", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'mgsv-sk\[media\]'"):
+    with pytest.raises(ImportError, match=r'pip install "mgsv-sk\[media\]"'):
         require("av", "decoding videos")

@@ -44,13 +44,13 @@ from mgsv_sk.data.features import (
 )
 from mgsv_sk.data.spans import clamp_prediction, cw_to_se, se_to_cw, temporal_iou
 from mgsv_sk.estimators._persistence import ModelFileError, sha256_file
-from mgsv_sk.estimators.made import torch_threads
 from mgsv_sk.evaluation.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
     retrieval_ranks,
     retrieval_report,
 )
+from mgsv_sk.infer.device import torch_threads
 
 ORTFeatureError = runtime.FeatureError
 ONE_EPOCH = {**TINY, "max_epochs": 1}

@@ -1,15 +1,18 @@
-"""The catalogue sharded across 2 Dask workers answers as the single-machine catalogue."""
+"""A grounder whose catalogue is sharded across 2 Dask workers answers as it does alone:
+the shards' search is the single-machine one, and predict / rank / decision_function on
+the sharded catalogue give the same tracks, scores and moments, in both backends."""
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
+import copy
+import pickle
 
-from mgsv_sk.infer.sharded import shard_grounder
+import numpy as np
+import pandas as pd
+import pytest
+
 from mgsv_sk.search.ann import build_index
 from mgsv_sk.search.catalogue import top_k_indices
-from mgsv_sk.search.compact import encode_rows
 from mgsv_sk.search.sharded import ShardedCatalogue, shard_bounds
 
 distributed = pytest.importorskip("distributed")
@@ -25,14 +28,20 @@ def client():
 
 @pytest.fixture(scope="module")
 def served(tiny_fitted, small_test):
-    """The tiny model serving the 60 test tracks, and 12 test videos' embeddings."""
-    import copy
-
+    """The tiny model serving the 60 test tracks (their features its own), and 12 test
+    videos."""
     model = copy.deepcopy(tiny_fitted)
-    model.set_catalogue(small_test.frame["music_id"].unique(), features=small_test.features)
-    video = torch.from_numpy(model._encode_videos(
-        small_test.frame.iloc[:12], model._source(small_test.features)).emb)
-    return model, video
+    model.set_params(features=small_test.features)
+    model.set_catalogue(small_test.frame["music_id"].unique())
+    return model, small_test.frame.iloc[:12].drop(columns="music_id")
+
+
+def _same_answers(alone, sharded_grounder, frame) -> None:
+    kwargs: dict = {}
+    pd.testing.assert_frame_equal(sharded_grounder.rank(frame, 5, **kwargs),
+                                  alone.rank(frame, 5, **kwargs), atol=1e-5)
+    pd.testing.assert_frame_equal(sharded_grounder.predict(frame, **kwargs),
+                                  alone.predict(frame, **kwargs), atol=1e-5)
 
 
 def test_shard_bounds_cover_every_row_once():
@@ -42,65 +51,96 @@ def test_shard_bounds_cover_every_row_once():
         shard_bounds(3, 4)
 
 
-@pytest.mark.parametrize("top_k, k", [(10, 5), (8, 20)])
-def test_two_stage_search_is_the_single_machine_one(client, served, top_k, k):
-    model, video = served
-    cat = model.catalogue_
-    with torch.no_grad():
-        table = cat.scores(model.model_, video, xpool_top_k=top_k)
-    expected = top_k_indices(table, k)
-    sharded, rerank = shard_grounder(client, model)
-    assert sharded.bounds.tolist() == [0, 30, 60] and len(set(sharded.workers)) == 2
-    scores, rows = sharded.search(video.numpy(), k, xpool_top_k=top_k, rerank=rerank)
-    np.testing.assert_array_equal(rows, expected)
-    np.testing.assert_allclose(scores, np.take_along_axis(table, expected, axis=1), atol=1e-6)
+@pytest.mark.parametrize("top_k", [None, 8])
+def test_a_sharded_grounder_answers_as_the_single_machine_one(client, served, top_k):
+    model, frame = served
+    alone = copy.deepcopy(model)
+    alone.xpool_top_k = top_k
+    sharded = copy.deepcopy(alone)
+    shards = sharded.shard_catalogue(client)
+    assert shards.bounds.tolist() == [0, 30, 60] and len(set(shards.workers)) == 2
+    assert sharded.set_catalogue(shards) is sharded
+    assert sharded.catalogue_.shards is shards and sharded.catalogue_ids_ == alone.catalogue_ids_
+    _same_answers(alone, sharded, frame)
+    np.testing.assert_allclose(sharded.decision_function(frame, moment_weight=0),
+                               alone.decision_function(frame, moment_weight=0), atol=1e-5)
+    # the shards answer as the catalogue's own search: same rows, same scores
+    video = alone._encode_videos(frame, alone._source(None)).emb
+    with_xpool = alone.catalogue_.scores(alone.model_, _tensor(video), xpool_top_k=top_k)
+    scores, rows = shards.search(video, 5, xpool_top_k=top_k or len(shards))  # None: all
+    np.testing.assert_array_equal(rows, top_k_indices(with_xpool, 5))
+    np.testing.assert_allclose(scores, np.take_along_axis(with_xpool, rows, axis=1), atol=1e-6)
+
+
+def _tensor(array):
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def test_dual_search_identical_to_the_exact_index(client, served):
-    model, video = served
-    emb, _, _, offsets = model.catalogue_.arrays()
-    sharded = ShardedCatalogue.scatter(client, emb, offsets, n_shards=3)
-    got = sharded.search(video.numpy(), 25)
-    expected = build_index(emb, "exact").search(video.numpy(), 25)
+    model, frame = served
+    shards = ShardedCatalogue.scatter(client, model.catalogue_, n_shards=3)
+    video = model._encode_videos(frame, model._source(None)).emb
+    got = shards.search(video, 25)
+    emb = model.catalogue_.emb(np.arange(len(model.catalogue_)))
+    expected = build_index(emb, "exact").search(video, 25)
     np.testing.assert_array_equal(got[1], expected[1])
     # a shard's scan is its own matrix product: the same sums up to float32 rounding
     np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
 
 
 def test_compact_states_on_the_shards(client, served):
-    model, video = served
-    cat = model.catalogue_
-    emb, _, states, offsets = cat.arrays()
-    compact = encode_rows(states, "int8")
-    sharded = ShardedCatalogue.scatter(client, emb, offsets, compact.decode())
-    _, rerank = shard_grounder(client, model)
-    with torch.no_grad():
-        table = cat.scores(model.model_, video, xpool_top_k=10)
-    scores, rows = sharded.search(video.numpy(), 1, xpool_top_k=10, rerank=rerank)
-    best = table.max(axis=1)
-    assert np.abs(scores[:, 0] - best).max() <= 1e-2
+    model, frame = served
+    alone = copy.deepcopy(model)
+    alone.compact_catalogue(states="int8", index="exact")
+    sharded = copy.deepcopy(alone)
+    sharded.set_catalogue(sharded.shard_catalogue(client))
+    _same_answers(alone, sharded, frame)
 
 
 @pytest.mark.parametrize("states", ["float32", "int8"])
 def test_a_bundle_sharded_without_torch_answers_as_its_runtime(client, served, tmp_path,
                                                                small_test, states):
     from export.runtime import OnnxGrounder
-    from export.sharded import shard_bundle
     from export.to_onnx import export_onnx
 
-    model, _ = served
+    model, frame = served
     bundle = export_onnx(model, tmp_path / "bundle", states=states, check=False)
-    g = OnnxGrounder.load(bundle, 1, features=small_test.features, precision="fp32")
-    g.xpool_top_k = 10
-    frame = small_test.frame.iloc[:12]
-    # the runtime's own two-stage search; the shards answer the retrieval stage, before
-    # any re-ranking by the moment score
-    table = g.decision_function(frame, moment_weight=0)
-    expected = top_k_indices(np.asarray(table), 5)
-    video = g._encode_videos(frame, g._source(None)).emb
-    sharded, rerank = shard_bundle(client, bundle, precision="fp32")
-    assert len(sharded) == len(g.catalogue_ids_) and rerank is not None
-    scores, rows = sharded.search(video, 5, xpool_top_k=10, rerank=rerank)
-    np.testing.assert_array_equal(rows, expected)
-    np.testing.assert_allclose(scores, np.take_along_axis(np.asarray(table), expected, axis=1),
-                               atol=1e-5)
+    alone = OnnxGrounder.load(bundle, 1, features=small_test.features, precision="fp32")
+    alone.xpool_top_k = 10
+    sharded = OnnxGrounder.load(bundle, 1, features=small_test.features, precision="fp32")
+    sharded.xpool_top_k = 10
+    shards = sharded.shard_catalogue(client)
+    # the scorer travels as the bundle's path: the workers open the bundle themselves
+    assert type(pickle.loads(pickle.dumps(shards.scorer))).__name__ == "_OrtXPool"
+    sharded.set_catalogue(shards)
+    _same_answers(alone, sharded, frame)
+
+
+def test_shards_of_another_catalogue_are_refused(client, served, small_test):
+    model, _ = served
+    other = copy.deepcopy(model)
+    other.set_catalogue(small_test.frame["music_id"].unique()[:20], features=small_test.features)
+    shards = other.shard_catalogue(client)
+    before = list(model.catalogue_ids_)
+    with pytest.raises(ValueError, match="scattered from another catalogue"):
+        model.set_catalogue(shards)
+    assert model.catalogue_ids_ == before and model.catalogue_.shards is None
+
+
+def test_a_sharded_grounder_saves_and_pickles_without_its_cluster(client, served, tmp_path):
+    model, frame = served
+    sharded = copy.deepcopy(model)
+    sharded.set_catalogue(sharded.shard_catalogue(client))
+    copied = pickle.loads(pickle.dumps(sharded))
+    assert copied.catalogue_.shards is None
+    pd.testing.assert_frame_equal(copied.rank(frame, 3), model.rank(frame, 3), atol=1e-5)
+
+
+def test_a_baseline_has_no_catalogue_to_shard(client, small_train):
+    from mgsv_sk import RidgeGrounder
+
+    ridge = RidgeGrounder(features=small_train.features).fit(small_train.frame)
+    with pytest.raises(TypeError, match="no encoded catalogue to shard"):
+        ridge.shard_catalogue(client)

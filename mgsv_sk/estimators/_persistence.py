@@ -34,9 +34,10 @@ from mgsv_sk.files._atomic import (
 )
 from mgsv_sk.files._paths import open_regular
 from mgsv_sk.infer.catalogue import MusicCatalogue
+from mgsv_sk.train.fitting import model_config
 
 if TYPE_CHECKING:
-    from mgsv_sk.estimators._fitted import FittedState
+    from mgsv_sk.train._fitted import FittedState
 
 __all__ = ["ModelFileError", "load_grounder", "save_grounder", "sha256_file"]
 
@@ -269,8 +270,8 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
                   features: Any = None) -> tuple[Any, FittedState]:
     """The unfitted estimator ``cls(**saved parameters)`` and the saved fitted state
     (checksums and every array's shape verified); the estimator applies the state."""
-    from mgsv_sk.estimators._fitted import FittedState
     from mgsv_sk.nn.model import MaDe
+    from mgsv_sk.train._fitted import FittedState
 
     folder = Path(path)
     config = _verified(folder)
@@ -289,7 +290,8 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
     est = cls(**params)
     dims = config["model_config"]
     try:
-        model = MaDe(est._model_config(dims["video_dim"], dims["music_dim"]))
+        model = MaDe(model_config(est.get_params(deep=False), dims["video_dim"],
+                                  dims["music_dim"]))
     except (ValueError, TypeError) as exc:
         raise ModelFileError(
             f"the parameters in {folder / 'config.json'!s} do not describe a valid model "

@@ -8,17 +8,19 @@ grounders alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from numbers import Real
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from mgsv_sk.grounding.base import new_fit_token
+from mgsv_sk.grounding.base import Videos, new_fit_token
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
 from mgsv_sk.search.catalogue import TrackIndex
@@ -26,7 +28,20 @@ from mgsv_sk.search.catalogue import TrackIndex
 __all__ = ["RidgeGrounder", "TrivialGrounder"]
 
 
-class TrivialGrounder(GrounderEstimator):
+class _TrackIds(GrounderEstimator[Videos, TrackIndex]):
+    """A baseline's catalogue: the track ids only (tracks are read when scored)."""
+
+    def _served_catalogue(self) -> TrackIndex:
+        return TrackIndex(self.catalogue_ids_)
+
+    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> TrackIndex:
+        return TrackIndex(music_ids)
+
+    def _serve(self, catalogue: TrackIndex) -> None:
+        self.catalogue_ids_ = list(catalogue.ids)
+
+
+class TrivialGrounder(_TrackIds[int]):
     """Predicts the moment ``[0, video duration]`` for every video.
 
     It scores SmG mIoU 0.478 on the real MGSV-EC test split. Its retrieval scores are
@@ -40,11 +55,17 @@ class TrivialGrounder(GrounderEstimator):
         Seed of the chance-level retrieval scores.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "features": "no_validation",
+        "random_state": ["random_state"],
+    }
+
     def __init__(self, features: Any = None, random_state: int = 0) -> None:
         self.features = features
         self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> TrivialGrounder:
+        self._check_params()
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         self.catalogue_ids_ = list(pd.unique(frame["music_id"]))
         self.fit_token_ = new_fit_token()
@@ -105,7 +126,7 @@ def _window_means(snippets: np.ndarray, length_s: float) -> tuple[np.ndarray, np
     return means, first * SNIPPET_HOP_SECONDS
 
 
-class RidgeGrounder(GrounderEstimator):
+class RidgeGrounder(_TrackIds["_RidgeVideos"]):
     """A linear baseline: ridge maps from a video's mean frame feature to its track's mean
     snippet feature (retrieval, by cosine) and to its moment's mean snippet feature
     (grounding, by sliding a window of the video's length over the track).
@@ -118,11 +139,17 @@ class RidgeGrounder(GrounderEstimator):
         Ridge penalty of both maps.
     """
 
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "features": "no_validation",
+        "alpha": [Interval(Real, 0, None, closed="left")],
+    }
+
     def __init__(self, features: Any = None, alpha: float = 10.0) -> None:
         self.features = features
         self.alpha = alpha
 
     def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None) -> RidgeGrounder:
+        self._check_params()
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         source = self._source(features)
         source.check_available(frame["video_id"], pd.unique(frame["music_id"]))

@@ -5,48 +5,38 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import threading
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import GroupShuffleSplit
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
-    InvalidParameterError,
     StrOptions,
-    validate_parameter_constraints,
 )
 from sklearn.utils.validation import check_is_fitted
 
-from mgsv_sk.data._schema import FIT_COLUMNS, check_trainable_moments, video_durations
-from mgsv_sk.data.features import FeatureSource, as_feature_source, require_finite
-from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
-from mgsv_sk.estimators._fitted import FittedState
+from mgsv_sk.data._schema import FIT_COLUMNS, check_trainable_moments
+from mgsv_sk.data.features import FeatureSource, require_finite
 from mgsv_sk.grounding.base import new_fit_token
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
 from mgsv_sk.infer.batched import ground_pairs, snippet_evidence, video_embeddings
-from mgsv_sk.infer.catalogue import MusicCatalogue, xpool_scorer
+from mgsv_sk.infer.catalogue import MusicCatalogue, TorchXPool, xpool_scorer
 from mgsv_sk.infer.device import (
     MIXED_PRECISION,
     model_device,
     resolve_device,
     resolve_precision,
-    rng_devices,
+    torch_threads,
 )
-from mgsv_sk.nn.config import DETECTORS, MaDeConfig
-from mgsv_sk.nn.losses import LossWeights
-from mgsv_sk.nn.model import MaDe
+from mgsv_sk.nn.config import DETECTORS
 from mgsv_sk.search.catalogue import pair_scores, retrieval_scores
-from mgsv_sk.train import distributed as ddp
-from mgsv_sk.train._training import EARLY_STOPPING_METRICS, Split, TrainConfig, fit_model
+from mgsv_sk.train._fitted import FittedState
+from mgsv_sk.train._training import EARLY_STOPPING_METRICS
+from mgsv_sk.train.fitting import fit_grounder, prepare_fit
 
 __all__ = ["MGSVGrounder"]
 
@@ -54,37 +44,6 @@ __all__ = ["MGSVGrounder"]
 DEFAULT_MOMENT_WEIGHT = 0.05
 
 logger = logging.getLogger(__name__)
-
-
-_THREADS_LOCK = threading.Lock()
-_threads_state = {"depth": 0, "saved": 0}
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads (None: leave torch's setting, which joblib's
-    workers already cap at cores / jobs), restoring the previous count after.
-
-    Reentrant and thread-safe: torch's thread count is process-wide, so concurrent calls
-    (threads predicting at once) share one saved count, restored when the last leaves;
-    a save/restore per call would let interleaved calls leave the wrong count behind.
-    """
-    if n is None:
-        yield
-        return
-    with _THREADS_LOCK:
-        if _threads_state["depth"] == 0:
-            _threads_state["saved"] = torch.get_num_threads()
-        _threads_state["depth"] += 1
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        with _THREADS_LOCK:
-            _threads_state["depth"] -= 1
-            if _threads_state["depth"] == 0:
-                torch.set_num_threads(_threads_state["saved"])
 
 
 @dataclass(frozen=True)
@@ -97,7 +56,7 @@ class _Videos:
     source: FeatureSource
 
 
-class MGSVGrounder(GrounderEstimator):
+class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     """Music grounding by short video with the MaDe model (Xin et al., ICCV 2025).
 
     ``fit`` trains the model on an MGSV-EC frame and indexes the tracks it saw as the
@@ -300,7 +259,7 @@ class MGSVGrounder(GrounderEstimator):
 
     #: Every parameter's constraints, checked (all at once, one message) before a fit
     #: touches any fitted state; the defaults are the signature's.
-    _parameter_constraints: dict[str, Any] = {
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
         "features": "no_validation",
         "detector": [StrOptions(set(DETECTORS))],
         "d_model": [Interval(Integral, 2, None, closed="left")],
@@ -338,21 +297,6 @@ class MGSVGrounder(GrounderEstimator):
         "verbose": ["verbose"],
     }
 
-    def _check_params(self) -> None:
-        """Every constraint of :attr:`_parameter_constraints`; all violations in one
-        ``InvalidParameterError`` (a ValueError and a TypeError)."""
-        params = self.get_params(deep=False)
-        problems = []
-        for name, constraints in self._parameter_constraints.items():
-            try:
-                validate_parameter_constraints({name: constraints}, {name: params[name]},
-                                               caller_name=type(self).__name__)
-            except InvalidParameterError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise InvalidParameterError("Invalid MGSVGrounder parameters:\n  - "
-                                        + "\n  - ".join(problems))
-
     def _moment_weight(self) -> float:
         """``moment_weight`` resolved: "auto" re-ranks by the window head's moment score
         (a trained fit-or-not score) and not by DETR's (a foreground probability trained
@@ -364,67 +308,6 @@ class MGSVGrounder(GrounderEstimator):
     def _rerank(self, moment_weight: Any = None, rerank_depth: Any = None) -> tuple[float, int]:
         return super()._rerank(self._moment_weight() if moment_weight is None
                                else moment_weight, rerank_depth)
-
-    def _seed(self) -> int:
-        """The fit's seed: ``random_state`` itself (int), a draw from it (RandomState), or
-        fresh entropy (None)."""
-        if self.random_state is None:
-            return int(np.random.SeedSequence().generate_state(1)[0])
-        if isinstance(self.random_state, (int, np.integer)):
-            return int(self.random_state)
-        return int(check_random_state(self.random_state).randint(2**31 - 1))
-
-    # -- configuration ---------------------------------------------------------------------
-    def _model_config(self, video_dim: int, music_dim: int, **details: Any) -> MaDeConfig:
-        """The network's config from these parameters; ``details``: MaDeConfig fields no
-        parameter exposes (max_frames, window_hidden, ...)."""
-        return MaDeConfig(**details,
-            video_dim=video_dim, music_dim=music_dim, detector=self.detector,
-            d_model=self.d_model,
-            n_heads=self.n_heads, temporal_layers=self.temporal_layers,
-            temporal_dropout=self.temporal_dropout, input_dropout=self.input_dropout,
-            ffn_mult=self.ffn_mult,
-            encoder_layers=self.encoder_layers, decoder_layers=self.decoder_layers,
-            detector_dropout=self.detector_dropout,
-            retrieval_scores=tuple(self.retrieval_scores),
-            temperature_init=self.temperature_init,
-        )
-
-    def _loss_weights(self) -> LossWeights:
-        return LossWeights(l1=self.l1_weight, giou=self.giou_weight, fg=self.fg_weight,
-                           snippet=self.snippet_weight, window=self.window_weight,
-                           boundary=self.boundary_weight, match=self.match_weight,
-                           dual=self.dual_weight, xpool=self.xpool_weight, aux=self.aux_loss)
-
-    def _train_config(self, seed: int, dist: ddp.DistContext | None = None) -> TrainConfig:
-        problems = []
-        device: torch.device | None = None
-        amp: torch.dtype | None = None
-        try:
-            device = resolve_device(self.device, None if dist is None else dist.local_rank)
-        except ValueError as exc:
-            problems.append(str(exc))
-        if device is not None:
-            try:
-                amp = resolve_precision(device, self.mixed_precision, bool(self.bf16)).dtype
-            except ValueError as exc:
-                problems.append(str(exc))
-            if dist is not None and dist.backend == "nccl" and device.type != "cuda":
-                problems.append(f"device resolves to {device} but the torch.distributed group "
-                                "uses the nccl backend, which needs CUDA; pass device='cuda', "
-                                "or initialise the group with backend='gloo' for CPU training")
-        if problems:
-            raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
-        weights = self._loss_weights()
-        return TrainConfig(
-            lr=self.lr, weight_decay=self.weight_decay, batch_size=int(self.batch_size),
-            max_epochs=int(self.max_epochs), patience=int(self.patience),
-            warmup_fraction=self.warmup_fraction, grad_clip=self.grad_clip,
-            early_stopping_metric=self.early_stopping_metric,
-            moment_weight=self._moment_weight(), rerank_depth=int(self.rerank_depth),
-            seed=seed,
-            verbose=self.verbose, loss_weights=weights, device=str(device), amp_dtype=amp,
-        )
 
     # -- fit -------------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Any = None, features: Any = None, *,
@@ -459,45 +342,18 @@ class MGSVGrounder(GrounderEstimator):
         self._check_params()
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         check_trainable_moments(frame)
-        source = self._source(features)
-        seed = self._seed()
-        dist = ddp.current()  # data-parallel when a torch.distributed group is initialised
-        train_cfg = self._train_config(seed, dist)
-        device = torch.device(train_cfg.device)
-        if dist is not None:
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            seed = ddp.broadcast_object(seed, dist, device)  # rank 0's seed on every rank
-            train_cfg = replace(train_cfg, seed=seed)
-        music_ids = list(pd.unique(frame["music_id"]))
-        source.check_available(frame["video_id"], music_ids)
-        model_cfg = self._model_config(source.video_dim, source.music_dim)  # validated here
-        train, valid = self._split(frame, source, seed)
-        evals = self._eval_splits(eval_set, source)
-        # Every feature is read and checked once before the previous fit is let go: a
-        # corrupt file is refused while the earlier model is still in place.
-        source.video_lengths(frame["video_id"].tolist())
-        source.music_lengths(music_ids)
+        prepared = prepare_fit(self.get_params(deep=False), frame, self._source(features),
+                               eval_set, self._moment_weight())
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.
         self._forget_fit()
-        with torch_threads(self.n_threads), \
-                torch.random.fork_rng(devices=rng_devices(device)):
-            torch.manual_seed(seed)
-            n_threads_used = torch.get_num_threads()
-            model = MaDe(model_cfg).to(device)
-            if dist is not None and dist.world_size > 1:
-                torch.manual_seed((seed + dist.rank) % 2**64)  # own dropout masks per rank
-            result = fit_model(model, train, valid, train_cfg, dist, evals)
-            catalogue = MusicCatalogue.build(model, music_ids, source,
-                                             autocast=train_cfg.amp_dtype)
-        if result.stopped == "interrupted":
+        state = fit_grounder(prepared)
+        if state.stopped == "interrupted":
             warnings.warn("fit was interrupted: the model holds the best weights of the "
-                          f"{len(result.history)} completed epoch(s)", RuntimeWarning,
+                          f"{state.n_epochs} completed epoch(s)", RuntimeWarning,
                           stacklevel=2)
-        self._set_fitted(FittedState(model, catalogue, result.history, result.best_epoch,
-                                     len(result.history), result.stopped, n_threads_used))
+        self._set_fitted(state)
         self._remember_source(features)  # the catalogue's encodings came from this source
         return self
 
@@ -523,63 +379,6 @@ class MGSVGrounder(GrounderEstimator):
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
             delattr(self, name)
 
-    @staticmethod
-    def _make_split(part: pd.DataFrame, source: FeatureSource) -> Split:
-        start = part["music_start"].to_numpy(np.float64)
-        end = part["music_end"].to_numpy(np.float64)
-        try:
-            seconds = video_durations(part)
-        except ValueError:  # no video columns: the moment is as long as the video
-            seconds = np.minimum(end, MAX_MUSIC_SECONDS) - start
-        return Split(part["video_id"].tolist(), part["music_id"].tolist(), start, end,
-                     part["music_total_duration"].to_numpy(np.float64), seconds, source)
-
-    def _split(self, frame: pd.DataFrame, source: FeatureSource,
-               seed: int) -> tuple[Split, Split | None]:
-        def make(part: pd.DataFrame) -> Split:
-            return self._make_split(part, source)
-
-        n_tracks = frame["music_id"].nunique()
-        if self.validation_fraction == 0 or n_tracks < 4:
-            if self.validation_fraction > 0:
-                logger.warning("only %d tracks: training without a validation split", n_tracks)
-            return make(frame), None
-        splitter = GroupShuffleSplit(n_splits=1, test_size=self.validation_fraction,
-                                     random_state=seed % (2**32))
-        train_idx, valid_idx = next(splitter.split(frame, groups=frame["music_id"]))
-        train, valid = make(frame.iloc[train_idx]), make(frame.iloc[valid_idx])
-        valid.distractors = self._validation_distractors(train, valid, source)
-        return train, valid
-
-    def _validation_distractors(self, train: Split, valid: Split,
-                                source: FeatureSource) -> list[str]:
-        """Tracks that join the validation gallery (``validation_gallery``): the training
-        tracks ("train"), none ("held_out"), or the given ids."""
-        choice = self.validation_gallery
-        if isinstance(choice, str):
-            return list(dict.fromkeys(train.music_ids)) if choice == "train" else []
-        held_out = set(valid.music_ids)
-        ids = [m for m in dict.fromkeys(str(m) for m in choice) if m not in held_out]
-        source.check_available([], ids)
-        return ids
-
-    def _eval_splits(self, eval_set: Any, source: FeatureSource) -> list[tuple[str, Split]]:
-        """``fit(eval_set=...)`` as named splits, validated before training starts."""
-        if eval_set is None:
-            return []
-        single = isinstance(eval_set, pd.DataFrame) or (
-            isinstance(eval_set, tuple) and len(eval_set) == 2
-            and isinstance(eval_set[0], pd.DataFrame))
-        items = [eval_set] if single else list(eval_set)
-        out = []
-        for i, item in enumerate(items):
-            X_eval, own = item if isinstance(item, tuple) else (item, None)
-            frame = self._frame(X_eval, FIT_COLUMNS)
-            split_source = source if own is None else as_feature_source(own)
-            split_source.check_available(frame["video_id"], list(pd.unique(frame["music_id"])))
-            out.append((f"eval{i}", self._make_split(frame, split_source)))
-        return out
-
     # -- inference hooks (see mgsv_sk.grounding.base) ----------------------------------------
     def _computing(self) -> Any:
         return torch_threads(self.n_threads)
@@ -604,14 +403,17 @@ class MGSVGrounder(GrounderEstimator):
         self.catalogue_ = catalogue
         self.catalogue_ids_ = list(catalogue.ids)
 
+    def _scorer(self, catalogue: Any) -> TorchXPool | None:
+        return xpool_scorer(self.model_, catalogue)
+
     def _scores(self, videos: _Videos, catalogue: MusicCatalogue) -> np.ndarray:
-        return retrieval_scores(videos.emb, catalogue, xpool_scorer(self.model_, catalogue),
+        return retrieval_scores(videos.emb, catalogue, self._scorer(catalogue),
                                 use_dual=self.model_.cfg.use_dual,
                                 xpool_top_k=self.xpool_top_k, track_chunk=64)
 
     def _pair_scores(self, videos: _Videos, rows: np.ndarray,
                      catalogue: MusicCatalogue) -> np.ndarray:
-        return pair_scores(videos.emb, rows, catalogue, xpool_scorer(self.model_, catalogue))
+        return pair_scores(videos.emb, rows, catalogue, self._scorer(catalogue))
 
     def _ground(self, videos: _Videos, video_rows: np.ndarray, catalogue: MusicCatalogue,
                 track_rows: np.ndarray, seconds: np.ndarray,

@@ -4,7 +4,9 @@
 A backend (the torch model :class:`mgsv_sk.MGSVGrounder`, the onnxruntime
 :class:`export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
 validated frames and string ids; the orchestration, the output columns, the tie rule and
-the finiteness checks are this module's:
+the finiteness checks are this module's. A backend names the two types its hooks pass
+around, ``BaseGrounder[Videos, Tracks]`` (its encoded videos; its catalogue, a
+:class:`TrackIndex` or a search ``Catalogue``), so the contract below is type-checked:
 
 - ``_encode_videos(frame, source) -> videos``: whatever the backend needs of the videos
   of one call (opaque here; encoded once per call, read by the other hooks);
@@ -12,6 +14,8 @@ the finiteness checks are this module's:
 - ``_encode_catalogue(music_ids, source) -> TrackIndex``: tracks encoded now (tracks
   outside the served catalogue, or a new catalogue for ``set_catalogue``);
 - ``_serve(catalogue)``: make ``catalogue`` the served one;
+- ``_scorer(catalogue) -> Scorer | None``: the pair score a catalogue's shards run
+  (backends with an encoded catalogue only);
 - ``_scores(videos, catalogue) -> (n, N)``: every video against every track;
 - ``_pair_scores(videos, rows, catalogue) -> (n,)``: video i against track ``rows[i]``;
 - ``_ground(videos, video_rows, catalogue, track_rows, seconds, moments)``: up to
@@ -31,7 +35,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -41,7 +45,8 @@ from mgsv_sk.data._schema import PREDICT_COLUMNS, validate_annotations, video_du
 from mgsv_sk.data.features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.grounding.moments import check_moments, on_tracks, window_lists
-from mgsv_sk.search.catalogue import TrackIndex, top_k_indices
+from mgsv_sk.search.ann import AnnParams
+from mgsv_sk.search.catalogue import Catalogue, Scorer, TrackIndex, top_k_indices
 from mgsv_sk.search.rerank import (
     check_rerank,
     combined_scores,
@@ -49,6 +54,7 @@ from mgsv_sk.search.rerank import (
     rerank_table,
     reranked,
 )
+from mgsv_sk.search.sharded import ShardedCatalogue
 
 __all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
 
@@ -60,8 +66,15 @@ RANK_COLUMNS = ("video_id", "rank", "music_id", "score", "start", "end", "moment
 Moments = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-class BaseGrounder:
-    """Shared plumbing; see the module docstring for the hooks a backend provides."""
+#: A backend's encoded videos of one call (what its hooks pass to each other).
+Videos = TypeVar("Videos")
+#: A backend's catalogue: track ids (TrackIndex) or encoded tracks (a search Catalogue).
+Tracks = TypeVar("Tracks", bound=TrackIndex)
+
+
+class BaseGrounder(Generic[Videos, Tracks]):
+    """Shared plumbing; see the module docstring for the hooks a backend provides. A
+    backend names its two types: ``BaseGrounder[its encoded videos, its catalogue]``."""
 
     features: Any
     catalogue_ids_: list[str]
@@ -72,27 +85,33 @@ class BaseGrounder:
     rerank_depth: int = 10
 
     # -- hooks ----------------------------------------------------------------------
-    def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> Any:
+    def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> Videos:
         raise NotImplementedError
 
-    def _served_catalogue(self) -> TrackIndex:
-        return TrackIndex(self.catalogue_ids_)
-
-    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> TrackIndex:
-        return TrackIndex(music_ids)
-
-    def _serve(self, catalogue: TrackIndex) -> None:
-        self.catalogue_ids_ = list(catalogue.ids)
-
-    def _scores(self, videos: Any, catalogue: Any) -> np.ndarray:
+    def _served_catalogue(self) -> Tracks:
         raise NotImplementedError
 
-    def _pair_scores(self, videos: Any, rows: np.ndarray, catalogue: Any) -> np.ndarray:
+    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> Tracks:
         raise NotImplementedError
 
-    def _ground(self, videos: Any, video_rows: np.ndarray, catalogue: Any,
+    def _serve(self, catalogue: Tracks) -> None:
+        raise NotImplementedError
+
+    def _scores(self, videos: Videos, catalogue: Tracks) -> np.ndarray:
+        raise NotImplementedError
+
+    def _pair_scores(self, videos: Videos, rows: np.ndarray, catalogue: Tracks) -> np.ndarray:
+        raise NotImplementedError
+
+    def _ground(self, videos: Videos, video_rows: np.ndarray, catalogue: Tracks,
                 track_rows: np.ndarray, seconds: np.ndarray, moments: int) -> Moments:
         raise NotImplementedError
+
+    def _scorer(self, catalogue: Tracks) -> Scorer | None:
+        """The backend's score of (video, track) pairs over ``catalogue`` (None: dual
+        only); it must pickle, as shards on Dask workers run it."""
+        raise TypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
+                        "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
 
     def _computing(self) -> contextlib.AbstractContextManager[Any]:
         """Context of one call's computation (the torch backend sets its thread count)."""
@@ -151,7 +170,7 @@ class BaseGrounder:
             self, "_catalogue_sources", ())
 
     def _catalogue_for(self, music_ids: list[str], source: FeatureSource,
-                       features: Any = None) -> Any:
+                       features: Any = None) -> Tracks:
         """The served catalogue when it has every id (and the call's source is the one it
         was encoded from, or holds none of these tracks), else these tracks encoded now
         from the call's source: a ``features=`` override that holds a track is never
@@ -180,7 +199,7 @@ class BaseGrounder:
         return check_rerank(self.moment_weight if moment_weight is None else moment_weight,
                             self.rerank_depth if rerank_depth is None else rerank_depth)
 
-    def _final_scores(self, videos: Any, catalogue: Any, table: np.ndarray,
+    def _final_scores(self, videos: Videos, catalogue: Tracks, table: np.ndarray,
                       seconds: np.ndarray, weight: float, depth: int,
                       rows: np.ndarray | None = None) -> np.ndarray:
         """The scores every ranking orders by (:func:`mgsv_sk.search.rerank.reranked`), the
@@ -195,8 +214,8 @@ class BaseGrounder:
         return reranked(table, weight, depth, moment_scores)
 
     @contextlib.contextmanager
-    def _call(self, X: pd.DataFrame, features: Any) -> Iterator[tuple[pd.DataFrame, Any,
-                                                                      FeatureSource]]:
+    def _call(self, X: pd.DataFrame, features: Any
+              ) -> Iterator[tuple[pd.DataFrame, Videos, FeatureSource]]:
         """Validate ``X``, resolve the source, encode the videos once: (frame, videos,
         source), inside the backend's computing context."""
         self._check_fitted()
@@ -375,8 +394,21 @@ class BaseGrounder:
     def set_catalogue(self, music_ids: Any, features: Any = None) -> BaseGrounder:
         """Serve a different music collection: MsG ``predict`` and ``rank`` search these
         tracks from now on. Features of the tracks are read (and, for the neural model,
-        encoded) once here, from ``features`` or the estimator's source."""
+        encoded) once here, from ``features`` or the estimator's source.
+
+        ``music_ids`` may instead be the :class:`~mgsv_sk.search.sharded.ShardedCatalogue`
+        that :meth:`shard_catalogue` made of the served catalogue: ``predict``, ``rank``
+        and ``decision_function`` then retrieve on its Dask workers (the same scores and
+        order as here) and ground the retrieved tracks in this process. Setting another
+        catalogue, or saving, leaves the shards behind."""
         self._check_fitted()
+        if isinstance(music_ids, ShardedCatalogue):
+            served = self._served_catalogue()
+            if not isinstance(served, Catalogue):
+                self._scorer(served)  # raises: this grounder has nothing to shard
+            assert isinstance(served, Catalogue)
+            self._serve(served.with_shards(music_ids))
+            return self
         ids = id_list(music_ids, "music_ids")
         if not ids:
             raise ValueError("set_catalogue needs at least one music_id")
@@ -388,7 +420,23 @@ class BaseGrounder:
         self._remember_source(features)
         return self
 
-    def _search_catalogue(self, source: FeatureSource, features: Any) -> Any:
+    def shard_catalogue(self, client: Any, *, n_shards: int | None = None,
+                        index: str = "exact", params: AnnParams | None = None
+                        ) -> ShardedCatalogue:
+        """Scatter the served catalogue's search across the workers of a Dask ``client``:
+        its embeddings and X-Pool states in ``n_shards`` shards (default one per worker),
+        each with a first-stage ``index`` built on its worker, and this backend's scorer.
+        Nothing changes here until :meth:`set_catalogue` gets the result; it answers as
+        this grounder's own search does (``xpool_top_k`` included)."""
+        self._check_fitted()
+        served = self._served_catalogue()
+        scorer = self._scorer(served)
+        if not isinstance(served, Catalogue):
+            raise TypeError(f"{type(self).__name__} serves no encoded catalogue to shard")
+        return ShardedCatalogue.scatter(client, served, scorer, n_shards=n_shards,
+                                        index=index, params=params)
+
+    def _search_catalogue(self, source: FeatureSource, features: Any) -> Tracks:
         """The catalogue MsG searches in this call: the served one, or (a ``features=``
         override holding its tracks) the same tracks encoded from the override."""
         served = self._served_catalogue()
@@ -435,7 +483,7 @@ def _lists_music(source: FeatureSource) -> bool:
     return not (callable(lister) and len(lister()) == 0)
 
 
-def _held(source: FeatureSource, ids: list[str], served: Any) -> list[str]:
+def _held(source: FeatureSource, ids: list[str], served: TrackIndex) -> list[str]:
     """The ``ids`` that ``source`` holds (listing the source when it is the smaller)."""
     lister = getattr(source, "music_ids", None)
     if callable(lister):
@@ -446,7 +494,7 @@ def _held(source: FeatureSource, ids: list[str], served: Any) -> list[str]:
     return [m for m in ids if source.has_music(m)]
 
 
-def track_seconds(catalogue: Any, rows: np.ndarray) -> np.ndarray | None:
+def track_seconds(catalogue: TrackIndex, rows: np.ndarray) -> np.ndarray | None:
     """Seconds of music the model knows of each track ``rows`` (2.5 s per valid
     snippet, at most 240 s), or None for a catalogue without lengths (a baseline's)."""
     lengths = getattr(catalogue, "lengths", None)

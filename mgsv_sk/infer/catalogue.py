@@ -20,6 +20,7 @@ from mgsv_sk.search.catalogue import (
     TWO_STAGE_MARGIN,
     Catalogue,
     Chunk,
+    SnippetRows,
     pair_scores,
     retrieval_scores,
     sorted_batches,
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 class TorchXPool:
-    """The model's retrieval scores (dual + X-Pool) for the core's catalogue search; X-Pool
+    """The model's retrieval scores (dual + X-Pool) for the catalogue search; X-Pool
     on the model's device, results back as float32 numpy."""
 
     def __init__(self, model: MaDe) -> None:
@@ -56,7 +57,7 @@ class TorchXPool:
         return np.asarray(score, np.float32)
 
     @torch.no_grad()
-    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: Catalogue) -> np.ndarray:
+    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: SnippetRows) -> np.ndarray:
         assert self.model.xpool is not None
         out = np.zeros(len(rows), np.float32)
         for lo in range(0, len(rows), 256):

@@ -9,12 +9,16 @@ per call, into a concrete ``torch.device`` and an autocast dtype.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 __all__ = [
+    "torch_threads",
     "MIXED_PRECISION",
     "Autocast",
     "Precision",
@@ -178,3 +182,34 @@ def rng_devices(device: torch.device) -> list[int]:
     if device.type != "cuda":
         return []
     return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"depth": 0, "saved": 0}
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave torch's setting, which joblib's
+    workers already cap at cores / jobs), restoring the previous count after.
+
+    Reentrant and thread-safe: torch's thread count is process-wide, so concurrent calls
+    (threads predicting at once) share one saved count, restored when the last leaves;
+    a save/restore per call would let interleaved calls leave the wrong count behind.
+    """
+    if n is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _threads_state["depth"] == 0:
+            _threads_state["saved"] = torch.get_num_threads()
+        _threads_state["depth"] += 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_state["depth"] -= 1
+            if _threads_state["depth"] == 0:
+                torch.set_num_threads(_threads_state["saved"])

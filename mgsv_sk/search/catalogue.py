@@ -7,7 +7,10 @@ on the video only through its query, so the per-track part is computed once). Ra
 per-track arrays are stored back to back with offsets, so a catalogue costs its valid
 snippets only. Scoring runs over chunks of tracks and of videos: no [videos x tracks x D]
 tensor is ever built in one piece. The network parts of a score (X-Pool) come from the
-backend as an :class:`XPoolScorer`; everything else is here, once.
+backend as a :class:`Scorer` (one per backend: ``mgsv_sk.infer.catalogue.TorchXPool``,
+``export.runtime``'s onnxruntime one); everything else is here, once. A catalogue may
+also hand its search to shards on Dask workers (:meth:`Catalogue.with_shards`,
+:mod:`.sharded`); the same scorer then runs on the shards.
 
 A :class:`Catalogue` is an immutable snapshot made of parts (the bundle's arrays, then one
 part per ``add_tracks`` call), so appending never copies the bundle's arrays and a request
@@ -33,12 +36,13 @@ decoded as read) and the dual top-K of the two-stage search may come from an ANN
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -55,9 +59,9 @@ from mgsv_sk.search.topk import top_k_indices, top_k_rows
 if TYPE_CHECKING:
     from mgsv_sk.search.ann import AnnIndex, AnnParams
 
-__all__ = ["TWO_STAGE_MARGIN", "Catalogue", "Chunk", "NpyRows", "Part", "TrackIndex",
-           "XPoolScorer", "pad", "pair_scores", "retrieval_scores", "sorted_batches",
-           "top_k_indices", "top_k_rows"]
+__all__ = ["TWO_STAGE_MARGIN", "Catalogue", "Chunk", "NpyRows", "Part", "Scorer", "Shards",
+           "SnippetRows", "TrackIndex", "pad", "pair_scores", "retrieval_scores",
+           "sorted_batches", "top_k_indices", "top_k_rows"]
 
 #: Two-stage search: tracks not re-ranked by X-Pool keep their dual score minus this, so
 #: every re-ranked pair (dual + X-Pool, at least -2) ranks above them (dual, at most 1).
@@ -186,6 +190,22 @@ class Chunk:
     mask: np.ndarray
 
 
+CatalogueT = TypeVar("CatalogueT", bound="Catalogue")
+
+
+class Shards(Protocol):
+    """What a catalogue asks of the shards that search it
+    (:class:`mgsv_sk.search.sharded.ShardedCatalogue`)."""
+
+    ids: tuple[str, ...]
+    exact: bool
+
+    def __len__(self) -> int: ...
+
+    def search(self, video_emb: np.ndarray, k: int, *, xpool_top_k: int | None = None,
+               rescore: bool = True) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 class Catalogue(TrackIndex):
     """Encoded tracks, in catalogue order, from one or more parts; ``ann``: a first-stage
     index over the first part's embeddings (:mod:`mgsv_sk.search.ann`), or None."""
@@ -197,6 +217,8 @@ class Catalogue(TrackIndex):
         self._starts = np.cumsum([0] + [len(p.ids) for p in self.parts]).astype(np.int64)
         self.lengths = np.concatenate([np.diff(p.offsets) for p in self.parts]).astype(np.int64)
         self.has_xpool = all(p.states is not None for p in self.parts)
+        #: The shards on Dask workers that search these tracks (:meth:`with_shards`).
+        self.shards: Shards | None = None
         self._chunks: dict[int, list[Chunk]] = {}
         self._lock = threading.Lock()
 
@@ -204,6 +226,7 @@ class Catalogue(TrackIndex):
         state = dict(self.__dict__)
         del state["_lock"]  # a lock is not copied; the padded chunks are rebuilt on demand
         state["_chunks"] = {}
+        state["shards"] = None  # a Dask cluster's futures do not travel: search here
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -277,6 +300,18 @@ class Catalogue(TrackIndex):
                           None if xpool is None else store(xpool)),)
         out._starts = np.array([0, len(self)], np.int64)
         out.ann = build_index(emb, index, params)
+        return out
+
+    def with_shards(self: CatalogueT, shards: Shards) -> CatalogueT:
+        """This catalogue, its retrieval search run by ``shards`` (scattered from it, see
+        :meth:`ShardedCatalogue.scatter`): the moment head still reads the tokens here."""
+        if tuple(shards.ids) != tuple(self.ids):
+            raise ValueError("these shards were scattered from another catalogue (their "
+                             f"{len(shards)} tracks are not this catalogue's {len(self)}); "
+                             "scatter this grounder's catalogue (shard_catalogue) and pass "
+                             "that")
+        out = copy.copy(self)
+        out.shards = shards
         return out
 
     @property
@@ -371,16 +406,27 @@ class Catalogue(TrackIndex):
             return self._chunks[size]
 
 
-class XPoolScorer(Protocol):
-    """The network part of a retrieval score, given by a backend (torch eager or ONNX)."""
+class SnippetRows(Protocol):
+    """What a scorer reads of the tracks it scores: a :class:`Catalogue`, or one shard of
+    it on a Dask worker (:class:`mgsv_sk.search.sharded.Shard`)."""
+
+    def emb(self, rows: np.ndarray) -> np.ndarray:
+        """Dual embeddings of ``rows``, [k, D] float32."""
+
+    def padded_states(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """X-Pool snippet states of ``rows``, padded [k, S, D], and their mask [k, S]."""
+
+
+class Scorer(Protocol):
+    """The network part of a retrieval score, one implementation per backend (torch eager,
+    onnxruntime). Both methods return the model's whole score: dual + X-Pool (the enabled
+    ones). A scorer that travels to Dask workers (shards) must pickle."""
 
     def tracks(self, video_emb: np.ndarray, chunk: Chunk) -> np.ndarray:
-        """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]:
-        dual + X-Pool (the enabled ones)."""
+        """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]."""
 
-    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: Catalogue) -> np.ndarray:
-        """Score of (video i, catalogue row rows[i]), [B]: dual + X-Pool (the enabled
-        ones)."""
+    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: SnippetRows) -> np.ndarray:
+        """Score of (video i, row ``rows[i]`` of ``cat``), [B]."""
 
 
 def check_positive(value: Any, name: str, *, optional: bool = False) -> int | None:
@@ -395,7 +441,7 @@ def check_positive(value: Any, name: str, *, optional: bool = False) -> int | No
     return int(value)
 
 
-def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer | None, *,
+def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: Scorer | None, *,
                      use_dual: bool, xpool_top_k: int | None = None,
                      track_chunk: int = 128) -> np.ndarray:
     """Retrieval scores of unit-norm videos [B, D] against every catalogue track, (B, N).
@@ -410,6 +456,16 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer |
     xpool_top_k = check_positive(xpool_top_k, "xpool_top_k", optional=True)
     track_chunk = int(check_positive(track_chunk, "track_chunk") or 1)
     video_emb = np.ascontiguousarray(video_emb, np.float32)
+    if cat.shards is not None:
+        # The shards answer each video's best tracks, scored as below would score them;
+        # tracks outside that list score -inf (never retrieved), as with an ANN index.
+        two_stage = xpool is not None and use_dual and xpool_top_k is not None
+        depth = min(xpool_top_k, len(cat)) if two_stage and xpool_top_k else len(cat)
+        scores, rows = cat.shards.search(video_emb, len(cat) if cat.shards.exact else depth,
+                                         xpool_top_k=depth, rescore=xpool is not None)
+        table = np.full((len(video_emb), len(cat)), -np.inf, np.float32)
+        np.put_along_axis(table, rows, scores, axis=1)
+        return table
     if xpool_top_k is not None and xpool_top_k < len(cat) and use_dual and cat.approximate:
         # ANN first stage: the tracks it does not return score -inf (never retrieved)
         first, cand = cat.first_stage(video_emb, xpool_top_k)  # (B, K) each
@@ -439,7 +495,7 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: XPoolScorer |
 
 
 def pair_scores(video_emb: np.ndarray, rows: np.ndarray, cat: Catalogue,
-                xpool: XPoolScorer | None) -> np.ndarray:
+                xpool: Scorer | None) -> np.ndarray:
     """Retrieval score of each (video i, catalogue row ``rows[i]``) pair, (n,) float32."""
     video_emb = np.ascontiguousarray(video_emb, np.float32)
     if xpool is None:

@@ -1,5 +1,10 @@
 """A catalogue split into shards across Dask workers, searched with an exact merge.
 
+A grounder hands its search to the shards with
+``grounder.set_catalogue(grounder.shard_catalogue(client))``: ``predict``, ``rank`` and
+``decision_function`` then retrieve on the workers and ground the retrieved tracks here
+(the moment head reads the catalogue's tokens, which stay with the grounder).
+
 Each shard is a contiguous range of catalogue rows: its dual embeddings, its snippet rows
 (X-Pool states, any :class:`~mgsv_sk.search.compact.CompactRows` storage) and its
 first-stage index (:mod:`mgsv_sk.search.ann`, built on the worker). A shard is sent to its
@@ -11,12 +16,14 @@ The two-stage search is the single-machine one, split exactly:
 1. every shard returns its ``max(k, xpool_top_k)`` best tracks by dual score; merged, they
    give the catalogue's global dual top list (the global top-K is a subset of the union of
    the per-shard top-K);
-2. each shard re-ranks *its* tracks among each video's global top ``xpool_top_k`` with a
-   ``rerank`` callable (the model's X-Pool pair score), the rest of the list keeps its dual
-   score minus ``margin``; the merged top-k is the single-machine catalogue's top-k.
+2. each shard re-scores *its* tracks among each video's global top ``xpool_top_k`` with
+   the backend's :class:`~mgsv_sk.search.catalogue.Scorer` (the model's dual + X-Pool pair
+   score, pickled to the workers once per query), the rest of the list keeps its dual score
+   minus :data:`~mgsv_sk.search.catalogue.TWO_STAGE_MARGIN`; the merged top-k is the
+   single-machine catalogue's top-k.
 
 Ties keep the lower catalogue row first at every merge, as the single-machine search does.
-Torch-free (the ``rerank`` callable brings the model); Dask is imported by the caller.
+Torch-free (the scorer brings the model); Dask is imported by the caller.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.search.ann import AnnIndex, AnnParams, build_index
-from mgsv_sk.search.catalogue import top_k_rows
+from mgsv_sk.search.ann import AnnIndex, AnnParams, build_index, resolve_kind
+from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN, Catalogue, Scorer, pad, top_k_rows
 
-__all__ = ["Rerank", "Shard", "ShardedCatalogue", "shard_bounds"]
+__all__ = ["Shard", "ShardedCatalogue", "shard_bounds"]
 
 
 @dataclass
@@ -45,8 +52,8 @@ class Shard:
         Dual embeddings.
     offsets : ndarray (n + 1,)
         Snippet rows of local track i: ``offsets[i] .. offsets[i + 1] - 1``.
-    states : array-like (R, D) or None
-        X-Pool snippet states (ndarray or CompactRows), read by ``rerank``.
+    states : ndarray (R, D) or None
+        X-Pool snippet states, read by the scorer.
     index : AnnIndex or None
         First-stage index over ``emb`` (built on the worker).
     """
@@ -59,11 +66,6 @@ class Shard:
 
     def __len__(self) -> int:
         return len(self.emb)
-
-
-#: ``rerank(shard, video_emb (1, D), rows (m,) local) -> (m,) float32``: the re-ranking score
-#: (X-Pool) of one video against ``m`` of the shard's tracks.
-Rerank = Callable[[Shard, np.ndarray, np.ndarray], np.ndarray]
 
 
 def shard_bounds(n: int, n_shards: int) -> np.ndarray:
@@ -82,12 +84,18 @@ def shard_bounds(n: int, n_shards: int) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-def _slice_shard(start: int, stop: int, emb: np.ndarray, offsets: np.ndarray,
-                 states: Any) -> Shard:
-    lo, hi = int(offsets[start]), int(offsets[stop])
-    local = (np.asarray(offsets[start: stop + 1]) - lo).astype(np.int64)
-    part = None if states is None else np.ascontiguousarray(states[lo:hi])
-    return Shard(start, np.ascontiguousarray(emb[start:stop], np.float32), local, part)
+def _slice_shard(catalogue: Catalogue, start: int, stop: int, with_states: bool) -> Shard:
+    """Rows ``start .. stop - 1`` of the catalogue, read once (compact rows decoded)."""
+    rows = np.arange(start, stop)
+    lengths = catalogue.lengths[start:stop]
+    local = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    states = None
+    if with_states:
+        d = catalogue.emb(rows[:1]).shape[1]
+        parts = catalogue._slices("states", rows)
+        states = (np.concatenate(parts).astype(np.float32, copy=False) if parts
+                  else np.zeros((0, d), np.float32))
+    return Shard(start, catalogue.emb(rows), local, states)
 
 
 def _index_shard(shard: Shard, kind: str, params: AnnParams | None) -> Shard:  # on the worker
@@ -102,52 +110,81 @@ def _first_stage(shard: Shard, video_emb: np.ndarray, k: int) -> tuple[np.ndarra
 
 
 def _second_stage(shard: Shard, video_emb: np.ndarray, cand: np.ndarray,
-                  rerank: Rerank) -> np.ndarray:
-    """Re-ranking scores of each video's candidates held by this shard, (B, K) (NaN for
+                  scorer: Scorer) -> np.ndarray:
+    """The scorer's scores of each video's candidates held by this shard, (B, K) (NaN for
     candidates of other shards)."""
     out = np.full(cand.shape, np.nan, np.float32)
-    inside = (cand >= shard.start) & (cand < shard.start + len(shard))
-    for b in range(len(cand)):
-        cols = np.flatnonzero(inside[b])
-        if len(cols):
-            out[b, cols] = rerank(shard, video_emb[b: b + 1], cand[b, cols] - shard.start)
+    videos, cols = np.nonzero((cand >= shard.start) & (cand < shard.start + len(shard)))
+    if len(videos):
+        out[videos, cols] = scorer.pairs(video_emb[videos], cand[videos, cols] - shard.start,
+                                         _ShardRows(shard))
     return out
 
 
+class _ShardRows:
+    """A shard as a scorer reads it (:class:`mgsv_sk.search.catalogue.SnippetRows`), in the
+    shard's local rows."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def emb(self, rows: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.shard.emb[np.asarray(rows, np.int64)], np.float32)
+
+    def padded_states(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        shard = self.shard
+        assert shard.states is not None
+        return pad([shard.states[shard.offsets[r]: shard.offsets[r + 1]] for r in rows],
+                   shard.emb.shape[1])
+
+
 class ShardedCatalogue:
-    """Shards of a catalogue held by Dask workers. Make it with :meth:`scatter`.
+    """Shards of a catalogue held by Dask workers. Make it with :meth:`scatter` (or a
+    grounder's ``shard_catalogue``); give it to the grounder with ``set_catalogue``.
 
     Attributes
     ----------
+    ids : tuple of str
+        The catalogue's track ids, in row order.
     bounds : ndarray (n_shards + 1,)
         Global row boundaries of the shards.
     workers : list of str
         The worker holding each shard.
+    scorer : Scorer or None
+        The backend's score (dual + X-Pool), sent to the workers; None: dual only.
+    exact : bool
+        Whether the shards' first stage scans every embedding (else HNSW / IVF).
     """
 
     def __init__(self, client: Any, shards: Sequence[Any], bounds: np.ndarray,
-                 workers: Sequence[str]) -> None:
+                 workers: Sequence[str], ids: Sequence[str], scorer: Scorer | None,
+                 exact: bool) -> None:
         self.client, self.shards = client, list(shards)
         self.bounds, self.workers = bounds, list(workers)
+        self.ids, self.scorer, self.exact = tuple(ids), scorer, exact
 
     def __len__(self) -> int:
         return int(self.bounds[-1])
 
+    def __repr__(self) -> str:
+        return (f"ShardedCatalogue({len(self)} tracks in {len(self.shards)} shards on "
+                f"{len(set(self.workers))} workers)")
+
     @classmethod
-    def scatter(cls, client: Any, emb: np.ndarray, offsets: np.ndarray, states: Any = None,
-                *, n_shards: int | None = None, index: str = "exact",
+    def scatter(cls, client: Any, catalogue: Catalogue, scorer: Scorer | None = None, *,
+                n_shards: int | None = None, index: str = "exact",
                 params: AnnParams | None = None) -> ShardedCatalogue:
-        """Split a catalogue's arrays into shards, one or more per worker, and index them.
+        """Split a catalogue into shards, one or more per worker, and index them there.
 
         Parameters
         ----------
         client : distributed.Client
-        emb : ndarray (N, D)
-            Dual embeddings (may be memory-mapped: each shard's rows are read once).
-        offsets : ndarray (N + 1,)
-            Snippet-row offsets of the tracks into ``states``.
-        states : array-like (R, D), optional
-            X-Pool snippet states (ndarray, memory map or CompactRows); None: dual only.
+        catalogue : Catalogue
+            Its embeddings and X-Pool snippet states are read once, shard by shard
+            (memory-mapped or compact rows included); the tokens stay where they are.
+        scorer : Scorer, optional
+            The backend's score of (video, track) pairs, pickled to the workers; None:
+            the shards rank by the dual score only.
         n_shards : int, optional
             Default: one per worker of ``client``.
         index : {"auto", "exact", "hnsw", "ivf"}
@@ -159,20 +196,22 @@ class ShardedCatalogue:
         if not workers:
             raise ValueError("the Dask client has no workers; start some first, e.g. "
                              "LocalCluster(n_workers=2, threads_per_worker=1)")
-        n = len(emb)
-        if len(offsets) != n + 1:
-            raise ValueError(f"offsets must have N + 1 = {n + 1} entries, got {len(offsets)}")
-        bounds = shard_bounds(n, n_shards or len(workers))
+        if scorer is not None and not catalogue.has_xpool:
+            raise ValueError("a scorer re-scores X-Pool snippet states, and this catalogue "
+                             "has none; scatter it with scorer=None (dual score only)")
+        bounds = shard_bounds(len(catalogue), n_shards or len(workers))
         futures, owners = [], []
         for i in range(len(bounds) - 1):
             owner = workers[i % len(workers)]
-            shard = _slice_shard(int(bounds[i]), int(bounds[i + 1]), emb, offsets, states)
+            shard = _slice_shard(catalogue, int(bounds[i]), int(bounds[i + 1]),
+                                 scorer is not None)
             [data] = client.scatter([shard], workers=[owner], broadcast=False, hash=False)
             futures.append(client.submit(_index_shard, data, index, params, workers=[owner],
                                          allow_other_workers=False, pure=False))
             owners.append(owner)
         client.gather(futures)  # fail here, not at the first query, if a shard cannot index
-        return cls(client, futures, bounds, owners)
+        exact = all(resolve_kind(index, int(n)) == "exact" for n in np.diff(bounds))
+        return cls(client, futures, bounds, owners, catalogue.ids, scorer, exact)
 
     def _map(self, fn: Callable[..., Any], *args: Any) -> list[Any]:
         tasks = [self.client.submit(fn, shard, *args, workers=[w], allow_other_workers=False,
@@ -180,8 +219,7 @@ class ShardedCatalogue:
         return list(self.client.gather(tasks))
 
     def search(self, video_emb: np.ndarray, k: int, *, xpool_top_k: int | None = None,
-               rerank: Rerank | None = None, margin: float = 4.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+               rescore: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best tracks of each video over every shard, best first.
 
         Parameters
@@ -191,15 +229,11 @@ class ShardedCatalogue:
         k : int
             Tracks per video (at most N).
         xpool_top_k : int, optional
-            With ``rerank``: re-rank each video's global top ``xpool_top_k`` by dual score
-            (the two-stage search). None: ``rerank`` re-ranks the top ``k``.
-        rerank : callable, optional
-            ``rerank(shard, video_emb (1, D), rows (m,)) -> (m,)``, run on the shards'
-            workers; the final score of a re-ranked track is its dual score plus this.
-            None: dual scores only.
-        margin : float
-            Tracks of the list not re-ranked keep their dual score minus this (the
-            catalogue's ``TWO_STAGE_MARGIN``).
+            Re-score each video's global top ``xpool_top_k`` by dual score with the scorer
+            (the two-stage search); the rest of the list keeps its dual score minus
+            ``TWO_STAGE_MARGIN``. None: the scorer re-scores the top ``k``.
+        rescore : bool
+            False: dual scores only, even with a scorer.
 
         Returns
         -------
@@ -209,18 +243,19 @@ class ShardedCatalogue:
         """
         v = np.ascontiguousarray(video_emb, np.float32)
         k = min(int(k), len(self))
-        top = k if xpool_top_k is None or rerank is None else max(k, int(xpool_top_k))
+        scorer = self.scorer if rescore else None
+        top = k if xpool_top_k is None or scorer is None else max(k, int(xpool_top_k))
         top = min(top, len(self))
         parts = self._map(_first_stage, v, top)
         dual, rows = top_k_rows(np.concatenate([p[0] for p in parts], axis=1),
                                 np.concatenate([p[1] for p in parts], axis=1), top)
-        if rerank is None:
+        if scorer is None:
             return dual[:, :k], rows[:, :k]
         n_cand = top if xpool_top_k is None else min(int(xpool_top_k), top)
         cand = rows[:, :n_cand]
-        extra = np.full(cand.shape, np.nan, np.float32)
-        for part in self._map(_second_stage, v, cand, rerank):
-            extra = np.where(np.isnan(part), extra, part)
-        final = dual - np.float32(margin)
-        final[:, :n_cand] = dual[:, :n_cand] + extra
+        score = np.full(cand.shape, np.nan, np.float32)
+        for part in self._map(_second_stage, v, cand, scorer):
+            score = np.where(np.isnan(part), score, part)
+        final = dual - np.float32(TWO_STAGE_MARGIN)
+        final[:, :n_cand] = score
         return top_k_rows(final, rows, k)
