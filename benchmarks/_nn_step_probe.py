@@ -4,7 +4,7 @@ Default config, batch 128, 2 threads, videos padded to F=30 (valid 16..30, mean 
 tracks padded to S=70 (valid 42..70, mean ~56); tracks drawn from a 3,496-track pool so a
 few videos share a track. One step = forward + losses + backward + grad clip + Adam.
 
-    python benchmarks/_nn_step_probe.py [--steps 6] [--threads 2] [--profile]
+    python benchmarks/_nn_step_probe.py [--steps 6] [--n-threads 2] [--profile]
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ def step(model: MaDe, opt: torch.optim.Optimizer, batch: dict, bf16: bool) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--modes", default="fp32,bf16")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.n_threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     batches = [make_batch(gen, args.batch) for _ in range(3)]

@@ -327,7 +327,7 @@ def main() -> None:
     parser.add_argument("--worlds", default=",".join(WORLDS))
     parser.add_argument("--heads", default=",".join(HEADS))
     parser.add_argument("--test-videos", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--tag", default="", help="suffix of the results files")
     parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
                         help="record validation and test curves of the default window head "
@@ -337,13 +337,13 @@ def main() -> None:
                              "ANN first stages (needs faiss-cpu)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.n_threads)
     budget = BUDGETS[args.budget]
     worlds = [w for w in args.worlds.split(",") if w]
     heads = [h for h in args.heads.split(",") if h]
     results: dict[str, Any] = {
         "setup": {"budget": args.budget, **budget, "test_videos": args.test_videos,
-                  "gallery": args.test_videos, "threads": args.threads,
+                  "gallery": args.test_videos, "threads": args.n_threads,
                   "torch": torch.__version__, "machine": platform.machine(),
                   "note": "test tracks are never seen in training; both heads get the same "
                           "videos, and the epochs that fit the budget"},
@@ -354,7 +354,7 @@ def main() -> None:
         name = f"accuracy_curves{args.tag}"
         results["setup"]["curve_epochs"] = args.curves
         for world in worlds:
-            results["worlds"][world] = run_curves(world, budget, args.curves, args.threads,
+            results["worlds"][world] = run_curves(world, budget, args.curves, args.n_threads,
                                                   args.test_videos)
             (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
             (RESULTS / f"{name}.md").write_text(curves_markdown(results))
@@ -364,7 +364,7 @@ def main() -> None:
         return
     name = f"accuracy_{args.budget}{args.tag}"
     for world in worlds:
-        results["worlds"][world] = run_world(world, budget, heads, args.threads,
+        results["worlds"][world] = run_world(world, budget, heads, args.n_threads,
                                              args.test_videos, args.storage)
         # written after every world, so a long run that is stopped keeps what it measured
         (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 The release's architectures (CLIP ViT-B/32 vision tower + projection, AST base at 10/10
 stride on 1024 x 128 inputs) at random weights: the cost is that of the real checkpoints.
-Measures, on this machine's ``--threads`` cores:
+Measures, on this machine's ``--n-threads`` cores:
 
 - preprocessing: video decode + resize/crop/normalise (frames/s, 1 frame per second of a
   30 s 640x360 H.264 clip at 30 fps) and audio decode + resample + Kaldi fbank of all 96
@@ -16,7 +16,7 @@ Measures, on this machine's ``--threads`` cores:
 
 Results: ``benchmarks/results/extract_speed.json`` and ``.md``.
 
-    python benchmarks/extract_speed.py [--threads 2] [--tiny]
+    python benchmarks/extract_speed.py [--n-threads 2] [--tiny]
 
 ``--tiny`` runs the same code with small encoders (a smoke test of the script, seconds).
 """
@@ -88,11 +88,11 @@ def _encoders(tiny: bool):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--windows", type=int, default=8, help="AST windows per timing")
     parser.add_argument("--tiny", action="store_true", help="small encoders: a smoke test")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.n_threads)
     import onnxruntime as ort
 
     from export._encoders import export_encoders
@@ -101,7 +101,7 @@ def main() -> None:
     from mgsv_sk.extract.onnx_encoders import OrtEncoder
     from mgsv_sk.extract.video import load_clip
 
-    result: dict = {"threads": args.threads, "tiny": args.tiny,
+    result: dict = {"threads": args.n_threads, "tiny": args.tiny,
                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                     "torch": torch.__version__, "onnxruntime": ort.__version__,
                     "load_average_at_start": os.getloadavg()[0]}
@@ -119,7 +119,7 @@ def main() -> None:
         pixels = load_clip(video).pixels
         fbanks = ast_inputs(track.wave, np.arange(args.windows))
         options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
+        options.intra_op_num_threads = args.n_threads
         options.inter_op_num_threads = 1
         t0 = time.perf_counter()
         info = export_encoders({"video": clip, "music": ast}, tmp_path / "enc", quantize=True)
@@ -142,7 +142,7 @@ def main() -> None:
                     _cos(v.encode(pixels[:4]), clip.encode(pixels[:4])),
                     _cos(m.encode(fbanks[:2]), ast.encode(fbanks[:2])))),
             }
-        result["recommend"] = _recommend(video, backends, args.threads)
+        result["recommend"] = _recommend(video, backends, args.n_threads)
     RESULTS.mkdir(exist_ok=True)
     name = "extract_speed_tiny" if args.tiny else "extract_speed"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -17,7 +17,7 @@ non-2xx, 503, timeouts and connection resets, and whether the server's
 ``mgsv_http_requests_total`` moved by exactly the client's counts. Then ``infer`` at
 concurrency 4 for ``--soak-seconds`` with the server's RSS sampled every 2 s.
 
-The server (a subprocess, ``--workers 2 --threads 1``) and this load generator share the
+The server (a subprocess, ``--workers 2 --n-threads 1``) and this load generator share the
 machine's cores: on a 2-core machine the client's JSON encoding and HTTP handling compete
 with the server for CPU, so the figures are a floor for a dedicated server.
 

@@ -11,7 +11,7 @@ runs in its own process, so its peak RSS is its own:
 
 Writes ``benchmarks/results/train_speed.json``.
 
-    python benchmarks/train_speed.py [--samples 3072] [--threads 2]
+    python benchmarks/train_speed.py [--samples 3072] [--n-threads 2]
 """
 
 from __future__ import annotations
@@ -78,18 +78,18 @@ def child(name: str, samples: int, threads: int, batch: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3072)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--only", default=None, help="run one configuration in-process")
     args = parser.parse_args()
     if args.only:
-        child(args.only, args.samples, args.threads, args.batch)
+        child(args.only, args.samples, args.n_threads, args.batch)
         return
     rows = {}
     for name in CONFIGS:
         out = subprocess.run(
             [sys.executable, __file__, "--only", name, "--samples", str(args.samples),
-             "--threads", str(args.threads), "--batch", str(args.batch)],
+             "--n-threads", str(args.n_threads), "--batch", str(args.batch)],
             check=True, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]
         rows[name] = json.loads(out)
@@ -98,7 +98,7 @@ def main() -> None:
     ref = rows["full padding"]["samples_per_s"]
     for row in rows.values():
         row["speedup_vs_full_padding"] = row["samples_per_s"] / ref
-    result = {"setup": {"batch": args.batch, "threads": args.threads, "samples": args.samples,
+    result = {"setup": {"batch": args.batch, "threads": args.n_threads, "samples": args.samples,
                         "architecture": "default (d 256, 2 enc / 6 dec, 8 heads)",
                         "machine": platform.machine(), "python": platform.python_version(),
                         "max_rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
