@@ -8,7 +8,7 @@ the *base* of every synthetic catalogue, built without encoding anything at that
   base embeddings' own covariance (``--noise`` of their spread), renormalised: clusters
   with the model's anisotropy, not isotropic noise;
 - snippet tokens and X-Pool states: the base track's real encoder outputs, stored int8
-  with per-row scales (``export.compact``), written tiled (about 30 GB at 1M tracks);
+  with per-row scales (``export.compact_bundle``), written tiled (about 30 GB at 1M tracks);
 - the first-stage index: each kind of ``--index`` in turn on the same catalogue (default
   ``auto``: IVF above 50,000 tracks, 4 sqrt(N) cells; ``hnsw``: M 32, efConstruction 64),
   its search parameter (HNSW efSearch, IVF nprobe) tuned per size to the least of a grid
@@ -219,7 +219,7 @@ def _tile_file(dst: Path, src: Path, rows_per_rep: int, total_rows: int) -> None
 def synthetic_bundle(base: Path, dst: Path, n: int, noise: float, seed: int,
                      index: str) -> dict[str, Any]:
     """A bundle of ``n`` tracks tiled from the compact ``base`` bundle (see the docstring)."""
-    from export.compact import index_catalogue
+    from export.compact_bundle import index_catalogue
     from export.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(base)
@@ -289,7 +289,7 @@ def tune_search(bundle: Path, queries: np.ndarray, kind: str
     (held out from the measured ones)."""
     from dataclasses import replace
 
-    from export.compact import INDEX_NAME
+    from export.compact_bundle import INDEX_NAME
     from mgsv_sk.search.ann import load_index
 
     name, grid = SEARCH_GRID[kind]
@@ -313,7 +313,7 @@ def tune_search(bundle: Path, queries: np.ndarray, kind: str
 
 def reindex(folder: Path, kind: str) -> dict[str, Any]:
     """Replace the bundle's first-stage index by one of ``kind``; returns its build seconds."""
-    from export.compact import INDEX_NAME, index_catalogue
+    from export.compact_bundle import INDEX_NAME, index_catalogue
     from export.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(folder)
@@ -354,7 +354,7 @@ def main() -> None:
 
     import torch
 
-    from export.compact import compact_bundle
+    from export.compact_bundle import compact_bundle
     from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
     from mgsv_sk.search.ann import EXACT_MAX_TRACKS

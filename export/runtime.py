@@ -163,7 +163,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     xpool_top_k : int or None
         Two-stage search: X-Pool only for each video's top-K tracks by dual score (the
         exported grounder's value unless changed). With an approximate catalogue index
-        (:mod:`export.compact`) the top-K come from the index and the other tracks score
+        (:mod:`export.compact_bundle`) the top-K come from the index and the other tracks score
         -inf; without ``xpool_top_k`` every track is scanned.
     moment_weight, rerank_depth : float, int
         Re-ranking of each video's best ``rerank_depth`` tracks by ``score +

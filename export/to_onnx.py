@@ -206,7 +206,7 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str |
     """The grounder's catalogue as .npy arrays (ragged per-track rows + offsets): snippet
     rows float32 or compact (``states``), and a first-stage index unless it is an exact
     scan (``index``); None keeps the catalogue's own storage."""
-    from .compact import index_catalogue, write_compact_rows
+    from .compact_bundle import index_catalogue, write_compact_rows
 
     cat = grounder.catalogue_
     own_states, own_index, params = _catalogue_storage(cat)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export.compact import compact_bundle
+from export.compact_bundle import compact_bundle
 from export.manifest import BundleError, read_manifest
 from export.runtime import OnnxGrounder
 from export.to_onnx import export_onnx
