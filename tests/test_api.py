@@ -102,3 +102,17 @@ def test_install_hints_come_from_one_place():
                     and id(node) not in docs and "pip install" in node.value):
                 found.add(str(path.relative_to(ROOT)))
     assert found == {"mgsv_sk/_extras.py"}
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("mgsv_sk").RidgeGrounder(alpha=-1.0),
+    lambda: __import__("mgsv_sk").TrivialGrounder(random_state="seed"),
+])
+def test_the_baselines_check_their_parameters_as_the_estimator_does(make, small_train):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    model = make()
+    with pytest.raises(InvalidParameterError, match=f"Invalid {type(model).__name__} "
+                                                    "parameters"):
+        model.fit(small_train.frame)
+    assert not hasattr(model, "catalogue_ids_")  # refused before any fitted state
