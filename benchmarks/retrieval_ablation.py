@@ -35,6 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "input_dropout0.2": {"input_dropout": 0.2},
     "temporal_dropout0.3": {"temporal_dropout": 0.3},
     "temperature0.07": {"temperature_init": 0.07},
+    "lr2e-3": {"lr": 2e-3},
 }
 METRICS = ("mIoU", "R@1", "R@10", "MRR", "MoR@1,0.5")
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--test-videos", type=int, default=2000)
     parser.add_argument("--n-threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--tag", default="", help="suffix of the results files")
     args = parser.parse_args()
     train = make_synthetic_mgsv(args.train_videos, args.train_tracks, world=args.world,
                                 random_state=0)
@@ -60,7 +62,7 @@ def main() -> None:
                   "n_threads": args.n_threads, "platform": platform.platform()},
         "variants": {},
     }
-    path = RESULTS / f"retrieval_ablation_{args.world}.json"
+    path = RESULTS / f"retrieval_ablation_{args.world}{args.tag}.json"
     for name in [v for v in args.variants.split(",") if v]:
         params = VARIANTS[name]
         tic = time.perf_counter()
