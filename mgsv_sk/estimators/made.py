@@ -500,7 +500,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
 
         A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
         model stores float32 arrays (call this again after ``load``). The search itself is
-        the core catalogue's (:func:`mgsv_sk.search.catalogue.retrieval_scores`), shared with
+        the shared catalogue search (:func:`mgsv_sk.search.catalogue.retrieval_scores`), shared with
         the onnxruntime backend.
         """
         check_is_fitted(self)
