@@ -500,8 +500,8 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
 
         A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
         model stores float32 arrays (call this again after ``load``). The search itself is
-        the shared catalogue search (:func:`mgsv_sk.search.catalogue.retrieval_scores`), shared with
-        the onnxruntime backend.
+        :func:`mgsv_sk.search.catalogue.retrieval_scores`, shared with the onnxruntime
+        backend.
         """
         check_is_fitted(self)
         self._serve(self.catalogue_.compacted(states, index))
