@@ -404,7 +404,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
             self._catalogue = catalogue
             self.catalogue_ids_ = list(catalogue.ids)
 
-    def _scorer(self, catalogue: Any) -> _OrtXPool | None:
+    def _scorer(self, catalogue: Catalogue) -> _OrtXPool | None:
         return _OrtXPool(self) if self.use_xpool else None
 
     def _scores(self, videos: _Videos, catalogue: Catalogue) -> np.ndarray:

@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mgsv_sk.search.ann import build_index
 from mgsv_sk.search.catalogue import top_k_indices
@@ -37,11 +38,10 @@ def served(tiny_fitted, small_test):
 
 
 def _same_answers(alone, sharded_grounder, frame) -> None:
-    kwargs: dict = {}
-    pd.testing.assert_frame_equal(sharded_grounder.rank(frame, 5, **kwargs),
-                                  alone.rank(frame, 5, **kwargs), atol=1e-5)
-    pd.testing.assert_frame_equal(sharded_grounder.predict(frame, **kwargs),
-                                  alone.predict(frame, **kwargs), atol=1e-5)
+    pd.testing.assert_frame_equal(sharded_grounder.rank(frame, 5), alone.rank(frame, 5),
+                                  atol=1e-5)
+    pd.testing.assert_frame_equal(sharded_grounder.predict(frame), alone.predict(frame),
+                                  atol=1e-5)
 
 
 def test_shard_bounds_cover_every_row_once():
@@ -66,16 +66,11 @@ def test_a_sharded_grounder_answers_as_the_single_machine_one(client, served, to
                                alone.decision_function(frame, moment_weight=0), atol=1e-5)
     # the shards answer as the catalogue's own search: same rows, same scores
     video = alone._encode_videos(frame, alone._source(None)).emb
-    with_xpool = alone.catalogue_.scores(alone.model_, _tensor(video), xpool_top_k=top_k)
+    with_xpool = alone.catalogue_.scores(alone.model_, torch.from_numpy(video),
+                                         xpool_top_k=top_k)
     scores, rows = shards.search(video, 5, xpool_top_k=top_k or len(shards))  # None: all
     np.testing.assert_array_equal(rows, top_k_indices(with_xpool, 5))
     np.testing.assert_allclose(scores, np.take_along_axis(with_xpool, rows, axis=1), atol=1e-6)
-
-
-def _tensor(array):
-    import torch
-
-    return torch.from_numpy(array)
 
 
 def test_dual_search_identical_to_the_exact_index(client, served):

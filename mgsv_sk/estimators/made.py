@@ -33,7 +33,7 @@ from mgsv_sk.infer.device import (
     torch_threads,
 )
 from mgsv_sk.nn.config import DETECTORS
-from mgsv_sk.search.catalogue import pair_scores, retrieval_scores
+from mgsv_sk.search.catalogue import Catalogue, pair_scores, retrieval_scores
 from mgsv_sk.train._fitted import FittedState
 from mgsv_sk.train._training import EARLY_STOPPING_METRICS
 from mgsv_sk.train.fitting import fit_grounder, prepare_fit
@@ -403,7 +403,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self.catalogue_ = catalogue
         self.catalogue_ids_ = list(catalogue.ids)
 
-    def _scorer(self, catalogue: Any) -> TorchXPool | None:
+    def _scorer(self, catalogue: Catalogue) -> TorchXPool | None:
         return xpool_scorer(self.model_, catalogue)
 
     def _scores(self, videos: _Videos, catalogue: MusicCatalogue) -> np.ndarray:

@@ -35,7 +35,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -107,11 +107,10 @@ class BaseGrounder(Generic[Videos, Tracks]):
                 track_rows: np.ndarray, seconds: np.ndarray, moments: int) -> Moments:
         raise NotImplementedError
 
-    def _scorer(self, catalogue: Tracks) -> Scorer | None:
+    def _scorer(self, catalogue: Catalogue) -> Scorer | None:
         """The backend's score of (video, track) pairs over ``catalogue`` (None: dual
         only); it must pickle, as shards on Dask workers run it."""
-        raise TypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
-                        "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
+        raise NotImplementedError
 
     def _computing(self) -> contextlib.AbstractContextManager[Any]:
         """Context of one call's computation (the torch backend sets its thread count)."""
@@ -403,11 +402,8 @@ class BaseGrounder(Generic[Videos, Tracks]):
         catalogue, or saving, leaves the shards behind."""
         self._check_fitted()
         if isinstance(music_ids, ShardedCatalogue):
-            served = self._served_catalogue()
-            if not isinstance(served, Catalogue):
-                self._scorer(served)  # raises: this grounder has nothing to shard
-            assert isinstance(served, Catalogue)
-            self._serve(served.with_shards(music_ids))
+            # with_shards keeps the served catalogue's class: still this backend's Tracks
+            self._serve(cast(Tracks, self._encoded_catalogue().with_shards(music_ids)))
             return self
         ids = id_list(music_ids, "music_ids")
         if not ids:
@@ -429,12 +425,17 @@ class BaseGrounder(Generic[Videos, Tracks]):
         Nothing changes here until :meth:`set_catalogue` gets the result; it answers as
         this grounder's own search does (``xpool_top_k`` included)."""
         self._check_fitted()
+        served = self._encoded_catalogue()
+        return ShardedCatalogue.scatter(client, served, self._scorer(served),
+                                        n_shards=n_shards, index=index, params=params)
+
+    def _encoded_catalogue(self) -> Catalogue:
+        """The served catalogue when it holds encoded tracks (what shards are made of)."""
         served = self._served_catalogue()
-        scorer = self._scorer(served)
         if not isinstance(served, Catalogue):
-            raise TypeError(f"{type(self).__name__} serves no encoded catalogue to shard")
-        return ShardedCatalogue.scatter(client, served, scorer, n_shards=n_shards,
-                                        index=index, params=params)
+            raise TypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
+                            "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
+        return served
 
     def _search_catalogue(self, source: FeatureSource, features: Any) -> Tracks:
         """The catalogue MsG searches in this call: the served one, or (a ``features=``

@@ -360,6 +360,11 @@ class Catalogue(TrackIndex):
             out.append(getattr(part, field)[part.offsets[i]: part.offsets[i + 1]])
         return out
 
+    def states(self, rows: np.ndarray) -> np.ndarray:
+        """X-Pool snippet states of ``rows``, back to back (their offsets follow
+        ``lengths[rows]``): [sum S, D] float32, compact rows decoded."""
+        return np.concatenate(self._slices("states", rows)).astype(np.float32, copy=False)
+
     def padded_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Snippet tokens of ``rows``, padded: [k, max S, D] float32 and mask [k, max S]."""
         return self._padded("tokens", rows)
@@ -460,7 +465,7 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: Scorer | None
         # The shards answer each video's best tracks, scored as below would score them;
         # tracks outside that list score -inf (never retrieved), as with an ANN index.
         two_stage = xpool is not None and use_dual and xpool_top_k is not None
-        depth = min(xpool_top_k, len(cat)) if two_stage and xpool_top_k else len(cat)
+        depth = min(xpool_top_k, len(cat)) if xpool_top_k and two_stage else len(cat)
         scores, rows = cat.shards.search(video_emb, len(cat) if cat.shards.exact else depth,
                                          xpool_top_k=depth, rescore=xpool is not None)
         table = np.full((len(video_emb), len(cat)), -np.inf, np.float32)

@@ -86,16 +86,10 @@ def shard_bounds(n: int, n_shards: int) -> np.ndarray:
 
 def _slice_shard(catalogue: Catalogue, start: int, stop: int, with_states: bool) -> Shard:
     """Rows ``start .. stop - 1`` of the catalogue, read once (compact rows decoded)."""
-    rows = np.arange(start, stop)
-    lengths = catalogue.lengths[start:stop]
-    local = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    states = None
-    if with_states:
-        d = catalogue.emb(rows[:1]).shape[1]
-        parts = catalogue._slices("states", rows)
-        states = (np.concatenate(parts).astype(np.float32, copy=False) if parts
-                  else np.zeros((0, d), np.float32))
-    return Shard(start, catalogue.emb(rows), local, states)
+    rows = np.arange(start, stop)  # never empty: shard_bounds gives each shard a track
+    local = np.concatenate([[0], np.cumsum(catalogue.lengths[start:stop])]).astype(np.int64)
+    return Shard(start, catalogue.emb(rows), local,
+                 catalogue.states(rows) if with_states else None)
 
 
 def _index_shard(shard: Shard, kind: str, params: AnnParams | None) -> Shard:  # on the worker

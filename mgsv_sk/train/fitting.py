@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from mgsv_sk.train import distributed as ddp
 from mgsv_sk.train._fitted import FittedState
 from mgsv_sk.train._training import Split, TrainConfig, fit_model
 
-__all__ = ["fit_grounder", "loss_weights", "model_config", "prepare_fit", "seed_of",
+__all__ = ["PreparedFit", "fit_grounder", "loss_weights", "model_config", "prepare_fit", "seed_of",
            "train_config"]
 
 logger = logging.getLogger(__name__)
@@ -159,38 +159,47 @@ def _eval_splits(eval_set: Any, source: FeatureSource) -> list[tuple[str, Split]
     return out
 
 
+@dataclass(frozen=True)
 class PreparedFit:
     """Everything a fit needs, built and checked before any fitted state is let go."""
 
-    def __init__(self, params: Params, frame: pd.DataFrame, source: FeatureSource,
-                 eval_set: Any, moment_weight: float) -> None:
-        seed = seed_of(params["random_state"])
-        self.dist = ddp.current()  # data-parallel when a torch.distributed group exists
-        self.train_cfg = train_config(params, seed, moment_weight, self.dist)
-        self.device = torch.device(self.train_cfg.device)
-        if self.dist is not None:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)
-            seed = ddp.broadcast_object(seed, self.dist, self.device)  # rank 0's seed
-            self.train_cfg = replace(self.train_cfg, seed=seed)
-        self.seed, self.source = seed, source
-        self.music_ids = list(pd.unique(frame["music_id"]))
-        source.check_available(frame["video_id"], self.music_ids)
-        self.model_cfg = model_config(params, source.video_dim, source.music_dim)
-        self.train, self.valid = _split(params, frame, source, seed)
-        self.evals = _eval_splits(eval_set, source)
-        # Every feature is read and checked once before the previous fit is let go: a
-        # corrupt file is refused while the earlier model is still in place.
-        source.video_lengths(frame["video_id"].tolist())
-        source.music_lengths(self.music_ids)
-        self.n_threads = params["n_threads"]
+    seed: int
+    dist: ddp.DistContext | None
+    train_cfg: TrainConfig
+    model_cfg: MaDeConfig
+    device: torch.device
+    source: FeatureSource
+    music_ids: list[str]
+    train: Split
+    valid: Split | None
+    evals: list[tuple[str, Split]]
+    n_threads: int | None
 
 
 def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval_set: Any,
                 moment_weight: float) -> PreparedFit:
     """Check and build everything of a fit that can fail on its input (configs, splits,
     every feature read once); raises before anything is trained."""
-    return PreparedFit(params, frame, source, eval_set, moment_weight)
+    seed = seed_of(params["random_state"])
+    dist = ddp.current()  # data-parallel when a torch.distributed group exists
+    cfg = train_config(params, seed, moment_weight, dist)
+    device = torch.device(cfg.device)
+    if dist is not None:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        seed = ddp.broadcast_object(seed, dist, device)  # rank 0's seed on every rank
+        cfg = replace(cfg, seed=seed)
+    music_ids = list(pd.unique(frame["music_id"]))
+    source.check_available(frame["video_id"], music_ids)
+    model_cfg = model_config(params, source.video_dim, source.music_dim)
+    train, valid = _split(params, frame, source, seed)
+    evals = _eval_splits(eval_set, source)
+    # Every feature is read and checked once before the previous fit is let go: a
+    # corrupt file is refused while the earlier model is still in place.
+    source.video_lengths(frame["video_id"].tolist())
+    source.music_lengths(music_ids)
+    return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
+                       evals, params["n_threads"])
 
 
 def fit_grounder(prepared: PreparedFit) -> FittedState:
