@@ -25,9 +25,15 @@ test split as ``fit(eval_set=...)``, recording validation and test metrics epoch
 it reports their rank correlation (Spearman) per world, the epoch early stopping keeps
 under the defaults (replayed on the curve: stopping does not change the epochs before it)
 and how far test R@1 falls below its peak. Writes ``accuracy_curves<tag>.json`` / ``.md``
-and the picture ``docs/images/generalisation.png``::
+and the picture ``docs/images/generalisation<tag>.png``::
 
-    python benchmarks/accuracy.py --curves 20 --worlds noisy,hook
+    python benchmarks/accuracy.py --curves 20 --tag _20ep     # about 2 h 10 min alone
+
+``--replay NAME`` re-derives a curve file's early-stopping figures, table and picture from
+its recorded histories under the current defaults (after a change of the monitored metric
+or the patience), without training::
+
+    python benchmarks/accuracy.py --replay accuracy_curves_20ep
 """
 
 from __future__ import annotations
@@ -196,45 +202,56 @@ CURVE_KEYS = ("R@1", "R@10", "MRR", "MoR@1,0.5", "mIoU")
 
 
 def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> int:
-    """The epoch early stopping keeps on this history (the fit loop's rule: the best
-    value so far, stop after ``patience`` epochs without improving)."""
+    """The epoch early stopping keeps on this history: the fit loop's own rule, replayed."""
     from mgsv_sk.evaluation.scoring import scorer_value
+    from mgsv_sk.train._training import EarlyStopping
 
-    best, best_epoch, stale = -np.inf, 1, 0
+    stopping = EarlyStopping(patience)
     for row in history:
-        value = scorer_value(row, metric, prefix="val_")
-        if value > best + 1e-9:
-            best, best_epoch, stale = value, int(row["epoch"]), 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    return best_epoch
+        stopping.update(scorer_value(row, metric, prefix="val_"))
+        if stopping.exhausted:
+            break
+    return stopping.best_epoch
 
 
 def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
                test_videos: int) -> dict[str, Any]:
-    from scipy.stats import spearmanr
-
     train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
                                 random_state=0)
     test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
                                split="test")
-    defaults = MGSVGrounder()
     tic = time.perf_counter()
     model = MGSVGrounder(features=train.features, max_epochs=epochs, patience=epochs,
                          n_threads=threads, random_state=0)
     model.fit(train.frame, eval_set=(test.frame, test.features))
-    seconds = time.perf_counter() - tic
-    hist = model.history_
+    out = summarise_curve(model.history_, time.perf_counter() - tic)
+    es = out["early_stopping"]
+    print(f"[{world}] {epochs} epochs in {out['fit_seconds']:.0f} s; kept epoch "
+          f"{es['kept_epoch']} (test R@1 {es['test_R@1_kept']:.3f}, best "
+          f"{es['test_R@1_best']:.3f} at {es['best_epoch']}); spearman R@1 "
+          f"{out['spearman_val_test']['R@1']:.2f}", flush=True)
+    return out
+
+
+def summarise_curve(hist: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    """A curve run's record: per-epoch validation and test metrics, their rank correlation,
+    the epoch early stopping keeps under the current defaults (replayed on the history:
+    ``patience`` does not change the schedule, so the replay is what a default fit
+    keeps), and how far test R@1 falls below its running peak."""
+    from scipy.stats import spearmanr
+
+    defaults = MGSVGrounder()
     test_r1 = np.array([row["eval0_R@1"] for row in hist])
     kept = kept_epoch(hist, defaults.early_stopping_metric, defaults.patience)
-    out: dict[str, Any] = {
+    return {
         "fit_seconds": seconds,
         "epochs": [{"epoch": int(row["epoch"]), "seconds": row["seconds"],
                     "val_gallery_tracks": row["val_gallery_tracks"],
                     **{f"val_{k}": row[f"val_{k}"] for k in CURVE_KEYS},
                     **{f"test_{k}": row[f"eval0_{k}"] for k in CURVE_KEYS}} for row in hist],
+        # every column the fit recorded, so another early-stopping rule can be replayed
+        "history": [{k: v for k, v in row.items() if isinstance(v, (int, float))}
+                    for row in hist],
         "spearman_val_test": {k: float(spearmanr([r[f"val_{k}"] for r in hist],
                                                  [r[f"eval0_{k}"] for r in hist])[0])
                               for k in CURVE_KEYS},
@@ -246,22 +263,18 @@ def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
         "test_R@1_largest_fall_below_peak": float(
             np.max(np.maximum.accumulate(test_r1) - test_r1)),
     }
-    es = out["early_stopping"]
-    print(f"[{world}] {epochs} epochs in {seconds:.0f} s; kept epoch {kept} "
-          f"(test R@1 {es['test_R@1_kept']:.3f}, best {es['test_R@1_best']:.3f} at "
-          f"{es['best_epoch']}); spearman R@1 {out['spearman_val_test']['R@1']:.2f}",
-          flush=True)
-    return out
 
 
 def curves_markdown(results: dict[str, Any]) -> str:
-    out = ["| world | fit s | val gallery | kept epoch | test R@1 kept / best (epoch) | "
-           "largest fall below peak | Spearman val/test R@1 | MoR@1,0.5 | MRR |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| world | epochs | fit s | val gallery | kept epoch (metric, patience) | "
+           "test R@1 kept / best (epoch) | largest fall below peak | "
+           "Spearman val/test R@1 | MoR@1,0.5 | MRR |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for world, res in results["worlds"].items():
         es, rho = res["early_stopping"], res["spearman_val_test"]
-        out.append(f"| {world} | {res['fit_seconds']:.0f} | "
-                   f"{res['epochs'][0]['val_gallery_tracks']:.0f} | {es['kept_epoch']} | "
+        out.append(f"| {world} | {len(res['epochs'])} | {res['fit_seconds']:.0f} | "
+                   f"{res['epochs'][0]['val_gallery_tracks']:.0f} | {es['kept_epoch']} "
+                   f"({es['metric']}, {es['patience']}) | "
                    f"{es['test_R@1_kept']:.3f} / {es['test_R@1_best']:.3f} "
                    f"({es['best_epoch']}) | {res['test_R@1_largest_fall_below_peak']:.3f} | "
                    f"{rho['R@1']:.2f} | {rho['MoR@1,0.5']:.2f} | {rho['MRR']:.2f} |")
@@ -276,6 +289,24 @@ def curves_markdown(results: dict[str, Any]) -> str:
                 f"{row[f'val_{k}']:.3f} | {row[f'test_{k}']:.3f}" for k in CURVE_KEYS) + " |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def write_curves(name: str, results: dict[str, Any]) -> None:
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(curves_markdown(results))
+    draw_curves(results, Path(__file__).parents[1] / "docs" / "images" /
+                f"{name.replace('accuracy_curves', 'generalisation')}.png")
+
+
+def replay(name: str) -> None:
+    results = json.loads((RESULTS / f"{name}.json").read_text())
+    for world, res in results["worlds"].items():
+        if "history" not in res:
+            raise SystemExit(f"{name}.json records no full history for {world}; "
+                             "run the curves again to replay them")
+        results["worlds"][world] = summarise_curve(res["history"], res["fit_seconds"])
+    write_curves(name, results)
+    print(curves_markdown(results))
 
 
 def draw_curves(results: dict[str, Any], path: Path) -> None:
@@ -334,6 +365,9 @@ def main() -> None:
     parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
                         help="record validation and test curves of the default window head "
                              "over EPOCHS epochs instead of the budget table")
+    parser.add_argument("--replay", metavar="NAME",
+                        help="re-derive the early-stopping figures of results/NAME.json "
+                             "under the current defaults, without training")
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
@@ -352,16 +386,16 @@ def main() -> None:
         "worlds": {},
     }
     RESULTS.mkdir(exist_ok=True)
+    if args.replay:
+        replay(args.replay)
+        return
     if args.curves:
         name = f"accuracy_curves{args.tag}"
         results["setup"]["curve_epochs"] = args.curves
         for world in worlds:
             results["worlds"][world] = run_curves(world, budget, args.curves, args.n_threads,
                                                   args.test_videos)
-            (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-            (RESULTS / f"{name}.md").write_text(curves_markdown(results))
-            draw_curves(results, Path(__file__).parents[1] / "docs" / "images" /
-                        f"generalisation{args.tag}.png")
+            write_curves(name, results)
         print(curves_markdown(results))
         return
     name = f"accuracy_{args.budget}{args.tag}"

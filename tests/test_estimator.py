@@ -332,11 +332,12 @@ def test_eval_set_is_recorded_per_epoch_and_never_steers(small_train, small_test
 
 
 def test_early_stopping_stops_on_a_planted_decline(small_train, monkeypatch):
-    """Validation R@1 rises for three epochs, then falls: the fit stops ``patience``
-    epochs after the peak and keeps the peak's weights."""
+    """Validation R@1 rises to a plateau of two epochs, then falls: the fit stops
+    ``patience`` epochs after the plateau and keeps the weights of its second epoch (the
+    rule judges two-epoch means: 0.2, 0.3, 0.5, 0.6, 0.45, 0.25)."""
     from mgsv_sk.train import _training
 
-    curve = iter([0.2, 0.4, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2])
+    curve = iter([0.2, 0.4, 0.6, 0.6, 0.3, 0.2, 0.15, 0.1, 0.05, 0.0])
     real = _training.validation_report
     kept: dict[int, float] = {}
 
@@ -349,8 +350,21 @@ def test_early_stopping_stops_on_a_planted_decline(small_train, monkeypatch):
     monkeypatch.setattr(_training, "validation_report", planted)
     est = MGSVGrounder(features=small_train.features, early_stopping_metric="r1",
                        **{**TINY, "max_epochs": 10, "patience": 2}).fit(small_train.frame)
-    assert est.best_epoch_ == 3 and est.n_epochs_ == 5 and est.stopped_ == "converged"
-    assert float(next(iter(est.model_.parameters())).detach().sum()) == pytest.approx(kept[3])
+    assert est.best_epoch_ == 4 and est.n_epochs_ == 6 and est.stopped_ == "converged"
+    assert float(next(iter(est.model_.parameters())).detach().sum()) == pytest.approx(kept[4])
+
+
+def test_early_stopping_is_not_fooled_by_one_noisy_epoch():
+    """A one-epoch spike of the validation metric (noise on a small split) does not end the
+    fit while the metric keeps rising on the two-epoch mean."""
+    from mgsv_sk.train._training import EarlyStopping
+
+    stopping = EarlyStopping(patience=2)
+    kept = [stopping.update(v) for v in [0.5, 0.9, 0.6, 0.7, 0.85, 0.86, 0.8, 0.7, 0.6]]
+    # means: 0.5, 0.7, 0.75, 0.65, 0.775, 0.855, 0.83, 0.75 -> the best ends at epoch 6
+    assert stopping.best_epoch == 6 and kept[5] and stopping.exhausted
+    single = [0.5, 0.9, 0.6, 0.7, 0.85]  # one epoch alone would have stopped at epoch 4
+    assert max(single[:4]) == single[1] and stopping.values[:5] == single
 
 
 def test_a_small_fit_beats_the_trivial_predictor_on_unseen_tracks():
