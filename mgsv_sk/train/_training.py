@@ -106,7 +106,7 @@ EARLY_STOPPING_METRICS = SCORER_NAMES
 #: Early stopping judges an epoch by the monitored metric averaged over it and the epoch
 #: before: one epoch's value on a validation split of a few hundred videos moves by about a
 #: point of noise, and on single epochs the fit kept epochs up to 1.4 points of test R@1
-#: below the best; on the two-epoch mean, within 0.6 in every world
+#: below the best; on the two-epoch mean, within 0.6 points in every world
 #: (``benchmarks/accuracy.py --curves 20``).
 SMOOTHING_EPOCHS = 2
 
@@ -300,7 +300,8 @@ def fit_model(
     history), for the record only: early stopping reads the validation split alone.
 
     With a validation split the model is evaluated after each epoch and training stops
-    after ``patience`` epochs without improving ``early_stopping_metric``; without one it
+    after ``patience`` epochs without improving ``early_stopping_metric`` (its two-epoch
+    mean, :class:`EarlyStopping`); without one it
     runs ``max_epochs``. A KeyboardInterrupt after at least one epoch ends training early
     with the best weights so far (``stopped="interrupted"``).
 
