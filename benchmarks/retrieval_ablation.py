@@ -7,7 +7,7 @@ over 600 tracks) for the same number of epochs and is evaluated with :func:`mgsv
 2,000 unseen tracks. Writes ``benchmarks/results/retrieval_ablation_<world>.json`` / ``.md``::
 
     python benchmarks/retrieval_ablation.py --world hook            # about 30 min on 2 cores
-    python benchmarks/retrieval_ablation.py --world noisy --epochs 5 --variants base,wd0.1
+    python benchmarks/retrieval_ablation.py --world noisy --epochs 6 --variants memory0,base
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "temporal_dropout0.3": {"temporal_dropout": 0.3},
     "temperature0.07": {"temperature_init": 0.07},
     "lr2e-3": {"lr": 2e-3},
+    "memory0": {"memory_tracks": 0},  # no cross-batch memory: in-batch negatives only
+    "memory256": {"memory_tracks": 256},
 }
 METRICS = ("mIoU", "R@1", "R@10", "MRR", "MoR@1,0.5")
 

@@ -99,16 +99,18 @@ class LossTerms(NamedTuple):
         return {k: float(v.detach()) for k, v in self._asdict().items() if v is not None}
 
 
-def info_nce(logits: Tensor, music_index: Tensor) -> Tensor:
+def info_nce(logits: Tensor, music_index: Tensor, extra: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE of logits [B, U] where video b's positive is track music_index[b].
 
-    Video -> music: cross-entropy over the U tracks. Music -> video: for each track that has
-    at least one video, -log(sum over its videos of exp / sum over all videos of exp).
-    Returns the mean of the two directions (float32 scalar).
+    Video -> music: cross-entropy over the U tracks and the columns of ``extra`` [B, Q]
+    (tracks that are no video's positive: a cross-batch memory). Music -> video: for each
+    of the U tracks that has at least one video, -log(sum over its videos of exp / sum
+    over all videos of exp). Returns the mean of the two directions (float32 scalar).
     """
     logits = logits.float()
     b, u = logits.shape
-    v2m = F.cross_entropy(logits, music_index)
+    v2m = F.cross_entropy(logits if extra is None or not extra.shape[1]
+                          else torch.cat([logits, extra.float()], dim=1), music_index)
     positive = torch.zeros(b, u, dtype=torch.bool, device=logits.device)
     positive[torch.arange(b, device=logits.device), music_index] = True  # [B,U]
     log_all = torch.logsumexp(logits, dim=0)  # [U]
@@ -243,10 +245,10 @@ def made_losses(
     scale = output.logit_scale.float()
     dual = xpool = None
     if output.dual.numel():
-        dual = info_nce(output.dual * scale, music_index)
+        dual = info_nce(output.dual * scale, music_index, output.memory_dual * scale)
         total = total + w.dual * dual
     if output.xpool.numel():
-        xpool = info_nce(output.xpool * scale, music_index)
+        xpool = info_nce(output.xpool * scale, music_index, output.memory_xpool * scale)
         total = total + w.xpool * xpool
     return LossTerms(total=total, l1=l1, giou=giou, fg=fg, window=window, boundary=boundary,
                      match=match, snippet=snippet, dual=dual, xpool=xpool)

@@ -71,14 +71,20 @@ class Grounding(NamedTuple):
 class MaDeOutput(NamedTuple):
     """Training forward: scores [B, U] (empty [B, 0] when disabled), the grounding of each
     video on its own track, ``negative_logits`` [B, K]: the window head's logits of each
-    video on another track of the batch (empty [0, K] for DETR, or with one track), and
-    logit_scale (scalar, 1 / temperature)."""
+    video on another track of the batch (empty [0, K] for DETR, or with one track),
+    logit_scale (scalar, 1 / temperature), the scores against a cross-batch memory
+    (``memory_dual`` [B, Q] over its Q tracks, ``memory_xpool`` [B, <= U] over the U
+    hardest of them; [B, 0] without one) and the batch's encoded tracks (``music``, for
+    that memory)."""
 
     dual: Tensor
     xpool: Tensor
     grounding: Grounding
     negative_logits: Tensor
     logit_scale: Tensor
+    memory_dual: Tensor
+    memory_xpool: Tensor
+    music: MusicEncoding
 
     @property
     def spans(self) -> Tensor:
@@ -248,6 +254,7 @@ class MaDe(nn.Module):
         music_mask: Tensor,
         music_index: Tensor,
         video_seconds: Tensor | None = None,
+        memory: MusicEncoding | None = None,
     ) -> MaDeOutput:
         """Training forward over B videos and the U unique tracks of the batch.
 
@@ -256,7 +263,10 @@ class MaDe(nn.Module):
         video_seconds [B] (optional, see :meth:`ground`) -> :class:`MaDeOutput`; feed it to
         :func:`mgsv_sk.nn.losses.made_losses`. With the window head each video is also
         grounded on one other track of the batch (drawn with torch's generator), the
-        negatives that teach the moment score whether a track fits at all.
+        negatives that teach the moment score whether a track fits at all. ``memory``:
+        encoded tracks from earlier batches (:class:`mgsv_sk.train._memory.TrackMemory`),
+        scored as extra retrieval negatives (X-Pool only on as many of them as the batch
+        has tracks, those closest to the batch's videos).
         """
         video_enc = self.encode_video(video, video_mask)
         music_enc = self.encode_music(music, music_mask)
@@ -275,13 +285,37 @@ class MaDe(nn.Module):
                                  torch.cat([videos, videos]), video_seconds)
             grounding = Grounding(*(t[:, :b] if t.ndim == 3 else t[:b] for t in both))
             negative = both.logits[b:]
+        memory_dual, memory_xpool = ((scores.dual[:, :0], scores.xpool[:, :0]) if memory is None
+                                     else self._memory_scores(video_enc, memory, u))
         return MaDeOutput(
             dual=scores.dual,
             xpool=scores.xpool,
             grounding=grounding,
             negative_logits=negative,
             logit_scale=self.logit_scale(),
+            memory_dual=memory_dual,
+            memory_xpool=memory_xpool,
+            music=music_enc,
         )
+
+    def _memory_scores(self, video_enc: VideoEncoding, memory: MusicEncoding,
+                       hardest: int) -> tuple[Tensor, Tensor]:
+        """Scores of the batch's videos against a cross-batch memory's Q tracks: the dual
+        score [B, Q] against all of them, X-Pool [B, min(hardest, Q)] against the
+        ``hardest`` closest to the batch's videos by the embeddings' cosine ([B, 0] where a
+        score is disabled). X-Pool costs a [D, D] product per pair where the dual score
+        costs a dot product: in the ``noisy`` world X-Pool against all of a 256-track
+        memory made a fit 37 % slower, against the closest U of 1,024 15 %, for about the
+        same gain."""
+        with full_precision(video_enc.emb):
+            cosine = video_enc.emb.float() @ memory.emb.float().T  # [B,Q]
+        empty = cosine[:, :0]
+        xpool = empty
+        if self.xpool is not None:
+            closeness = cosine.detach().amax(dim=0)  # [Q]: each track's closest video
+            rows = closeness.topk(min(hardest, closeness.shape[0])).indices
+            xpool = self.xpool.pairwise(video_enc.emb, memory.tokens[rows], memory.mask[rows])
+        return (cosine if self.cfg.use_dual else empty), xpool
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
