@@ -30,8 +30,10 @@ def test_memory_keeps_the_newest_encoding_of_each_track_and_evicts_the_oldest():
     memory.push(first, ["a", "b", "c"])
     memory.push(second, ["c", "d"])  # c again: the newer encoding replaces the old one
     assert len(memory) == 4
-    got = memory.negatives([])
-    assert got is not None and got.tokens.shape[0] == 4
+    offered = memory.negatives([])
+    assert offered is not None
+    got = offered.tracks()
+    assert got.tokens.shape[0] == 4
     by_track = {m: i for i, m in enumerate(sorted(memory.slot, key=memory.slot.get))}
     c = got.emb[by_track["c"]]
     assert torch.equal(c, second.emb[0])
@@ -48,8 +50,9 @@ def test_memory_never_offers_a_batch_track_as_its_own_negative():
     memory = TrackMemory(capacity=8)
     enc = encoding(3, 6)
     memory.push(enc, ["a", "b", "c"])
-    got = memory.negatives(["b", "x"])
-    assert got is not None
+    offered = memory.negatives(["b", "x"])
+    assert offered is not None
+    got = offered.tracks()
     assert sorted(got.emb.tolist()) == sorted(enc.emb[[0, 2]].tolist())
     assert memory.negatives(["a", "b", "c"]) is None
 
@@ -78,14 +81,14 @@ def test_forward_scores_the_memory_and_its_gradient_reaches_the_video_side_only(
     memory.push(first.music, ["t0", "t1", "t2"])
     memory.push(run(model, make_batch(seed=1, u=4)).music, ["t3", "t4", "t5", "t6"])
     negatives = memory.negatives(["t0"])
-    assert negatives is not None and not negatives.tokens.requires_grad
+    assert negatives is not None and not negatives.music.tokens.requires_grad
     out = model(batch["video"], batch["video_mask"], batch["music"], batch["music_mask"],
                 batch["music_index"], memory=negatives)
     # the dual score against all 6 stored tracks, X-Pool against the 3 (the batch's number
     # of tracks) closest to the batch's videos
     assert out.memory_dual.shape == (5, 6) and out.memory_xpool.shape == (5, 3)
     video = model.encode_video(batch["video"], batch["video_mask"])
-    direct = model.retrieval_scores(video, negatives)
+    direct = model.retrieval_scores(video, negatives.tracks())
     torch.testing.assert_close(out.memory_dual, direct.dual)
     hardest = direct.dual.amax(dim=0).topk(3).indices
     torch.testing.assert_close(out.memory_xpool, direct.xpool[:, hardest])
@@ -107,12 +110,12 @@ def test_a_fit_with_memory_scores_each_batch_against_earlier_batches_tracks(smal
 
     def negatives(self, batch_ids):
         got = real_negatives(self, batch_ids)
-        seen.append((0 if got is None else got.emb.shape[0], set(batch_ids), len(self)))
+        seen.append((0 if got is None else got.rows.shape[0], set(batch_ids), len(self)))
         return got
 
     def forward(self, *args, memory=None):
         out = real_forward(self, *args, memory=memory)
-        n = 0 if memory is None else memory.emb.shape[0]
+        n = 0 if memory is None else memory.rows.shape[0]
         u = args[2].shape[0]  # the batch's tracks
         assert out.memory_dual.shape[1] == n and out.memory_xpool.shape[1] == min(n, u)
         return out

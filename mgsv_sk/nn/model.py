@@ -36,6 +36,31 @@ class MusicEncoding(NamedTuple):
     emb: Tensor
 
 
+class MemoryNegatives(NamedTuple):
+    """A cross-batch memory's tracks offered as negatives: its buffers as they are
+    (``music``, every slot, nothing copied) and ``rows`` [Q], the slots to score (filled,
+    and not a track of the current batch). Gather with :meth:`tracks`, only what a score
+    needs: the token buffer is the large part."""
+
+    music: MusicEncoding
+    rows: Tensor
+
+    def tracks(self, rows: Tensor | None = None) -> MusicEncoding:
+        """The slots ``rows`` (default: all of :attr:`rows`) as an encoding of their own,
+        without the columns that are padding in all of them."""
+        rows = self.rows if rows is None else rows
+        mask = self.music.mask[rows]
+        width = int(mask.any(dim=0).nonzero().max()) + 1
+        return MusicEncoding(self.music.tokens[rows, :width], mask[:, :width],
+                             self.music.emb[rows])
+
+
+def _cosine(v_emb: Tensor, m_emb: Tensor) -> Tensor:
+    """The dual score: cosine of unit-norm embeddings [B, D] x [U, D] -> float32 [B, U]."""
+    with full_precision(v_emb):  # float32 scores: bf16 would create ranking ties
+        return v_emb.float() @ m_emb.float().T
+
+
 class RetrievalScores(NamedTuple):
     """Cosine scores of every (video, track) pair, float32 [B, U].
 
@@ -189,8 +214,7 @@ class MaDe(nn.Module):
         dual = xpool = empty
         enabled = []
         if self.cfg.use_dual:
-            with full_precision(v_emb):  # float32 scores: bf16 would create ranking ties
-                dual = v_emb.float() @ m_emb.float().T  # [B,U]
+            dual = _cosine(v_emb, m_emb)  # [B,U]
             enabled.append(dual)
         if self.xpool is not None:
             xpool = self.xpool.pairwise(v_emb, music_enc.tokens, music_enc.mask, chunk)
@@ -254,7 +278,7 @@ class MaDe(nn.Module):
         music_mask: Tensor,
         music_index: Tensor,
         video_seconds: Tensor | None = None,
-        memory: MusicEncoding | None = None,
+        memory: MemoryNegatives | None = None,
     ) -> MaDeOutput:
         """Training forward over B videos and the U unique tracks of the batch.
 
@@ -298,7 +322,7 @@ class MaDe(nn.Module):
             music=music_enc,
         )
 
-    def _memory_scores(self, video_enc: VideoEncoding, memory: MusicEncoding,
+    def _memory_scores(self, video_enc: VideoEncoding, memory: MemoryNegatives,
                        hardest: int) -> tuple[Tensor, Tensor]:
         """Scores of the batch's videos against a cross-batch memory's Q tracks: the dual
         score [B, Q] against all of them, X-Pool [B, min(hardest, Q)] against the
@@ -306,15 +330,15 @@ class MaDe(nn.Module):
         score is disabled). X-Pool costs a [D, D] product per pair where the dual score
         costs a dot product: in the ``noisy`` world X-Pool against all of a 256-track
         memory made a fit 37 % slower, against the closest U of 1,024 15 %, for about the
-        same gain."""
-        with full_precision(video_enc.emb):
-            cosine = video_enc.emb.float() @ memory.emb.float().T  # [B,Q]
+        same gain. Only those tracks' tokens are gathered from the memory."""
+        cosine = _cosine(video_enc.emb, memory.music.emb[memory.rows])  # [B,Q]
         empty = cosine[:, :0]
         xpool = empty
         if self.xpool is not None:
             closeness = cosine.detach().amax(dim=0)  # [Q]: each track's closest video
-            rows = closeness.topk(min(hardest, closeness.shape[0])).indices
-            xpool = self.xpool.pairwise(video_enc.emb, memory.tokens[rows], memory.mask[rows])
+            closest = closeness.topk(min(hardest, closeness.shape[0])).indices
+            chosen = memory.tracks(memory.rows[closest])
+            xpool = self.xpool.pairwise(video_enc.emb, chosen.tokens, chosen.mask)
         return (cosine if self.cfg.use_dual else empty), xpool
 
 

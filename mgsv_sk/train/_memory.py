@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.model import MusicEncoding
+from ..nn.model import MemoryNegatives, MusicEncoding
 
 __all__ = ["TrackMemory"]
 
@@ -30,7 +30,7 @@ class TrackMemory:
     """The encodings of the last ``capacity`` distinct tracks seen (detached).
 
     ``negatives(batch_ids)`` returns the stored tracks that are not in the current batch
-    (a track is never its own negative) as a :class:`MusicEncoding`; ``push`` then adds the
+    (a track is never its own negative) as :class:`MemoryNegatives`; ``push`` then adds the
     batch's tracks: a track already stored is overwritten with its newer encoding, a new
     one takes a free slot or the slot of the track stored longest ago.
     """
@@ -47,8 +47,9 @@ class TrackMemory:
     def __len__(self) -> int:
         return len(self.slot)
 
-    def negatives(self, batch_ids: Sequence[str]) -> MusicEncoding | None:
-        """The stored tracks other than ``batch_ids``; None while there are none."""
+    def negatives(self, batch_ids: Sequence[str]) -> MemoryNegatives | None:
+        """The stored tracks other than ``batch_ids`` (the buffers and the slots to score,
+        nothing gathered yet); None while there are none."""
         if self.tokens is None or self.mask is None or self.emb is None:
             return None
         exclude = set(batch_ids)
@@ -56,9 +57,7 @@ class TrackMemory:
         if not keep:
             return None
         rows = torch.tensor(keep, dtype=torch.long, device=self.tokens.device)
-        mask = self.mask[rows]
-        width = int(mask.any(dim=0).nonzero().max()) + 1  # drop all-padding columns
-        return MusicEncoding(self.tokens[rows, :width], mask[:, :width], self.emb[rows])
+        return MemoryNegatives(MusicEncoding(self.tokens, self.mask, self.emb), rows)
 
     @torch.no_grad()
     def push(self, music: MusicEncoding, ids: Sequence[str]) -> None:
