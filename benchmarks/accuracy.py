@@ -215,14 +215,14 @@ def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> i
 
 
 def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
-               test_videos: int) -> dict[str, Any]:
+               test_videos: int, seed: int = 0) -> dict[str, Any]:
     train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
                                 random_state=0)
     test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
                                split="test")
     tic = time.perf_counter()
     model = MGSVGrounder(features=train.features, max_epochs=epochs, patience=epochs,
-                         n_threads=threads, random_state=0)
+                         n_threads=threads, random_state=seed)
     model.fit(train.frame, eval_set=(test.frame, test.features))
     out = summarise_curve(model.history_, time.perf_counter() - tic)
     es = out["early_stopping"]
@@ -365,6 +365,9 @@ def main() -> None:
     parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
                         help="record validation and test curves of the default window head "
                              "over EPOCHS epochs instead of the budget table")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the curve fit's random_state (initialisation, batches); the "
+                             "data stay the same")
     parser.add_argument("--replay", metavar="NAME",
                         help="re-derive the early-stopping figures of results/NAME.json "
                              "under the current defaults, without training")
@@ -392,9 +395,10 @@ def main() -> None:
     if args.curves:
         name = f"accuracy_curves{args.tag}"
         results["setup"]["curve_epochs"] = args.curves
+        results["setup"]["seed"] = args.seed
         for world in worlds:
             results["worlds"][world] = run_curves(world, budget, args.curves, args.n_threads,
-                                                  args.test_videos)
+                                                  args.test_videos, args.seed)
             write_curves(name, results)
         print(curves_markdown(results))
         return
