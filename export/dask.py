@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mgsv_sk._cluster import check_importable, current_client
 from mgsv_sk._extras import require
 from mgsv_sk.data.features import PackedFeatures as PackedFeatureStore
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
@@ -177,6 +178,9 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
                          f"(it has {columns}); rename them or pick another mode")
     if check_bundle:
         read_manifest(bundle)
+    client = current_client()  # the cluster compute() will use, when one is running
+    if client is not None:
+        check_importable(client, ("export.dask",), "predict_dask")
     use_music = mode == "smg" or (mode == "auto" and "music_id" in columns)
     keep = ["video_id", "music_id"] if use_music else ["video_id"]
     # the videos' lengths are the moments' lengths: ship them to the workers too

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
@@ -258,10 +258,19 @@ def validate_annotations(
     ['1']
     """
     if not isinstance(frame, pd.DataFrame):
+        kind = type(frame)
+        got = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
+        if hasattr(frame, "__dask_graph__"):
+            fix = ("compute it first (X.compute()), or predict it partition by partition with "
+                   "export.dask.predict_dask(ddf, bundle, features)")
+        elif hasattr(frame, "to_pandas"):
+            fix = "convert it with X.to_pandas()"
+        elif isinstance(frame, (dict, list)):
+            fix = "build one with pandas.DataFrame(X)"
+        else:
+            fix = "read the CSV with mgsv_sk.read_annotations(path)"
         raise InvalidTypeError(
-            f"{source}: expected a pandas DataFrame in the MGSV-EC schema, got "
-            f"{type(frame).__name__}; read the CSV with mgsv_sk.read_annotations(path)"
-        )
+            f"{source}: expected a pandas DataFrame in the MGSV-EC schema, got {got}; {fix}")
     check_unique_columns(list(frame.columns), source)
     problems: list[str] = []
     present = [str(c) for c in frame.columns]
@@ -403,4 +412,44 @@ def check_trainable_moments(frame: pd.DataFrame, source: str = "X") -> None:
             f"{_examples(rows)}); they are trained as ending at {MAX_MOMENT_SECONDS:g} s, "
             "where the music features and the protocol stop",
             UserWarning, stacklevel=3,
+        )
+
+
+def check_moments_on_features(frame: pd.DataFrame, snippets: Mapping[str, int],
+                              source: str = "X") -> None:
+    """Training-only check of a validated frame's moments against what each track's
+    features cover (``snippets[music_id]`` snippets of 2.5 s; at most 240 s).
+
+    ``music_total_duration`` is the annotation's word; the features are what the model
+    reads. A moment starting at or after its track's last feature is not in the features
+    at all: :class:`AnnotationError` (they were extracted from a shorter file, or cut).
+    One ending more than a snippet past them is trained on the part they cover, with a
+    ``UserWarning``.
+    """
+    ids = frame["music_id"].tolist()
+    extent = np.minimum(np.array([snippets[m] for m in ids], dtype=np.float64)
+                        * SNIPPET_HOP_SECONDS, MAX_MOMENT_SECONDS)
+    start = frame["music_start"].to_numpy(dtype=np.float64)
+    end = frame["music_end"].to_numpy(dtype=np.float64)
+    outside = start >= extent
+    if outside.any():
+        rows = np.flatnonzero(outside)
+        r = int(rows[0])
+        raise AnnotationError(
+            [f"{len(rows)} moment(s) start at or after the end of their track's music "
+             f"features (rows {_examples(rows)}; e.g. row {r}: track {ids[r]!r} has "
+             f"{snippets[ids[r]]} snippet(s), {extent[r]:g} s of features, and its moment "
+             f"starts at {start[r]:g} s, though music_total_duration says "
+             f"{float(frame['music_total_duration'].iloc[r]):g} s); re-extract those tracks' "
+             "features from the whole file, or drop those rows"],
+            source,
+        )
+    past = end > extent + SNIPPET_HOP_SECONDS
+    if past.any():
+        rows = np.flatnonzero(past)
+        warnings.warn(
+            f"{len(rows)} moment(s) end more than a snippet after their track's music "
+            f"features (rows {_examples(rows)}); they are trained on the part the features "
+            "cover. Re-extract those tracks' features from the whole file to train on all "
+            "of it", UserWarning, stacklevel=3,
         )

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.data._arrays import as_array
 from mgsv_sk.data._schema import id_problem
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
-from mgsv_sk.errors import InvalidInputError
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +149,11 @@ def _check_array(arr: np.ndarray, dim: int, what: str, where: str) -> np.ndarray
             f"{what} at {where} has dtype {arr.dtype}, expected real numbers (float32); "
             "pass the feature arrays themselves"
         )
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
-        raise FeatureError(f"{what} at {where} contains NaN or inf (as float32); re-extract "
-                           "this feature")
+        raise FeatureError(f"{what} at {where} contains NaN or inf (as float32: values "
+                           "beyond +-3.4e38 overflow it); re-extract this feature")
     return arr
 
 
@@ -254,12 +256,20 @@ class InMemoryFeatures(FeatureSource):
         dim: int,
         what: str,
     ) -> dict[str, np.ndarray]:
+        for arg, given in (("videos" if dim == VIDEO_DIM else "music", items),
+                           ("masks", masks)):
+            if given is not None and not isinstance(given, Mapping):
+                raise InvalidTypeError(
+                    f"InMemoryFeatures {arg} must be a mapping of id -> array (a dict), got "
+                    f"{type(given).__name__}; e.g. dict(zip(ids, arrays))")
         out = {}
         cut = []
         for key, value in items.items():
             where = f"id {str(key)!r}"
-            arr = np.asarray(value)
-            mask = None if masks is None else masks.get(key)
+            arr = as_array(value, f"{what} at {where}", error=FeatureError)
+            raw_mask = None if masks is None else masks.get(key)
+            mask = None if raw_mask is None else as_array(
+                raw_mask, f"mask of {what} at {where}", error=FeatureError)
             arr = _apply_mask(arr, mask, what, where)
             out[str(key)], was_cut = _cap_rows(_check_array(arr, dim, what, where), what, where)
             if was_cut:
@@ -318,7 +328,8 @@ class ReaderFeatures(FeatureSource):
             raw = fetch(key)
         except (KeyError, LookupError, FileNotFoundError):
             raise MissingFeatureError(f"no {what} for id {key!r} in {self.reader!r}") from None
-        arr, cut = _cap_rows(_check_array(np.asarray(raw), dim, what, where), what, where)
+        arr = as_array(raw, f"{what} at {where}", error=FeatureError)
+        arr, cut = _cap_rows(_check_array(arr, dim, what, where), what, where)
         if cut:
             _warn_cut([str(key)])
         return arr

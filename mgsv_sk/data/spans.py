@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from mgsv_sk.data._arrays import as_array
 from mgsv_sk.errors import InvalidInputError
 
 __all__ = [
@@ -45,7 +46,7 @@ FloatArray = npt.NDArray[np.float64]
 
 def _as_pairs(x: npt.ArrayLike, name: str, *, finite: bool) -> FloatArray:
     """Return ``x`` as a float64 array of shape ``(n, 2)`` or raise a clear ``ValueError``."""
-    arr = np.asarray(x, dtype=np.float64)
+    arr = as_array(x, name, np.float64)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise InvalidInputError(
             f"{name} must have shape (n, 2) (one (start, end) or (center, width) row per "
@@ -59,7 +60,7 @@ def _as_pairs(x: npt.ArrayLike, name: str, *, finite: bool) -> FloatArray:
 
 def _as_vector(x: npt.ArrayLike, name: str, n: int) -> FloatArray:
     """Return ``x`` as a float64 array of shape ``(n,)``; a scalar is broadcast to ``(n,)``."""
-    arr = np.asarray(x, dtype=np.float64)
+    arr = as_array(x, name, np.float64)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from mgsv_sk.data._arrays import as_array, plain
 from mgsv_sk.data.spans import temporal_iou
 from mgsv_sk.errors import InvalidInputError
 
@@ -48,7 +49,7 @@ TIE_RULES: tuple[str, ...] = ("pessimistic", "optimistic", "average")
 
 
 def _check_ious(ious: npt.ArrayLike, name: str = "ious") -> npt.NDArray[np.float64]:
-    arr = np.asarray(ious, dtype=np.float64)
+    arr = as_array(ious, name, np.float64)
     if arr.ndim != 1:
         raise InvalidInputError(f"{name} must have shape (n,); got shape {arr.shape}.")
     if arr.size == 0:
@@ -65,7 +66,7 @@ def _check_ious(ious: npt.ArrayLike, name: str = "ious") -> npt.NDArray[np.float
 
 
 def _check_ranks(ranks: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    arr = np.asarray(ranks)
+    arr = as_array(ranks, "ranks")
     if arr.ndim != 1:
         raise InvalidInputError(f"ranks must have shape (n,); got shape {arr.shape}.")
     if arr.size == 0:
@@ -166,8 +167,8 @@ def _gallery_index(
     Returns ``codes`` of shape (g,), the group of each gallery column (groups numbered in
     order of first appearance), and ``true_group`` of shape (n,).
     """
-    gal = np.asarray(gallery_ids)
-    qry = np.asarray(query_music_ids)
+    gal = np.asarray(plain(gallery_ids))
+    qry = np.asarray(plain(query_music_ids))
     if gal.shape != (g,):
         raise InvalidInputError(
             f"gallery_ids must have shape ({g},) (one id per column of scores); "
@@ -260,7 +261,7 @@ def retrieval_ranks(
     """
     if ties not in TIE_RULES:
         raise InvalidInputError(f"ties must be one of {TIE_RULES}; got {ties!r}.")
-    s = np.asarray(scores)
+    s = as_array(scores, "scores")
     if s.ndim != 2:
         raise InvalidInputError(f"scores must have shape (n_queries, n_gallery); got shape "
                                 f"{s.shape}.")

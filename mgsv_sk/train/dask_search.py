@@ -35,6 +35,7 @@ from urllib.parse import urlparse
 
 import joblib
 
+from mgsv_sk._cluster import check_client, check_importable
 from mgsv_sk._extras import require
 from mgsv_sk.data.features import FeatureTree, InMemoryFeatures, PackedFeatures
 from mgsv_sk.errors import ArtifactNotFoundError, InvalidInputError
@@ -137,6 +138,20 @@ def _check_workers(client: Any) -> None:
             "processes=True) or `dask worker --nthreads 1`", RuntimeWarning, stacklevel=3)
 
 
+def _cluster_backend() -> str:
+    """joblib's Dask backend, except that a cluster of one worker thread still gets the
+    fits: joblib runs a pool of one job in the calling process, so on such a cluster the
+    search would quietly fit everything here instead (found by the generated tests)."""
+    from joblib._dask import DaskDistributedBackend
+
+    class OnTheCluster(DaskDistributedBackend):
+        def effective_n_jobs(self, n_jobs: Any) -> int:
+            return max(2, int(super().effective_n_jobs(n_jobs)))
+
+    joblib.register_parallel_backend("mgsv_sk-dask", OnTheCluster)
+    return "mgsv_sk-dask"
+
+
 def grid_search_on_dask(search: Any, X: Any, y: Any = None, *, client: Any = None,
                         check: bool = True, wait_for_workers_timeout: float = 10.0,
                         **fit_params: Any) -> Any:
@@ -178,10 +193,12 @@ def grid_search_on_dask(search: Any, X: Any, y: Any = None, *, client: Any = Non
     """
     if client is None:
         client = _default_client()
+    check_client(client, "grid_search_on_dask")
     if check:
+        check_importable(client, ("mgsv_sk",), "grid_search_on_dask")
         _check_workers(client)
         _check_features(client, search, fit_params)
-    with joblib.parallel_config(backend="dask", client=client,
+    with joblib.parallel_config(backend=_cluster_backend(), client=client,
                                 wait_for_workers_timeout=wait_for_workers_timeout):
         search.fit(X, y, **fit_params)
     return search

@@ -19,7 +19,7 @@ import torch
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils import check_random_state
 
-from mgsv_sk.data._schema import FIT_COLUMNS, video_durations
+from mgsv_sk.data._schema import FIT_COLUMNS, check_moments_on_features, video_durations
 from mgsv_sk.data.features import FeatureSource, as_feature_source
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 from mgsv_sk.errors import InvalidInputError
@@ -199,7 +199,8 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
     # Every feature is read and checked once before the previous fit is let go: a
     # corrupt file is refused while the earlier model is still in place.
     source.video_lengths(frame["video_id"].tolist())
-    source.music_lengths(music_ids)
+    snippets = dict(zip(music_ids, source.music_lengths(music_ids).tolist(), strict=True))
+    check_moments_on_features(frame, snippets)  # a moment the features cannot hold
     return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
                        evals, params["n_threads"])
 
