@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 
@@ -53,6 +54,14 @@ def tiny_model(tiny_fitted):
     return copy.deepcopy(tiny_fitted)
 
 
+@pytest.fixture(scope="session")
+def exported_bundle(tiny_fitted, tmp_path_factory):
+    """``tiny_fitted`` exported once per session (read-only: copy it before changing it)."""
+    from export.to_onnx import export_onnx
+
+    return export_onnx(tiny_fitted, tmp_path_factory.mktemp("exported") / "bundle")
+
+
 @pytest.fixture(params=["torch", "onnx"])
 def grounder(request, tiny_fitted, small_train):
     """Both backends of one fitted model: the torch estimator and the onnxruntime runtime
@@ -63,3 +72,19 @@ def grounder(request, tiny_fitted, small_train):
 
     return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
                              features=small_train.features, precision="fp32")
+
+
+# Budgets of the generated (hypothesis) tests, picked with HYPOTHESIS_PROFILE (docs/
+# reliability.md): "ci" (the default) is derandomised and small, so `.ci/run` sees the same
+# examples on every run and stays well inside its limit; "deep" searches far longer.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci", derandomize=True, max_examples=12, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                           HealthCheck.data_too_large])
+settings.register_profile(
+    "deep", max_examples=400, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                           HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -25,6 +25,8 @@ import zipfile
 from collections.abc import Sequence
 from typing import Any
 
+from mgsv_sk.errors import MGSVError
+
 from .commands import (
     UserError,
     cmd_demo,
@@ -47,11 +49,13 @@ PROG = "mgsv-sk"
 #: OSError covers every file that cannot be found, read or written; TypeError and KeyError
 #: come from parameters and data of the wrong kind; BadZipFile/EOFError from damaged files).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile,
+    MGSVError, UserError, ValueError, TypeError, KeyError, OSError, EOFError,
+    zipfile.BadZipFile,
 )
 #: Raised for bad input with a message that says so by itself; others are prefixed with
 #: their type (``KeyError: 'x'`` means little as ``'x'``).
-_SELF_EXPLAINING: tuple[type[BaseException], ...] = (UserError, ValueError, OSError)
+_SELF_EXPLAINING: tuple[type[BaseException], ...] = (MGSVError, UserError, ValueError,
+                                                      OSError)
 
 
 def one_line(exc: BaseException) -> str:
