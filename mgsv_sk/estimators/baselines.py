@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS
@@ -23,6 +22,7 @@ from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.grounding.base import Videos, new_fit_token
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
+from mgsv_sk.grounding.validation import Interval
 from mgsv_sk.search.catalogue import TrackIndex
 
 __all__ = ["RidgeGrounder", "TrivialGrounder"]
