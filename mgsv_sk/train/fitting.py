@@ -23,7 +23,7 @@ from sklearn.utils import check_random_state
 from mgsv_sk.data._schema import FIT_COLUMNS, video_durations
 from mgsv_sk.data.features import FeatureSource, as_feature_source
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
-from mgsv_sk.grounding.base import BaseGrounder
+from mgsv_sk.grounding import BaseGrounder
 from mgsv_sk.grounding.hyperparameters import Declaration
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.infer.device import resolve_device, resolve_precision, rng_devices, torch_threads
