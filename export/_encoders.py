@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
+
 from ._common import ExportError, quantize_int8
 
 __all__ = ["ENCODER_INPUTS", "MIN_COSINE", "cosines", "export_encoders"]
@@ -64,7 +66,7 @@ def export_encoders(encoders: Mapping[str, Any], folder: str | Path, *, opset: i
     out: dict[str, Any] = {}
     for role, encoder in encoders.items():
         if role not in ENCODER_INPUTS:
-            raise ValueError(f"encoder roles are 'video' and 'music', got {role!r}")
+            raise InvalidInputError(f"encoder roles are 'video' and 'music', got {role!r}")
         rel = f"graphs/{role}_features.onnx"
         _export_one(encoder, role, folder / rel, opset)
         files = {"fp32": rel}

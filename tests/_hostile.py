@@ -5,6 +5,7 @@ documented result, or an error of the library's own type raised by the library's
 
 from __future__ import annotations
 
+import itertools
 import os
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from mgsv_sk.errors import MGSVError
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = (str(ROOT / "mgsv_sk"), str(ROOT / "export"))
+_COUNTER = itertools.count()
 
 
 def assert_ours(exc: BaseException, *fragments: str) -> None:
@@ -71,7 +73,7 @@ def spell(arr: np.ndarray, how: str, tmp: Path | None = None) -> Any:
         return np.asfortranarray(arr)
     if how == "memmap":
         assert tmp is not None
-        path = tmp / f"m{os.getpid()}-{id(arr)}-{np.random.randint(1 << 30)}.dat"
+        path = tmp / f"m{os.getpid()}-{id(arr)}-{next(_COUNTER)}.dat"
         mm = np.memmap(path, dtype=np.float32, mode="w+", shape=arr.shape)
         mm[:] = arr
         mm.flush()

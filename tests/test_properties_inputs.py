@@ -34,13 +34,13 @@ from hypothesis import strategies as st
 
 from mgsv_sk import (
     SCORER_NAMES,
+    AnnotationError,
     InMemoryFeatures,
     get_scorer,
     read_annotations,
     retrieval_ranks,
     temporal_iou,
 )
-from mgsv_sk import AnnotationError
 from mgsv_sk.errors import MGSVError
 
 ROWS = 4

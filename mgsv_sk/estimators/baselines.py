@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
-from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS
 from mgsv_sk.data.features import FeatureSource
@@ -23,7 +22,7 @@ from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding import Videos, new_fit_token
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
-from mgsv_sk.grounding.validation import Interval
+from mgsv_sk.grounding.validation import Interval, check_fitted
 from mgsv_sk.search import TrackIndex
 
 __all__ = ["RidgeGrounder", "TrivialGrounder"]
@@ -186,7 +185,7 @@ class RidgeGrounder(_TrackIds["_RidgeVideos"]):
                             _unit(self.moment_map_.predict(means)), source)
 
     def _scores(self, videos: _RidgeVideos, catalogue: TrackIndex) -> np.ndarray:
-        check_is_fitted(self)
+        check_fitted(self)
         return np.asarray(videos.retrieval @ self._embed_tracks(videos.source, catalogue.ids).T)
 
     def _pair_scores(self, videos: _RidgeVideos, rows: np.ndarray,

@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS, check_trainable_moments
 from mgsv_sk.data.features import FeatureSource, require_finite
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding import new_fit_token
 from mgsv_sk.grounding.hyperparameters import Declaration, declared
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
+from mgsv_sk.grounding.validation import check_fitted
 from mgsv_sk.infer.batched import ground_pairs, snippet_evidence, video_embeddings
 from mgsv_sk.infer.catalogue import MusicCatalogue, TorchXPool, xpool_scorer
 from mgsv_sk.infer.device import (
@@ -238,10 +239,10 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
             the evidence head's logit for each valid snippet of the track (snippet k is
             centred at 2.5 k s). :func:`mgsv_sk.plot.plot_timeline` draws it.
         """
-        check_is_fitted(self)
+        check_fitted(self)
         frame = self._frame(X)
         if "music_id" not in frame.columns:
-            raise ValueError(
+            raise InvalidInputError(
                 "snippet_evidence needs a music_id column (the track to read the evidence "
                 "on); for music-set grounding use predict(X)['music_id'] as that column")
         source = self._source(features)
@@ -275,7 +276,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
             :meth:`rank`'s columns plus ``video_path`` (see
             :func:`mgsv_sk.extract.recommend.recommend_videos`).
         """
-        check_is_fitted(self)
+        check_fitted(self)
         from mgsv_sk.extract.recommend import recommend_videos
 
         return recommend_videos(self, video_paths, k, video_encoder=video_encoder,
@@ -300,7 +301,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         :func:`mgsv_sk.search.catalogue.retrieval_scores`, shared with the onnxruntime
         backend.
         """
-        check_is_fitted(self)
+        check_fitted(self)
         self._serve(self.catalogue_.compacted(states, index))
         return self
 
@@ -344,7 +345,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
         """Write the fitted model to a folder without pickle: JSON config + ``.npz``
         weights and catalogue, with a checksum manifest. Written atomically."""
-        check_is_fitted(self)
+        check_fitted(self)
         from mgsv_sk.estimators._persistence import save_grounder
 
         save_grounder(self.get_params(deep=False), self._fitted_state(), path,

@@ -41,6 +41,7 @@ import pandas as pd
 from mgsv_sk.data._readers import id_list
 from mgsv_sk.data._schema import PREDICT_COLUMNS, validate_annotations
 from mgsv_sk.data.features import FeatureSource
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding.catalogues import CatalogueHolder, Tracks
 from mgsv_sk.grounding.moments import check_moments, on_tracks, window_lists
 from mgsv_sk.grounding.outputs import (
@@ -255,7 +256,7 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
         """
         self._check_fitted()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         moments = check_moments(moments_per_track)
         weight, depth = self._rerank(moment_weight, rerank_depth)
         with self._call(X, features) as (frame, videos, source):

@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from mgsv_sk.data._readers import id_list
 from mgsv_sk.data.features import NO_FEATURES, FeatureSource, as_feature_source
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.grounding.sources import (
     SourceKeys,
     held_tracks,
@@ -54,16 +55,16 @@ class CatalogueHolder(Generic[Tracks]):
     def _check_fitted(self) -> None:
         """Raise scikit-learn's NotFittedError before ``fit`` (a backend that is always
         fitted, such as a loaded bundle, overrides this)."""
-        from sklearn.utils.validation import check_is_fitted
+        from mgsv_sk.grounding.validation import check_fitted
 
-        check_is_fitted(self)
+        check_fitted(self)
 
     # -- plumbing -------------------------------------------------------------------
     def _source(self, features: Any = None) -> FeatureSource:
         """The feature source of a call: the argument, else the ``features`` parameter."""
         chosen = features if features is not None else getattr(self, "features", None)
         if chosen is None:
-            raise ValueError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
+            raise InvalidInputError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
                              "to this call")
         if not isinstance(chosen, (str, os.PathLike)):
             return as_feature_source(chosen)
@@ -111,7 +112,7 @@ class CatalogueHolder(Generic[Tracks]):
             if not held:  # the override gives videos only: the served tracks stand
                 return served
             if len(held) < len(unique):
-                raise ValueError(
+                raise InvalidInputError(
                     f"features= holds {len(held)} of the {len(unique)} track(s) this call "
                     f"reads (e.g. {held[:3]}) but not the others (e.g. "
                     f"{[m for m in unique if m not in set(held)][:3]}): the served catalogue "
@@ -138,7 +139,7 @@ class CatalogueHolder(Generic[Tracks]):
             return self
         ids = id_list(music_ids, "music_ids")
         if not ids:
-            raise ValueError("set_catalogue needs at least one music_id")
+            raise InvalidInputError("set_catalogue needs at least one music_id")
         source = self._source(features)
         source.check_available([], ids)
         with self._computing():
@@ -164,7 +165,7 @@ class CatalogueHolder(Generic[Tracks]):
         """The served catalogue when it holds encoded tracks (what shards are made of)."""
         served = self._served_catalogue()
         if not isinstance(served, Catalogue):
-            raise TypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
+            raise InvalidTypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
                             "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
         return served
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sklearn.base import BaseEstimator
 
+from mgsv_sk.errors import InvalidParameterError as OurInvalidParameterError
 from mgsv_sk.grounding.base import BaseGrounder, Tracks, Videos
 from mgsv_sk.grounding.validation import InvalidParameterError, validate_parameter_constraints
 
@@ -41,5 +42,5 @@ class GrounderEstimator(BaseGrounder[Videos, Tracks], BaseEstimator):
             except InvalidParameterError as exc:
                 problems.append(str(exc))
         if problems:
-            raise InvalidParameterError(f"Invalid {type(self).__name__} parameters:\n  - "
-                                        + "\n  - ".join(problems))
+            raise OurInvalidParameterError(
+                f"Invalid {type(self).__name__} parameters:\n  - " + "\n  - ".join(problems))

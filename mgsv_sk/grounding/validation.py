@@ -9,11 +9,28 @@ are pinned in ``pyproject.toml`` and ``tests/test_hyperparameters.py`` exercises
 
 from __future__ import annotations
 
+from typing import Any
+
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 from sklearn.utils._param_validation import (
     Interval,
     InvalidParameterError,
     StrOptions,
     validate_parameter_constraints,
 )
+from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["Interval", "InvalidParameterError", "StrOptions", "validate_parameter_constraints"]
+from mgsv_sk.errors import NotFittedError
+
+__all__ = ["Interval", "InvalidParameterError", "StrOptions", "check_fitted",
+           "validate_parameter_constraints"]
+
+
+def check_fitted(estimator: Any) -> None:
+    """scikit-learn's ``check_is_fitted``, raising the library's
+    :class:`~mgsv_sk.errors.NotFittedError` (a subclass of scikit-learn's) with its
+    message."""
+    try:
+        check_is_fitted(estimator)
+    except SklearnNotFittedError as exc:
+        raise NotFittedError(str(exc)) from None

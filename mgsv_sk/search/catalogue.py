@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.compact import read_concat, read_ranges, take_rows
 from mgsv_sk.search.parts import Chunk, Part, Rows
 from mgsv_sk.search.protocols import Shards
@@ -158,7 +159,7 @@ class Catalogue(TrackIndex):
         """This catalogue, its retrieval search run by ``shards`` (scattered from it, see
         :meth:`ShardedCatalogue.scatter`): the moment head still reads the tokens here."""
         if tuple(shards.ids) != tuple(self.ids):
-            raise ValueError("these shards were scattered from another catalogue (their "
+            raise InvalidInputError("these shards were scattered from another catalogue (their "
                              f"{len(shards)} tracks are not this catalogue's {len(self)}); "
                              "scatter this grounder's catalogue (shard_catalogue) and pass "
                              "that")

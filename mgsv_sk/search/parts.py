@@ -17,6 +17,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from mgsv_sk.errors import ArtifactError
 from mgsv_sk.search.compact import CompactRows, RowFile, open_compact
 
 __all__ = ["Chunk", "NpyRows", "Part", "Rows"]
@@ -34,7 +35,7 @@ class NpyRows(RowFile):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         if len(self.shape) != 2 or self.dtype != np.dtype("<f4"):
-            raise ValueError(f"{path!s}: expected a C-order 2-D float32 array, got shape "
+            raise ArtifactError(f"{path!s}: expected a C-order 2-D float32 array, got shape "
                              f"{self.shape}, dtype {self.dtype}")
 
 
@@ -71,7 +72,7 @@ class Part:
         demand (:class:`NpyRows`; compact ``states``, "float16" / "int8": decoded as read)."""
         missing = [r for r in ("ids", "emb", "offsets", "tokens") if r not in files]
         if missing:
-            raise ValueError(f"catalogue of {folder!s} lacks {missing}")
+            raise ArtifactError(f"catalogue of {folder!s} lacks {missing}")
         ids = tuple(str(i) for i in json.loads((folder / files["ids"]).read_text()))
         emb: Any = np.load(folder / files["emb"], mmap_mode="r", allow_pickle=False)
         offsets = np.load(folder / files["offsets"], allow_pickle=False).astype(np.int64)

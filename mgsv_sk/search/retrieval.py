@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.catalogue import Catalogue
 from mgsv_sk.search.protocols import Scorer
 from mgsv_sk.search.topk import top_k_indices
@@ -31,7 +32,7 @@ def check_positive(value: Any, name: str, *, optional: bool = False) -> int | No
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
             or value < 1:
         allowed = "a positive integer" + (" or None" if optional else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise InvalidInputError(f"{name} must be {allowed}, got {value!r}")
     return int(value)
 
 
@@ -71,7 +72,7 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: Scorer | None
         return table
     if xpool is None:
         if not use_dual:
-            raise ValueError("a retrieval score needs the dual score or X-Pool")
+            raise InvalidInputError("a retrieval score needs the dual score or X-Pool")
         return cat.dual(video_emb)
     if xpool_top_k is not None and xpool_top_k < len(cat) and use_dual:
         dual = cat.dual(video_emb)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
+
 __all__ = ["TrackIndex"]
 
 
@@ -18,7 +20,7 @@ class TrackIndex:
         self.ids: list[str] = [str(i) for i in ids]
         self.index = {m: i for i, m in enumerate(self.ids)}
         if len(self.index) != len(self.ids):
-            raise ValueError("catalogue ids must be unique")
+            raise InvalidInputError("catalogue ids must be unique")
 
     def __len__(self) -> int:
         return len(self.ids)
