@@ -235,8 +235,11 @@ def test_moments_ending_past_240s_are_cut_with_a_warning(small_train):
     X = small_train.frame.iloc[:40].copy()
     X["music_total_duration"] = 300.0  # a track longer than 240 s is fine ...
     X.loc[X.index[:3], ["music_start", "music_end"]] = [[230.0, 262.0]] * 3  # ... cut here
+    src = small_train.features  # whose tracks have features up to 240 s (96 snippets)
+    feats = InMemoryFeatures({v: src.video(v) for v in X["video_id"]},
+                             {m: np.resize(src.music(m), (96, 768)) for m in X["music_id"]})
     with pytest.warns(UserWarning, match=r"3 moment\(s\) end after 240 s .* as ending at 240 s"):
-        est = MGSVGrounder(features=small_train.features, **ONE_EPOCH).fit(X)
+        est = MGSVGrounder(features=feats, **ONE_EPOCH).fit(X)
     assert np.isfinite(est.predict(X)[["start", "end", "score"]].to_numpy()).all()
 
 

@@ -1,0 +1,97 @@
+"""Every HTTP endpoint given generated hostile requests (kept light: the service's own tests,
+tests/test_serve.py, hold its behaviour and a schema fuzz). The property: a 2xx answer, or a
+4xx/503 whose body is ``{"error": "..."}`` naming the problem, never a 500 and never a
+traceback. Torch-free, as the service is."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("av")
+pytest.importorskip("soundfile")
+
+from _hostile import HOSTILE_FLOATS, HOSTILE_TEXT  # noqa: E402
+from _serve import fixture_dir  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
+
+GETS = ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/mgsv/ready",
+        "/v2/models/mgsv", "/metrics", "/"]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    fx = fixture_dir(tmp_path_factory)
+    model = ServedModel.load(fx / "bundle", fx / "catalogue")
+    with TestClient(create_app(model, config=ServeConfig(workers=1, queue_size=2,
+                                                         max_video_seconds=6.0))) as c:
+        yield c
+
+
+def answered_well(response) -> None:
+    assert response.status_code < 500 or response.status_code == 503, response.text
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"error"} and body["error"] and "Traceback" not in body["error"]
+
+
+@pytest.mark.parametrize("path", GETS)
+def test_every_get_endpoint_answers(client, path):
+    assert client.get(path).status_code == 200
+
+
+JSON_VALUES = st.one_of(HOSTILE_FLOATS.map(float).filter(np.isfinite), HOSTILE_TEXT,
+                        st.none(), st.booleans(), st.integers(-2, 10**6),
+                        st.lists(st.floats(allow_nan=False), max_size=3))
+
+
+@given(field=st.sampled_from(["name", "datatype", "shape", "data", "k", "video_duration",
+                              "music_id", "moments_per_track"]),
+       value=JSON_VALUES, rows=st.sampled_from([0, 1, 3, 51]))
+def test_infer_answers_hostile_bodies_with_an_error_body(client, field, value, rows):
+    frames = np.ones((rows, 512), np.float32)
+    body = {"inputs": [{"name": "video_frames", "datatype": "FP32",
+                        "shape": list(frames.shape), "data": frames.ravel().tolist()}],
+            "parameters": {}}
+    if field in ("name", "datatype", "shape", "data"):
+        body["inputs"][0][field] = value
+    elif field == "music_id":
+        body["inputs"].append({"name": "music_id", "datatype": "BYTES", "shape": [1],
+                               "data": [value]})
+    else:
+        body["parameters"][field] = value
+    answered_well(client.post("/v2/models/mgsv/infer", json=body))
+
+
+@given(music_id=HOSTILE_TEXT, range_header=st.one_of(st.none(), HOSTILE_TEXT,
+                                                     st.sampled_from(["bytes=0-", "bytes=-1",
+                                                                      "bytes=5-2",
+                                                                      "bytes=0-99999999"])),
+       start=st.one_of(st.none(), HOSTILE_FLOATS.map(str), HOSTILE_TEXT))
+def test_track_audio_answers_hostile_requests_with_an_error_body(client, music_id,
+                                                                range_header, start):
+    # headers are ASCII on the wire (the client refuses anything else itself)
+    headers = {} if range_header is None else {"Range": range_header.encode(
+        "ascii", "replace").decode("ascii").replace("\x00", "?")}
+    params = {} if start is None else {"start": start}
+    response = client.get(f"/v1/tracks/{quote(music_id, safe='') or 'x'}/audio",
+                          headers=headers, params=params)
+    answered_well(response)
+
+
+@given(payload=st.sampled_from([b"", b"\x00" * 64, b"not a video", b"RIFF....WAVE"]),
+       kind=st.sampled_from(["video/mp4", "application/octet-stream", "text/plain"]),
+       k=st.one_of(st.none(), st.integers(-1, 100), HOSTILE_TEXT))
+def test_recommend_answers_hostile_uploads_with_an_error_body(client, payload, kind, k):
+    params = {} if k is None else {"k": k}
+    response = client.post("/v1/recommend", params=params,
+                           files={"video": ("clip.mp4", payload, kind)})
+    answered_well(response)
