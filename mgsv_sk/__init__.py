@@ -44,6 +44,7 @@ _EXPORTS = {
     "ArtifactError": "mgsv_sk.errors",
     "ArtifactNotFoundError": "mgsv_sk.errors",
     "ArtifactKindError": "mgsv_sk.errors",
+    "ArtifactExistsError": "mgsv_sk.errors",
     "ClusterError": "mgsv_sk.errors",
     "fetch_mgsv_ec": "mgsv_sk.extract.fetch",
     "extract_features": "mgsv_sk.extract.pipeline",

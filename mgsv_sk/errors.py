@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "ArtifactError", "ArtifactKindError", "ArtifactNotFoundError", "ClusterError",
+    "ArtifactError", "ArtifactExistsError", "ArtifactKindError", "ArtifactNotFoundError",
+    "ClusterError",
     "InvalidInputError", "InvalidParameterError", "InvalidTypeError", "MGSVError",
     "NotFittedError",
 ]
@@ -43,6 +44,10 @@ class ArtifactError(MGSVError, ValueError):
 
 class ArtifactNotFoundError(MGSVError, FileNotFoundError):
     """Nothing of the expected kind at the path given."""
+
+
+class ArtifactExistsError(MGSVError, FileExistsError):
+    """A write would replace something: pass ``overwrite=True`` (or the message's fix)."""
 
 
 class ArtifactKindError(ArtifactNotFoundError, ValueError):

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.errors import ArtifactNotFoundError, MGSVError
+from mgsv_sk.errors import ArtifactExistsError, ArtifactNotFoundError, MGSVError
 from mgsv_sk.files._atomic import (
     MODEL_FOLDER,
     ONNX_BUNDLE,
@@ -52,7 +52,7 @@ def _free(path: str, overwrite: bool, replaces: Artefact | None = None) -> Path:
     is there: only an artefact of ours is ever replaced). Checked before any work."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+        raise ArtifactExistsError(f"{path} already exists; pass --overwrite to replace it")
     if replaces is not None:
         check_destination(p, overwrite=overwrite, replaces=replaces)
     return p

@@ -67,7 +67,7 @@ import pandas as pd
 from mgsv_sk.data._schema import ANNOTATION_COLUMNS
 from mgsv_sk.data.features import FeatureSource, FeatureTree, InMemoryFeatures
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
-from mgsv_sk.errors import InvalidInputError
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 __all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
 
@@ -256,6 +256,9 @@ def make_synthetic_mgsv(
     >>> data.frame.shape, data.features.video(data.frame.video_id[0]).shape[1]
     ((20, 16), 512)
     """
+    for name, value in (("n_videos", n_videos), ("n_tracks", n_tracks)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidTypeError(f"{name} must be an integer, got {value!r}")
     if n_videos < 1 or n_tracks < 1:
         raise InvalidInputError(f"n_videos and n_tracks must be >= 1, got {n_videos} and "
                                 f"{n_tracks}")

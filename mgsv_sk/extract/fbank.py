@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mgsv_sk.data._arrays import as_array
+from mgsv_sk.errors import InvalidInputError
+
 from .recipe import (
     AST_MEAN,
     AST_STD,
@@ -76,9 +79,14 @@ def kaldi_fbank(wave: np.ndarray, chunk: int = 4096) -> np.ndarray:
     >>> kaldi_fbank(np.zeros(16_000, np.float32)).shape
     (98, 128)
     """
-    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    wave = as_array(wave, "wave", np.float32).reshape(-1)
+    if not np.isfinite(wave).all():
+        raise InvalidInputError(f"wave holds {int((~np.isfinite(wave)).sum())} NaN or infinite "
+                                "sample(s) (as float32); re-encode the audio")
     n = 0 if len(wave) < FRAME_LENGTH else 1 + (len(wave) - FRAME_LENGTH) // FRAME_SHIFT
     out = np.empty((n, MEL_BINS), np.float32)
+    if n == 0:  # shorter than one frame (numpy's window view would refuse it)
+        return out
     frames_all = np.lib.stride_tricks.sliding_window_view(wave, FRAME_LENGTH)[::FRAME_SHIFT][:n]
     for lo in range(0, n, chunk):
         frames = frames_all[lo: lo + chunk].astype(np.float32)  # [T, 400]
@@ -107,7 +115,13 @@ def ast_inputs(wave: np.ndarray, windows: np.ndarray) -> np.ndarray:
         float32: each window's filterbank, zero-padded or cut to 1024 frames, then
         ``(x + 4.2677393) / (2 * 4.5689974)`` (padding included, as AST's own extractor).
     """
-    windows = np.asarray(windows, dtype=np.int64)
+    windows = as_array(windows, "windows")
+    if windows.ndim != 1 or (windows.size and (
+            not np.isfinite(windows).all() or (windows != np.round(windows)).any()
+            or windows.min() < 0 or windows.max() >= len(window_bounds()))):
+        raise InvalidInputError(f"windows must be window numbers 0..{len(window_bounds()) - 1} "
+                                f"(a 1-D array of integers), got {windows!r}"[:300])
+    windows = windows.astype(np.int64)
     out = np.zeros((len(windows), FBANK_FRAMES, MEL_BINS), np.float32)
     if len(windows):
         bounds = np.round(window_bounds()[windows] * SAMPLE_RATE).astype(np.int64)

@@ -24,6 +24,7 @@ import numpy as np
 
 from mgsv_sk._extras import require
 from mgsv_sk.errors import InvalidInputError
+from mgsv_sk.extract._av import decoding
 from mgsv_sk.files._paths import regular_file
 
 from .recipe import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, frame_seconds
@@ -155,7 +156,7 @@ def load_clip(path: str | os.PathLike[str], start: float = 0.0,
     """
     av = require("av", "decoding videos")
     path = regular_file(path, "video file")
-    with av.open(os.fspath(path)) as container:
+    with decoding(av, path, "video"), av.open(os.fspath(path)) as container:
         if not container.streams.video:
             raise InvalidInputError("the file has no video stream")
         stream = container.streams.video[0]

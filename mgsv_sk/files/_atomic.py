@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.errors import InvalidInputError
+from mgsv_sk.errors import ArtifactExistsError, InvalidInputError
 
 __all__ = [
     "KNOWN_ARTEFACTS",
@@ -177,14 +177,14 @@ def check_destination(
         return dst
     mode = first.st_mode
     if stat.S_ISLNK(mode):
-        raise FileExistsError(
+        raise ArtifactExistsError(
             f"{dst!s} is a symbolic link; remove it or pass the folder it points to "
             "(a link is never replaced)"
         )
     if not overwrite:
-        raise FileExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
+        raise ArtifactExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
     if not stat.S_ISDIR(mode):
-        raise FileExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
+        raise ArtifactExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
                               "path (overwrite=True replaces folders only)")
     try:
         here = Path(os.getcwd())
@@ -201,7 +201,7 @@ def check_destination(
     except FileNotFoundError:  # moved away meanwhile (another writer swapping it in)
         return dst
     except OSError as exc:
-        raise FileExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
+        raise ArtifactExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
                               "replaces only folders it can check") from exc
     if not empty and not any(rule.recognises(dst) for rule in rules):
         if _swapped_meanwhile(dst, first):
@@ -209,7 +209,7 @@ def check_destination(
             return check_destination(destination, overwrite=overwrite, replaces=replaces)
         kinds = " or ".join(f"a {r.what} ({r.marker} of format {r.format_prefix}*)"
                             for r in rules)
-        raise FileExistsError(
+        raise ArtifactExistsError(
             f"refusing to overwrite {dst!s}: it is not {kinds} written by mgsv_sk, so "
             "overwrite=True would delete files it did not write; remove or rename it "
             "yourself, or choose another path"
@@ -345,7 +345,7 @@ def _wait_flock(fcntl: Any, fd: int, limit: float, path: Path) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > limit:
-                raise FileExistsError(
+                raise ArtifactExistsError(
                     f"another process is writing {path.with_name(path.name[1:-5])!s} (it "
                     f"holds {path!s}); wait for it to finish, or remove the lock file if no "
                     "such process is running") from None

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.errors import InvalidInputError
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.search.ann import AnnIndex, AnnParams, build_index, resolve_kind
 from mgsv_sk.search.catalogue import Catalogue
 from mgsv_sk.search.protocols import Scorer
@@ -81,6 +81,9 @@ def shard_bounds(n: int, n_shards: int) -> np.ndarray:
     >>> shard_bounds(10, 3).tolist()
     [0, 4, 7, 10]
     """
+    for name, value in (("n", n), ("n_shards", n_shards)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidTypeError(f"{name} must be an integer, got {value!r}")
     if n_shards < 1 or n_shards > n:
         raise InvalidInputError(f"n_shards must be in [1, {n}] (one track per shard at least), "
                          f"got {n_shards}")
