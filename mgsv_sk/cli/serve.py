@@ -28,10 +28,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(**limits, queue_size=args.queue_size,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_video_seconds=args.max_video_seconds,
-                         n_threads=args.n_threads)
-    app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config)
-    _say(args, f"serving {bundle} on http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to "
-               "stop; in-flight requests finish first)")
+                         n_threads=args.n_threads,
+                         max_client_requests=args.max_client_requests)
+    grpc = None if args.grpc_port is None else f"{args.host}:{args.grpc_port}"
+    app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config,
+                     grpc_address=grpc)
+    _say(args, f"serving {bundle} on http://{args.host}:{args.port}/"
+               + (f" and gRPC {grpc}" if grpc else "")
+               + " (Ctrl-C or SIGTERM to stop; in-flight requests finish first)")
     stopped_by = run(app, args.host, args.port, graceful_seconds=args.graceful_seconds,
                      log_level="info" if args.verbose else "warning", access_log=args.verbose)
     if stopped_by is not None:
@@ -65,12 +69,18 @@ def add_serve_command(sub: Any, command: Any) -> None:
                         "catalogue does not record")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+                   help="also serve the Open Inference Protocol over gRPC on this port "
+                        "(inference.GRPCInferenceService), on the same host")
     p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
                    help="inference threads (default: the cores, at most 4)")
     p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
                    help="onnxruntime threads per request (default 1)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="requests waiting beyond the workers before 503 (default 16)")
+    p.add_argument("--max-client-requests", type=_positive(int), default=None, metavar="N",
+                   help="requests one client address may have in progress (default: half "
+                        "of workers + queue size)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")
     p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",

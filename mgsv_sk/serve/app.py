@@ -62,9 +62,9 @@ def _lifespan(state: ServeState, loader: Callable[[], ServedModel] | None,
         try:
             yield
         finally:
-            if grpc_server is not None:  # in-flight calls finish first
+            if grpc_server is not None:  # in-flight calls finish first (30 s at most)
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: grpc_server.stop(state.config.body_seconds).wait())
+                    None, lambda: grpc_server.stop(30).wait())
             if task is not None:
                 await task
             state.admission.shutdown()
