@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -221,6 +222,15 @@ def test_grpc_smg_and_errors(grpc_client, model):
     track.set_data_from_numpy(np.array([b"song_c"], dtype=object))
     check_msg(grpc_client.infer("mgsv", [frames, track], model_version="1"),
               smg(model, "song_c"))
+    done: list = []
+    grpc_client.async_infer("mgsv", [frames, track], lambda result, error: done.append(
+        (result, error)), compression_algorithm="gzip")
+    for _ in range(300):
+        if done:
+            break
+        time.sleep(0.1)
+    assert done and done[0][1] is None, done
+    check_msg(done[0][0], smg(model, "song_c"))
     missing = grpcclient.InferInput("music_id", [1], "BYTES")
     missing.set_data_from_numpy(np.array([b"nope"], dtype=object))
     with pytest.raises(InferenceServerException, match="not in the served catalogue") as err:
@@ -238,7 +248,6 @@ def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
     import signal
     import subprocess
     import sys
-    import time
     from pathlib import Path
 
     fx = fixture_dir(tmp_path_factory)
