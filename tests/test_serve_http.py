@@ -78,6 +78,10 @@ def test_stalled_uploads_hold_no_slot_and_are_cut_off(model):
     config = ServeConfig(workers=1, queue_size=2, body_idle_seconds=2, body_seconds=4)
     with ThreadedServer(create_app(model, config=config)) as running:
         stalled = [stalled_upload(running.port, f"127.0.0.{i}") for i in (2, 3, 4)]
+        half = connect(running.port, "127.0.0.5")  # an infer body that stops half way
+        half.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5000\r\n\r\n" + json.dumps(BODY).encode()[:500])
+        stalled.append(half)
         time.sleep(0.3)  # their bodies are being read
         began = time.monotonic()
         for _ in range(3):  # every place of the queue would be taken if they held one
