@@ -279,3 +279,17 @@ def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_grpc_port_errors(tmp_path_factory, capsys):
+    from mgsv_sk.cli import main
+
+    fx = fixture_dir(tmp_path_factory)
+    assert main(["serve", str(fx / "bundle"), "--port", "8123", "--grpc-port", "8123"]) == 1
+    assert "port of its own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(fx / "bundle"), "--grpc-port", "0"])
+    with pytest.raises(ValueError, match="max_client_requests must be an integer >= 1"):
+        ServeConfig(max_client_requests=0)
+    with pytest.raises(ValueError, match="body_seconds must be a positive number"):
+        ServeConfig(body_seconds=0)

@@ -30,7 +30,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_video_seconds=args.max_video_seconds,
                          n_threads=args.n_threads,
                          max_client_requests=args.max_client_requests)
-    grpc = None if args.grpc_port is None else f"{args.host}:{args.grpc_port}"
+    if args.grpc_port is not None and args.grpc_port == args.port:
+        raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
+                        "port of its own (e.g. --grpc-port 8001)")
+    host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6 in brackets
+    grpc = None if args.grpc_port is None else f"{host}:{args.grpc_port}"
     app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config,
                      grpc_address=grpc)
     _say(args, f"serving {bundle} on http://{args.host}:{args.port}/"
@@ -53,6 +57,13 @@ def _positive(kind: Any) -> Any:
     return parse
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text}")
+    return value
+
+
 def add_serve_command(sub: Any, command: Any) -> None:
     """Add ``serve`` to the subparsers ``sub``; ``command`` is the CLI's parser factory."""
     p = command(sub, "serve", cmd_serve, "HTTP service + demo page for an ONNX bundle",
@@ -69,7 +80,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
                         "catalogue does not record")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
-    p.add_argument("--grpc-port", type=int, default=None, metavar="PORT",
+    p.add_argument("--grpc-port", type=_port, default=None, metavar="PORT",
                    help="also serve the Open Inference Protocol over gRPC on this port "
                         "(inference.GRPCInferenceService), on the same host")
     p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
