@@ -153,7 +153,8 @@ class ServedModel:
                 raise ValueError(f"catalogue {catalogue!s} holds no tracks; build it with "
                                  "`mgsv-sk catalogue MUSIC_DIR OUT`")
             grounder.set_catalogue(ids, features=store)
-            sources, name = store.music_sources(), str(catalogue)
+            # the store's folder name only: answers never show a server path
+            sources, name = store.music_sources(), Path(catalogue).resolve().name
         return cls(grounder, checksum=sha256_file(Path(bundle) / MANIFEST_FILE),
                    sources=sources, audio_dir=audio_dir, catalogue=name)
 
