@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
 from mgsv_sk.search.ann import AnnParams, build_index
 from mgsv_sk.search.compact import CompactWriter, RowFile, check_state_dtype
 

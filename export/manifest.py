@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
-from mgsv_sk.files._paths import open_regular
+from mgsv_sk.files import file_checksums, open_regular, sha256_file, verify_checksums
 from mgsv_sk.search import TWO_STAGE_MARGIN
 
 __all__ = [

@@ -28,10 +28,10 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from mgsv_sk.data._readers import id_list
+from mgsv_sk.data import id_list
 from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
-from mgsv_sk.files._paths import inside_root
+from mgsv_sk.files import inside_root
 from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.search import (

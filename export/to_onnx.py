@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
 
 from ._common import ExportError, quantize_int8
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
@@ -192,13 +192,12 @@ def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
 
 def _check_storage(states: str | None, index: str | None, n_tracks: int) -> None:
     """Refuse bad catalogue storage options, and an approximate index without FAISS."""
-    from mgsv_sk.search import ann
-    from mgsv_sk.search.compact import check_state_dtype
+    from mgsv_sk.search import check_state_dtype, require_faiss, resolve_kind
 
     if states is not None:
         check_state_dtype(states)
-    if index is not None and ann.resolve_kind(index, n_tracks) != "exact":
-        ann._faiss()  # the ImportError names the extra to install
+    if index is not None and resolve_kind(index, n_tracks) != "exact":
+        require_faiss()  # the ImportError names the extra to install
 
 
 def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str | None,
@@ -279,7 +278,7 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
     catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
     top_k = grounder.xpool_top_k
-    moment_weight, rerank_depth = grounder._rerank()
+    moment_weight, rerank_depth = grounder.reranking()
     manifest = new_manifest(
         specs=specs, graph_files=files, dims=dims,
         retrieval={"use_dual": cfg.use_dual, "use_xpool": cfg.use_xpool,

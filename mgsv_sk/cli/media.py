@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.files._atomic import ONNX_BUNDLE
-from mgsv_sk.files._paths import regular_file
+from mgsv_sk.files import ONNX_BUNDLE, regular_file
 
 from .commands import UserError, _existing, _free, _say
 

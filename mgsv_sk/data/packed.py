@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk.data._sources import FeatureError, FeatureSource, MissingFeatureError, reopen_source
-from mgsv_sk.files._paths import exists_as_name, open_regular, regular_file
+from mgsv_sk.files import exists_as_name, open_regular, regular_file
 
 PACK_FORMAT = "mgsv_sk.packed/1"
 

@@ -115,7 +115,7 @@ class Catalogue(TrackIndex):
     def check_finite(self) -> Catalogue:
         """The catalogue itself, after checking every track's arrays are finite (a NaN
         never enters a served catalogue)."""
-        from mgsv_sk.data._sources import require_finite
+        from mgsv_sk.data import require_finite
 
         rows = np.arange(len(self))
         bad = ~np.isfinite(self.emb(rows)).all(axis=1)

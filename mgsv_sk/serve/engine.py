@@ -21,7 +21,7 @@ import pandas as pd
 
 from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from mgsv_sk.files._atomic import sha256_file
+from mgsv_sk.files import sha256_file
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from .audio import audio_seconds
