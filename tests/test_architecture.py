@@ -28,6 +28,8 @@ def _modules() -> list[Path]:
 
 def _package(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[0] == "export":  # installed as mgsv_sk.export
+        return "mgsv_sk.export"
     return ".".join(parts[:2]) if parts[0] == "mgsv_sk" and len(parts) > 2 else parts[0]
 
 
@@ -55,7 +57,7 @@ def test_the_import_contracts_hold():
 ])
 def test_a_planted_violation_breaks_its_contract(tmp_path, module, planted, contract):
     for name in SOURCES:
-        shutil.copytree(ROOT / name, tmp_path / name,
+        shutil.copytree(ROOT / name, tmp_path / name, symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "static"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     target = tmp_path / module
@@ -84,7 +86,7 @@ def _owner(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] == "mgsv_sk" and len(parts) > 1:
         return ".".join(parts[:2])
-    return parts[0] if parts[0] == "export" else None
+    return "mgsv_sk.export" if parts[0] == "export" else None
 
 
 def _private(name: str) -> bool:
@@ -157,21 +159,27 @@ def _doc_tree() -> list[tuple[str, str]]:
     return rows
 
 
+def _dotted(where: str) -> str:
+    """``mgsv_sk/search/``, ``export/``, ``mgsv_sk.export`` -> the installed module name."""
+    name = where.rstrip("/").removesuffix(".py").replace("/", ".")
+    return "mgsv_sk.export" if name == "export" else name
+
+
 def test_the_architecture_document_names_what_exists():
     rows = _doc_tree()
     for where, text in rows:
         folder = ROOT / where.rstrip("/")
         for name in re.findall(r"\b(\w+\.py)\b", text):
             assert (folder / name).is_file(), f"docs/architecture.md names {where}{name}"
-    named = {where.rstrip("/").replace("/", ".") for where, _ in rows}
+    named = {_dotted(where) for where, _ in rows}
     packages = {f"mgsv_sk.{p.name}" for p in (ROOT / "mgsv_sk").iterdir()
-                if (p / "__init__.py").is_file()} | {"export"}
+                if (p / "__init__.py").is_file()} | {"mgsv_sk.export"}
     assert packages <= named, sorted(packages - named)
 
 
 def test_the_architecture_document_lists_the_layers_in_the_contract_order():
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
     layers = next(c for c in contracts["contracts"] if c["id"] == "layers")["layers"]
-    order = [m.strip() for layer in layers for m in re.split(r"[|:]", layer)]
-    in_doc = [w.rstrip("/").replace("/", ".").removesuffix(".py") for w, _ in _doc_tree()]
+    order = [_dotted(m.strip()) for layer in layers for m in re.split(r"[|:]", layer)]
+    in_doc = [_dotted(w) for w, _ in _doc_tree()]
     assert [m for m in in_doc if m in order] == order
