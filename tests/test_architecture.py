@@ -121,9 +121,6 @@ def test_no_sub_package_imports_another_ones_private_names():
 LONG_FUNCTIONS = {
     # one closure holding every route; split into routers per concern with the service work
     "mgsv_sk/serve/app.py::create_app",
-    # one seeded generative story (tracks, then videos on them): splitting it would pass a
-    # dozen arrays and the generator between helpers whose draw order must not change
-    "mgsv_sk/data/synthetic.py::make_synthetic_mgsv",
 }
 
 
