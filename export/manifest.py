@@ -320,10 +320,10 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = root / MANIFEST_FILE
     if not root.is_dir():
         raise FileNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
-                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     if not os.path.lexists(path):
         raise FileNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
-                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     try:
         with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
             manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))

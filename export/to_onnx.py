@@ -1,11 +1,11 @@
 """Export a fitted :class:`mgsv_sk.MGSVGrounder` to an ONNX bundle (graphs + catalogue).
 
-The bundle layout and every name in it are defined in :mod:`export.manifest`; serve it with
-:class:`export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
+The bundle layout and every name in it are defined in :mod:`mgsv_sk.export.manifest`; serve it with
+:class:`mgsv_sk.export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
 
 Each graph wraps *public* MaDe methods only (``encode_video``, ``encode_music``,
 ``xpool.snippet_states``, ``xpool.scores_from_states``, ``xpool.paired_from_states``, ``ground``;
-see :mod:`export._graphs`), so the moment heads' internals may change freely.
+see :mod:`mgsv_sk.export._graphs`), so the moment heads' internals may change freely.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing with named dynamic
 axes). The default dynamo exporter cannot capture these methods as written: their input
@@ -308,7 +308,7 @@ def export_onnx(
     states: str | None = None,
     index: str | None = None,
 ) -> Path:
-    """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`export.manifest`).
+    """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`mgsv_sk.export.manifest`).
 
     Parameters
     ----------
@@ -332,7 +332,7 @@ def export_onnx(
         and must give finite outputs.
     encoders : dict, optional
         ``{"video": ClipImageEncoder, "music": AstEncoder}`` (:mod:`mgsv_sk.extract`): also
-        export the feature encoders (see :mod:`export._encoders`), so the bundle serves
+        export the feature encoders (see :mod:`mgsv_sk.export._encoders`), so the bundle serves
         media files; checked against torch (cosine >= 0.9999).
     states : {"float32", "float16", "int8"}, optional
         Storage of the catalogue's snippet tokens and X-Pool states in the bundle

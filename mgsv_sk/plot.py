@@ -204,7 +204,7 @@ def plot_prediction(
     Parameters
     ----------
     estimator : fitted grounder
-        ``MGSVGrounder``, a baseline, or ``export.runtime.OnnxGrounder``.
+        ``MGSVGrounder``, a baseline, or ``mgsv_sk.export.runtime.OnnxGrounder``.
     X : DataFrame
         MGSV-EC rows with ``video_id``, ``music_id`` and ``music_total_duration``;
         ``music_start`` / ``music_end`` give the true moment.

@@ -49,7 +49,7 @@ def test_the_import_contracts_hold():
      "The serving core never imports torch or onnx"),
     ("mgsv_sk/nn/model.py", "def _planted():\n    import mgsv_sk.serve\n",
      "Layers: imports point down only"),
-    ("mgsv_sk/nn/model.py", "def _planted():\n    import export.runtime\n",
+    ("mgsv_sk/nn/model.py", "def _planted():\n    import mgsv_sk.export.runtime\n",
      "Only the command line and the service import export"),
     ("mgsv_sk/search/topk.py",
      "def _planted():\n    from mgsv_sk.data._schema import FIT_COLUMNS\n",

@@ -227,10 +227,12 @@ def _add_predict(sub: Any) -> None:
 def _add_export(sub: Any) -> None:
     p = _command(sub, "export", cmd_export, "saved model -> ONNX bundle (served without torch)",
                  "Export a saved model to an ONNX bundle (graphs, catalogue arrays, "
-                 "manifest.json with checksums) served by export.runtime.OnnxGrounder with "
+                 "manifest.json with checksums) served by mgsv_sk.export.runtime.OnnxGrounder with "
                  "numpy, pandas and onnxruntime only.",
                  "mgsv-sk export model/ bundle/ --quantize")
-    from export.__main__ import add_export_arguments  # the CLI calls export, not the reverse
+    from mgsv_sk.export.__main__ import (
+        add_export_arguments,  # the CLI calls export, not the reverse
+    )
 
     add_export_arguments(p)
 

@@ -286,7 +286,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _existing(args.model, "saved model folder")
     _free(args.out, args.overwrite, ONNX_BUNDLE)
     try:  # the deployment side is a separate package of this distribution
-        from export.to_onnx import export_onnx
+        from mgsv_sk.export.to_onnx import export_onnx
     except ImportError as exc:
         raise UserError(f"the export package is not importable ({exc}); install mgsv-sk "
                         "with its export package") from exc

@@ -63,7 +63,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 def _grounder(model: str, catalogue: str | None) -> Any:
     folder = _existing(model, "model folder or ONNX bundle")
     if ONNX_BUNDLE.recognises(folder):
-        from export.runtime import OnnxGrounder
+        from mgsv_sk.export.runtime import OnnxGrounder
 
         grounder: Any = OnnxGrounder.load(folder)
     else:

@@ -2,7 +2,7 @@
 ``decision_function``, ``score`` and ``set_catalogue`` exist here once.
 
 A backend (the torch model :class:`mgsv_sk.MGSVGrounder`, the onnxruntime
-:class:`export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
+:class:`mgsv_sk.export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
 validated frames and string ids; the orchestration, the output columns, the tie rule and
 the finiteness checks are this module's. A backend names the two types its hooks pass
 around, ``BaseGrounder[Videos, Tracks]`` (its encoded videos; its catalogue, a

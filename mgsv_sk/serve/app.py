@@ -317,7 +317,7 @@ def create_app(
     if isinstance(bundle, ServedModel):
         state.model = bundle
     else:
-        from export.manifest import read_manifest
+        from mgsv_sk.export.manifest import read_manifest
 
         read_manifest(bundle)  # fail now on a wrong path, not in the background
         if catalogue is not None and not Path(catalogue).is_dir():

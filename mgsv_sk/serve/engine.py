@@ -139,9 +139,9 @@ class ServedModel:
         FileNotFoundError, ValueError
             A missing or damaged bundle or store, or a store of another feature width.
         """
-        from export.manifest import MANIFEST_FILE
-        from export.runtime import OnnxGrounder
         from mgsv_sk.data.packed import PackedFeatures
+        from mgsv_sk.export.manifest import MANIFEST_FILE
+        from mgsv_sk.export.runtime import OnnxGrounder
 
         grounder = OnnxGrounder.load(bundle, n_threads)
         sources: dict[str, str] = {}
@@ -225,7 +225,7 @@ class ServedModel:
     def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
                   name: str | None = None) -> Recommendation:
         """A video file -> the top-``k`` tracks with their moments, as
-        :meth:`export.runtime.OnnxGrounder.recommend` computes them (the same calls).
+        :meth:`mgsv_sk.export.runtime.OnnxGrounder.recommend` computes them (the same calls).
 
         Raises
         ------
