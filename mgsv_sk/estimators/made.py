@@ -297,7 +297,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
 
         A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
         model stores float32 arrays (call this again after ``load``). The search itself is
-        :func:`mgsv_sk.search.catalogue.retrieval_scores`, shared with the onnxruntime
+        :func:`mgsv_sk.search.retrieval.retrieval_scores`, shared with the onnxruntime
         backend.
         """
         check_is_fitted(self)
