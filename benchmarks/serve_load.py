@@ -60,8 +60,8 @@ def build_bundle(work: Path, tracks: int) -> None:
     import torch
     from _media import tiny_clip, write_video
 
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv
+    from mgsv_sk.export.to_onnx import export_onnx
 
     torch.set_num_threads(2)
     train = make_synthetic_mgsv(600, 150, random_state=0)

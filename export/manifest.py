@@ -43,9 +43,13 @@ from typing import Any
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError, InvalidInputError
-from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
-from mgsv_sk.files._kinds import other_kind_error
-from mgsv_sk.files._paths import open_regular
+from mgsv_sk.files import (
+    file_checksums,
+    open_regular,
+    other_kind_error,
+    sha256_file,
+    verify_checksums,
+)
 from mgsv_sk.search import TWO_STAGE_MARGIN
 
 __all__ = [
@@ -322,15 +326,15 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(folder)
     path = root / MANIFEST_FILE
     other = other_kind_error(root, "an ONNX bundle", FORMAT, "export a saved model with "
-                             "`python -m export SAVED_MODEL OUT_DIR` (or export_onnx)")
+                             "`python -m mgsv_sk.export SAVED_MODEL OUT_DIR` (or export_onnx)")
     if other is not None:
         raise other
     if not root.is_dir():
         raise ArtifactNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
-                                    "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                    "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     if not os.path.lexists(path):
         raise ArtifactNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
-                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     try:
         with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
             manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))

@@ -28,11 +28,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from mgsv_sk.data._readers import id_list
+from mgsv_sk.data import id_list
 from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
-from mgsv_sk.files._paths import inside_root
+from mgsv_sk.files import inside_root
 from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.search import (
@@ -164,8 +164,8 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     xpool_top_k : int or None
         Two-stage search: X-Pool only for each video's top-K tracks by dual score (the
         exported grounder's value unless changed). With an approximate catalogue index
-        (:mod:`export.compact_bundle`) the top-K come from the index and the other tracks score
-        -inf; without ``xpool_top_k`` every track is scanned.
+        (:mod:`mgsv_sk.export.compact_bundle`) the top-K come from the index and the other
+        tracks score -inf; without ``xpool_top_k`` every track is scanned.
     moment_weight, rerank_depth : float, int
         Re-ranking of each video's best ``rerank_depth`` tracks by ``score +
         moment_weight * logit(moment_score)`` (:mod:`mgsv_sk.search.rerank`): the exported
@@ -200,7 +200,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     def load(cls, bundle: str | os.PathLike[str], n_threads: int | None = None, *,
              features: Any = None, precision: str | None = None, verify: bool = True,
              allow_spinning: bool = False, track_chunk: int = 128) -> OnnxGrounder:
-        """Open a bundle written by :func:`export.to_onnx.export_onnx`.
+        """Open a bundle written by :func:`mgsv_sk.export.to_onnx.export_onnx`.
 
         Parameters
         ----------

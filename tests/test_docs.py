@@ -5,7 +5,7 @@
   blocks before it in the same file defined (a test of block i runs the blocks before it
   first when they have not run yet).
 - Every shell block (```bash, ```sh, ```console, ```shell) is checked line by line: an
-  ``mgsv-sk ...`` (or ``python -m mgsv_sk`` / ``python -m export``) command must parse with
+  ``mgsv-sk ...`` (or ``python -m mgsv_sk`` / ``python -m mgsv_sk.export``) command must parse with
   the project's own argument parser, ``python PATH`` must name a file of the repository,
   ``python -m MODULE`` an importable module, and every ``mgsv-sk[extra]`` / ``.[extra]``
   an extra of pyproject.toml. Other commands (curl, torchrun, apt-get, ...) are left alone,

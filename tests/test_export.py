@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from conftest import TINY
 
-from export.manifest import BundleError, read_manifest
-from export.runtime import FeatureError, OnnxGrounder
-from export.to_onnx import export_onnx
+from mgsv_sk.export.manifest import BundleError, read_manifest
+from mgsv_sk.export.runtime import FeatureError, OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMERIC = ["start", "end", "score", "moment_score"]
@@ -220,7 +220,7 @@ def test_runtime_never_imports_torch(bundle, small_test, tiny_fitted, tmp_path):
         sys.modules["torch"] = None
         sys.path.insert(0, {str(ROOT)!r})
         import pandas as pd
-        from export.runtime import OnnxGrounder
+        from mgsv_sk.export.runtime import OnnxGrounder
         X = pd.read_csv({str(tmp_path / "X.csv")!r}, dtype={{"video_id": str, "music_id": str}})
         g = OnnxGrounder.load({str(bundle)!r}, 1, precision="fp32")
         out = g.predict(X, features={str(packed.path)!r})
@@ -253,7 +253,7 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
 
 
 def test_failed_export_leaves_nothing(tiny_fitted, tmp_path, monkeypatch):
-    import export.to_onnx as to_onnx
+    import mgsv_sk.export.to_onnx as to_onnx
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -276,7 +276,7 @@ def test_export_arguments(tiny_fitted, bundle):
 
 
 def test_cli_exports_a_saved_model(tiny_fitted, tmp_path):
-    from export.__main__ import main
+    from mgsv_sk.export.__main__ import main
 
     tiny_fitted.save(tmp_path / "model")
     assert main([str(tmp_path / "model"), str(tmp_path / "bundle"), "--no-check"]) == 0

@@ -97,8 +97,8 @@ def test_compact_states_on_the_shards(client, served):
 @pytest.mark.parametrize("states", ["float32", "int8"])
 def test_a_bundle_sharded_without_torch_answers_as_its_runtime(client, served, tmp_path,
                                                                small_test, states):
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     model, frame = served
     bundle = export_onnx(model, tmp_path / "bundle", states=states, check=False)

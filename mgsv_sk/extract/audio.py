@@ -17,7 +17,7 @@ import numpy as np
 from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.files._paths import regular_file
+from mgsv_sk.files import regular_file
 
 from .recipe import SAMPLE_RATE
 

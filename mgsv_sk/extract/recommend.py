@@ -2,7 +2,7 @@
 catalogue, return the top-k tracks with the moment(s) on each.
 
 Works with any grounder with ``rank(X, k, features=, moments_per_track=)`` and a
-catalogue (:class:`mgsv_sk.MGSVGrounder`, :class:`export.runtime.OnnxGrounder`); the
+catalogue (:class:`mgsv_sk.MGSVGrounder`, :class:`mgsv_sk.export.runtime.OnnxGrounder`); the
 videos' features are held in memory only. numpy, pandas and PyAV: no torch here.
 """
 

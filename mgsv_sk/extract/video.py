@@ -24,7 +24,7 @@ import numpy as np
 
 from mgsv_sk._extras import require
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.files._paths import regular_file
+from mgsv_sk.files import regular_file
 
 from .recipe import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, frame_seconds
 

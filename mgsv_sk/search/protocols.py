@@ -1,6 +1,6 @@
 """What the search asks of the pieces a backend or a deployment brings: the backend's
 :class:`Scorer` (the network part of a retrieval score: ``mgsv_sk.infer.catalogue.
-TorchXPool``, ``export.runtime``'s onnxruntime one), the :class:`SnippetRows` a scorer
+TorchXPool``, ``mgsv_sk.export.runtime``'s onnxruntime one), the :class:`SnippetRows` a scorer
 reads, and the :class:`Shards` a catalogue may hand its search to
 (:class:`mgsv_sk.search.sharded.ShardedCatalogue`)."""
 

@@ -31,7 +31,7 @@ def _loader(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | 
             audio_dir: str | os.PathLike[str] | None,
             config: ServeConfig) -> Callable[[], ServedModel]:
     """Checks the paths now (not after start-up) and returns what loads the model."""
-    from export.manifest import read_manifest
+    from mgsv_sk.export.manifest import read_manifest
 
     read_manifest(bundle)
     if catalogue is not None and not Path(catalogue).is_dir():

@@ -21,7 +21,7 @@ import pandas as pd
 
 from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from mgsv_sk.files._atomic import sha256_file
+from mgsv_sk.files import sha256_file
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from .audio import audio_seconds
@@ -139,9 +139,9 @@ class ServedModel:
         FileNotFoundError, ValueError
             A missing or damaged bundle or store, or a store of another feature width.
         """
-        from export.manifest import MANIFEST_FILE
-        from export.runtime import OnnxGrounder
         from mgsv_sk.data.packed import PackedFeatures
+        from mgsv_sk.export.manifest import MANIFEST_FILE
+        from mgsv_sk.export.runtime import OnnxGrounder
 
         grounder = OnnxGrounder.load(bundle, n_threads)
         sources: dict[str, str] = {}
@@ -226,7 +226,7 @@ class ServedModel:
     def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
                   name: str | None = None) -> Recommendation:
         """A video file -> the top-``k`` tracks with their moments, as
-        :meth:`export.runtime.OnnxGrounder.recommend` computes them (the same calls).
+        :meth:`mgsv_sk.export.runtime.OnnxGrounder.recommend` computes them (the same calls).
 
         Raises
         ------
