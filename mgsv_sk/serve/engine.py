@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.files._atomic import sha256_file
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
+from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
@@ -67,11 +67,10 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
     ValueError
         Not a video PyAV (FFmpeg) can open, no video stream, or no duration.
     """
-    av = require("av", "reading videos")
-    from ..extract.video import _duration
+    from ..extract.video import _duration, open_video
 
     try:
-        with av.open(os.fspath(path)) as container:
+        with open_video(path) as container:
             if not container.streams.video:
                 raise ValueError("the file has no video stream")
             seconds = _duration(container, container.streams.video[0])
@@ -123,6 +122,9 @@ class ServedModel:
         self._audio_dir = None if audio_dir is None else Path(audio_dir)
         self._seconds: dict[str, float] = {}
         self._dims = grounder.manifest["dims"]
+        #: What an upload may ask of the decoder (codec, frame size, frames to decode),
+        #: checked from its header before any frame is decoded.
+        self.video_limits = SERVE_LIMITS
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
         self.video_encoder = video_encoder if video_encoder is not None else getattr(
             grounder, "video_encoder", None)
@@ -230,8 +232,10 @@ class ServedModel:
         Raises
         ------
         ValueError
-            An unreadable video, or one longer than ``max_seconds``; the message names
-            the file as ``name`` (the client's file name), never the server's path.
+            An unreadable video, one longer than ``max_seconds``, or one over
+            :attr:`video_limits` (codec, frame size, frames to decode: checked before any
+            frame is decoded); the message names the file as ``name`` (the client's file
+            name), never the server's path.
         """
         from ..extract.recommend import video_query
 
@@ -254,7 +258,9 @@ class ServedModel:
         if self.video_encoder is None:
             raise ValueError("this bundle holds no video encoder, so it cannot read videos")
         try:
-            frame, feats = video_query(path, self.video_encoder)
+            frame, feats = video_query(path, self.video_encoder, self.video_limits)
+        except VideoLimitError as exc:  # readable, but asks too much of the decoder
+            raise VideoLimitError(f"{shown}: {exc.__cause__ or exc}") from exc
         except ValueError as exc:
             raise unreadable(exc) from exc
         decoded = time.perf_counter()
