@@ -28,6 +28,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "serve"),
     "python_multipart": ("python-multipart", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
+    "ray": ("ray[serve]", "replicas"),
 }
 
 
