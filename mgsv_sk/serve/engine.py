@@ -25,6 +25,7 @@ from mgsv_sk.files._atomic import sha256_file
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
+from .batching import Coalescer
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
 
@@ -47,6 +48,15 @@ class TrackResult:
     music_id: str
     score: float
     moments: list[Moment]
+
+
+@dataclass(frozen=True)
+class _Request:
+    frames: np.ndarray
+    music_id: str | None
+    k: int
+    moments: int
+    seconds: float
 
 
 @dataclass
@@ -125,6 +135,11 @@ class ServedModel:
         #: What an upload may ask of the decoder (codec, frame size, frames to decode),
         #: checked from its header before any frame is decoded.
         self.video_limits = SERVE_LIMITS
+        #: Batches of ``infer`` calls that wait while every lane is busy (:mod:`.batching`):
+        #: a lane per core's worth of the grounder's threads.
+        threads = max(1, int(getattr(grounder, "n_threads", None) or 1))
+        self._batcher = Coalescer(self._infer_batch,
+                                  lanes=max(1, (os.cpu_count() or 1) // threads))
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
         self.video_encoder = video_encoder if video_encoder is not None else getattr(
             grounder, "video_encoder", None)
@@ -213,16 +228,31 @@ class ServedModel:
     def infer(self, frames: np.ndarray, *, music_id: str | None, k: int, moments: int,
               seconds: float) -> list[TrackResult]:
         """Frame features ``(F, video_dim)`` -> the top-``k`` tracks (MsG), or the moment on
-        ``music_id`` (SmG)."""
+        ``music_id`` (SmG). Calls that arrive while every lane is busy are answered
+        together, in one ``rank`` / ``predict`` call (:mod:`.batching`); each gets the
+        answer it would get alone."""
+        request = _Request(np.ascontiguousarray(frames, np.float32), music_id, int(k),
+                           int(moments), float(seconds))
+        answer: list[TrackResult] = self._batcher.submit((music_id is None, int(moments)),
+                                                         request)
+        return answer
+
+    def _infer_batch(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
+        """One rank (MsG) or predict (SmG) call for requests of the same kind and moments."""
+        ids = [f"{_QUERY_ID}{i}" for i in range(len(requests))]
         features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (
-            {_QUERY_ID: np.ascontiguousarray(frames, np.float32)}, {})
-        query = pd.DataFrame({"video_id": [_QUERY_ID], "video_segment_duration": [seconds]})
-        if music_id is None:
-            table = self.grounder.rank(query, k=k, features=features, moments_per_track=moments)
-        else:
-            query["music_id"] = [music_id]
-            table = self.grounder.predict(query, features=features, moments_per_track=moments)
-        return _results(table)
+            {v: r.frames for v, r in zip(ids, requests)}, {})
+        query = pd.DataFrame({"video_id": ids,
+                              "video_segment_duration": [r.seconds for r in requests]})
+        moments = requests[0].moments
+        if requests[0].music_id is None:
+            table = self.grounder.rank(query, k=max(r.k for r in requests), features=features,
+                                       moments_per_track=moments)
+            by_video = dict(tuple(table.groupby("video_id", sort=False)))
+            return [_results(by_video[v].head(r.k)) for v, r in zip(ids, requests)]
+        query["music_id"] = [r.music_id for r in requests]
+        table = self.grounder.predict(query, features=features, moments_per_track=moments)
+        return [_results(table.iloc[[i]]) for i in range(len(requests))]
 
     def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
                   name: str | None = None) -> Recommendation:
