@@ -20,6 +20,7 @@ after pooling, W_o W_v and W_o b_v + b_o; the residual x + W_p x is one product 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,14 @@ class NumpyXPool:
         return dot / np.maximum(np.linalg.norm(h1, axis=-1), 1e-6)
 
     # -- the Scorer protocol ------------------------------------------------------------
-    def tracks(self, video_emb: np.ndarray, chunk: Any) -> np.ndarray:
-        """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]."""
-        video_emb = np.ascontiguousarray(video_emb, np.float32)
+    def _pool(self, query: np.ndarray, chunk: Any) -> np.ndarray:
+        """Attention-pooled snippet states of every (track of ``chunk``, video), [U, B, D],
+        for queries W_k^T q [B, D]: a block's logits, then its pooling, from the cache."""
         states, mask = chunk.states, chunk.mask  # [U,S,D], [U,S]
         u, s, d = states.shape
-        query = self._token_query(video_emb)  # [B,D]
-        pooled = np.empty((u, len(video_emb), d), np.float32)  # [U,B,D]
+        pooled = np.empty((u, len(query), d), np.float32)  # [U,B,D]
         step = max(1, _BLOCK_BYTES // max(1, s * d * 4))
-        for lo in range(0, u, step):  # a block: its logits, then its pooling, from cache
+        for lo in range(0, u, step):
             block = states[lo: lo + step]  # [u,S,D]
             n = len(block)
             logits = (block.reshape(-1, d) @ query.T).reshape(n, s, -1)  # one GEMM: [u,S,B]
@@ -119,10 +119,37 @@ class NumpyXPool:
             logits /= logits.sum(axis=1, keepdims=True)
             weights = np.ascontiguousarray(logits.transpose(0, 2, 1))  # [u,B,S]
             np.matmul(weights, block, out=pooled[lo: lo + n])  # [u,B,S] @ [u,S,D]
+        return pooled
+
+    def tracks(self, video_emb: np.ndarray, chunk: Any) -> np.ndarray:
+        """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]."""
+        video_emb = np.ascontiguousarray(video_emb, np.float32)
+        pooled = self._pool(self._token_query(video_emb), chunk)
         score = self._cosine(video_emb, pooled).T  # [U,B] -> [B,U]
         if self.use_dual:
             score = score + video_emb @ np.asarray(chunk.emb, np.float32).T
         return np.ascontiguousarray(score, np.float32)
+
+    def scan(self, video_emb: np.ndarray, chunks: Sequence[Any], n_tracks: int) -> np.ndarray:
+        """Scores of unit-norm videos [B, D] against every track of ``chunks`` (a whole
+        catalogue, rows ``chunk.rows``), [B, N]: :meth:`tracks` over the chunks, with the
+        head's projections run once over every pooled state rather than once per chunk
+        (videos in groups whose pooled states stay under 64 MB)."""
+        video_emb = np.ascontiguousarray(video_emb, np.float32)
+        d = video_emb.shape[1]
+        out = np.empty((len(video_emb), n_tracks), np.float32)
+        group = max(1, (64 << 20) // max(1, n_tracks * d * 4))
+        rows = np.concatenate([c.rows for c in chunks])
+        emb = np.concatenate([np.asarray(c.emb, np.float32) for c in chunks])  # [N,D]
+        for lo in range(0, len(video_emb), group):
+            videos = video_emb[lo: lo + group]
+            query = self._token_query(videos)
+            pooled = np.concatenate([self._pool(query, c) for c in chunks])  # [N,B,D]
+            score = self._cosine(videos, pooled).T  # [B,N]
+            if self.use_dual:
+                score = score + videos @ emb.T
+            out[lo: lo + group, rows] = score
+        return out
 
     def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: Any) -> np.ndarray:
         """Score of (video i, track ``rows[i]`` of ``cat``), [B]."""

@@ -383,6 +383,12 @@ def test_numpy_xpool_equals_the_score_graphs(bundle, served, small_test):
         for chunk in cat.chunks(5):
             np.testing.assert_allclose(served.numpy_xpool.tracks(emb[:b], chunk),
                                        graphs.tracks(emb[:b], chunk), atol=1e-5)
+        chunks = cat.chunks(5)
+        by_chunk = np.zeros((b, len(cat)), np.float32)
+        for chunk in chunks:
+            by_chunk[:, chunk.rows] = graphs.tracks(emb[:b], chunk)
+        np.testing.assert_allclose(served.numpy_xpool.scan(emb[:b], chunks, len(cat)),
+                                   by_chunk, atol=1e-5)
     rows = np.arange(len(emb)) * 3 % len(cat)
     np.testing.assert_allclose(served.numpy_xpool.pairs(emb, rows, cat),
                                graphs.pairs(emb, rows, cat), atol=1e-5)
