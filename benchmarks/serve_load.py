@@ -90,6 +90,7 @@ def torch_worker(work: Path, seconds: float) -> None:
 
     torch.set_num_threads(THREADS)
     model = MGSVGrounder.load(work / "model")
+    model.set_params(n_threads=THREADS)  # predict sets torch's threads from it (fit's: 2)
     with np.load(work / "frames.npz") as stored:
         frames = [stored[name] for name in stored.files][:16]
     times: list[float] = []

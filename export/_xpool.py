@@ -50,10 +50,15 @@ def xpool_arrays(xpool: Any) -> dict[str, np.ndarray]:
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
                 ) -> np.ndarray:
-    mean = x.mean(axis=-1, keepdims=True)
-    centred = x - mean
-    var = np.square(centred).mean(axis=-1, keepdims=True)
-    return centred / np.sqrt(var + eps) * weight + bias
+    """LayerNorm over the last axis of a 2-D float32 ``x``, in place (``x`` is a
+    temporary of the caller's): few passes over the rows, no new arrays but per-row ones."""
+    d = x.shape[-1]
+    x -= (x.sum(axis=-1) / d)[:, None]
+    var = np.einsum("ij,ij->i", x, x) / d
+    x *= (1.0 / np.sqrt(var + eps)).astype(np.float32)[:, None]
+    x *= weight
+    x += bias
+    return x
 
 
 class NumpyXPool:
@@ -88,7 +93,8 @@ class NumpyXPool:
     # -- pieces -------------------------------------------------------------------------
     def _token_query(self, video_emb: np.ndarray) -> np.ndarray:
         """h(v) [B, D] -> W_k^T q [B, D], the query in the snippet states' space."""
-        q = _layer_norm(video_emb, *self._norm_in, self._eps[0]) @ self._q[0].T + self._q[1]
+        normed = _layer_norm(video_emb.copy(), *self._norm_in, self._eps[0])
+        q = normed @ self._q[0].T + self._q[1]
         return np.ascontiguousarray((q * self._scale) @ self._k_weight, np.float32)
 
     def _cosine(self, video_emb: np.ndarray, pooled: np.ndarray) -> np.ndarray:
@@ -97,9 +103,9 @@ class NumpyXPool:
         flat = pooled.reshape(u * b, d)  # one GEMM per projection, not U small ones
         x = _layer_norm(flat @ self._values_t + self._values_b, *self._norm_attn, self._eps[1])
         h1 = _layer_norm(x @ self._proj_t + self._proj_b, *self._norm_out, self._eps[2])
-        h1 = h1.reshape(u, b, d)
-        dot = (h1 * video_emb).sum(axis=-1)  # [U,B]
-        return dot / np.maximum(np.linalg.norm(h1, axis=-1), 1e-6)
+        dot = np.einsum("ubd,bd->ub", h1.reshape(u, b, d), video_emb)  # [U,B]
+        norm = np.sqrt(np.einsum("ij,ij->i", h1, h1)).reshape(u, b)
+        return dot / np.maximum(norm, 1e-6)
 
     # -- the Scorer protocol ------------------------------------------------------------
     def _pool(self, query: np.ndarray, chunk: Any) -> np.ndarray:

@@ -96,15 +96,19 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
 def _results(table: pd.DataFrame) -> list[TrackResult]:
     """Rows of ``rank`` / ``predict`` (with ``windows`` when several moments were asked)
     as TrackResults."""
+    columns = table.to_dict("list")  # one pass, no namedtuple class built per call
+    n = len(table)
+    ranks = columns.get("rank", range(1, n + 1))
+    windows = columns.get("windows", [None] * n)
     out = []
-    for i, row in enumerate(table.itertuples(index=False)):
-        windows = getattr(row, "windows", None)
-        if windows is None or not isinstance(windows, list):
-            windows = [[row.start, row.end, row.moment_score]]
-        moments = [Moment(float(s), float(e), float(p)) for s, e, p in windows
+    for i in range(n):
+        found = windows[i]
+        if found is None or not isinstance(found, list):
+            found = [[columns["start"][i], columns["end"][i], columns["moment_score"][i]]]
+        moments = [Moment(float(s), float(e), float(p)) for s, e, p in found
                    if np.isfinite([s, e, p]).all()]
-        out.append(TrackResult(int(getattr(row, "rank", i + 1)), str(row.music_id),
-                               float(row.score), moments))
+        out.append(TrackResult(int(ranks[i]), str(columns["music_id"][i]),
+                               float(columns["score"][i]), moments))
     return out
 
 
