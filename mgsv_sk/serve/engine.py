@@ -142,8 +142,9 @@ class ServedModel:
         #: Batches of ``infer`` calls that wait while every lane is busy (:mod:`.batching`):
         #: a lane per core's worth of the grounder's threads.
         threads = max(1, int(getattr(grounder, "n_threads", None) or 1))
-        self._batcher = Coalescer(self._infer_batch,
-                                  lanes=max(1, (os.cpu_count() or 1) // threads))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)  # the cores this process may run on, not the host's
+        self._batcher = Coalescer(self._infer_batch, lanes=max(1, cores // threads))
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
         self.video_encoder = video_encoder if video_encoder is not None else getattr(
             grounder, "video_encoder", None)
