@@ -13,6 +13,8 @@ A bundle is a folder::
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
     graphs/detector.onnx          the candidate moments of video b in track music_index[b]
     graphs/<name>.int8.onnx       dynamically quantised twins (``quantize=True``)
+    graphs/xpool_weights.npz      the X-Pool parameters (float32, no pickle; with X-Pool
+                                  only): the runtime's numpy scan (export._xpool)
     catalogue/ids.json            track ids, one per catalogue row
     catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
     catalogue/offsets.npy         [N + 1] int64: track i owns snippet rows offsets[i]:offsets[i+1]
@@ -363,6 +365,7 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
     used = [f for g in manifest["graphs"].values() for f in g.get("files", {}).values()]
     used += list(manifest["catalogue"].get("files", {}).values())
     used += [f for e in manifest.get("encoders", {}).values() for f in e["files"].values()]
+    used += [manifest["xpool_weights"]] if "xpool_weights" in manifest else []
     unverified = sorted({f for f in used if f not in listed})
     if unverified:  # every file the runtime opens must carry a checksum
         raise BundleError(f"the manifest of {root!s} uses file(s) it gives no checksum for: "

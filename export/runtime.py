@@ -51,6 +51,7 @@ from mgsv_sk.search.ann import load_index
 from mgsv_sk.search.rerank import check_rerank
 
 from . import _cache
+from ._xpool import NumpyXPool
 from .manifest import (
     MANIFEST_FILE,
     BundleError,
@@ -206,7 +207,11 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         ----------
         bundle : path
         n_threads : int, optional
-            Threads of each graph's session (None: onnxruntime's default, all cores).
+            Threads of each graph's session and of numpy's BLAS in this process, which runs
+            the X-Pool scan of a float32 bundle (None: the libraries' defaults, all cores).
+            Several BLAS threads per request on few cores contend with each other and with
+            the other requests: on 2 busy cores, a 1-thread scan took 50 ms, a 2-thread one
+            up to 600 ms.
         features : optional
             Default feature source of every call (packed store path, (videos, music) dicts
             of arrays, or an object with video()/music() methods).
@@ -253,6 +258,18 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         grounder = cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                        precision=precision, track_chunk=track_chunk)
         grounder.n_threads = n_threads
+        if n_threads is not None:  # process-wide, as torch's threads are for MGSVGrounder
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(int(n_threads), user_api="blas")
+        weights = manifest.get("xpool_weights")
+        if weights and precision == "fp32" and grounder.use_xpool:  # int8: the graphs' own
+            inside_root(folder, weights, "the X-Pool weights", BundleError)
+            try:
+                grounder.numpy_xpool = NumpyXPool.load(folder / weights, grounder.use_dual)
+            except (OSError, ValueError, KeyError) as exc:
+                raise BundleError(f"bundle {folder!s}: {weights} cannot be read "
+                                  f"({type(exc).__name__}: {exc}); re-export the bundle") from exc
         for role, encoder in manifest.get("encoders", {}).items():  # exported with encoders=
             setattr(grounder, f"{role}_encoder",
                     _bundle_encoder(folder, role, encoder, precision, options))
@@ -306,6 +323,10 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     def track_chunk(self, value: int) -> None:
         self._track_chunk = int(check_positive(value, "track_chunk") or 1)
 
+    #: The X-Pool score in numpy (:mod:`export._xpool`) for a float32 bundle that holds its
+    #: weights: the scorer of every search (None: the score graphs, e.g. int8 or an older
+    #: bundle). Set it to None to score with the graphs.
+    numpy_xpool: NumpyXPool | None = None
     #: The bundle's feature encoders (OrtEncoder), when it was exported with them.
     video_encoder: Any = None
     music_encoder: Any = None
@@ -405,8 +426,10 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
             self._catalogue = catalogue
             self.catalogue_ids_ = list(catalogue.ids)
 
-    def _scorer(self, catalogue: Catalogue) -> _OrtXPool | None:
-        return _OrtXPool(self) if self.use_xpool else None
+    def _scorer(self, catalogue: Catalogue) -> _OrtXPool | NumpyXPool | None:
+        if not self.use_xpool:
+            return None
+        return self.numpy_xpool if self.numpy_xpool is not None else _OrtXPool(self)
 
     def _scores(self, videos: _Videos, catalogue: Catalogue) -> np.ndarray:
         """Scores of videos against every catalogue track, (n, N) float32."""

@@ -38,6 +38,7 @@ from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
 
 from ._common import ExportError, quantize_int8
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
+from ._xpool import XPOOL_WEIGHTS, xpool_arrays
 from .manifest import (
     CATALOGUE_FILES,
     GraphSpec,
@@ -278,6 +279,9 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
         elif quantize:
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
     catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
+    if cfg.use_xpool:  # the runtime's numpy scan of one video reads these (export._xpool)
+        arrays: dict[str, Any] = xpool_arrays(model.xpool)
+        np.savez(folder / XPOOL_WEIGHTS, **arrays)
     top_k = grounder.xpool_top_k
     moment_weight, rerank_depth = grounder.reranking()
     manifest = new_manifest(
@@ -289,6 +293,8 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
         exporter="torch.onnx.export(dynamo=False)",
         default_precision="int8" if quantize else "fp32",
     )
+    if cfg.use_xpool:
+        manifest["xpool_weights"] = XPOOL_WEIGHTS
     if encoders:  # the feature encoders too: OnnxGrounder then accepts media files
         from ._encoders import export_encoders
 

@@ -30,6 +30,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "prometheus_client": ("prometheus-client", "serve"),
     "grpc": ("grpcio", "serve"),
     "google": ("protobuf", "serve"),
+    "ray": ("ray[serve]", "replicas"),
 }
 
 

@@ -49,3 +49,6 @@ class Scorer(Protocol):
 
     def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: SnippetRows) -> np.ndarray:
         """Score of (video i, row ``rows[i]`` of ``cat``), [B]."""
+
+    # Optional: ``scan(video_emb, chunks, n_tracks)`` -> [B, N], every track at once (the
+    # full X-Pool scan uses it when present; it must equal ``tracks`` over the chunks).
