@@ -8,13 +8,13 @@ the *base* of every synthetic catalogue, built without encoding anything at that
   base embeddings' own covariance (``--noise`` of their spread), renormalised: clusters
   with the model's anisotropy, not isotropic noise;
 - snippet tokens and X-Pool states: the base track's real encoder outputs, stored int8
-  with per-row scales (``export.compact_bundle``), written tiled (about 30 GB at 1M tracks);
+  with per-row scales (``mgsv_sk.export.compact_bundle``), written tiled (about 30 GB at 1M tracks);
 - the first-stage index: each kind of ``--index`` in turn on the same catalogue (default
   ``auto``: IVF above 50,000 tracks, 4 sqrt(N) cells; ``hnsw``: M 32, efConstruction 64),
   its search parameter (HNSW efSearch, IVF nprobe) tuned per size to the least of a grid
   with recall@100 >= 0.99 on held-out queries (other test videos than the measured ones).
 
-Each size and index is served in a fresh torch-free process (``export.runtime.
+Each size and index is served in a fresh torch-free process (``mgsv_sk.export.runtime.
 OnnxGrounder``, 2 threads, ``xpool_top_k`` = 100): per-query MsG latency (encode the video,
 ANN top-100, X-Pool re-rank of the 100 from int8 states read with pread, ground the best
 track) with the time of each stage, resident memory (VmRSS), and the ANN stage's recall@10
@@ -87,7 +87,7 @@ def exact_top(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 def serve_worker(config_path: str) -> None:
     import pandas as pd
 
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     cfg = json.loads(Path(config_path).read_text())
     frame = pd.read_json(cfg["queries"], orient="split", dtype={"video_id": str})
@@ -219,8 +219,8 @@ def _tile_file(dst: Path, src: Path, rows_per_rep: int, total_rows: int) -> None
 def synthetic_bundle(base: Path, dst: Path, n: int, noise: float, seed: int,
                      index: str) -> dict[str, Any]:
     """A bundle of ``n`` tracks tiled from the compact ``base`` bundle (see the docstring)."""
-    from export.compact_bundle import index_catalogue
-    from export.manifest import read_manifest, write_manifest
+    from mgsv_sk.export.compact_bundle import index_catalogue
+    from mgsv_sk.export.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(base)
     cat = dict(manifest["catalogue"])
@@ -289,7 +289,7 @@ def tune_search(bundle: Path, queries: np.ndarray, kind: str
     (held out from the measured ones)."""
     from dataclasses import replace
 
-    from export.compact_bundle import INDEX_NAME
+    from mgsv_sk.export.compact_bundle import INDEX_NAME
     from mgsv_sk.search.ann import load_index
 
     name, grid = SEARCH_GRID[kind]
@@ -313,8 +313,8 @@ def tune_search(bundle: Path, queries: np.ndarray, kind: str
 
 def reindex(folder: Path, kind: str) -> dict[str, Any]:
     """Replace the bundle's first-stage index by one of ``kind``; returns its build seconds."""
-    from export.compact_bundle import INDEX_NAME, index_catalogue
-    from export.manifest import read_manifest, write_manifest
+    from mgsv_sk.export.compact_bundle import INDEX_NAME, index_catalogue
+    from mgsv_sk.export.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(folder)
     cat = dict(manifest["catalogue"])
@@ -354,9 +354,9 @@ def main() -> None:
 
     import torch
 
-    from export.compact_bundle import compact_bundle
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
+    from mgsv_sk.export.compact_bundle import compact_bundle
+    from mgsv_sk.export.to_onnx import export_onnx
     from mgsv_sk.search.ann import EXACT_MAX_TRACKS
 
     torch.set_num_threads(THREADS)

@@ -95,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.n_threads)
     import onnxruntime as ort
 
-    from export._encoders import export_encoders
+    from mgsv_sk.export._encoders import export_encoders
     from mgsv_sk.extract.audio import load_track
     from mgsv_sk.extract.fbank import ast_inputs
     from mgsv_sk.extract.onnx_encoders import OrtEncoder
@@ -151,7 +151,7 @@ def main() -> None:
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    from export._encoders import cosines
+    from mgsv_sk.export._encoders import cosines
 
     return float(cosines(a, b).min())
 

@@ -74,7 +74,7 @@ def memory_mb() -> dict[str, float]:
 def ort_worker(config_path: str) -> None:
     import pandas as pd
 
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     cfg = json.loads(Path(config_path).read_text())
     smg = pd.read_json(cfg["smg"], orient="split", dtype={"video_id": str, "music_id": str})
@@ -141,7 +141,7 @@ def _write_tiled(path: Path, base: np.ndarray, reps: int, rows: int) -> str:
 
 
 def tile_bundle(src: Path, dst: Path, n_tracks: int, top_k: int, seed: int = 0) -> dict:
-    from export.manifest import CATALOGUE_FILES, read_manifest, write_manifest
+    from mgsv_sk.export.manifest import CATALOGUE_FILES, read_manifest, write_manifest
 
     manifest = read_manifest(src)
     files = manifest["catalogue"]["files"]
@@ -208,10 +208,10 @@ def main() -> None:
 
     import torch
 
-    from export.manifest import read_manifest
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv, pack_features
+    from mgsv_sk.export.manifest import read_manifest
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     warnings.filterwarnings("ignore", message=".*non-writable.*")  # torch on memmaps
     torch.set_num_threads(THREADS)
@@ -317,7 +317,7 @@ def main() -> None:
         "snippet states copied; on disk for both (torch: memory maps; ORT: pread + memory-"
         "mapped embeddings); catalogue_resident_mb = RSS growth of the ORT process from "
         "loading the catalogue and serving 20 queries",
-        "torch eager = MGSVGrounder.predict; ORT = export.runtime.OnnxGrounder.predict "
+        "torch eager = MGSVGrounder.predict; ORT = mgsv_sk.export.runtime.OnnxGrounder.predict "
         "(both include frame validation and feature reads)",
         f"msg_2000_two_stage: the 2,000-track query with xpool_top_k={args.top_k} (X-Pool "
         "re-ranks the dual score's top-K only), for comparison with the full scan",

@@ -22,9 +22,6 @@ import pandas as pd
 from distributed import Client, LocalCluster
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
-from export.dask import predict_dask
-from export.runtime import OnnxGrounder
-from export.to_onnx import export_onnx
 from mgsv_sk import (
     MGSVGrounder,
     grounding_report,
@@ -32,6 +29,9 @@ from mgsv_sk import (
     pack_features,
     protocol_scorer,
 )
+from mgsv_sk.export.dask import predict_dask
+from mgsv_sk.export.runtime import OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 from mgsv_sk.train.dask_search import grid_search_on_dask
 
 NUMERIC = ["start", "end", "score", "moment_score"]

@@ -4,10 +4,10 @@ Runs offline in about a minute on 2 CPU cores:
 
     python examples/export_and_serve.py
 
-The same export from the command line: ``python -m export SAVED_MODEL_DIR OUT_DIR
+The same export from the command line: ``python -m mgsv_sk.export SAVED_MODEL_DIR OUT_DIR
 [--quantize]``. The server side needs numpy, pandas and onnxruntime only:
 
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
     grounder = OnnxGrounder.load("bundle/", n_threads=2)
     grounder.predict(frame, features="packed/")     # a packed store (mgsv_sk.pack_features)
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.runtime import OnnxGrounder
-from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv, pack_features
+from mgsv_sk.export.runtime import OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 
 # A smaller network than the paper's default, so that this example fits in well under a
 # minute (the benchmark, benchmarks/inference.py, uses the default d 256). One torch thread:

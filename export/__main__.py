@@ -1,4 +1,4 @@
-"""``python -m export MODEL OUT [--quantize] [--opset N] [--overwrite] [--no-check]``.
+"""``python -m mgsv_sk.export MODEL OUT [--quantize] [--opset N] [--overwrite] [--no-check]``.
 
 The deployment package's own entry point: saved MGSVGrounder -> ONNX bundle. The same
 options as ``mgsv-sk export``, which takes them from :func:`add_export_arguments` (the
@@ -26,7 +26,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export",
+    parser = argparse.ArgumentParser(prog="python -m mgsv_sk.export",
                                      description="Export a saved model to an ONNX bundle.")
     add_export_arguments(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -1,5 +1,5 @@
-"""What the model's exporter (:mod:`export.to_onnx`) and the feature encoders' exporter
-(:mod:`export._encoders`) share: the export error and int8 quantisation of a graph."""
+"""What the model's exporter (:mod:`mgsv_sk.export.to_onnx`) and the feature encoders' exporter
+(:mod:`mgsv_sk.export._encoders`) share: the export error and int8 quantisation of a graph."""
 
 from __future__ import annotations
 

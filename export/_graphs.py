@@ -3,7 +3,7 @@
 Each wrapper calls only ``encode_video``, ``encode_music``, ``xpool.snippet_states``,
 ``xpool.scores_from_states``, ``xpool.paired_from_states`` and ``ground``, so the moment
 heads' internals may change without touching the export. Input and output names and
-axes are those of :func:`export.manifest.graph_specs`.
+axes are those of :func:`mgsv_sk.export.manifest.graph_specs`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :func:`compact_bundle` writes a copy of an exported bundle whose per-snippet catalogue
 arrays (snippet tokens, X-Pool states) are stored as float16 or int8 with per-row scales
 (:mod:`mgsv_sk.search.compact`) and whose catalogue carries a first-stage index over the
-dual embeddings (:mod:`mgsv_sk.search.ann`). :class:`export.runtime.OnnxGrounder` serves
+dual embeddings (:mod:`mgsv_sk.search.ann`). :class:`mgsv_sk.export.runtime.OnnxGrounder` serves
 such a bundle as any other: the index answers the dual top-``xpool_top_k`` of the
 two-stage search, the compact rows are decoded as they are read.
 
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
 from mgsv_sk.search.ann import AnnParams, build_index
 from mgsv_sk.search.compact import CompactWriter, RowFile, check_state_dtype
 
@@ -75,7 +75,7 @@ def compact_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     Parameters
     ----------
     src : path
-        A float32 bundle written by :func:`export.to_onnx.export_onnx`.
+        A float32 bundle written by :func:`mgsv_sk.export.to_onnx.export_onnx`.
     dst : path
         The new bundle (written atomically; ``overwrite`` replaces an existing bundle).
     states : {"float32", "float16", "int8"}

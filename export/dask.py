@@ -1,6 +1,6 @@
 """Batch prediction over a Dask DataFrame with the torch-free ONNX runtime.
 
-:func:`predict_dask` maps :meth:`export.runtime.OnnxGrounder.predict` (or ``rank``) over the
+:func:`predict_dask` maps :meth:`mgsv_sk.export.runtime.OnnxGrounder.predict` (or ``rank``) over the
 partitions of a Dask DataFrame. An onnxruntime session cannot be pickled, so the tasks carry
 the bundle's *path*: each worker process loads the bundle once (a cache keyed by the path,
 the manifest's identity, the thread count and the precision) and every partition it
@@ -8,7 +8,7 @@ computes reuses those sessions. A packed feature store given as a path is opened
 worker process the same way; both paths must be readable at the same location on every
 worker (a shared filesystem, or the same files copied to each machine).
 
-Like :mod:`export.runtime`, this module never imports torch (only mgsv_sk's torch-free
+Like :mod:`mgsv_sk.export.runtime`, this module never imports torch (only mgsv_sk's torch-free
 layers). Dask is imported when a function is called; install it with
 ``pip install "mgsv-sk[dask]"``.
 
@@ -69,8 +69,8 @@ def prediction_meta(mode: str, index: pd.Index | None = None) -> pd.DataFrame:
     Parameters
     ----------
     mode : {"auto", "smg", "msg", "rank"}
-        "rank" gives :data:`export.runtime.RANK_COLUMNS`, the others
-        :data:`export.runtime.PREDICTION_COLUMNS`.
+        "rank" gives :data:`mgsv_sk.export.runtime.RANK_COLUMNS`, the others
+        :data:`mgsv_sk.export.runtime.PREDICTION_COLUMNS`.
     index : pandas Index, optional
         Empty index whose dtype the result's index has (default: int64).
 
@@ -120,7 +120,7 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
     ddf : dask.dataframe.DataFrame
         One video per row: ``video_id``, and ``music_id`` for SmG.
     bundle : path
-        A folder written by :func:`export.to_onnx.export_onnx`, readable by every worker.
+        A folder written by :func:`mgsv_sk.export.to_onnx.export_onnx`, readable by every worker.
         Each worker process loads it once and keeps it for later partitions and calls.
     features : path or in-memory features
         A packed store folder (``mgsv_sk.pack_features``), readable by every worker and
@@ -155,7 +155,7 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
 
     Raises
     ------
-    FileNotFoundError, export.manifest.BundleError
+    FileNotFoundError, mgsv_sk.export.manifest.BundleError
         With ``check_bundle``: no bundle at ``bundle``, or not a valid one.
     """
     dd = _dask_dataframe()

@@ -13,6 +13,8 @@ A bundle is a folder::
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
     graphs/detector.onnx          the candidate moments of video b in track music_index[b]
     graphs/<name>.int8.onnx       dynamically quantised twins (``quantize=True``)
+    graphs/xpool_weights.npz      the X-Pool parameters (float32, no pickle; with X-Pool
+                                  only): the runtime's numpy scan (export._xpool)
     catalogue/ids.json            track ids, one per catalogue row
     catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
     catalogue/offsets.npy         [N + 1] int64: track i owns snippet rows offsets[i]:offsets[i+1]
@@ -43,9 +45,13 @@ from typing import Any
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError, InvalidInputError
-from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
-from mgsv_sk.files._kinds import other_kind_error
-from mgsv_sk.files._paths import open_regular
+from mgsv_sk.files import (
+    file_checksums,
+    open_regular,
+    other_kind_error,
+    sha256_file,
+    verify_checksums,
+)
 from mgsv_sk.search import TWO_STAGE_MARGIN
 
 __all__ = [
@@ -322,15 +328,15 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     root = Path(folder)
     path = root / MANIFEST_FILE
     other = other_kind_error(root, "an ONNX bundle", FORMAT, "export a saved model with "
-                             "`python -m export SAVED_MODEL OUT_DIR` (or export_onnx)")
+                             "`python -m mgsv_sk.export SAVED_MODEL OUT_DIR` (or export_onnx)")
     if other is not None:
         raise other
     if not root.is_dir():
         raise ArtifactNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
-                                    "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                    "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     if not os.path.lexists(path):
         raise ArtifactNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
-                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+                                "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     try:
         with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
             manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))
@@ -359,6 +365,7 @@ def verify_files(folder: str | os.PathLike[str], manifest: Mapping[str, Any],
     used = [f for g in manifest["graphs"].values() for f in g.get("files", {}).values()]
     used += list(manifest["catalogue"].get("files", {}).values())
     used += [f for e in manifest.get("encoders", {}).values() for f in e["files"].values()]
+    used += [manifest["xpool_weights"]] if "xpool_weights" in manifest else []
     unverified = sorted({f for f in used if f not in listed})
     if unverified:  # every file the runtime opens must carry a checksum
         raise BundleError(f"the manifest of {root!s} uses file(s) it gives no checksum for: "

@@ -28,11 +28,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from mgsv_sk.data._readers import id_list
+from mgsv_sk.data import id_list
 from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
-from mgsv_sk.files._paths import inside_root
+from mgsv_sk.files import inside_root
 from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.search import (
@@ -51,6 +51,7 @@ from mgsv_sk.search.ann import load_index
 from mgsv_sk.search.rerank import check_rerank
 
 from . import _cache
+from ._xpool import NumpyXPool
 from .manifest import (
     MANIFEST_FILE,
     BundleError,
@@ -164,8 +165,8 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     xpool_top_k : int or None
         Two-stage search: X-Pool only for each video's top-K tracks by dual score (the
         exported grounder's value unless changed). With an approximate catalogue index
-        (:mod:`export.compact_bundle`) the top-K come from the index and the other tracks score
-        -inf; without ``xpool_top_k`` every track is scanned.
+        (:mod:`mgsv_sk.export.compact_bundle`) the top-K come from the index and the other
+        tracks score -inf; without ``xpool_top_k`` every track is scanned.
     moment_weight, rerank_depth : float, int
         Re-ranking of each video's best ``rerank_depth`` tracks by ``score +
         moment_weight * logit(moment_score)`` (:mod:`mgsv_sk.search.rerank`): the exported
@@ -200,13 +201,17 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     def load(cls, bundle: str | os.PathLike[str], n_threads: int | None = None, *,
              features: Any = None, precision: str | None = None, verify: bool = True,
              allow_spinning: bool = False, track_chunk: int = 128) -> OnnxGrounder:
-        """Open a bundle written by :func:`export.to_onnx.export_onnx`.
+        """Open a bundle written by :func:`mgsv_sk.export.to_onnx.export_onnx`.
 
         Parameters
         ----------
         bundle : path
         n_threads : int, optional
-            Threads of each graph's session (None: onnxruntime's default, all cores).
+            Threads of each graph's session and of numpy's BLAS in this process, which runs
+            the X-Pool scan of a float32 bundle (None: the libraries' defaults, all cores).
+            Several BLAS threads per request on few cores contend with each other and with
+            the other requests: on 2 busy cores, a 1-thread scan took 50 ms, a 2-thread one
+            up to 600 ms.
         features : optional
             Default feature source of every call (packed store path, (videos, music) dicts
             of arrays, or an object with video()/music() methods).
@@ -253,6 +258,18 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         grounder = cls(folder, manifest, sessions, Catalogue([part], ann), features=features,
                        precision=precision, track_chunk=track_chunk)
         grounder.n_threads = n_threads
+        if n_threads is not None:  # process-wide, as torch's threads are for MGSVGrounder
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(int(n_threads), user_api="blas")
+        weights = manifest.get("xpool_weights")
+        if weights and precision == "fp32" and grounder.use_xpool:  # int8: the graphs' own
+            inside_root(folder, weights, "the X-Pool weights", BundleError)
+            try:
+                grounder.numpy_xpool = NumpyXPool.load(folder / weights, grounder.use_dual)
+            except (OSError, ValueError, KeyError) as exc:
+                raise BundleError(f"bundle {folder!s}: {weights} cannot be read "
+                                  f"({type(exc).__name__}: {exc}); re-export the bundle") from exc
         for role, encoder in manifest.get("encoders", {}).items():  # exported with encoders=
             setattr(grounder, f"{role}_encoder",
                     _bundle_encoder(folder, role, encoder, precision, options))
@@ -306,6 +323,10 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
     def track_chunk(self, value: int) -> None:
         self._track_chunk = int(check_positive(value, "track_chunk") or 1)
 
+    #: The X-Pool score in numpy (:mod:`export._xpool`) for a float32 bundle that holds its
+    #: weights: the scorer of every search (None: the score graphs, e.g. int8 or an older
+    #: bundle). Set it to None to score with the graphs.
+    numpy_xpool: NumpyXPool | None = None
     #: The bundle's feature encoders (OrtEncoder), when it was exported with them.
     video_encoder: Any = None
     music_encoder: Any = None
@@ -405,8 +426,10 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
             self._catalogue = catalogue
             self.catalogue_ids_ = list(catalogue.ids)
 
-    def _scorer(self, catalogue: Catalogue) -> _OrtXPool | None:
-        return _OrtXPool(self) if self.use_xpool else None
+    def _scorer(self, catalogue: Catalogue) -> _OrtXPool | NumpyXPool | None:
+        if not self.use_xpool:
+            return None
+        return self.numpy_xpool if self.numpy_xpool is not None else _OrtXPool(self)
 
     def _scores(self, videos: _Videos, catalogue: Catalogue) -> np.ndarray:
         """Scores of videos against every catalogue track, (n, N) float32."""

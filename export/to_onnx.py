@@ -1,11 +1,11 @@
 """Export a fitted :class:`mgsv_sk.MGSVGrounder` to an ONNX bundle (graphs + catalogue).
 
-The bundle layout and every name in it are defined in :mod:`export.manifest`; serve it with
-:class:`export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
+The bundle layout and every name in it are defined in :mod:`mgsv_sk.export.manifest`; serve it with
+:class:`mgsv_sk.export.runtime.OnnxGrounder`, which needs neither torch nor mgsv_sk.
 
 Each graph wraps *public* MaDe methods only (``encode_video``, ``encode_music``,
 ``xpool.snippet_states``, ``xpool.scores_from_states``, ``xpool.paired_from_states``, ``ground``;
-see :mod:`export._graphs`), so the moment heads' internals may change freely.
+see :mod:`mgsv_sk.export._graphs`), so the moment heads' internals may change freely.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (TorchScript tracing with named dynamic
 axes). The default dynamo exporter cannot capture these methods as written: their input
@@ -34,10 +34,11 @@ import torch
 from torch import Tensor, nn
 
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
 
 from ._common import ExportError, quantize_int8
 from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
+from ._xpool import XPOOL_WEIGHTS, xpool_arrays
 from .manifest import (
     CATALOGUE_FILES,
     GraphSpec,
@@ -193,13 +194,12 @@ def _catalogue_storage(cat: Any) -> tuple[str, str, Any]:
 
 def _check_storage(states: str | None, index: str | None, n_tracks: int) -> None:
     """Refuse bad catalogue storage options, and an approximate index without FAISS."""
-    from mgsv_sk.search import ann
-    from mgsv_sk.search.compact import check_state_dtype
+    from mgsv_sk.search import check_state_dtype, require_faiss, resolve_kind
 
     if states is not None:
         check_state_dtype(states)
-    if index is not None and ann.resolve_kind(index, n_tracks) != "exact":
-        ann._faiss()  # the ImportError names the extra to install
+    if index is not None and resolve_kind(index, n_tracks) != "exact":
+        require_faiss()  # the ImportError names the extra to install
 
 
 def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str | None,
@@ -279,8 +279,11 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
         elif quantize:
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
     catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
+    if cfg.use_xpool:  # the runtime's numpy scan of one video reads these (export._xpool)
+        arrays: dict[str, Any] = xpool_arrays(model.xpool)
+        np.savez(folder / XPOOL_WEIGHTS, **arrays)
     top_k = grounder.xpool_top_k
-    moment_weight, rerank_depth = grounder._rerank()
+    moment_weight, rerank_depth = grounder.reranking()
     manifest = new_manifest(
         specs=specs, graph_files=files, dims=dims,
         retrieval={"use_dual": cfg.use_dual, "use_xpool": cfg.use_xpool,
@@ -290,6 +293,8 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
         exporter="torch.onnx.export(dynamo=False)",
         default_precision="int8" if quantize else "fp32",
     )
+    if cfg.use_xpool:
+        manifest["xpool_weights"] = XPOOL_WEIGHTS
     if encoders:  # the feature encoders too: OnnxGrounder then accepts media files
         from ._encoders import export_encoders
 
@@ -310,7 +315,7 @@ def export_onnx(
     states: str | None = None,
     index: str | None = None,
 ) -> Path:
-    """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`export.manifest`).
+    """Write a fitted MGSVGrounder as an ONNX bundle (layout: :mod:`mgsv_sk.export.manifest`).
 
     Parameters
     ----------
@@ -334,7 +339,7 @@ def export_onnx(
         and must give finite outputs.
     encoders : dict, optional
         ``{"video": ClipImageEncoder, "music": AstEncoder}`` (:mod:`mgsv_sk.extract`): also
-        export the feature encoders (see :mod:`export._encoders`), so the bundle serves
+        export the feature encoders (see :mod:`mgsv_sk.export._encoders`), so the bundle serves
         media files; checked against torch (cosine >= 0.9999).
     states : {"float32", "float16", "int8"}, optional
         Storage of the catalogue's snippet tokens and X-Pool states in the bundle

@@ -50,8 +50,8 @@ _EXPORTS = {
     "extract_features": "mgsv_sk.extract.pipeline",
     # the deployment side, loaded only when asked for: OnnxGrounder is torch-free,
     # export_onnx needs the train extra (torch, onnx)
-    "OnnxGrounder": "export.runtime",
-    "export_onnx": "export.to_onnx",
+    "OnnxGrounder": "mgsv_sk.export.runtime",
+    "export_onnx": "mgsv_sk.export.to_onnx",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -68,3 +68,19 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+# mgsv_sk.export in a checkout without symlinks: the repository's export/ folder (installed
+# packages map it with package-dir; a checkout links it as mgsv_sk/export).
+def _export_path() -> list[str]:
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    linked = os.path.join(here, "export")
+    top = os.path.join(os.path.dirname(here), "export")
+    if not os.path.isdir(linked) and os.path.isfile(os.path.join(top, "__init__.py")):
+        return [os.path.dirname(here)]  # resolves mgsv_sk.export to the top-level folder
+    return []
+
+
+__path__ = [*__path__, *_export_path()]

@@ -38,7 +38,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou  # noqa: E402
-from mgsv_sk.evaluation.metrics import RECALL_KS, _check_ranks  # noqa: E402
+from mgsv_sk.evaluation.metrics import RECALL_KS, check_ranks  # noqa: E402
 
 __all__ = ["plot_generalisation", "plot_prediction", "plot_recall_at_k", "plot_timeline",
            "plot_training_curves"]
@@ -205,7 +205,7 @@ def plot_prediction(
     Parameters
     ----------
     estimator : fitted grounder
-        ``MGSVGrounder``, a baseline, or ``export.runtime.OnnxGrounder``.
+        ``MGSVGrounder``, a baseline, or ``mgsv_sk.export.runtime.OnnxGrounder``.
     X : DataFrame
         MGSV-EC rows with ``video_id``, ``music_id`` and ``music_total_duration``;
         ``music_start`` / ``music_end`` give the true moment.
@@ -450,7 +450,7 @@ def _rank_sets(
         items = [(None if labels is None else str(labels[i]), g) for i, g in enumerate(groups)]
     if not items:
         raise InvalidInputError("ranks is empty: give at least one array of 0-based ranks")
-    return [(label, _check_ranks(r)) for label, r in items]
+    return [(label, check_ranks(r)) for label, r in items]
 
 
 def plot_recall_at_k(

@@ -68,7 +68,7 @@ def grounder(request, tiny_fitted, small_train):
     serving the ``bundle`` fixture of the requesting module (its exported bundle)."""
     if request.param == "torch":
         return copy.deepcopy(tiny_fitted)
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     return OnnxGrounder.load(request.getfixturevalue("bundle"), 1,
                              features=small_train.features, precision="fp32")

@@ -30,9 +30,9 @@ def build(out: Path) -> Path:
     import pandas as pd
     from _media import tiny_ast, tiny_clip, write_media_set, write_video
 
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder
     from mgsv_sk.cli import main
+    from mgsv_sk.export.to_onnx import export_onnx
     from mgsv_sk.extract import extract_features
 
     rows = write_media_set(out, TRACKS, 8)

@@ -20,8 +20,8 @@ TINY = dict(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=2, batch_siz
 
 
 def build(out: Path) -> Path:
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
+    from mgsv_sk.export.to_onnx import export_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     data = make_synthetic_mgsv(80, 20, random_state=0)

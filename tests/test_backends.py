@@ -15,7 +15,7 @@ from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS
 
 @pytest.fixture(scope="module")
 def bundle(tiny_fitted, tmp_path_factory):
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.to_onnx import export_onnx
 
     return export_onnx(tiny_fitted, tmp_path_factory.mktemp("backends") / "bundle")
 

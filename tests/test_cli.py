@@ -175,7 +175,7 @@ def test_predict_refuses_to_overwrite(ws):
 
 
 def test_export_writes_a_bundle(ws):
-    from export.manifest import read_manifest, verify_files
+    from mgsv_sk.export.manifest import read_manifest, verify_files
 
     out = ok("export", "model", "bundle", "--no-check", cwd=ws["root"])
     assert "wrote ONNX bundle bundle" in out

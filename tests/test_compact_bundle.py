@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export.compact_bundle import compact_bundle
-from export.manifest import BundleError, read_manifest
-from export.runtime import OnnxGrounder
-from export.to_onnx import export_onnx
+from mgsv_sk.export.compact_bundle import compact_bundle
+from mgsv_sk.export.manifest import BundleError, read_manifest
+from mgsv_sk.export.runtime import OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 from mgsv_sk.search.compact import SCORE_TOLERANCE
 
 pytest.importorskip("faiss")

@@ -20,13 +20,13 @@ from conftest import TINY
 from distributed import Client, LocalCluster
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
-import export._cache as export_cache
-import export.dask as export_dask
+import mgsv_sk.export._cache as export_cache
+import mgsv_sk.export.dask as export_dask
 import mgsv_sk.train.dask_search as mgsv_dask
-from export.dask import predict_dask, prediction_meta
-from export.runtime import OnnxGrounder
-from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, pack_features, protocol_scorer
+from mgsv_sk.export.dask import predict_dask, prediction_meta
+from mgsv_sk.export.runtime import OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 
 NUMERIC = ["start", "end", "score", "moment_score"]
 SEARCH = {**TINY, "max_epochs": 1, "validation_fraction": 0.0}

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from conftest import TINY
 
-from export.manifest import BundleError, read_manifest
-from export.runtime import FeatureError, OnnxGrounder
-from export.to_onnx import export_onnx
+from mgsv_sk.export.manifest import BundleError, read_manifest
+from mgsv_sk.export.runtime import FeatureError, OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMERIC = ["start", "end", "score", "moment_score"]
@@ -220,7 +220,7 @@ def test_runtime_never_imports_torch(bundle, small_test, tiny_fitted, tmp_path):
         sys.modules["torch"] = None
         sys.path.insert(0, {str(ROOT)!r})
         import pandas as pd
-        from export.runtime import OnnxGrounder
+        from mgsv_sk.export.runtime import OnnxGrounder
         X = pd.read_csv({str(tmp_path / "X.csv")!r}, dtype={{"video_id": str, "music_id": str}})
         g = OnnxGrounder.load({str(bundle)!r}, 1, precision="fp32")
         out = g.predict(X, features={str(packed.path)!r})
@@ -253,7 +253,7 @@ def test_tampered_bundle_is_refused(bundle, tmp_path):
 
 
 def test_failed_export_leaves_nothing(tiny_fitted, tmp_path, monkeypatch):
-    import export.to_onnx as to_onnx
+    import mgsv_sk.export.to_onnx as to_onnx
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -276,7 +276,7 @@ def test_export_arguments(tiny_fitted, bundle):
 
 
 def test_cli_exports_a_saved_model(tiny_fitted, tmp_path):
-    from export.__main__ import main
+    from mgsv_sk.export.__main__ import main
 
     tiny_fitted.save(tmp_path / "model")
     assert main([str(tmp_path / "model"), str(tmp_path / "bundle"), "--no-check"]) == 0
@@ -366,3 +366,36 @@ def test_single_score_models(scores, small_train, tmp_path):
     assert_same_predictions(model.predict(X), served.predict(X))
     X = X.drop(columns="music_id")
     assert_same_predictions(model.predict(X), served.predict(X))
+
+
+def test_numpy_xpool_equals_the_score_graphs(bundle, served, small_test):
+    """The float32 runtime scores X-Pool in numpy (export._xpool); the bundle's graphs
+    compute the same scores, chunk by chunk and pair by pair, and the same answers."""
+    from mgsv_sk.export.runtime import _OrtXPool
+
+    assert served.numpy_xpool is not None
+    assert OnnxGrounder.load(bundle, 1, precision="int8").numpy_xpool is None
+    cat = served._served_catalogue()
+    source = served._source(small_test.features)
+    emb = served._encode_videos(small_test.frame.iloc[:7], source).emb
+    graphs = _OrtXPool(served)
+    for b in (1, 7):
+        for chunk in cat.chunks(5):
+            np.testing.assert_allclose(served.numpy_xpool.tracks(emb[:b], chunk),
+                                       graphs.tracks(emb[:b], chunk), atol=1e-5)
+        chunks = cat.chunks(5)
+        by_chunk = np.zeros((b, len(cat)), np.float32)
+        for chunk in chunks:
+            by_chunk[:, chunk.rows] = graphs.tracks(emb[:b], chunk)
+        np.testing.assert_allclose(served.numpy_xpool.scan(emb[:b], chunks, len(cat)),
+                                   by_chunk, atol=1e-5)
+    rows = np.arange(len(emb)) * 3 % len(cat)
+    np.testing.assert_allclose(served.numpy_xpool.pairs(emb, rows, cat),
+                               graphs.pairs(emb, rows, cat), atol=1e-5)
+    by_graphs = OnnxGrounder.load(bundle, 1, precision="fp32")
+    by_graphs.numpy_xpool = None
+    X = small_test.frame.iloc[:12].drop(columns="music_id")
+    assert_same_predictions(by_graphs.predict(X, features=small_test.features),
+                            served.predict(X, features=small_test.features))
+    assert_same_predictions(by_graphs.rank(X, k=5, features=small_test.features),
+                            served.rank(X, k=5, features=small_test.features))

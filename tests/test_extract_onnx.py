@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from _media import tiny_ast, tiny_clip, write_audio, write_video  # noqa: E402
 
-from export._encoders import cosines, export_encoders  # noqa: E402
+from mgsv_sk.export._encoders import cosines, export_encoders  # noqa: E402
 from mgsv_sk.extract.audio import load_track  # noqa: E402
 from mgsv_sk.extract.fbank import ast_inputs  # noqa: E402
 from mgsv_sk.extract.onnx_encoders import OrtEncoder  # noqa: E402

@@ -144,3 +144,22 @@ def test_the_sklearn_validation_adapter_works_on_this_scikit_learn():
     assert issubclass(InvalidParameterError, ValueError)
     major, minor = (int(x) for x in sklearn.__version__.split(".")[:2])
     assert (1, 4) <= (major, minor) < (1, 10), "re-check mgsv_sk/grounding/validation.py"
+
+
+def test_a_grid_over_model_training_and_ranking_parameters():
+    from sklearn.model_selection import GridSearchCV, GroupKFold
+
+    from mgsv_sk import get_scorer, make_synthetic_mgsv
+
+    data = make_synthetic_mgsv(48, 12, random_state=0)
+    X = data.frame
+    grid = {"d_model": [8, 16], "lr": [2e-3], "moment_weight": [0.1]}
+    search = GridSearchCV(
+        MGSVGrounder(features=data.features, n_heads=2, decoder_layers=1, encoder_layers=0,
+                     max_epochs=1, validation_fraction=0.0, random_state=0),
+        grid, scoring=get_scorer("r1"), cv=GroupKFold(2),
+    ).fit(X, groups=X["music_id"])
+    assert len(search.cv_results_["params"]) == 2
+    best = search.best_estimator_
+    assert best.model_.cfg.d_model == search.best_params_["d_model"]
+    assert best.get_params()["moment_weight"] == search.best_params_["moment_weight"]

@@ -86,8 +86,8 @@ def test_cli_catalogue_and_recommend(world, fitted, tmp_path, capsys):
 
 
 def test_onnx_bundle_with_encoders_recommends_like_torch(world, fitted, tmp_path, capsys):
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     bundle = export_onnx(fitted, tmp_path / "bundle",
                          encoders={"video": world["clip"], "music": world["ast"]})
@@ -114,14 +114,14 @@ def test_bundle_recommends_without_torch(world, fitted, tmp_path):
     import subprocess
     import sys
 
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.to_onnx import export_onnx
 
     bundle = export_onnx(fitted, tmp_path / "bundle", encoders={"video": world["clip"]},
                          check=False)
     code = f"""
 import sys
 sys.modules["torch"] = None
-from export.runtime import OnnxGrounder
+from mgsv_sk.export.runtime import OnnxGrounder
 g = OnnxGrounder.load({str(bundle)!r})
 out = g.recommend({str(world["root"] / "new_video.mp4")!r}, k=2)
 assert len(out) == 2 and "torch" not in [m for m in sys.modules if sys.modules[m] is not None]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
-from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv, pack_features
 from mgsv_sk.cli import main
 from mgsv_sk.data.features import PackedFeatures
+from mgsv_sk.export.to_onnx import export_onnx
 from mgsv_sk.files._atomic import (
     MODEL_FOLDER,
     PACKED_STORE,

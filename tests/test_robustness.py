@@ -30,9 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.exceptions import NotFittedError
 
-import export.runtime as runtime
-from export.manifest import BundleError
-from export.to_onnx import export_onnx
+import mgsv_sk.export.runtime as runtime
 from mgsv_sk import MGSVGrounder, get_scorer, pack_features
 from mgsv_sk.data._schema import AnnotationError
 from mgsv_sk.data.features import (
@@ -50,6 +48,8 @@ from mgsv_sk.evaluation.metrics import (
     retrieval_ranks,
     retrieval_report,
 )
+from mgsv_sk.export.manifest import BundleError
+from mgsv_sk.export.to_onnx import export_onnx
 from mgsv_sk.infer.device import torch_threads
 
 ORTFeatureError = runtime.FeatureError
@@ -504,7 +504,7 @@ def _loads(kind: str, dst: Path, data: Any) -> Any:
 CRASHES = [
     ("save", _save, "mgsv_sk.estimators._persistence", "file_checksums"),  # after config + weights
     ("pack", _pack, "mgsv_sk.data.packed", "np.save"),  # after video_features.f32
-    ("export", _export, "export.to_onnx", "_write_catalogue"),  # after every graph
+    ("export", _export, "mgsv_sk.export.to_onnx", "_write_catalogue"),  # after every graph
 ]
 
 

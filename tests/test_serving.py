@@ -36,7 +36,7 @@ def fixture_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(fixture_dir):
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     return OnnxGrounder.load(fixture_dir / "bundle", 1, features=str(fixture_dir / "packed"))
 

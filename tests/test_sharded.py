@@ -97,8 +97,8 @@ def test_compact_states_on_the_shards(client, served):
 @pytest.mark.parametrize("states", ["float32", "int8"])
 def test_a_bundle_sharded_without_torch_answers_as_its_runtime(client, served, tmp_path,
                                                                small_test, states):
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     model, frame = served
     bundle = export_onnx(model, tmp_path / "bundle", states=states, check=False)
@@ -107,8 +107,12 @@ def test_a_bundle_sharded_without_torch_answers_as_its_runtime(client, served, t
     sharded = OnnxGrounder.load(bundle, 1, features=small_test.features, precision="fp32")
     sharded.xpool_top_k = 10
     shards = sharded.shard_catalogue(client)
-    # the scorer travels as the bundle's path: the workers open the bundle themselves
-    assert type(pickle.loads(pickle.dumps(shards.scorer))).__name__ == "_OrtXPool"
+    # the scorer travels as the X-Pool weights (numpy) or as the bundle's path (the workers
+    # open the bundle themselves), never as onnxruntime sessions
+    assert type(pickle.loads(pickle.dumps(shards.scorer))).__name__ == "NumpyXPool"
+    sharded.numpy_xpool = None
+    assert type(pickle.loads(pickle.dumps(sharded._scorer(sharded._served_catalogue()))
+                             )).__name__ == "_OrtXPool"
     sharded.set_catalogue(shards)
     _same_answers(alone, sharded, frame)
 

@@ -141,7 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
                "...` on stderr;\n  --debug for the traceback), 2 a usage error, 130 "
                "interrupted")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_pack, _add_fit, _add_evaluate, _add_predict, _add_export, _add_demo):
+        add(sub)
+    add_media_commands(sub, _command)
+    add_serve_command(sub, _command)
+    return parser
 
+
+def _add_pack(sub: Any) -> None:
     p = _command(sub, "pack", cmd_pack, "feature tree -> packed memory-mapped store",
                  "Read the MGSV-EC .pt feature tree once (each track once) and write a packed, "
                  "memory-mapped store that fit, evaluate and predict read much faster.",
@@ -153,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: everything in the tree")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
+
+def _add_fit(sub: Any) -> None:
     p = _command(sub, "fit", cmd_fit, "train MGSVGrounder and save it",
                  "Train MGSVGrounder on an MGSV-EC annotation CSV and save it to a folder "
                  "(JSON + .npz, no pickle). Hyper-parameters are the estimator's keywords, "
@@ -168,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", metavar="FILE.json", help="a JSON object of hyper-parameters")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
+
+def _add_evaluate(sub: Any) -> None:
     p = _command(sub, "evaluate", cmd_evaluate, "the protocol's metrics on a split",
                  "Evaluate a saved model on an annotated split: SmG (mIoU, IoU@0.3/0.5/0.7), "
                  "V2MR (R@1/5/10/25/50/100, MedianR, MeanR, MRR; gallery = the split's own "
@@ -181,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trivial", action="store_true",
                    help="add the trivial [0, video duration] baseline as a column")
 
+
+def _add_predict(sub: Any) -> None:
     p = _command(sub, "predict", cmd_predict, "moments (SmG) or ranked tracks + moments (MsG)",
                  "Predict with a saved model. SmG grounds each video on the track in its "
                  "music_id column; MsG retrieves the best catalogue track (or the --top-k "
@@ -214,15 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("csv", "jsonl"), help="default: from OUT's extension")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
+
+def _add_export(sub: Any) -> None:
     p = _command(sub, "export", cmd_export, "saved model -> ONNX bundle (served without torch)",
                  "Export a saved model to an ONNX bundle (graphs, catalogue arrays, "
-                 "manifest.json with checksums) served by export.runtime.OnnxGrounder with "
+                 "manifest.json with checksums) served by mgsv_sk.export.runtime.OnnxGrounder with "
                  "numpy, pandas and onnxruntime only.",
                  "mgsv-sk export model/ bundle/ --quantize")
-    from export.__main__ import add_export_arguments  # the CLI calls export, not the reverse
+    from mgsv_sk.export.__main__ import (
+        add_export_arguments,  # the CLI calls export, not the reverse
+    )
 
     add_export_arguments(p)
 
+
+def _add_demo(sub: Any) -> None:
     p = _command(sub, "demo", cmd_demo, "synthetic data end to end, next to the trivial baseline",
                  "Write a synthetic MGSV-EC release, pack it, fit a small MGSVGrounder, "
                  "evaluate it on a synthetic test split and print its metrics next to the "
@@ -239,9 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-threads", type=int, metavar="N",
                    help="torch threads for fitting (default: torch's setting; 1 is faster on "
                         "a machine busy with other work)")
-    add_media_commands(sub, _command)
-    add_serve_command(sub, _command)
-    return parser
 
 
 def _configure_output(args: argparse.Namespace) -> None:

@@ -19,13 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_sk.errors import ArtifactExistsError, ArtifactNotFoundError, MGSVError
-from mgsv_sk.files._atomic import (
-    MODEL_FOLDER,
-    ONNX_BUNDLE,
-    PACKED_STORE,
-    Artefact,
-    check_destination,
-)
+from mgsv_sk.files import MODEL_FOLDER, ONNX_BUNDLE, PACKED_STORE, Artefact, check_destination
 
 
 class UserError(MGSVError):
@@ -148,7 +142,7 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_pack(args: argparse.Namespace) -> int:
-    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data import read_annotations
     from mgsv_sk.data.features import as_feature_source, pack_features
 
     src = as_feature_source(str(_existing(args.tree, "feature tree")))
@@ -166,7 +160,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data import read_annotations
 
     params = parse_params(args.param, args.params)
     features = _existing(args.features, "features")
@@ -198,7 +192,7 @@ def _evaluate_reports(model: Any, frame: Any, trivial: bool) -> dict[str, dict[s
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data import read_annotations
 
     _existing(args.model, "saved model folder")
     frame = read_annotations(_existing(args.csv, "annotation CSV"))
@@ -237,7 +231,7 @@ def _catalogue(spec: str, frame: Any) -> list[str]:
         if "music_id" not in frame.columns:
             raise UserError("--catalogue input needs a music_id column in the CSV")
         return list(dict.fromkeys(frame["music_id"]))
-    from mgsv_sk.data._readers import read_id_list
+    from mgsv_sk.data import read_id_list
 
     ids = read_id_list(_existing(spec, "catalogue file"), "catalogue file")
     if not ids:
@@ -246,7 +240,7 @@ def _catalogue(spec: str, frame: Any) -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data import read_annotations
 
     fmt = _output_format(args)
     if args.out != "-":
@@ -293,7 +287,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     _existing(args.model, "saved model folder")
     _free(args.out, args.overwrite, ONNX_BUNDLE)
     try:  # the deployment side is a separate package of this distribution
-        from export.to_onnx import export_onnx
+        from mgsv_sk.export.to_onnx import export_onnx
     except ImportError as exc:
         raise UserError(f"the export package is not importable ({exc}); install mgsv-sk "
                         "with its export package") from exc
@@ -313,7 +307,7 @@ DEMO_PARAMS: dict[str, Any] = dict(
 
 
 def _run_demo(args: argparse.Namespace, root: Path) -> dict[str, dict[str, float]]:
-    from mgsv_sk.data._readers import read_annotations
+    from mgsv_sk.data import read_annotations
     from mgsv_sk.data.features import pack_features
     from mgsv_sk.data.synthetic import make_synthetic_mgsv
     from mgsv_sk.estimators.baselines import RidgeGrounder, TrivialGrounder

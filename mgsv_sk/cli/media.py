@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mgsv_sk.files._atomic import ONNX_BUNDLE
-from mgsv_sk.files._paths import regular_file
+from mgsv_sk.files import ONNX_BUNDLE, regular_file
 
 from .commands import UserError, _existing, _free, _say
 
@@ -64,7 +63,7 @@ def cmd_catalogue(args: argparse.Namespace) -> int:
 def _grounder(model: str, catalogue: str | None) -> Any:
     folder = _existing(model, "model folder or ONNX bundle")
     if ONNX_BUNDLE.recognises(folder):
-        from export.runtime import OnnxGrounder
+        from mgsv_sk.export.runtime import OnnxGrounder
 
         grounder: Any = OnnxGrounder.load(folder)
     else:

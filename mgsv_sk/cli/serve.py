@@ -28,10 +28,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(**limits, queue_size=args.queue_size,
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_video_seconds=args.max_video_seconds,
-                         n_threads=args.n_threads)
-    app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config)
-    _say(args, f"serving {bundle} on http://{args.host}:{args.port}/ (Ctrl-C or SIGTERM to "
-               "stop; in-flight requests finish first)")
+                         n_threads=args.n_threads,
+                         max_client_requests=args.max_client_requests)
+    if args.grpc_port is not None and args.grpc_port == args.port:
+        raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
+                        "port of its own (e.g. --grpc-port 8001)")
+    host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6 in brackets
+    grpc = None if args.grpc_port is None else f"{host}:{args.grpc_port}"
+    app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config,
+                     grpc_address=grpc)
+    _say(args, f"serving {bundle} on http://{args.host}:{args.port}/"
+               + (f" and gRPC {grpc}" if grpc else "")
+               + " (Ctrl-C or SIGTERM to stop; in-flight requests finish first)")
     stopped_by = run(app, args.host, args.port, graceful_seconds=args.graceful_seconds,
                      log_level="info" if args.verbose else "warning", access_log=args.verbose)
     if stopped_by is not None:
@@ -47,6 +55,13 @@ def _positive(kind: Any) -> Any:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text}")
+    return value
 
 
 def add_serve_command(sub: Any, command: Any) -> None:
@@ -65,12 +80,18 @@ def add_serve_command(sub: Any, command: Any) -> None:
                         "catalogue does not record")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--grpc-port", type=_port, default=None, metavar="PORT",
+                   help="also serve the Open Inference Protocol over gRPC on this port "
+                        "(inference.GRPCInferenceService), on the same host")
     p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
                    help="inference threads (default: the cores, at most 4)")
     p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
                    help="onnxruntime threads per request (default 1)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="requests waiting beyond the workers before 503 (default 16)")
+    p.add_argument("--max-client-requests", type=_positive(int), default=None, metavar="N",
+                   help="requests one client address may have in progress (default: half "
+                        "of workers + queue size)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")
     p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",

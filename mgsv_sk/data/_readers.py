@@ -34,7 +34,7 @@ from mgsv_sk.data._schema import (
     validate_annotations,
 )
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
-from mgsv_sk.files._paths import open_regular
+from mgsv_sk.files import open_regular
 
 __all__ = ["MAX_TABLE_BYTES", "id_list", "read_annotations", "read_id_list", "read_table"]
 

@@ -122,7 +122,7 @@ class MissingFeatureError(FeatureError, FileNotFoundError, KeyError):
         return str(self.args[0])
 
 
-def _check_id(key: str, kind: str) -> None:
+def check_id(key: str, kind: str) -> None:
     """Refuse an id that cannot name a feature file (see ``mgsv_sk._schema.id_problem``)."""
     why = id_problem(key)
     if why is not None:
@@ -409,7 +409,7 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, verbose: bool, desc: str) -> Any:
+def progress_bar(total: int, verbose: bool, desc: str) -> Any:
     if not verbose:
         return _NoBar()
     from tqdm.auto import tqdm

@@ -21,21 +21,20 @@ from mgsv_sk.data._sources import (
     MissingFeatureError,
     _cap_rows,
     _check_array,
-    _check_id,
     _valid_rows,
     _warn_cut,
+    check_id,
     reopen_source,
 )
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 from mgsv_sk.errors import ArtifactNotFoundError
-from mgsv_sk.files._kinds import other_kind_error
-from mgsv_sk.files._paths import exists_as_name, inside_root, regular_file
+from mgsv_sk.files import exists_as_name, inside_root, other_kind_error, regular_file
 
-_KUAI = Path("features") / "Kuai_feature"
-_VIDEO_FEAT = Path("vit_feature1") / "vit_feature"
-_VIDEO_MASK = Path("vit_feature1") / "vit_mask"
-_MUSIC_FEAT = Path("ast_feature2p5") / "ast_feature"
-_MUSIC_MASK = Path("ast_feature2p5") / "ast_mask"
+KUAI_FEATURES = Path("features") / "Kuai_feature"
+VIDEO_FEATURES = Path("vit_feature1") / "vit_feature"
+VIDEO_MASKS = Path("vit_feature1") / "vit_mask"
+MUSIC_FEATURES = Path("ast_feature2p5") / "ast_feature"
+MUSIC_MASKS = Path("ast_feature2p5") / "ast_mask"
 #: A .pt feature file declaring more rows than this is refused from its header alone.
 _MAX_STORED_ROWS = 100_000
 
@@ -51,8 +50,8 @@ class FeatureTree(FeatureSource):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         root = Path(root)
-        if (root / _KUAI).is_dir():
-            base = root / _KUAI
+        if (root / KUAI_FEATURES).is_dir():
+            base = root / KUAI_FEATURES
         elif (root / "vit_feature1").is_dir() or (root / "ast_feature2p5").is_dir():
             base = root
         else:
@@ -62,7 +61,7 @@ class FeatureTree(FeatureSource):
             if other is not None:
                 raise other
             raise ArtifactNotFoundError(
-                f"no MGSV-EC feature tree under {root!s}: expected {root / _KUAI!s} with "
+                f"no MGSV-EC feature tree under {root!s}: expected {root / KUAI_FEATURES!s} with "
                 "vit_feature1/{vit_feature,vit_mask} and ast_feature2p5/{ast_feature,ast_mask}"
             )
         self.root = root
@@ -116,7 +115,7 @@ class FeatureTree(FeatureSource):
         """``<base>/<folder>/<key>.pt``, for a valid id only: the id is checked (the same
         rule as the annotation validator's) before any file is looked at, so an id such
         as ``../../x`` can neither open nor probe a file outside the tree."""
-        _check_id(key, kind)
+        check_id(key, kind)
         return inside_root(self.base / folder, f"{key}.pt", kind, FeatureError)
 
     def _read(self, key: str, feat_dir: Path, mask_dir: Path, dim: int, what: str) -> np.ndarray:
@@ -170,24 +169,24 @@ class FeatureTree(FeatureSource):
         return arr
 
     def video(self, video_id: str) -> np.ndarray:
-        return self._read(str(video_id), _VIDEO_FEAT, _VIDEO_MASK, VIDEO_DIM, "video features")
+        return self._read(str(video_id), VIDEO_FEATURES, VIDEO_MASKS, VIDEO_DIM, "video features")
 
     def music(self, music_id: str) -> np.ndarray:
-        return self._read(str(music_id), _MUSIC_FEAT, _MUSIC_MASK, MUSIC_DIM, "music features")
+        return self._read(str(music_id), MUSIC_FEATURES, MUSIC_MASKS, MUSIC_DIM, "music features")
 
     # A name that exists (even a broken link) is "present": reading it then says what is
     # wrong with it instead of reporting the feature as missing.
     def has_video(self, video_id: str) -> bool:
-        return exists_as_name(self._path(_VIDEO_FEAT, str(video_id), "video_id"))
+        return exists_as_name(self._path(VIDEO_FEATURES, str(video_id), "video_id"))
 
     def has_music(self, music_id: str) -> bool:
-        return exists_as_name(self._path(_MUSIC_FEAT, str(music_id), "music_id"))
+        return exists_as_name(self._path(MUSIC_FEATURES, str(music_id), "music_id"))
 
     def video_ids(self) -> list[str]:
-        return sorted(p.stem for p in (self.base / _VIDEO_FEAT).glob("*.pt"))
+        return sorted(p.stem for p in (self.base / VIDEO_FEATURES).glob("*.pt"))
 
     def music_ids(self) -> list[str]:
-        return sorted(p.stem for p in (self.base / _MUSIC_FEAT).glob("*.pt"))
+        return sorted(p.stem for p in (self.base / MUSIC_FEATURES).glob("*.pt"))
 
     def __repr__(self) -> str:
         return f"FeatureTree({str(self.root)!r})"

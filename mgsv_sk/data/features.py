@@ -30,14 +30,14 @@ from mgsv_sk.data._sources import (
     InMemoryFeatures,
     MissingFeatureError,
     ReaderFeatures,
-    _check_id,
-    _progress,
+    check_id,
+    progress_bar,
     require_finite,
 )
 from mgsv_sk.data._tree import FeatureTree
 from mgsv_sk.data.packed import PACK_FORMAT, PackedFeatures, _write_table
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
-from mgsv_sk.files._atomic import PACKED_STORE, atomic_directory, check_destination
+from mgsv_sk.files import PACKED_STORE, atomic_directory, check_destination
 
 __all__ = [
     "MUSIC_DIM",
@@ -142,7 +142,7 @@ def pack_features(
     src.check_available(vids, mids)
 
     with atomic_directory(dst, overwrite=overwrite, replaces=PACKED_STORE) as tmp:
-        bar = _progress(len(vids) + len(mids), verbose, f"packing into {dst.name}")
+        bar = progress_bar(len(vids) + len(mids), verbose, f"packing into {dst.name}")
         meta: dict[str, Any] = {"format": PACK_FORMAT}
         meta["video"] = _write_table(tmp, "video", vids, src.video, src.video_dim, bar.update)
         meta["music"] = _write_table(tmp, "music", mids, src.music, src.music_dim, bar.update)
@@ -164,7 +164,7 @@ def _unique_ids(ids: Iterable[Any] | None, src: FeatureSource, name: str) -> lis
     else:
         out = id_list(ids, name)
     for key in out:  # the ids name files and are stored: the one id rule, up front
-        _check_id(key, name[:-1])
+        check_id(key, name[:-1])
     return out
 
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from mgsv_sk.data._sources import FeatureError, FeatureSource, MissingFeatureError, reopen_source
 from mgsv_sk.errors import ArtifactNotFoundError
-from mgsv_sk.files._kinds import other_kind_error
-from mgsv_sk.files._paths import exists_as_name, open_regular, regular_file
+from mgsv_sk.files import exists_as_name, open_regular, other_kind_error, regular_file
 
 PACK_FORMAT = "mgsv_sk.packed/1"
 

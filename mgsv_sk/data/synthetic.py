@@ -203,6 +203,128 @@ def _hooks(rng: np.random.Generator, n_snippets: int) -> tuple[list[int], int]:
     return sorted(starts), length
 
 
+@dataclass(frozen=True)
+class _Tracks:
+    """The tracks of one split: ids, durations, style latents, snippet features, the
+    motif latents the videos are drawn from, and (the "hook" world) each hook's snippets."""
+
+    ids: list[str]
+    durations: np.ndarray
+    styles: np.ndarray
+    music: dict[str, np.ndarray]
+    motif_latents: list[np.ndarray]
+    hook_starts: list[list[int]]
+
+
+def _make_tracks(rng: np.random.Generator, world_maps: _World, world: str, n_tracks: int,
+                 n_genres: int, music_dim: int, motif_strength: float,
+                 feature_noise: float) -> _Tracks:
+    f32 = np.float32
+    music_ids = _track_ids(rng, n_tracks)
+    durations = np.round(30.0 + 209.9 * rng.beta(0.9, 0.8, n_tracks), 3)
+    genre = rng.integers(0, n_genres, n_tracks)
+    styles = 0.7 * world_maps.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
+    music: dict[str, np.ndarray] = {}
+    motif_latents: list[np.ndarray] = []
+    hook_starts: list[list[int]] = []
+    for m in range(n_tracks):
+        n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
+        n_motifs = _SIGNATURE_MOTIFS if world in _UNALIGNED else _MOTIFS
+        palette = rng.standard_normal((n_motifs, _LATENT))
+        if world == "noisy":  # motifs from one world-wide vocabulary: a moment's signature
+            # locates it in its track but says little about which track it is
+            palette = world_maps.motif_vocabulary[
+                rng.choice(_NOISY_VOCABULARY, n_motifs, replace=False)]
+        sections = _sections(rng, n_snip, n_motifs)
+        hook = np.zeros(n_snip)
+        if world == "hook":  # the hook: one more motif, recurring
+            palette = np.vstack([palette, rng.standard_normal((1, _LATENT))])
+            firsts, length = _hooks(rng, n_snip)
+            for first in firsts:
+                sections[first : first + length] = _MOTIFS
+                hook[first : first + length] = 1.0
+            hook_starts.append(firsts)
+        latent = motif_strength * palette[sections]
+        latent = latent + 0.3 * rng.standard_normal((n_snip, _LATENT))
+        motif_latents.append(latent)
+        feat = styles[m] @ world_maps.music_style + latent @ world_maps.music_motif
+        feat = feat + _HOOK_STRENGTH * hook[:, None] * world_maps.music_hook
+        feat = feat + feature_noise * rng.standard_normal((n_snip, music_dim))
+        music[music_ids[m]] = feat.astype(f32)
+    return _Tracks(music_ids, durations, styles, music, motif_latents, hook_starts)
+
+
+def _make_videos(rng: np.random.Generator, world_maps: _World, world: str, tracks: _Tracks,
+                 track_of: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                 category: np.ndarray, random_state: int, style_noise: float,
+                 feature_noise: float, video_dim: int) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Each video's frames: its track's style and the motifs of its moment, in order (or
+    unordered, in the worlds without alignment), plus category, distractor and noise."""
+    f32 = np.float32
+    n_videos = len(track_of)
+    styles, motif_latents = tracks.styles, tracks.motif_latents
+    video_base = 10**11 + int(random_state % 9_000) * 10**7
+    video_ids = [str(video_base + i) for i in range(n_videos)]
+    videos: dict[str, np.ndarray] = {}
+    for v in range(n_videos):
+        m = track_of[v]
+        n_frames = min(MAX_VIDEO_FRAMES, int(np.floor(lengths[v])) + 1)
+        last = len(motif_latents[m]) - 1
+        if world in _UNALIGNED:  # frames show random moments of the moment, unordered
+            t = starts[v] + rng.uniform(0.0, lengths[v], n_frames)
+        else:
+            t = starts[v] + np.arange(n_frames)
+        snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, last)
+        motif = motif_latents[m][snip] * _MOTIF_SCALE[world]
+        style = styles[m] + style_noise * rng.standard_normal(_LATENT)
+        distractor = rng.standard_normal(_LATENT)
+        feat = (
+            style @ world_maps.video_style
+            + motif @ world_maps.video_motif
+            + world_maps.categories[category[v]] @ world_maps.video_category
+            + distractor @ world_maps.video_distractor
+        )
+        frame_noise = feature_noise
+        if world == "noisy":  # every frame strays from the video's style on its own
+            jitter = _NOISY_STYLE_JITTER * rng.standard_normal((n_frames, _LATENT))
+            feat = feat + jitter @ world_maps.video_style
+            frame_noise = _NOISY_FRAME_NOISE * feature_noise
+        feat = feat + frame_noise * rng.standard_normal((n_frames, video_dim))
+        videos[video_ids[v]] = feat.astype(f32)
+    return video_ids, videos
+
+
+def _annotation_frame(rng: np.random.Generator, video_ids: list[str], track_ids: list[str],
+                      lengths: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                      track_seconds: np.ndarray, categories: list[str]) -> pd.DataFrame:
+    """The 16 MGSV-EC columns of the videos, ids as strings."""
+    n_videos = len(video_ids)
+    frame = pd.DataFrame(
+        {
+            "video_id": video_ids,
+            "music_id": track_ids,
+            "video_start": 0.0,
+            "video_end": lengths,
+            "music_start": starts,
+            "music_end": ends,
+            "music_total_duration": track_seconds,
+            "video_segment_duration": lengths,
+            "music_segment_duration": np.round(ends - starts, 3),
+            "music_path": [f"synthetic/{m}.mp3" for m in track_ids],
+            "video_total_duration": np.round(lengths + rng.uniform(0, 1.0, n_videos), 3),
+            "video_width": 1080,
+            "video_height": 1920,
+            "video_total_frames": np.round(lengths * 30).astype(np.int64),
+            "video_frame_rate": 30,
+            "video_category": categories,
+        },
+        columns=list(ANNOTATION_COLUMNS),
+    )
+    frame["video_id"] = frame["video_id"].astype(object)
+    frame["music_id"] = frame["music_id"].astype(object)
+    return frame
+
+
 def make_synthetic_mgsv(
     n_videos: int = 2000,
     n_tracks: int = 500,
@@ -268,39 +390,11 @@ def make_synthetic_mgsv(
         style_noise = _STYLE_NOISE.get(world, 1.8)
     rng = np.random.default_rng(random_state)
     world_maps = _make_world(world_seed, n_genres, video_dim, music_dim)
-    f32 = np.float32
 
-    music_ids = _track_ids(rng, n_tracks)
-    durations = np.round(30.0 + 209.9 * rng.beta(0.9, 0.8, n_tracks), 3)
-    genre = rng.integers(0, n_genres, n_tracks)
-    styles = 0.7 * world_maps.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
-    music: dict[str, np.ndarray] = {}
-    motif_latents: list[np.ndarray] = []
-    hook_starts: list[list[int]] = []
-    for m in range(n_tracks):
-        n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
-        n_motifs = _SIGNATURE_MOTIFS if world in _UNALIGNED else _MOTIFS
-        palette = rng.standard_normal((n_motifs, _LATENT))
-        if world == "noisy":  # motifs from one world-wide vocabulary: a moment's signature
-            # locates it in its track but says little about which track it is
-            palette = world_maps.motif_vocabulary[
-                rng.choice(_NOISY_VOCABULARY, n_motifs, replace=False)]
-        sections = _sections(rng, n_snip, n_motifs)
-        hook = np.zeros(n_snip)
-        if world == "hook":  # the hook: one more motif, recurring
-            palette = np.vstack([palette, rng.standard_normal((1, _LATENT))])
-            firsts, length = _hooks(rng, n_snip)
-            for first in firsts:
-                sections[first : first + length] = _MOTIFS
-                hook[first : first + length] = 1.0
-            hook_starts.append(firsts)
-        latent = motif_strength * palette[sections]
-        latent = latent + 0.3 * rng.standard_normal((n_snip, _LATENT))
-        motif_latents.append(latent)
-        feat = styles[m] @ world_maps.music_style + latent @ world_maps.music_motif
-        feat = feat + _HOOK_STRENGTH * hook[:, None] * world_maps.music_hook
-        feat = feat + feature_noise * rng.standard_normal((n_snip, music_dim))
-        music[music_ids[m]] = feat.astype(f32)
+    tracks = _make_tracks(rng, world_maps, world, n_tracks, n_genres, music_dim,
+                          motif_strength, feature_noise)
+    music_ids, durations, music = tracks.ids, tracks.durations, tracks.music
+    hook_starts = tracks.hook_starts
 
     # Every track gets a video first, the rest are drawn at random.
     track_of = np.concatenate(
@@ -325,58 +419,12 @@ def make_synthetic_mgsv(
             starts[v] = np.floor(np.clip(start, 0.0, room[v]) * 1000) / 1000
     ends = np.round(starts + lengths, 3)
 
-    video_base = 10**11 + int(random_state % 9_000) * 10**7
-    video_ids = [str(video_base + i) for i in range(n_videos)]
-    videos: dict[str, np.ndarray] = {}
-    for v in range(n_videos):
-        m = track_of[v]
-        n_frames = min(MAX_VIDEO_FRAMES, int(np.floor(lengths[v])) + 1)
-        last = len(motif_latents[m]) - 1
-        if world in _UNALIGNED:  # frames show random moments of the moment, unordered
-            t = starts[v] + rng.uniform(0.0, lengths[v], n_frames)
-        else:
-            t = starts[v] + np.arange(n_frames)
-        snip = np.clip(np.rint(t / SNIPPET_HOP_SECONDS).astype(int), 0, last)
-        motif = motif_latents[m][snip] * _MOTIF_SCALE[world]
-        style = styles[m] + style_noise * rng.standard_normal(_LATENT)
-        distractor = rng.standard_normal(_LATENT)
-        feat = (
-            style @ world_maps.video_style
-            + motif @ world_maps.video_motif
-            + world_maps.categories[category[v]] @ world_maps.video_category
-            + distractor @ world_maps.video_distractor
-        )
-        frame_noise = feature_noise
-        if world == "noisy":  # every frame strays from the video's style on its own
-            jitter = _NOISY_STYLE_JITTER * rng.standard_normal((n_frames, _LATENT))
-            feat = feat + jitter @ world_maps.video_style
-            frame_noise = _NOISY_FRAME_NOISE * feature_noise
-        feat = feat + frame_noise * rng.standard_normal((n_frames, video_dim))
-        videos[video_ids[v]] = feat.astype(f32)
-
-    frame = pd.DataFrame(
-        {
-            "video_id": video_ids,
-            "music_id": [music_ids[m] for m in track_of],
-            "video_start": 0.0,
-            "video_end": lengths,
-            "music_start": starts,
-            "music_end": ends,
-            "music_total_duration": durations[track_of],
-            "video_segment_duration": lengths,
-            "music_segment_duration": np.round(ends - starts, 3),
-            "music_path": [f"synthetic/{music_ids[m]}.mp3" for m in track_of],
-            "video_total_duration": np.round(lengths + rng.uniform(0, 1.0, n_videos), 3),
-            "video_width": 1080,
-            "video_height": 1920,
-            "video_total_frames": np.round(lengths * 30).astype(np.int64),
-            "video_frame_rate": 30,
-            "video_category": [cat_names[c] for c in category],
-        },
-        columns=list(ANNOTATION_COLUMNS),
-    )
-    frame["video_id"] = frame["video_id"].astype(object)
-    frame["music_id"] = frame["music_id"].astype(object)
+    video_ids, videos = _make_videos(rng, world_maps, world, tracks, track_of, starts,
+                                     lengths, category, random_state, style_noise,
+                                     feature_noise, video_dim)
+    frame = _annotation_frame(rng, video_ids, [music_ids[m] for m in track_of], lengths,
+                              starts, ends, durations[track_of],
+                              [cat_names[c] for c in category])
     frame.attrs["split"] = split
     if path is None:
         return SyntheticMGSV(frame, InMemoryFeatures(videos, music))

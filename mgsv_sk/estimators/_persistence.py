@@ -26,20 +26,20 @@ import numpy as np
 import torch
 
 from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError
-from mgsv_sk.files._atomic import (
+from mgsv_sk.files import (
     MODEL_FOLDER,
     atomic_directory,
     file_checksums,
+    open_regular,
+    other_kind_error,
     sha256_file,
     verify_checksums,
 )
-from mgsv_sk.files._kinds import other_kind_error
-from mgsv_sk.files._paths import open_regular
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.train.fitting import model_config
 
 if TYPE_CHECKING:
-    from mgsv_sk.train._fitted import FittedState
+    from mgsv_sk.train import FittedState
 
 __all__ = ["ModelFileError", "load_grounder", "save_grounder", "sha256_file"]
 
@@ -277,7 +277,7 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
     """The unfitted estimator ``cls(**saved parameters)`` and the saved fitted state
     (checksums and every array's shape verified); the estimator applies the state."""
     from mgsv_sk.nn.model import MaDe
-    from mgsv_sk.train._fitted import FittedState
+    from mgsv_sk.train import FittedState
 
     folder = Path(path)
     config = _verified(folder)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
 
-from mgsv_sk.data._schema import FIT_COLUMNS
+from mgsv_sk.data import FIT_COLUMNS
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.errors import InvalidInputError

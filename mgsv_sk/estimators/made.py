@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mgsv_sk.data._schema import FIT_COLUMNS, check_trainable_moments
+from mgsv_sk.data import FIT_COLUMNS, check_trainable_moments
 from mgsv_sk.data.features import FeatureSource, require_finite
 from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding import new_fit_token
@@ -30,7 +30,7 @@ from mgsv_sk.infer.device import (
     torch_threads,
 )
 from mgsv_sk.search import Catalogue, pair_scores, retrieval_scores
-from mgsv_sk.train._fitted import FittedState
+from mgsv_sk.train import FittedState
 from mgsv_sk.train.fitting import fit_grounder, prepare_fit
 from mgsv_sk.train.parameters import GROUNDER_PARAMETERS
 
@@ -298,7 +298,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
 
         A later ``set_catalogue`` builds a float32, exactly scanned catalogue again; a saved
         model stores float32 arrays (call this again after ``load``). The search itself is
-        :func:`mgsv_sk.search.catalogue.retrieval_scores`, shared with the onnxruntime
+        :func:`mgsv_sk.search.retrieval.retrieval_scores`, shared with the onnxruntime
         backend.
         """
         check_fitted(self)

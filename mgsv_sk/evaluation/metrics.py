@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from mgsv_sk.data._arrays import as_array, plain
+from mgsv_sk.data import as_array, plain
 from mgsv_sk.data.spans import temporal_iou
 from mgsv_sk.errors import InvalidInputError
 
@@ -65,7 +65,7 @@ def _check_ious(ious: npt.ArrayLike, name: str = "ious") -> npt.NDArray[np.float
     return arr
 
 
-def _check_ranks(ranks: npt.ArrayLike) -> npt.NDArray[np.float64]:
+def check_ranks(ranks: npt.ArrayLike) -> npt.NDArray[np.float64]:
     arr = as_array(ranks, "ranks")
     if arr.ndim != 1:
         raise InvalidInputError(f"ranks must have shape (n,); got shape {arr.shape}.")
@@ -317,7 +317,7 @@ def retrieval_report(ranks: npt.ArrayLike, ks: Sequence[int] = RECALL_KS) -> dic
     >>> retrieval_report([0, 1, 3, 9], ks=(1, 5))
     {'R@1': 0.25, 'R@5': 0.75, 'MedianR': 3.0, 'MeanR': 4.25, 'MRR': 0.4625}
     """
-    arr = _check_ranks(ranks)
+    arr = check_ranks(ranks)
     report = {f"R@{k}": float(np.mean(arr < k)) for k in _check_ks(ks, "ks")}
     report["MedianR"] = float(np.median(arr)) + 1.0
     report["MeanR"] = float(arr.mean()) + 1.0
@@ -358,7 +358,7 @@ def moment_recall_report(
     >>> moment_recall_report([0, 0, 4, 20], [0.8, 0.6, 0.9, 0.9], ks=(1, 10))
     {'MoR@1,0.5': 0.5, 'MoR@1,0.7': 0.25, 'MoR@10,0.5': 0.75, 'MoR@10,0.7': 0.5}
     """
-    r = _check_ranks(ranks)
+    r = check_ranks(ranks)
     iou = _check_ious(ious)
     if iou.shape != r.shape:
         raise InvalidInputError(

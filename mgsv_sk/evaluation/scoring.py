@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mgsv_sk.data._schema import GROUND_TRUTH_COLUMNS, validate_annotations
+from mgsv_sk.data import GROUND_TRUTH_COLUMNS, validate_annotations
 from mgsv_sk.data.spans import temporal_iou
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.evaluation.metrics import (

@@ -26,6 +26,8 @@ _EXPORTS = {
     "encode_music_file": "mgsv_sk.extract.pipeline",
     "media_ids": "mgsv_sk.extract.pipeline",
     "load_clip": "mgsv_sk.extract.video",
+    "VideoLimits": "mgsv_sk.extract.video",
+    "VideoLimitError": "mgsv_sk.extract.video",
     "load_track": "mgsv_sk.extract.audio",
     "kaldi_fbank": "mgsv_sk.extract.fbank",
     "ast_inputs": "mgsv_sk.extract.fbank",

@@ -9,13 +9,15 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from mgsv_sk._extras import require
 from mgsv_sk.errors import InvalidInputError
 
 __all__ = ["decoding"]
 
 
 @contextlib.contextmanager
-def decoding(av: Any, path: str | os.PathLike[str], what: str) -> Iterator[None]:
+def decoding(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    av: Any = require("av", f"decoding {what}")
     try:
         yield
     except av.error.FFmpegError as exc:

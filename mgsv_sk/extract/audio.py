@@ -18,7 +18,7 @@ from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.extract._av import decoding
-from mgsv_sk.files._paths import regular_file
+from mgsv_sk.files import regular_file
 
 from .recipe import SAMPLE_RATE
 
@@ -82,7 +82,7 @@ def _decode_soundfile(path: str) -> tuple[np.ndarray, int, float] | None:
 
 def _decode_av(path: str) -> tuple[np.ndarray, int, float]:
     av = require("av", "decoding audio with PyAV")
-    with decoding(av, path, "audio"), av.open(path) as container:
+    with decoding(path, "audio"), av.open(path) as container:
         if not container.streams.audio:
             raise InvalidInputError("the file has no audio stream")
         stream = container.streams.audio[0]

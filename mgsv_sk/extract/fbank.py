@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mgsv_sk.data._arrays import as_array
+from mgsv_sk.data import as_array
 from mgsv_sk.errors import InvalidInputError
 
 from .recipe import (

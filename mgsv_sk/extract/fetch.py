@@ -31,11 +31,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mgsv_sk._extras import require
-from mgsv_sk.data._tree import _KUAI
+from mgsv_sk.data import KUAI_FEATURES
 from mgsv_sk.data.features import as_feature_source, pack_features
 from mgsv_sk.data.packed import PackedFeatures
 from mgsv_sk.errors import ArtifactNotFoundError, MGSVError
-from mgsv_sk.files._paths import check_relative, inside_root
+from mgsv_sk.files import check_relative, inside_root
 
 __all__ = ["FetchResult", "LICENCE_NOTE", "REPO_ID", "fetch_mgsv_ec"]
 
@@ -290,7 +290,7 @@ def _extract(zip_path: Path, root: Path, name: str, digest: str, listed: int) ->
     marker holding the zip's checksum records a completed extraction, trusted only while
     every file it extracted is still there."""
     marker = zip_path.with_name(zip_path.name + ".extracted")
-    base = root / _KUAI
+    base = root / KUAI_FEATURES
     try:
         with zipfile.ZipFile(zip_path) as archive:
             members = _members(archive, name)

@@ -1,5 +1,5 @@
 """The feature encoders on onnxruntime (no torch): graphs written by
-:func:`export._encoders.export_encoders` (or ``export_onnx(..., encoders=...)``)."""
+:func:`mgsv_sk.export._encoders.export_encoders` (or ``export_onnx(..., encoders=...)``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class OrtEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactNotFoundError(f"no ONNX encoder at {self.path!s}; export one with "
-                                    "export.to_onnx.export_onnx(..., encoders=...)")
+                                    "mgsv_sk.export.to_onnx.export_onnx(..., encoders=...)")
         options = session_options or ort.SessionOptions()
         if n_threads is not None:
             options.intra_op_num_threads = int(n_threads)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.data._sources import _check_id, _progress
+from mgsv_sk.data import check_id, progress_bar
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
 from mgsv_sk.errors import InvalidInputError
 
@@ -73,7 +73,7 @@ def media_ids(paths: Iterable[str | os.PathLike[str]], kind: str) -> dict[str, P
             problems.append(f"{f} and {out[f.stem]} share the id {f.stem!r}")
             continue
         try:
-            _check_id(f.stem, f"{kind}_id")
+            check_id(f.stem, f"{kind}_id")
         except ValueError as exc:
             problems.append(f"{f}: {exc}")
             continue
@@ -119,7 +119,7 @@ def _run(kind: str, items: dict[str, Path], encoder: Encoder, writer: FeatureWri
          prepare: Callable[[Path], tuple[np.ndarray, np.ndarray]]) -> None:
     todo = {k: p for k, p in items.items() if not writer.done(kind, k)}
     report.skipped.extend(k for k in items if k not in todo)
-    bar = _progress(len(todo), verbose, f"extracting {kind}")
+    bar = progress_bar(len(todo), verbose, f"extracting {kind}")
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
 
     def flush() -> None:

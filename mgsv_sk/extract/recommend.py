@@ -2,7 +2,7 @@
 catalogue, return the top-k tracks with the moment(s) on each.
 
 Works with any grounder with ``rank(X, k, features=, moments_per_track=)`` and a
-catalogue (:class:`mgsv_sk.MGSVGrounder`, :class:`export.runtime.OnnxGrounder`); the
+catalogue (:class:`mgsv_sk.MGSVGrounder`, :class:`mgsv_sk.export.runtime.OnnxGrounder`); the
 videos' features are held in memory only. numpy, pandas and PyAV: no torch here.
 """
 
@@ -20,21 +20,23 @@ from mgsv_sk.errors import InvalidInputError
 
 from .encoders import DEFAULT_CLIP, Encoder
 from .pipeline import media_ids
-from .video import load_clip
+from .video import DEFAULT_LIMITS, VideoLimitError, VideoLimits, load_clip
 
 __all__ = ["build_catalogue", "recommend_videos", "video_query"]
 
 
 def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-                encoder: Encoder) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                encoder: Encoder, limits: VideoLimits = DEFAULT_LIMITS
+                ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Extract videos for a query: the frame (``video_id`` = file stem, ``video_path``,
     ``video_start`` 0, ``video_end`` and ``video_segment_duration`` = the video's seconds)
-    and ``{video_id: (F, dim) frame features}``.
+    and ``{video_id: (F, dim) frame features}``, decoded within ``limits``.
 
     Raises
     ------
     ValueError
-        Naming the first file that cannot be read, and why.
+        Naming the first file that cannot be read, and why (a :class:`VideoLimitError`
+        for one over ``limits``).
     """
     paths = [video_paths] if isinstance(video_paths, (str, os.PathLike)) else list(video_paths)
     if not paths:
@@ -46,7 +48,9 @@ def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLik
     rows, feats = [], {}
     for key, path in items.items():
         try:
-            clip = load_clip(path)
+            clip = load_clip(path, limits=limits)
+        except VideoLimitError as exc:
+            raise VideoLimitError(f"video {path}: {exc}") from exc
         except Exception as exc:
             raise InvalidInputError(f"cannot read video {path}: {type(exc).__name__}: {exc}; check "
                              "that it is a video file PyAV (FFmpeg) can decode") from exc

@@ -22,13 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from mgsv_sk.data._sources import FeatureSource, MissingFeatureError, _check_id
-from mgsv_sk.data._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
+from mgsv_sk.data import (
+    KUAI_FEATURES,
+    MUSIC_FEATURES,
+    MUSIC_MASKS,
+    VIDEO_FEATURES,
+    VIDEO_MASKS,
+    FeatureSource,
+    MissingFeatureError,
+    check_id,
+)
 from mgsv_sk.data.features import pack_features
 from mgsv_sk.data.packed import PackedFeatures
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.files._atomic import PACKED_STORE, check_destination, writer_lock
-from mgsv_sk.files._paths import inside_root
+from mgsv_sk.files import PACKED_STORE, check_destination, inside_root, writer_lock
 
 __all__ = ["FeatureWriter", "NpyFolder", "PackedWriter", "TreeWriter", "open_writer"]
 
@@ -86,15 +93,15 @@ class FeatureWriter:
 class TreeWriter(FeatureWriter):
     """The release layout under ``root`` (``.pt`` files; needs torch)."""
 
-    _DIRS = {"video": (_VIDEO_FEAT, _VIDEO_MASK), "music": (_MUSIC_FEAT, _MUSIC_MASK)}
+    _DIRS = {"video": (VIDEO_FEATURES, VIDEO_MASKS), "music": (MUSIC_FEATURES, MUSIC_MASKS)}
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.base = self.root / _KUAI
+        self.base = self.root / KUAI_FEATURES
 
     def _paths(self, kind: str, key: str) -> tuple[Path, Path]:
         feat, mask = self._DIRS[kind]
-        _check_id(key, f"{kind}_id")
+        check_id(key, f"{kind}_id")
         return (inside_root(self.base / feat, f"{key}.pt", f"{kind}_id"),
                 inside_root(self.base / mask, f"{key}.pt", f"{kind}_id"))
 
@@ -127,7 +134,7 @@ class NpyFolder(FeatureSource):
                 setattr(self, f"{kind}_dim", int(np.load(first, mmap_mode="r").shape[1]))
 
     def path(self, kind: str, key: str) -> Path:
-        _check_id(key, f"{kind}_id")
+        check_id(key, f"{kind}_id")
         return inside_root(self.root / kind, f"{key}.npy", f"{kind}_id")
 
     def _get(self, kind: str, key: str) -> np.ndarray:

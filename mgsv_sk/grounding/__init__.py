@@ -5,7 +5,7 @@ moment selection (``moments``), hyper-parameters declared once (``hyperparameter
 scikit-learn's estimator base for the trainable grounders (``sklearn_base``, with its
 parameter-validation vocabulary in ``validation``).
 
-torch-free: the onnxruntime backend (``export.runtime``) stands on it. Imports ``data``,
+torch-free: the onnxruntime backend (``mgsv_sk.export.runtime``) stands on it. Imports ``data``,
 ``evaluation`` and ``search``. Other sub-packages import the names below from
 ``mgsv_sk.grounding``; the scikit-learn ones load on first use, so the onnxruntime backend
 imports without scikit-learn.

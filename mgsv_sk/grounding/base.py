@@ -2,7 +2,7 @@
 ``decision_function``, ``score`` and ``set_catalogue`` exist here once.
 
 A backend (the torch model :class:`mgsv_sk.MGSVGrounder`, the onnxruntime
-:class:`export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
+:class:`mgsv_sk.export.runtime.OnnxGrounder`, the baselines) implements the hooks below, all on
 validated frames and string ids; the orchestration, the output columns, the tie rule and
 the finiteness checks are this module's. A backend names the two types its hooks pass
 around, ``BaseGrounder[Videos, Tracks]`` (its encoded videos; its catalogue, a
@@ -38,8 +38,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import pandas as pd
 
-from mgsv_sk.data._readers import id_list
-from mgsv_sk.data._schema import PREDICT_COLUMNS, validate_annotations
+from mgsv_sk.data import PREDICT_COLUMNS, id_list, validate_annotations
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding.catalogues import CatalogueHolder, Tracks
@@ -101,6 +100,11 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
         """The validated frame, one row per row of ``X`` (a prediction answers every row,
         repeated ones included; ``fit`` passes ``keep_duplicates=False``)."""
         return validate_annotations(X, required, source="X", keep_duplicates=keep_duplicates)
+
+    def reranking(self) -> tuple[float, int]:
+        """The re-ranking this grounder applies by default, resolved: ``(moment_weight,
+        rerank_depth)`` (what an exported bundle records)."""
+        return self._rerank()
 
     def _rerank(self, moment_weight: Any = None, rerank_depth: Any = None) -> tuple[float, int]:
         """The call's re-ranking: the arguments where given, else the grounder's own."""

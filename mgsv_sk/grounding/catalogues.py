@@ -9,7 +9,7 @@ import contextlib
 import os
 from typing import Any, Generic, TypeVar, cast
 
-from mgsv_sk.data._readers import id_list
+from mgsv_sk.data import id_list
 from mgsv_sk.data.features import NO_FEATURES, FeatureSource, as_feature_source
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.grounding.sources import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mgsv_sk.data._schema import video_durations
+from mgsv_sk.data import video_durations
 from mgsv_sk.data.features import FeatureSource, require_finite
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.search import TrackIndex

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mgsv_sk.data.features import FeatureSource, _progress
+from mgsv_sk.data.features import FeatureSource, progress_bar
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.search import sorted_batches
 
@@ -45,7 +45,7 @@ def video_embeddings(
     device = model_device(model)
     lengths = source.video_lengths(video_ids)
     out = torch.zeros(len(video_ids), model.cfg.d_model)
-    bar = _progress(len(video_ids), verbose > 0, "encoding videos")
+    bar = progress_bar(len(video_ids), verbose > 0, "encoding videos")
     for rows in sorted_batches(lengths, batch_size):
         video, mask = pad_stack(source.videos(video_ids[r] for r in rows))
         with _autocast(model, autocast):
@@ -127,7 +127,7 @@ def _grounding_batches(
     """Detector outputs batch by batch (videos sorted by length): (rows, Grounding)."""
     device = model_device(model)
     lengths = source.video_lengths(video_ids)
-    bar = _progress(len(video_ids), verbose > 0, "grounding")
+    bar = progress_bar(len(video_ids), verbose > 0, "grounding")
     try:
         for rows in sorted_batches(lengths, batch_size):
             video, mask = pad_stack(source.videos(video_ids[r] for r in rows))

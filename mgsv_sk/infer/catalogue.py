@@ -142,7 +142,7 @@ class MusicCatalogue(Catalogue):
     def scores(self, model: MaDe, video_emb: torch.Tensor, *, xpool_top_k: int | None = None,
                track_chunk: int = 64) -> np.ndarray:
         """Retrieval scores of unit-norm videos [B, D] against every track, (B, N) float32
-        (see :func:`mgsv_sk.search.catalogue.retrieval_scores`)."""
+        (see :func:`mgsv_sk.search.retrieval.retrieval_scores`)."""
         return retrieval_scores(video_emb.float().cpu().numpy(), self,
                                 xpool_scorer(model, self), use_dual=model.cfg.use_dual,
                                 xpool_top_k=xpool_top_k, track_chunk=track_chunk)

@@ -14,7 +14,7 @@ __all__ = ["pad_stack"]
 
 def pad_stack(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad variable-length [T_i, D] arrays to [n, max T_i, D] plus a bool mask [n, max T_i]
-    (the search's :func:`~mgsv_sk.search.catalogue.pad`, as tensors)."""
+    (the search's :func:`~mgsv_sk.search.ragged.pad`, as tensors)."""
     arrays = list(arrays)
     out, mask = pad(arrays, arrays[0].shape[1])
     return torch.from_numpy(out), torch.from_numpy(mask)

@@ -114,16 +114,13 @@ class WindowHead(nn.Module):
         self.out = nn.Linear(hidden, 2)  # logit, start offset
         self.bias = nn.Parameter(torch.zeros(()))
 
-    def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
-                music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
-                video_index: Tensor, video_seconds: Tensor) -> WindowScores:
-        """Score P (video, track) pairs: video video_index[p] on track music_index[p].
-
-        video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens [U, S, D],
-        music_mask [U, S], music_index / video_index [P] long, video_seconds [B] (the
-        moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
-        once per video and once per track, however many pairs share them.
-        """
+    def _pair_evidence(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
+                       music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                       video_index: Tensor, video_seconds: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per pair: the frame-to-snippet similarity [P,H,F,S], the per-snippet features
+        [P,C,S] (evidence logit included), the evidence logits [P,S], the pairs' masks and
+        moment lengths [P]. Projections run once per video and once per track."""
         b, f, _ = video_tokens.shape
         u, s, _ = music_tokens.shape
         h = self.n_heads
@@ -137,7 +134,6 @@ class WindowHead(nn.Module):
         m, content = m[music_index], content[music_index]  # [P,S,H,Dh], [P,G,S]
         video_mask, music_mask = video_mask[video_index], music_mask[music_index]
         seconds = video_seconds[video_index].float()  # [P]
-        b = video_index.shape[0]  # from here on, one row per pair
         frame_ok = video_mask[:, None, :, None]  # [P,1,F,1]
         sim = torch.einsum("bfhe,bshe->bhfs", v, m).masked_fill(~frame_ok, 0.0)  # [P,H,F,S]
         n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
@@ -151,6 +147,24 @@ class WindowHead(nn.Module):
         # the evidence logit, which the dense inside-the-moment loss trains from the first
         # step, read by the window scorer too: a head start on a track-level prior
         per_snippet = torch.cat([per_snippet, snippet_logits[:, None]], dim=1)  # [P,C,S]
+        return sim, per_snippet, snippet_logits, video_mask, music_mask, seconds
+
+    def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
+                music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                video_index: Tensor, video_seconds: Tensor) -> WindowScores:
+        """Score P (video, track) pairs: video video_index[p] on track music_index[p].
+
+        video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens [U, S, D],
+        music_mask [U, S], music_index / video_index [P] long, video_seconds [B] (the
+        moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
+        once per video and once per track, however many pairs share them.
+        """
+        h = self.n_heads
+        sim, per_snippet, snippet_logits, video_mask, music_mask, seconds = self._pair_evidence(
+            video_tokens, video_mask, video_emb, music_tokens, music_mask, music_index,
+            video_index, video_seconds)
+        b = video_index.shape[0]  # one row per pair
+        n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
 
         # -- candidate windows -----------------------------------------------------------
         snippet_index = _positions(music_mask[0])  # [S]

@@ -18,6 +18,7 @@ from mgsv_sk.search.ann import (
     AnnParams,
     build_index,
     load_index,
+    require_faiss,
     resolve_kind,
 )
 from mgsv_sk.search.catalogue import Catalogue
@@ -61,6 +62,6 @@ __all__ = [
     "ShardedCatalogue", "Shards", "SnippetRows", "TrackIndex", "build_index",
     "bytes_per_row", "check_positive", "check_rerank", "check_state_dtype",
     "combined_scores", "encode_rows", "load_index", "moment_logit", "open_compact", "pad",
-    "pair_scores", "rerank_count", "rerank_table", "reranked", "resolve_kind",
+    "pair_scores", "rerank_count", "rerank_table", "reranked", "require_faiss", "resolve_kind",
     "retrieval_scores", "sorted_batches", "top_k_indices", "top_k_rows",
 ]

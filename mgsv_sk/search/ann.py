@@ -37,11 +37,11 @@ import numpy as np
 
 from mgsv_sk._extras import require
 from mgsv_sk.errors import ArtifactError, InvalidInputError
-from mgsv_sk.files._atomic import sha256_file
+from mgsv_sk.files import sha256_file
 from mgsv_sk.search.topk import top_k_indices, top_k_rows
 
 __all__ = ["EXACT_MAX_TRACKS", "INDEX_KINDS", "AnnIndex", "AnnIndexError", "AnnParams",
-           "build_index", "load_index", "resolve_kind"]
+           "build_index", "load_index", "require_faiss", "resolve_kind"]
 
 #: ``kind`` values of :func:`build_index`.
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
@@ -103,7 +103,7 @@ def _positive_int(value: Any) -> bool:
                 and value >= 1)
 
 
-def _faiss() -> Any:
+def require_faiss() -> Any:
     return require("faiss", "an approximate catalogue index (hnsw / ivf; or use "
                             "index='exact')")
 
@@ -175,7 +175,7 @@ class AnnIndex:
             dual = (np.asarray(self.emb) @ q.T).T  # [N,D]@[D,B] -> [B,N]
             best = top_k_indices(dual, k)
             return np.take_along_axis(dual, best, axis=1).astype(np.float32), best
-        faiss = _faiss()
+        faiss = require_faiss()
         if self.kind == "hnsw":
             sp: Any = faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, k))
         else:
@@ -200,7 +200,7 @@ class AnnIndex:
                                 "params": asdict(self.params), "file": None, "sha256": None}
         if not self.exact:
             file = f"{name}.faiss"
-            _faiss().write_index(self.faiss_index, str(root / file))
+            require_faiss().write_index(self.faiss_index, str(root / file))
             info.update(file=file, sha256=sha256_file(root / file))
         (root / f"{name}.json").write_text(json.dumps(info, indent=1))
         return info
@@ -238,7 +238,7 @@ def build_index(emb: np.ndarray, kind: str = "auto", params: AnnParams | None = 
     resolved = resolve_kind(kind, n)
     if resolved == "exact":
         return AnnIndex("exact", n, d, params, emb=emb)
-    faiss = _faiss()
+    faiss = require_faiss()
     x = np.ascontiguousarray(emb, np.float32)
     if resolved == "hnsw":
         index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -308,7 +308,7 @@ def load_index(folder: str | os.PathLike[str], name: str = "ann_index", *,
         raise AnnIndexError(f"the catalogue index {path!s} does not match the sha256 recorded "
                             f"in {sidecar.name}: it was altered or damaged; refusing to load "
                             "it. Write the artefact again (or rebuild the index)")
-    index = _faiss().read_index(str(path))
+    index = require_faiss().read_index(str(path))
     if int(index.ntotal) != size or int(index.d) != d:
         raise AnnIndexError(f"{path!s} holds {index.ntotal} x {index.d} vectors, its sidecar "
                             f"says {size} x {d}; write the artefact again")

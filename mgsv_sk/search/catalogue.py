@@ -8,7 +8,7 @@ per-track arrays are stored back to back with offsets, so a catalogue costs its 
 snippets only. Scoring runs over chunks of tracks and of videos: no [videos x tracks x D]
 tensor is ever built in one piece. The network parts of a score (X-Pool) come from the
 backend as a :class:`mgsv_sk.search.protocols.Scorer` (one per backend:
-``mgsv_sk.infer.catalogue.TorchXPool``, ``export.runtime``'s onnxruntime one); everything
+``mgsv_sk.infer.catalogue.TorchXPool``, ``mgsv_sk.export.runtime``'s onnxruntime one); everything
 else is here, once. A catalogue may
 also hand its search to shards on Dask workers (:meth:`Catalogue.with_shards`,
 :mod:`.sharded`); the same scorer then runs on the shards.
@@ -116,7 +116,7 @@ class Catalogue(TrackIndex):
     def check_finite(self) -> Catalogue:
         """The catalogue itself, after checking every track's arrays are finite (a NaN
         never enters a served catalogue)."""
-        from mgsv_sk.data._sources import require_finite
+        from mgsv_sk.data import require_finite
 
         rows = np.arange(len(self))
         bad = ~np.isfinite(self.emb(rows)).all(axis=1)

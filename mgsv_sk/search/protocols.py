@@ -1,6 +1,6 @@
 """What the search asks of the pieces a backend or a deployment brings: the backend's
 :class:`Scorer` (the network part of a retrieval score: ``mgsv_sk.infer.catalogue.
-TorchXPool``, ``export.runtime``'s onnxruntime one), the :class:`SnippetRows` a scorer
+TorchXPool``, ``mgsv_sk.export.runtime``'s onnxruntime one), the :class:`SnippetRows` a scorer
 reads, and the :class:`Shards` a catalogue may hand its search to
 (:class:`mgsv_sk.search.sharded.ShardedCatalogue`)."""
 
@@ -49,3 +49,6 @@ class Scorer(Protocol):
 
     def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: SnippetRows) -> np.ndarray:
         """Score of (video i, row ``rows[i]`` of ``cat``), [B]."""
+
+    # Optional: ``scan(video_emb, chunks, n_tracks)`` -> [B, N], every track at once (the
+    # full X-Pool scan uses it when present; it must equal ``tracks`` over the chunks).

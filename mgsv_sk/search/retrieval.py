@@ -81,6 +81,9 @@ def retrieval_scores(video_emb: np.ndarray, cat: Catalogue, xpool: Scorer | None
         videos = np.repeat(np.arange(len(video_emb)), cand.shape[1])
         out[videos, cand.ravel()] = xpool.pairs(video_emb[videos], cand.ravel(), cat)
         return out
+    scan = getattr(xpool, "scan", None)
+    if scan is not None:  # a scorer that scores a whole catalogue at once (export._xpool)
+        return np.asarray(scan(video_emb, cat.chunks(track_chunk), len(cat)), np.float32)
     out = np.empty((len(video_emb), len(cat)), np.float32)
     for chunk in cat.chunks(track_chunk):
         for lo in range(0, len(video_emb), VIDEO_BATCH):

@@ -17,7 +17,7 @@ The two-stage search is the single-machine one, split exactly:
    give the catalogue's global dual top list (the global top-K is a subset of the union of
    the per-shard top-K);
 2. each shard re-scores *its* tracks among each video's global top ``xpool_top_k`` with
-   the backend's :class:`~mgsv_sk.search.catalogue.Scorer` (the model's dual + X-Pool pair
+   the backend's :class:`~mgsv_sk.search.protocols.Scorer` (the model's dual + X-Pool pair
    score, pickled to the workers once per query), the rest of the list keeps its dual score
    minus :data:`~mgsv_sk.search.catalogue.TWO_STAGE_MARGIN`; the merged top-k is the
    single-machine catalogue's top-k.

@@ -4,6 +4,9 @@ A request is admitted when fewer than ``workers + queue_size`` are in the system
 is refused at once (the caller answers 503 with ``Retry-After``): the queue never grows
 without bound and no client waits forever. Admitted work runs on ``workers`` threads that
 share one set of onnxruntime sessions.
+
+:class:`ClientGate` bounds the requests one client address has in progress (reading its
+body, waiting or running), so one address cannot take every place in the queue.
 """
 
 from __future__ import annotations
@@ -16,13 +19,45 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["Admission", "Overloaded"]
+__all__ = ["Admission", "ClientGate", "Overloaded", "TooManyFromClient"]
 
 T = TypeVar("T")
 
 
 class Overloaded(Exception):
     """The admission queue is full."""
+
+
+class TooManyFromClient(Exception):
+    """One client address already has its share of requests in progress."""
+
+
+class ClientGate:
+    """At most ``per_client`` requests in progress per client address."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, client: str) -> Iterator[None]:
+        """Count one request of ``client`` while it is in progress, or raise
+        :class:`TooManyFromClient`."""
+        with self._lock:
+            held = self._held.get(client, 0)
+            if held >= self.per_client:
+                raise TooManyFromClient
+            self._held[client] = held + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._held[client] - 1
+                if left:
+                    self._held[client] = left
+                else:
+                    del self._held[client]  # the table holds only clients in progress
 
 
 class Admission:
@@ -62,8 +97,18 @@ class Admission:
     async def run(self, func: Callable[..., T], *args: Any) -> tuple[T, float]:
         """Run ``func(*args)`` on a pool thread; returns its result and the seconds it
         waited for a thread (call inside :meth:`slot`)."""
-        queued = time.perf_counter()
         waited = [0.0]
+        result = await asyncio.wrap_future(self._pool.submit(self._timed(func, args, waited)))
+        return result, waited[0]
+
+    def run_sync(self, func: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """:meth:`run` for a caller on a thread of its own (the gRPC server)."""
+        waited = [0.0]
+        return self._pool.submit(self._timed(func, args, waited)).result(), waited[0]
+
+    def _timed(self, func: Callable[..., T], args: tuple[Any, ...],
+               waited: list[float]) -> Callable[[], T]:
+        queued = time.perf_counter()
 
         def call() -> T:
             waited[0] = time.perf_counter() - queued
@@ -75,8 +120,7 @@ class Admission:
                 with self._lock:
                     self._running -= 1
 
-        result = await asyncio.wrap_future(self._pool.submit(call))
-        return result, waited[0]
+        return call
 
     def shutdown(self) -> None:
         """Finish what runs and stop the threads (after the server stopped taking

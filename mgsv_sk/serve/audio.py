@@ -104,6 +104,11 @@ def moment_wav(path: str | os.PathLike[str], start: float, end: float) -> bytes:
     return buffer.getvalue()
 
 
+def _bounded(digits: str) -> int:
+    """A byte position of the Range header; more than 18 digits reads as 10**18."""
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive byte range ``(first, last)`` a ``Range`` header asks of a file of
     ``size`` bytes, or None to send the whole file (no header, another unit, several
@@ -120,6 +125,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     ((0, 99), (900, 999))
     >>> parse_range("bytes=-100", 1000), parse_range("bytes=0-5000", 1000)
     ((900, 999), (0, 999))
+
+    Numbers are read with a bound (never Python's unbounded ``int``): one of more than 18
+    digits is past the end of any file.
     """
     if not header:
         return None
@@ -130,12 +138,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first_text and not last_text:
         return None
     if not first_text:  # a suffix: the last N bytes
-        length = int(last_text)
+        length = _bounded(last_text)
         if length == 0:
             raise RangeNotSatisfiable("an empty suffix range selects no byte")
         return max(0, size - length), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _bounded(first_text)
+    last = _bounded(last_text) if last_text else size - 1
     if first >= size:
         raise RangeNotSatisfiable(f"the range starts at byte {first}, but the file has "
                                   f"{size} bytes")

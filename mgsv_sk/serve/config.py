@@ -41,7 +41,19 @@ class ServeConfig:
     retry_after_s : int
         The ``Retry-After`` a 503 carries.
     max_json_bytes : int
-        Largest JSON body of ``infer`` (413 above it): 50 frames x 512 floats is ~0.5 MB.
+        Largest body of ``infer`` (413 above it), JSON or binary tensors, after
+        decompression: 50 frames x 512 floats is ~0.5 MB as JSON.
+    body_idle_seconds : float
+        Longest pause between two chunks of a request body (408 and the connection closed
+        beyond it).
+    body_seconds : float
+        Longest time to receive a whole body (408 beyond it): an upload at the size cap
+        needs about 4.5 Mbit/s at the default.
+    max_client_requests : int or None
+        Requests one client address may have in progress (reading its body, queued or
+        running; 429 beyond it). Default: half the places (``workers + queue_size``), at
+        least 1, so one address cannot fill the queue. Behind a reverse proxy, the address
+        is the one it forwards (uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1).
     """
 
     workers: int = _default_workers()
@@ -53,6 +65,9 @@ class ServeConfig:
     n_threads: int = 1
     retry_after_s: int = 1
     max_json_bytes: int = 8 << 20
+    body_idle_seconds: float = 10.0
+    body_seconds: float = 120.0
+    max_client_requests: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,16 +79,29 @@ class ServeConfig:
         if (isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int)
                 or self.queue_size < 0):
             problems.append(f"queue_size must be an integer >= 0, got {self.queue_size!r}")
-        seconds = self.max_video_seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-                0 < seconds < float("inf")):
-            problems.append(f"max_video_seconds must be a positive number, got {seconds!r}")
+        for name in ("max_video_seconds", "body_idle_seconds", "body_seconds"):
+            seconds = getattr(self, name)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+                    0 < seconds < float("inf")):
+                problems.append(f"{name} must be a positive number, got {seconds!r}")
+        share = self.max_client_requests
+        if share is not None and (isinstance(share, bool) or not isinstance(share, int)
+                                  or share < 1):
+            problems.append(f"max_client_requests must be an integer >= 1, got {share!r}")
         if problems:
             raise ValueError("invalid server limits: " + "; ".join(problems))
+
+    @property
+    def client_share(self) -> int:
+        """Requests one client address may have in progress."""
+        if self.max_client_requests is not None:
+            return self.max_client_requests
+        return max(1, (self.workers + self.queue_size) // 2)
 
     def public(self) -> dict[str, Any]:
         """The limits a client needs to know (the page and the model metadata show them)."""
         out = asdict(self)
+        out["max_client_requests"] = self.client_share
         for private in ("n_threads", "retry_after_s"):
             out.pop(private)
         return out

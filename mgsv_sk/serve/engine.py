@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
-from mgsv_sk.files._atomic import sha256_file
+from mgsv_sk.files import sha256_file
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
+from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
+from .batching import Coalescer
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
 
@@ -49,6 +50,15 @@ class TrackResult:
     moments: list[Moment]
 
 
+@dataclass(frozen=True)
+class _Request:
+    frames: np.ndarray
+    music_id: str | None
+    k: int
+    moments: int
+    seconds: float
+
+
 @dataclass
 class Recommendation:
     """What ``recommend`` found for one video, with the seconds of each stage."""
@@ -67,11 +77,10 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
     ValueError
         Not a video PyAV (FFmpeg) can open, no video stream, or no duration.
     """
-    av = require("av", "reading videos")
-    from ..extract.video import _duration
+    from ..extract.video import _duration, open_video
 
     try:
-        with av.open(os.fspath(path)) as container:
+        with open_video(path) as container:
             if not container.streams.video:
                 raise ValueError("the file has no video stream")
             seconds = _duration(container, container.streams.video[0])
@@ -87,15 +96,19 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
 def _results(table: pd.DataFrame) -> list[TrackResult]:
     """Rows of ``rank`` / ``predict`` (with ``windows`` when several moments were asked)
     as TrackResults."""
+    columns = table.to_dict("list")  # one pass, no namedtuple class built per call
+    n = len(table)
+    ranks = columns.get("rank", range(1, n + 1))
+    windows = columns.get("windows", [None] * n)
     out = []
-    for i, row in enumerate(table.itertuples(index=False)):
-        windows = getattr(row, "windows", None)
-        if windows is None or not isinstance(windows, list):
-            windows = [[row.start, row.end, row.moment_score]]
-        moments = [Moment(float(s), float(e), float(p)) for s, e, p in windows
+    for i in range(n):
+        found = windows[i]
+        if found is None or not isinstance(found, list):
+            found = [[columns["start"][i], columns["end"][i], columns["moment_score"][i]]]
+        moments = [Moment(float(s), float(e), float(p)) for s, e, p in found
                    if np.isfinite([s, e, p]).all()]
-        out.append(TrackResult(int(getattr(row, "rank", i + 1)), str(row.music_id),
-                               float(row.score), moments))
+        out.append(TrackResult(int(ranks[i]), str(columns["music_id"][i]),
+                               float(columns["score"][i]), moments))
     return out
 
 
@@ -123,6 +136,15 @@ class ServedModel:
         self._audio_dir = None if audio_dir is None else Path(audio_dir)
         self._seconds: dict[str, float] = {}
         self._dims = grounder.manifest["dims"]
+        #: What an upload may ask of the decoder (codec, frame size, frames to decode),
+        #: checked from its header before any frame is decoded.
+        self.video_limits = SERVE_LIMITS
+        #: Batches of ``infer`` calls that wait while every lane is busy (:mod:`.batching`):
+        #: a lane per core's worth of the grounder's threads.
+        threads = max(1, int(getattr(grounder, "n_threads", None) or 1))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)  # the cores this process may run on, not the host's
+        self._batcher = Coalescer(self._infer_batch, lanes=max(1, cores // threads))
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
         self.video_encoder = video_encoder if video_encoder is not None else getattr(
             grounder, "video_encoder", None)
@@ -139,9 +161,9 @@ class ServedModel:
         FileNotFoundError, ValueError
             A missing or damaged bundle or store, or a store of another feature width.
         """
-        from export.manifest import MANIFEST_FILE
-        from export.runtime import OnnxGrounder
         from mgsv_sk.data.packed import PackedFeatures
+        from mgsv_sk.export.manifest import MANIFEST_FILE
+        from mgsv_sk.export.runtime import OnnxGrounder
 
         grounder = OnnxGrounder.load(bundle, n_threads)
         sources: dict[str, str] = {}
@@ -153,7 +175,8 @@ class ServedModel:
                 raise ValueError(f"catalogue {catalogue!s} holds no tracks; build it with "
                                  "`mgsv-sk catalogue MUSIC_DIR OUT`")
             grounder.set_catalogue(ids, features=store)
-            sources, name = store.music_sources(), str(catalogue)
+            # the store's folder name only: answers never show a server path
+            sources, name = store.music_sources(), Path(catalogue).resolve().name
         return cls(grounder, checksum=sha256_file(Path(bundle) / MANIFEST_FILE),
                    sources=sources, audio_dir=audio_dir, catalogue=name)
 
@@ -211,27 +234,44 @@ class ServedModel:
     def infer(self, frames: np.ndarray, *, music_id: str | None, k: int, moments: int,
               seconds: float) -> list[TrackResult]:
         """Frame features ``(F, video_dim)`` -> the top-``k`` tracks (MsG), or the moment on
-        ``music_id`` (SmG)."""
+        ``music_id`` (SmG). Calls that arrive while every lane is busy are answered
+        together, in one ``rank`` / ``predict`` call (:mod:`.batching`); each gets the
+        answer it would get alone."""
+        request = _Request(np.ascontiguousarray(frames, np.float32), music_id, int(k),
+                           int(moments), float(seconds))
+        answer: list[TrackResult] = self._batcher.submit((music_id is None, int(moments)),
+                                                         request)
+        return answer
+
+    def _infer_batch(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
+        """One rank (MsG) or predict (SmG) call for requests of the same kind and moments."""
+        ids = [f"{_QUERY_ID}{i}" for i in range(len(requests))]
         features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (
-            {_QUERY_ID: np.ascontiguousarray(frames, np.float32)}, {})
-        query = pd.DataFrame({"video_id": [_QUERY_ID], "video_segment_duration": [seconds]})
-        if music_id is None:
-            table = self.grounder.rank(query, k=k, features=features, moments_per_track=moments)
-        else:
-            query["music_id"] = [music_id]
-            table = self.grounder.predict(query, features=features, moments_per_track=moments)
-        return _results(table)
+            {v: r.frames for v, r in zip(ids, requests)}, {})
+        query = pd.DataFrame({"video_id": ids,
+                              "video_segment_duration": [r.seconds for r in requests]})
+        moments = requests[0].moments
+        if requests[0].music_id is None:
+            table = self.grounder.rank(query, k=max(r.k for r in requests), features=features,
+                                       moments_per_track=moments)
+            by_video = dict(tuple(table.groupby("video_id", sort=False)))
+            return [_results(by_video[v].head(r.k)) for v, r in zip(ids, requests)]
+        query["music_id"] = [r.music_id for r in requests]
+        table = self.grounder.predict(query, features=features, moments_per_track=moments)
+        return [_results(table.iloc[[i]]) for i in range(len(requests))]
 
     def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
                   name: str | None = None) -> Recommendation:
         """A video file -> the top-``k`` tracks with their moments, as
-        :meth:`export.runtime.OnnxGrounder.recommend` computes them (the same calls).
+        :meth:`mgsv_sk.export.runtime.OnnxGrounder.recommend` computes them (the same calls).
 
         Raises
         ------
         ValueError
-            An unreadable video, or one longer than ``max_seconds``; the message names
-            the file as ``name`` (the client's file name), never the server's path.
+            An unreadable video, one longer than ``max_seconds``, or one over
+            :attr:`video_limits` (codec, frame size, frames to decode: checked before any
+            frame is decoded); the message names the file as ``name`` (the client's file
+            name), never the server's path.
         """
         from ..extract.recommend import video_query
 
@@ -254,7 +294,9 @@ class ServedModel:
         if self.video_encoder is None:
             raise ValueError("this bundle holds no video encoder, so it cannot read videos")
         try:
-            frame, feats = video_query(path, self.video_encoder)
+            frame, feats = video_query(path, self.video_encoder, self.video_limits)
+        except VideoLimitError as exc:  # readable, but asks too much of the decoder
+            raise VideoLimitError(f"{shown}: {exc.__cause__ or exc}") from exc
         except ValueError as exc:
             raise unreadable(exc) from exc
         decoded = time.perf_counter()

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "validation_message"]
 
 logger = logging.getLogger("mgsv_sk.serve")
 
@@ -32,16 +32,17 @@ def error_response(status: int, message: str,
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _location(loc: Any) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)] if isinstance(loc, (list, tuple)) else []
+def _location(loc: Any, prefix: tuple[str, ...]) -> str:
+    parts = [*prefix, *(str(p) for p in loc if p != "body")] if isinstance(
+        loc, (list, tuple)) else list(prefix)
     return ".".join(parts) or "request"
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    problems = []
-    for item in exc.errors()[:5]:
-        problems.append(f"{_location(item.get('loc'))}: {item.get('msg', 'invalid')}")
-    more = len(exc.errors()) - len(problems)
+def validation_message(errors: Any, prefix: tuple[str, ...] = ()) -> str:
+    """pydantic's errors as one message: ``where: what`` for the first five."""
+    problems = [f"{_location(item.get('loc'), prefix)}: {item.get('msg', 'invalid')}"
+                for item in errors[:5]]
+    more = len(errors) - len(problems)
     return ("invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0
                                                           else "")
             + "; see /openapi.json for the schema")
@@ -57,7 +58,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(422, _validation_message(exc))
+        return error_response(422, validation_message(exc.errors()))
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

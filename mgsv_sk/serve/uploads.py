@@ -3,11 +3,13 @@
 The body is parsed as it arrives (python-multipart's streaming parser) and the ``video``
 part is written straight to disk: an upload never sits in memory, and one over the cap is
 refused (413) as soon as it passes it, or before reading when ``Content-Length`` already
-says so. The caller owns the folder and deletes it after the request.
+says so. The caller passes the body's chunks (:func:`.body.body_chunks`: bounded in time)
+and owns the folder, which it deletes after the request.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from ..extract.pipeline import VIDEO_EXTENSIONS
 from .errors import ApiError
 
-__all__ = ["FIELD", "Upload", "receive_video"]
+__all__ = ["FIELD", "Upload", "receive_video", "too_large_message"]
 
 #: The form field that carries the video.
 FIELD = "video"
@@ -125,13 +127,19 @@ class _VideoPart:
             self.file = None
 
 
+def too_large_message(max_bytes: int) -> str:
+    return (f"the upload is larger than this server's limit of {max_bytes / 2**20:.0f} MiB; "
+            "send a shorter or smaller video")
+
+
 def _too_large(max_bytes: int) -> ApiError:
-    return ApiError(413, f"the upload is larger than this server's limit of "
-                         f"{max_bytes / 2**20:.0f} MiB; send a shorter or smaller video")
+    return ApiError(413, too_large_message(max_bytes), {"Connection": "close"})
 
 
-async def receive_video(request: Request, folder: Path, max_bytes: int) -> Upload:
-    """Stream the request's ``video`` file field into ``folder``.
+async def receive_video(request: Request, folder: Path, max_bytes: int,
+                        chunks: AsyncIterator[bytes] | None = None) -> Upload:
+    """Stream the request's ``video`` file field into ``folder``, from ``chunks`` (default:
+    the request's body as it comes).
 
     Raises
     ------
@@ -146,13 +154,13 @@ async def receive_video(request: Request, folder: Path, max_bytes: int) -> Uploa
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "the multipart Content-Type has no boundary")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes + _OTHER_BYTES:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes + _OTHER_BYTES):
         raise _too_large(max_bytes)
     part = _VideoPart(folder, max_bytes)
     parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks if chunks is not None else request.stream():
             parser.write(chunk)
             if part.problem is not None:
                 raise part.problem

@@ -6,3 +6,7 @@ weights. May import torch, the torch-free layers, :mod:`mgsv_sk.nn` and
 :mod:`mgsv_sk.infer` (device and precision, and the batched inference that validation
 runs); never :mod:`mgsv_sk.estimators`, :mod:`mgsv_sk.cli` or ``export``.
 """
+
+from mgsv_sk.train._fitted import FittedState
+
+__all__ = ["FittedState"]

@@ -20,11 +20,15 @@ import torch
 from sklearn.model_selection import GroupShuffleSplit
 from sklearn.utils import check_random_state
 
-from mgsv_sk.data._schema import FIT_COLUMNS, check_moments_on_features, video_durations
+from mgsv_sk.data import (
+    FIT_COLUMNS,
+    check_moments_on_features,
+    validate_annotations,
+    video_durations,
+)
 from mgsv_sk.data.features import FeatureSource, as_feature_source
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.grounding import BaseGrounder
 from mgsv_sk.grounding.hyperparameters import Declaration
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.infer.device import resolve_device, resolve_precision, rng_devices, torch_threads
@@ -145,7 +149,7 @@ def _eval_splits(eval_set: Any, source: FeatureSource) -> list[tuple[str, Split]
     out = []
     for i, item in enumerate(items):
         X_eval, own = item if isinstance(item, tuple) else (item, None)
-        frame = BaseGrounder._frame(X_eval, FIT_COLUMNS)
+        frame = validate_annotations(X_eval, FIT_COLUMNS, source="X")
         split_source = source if own is None else as_feature_source(own)
         split_source.check_available(frame["video_id"], list(pd.unique(frame["music_id"])))
         out.append((f"eval{i}", _make_split(frame, split_source)))

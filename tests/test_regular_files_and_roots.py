@@ -211,9 +211,9 @@ def test_writers_keep_ids_inside_their_folder(tmp_path):
 
 
 def test_a_bundle_index_name_outside_the_bundle_is_refused(tiny_fitted, tmp_path):
-    from export.manifest import BundleError, write_manifest
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.manifest import BundleError, write_manifest
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     bundle = export_onnx(tiny_fitted, tmp_path / "bundle", check=False)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -225,11 +225,11 @@ def test_a_bundle_index_name_outside_the_bundle_is_refused(tiny_fitted, tmp_path
 
 @pytest.mark.parametrize("artefact", ["model", "bundle"])
 def test_a_fifo_manifest_is_refused_not_waited_on(artefact, tiny_fitted, tmp_path):
-    from export.manifest import BundleError
-    from export.runtime import OnnxGrounder
-    from export.to_onnx import export_onnx
     from mgsv_sk import MGSVGrounder
     from mgsv_sk.estimators._persistence import ModelFileError
+    from mgsv_sk.export.manifest import BundleError
+    from mgsv_sk.export.runtime import OnnxGrounder
+    from mgsv_sk.export.to_onnx import export_onnx
 
     folder = tmp_path / artefact
     if artefact == "model":

@@ -24,7 +24,7 @@ from mgsv_sk.files._atomic import writer_lock
 
 @pytest.fixture(scope="module")
 def bundle(tiny_fitted, tmp_path_factory):
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.to_onnx import export_onnx
 
     return export_onnx(tiny_fitted, tmp_path_factory.mktemp("r3state") / "bundle", check=False)
 
@@ -211,7 +211,7 @@ def test_without_video_times_the_valid_frames_count_in_both_backends(grounder, s
 
 
 def test_both_backends_ground_a_bare_frame_alike(tiny_fitted, bundle, small_train):
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     X = small_train.frame.iloc[:8][["video_id", "music_id"]]
     served = OnnxGrounder.load(bundle, 1, features=small_train.features)
@@ -273,7 +273,7 @@ def test_a_pickled_model_whose_store_moved_can_be_pointed_at_it(tiny_fitted, sma
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5, "3"])
 def test_settable_counts_are_checked(grounder, small_train, bad):
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     X = small_train.frame.iloc[:2].drop(columns="music_id")
     if isinstance(grounder, OnnxGrounder):
@@ -312,7 +312,7 @@ def _copy_bundle(bundle, tmp_path):
 
 
 def _rewrite(folder, edit) -> None:
-    from export.manifest import write_manifest
+    from mgsv_sk.export.manifest import write_manifest
 
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
@@ -320,8 +320,8 @@ def _rewrite(folder, edit) -> None:
 
 
 def test_a_swapped_graph_is_refused_at_load(bundle, tmp_path, capsys):
-    from export.manifest import BundleError
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.manifest import BundleError
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     folder = _copy_bundle(bundle, tmp_path)
     shutil.copyfile(folder / "graphs" / "music_encoder.onnx",
@@ -356,8 +356,8 @@ def _encoder_graph(path, input_shape) -> None:
                                    {"fp32": "graphs/video_features.onnx"}])
 def test_bundle_encoders_are_checked_and_an_int8_only_one_works(bundle, tmp_path, files):
     pytest.importorskip("onnx")
-    from export.manifest import BundleError
-    from export.runtime import OnnxGrounder
+    from mgsv_sk.export.manifest import BundleError
+    from mgsv_sk.export.runtime import OnnxGrounder
 
     folder = _copy_bundle(bundle, tmp_path)
     rel = next(iter(files.values()))

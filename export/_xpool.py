@@ -1,0 +1,174 @@
+"""The X-Pool score in numpy: the runtime's fast path for the catalogue scan (float32).
+
+The bundle's ``score_tracks`` graph computes the same score (``mgsv_sk.nn.xpool``), and
+for a batch of videos onnxruntime runs it well. One video against a catalogue is a
+different shape of work: two passes over every snippet state (attention logits, then the
+pooling) with one small vector, memory-bound, and the graph makes each pass separately
+over 128-track chunks of several MB (measured: 50 ms at 2,000 tracks on one thread, the
+states read twice from memory). Here each chunk is split into blocks of about 1 MB, so
+the pooling re-reads the block from the core's cache, and the projections of the head
+(out, proj) run once per chunk as [U, D] x [D, D] products, so the scan costs one read
+of the states plus its arithmetic. The parameters are the bundle's
+``graphs/xpool_weights.npz`` (written by the exporter beside the graphs; an older bundle
+without it is served by the graphs), and ``tests/test_export.py`` holds the two equal.
+
+Exact rewrites used (see ``mgsv_sk.nn.xpool``): the key projection moves to the query
+side, q' = W_k^T q; the value and output projections fold into one [D, D] map applied
+after pooling, W_o W_v and W_o b_v + b_o; the residual x + W_p x is one product with
+(I + W_p).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["XPOOL_WEIGHTS", "NumpyXPool", "xpool_arrays"]
+
+#: The bundle file holding the X-Pool parameters (float32 arrays, no pickle).
+XPOOL_WEIGHTS = "graphs/xpool_weights.npz"
+#: Bytes of snippet states a block holds: the pooling re-reads them from the L2 cache.
+_BLOCK_BYTES = 1 << 20
+_NAMES = ("norm_in.weight", "norm_in.bias", "q.weight", "q.bias", "k.weight", "v.weight",
+          "v.bias", "out.weight", "out.bias", "norm_attn.weight", "norm_attn.bias",
+          "proj.weight", "proj.bias", "norm_out.weight", "norm_out.bias")
+
+
+def xpool_arrays(xpool: Any) -> dict[str, np.ndarray]:
+    """The parameters of a torch ``XPool`` module as float32 arrays (exporter side), with
+    the LayerNorms' eps and the attention scale."""
+    state = {k: v.detach().cpu().float().numpy() for k, v in xpool.state_dict().items()}
+    out = {name: np.ascontiguousarray(state[name], np.float32) for name in _NAMES}
+    out["eps"] = np.asarray([xpool.norm_in.eps, xpool.norm_attn.eps, xpool.norm_out.eps],
+                            np.float64)
+    out["scale"] = np.asarray(xpool.scale, np.float64)
+    return out
+
+
+def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+                ) -> np.ndarray:
+    """LayerNorm over the last axis of a 2-D float32 ``x``, in place (``x`` is a
+    temporary of the caller's): few passes over the rows, no new arrays but per-row ones."""
+    d = x.shape[-1]
+    x -= (x.sum(axis=-1) / d)[:, None]
+    var = np.einsum("ij,ij->i", x, x) / d
+    x *= (1.0 / np.sqrt(var + eps)).astype(np.float32)[:, None]
+    x *= weight
+    x += bias
+    return x
+
+
+class NumpyXPool:
+    """Dual + X-Pool scores from cached snippet states, as :class:`mgsv_sk.search.catalogue.
+    Scorer` (the onnxruntime scorer's twin, for float32 bundles)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], use_dual: bool) -> None:
+        a = {k: np.asarray(v) for k, v in arrays.items()}
+        missing = [n for n in (*_NAMES, "eps", "scale") if n not in a]
+        if missing:
+            raise ValueError(f"the X-Pool weights lack {missing}; re-export the bundle")
+        self.use_dual = use_dual
+        self._eps = [float(e) for e in a["eps"]]
+        self._norm_in = a["norm_in.weight"], a["norm_in.bias"]
+        self._q = a["q.weight"], a["q.bias"]
+        self._scale = float(a["scale"])
+        self._k_weight = a["k.weight"]
+        out_w = a["out.weight"].astype(np.float64)
+        self._values_t = np.ascontiguousarray((out_w @ a["v.weight"]).T, np.float32)  # [D,D]
+        self._values_b = (out_w @ a["v.bias"] + a["out.bias"]).astype(np.float32)
+        self._norm_attn = a["norm_attn.weight"], a["norm_attn.bias"]
+        eye = np.eye(len(a["proj.bias"]), dtype=np.float32)
+        self._proj_t = np.ascontiguousarray((a["proj.weight"] + eye).T, np.float32)
+        self._proj_b = a["proj.bias"]
+        self._norm_out = a["norm_out.weight"], a["norm_out.bias"]
+
+    @classmethod
+    def load(cls, path: Path, use_dual: bool) -> NumpyXPool:
+        with np.load(path, allow_pickle=False) as stored:
+            return cls({k: stored[k] for k in stored.files}, use_dual)
+
+    # -- pieces -------------------------------------------------------------------------
+    def _token_query(self, video_emb: np.ndarray) -> np.ndarray:
+        """h(v) [B, D] -> W_k^T q [B, D], the query in the snippet states' space."""
+        normed = _layer_norm(video_emb.copy(), *self._norm_in, self._eps[0])
+        q = normed @ self._q[0].T + self._q[1]
+        return np.ascontiguousarray((q * self._scale) @ self._k_weight, np.float32)
+
+    def _cosine(self, video_emb: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        """Pooled states [U, B, D] -> cos(h(v_b), h1[u, b]) [U, B] (video_emb unit-norm)."""
+        u, b, d = pooled.shape
+        flat = pooled.reshape(u * b, d)  # one GEMM per projection, not U small ones
+        x = _layer_norm(flat @ self._values_t + self._values_b, *self._norm_attn, self._eps[1])
+        h1 = _layer_norm(x @ self._proj_t + self._proj_b, *self._norm_out, self._eps[2])
+        dot = np.einsum("ubd,bd->ub", h1.reshape(u, b, d), video_emb)  # [U,B]
+        norm = np.sqrt(np.einsum("ij,ij->i", h1, h1)).reshape(u, b)
+        return dot / np.maximum(norm, 1e-6)
+
+    # -- the Scorer protocol ------------------------------------------------------------
+    def _pool(self, query: np.ndarray, chunk: Any) -> np.ndarray:
+        """Attention-pooled snippet states of every (track of ``chunk``, video), [U, B, D],
+        for queries W_k^T q [B, D]: a block's logits, then its pooling, from the cache."""
+        states, mask = chunk.states, chunk.mask  # [U,S,D], [U,S]
+        u, s, d = states.shape
+        pooled = np.empty((u, len(query), d), np.float32)  # [U,B,D]
+        step = max(1, _BLOCK_BYTES // max(1, s * d * 4))
+        for lo in range(0, u, step):
+            block = states[lo: lo + step]  # [u,S,D]
+            n = len(block)
+            logits = (block.reshape(-1, d) @ query.T).reshape(n, s, -1)  # one GEMM: [u,S,B]
+            logits[~mask[lo: lo + step]] = -np.inf
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=1, keepdims=True)
+            weights = np.ascontiguousarray(logits.transpose(0, 2, 1))  # [u,B,S]
+            np.matmul(weights, block, out=pooled[lo: lo + n])  # [u,B,S] @ [u,S,D]
+        return pooled
+
+    def tracks(self, video_emb: np.ndarray, chunk: Any) -> np.ndarray:
+        """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]."""
+        video_emb = np.ascontiguousarray(video_emb, np.float32)
+        pooled = self._pool(self._token_query(video_emb), chunk)
+        score = self._cosine(video_emb, pooled).T  # [U,B] -> [B,U]
+        if self.use_dual:
+            score = score + video_emb @ np.asarray(chunk.emb, np.float32).T
+        return np.ascontiguousarray(score, np.float32)
+
+    def scan(self, video_emb: np.ndarray, chunks: Sequence[Any], n_tracks: int) -> np.ndarray:
+        """Scores of unit-norm videos [B, D] against every track of ``chunks`` (a whole
+        catalogue, rows ``chunk.rows``), [B, N]: :meth:`tracks` over the chunks, with the
+        head's projections run once over every pooled state rather than once per chunk
+        (videos in groups whose pooled states stay under 64 MB)."""
+        video_emb = np.ascontiguousarray(video_emb, np.float32)
+        d = video_emb.shape[1]
+        out = np.empty((len(video_emb), n_tracks), np.float32)
+        group = max(1, (64 << 20) // max(1, n_tracks * d * 4))
+        rows = np.concatenate([c.rows for c in chunks])
+        emb = np.concatenate([np.asarray(c.emb, np.float32) for c in chunks])  # [N,D]
+        for lo in range(0, len(video_emb), group):
+            videos = video_emb[lo: lo + group]
+            query = self._token_query(videos)
+            pooled = np.concatenate([self._pool(query, c) for c in chunks])  # [N,B,D]
+            score = self._cosine(videos, pooled).T  # [B,N]
+            if self.use_dual:
+                score = score + videos @ emb.T
+            out[lo: lo + group, rows] = score
+        return out
+
+    def pairs(self, video_emb: np.ndarray, rows: np.ndarray, cat: Any) -> np.ndarray:
+        """Score of (video i, track ``rows[i]`` of ``cat``), [B]."""
+        video_emb = np.ascontiguousarray(video_emb, np.float32)
+        states, mask = cat.padded_states(rows)  # [B,S,D], [B,S]
+        query = self._token_query(video_emb)  # [B,D]
+        logits = np.einsum("bsd,bd->bs", states, query)
+        logits[~mask] = -np.inf
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=1, keepdims=True)
+        pooled = np.einsum("bs,bsd->bd", logits, states)  # [B,D]
+        score = self._cosine(video_emb, pooled[None])[0]
+        if self.use_dual:
+            score = score + (video_emb * cat.emb(rows)).sum(axis=1)
+        return np.asarray(score, np.float32)

@@ -1,0 +1,213 @@
+"""``inference.GRPCInferenceService``: health, metadata and ``ModelInfer`` (its other,
+Triton-specific methods answer UNIMPLEMENTED).
+
+grpcio's synchronous server runs each call on a thread of its own, which then takes an
+admission slot like an HTTP request (``RESOURCE_EXHAUSTED`` when the queue is full,
+``UNAVAILABLE`` while loading). Inputs come as typed ``contents`` or as
+``raw_input_contents``; outputs go back as ``raw_output_contents`` (FP32 little-endian;
+BYTES with a 4-byte length before each element), as Triton's clients read them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ... import __version__
+from ..engine import MODEL_NAME
+from ..errors import ApiError
+from ..oip import (
+    ALIAS_VERSION,
+    InferCall,
+    Tensor,
+    answer_sync,
+    bytes_from_wire,
+    bytes_to_wire,
+    check_model,
+    check_shape,
+    check_version,
+    fp32_from_wire,
+    parameters,
+)
+from . import predict_v2_pb2 as pb
+
+__all__ = ["GRPC_SERVICE", "start_grpc"]
+
+logger = logging.getLogger("mgsv_sk.serve")
+GRPC_SERVICE = "inference.GRPCInferenceService"
+_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+          408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
+
+
+def _peer_host(context: grpc.ServicerContext) -> str:
+    """``ipv4:127.0.0.1:5000`` / ``ipv6:[::1]:5000`` -> the address without the port."""
+    peer = context.peer() or "unknown"
+    address = peer.split(":", 1)[1] if ":" in peer else peer
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+def _value(parameter: Any) -> Any:
+    kind = parameter.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(parameter, kind)
+
+
+def _inputs(request: Any) -> dict[str, Tensor]:
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise ApiError(400, f"raw_input_contents holds {len(raw)} tensors for "
+                            f"{len(request.inputs)} inputs; send one per input or none")
+    out = {}
+    for i, item in enumerate(request.inputs):
+        datatype = item.datatype.upper()
+        shape = check_shape(item.name, list(item.shape))
+        data: Any
+        if raw:
+            data = (fp32_from_wire(item.name, raw[i]) if datatype == "FP32" else
+                    bytes_from_wire(item.name, raw[i]) if datatype == "BYTES" else raw[i])
+        elif datatype == "FP32":
+            data = np.asarray(item.contents.fp32_contents, np.float32)
+        elif datatype == "BYTES":
+            data = list(item.contents.bytes_contents)
+        else:
+            data = []
+        out[item.name] = Tensor(item.name, datatype, shape, data)
+    return out
+
+
+def _decode(request: Any, client: str) -> InferCall:
+    check_model(request.model_name)
+    given = {name: _value(p) for name, p in request.parameters.items()}
+    outputs: dict[str, bool | None] | None = (
+        {o.name: None for o in request.outputs} if request.outputs else None)
+    return InferCall(_inputs(request), parameters(given), id=request.id or None,
+                     outputs=outputs, client=client)
+
+
+def _encode(version: str, outputs: list[Tensor], call: InferCall) -> Any:
+    response = pb.ModelInferResponse(model_name=MODEL_NAME, model_version=version,
+                                     id=call.id or "")
+    for tensor in outputs:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(
+            bytes_to_wire(tensor.data) if tensor.datatype == "BYTES"
+            else np.ascontiguousarray(tensor.data, "<f4").tobytes())
+    for stage, seconds in call.timings.items():
+        response.parameters[f"{stage}_ms"].double_param = round(seconds * 1000.0, 3)
+    return response
+
+
+class _Service:
+    def __init__(self, state: Any) -> None:
+        self.state = state
+
+    def server_live(self, _: Any, __: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    def server_ready(self, _: Any, __: Any) -> Any:
+        return pb.ServerReadyResponse(ready=self.state.model is not None)
+
+    def model_ready(self, request: Any, _: Any) -> Any:
+        model = self.state.model
+        ready = (model is not None and request.name == MODEL_NAME
+                 and request.version in ("", model.version, ALIAS_VERSION))
+        return pb.ModelReadyResponse(ready=ready)
+
+    def server_metadata(self, _: Any, __: Any) -> Any:
+        return pb.ServerMetadataResponse(name="mgsv-sk", version=__version__)
+
+    def model_metadata(self, request: Any, _: Any) -> Any:
+        check_model(request.name)
+        model = self.state.ready_model()
+        check_version(model, request.version)
+        meta = model.metadata({})
+        tensors = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                    for t in meta["inputs"]],
+            outputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                     for t in meta["outputs"]])
+
+    def model_infer(self, request: Any, context: Any) -> Any:
+        began = time.perf_counter()
+        client = _peer_host(context)
+        with self.state.client(client):
+            call = _decode(request, client)
+            check_version(self.state.ready_model(), request.model_version)
+            version, outputs = answer_sync(self.state, call)
+        call.timings["total"] = time.perf_counter() - began
+        return _encode(version, outputs, call)
+
+
+def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
+             request_type: Any, response_type: Any) -> Any:
+    """``method`` as a unary gRPC handler: an ApiError becomes the matching status code,
+    and every call is counted in the HTTP metrics under a closed set of labels."""
+    route = f"/{GRPC_SERVICE}/{name}"
+
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        code = grpc.StatusCode.OK
+        began = time.perf_counter()
+        try:
+            return method(request, context)
+        except ApiError as exc:
+            code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.abort(code, exc.message)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            logger.exception("unexpected error in %s", route)
+            context.abort(code, "internal error; the server log has the details")
+        finally:
+            state.metrics.requests.labels(route, "GRPC", code.name).inc()
+            state.metrics.latency.labels(route).observe(time.perf_counter() - began)
+
+    return grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=request_type.FromString,
+        response_serializer=response_type.SerializeToString)
+
+
+def start_grpc(state: Any, address: str) -> grpc.Server:
+    """Serve ``inference.GRPCInferenceService`` on ``address`` (``host:port``) from
+    threads of its own; returns the started server (``stop(grace)`` ends it).
+
+    Raises
+    ------
+    RuntimeError
+        The address cannot be bound (in use, or not an address of this machine).
+    """
+    service = _Service(state)
+    capacity = state.admission.capacity
+    methods = {
+        "ServerLive": (service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": (service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": (service.model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": (service.server_metadata, pb.ServerMetadataRequest,
+                           pb.ServerMetadataResponse),
+        "ModelMetadata": (service.model_metadata, pb.ModelMetadataRequest,
+                          pb.ModelMetadataResponse),
+        "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+    }
+    handlers = {name: _handler(state, name, *spec) for name, spec in methods.items()}
+    limit = state.config.max_json_bytes
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="mgsv-grpc"),
+        handlers=[grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers)],
+        maximum_concurrent_rpcs=capacity + 4,
+        options=[("grpc.max_receive_message_length", limit),
+                 ("grpc.so_reuseport", 0)])
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise RuntimeError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    if port == 0:
+        raise RuntimeError(f"cannot listen for gRPC on {address}; is the port in use?")
+    server.start()
+    return server

@@ -1,0 +1,92 @@
+"""Pure ASGI middleware (none buffers a body): request metrics with labels from a closed
+set, HEAD answered wherever GET is, and requests with ambiguous framing refused."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .errors import error_response
+from .metrics import Metrics
+
+__all__ = ["AmbiguousFraming", "HeadAsGet", "MetricsMiddleware"]
+
+#: The method label's values; any other token counts as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class MetricsMiddleware:
+    """Counts every answer by route template, method and status, and its latency. The
+    labels come from closed sets: the app's route templates (else ``unmatched``) and
+    :data:`METHODS` (else ``other``), so no client can create new series."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+        method = scope["method"] if scope["method"] in METHODS else "other"
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        began = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if route.startswith("/static"):
+                route = "/static"
+            self.metrics.requests.labels(route, method, str(status[0])).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - began)
+
+
+class HeadAsGet:
+    """HEAD is answered as GET without the body (RFC 9110 9.3.2): same status and
+    headers, ``Content-Length`` included, on every path that answers GET."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return  # the last (empty) part ends the answer
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        scope["method"] = "GET"  # in place: the router records the route in this scope
+        await self.app(scope, receive, headers_only)
+
+
+class AmbiguousFraming:
+    """A request with both ``Content-Length`` and ``Transfer-Encoding`` (or several
+    ``Content-Length``) is answered 400 and its connection closed (RFC 9112 6.1, 6.3):
+    whatever follows its body on the connection could be a smuggled request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            names = [name.lower() for name, _ in scope["headers"]]
+            lengths = names.count(b"content-length")
+            if lengths > 1 or (lengths and b"transfer-encoding" in names):
+                response = error_response(
+                    400, "the request has both Content-Length and Transfer-Encoding (or "
+                         "several Content-Length); send one framing", {"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

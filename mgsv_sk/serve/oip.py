@@ -1,0 +1,248 @@
+"""The Open Inference Protocol's ``infer`` for the model ``mgsv``, whatever carries it.
+
+HTTP (:mod:`.routes.oip`: JSON tensors and the binary tensor extension) and gRPC
+(:mod:`.grpc`) decode a request into an :class:`InferCall`; :func:`answer` checks it
+against the model, runs it on the admission pool and returns the output tensors, which
+each transport encodes its own way. One implementation of the checks and of the outputs.
+
+Inputs: ``video_frames`` FP32 ``[F, video_dim]`` and optionally ``music_id`` BYTES ``[1]``
+(SmG). Outputs: ``music_id`` BYTES ``[k]``, ``score`` FP32 ``[k]``, ``moments`` FP32
+``[k, m, 3]`` (start, end, score; rows of -1 pad a track with fewer moments).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .engine import MODEL_NAME, ServedModel, TrackResult
+from .errors import ApiError, validation_message
+
+__all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
+           "bytes_from_wire", "bytes_to_wire", "check_version", "parameters"]
+
+#: The version number clients that count versions from 1 (Triton's) may ask for; the
+#: model's own version is its checksum's first 12 hex digits.
+ALIAS_VERSION = "1"
+#: The output tensors, in the order they are answered.
+OUTPUTS = ("music_id", "score", "moments")
+#: Bounds of a tensor's declared shape (checked before any allocation).
+_MAX_RANK, _MAX_ELEMENTS = 4, 1 << 28
+#: Request parameters of the protocol itself, accepted and not passed to the model.
+_PROTOCOL_PARAMETERS = ("binary_data_output",)
+
+
+class InferParameters(BaseModel):
+    """The model's request parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, ge=1, description="tracks to return (MsG)")
+    moments_per_track: int = Field(1, ge=1, description="moments per track, best first")
+    video_duration: float | None = Field(
+        None, gt=0, description="seconds of the video (the moment's length); default: one "
+                                "second per frame")
+
+
+@dataclass
+class Tensor:
+    """One tensor: FP32 as a float32 array, BYTES as a list of bytes."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any
+
+
+@dataclass
+class InferCall:
+    """A decoded request: its inputs by name, the model's parameters, and which outputs
+    to answer (``None``: all of them) with, per output, whether the client asked for it
+    as binary (HTTP's extension; ``None``: the request's default)."""
+
+    inputs: dict[str, Tensor]
+    params: InferParameters
+    id: str | None = None
+    outputs: dict[str, bool | None] | None = None
+    binary_default: bool = False
+    client: str = "unknown"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_version(model: ServedModel, version: str | None) -> None:
+    """404 unless ``version`` is empty, the model's version or :data:`ALIAS_VERSION`."""
+    if version and version not in (model.version, ALIAS_VERSION):
+        raise ApiError(404, f"model {MODEL_NAME!r} has no version {version!r}; this server "
+                            f"serves version {model.version!r} (also addressable as "
+                            f"{ALIAS_VERSION!r})")
+
+
+def check_model(name: str) -> None:
+    if name != MODEL_NAME:
+        raise ApiError(404, f"no model {name!r}; this server serves {MODEL_NAME!r}")
+
+
+def parameters(given: dict[str, Any] | None) -> InferParameters:
+    """The model's parameters from a request's, protocol parameters left out (422 naming
+    an unknown or invalid one)."""
+    own = {k: v for k, v in (given or {}).items() if k not in _PROTOCOL_PARAMETERS}
+    try:
+        return InferParameters.model_validate(own)
+    except ValidationError as exc:
+        raise ApiError(422, validation_message(exc.errors(), ("parameters",))) from exc
+
+
+def check_shape(name: str, shape: Any) -> list[int]:
+    """A tensor's shape as a list of bounded non-negative ints, or a 400."""
+    if (not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ELEMENTS
+            for d in shape) or math.prod(shape) > _MAX_ELEMENTS):
+        raise ApiError(400, f"input {name!r}: shape must be a list of at most {_MAX_RANK} "
+                            f"non-negative integers of at most {_MAX_ELEMENTS} elements in "
+                            f"all, got {str(shape)[:80]}")
+    return list(shape)
+
+
+def bytes_from_wire(name: str, raw: bytes) -> list[bytes]:
+    """BYTES elements from the binary layout (a 4-byte little-endian length before each)."""
+    out, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            raise ApiError(400, f"input {name!r}: BYTES data ends inside an element's length")
+        (size,) = struct.unpack_from("<I", raw, at)
+        at += 4
+        if at + size > len(raw):
+            raise ApiError(400, f"input {name!r}: a BYTES element runs past the data")
+        out.append(raw[at: at + size])
+        at += size
+    return out
+
+
+def bytes_to_wire(items: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
+
+
+def fp32_from_wire(name: str, raw: bytes) -> np.ndarray:
+    if len(raw) % 4:
+        raise ApiError(400, f"input {name!r}: FP32 data of {len(raw)} bytes is not a whole "
+                            "number of 4-byte floats")
+    return np.frombuffer(raw, dtype="<f4")
+
+
+# -- the model's inputs -------------------------------------------------------------------
+def _frames(tensor: Tensor, model: ServedModel) -> np.ndarray:
+    """``video_frames`` as (F, video_dim) float32, or a 400 naming the problem."""
+    dim, most = model.frame_dim, model.max_frames
+    if tensor.datatype != "FP32":
+        raise ApiError(400, f"video_frames must be FP32, got {tensor.datatype!r}")
+    shape = tensor.shape
+    if len(shape) != 2 or shape[1] != dim or not 1 <= shape[0] <= most:
+        raise ApiError(400, f"video_frames must have shape [F, {dim}] with 1 <= F <= {most} "
+                            f"(one CLIP frame feature per second), got {shape}")
+    array = tensor.data
+    if array.size != shape[0] * shape[1]:
+        raise ApiError(400, f"video_frames holds {array.size} numbers, but its shape {shape} "
+                            f"needs {shape[0] * shape[1]}")
+    array = array.reshape(shape[0], shape[1])
+    if not np.isfinite(array).all():
+        raise ApiError(400, "video_frames holds NaN or infinite values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _music_id(tensor: Tensor, model: ServedModel) -> str:
+    items = tensor.data
+    if tensor.datatype != "BYTES" or tensor.shape not in ([1], [1, 1]) or len(items) != 1:
+        raise ApiError(400, "music_id must be a BYTES tensor of shape [1] holding one track id "
+                            "string")
+    try:
+        music_id = bytes(items[0]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "music_id must be UTF-8 text") from exc
+    if not model.has_track(music_id):
+        raise ApiError(404, f"music_id {music_id!r} is not in the served catalogue; "
+                            f"GET /v2/models/{MODEL_NAME} says how many tracks it holds")
+    return music_id
+
+
+def _requested(call: InferCall) -> list[str]:
+    if call.outputs is None:
+        return list(OUTPUTS)
+    unknown = sorted(set(call.outputs) - set(OUTPUTS))
+    if unknown:
+        raise ApiError(400, f"unknown output(s) {unknown}; this model answers {list(OUTPUTS)}")
+    return [name for name in OUTPUTS if name in call.outputs]
+
+
+def _outputs(tracks: list[TrackResult], wanted: list[str]) -> list[Tensor]:
+    width = max((len(t.moments) for t in tracks), default=0)
+    moments = np.full((len(tracks), width, 3), -1.0, np.float32)
+    for i, t in enumerate(tracks):  # rows of -1 pad a track with fewer moments
+        for j, m in enumerate(t.moments):
+            moments[i, j] = (m.start, m.end, m.score)
+    n = len(tracks)
+    every = {
+        "music_id": Tensor("music_id", "BYTES", [n], [t.music_id.encode() for t in tracks]),
+        "score": Tensor("score", "FP32", [n], np.array([t.score for t in tracks], np.float32)),
+        "moments": Tensor("moments", "FP32", [n, width, 3], moments),
+    }
+    return [every[name] for name in wanted]
+
+
+async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
+    """Check ``call`` against the served model, run it on the admission pool (503 when
+    the queue is full) and return the model's version and the requested outputs."""
+    model, prepared = _prepare(state, call)
+    with state.slot():
+        run_began = time.perf_counter()
+        tracks, waited = await state.admission.run(prepared)
+    _observe(state, call, waited, time.perf_counter() - run_began - waited)
+    return model.version, _outputs(tracks, _requested(call))
+
+
+def answer_sync(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
+    """:func:`answer` for a caller on a thread of its own (the gRPC server)."""
+    model, prepared = _prepare(state, call)
+    with state.slot():
+        run_began = time.perf_counter()
+        tracks, waited = state.admission.run_sync(prepared)
+    _observe(state, call, waited, time.perf_counter() - run_began - waited)
+    return model.version, _outputs(tracks, _requested(call))
+
+
+def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
+    model: ServedModel = state.ready_model()
+    config = state.config
+    unknown = sorted(set(call.inputs) - {"video_frames", "music_id"})
+    if unknown or "video_frames" not in call.inputs:
+        raise ApiError(400, f"inputs must be 'video_frames' (FP32 [F, {model.frame_dim}]) "
+                            f"and optionally 'music_id' (BYTES [1]); got {sorted(call.inputs)}")
+    params = call.params
+    if params.k > config.max_k or params.moments_per_track > config.max_moments:
+        raise ApiError(422, f"k must be <= {config.max_k} and moments_per_track <= "
+                            f"{config.max_moments}; got {params.k} and "
+                            f"{params.moments_per_track}")
+    _requested(call)
+    frames = _frames(call.inputs["video_frames"], model)
+    music_id = (_music_id(call.inputs["music_id"], model) if "music_id" in call.inputs
+                else None)
+    seconds = params.video_duration or float(len(frames))
+    if seconds > config.max_video_seconds:
+        raise ApiError(422, f"video_duration is {seconds:g} s; this server takes videos of "
+                            f"at most {config.max_video_seconds:g} s")
+
+    def run() -> list[TrackResult]:
+        return model.infer(frames, music_id=music_id, k=params.k,
+                           moments=params.moments_per_track, seconds=seconds)
+
+    return model, run
+
+
+def _observe(state: Any, call: InferCall, waited: float, ran: float) -> None:
+    state.metrics.stages.labels("queue").observe(waited)
+    state.metrics.stages.labels("rank").observe(ran)
+    call.timings.update(queue=waited, rank=ran)

@@ -1,0 +1,68 @@
+"""``GET /v1/tracks/{music_id}/audio``: a moment of a track as WAV, with byte ranges."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+
+from ..audio import RangeNotSatisfiable, moment_wav, parse_range
+from ..errors import ApiError
+from ..schemas import errors
+from ..state import ServeState
+
+__all__ = ["audio_router"]
+
+
+def audio_router(state: ServeState) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/tracks/{music_id}/audio", tags=["recommend"], response_class=Response,
+                responses={200: {"content": {"audio/wav": {}}, "description": "the moment"},
+                           206: {"content": {"audio/wav": {}}, "description": "a byte range"},
+                           **errors(400, 404, 416, 422, 503)})
+    async def moment_audio(
+        music_id: str, request: Request,
+        start: float = Query(ge=0, le=MAX_MUSIC_SECONDS, description="seconds"),
+        end: float = Query(gt=0, le=MAX_MUSIC_SECONDS, description="seconds"),
+    ) -> Response:
+        """The moment ``[start, end)`` of a track as 16-bit PCM WAV; answers Range
+        requests (206)."""
+        model = state.ready_model()
+        if not model.has_track(music_id):
+            raise ApiError(404, f"no track {music_id!r} in the served catalogue")
+        if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
+            raise ApiError(400, f"end must be greater than start, got start={start:g}, "
+                                f"end={end:g}")
+        path = model.audio_path(music_id)
+        if path is None:
+            raise ApiError(404, f"no audio file is known for track {music_id!r}; serve a "
+                                "catalogue built by `mgsv-sk catalogue`, or pass --audio DIR "
+                                "holding <music_id>.wav files")
+        seconds = model.track_seconds(music_id)
+        if start >= seconds:
+            raise ApiError(400, f"start={start:g} s is past the end of track {music_id!r} "
+                                f"({seconds:.2f} s)")
+        try:
+            wav = await run_in_threadpool(moment_wav, path, start, min(end, seconds))
+        except ValueError as exc:  # the message names the file: show the track instead
+            shown = f"track {music_id!r}"
+            raise ApiError(422, str(exc).replace(str(path), shown)) from exc
+        size = len(wav)
+        headers = {"Accept-Ranges": "bytes", "Cache-Control": "public, max-age=3600"}
+        try:
+            wanted = parse_range(request.headers.get("range"), size)
+        except RangeNotSatisfiable as exc:
+            return JSONResponse({"error": str(exc)}, status_code=416,
+                                headers={**headers, "Content-Range": f"bytes */{size}"})
+        if wanted is None:
+            return Response(wav, media_type="audio/wav", headers=headers)
+        first, last = wanted
+        return Response(wav[first: last + 1], status_code=206, media_type="audio/wav",
+                        headers={**headers, "Content-Range": f"bytes {first}-{last}/{size}"})
+
+    return router

@@ -1,0 +1,272 @@
+"""The Open Inference Protocol over HTTP: health, server and model metadata, model
+readiness and ``infer``, each with and without ``/versions/{v}``.
+
+``infer`` reads its body itself (any or no ``Content-Type``; gzip or deflate
+``Content-Encoding``) as JSON tensors or with the binary tensor extension: a JSON header of
+``Inference-Header-Content-Length`` bytes, then each input whose ``parameters`` hold
+``binary_data_size`` as that many raw bytes, in the order of the inputs (FP32 little-endian;
+BYTES as a 4-byte little-endian length before each element). Outputs come back as JSON or,
+per output ``parameters.binary_data`` or the request's ``binary_data_output``, as binary
+after the header, which then has its length in ``Inference-Header-Content-Length``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from ... import __version__
+from ..body import BodyLimits, bounded_int, read_body
+from ..engine import MODEL_NAME
+from ..errors import ApiError, validation_message
+from ..oip import (
+    InferCall,
+    Tensor,
+    answer,
+    bytes_from_wire,
+    bytes_to_wire,
+    check_model,
+    check_shape,
+    check_version,
+    fp32_from_wire,
+    parameters,
+)
+from ..schemas import InferRequest, InferResponse, errors
+from ..state import ServeState
+
+__all__ = ["SERVER_NAME", "client_address", "decode_http", "encode_http", "oip_router"]
+
+SERVER_NAME = "mgsv-sk"
+_MODEL = "/v2/models/{model_name}"
+_VERSION = _MODEL + "/versions/{model_version}"
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its ``$defs`` substituted (an OpenAPI body schema
+    cannot point into its own ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[1]])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return dict(walk(schema))
+
+
+_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _inline(InferRequest.model_json_schema())}}}}
+
+
+# -- decoding a request -------------------------------------------------------------------
+def _json_document(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    size = bounded_int(header_length, "Inference-Header-Content-Length")
+    if size is not None and size > len(body):
+        raise ApiError(400, f"Inference-Header-Content-Length is {size}, but the body has "
+                            f"only {len(body)} bytes")
+    head, binary = (body, b"") if size is None else (body[:size], body[size:])
+    try:
+        document = json.loads(head)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc}); send an OIP "
+                            "inference request: {\"inputs\": [...]}") from exc
+    if not isinstance(document, dict):
+        raise ApiError(400, "the request body must be a JSON object: {\"inputs\": [...]}")
+    return document, binary
+
+
+def _tensor(item: Any, binary: bytes, at: int) -> tuple[Tensor, int]:
+    """One input, its data from JSON or from ``binary`` at offset ``at``."""
+    name, datatype = item.name, item.datatype.upper()
+    shape = check_shape(name, item.shape)
+    size = (item.parameters or {}).get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(
+                binary) - at:
+            raise ApiError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
+                                f"{len(binary) - at} binary bytes left in the body")
+        raw, at = binary[at: at + size], at + size
+        data: Any = (fp32_from_wire(name, raw) if datatype == "FP32" else
+                     bytes_from_wire(name, raw) if datatype == "BYTES" else raw)
+    elif item.data is None:
+        raise ApiError(400, f"input {name!r} has neither data nor binary_data_size")
+    elif datatype == "FP32":
+        try:
+            data = np.asarray(item.data, dtype=np.float32).ravel()
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise ApiError(400, f"{name} data is not a list of numbers ({exc})") from exc
+    elif datatype == "BYTES":
+        flat = np.asarray(item.data, dtype=object).ravel().tolist()
+        data = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
+        if not all(isinstance(v, bytes) for v in data):
+            raise ApiError(400, f"input {name!r}: BYTES data must be strings")
+    else:
+        data = item.data
+    return Tensor(name, datatype, shape, data), at
+
+
+def _requested_outputs(request: InferRequest) -> dict[str, bool | None] | None:
+    if request.outputs is None:
+        return None
+    wanted: dict[str, bool | None] = {}
+    for output in request.outputs:
+        given = output.parameters or {}
+        if "classification" in given:
+            raise ApiError(400, "the classification extension is not supported")
+        binary = given.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise ApiError(400, f"output {output.name!r}: binary_data must be true or false")
+        wanted[output.name] = binary
+    return wanted
+
+
+def decode_http(body: bytes, header_length: str | None, client: str) -> InferCall:
+    """An HTTP ``infer`` body (JSON, or JSON then binary tensors) as an :class:`InferCall`."""
+    document, binary = _json_document(body, header_length)
+    given = document.pop("parameters", None)
+    if given is not None and not isinstance(given, dict):
+        raise ApiError(422, "parameters must be a JSON object")
+    try:
+        request = InferRequest.model_validate(document)
+    except ValidationError as exc:
+        raise ApiError(422, validation_message(exc.errors())) from exc
+    inputs, at = {}, 0
+    for item in request.inputs:
+        tensor, at = _tensor(item, binary, at)
+        inputs[tensor.name] = tensor
+    if at != len(binary):
+        raise ApiError(400, f"{len(binary) - at} bytes of binary data follow the JSON header "
+                            "but no input's binary_data_size claims them")
+    binary_default = (given or {}).get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise ApiError(422, "parameters.binary_data_output must be true or false")
+    return InferCall(inputs, parameters(given), id=request.id,
+                     outputs=_requested_outputs(request), binary_default=binary_default,
+                     client=client)
+
+
+# -- encoding the answer ------------------------------------------------------------------
+def _wire(tensor: Tensor) -> bytes:
+    if tensor.datatype == "BYTES":
+        return bytes_to_wire(tensor.data)
+    return np.ascontiguousarray(tensor.data, dtype="<f4").tobytes()
+
+
+def _json_data(tensor: Tensor) -> list[Any]:
+    if tensor.datatype == "BYTES":
+        return [b.decode("utf-8") for b in tensor.data]
+    return list(np.asarray(tensor.data, np.float32).ravel().tolist())
+
+
+def encode_http(version: str, outputs: list[Tensor], call: InferCall) -> Response:
+    """The OIP response: JSON, or a JSON header then the binary outputs."""
+    described, blobs = [], []
+    for tensor in outputs:
+        asked = (call.outputs or {}).get(tensor.name)
+        out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
+                               "shape": tensor.shape}
+        if call.binary_default if asked is None else asked:
+            blobs.append(_wire(tensor))
+            out["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            out["data"] = _json_data(tensor)
+        described.append(out)
+    header = {"model_name": MODEL_NAME, "model_version": version,
+              **({"id": call.id} if call.id is not None else {}), "outputs": described,
+              "parameters": {f"{stage}_ms": round(s * 1000.0, 3)
+                             for stage, s in call.timings.items()}}
+    if not blobs:
+        return JSONResponse(header)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return Response(head + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+# -- the router ---------------------------------------------------------------------------
+def _both(router: APIRouter, method: str, suffix: str,
+          endpoint: Callable[[Request, str, str | None], Awaitable[Any]],
+          **options: Any) -> None:
+    """Route ``endpoint(request, model_name, model_version)`` at the model's path and at
+    its ``/versions/{model_version}`` path."""
+
+    async def plain(request: Request, model_name: str) -> Any:
+        return await endpoint(request, model_name, None)
+
+    async def versioned(request: Request, model_name: str, model_version: str) -> Any:
+        return await endpoint(request, model_name, model_version)
+
+    for path, route in ((_MODEL + suffix, plain), (_VERSION + suffix, versioned)):
+        route.__doc__ = endpoint.__doc__
+        router.add_api_route(path, route, methods=[method], tags=["oip"],
+                             name=f"{endpoint.__name__}{'_version' if route is versioned else ''}",
+                             **options)
+
+
+def oip_router(state: ServeState) -> APIRouter:
+    router = APIRouter()
+    limits = BodyLimits(state.config.max_json_bytes, state.config.body_idle_seconds,
+                        state.config.body_seconds)
+    too_large = f"the request body is larger than {state.config.max_json_bytes} bytes"
+
+    @router.get("/v2", tags=["oip"])
+    def server_metadata() -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__,
+                "extensions": ["binary_tensor_data"]}
+
+    @router.get("/v2/health/live", tags=["oip"])
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/v2/health/ready", tags=["oip"], responses=errors(503))
+    def ready() -> dict[str, bool]:
+        state.ready_model(probe=True)
+        return {"ready": True}
+
+    async def model_ready(_: Request, model_name: str,
+                          model_version: str | None) -> dict[str, Any]:
+        check_model(model_name)
+        check_version(state.ready_model(probe=True), model_version)
+        return {"name": MODEL_NAME, "ready": True}
+
+    async def model_metadata(_: Request, model_name: str,
+                             model_version: str | None) -> dict[str, Any]:
+        check_model(model_name)
+        model = state.ready_model()
+        check_version(model, model_version)
+        return model.metadata(state.config.public())
+
+    async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
+        """Frame features -> the top-k tracks with their moments (MsG), or the moments on
+        one track when ``music_id`` is given (SmG)."""
+        began = time.perf_counter()
+        check_model(model_name)
+        check_version(state.ready_model(), model_version)
+        client = client_address(request)
+        with state.client(client):
+            body = await read_body(request, limits, too_large)
+            call = decode_http(body, request.headers.get("inference-header-content-length"),
+                               client)
+            version, outputs = await answer(state, call)
+        call.timings["total"] = time.perf_counter() - began
+        return encode_http(version, outputs, call)
+
+    _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
+    _both(router, "GET", "", model_metadata, responses=errors(404, 503))
+    _both(router, "POST", "/infer", infer, response_model=InferResponse,
+          openapi_extra=_INFER_BODY,
+          responses=errors(400, 404, 408, 413, 415, 422, 429, 503))
+    return router

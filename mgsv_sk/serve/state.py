@@ -1,0 +1,83 @@
+"""What one app holds: its limits, metrics, admission pool and per-client gate, and the
+model once loaded (or why it failed). Shared by the HTTP routes and the gRPC service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from .admission import Admission, ClientGate, Overloaded, TooManyFromClient
+from .config import ServeConfig
+from .engine import ServedModel
+from .errors import ApiError
+from .metrics import Metrics
+
+__all__ = ["ServeState"]
+
+logger = logging.getLogger("mgsv_sk.serve")
+
+
+class ServeState:
+    def __init__(self, config: ServeConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.admission = Admission(config.workers, config.queue_size)
+        self.clients = ClientGate(config.client_share)
+        self.model: ServedModel | None = None
+        self.load_error: str | None = None
+
+    def _retry(self) -> dict[str, str]:
+        return {"Retry-After": str(self.config.retry_after_s)}
+
+    def ready_model(self, probe: bool = False) -> ServedModel:
+        """The model, or a 503 (counted as a rejection unless ``probe``: a health check)."""
+        if self.model is None:
+            message = ("the model failed to load: " + self.load_error if self.load_error
+                       else "the model is loading; retry shortly")
+            if not probe:
+                self.metrics.rejected.labels("not_ready").inc()
+            raise ApiError(503, message, self._retry())
+        return self.model
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """One place in the admission queue for the body of the ``with``, or a 503."""
+        try:
+            with self.admission.slot():
+                self.metrics.admitted.set(self.admission.admitted)
+                yield
+        except Overloaded:
+            self.metrics.rejected.labels("overloaded").inc()
+            raise ApiError(503, f"the server is busy ({self.admission.capacity} requests in "
+                                "progress or queued); retry after the Retry-After seconds",
+                           self._retry()) from None
+
+    @contextmanager
+    def client(self, address: str) -> Iterator[None]:
+        """Count a request of ``address`` while it is in progress, or a 429 when that
+        address already has its share."""
+        try:
+            with self.clients.hold(address):
+                yield
+        except TooManyFromClient:
+            self.metrics.rejected.labels("client_share").inc()
+            raise ApiError(429, f"this client address already has {self.clients.per_client} "
+                                "requests in progress; wait for one to finish",
+                           self._retry()) from None
+
+    def load(self, loader: Callable[[], ServedModel]) -> None:
+        """Build the model with ``loader``; a failure is kept (the health check says it)."""
+        try:
+            self.model = loader()
+            logger.info("serving %d tracks (model %s)", len(self.model.track_ids),
+                        self.model.version)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            logger.error("cannot load the model: %s", self.load_error)
+        self.mark_ready()
+
+    def mark_ready(self) -> None:
+        if self.model is not None:
+            self.metrics.ready.set(1)
+            self.metrics.tracks.set(len(self.model.track_ids))

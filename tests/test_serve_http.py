@@ -1,0 +1,245 @@
+"""``mgsv-sk serve`` against slow, odd and hostile HTTP clients, over real sockets on
+127.0.0.1 (uvicorn in a thread): stalled uploads, one address's share, bounded numbers,
+HEAD, redirects, metric labels, body caps, server paths and request smuggling."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import string
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("av")
+httpx = pytest.importorskip("httpx")
+
+from _serve import ThreadedServer, fixture_dir  # noqa: E402
+
+from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
+
+BODY = {"inputs": [{"name": "video_frames", "datatype": "FP32", "shape": [3, 512],
+                    "data": [0.5] * 1536}], "parameters": {"k": 2}}
+AUDIO = "/v1/tracks/song_b/audio?start=2&end=5"
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    return fixture_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def model(fx) -> ServedModel:
+    return ServedModel.load(fx / "bundle", fx / "catalogue")
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    with ThreadedServer(create_app(model)) as running:
+        yield running
+
+
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A raw connection from ``source`` (any 127.x address is this machine's loopback)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15,
+                                    source_address=(source, 0))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or 15 s pass)."""
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except TimeoutError:
+        pass
+    return out
+
+
+def stalled_upload(port: int, source: str) -> socket.socket:
+    """An upload that declares 100 kB, sends its first 500 bytes and stops."""
+    boundary = "stall"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
+            f"filename=\"a.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
+    first = (head + b"\x00" * 500)[:500]
+    sock = connect(port, source)
+    sock.sendall((f"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
+                 + first)
+    return sock
+
+
+def test_stalled_uploads_hold_no_slot_and_are_cut_off(model):
+    config = ServeConfig(workers=1, queue_size=2, body_idle_seconds=2, body_seconds=4)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        stalled = [stalled_upload(running.port, f"127.0.0.{i}") for i in (2, 3, 4)]
+        half = connect(running.port, "127.0.0.5")  # an infer body that stops half way
+        half.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5000\r\n\r\n" + json.dumps(BODY).encode()[:500])
+        stalled.append(half)
+        time.sleep(0.3)  # their bodies are being read
+        began = time.monotonic()
+        for _ in range(3):  # every place of the queue would be taken if they held one
+            response = httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY,
+                                  timeout=30)
+            assert response.status_code == 200, response.text
+        assert time.monotonic() - began < 2  # served while the uploads still stall
+        for sock in stalled:
+            answer = read_all(sock)  # 408, then the server closes the connection
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b"did not arrive in time" in answer
+            sock.close()
+
+
+def test_one_address_cannot_take_every_place(model):
+    config = ServeConfig(workers=1, queue_size=3, body_idle_seconds=3, body_seconds=5)
+    assert config.client_share == 2
+    with ThreadedServer(create_app(model, config=config)) as running:
+        mine = [stalled_upload(running.port, "127.0.0.2") for _ in range(2)]
+        time.sleep(0.3)
+        third = stalled_upload(running.port, "127.0.0.2")
+        answer = read_all(third)
+        assert answer.startswith(b"HTTP/1.1 429") and b"Retry-After" in answer.title()
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY,
+                          timeout=30).status_code == 200  # another address: served
+        for sock in [*mine, third]:
+            sock.close()
+
+
+def test_numbers_are_parsed_with_bounds(server):
+    huge = "9" * 5000
+    whole = httpx.get(server.url + AUDIO).content
+    response = httpx.get(server.url + AUDIO, headers={"Range": f"bytes={huge}-"})
+    assert response.status_code == 416
+    for header in (f"bytes=0-{huge}", f"bytes=-{huge}"):
+        part = httpx.get(server.url + AUDIO, headers={"Range": header})
+        assert part.status_code == 206 and part.content == whole
+    assert httpx.get(f"{server.url}/v1/recommend?k={huge}").status_code == 405
+    assert httpx.post(f"{server.url}/v1/recommend?k={huge}").status_code == 422
+    assert httpx.get(f"{server.url}/v1/tracks/song_b/audio?start=0&end={huge}"
+                     ).status_code == 422
+    with connect(server.port) as sock:  # a Content-Length no int() should read
+        sock.sendall(f"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                     f"Content-Length: {huge}\r\n\r\n{{}}".encode())
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+@pytest.mark.parametrize("path", ["/", "/v2", "/v2/health/live", "/v2/health/ready",
+                                  "/v2/models/mgsv", "/v2/models/mgsv/versions/1/ready",
+                                  AUDIO, "/static/app.js", "/metrics", "/openapi.json"])
+def test_head_wherever_get_is(server, path):
+    get, head = httpx.get(server.url + path), httpx.head(server.url + path)
+    assert get.status_code == head.status_code == 200
+    assert head.content == b""
+    if path != "/metrics":  # its counters move between the two requests
+        assert head.headers["content-length"] == get.headers["content-length"]
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_no_redirect_built_from_the_host_header(server):
+    for path in ("/v2/health/live/", "/v2/models/mgsv/", "/static/"):
+        response = httpx.get(server.url + path, headers={"Host": "evil.example"})
+        assert response.status_code == 404, (path, response.status_code)
+        assert "location" not in response.headers
+        assert "evil.example" not in response.text
+
+
+def test_metric_labels_come_from_a_closed_set(model):
+    with ThreadedServer(create_app(model)) as running:
+        rng = random.Random(0)
+        for _ in range(20):
+            method = "".join(rng.choices(string.ascii_uppercase, k=8))
+            path = "/" + "".join(rng.choices(string.ascii_lowercase, k=10))
+            httpx.request(method, running.url + path)
+            httpx.request(method, running.url + "/v2/health/live")
+        text = httpx.get(running.url + "/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("mgsv_http_requests_total")]
+    methods = {line.split('method="')[1].split('"')[0] for line in series}
+    routes = {line.split('route="')[1].split('"')[0] for line in series}
+    assert methods <= {"GET", "other"} and "other" in methods
+    assert routes <= {"unmatched", "/v2/health/live", "/v2/health/ready", "/metrics"}
+    assert len(series) <= 6  # 40 requests of 20 methods, 21 paths: a handful of series
+
+
+def test_every_body_over_its_cap_is_413(model):
+    config = ServeConfig(max_json_bytes=2000, max_upload_bytes=4096)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        raw = json.dumps(BODY).encode()
+        for headers in ({}, {"Transfer-Encoding": "chunked"}):
+            with connect(running.port) as sock:
+                if headers:
+                    chunks = b"".join(b"%x\r\n%s\r\n" % (len(raw[i:i + 700]), raw[i:i + 700])
+                                      for i in range(0, len(raw), 700)) + b"0\r\n\r\n"
+                    sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+                else:
+                    sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(raw), raw))
+                answer = read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+            assert b"larger than 2000 bytes" in answer
+        bomb = __import__("gzip").compress(b" " * 100_000)  # small on the wire, not inflated
+        response = httpx.post(f"{running.url}/v2/models/mgsv/infer", content=bomb,
+                              headers={"Content-Encoding": "gzip"})
+        assert response.status_code == 413
+
+
+def test_no_server_path_in_any_answer(server, fx):
+    secret = str(fx)
+    texts = [httpx.get(server.url + p).text for p in (
+        "/v2/models/mgsv", "/v2", "/openapi.json", "/v2/models/mgsv/versions/9",
+        "/v1/tracks/song_a/audio?start=0&end=1.5")]
+    texts.append(httpx.post(f"{server.url}/v1/recommend", files={
+        "video": ("x.mp4", (fx / "broken.mp4").read_bytes(), "video/mp4")}).text)
+    for text in texts:
+        assert secret not in text and "/tmp/" not in text, text[:300]
+
+
+def test_a_request_with_both_framings_closes_the_connection(server):
+    """RFC 9112 6.1: Content-Length with Transfer-Encoding; the request after the body
+    would be smuggled past anything in front that read the other framing."""
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"0\r\n\r\n" + smuggled)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"both Content-Length and Transfer-Encoding" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer  # the smuggled request is not served
+    assert b"live" not in answer
+    with connect(server.port) as sock:  # keep-alive still works for honest requests
+        sock.sendall(smuggled + smuggled.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        assert read_all(sock).count(b"HTTP/1.1 200") == 2
+
+
+def test_malformed_json_is_400_with_a_clear_message(server):
+    response = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=b'{"inputs": [1,')
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["error"]
+
+
+def test_concurrent_clients_get_their_own_answers(server):
+    """Several addresses at once, each within its share: all served, answers unmixed."""
+    results: dict[int, list[str]] = {}
+
+    def ask(i: int) -> None:
+        frames = np.random.default_rng(i).normal(size=(3, 512)).astype(np.float32)
+        body = {**BODY, "inputs": [{**BODY["inputs"][0], "data": frames.ravel().tolist()}]}
+        transport = httpx.HTTPTransport(local_address=f"127.0.0.{10 + i}")
+        with httpx.Client(transport=transport, timeout=60) as client:
+            response = client.post(f"{server.url}/v2/models/mgsv/infer", json=body)
+        results[i] = response.json()["outputs"][0]["data"]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4 and all(len(r) == 2 for r in results.values())

@@ -1,0 +1,295 @@
+"""The Open Inference Protocol as its reference clients speak it: ``tritonclient.http`` and
+``tritonclient.grpc``, unmodified, against ``mgsv-sk serve`` on 127.0.0.1 (HTTP and gRPC
+from one app). Every call the protocol defines for a model; answers equal the runtime's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("av")
+httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+
+from _serve import ThreadedServer, fixture_dir, free_port  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
+
+FRAMES = np.random.default_rng(3).normal(size=(5, 512)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> ServedModel:
+    fx = fixture_dir(tmp_path_factory)
+    return ServedModel.load(fx / "bundle", fx / "catalogue")
+
+
+@pytest.fixture(scope="module")
+def served(model):
+    grpc_port = free_port()
+    app = create_app(model, config=ServeConfig(workers=2, queue_size=4),
+                     grpc_address=f"127.0.0.1:{grpc_port}")
+    with ThreadedServer(app) as server:
+        yield server, grpc_port
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    server, _ = served
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(served):
+    _, port = served
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    yield client
+    client.close()
+
+
+def msg(model: ServedModel, k: int, moments: int) -> pd.DataFrame:
+    query = pd.DataFrame({"video_id": ["q"], "video_segment_duration": [5.0]})
+    return model.grounder.rank(query, k=k, features=({"q": FRAMES}, {}),
+                               moments_per_track=moments)
+
+
+def smg(model: ServedModel, music_id: str) -> pd.DataFrame:
+    query = pd.DataFrame({"video_id": ["q"], "video_segment_duration": [5.0],
+                          "music_id": [music_id]})
+    return model.grounder.predict(query, features=({"q": FRAMES}, {}))
+
+
+def check_msg(result, want: pd.DataFrame, names=("music_id", "score", "moments")) -> None:
+    if "music_id" in names:
+        got = [m.decode() if isinstance(m, bytes) else m for m in result.as_numpy("music_id")]
+        assert got == want["music_id"].tolist()
+    if "score" in names:
+        np.testing.assert_allclose(result.as_numpy("score"), want["score"], rtol=1e-6)
+    if "moments" in names:
+        rows = (want["windows"].tolist() if "windows" in want else
+                [[w] for w in want[["start", "end", "moment_score"]].to_numpy().tolist()])
+        width = max(len(r) for r in rows)  # rows of -1 pad a track with fewer moments
+        padded = [list(r) + [[-1.0, -1.0, -1.0]] * (width - len(r)) for r in rows]
+        np.testing.assert_allclose(result.as_numpy("moments"), padded, rtol=1e-6)
+
+
+# -- HTTP -------------------------------------------------------------------------------
+def test_http_health_metadata_and_versions(http, model):
+    assert http.is_server_live() and http.is_server_ready()
+    assert http.is_model_ready("mgsv")
+    assert http.is_model_ready("mgsv", "1") and http.is_model_ready("mgsv", model.version)
+    assert not http.is_model_ready("mgsv", "7") and not http.is_model_ready("other")
+    server = http.get_server_metadata()
+    assert server["name"] == "mgsv-sk" and "binary_tensor_data" in server["extensions"]
+    for version in ("", "1", model.version):
+        meta = http.get_model_metadata("mgsv", version)
+        assert meta["versions"] == [model.version]
+        assert meta["inputs"][0] == {"name": "video_frames", "datatype": "FP32",
+                                     "shape": [-1, 512]}
+        assert "/" not in meta["parameters"]["catalogue"]  # no server path
+    with pytest.raises(InferenceServerException, match="no version '7'"):
+        http.get_model_metadata("mgsv", "7")
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        http.get_model_metadata("other")
+
+
+@pytest.mark.parametrize("binary_in", [True, False])
+@pytest.mark.parametrize("binary_out", [True, False, None])
+def test_http_infer_json_and_binary_tensors(http, model, binary_in, binary_out):
+    frames = httpclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES, binary_data=binary_in)
+    # None: no outputs named, so the client asks binary_data_output for all of them
+    outputs = None if binary_out is None else [
+        httpclient.InferRequestedOutput(n, binary_data=binary_out)
+        for n in ("music_id", "score", "moments")]
+    result = http.infer("mgsv", [frames], outputs=outputs, request_id="r7",
+                        parameters={"k": 3, "moments_per_track": 2})
+    check_msg(result, msg(model, 3, 2))
+    response = result.get_response()
+    assert response["id"] == "r7" and response["model_version"] == model.version
+    for output in response["outputs"]:
+        assert ("data" not in output) == (binary_out is not False)
+
+
+def test_http_requested_outputs_only_and_mixed_binary(http, model):
+    frames = httpclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    result = http.infer("mgsv", [frames], model_version="1", parameters={"k": 4}, outputs=[
+        httpclient.InferRequestedOutput("score", binary_data=False),
+        httpclient.InferRequestedOutput("music_id", binary_data=True)])
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["music_id", "score"]
+    assert result.as_numpy("moments") is None
+    check_msg(result, msg(model, 4, 1), names=("music_id", "score"))
+
+
+def test_http_smg_async_and_compressed(http, model):
+    frames = httpclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    track = httpclient.InferInput("music_id", [1], "BYTES")
+    track.set_data_from_numpy(np.array([b"song_c"], dtype=object))
+    want = smg(model, "song_c")
+    for compression in (None, "gzip", "deflate"):
+        result = http.async_infer("mgsv", [frames, track], model_version=model.version,
+                                  request_compression_algorithm=compression,
+                                  response_compression_algorithm=compression).get_result()
+        check_msg(result, want)
+
+
+def test_http_errors_reach_the_client(http):
+    frames = httpclient.InferInput("video_frames", [2, 100], "FP32")
+    frames.set_data_from_numpy(np.ones((2, 100), np.float32))
+    with pytest.raises(InferenceServerException, match=r"shape \[F, 512\]"):
+        http.infer("mgsv", [frames])
+    good = httpclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    good.set_data_from_numpy(FRAMES)
+    with pytest.raises(InferenceServerException, match="unknown output"):
+        http.infer("mgsv", [good], outputs=[httpclient.InferRequestedOutput("logits")])
+    with pytest.raises(InferenceServerException, match="no version '2'"):
+        http.infer("mgsv", [good], model_version="2")
+
+
+def test_raw_binary_request_without_content_type(served, model):
+    """The binary extension by hand: a JSON header, then raw little-endian floats."""
+    import httpx
+
+    server, _ = served
+    header = json.dumps({"inputs": [{"name": "video_frames", "datatype": "FP32",
+                                     "shape": list(FRAMES.shape),
+                                     "parameters": {"binary_data_size": FRAMES.nbytes}}],
+                         "parameters": {"k": 2, "binary_data_output": False}}).encode()
+    body = header + FRAMES.astype("<f4").tobytes()
+    response = httpx.post(f"{server.url}/v2/models/mgsv/versions/1/infer",
+                          content=gzip.compress(body), timeout=60, headers={
+                              "Inference-Header-Content-Length": str(len(header)),
+                              "Content-Encoding": "gzip"})
+    assert response.status_code == 200, response.text
+    outputs = {o["name"]: o for o in response.json()["outputs"]}
+    assert outputs["music_id"]["data"] == msg(model, 2, 1)["music_id"].tolist()
+    bad = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=body, timeout=60,
+                     headers={"Inference-Header-Content-Length": "9" * 5000})
+    assert bad.status_code == 400 and "at most 18 digits" in bad.json()["error"]
+    short = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=body[:-4], timeout=60,
+                       headers={"Inference-Header-Content-Length": str(len(header))})
+    assert short.status_code == 400 and "binary_data_size" in short.json()["error"]
+
+
+# -- gRPC -------------------------------------------------------------------------------
+def test_grpc_health_metadata_and_versions(grpc_client, model):
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.is_model_ready("mgsv") and grpc_client.is_model_ready("mgsv", "1")
+    assert grpc_client.is_model_ready("mgsv", model.version)
+    assert not grpc_client.is_model_ready("mgsv", "7")
+    assert not grpc_client.is_model_ready("other")
+    assert grpc_client.get_server_metadata(as_json=True)["name"] == "mgsv-sk"
+    for version in ("", "1"):
+        meta = grpc_client.get_model_metadata("mgsv", version, as_json=True)
+        assert meta["versions"] == [model.version]
+        assert meta["inputs"][0] == {"name": "video_frames", "datatype": "FP32",
+                                     "shape": ["-1", "512"]}  # int64 as JSON strings
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        grpc_client.get_model_metadata("other")
+
+
+@pytest.mark.parametrize("outputs", [None, ["score"], ["moments", "music_id"]])
+def test_grpc_infer_equals_the_runtime(grpc_client, model, outputs):
+    frames = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    requested = None if outputs is None else [grpcclient.InferRequestedOutput(n)
+                                              for n in outputs]
+    result = grpc_client.infer("mgsv", [frames], outputs=requested, request_id="g1",
+                               parameters={"k": 3, "moments_per_track": 2})
+    names = outputs or ["music_id", "score", "moments"]
+    check_msg(result, msg(model, 3, 2), names=names)
+    response = result.get_response(as_json=True)
+    assert sorted(o["name"] for o in response["outputs"]) == sorted(names)
+    assert response["id"] == "g1" and response["model_version"] == model.version
+
+
+def test_grpc_smg_and_errors(grpc_client, model):
+    frames = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    track = grpcclient.InferInput("music_id", [1], "BYTES")
+    track.set_data_from_numpy(np.array([b"song_c"], dtype=object))
+    check_msg(grpc_client.infer("mgsv", [frames, track], model_version="1"),
+              smg(model, "song_c"))
+    done: list = []
+    grpc_client.async_infer("mgsv", [frames, track], lambda result, error: done.append(
+        (result, error)), compression_algorithm="gzip")
+    for _ in range(300):
+        if done:
+            break
+        time.sleep(0.1)
+    assert done and done[0][1] is None, done
+    check_msg(done[0][0], smg(model, "song_c"))
+    missing = grpcclient.InferInput("music_id", [1], "BYTES")
+    missing.set_data_from_numpy(np.array([b"nope"], dtype=object))
+    with pytest.raises(InferenceServerException, match="not in the served catalogue") as err:
+        grpc_client.infer("mgsv", [frames, missing])
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException, match="parameters.k") as err:
+        grpc_client.infer("mgsv", [frames], parameters={"k": 0})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        grpc_client.infer("other", [frames])
+
+
+def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fx = fixture_dir(tmp_path_factory)
+    port, grpc_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mgsv_sk", "serve", str(fx / "bundle"), "--port", str(port),
+         "--grpc-port", str(grpc_port), "--workers", "1"],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if client.is_model_ready("mgsv", "1"):
+                    break
+            except InferenceServerException:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the gRPC service did not become ready")
+        frames = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+        frames.set_data_from_numpy(FRAMES)
+        assert len(client.infer("mgsv", [frames]).as_numpy("score")) == 4
+        assert httpclient.InferenceServerClient(f"127.0.0.1:{port}").is_server_ready()
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_cli_grpc_port_errors(tmp_path_factory, capsys):
+    from mgsv_sk.cli import main
+
+    fx = fixture_dir(tmp_path_factory)
+    assert main(["serve", str(fx / "bundle"), "--port", "8123", "--grpc-port", "8123"]) == 1
+    assert "port of its own" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", str(fx / "bundle"), "--grpc-port", "0"])
+    with pytest.raises(ValueError, match="max_client_requests must be an integer >= 1"):
+        ServeConfig(max_client_requests=0)
+    with pytest.raises(ValueError, match="body_seconds must be a positive number"):
+        ServeConfig(body_seconds=0)
