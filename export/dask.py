@@ -180,7 +180,7 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
         read_manifest(bundle)
     client = current_client()  # the cluster compute() will use, when one is running
     if client is not None:
-        check_importable(client, ("export.dask",), "predict_dask")
+        check_importable(client, ("mgsv_sk.export.dask",), "predict_dask")
     use_music = mode == "smg" or (mode == "auto" and "music_id" in columns)
     keep = ["video_id", "music_id"] if use_music else ["video_id"]
     # the videos' lengths are the moments' lengths: ship them to the workers too

@@ -1,5 +1,5 @@
 """Checks of a Dask client before work is sent to it, shared by the Dask helpers
-(:func:`mgsv_sk.train.dask_search.grid_search_on_dask`, :func:`export.dask.predict_dask`).
+(:func:`mgsv_sk.train.dask_search.grid_search_on_dask`, :func:`mgsv_sk.export.dask.predict_dask`).
 
 A client in an unusual but legal state otherwise fails deep inside distributed (``IOLoop
 is closed``, ``'NoneType' object has no attribute 'ncores'``, a worker's

@@ -57,7 +57,7 @@ def tiny_model(tiny_fitted):
 @pytest.fixture(scope="session")
 def exported_bundle(tiny_fitted, tmp_path_factory):
     """``tiny_fitted`` exported once per session (read-only: copy it before changing it)."""
-    from export.to_onnx import export_onnx
+    from mgsv_sk.export.to_onnx import export_onnx
 
     return export_onnx(tiny_fitted, tmp_path_factory.mktemp("exported") / "bundle")
 

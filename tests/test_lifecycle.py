@@ -25,10 +25,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from export.runtime import OnnxGrounder
-from export.to_onnx import export_onnx
 from mgsv_sk import MGSVGrounder
 from mgsv_sk.errors import ArtifactKindError, MGSVError, NotFittedError
+from mgsv_sk.export.runtime import OnnxGrounder
+from mgsv_sk.export.to_onnx import export_onnx
 
 REFIT = {**TINY, "max_epochs": 1, "validation_fraction": 0.0}
 

@@ -101,7 +101,7 @@ def test_pack_features_refuses_hostile_ids_before_writing(ids, overwrite, small_
 @example(dst="file", states="int8")  # found: the builtin FileExistsError, not ours
 def test_compact_bundle_refuses_hostile_targets(dst, states, exported_bundle, tiny_fitted,
                                                 tmp_path_factory):
-    from export.compact_bundle import compact_bundle
+    from mgsv_sk.export.compact_bundle import compact_bundle
 
     root = tmp_path_factory.mktemp("compact")
     target = {"file": root / "f", "bundle-itself": exported_bundle, "model": root / "m"}[dst]

@@ -22,8 +22,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.model_selection import GridSearchCV, GroupKFold
 
-from export.dask import predict_dask
-from export.runtime import OnnxGrounder
 from mgsv_sk import (
     FeatureTree,
     MGSVGrounder,
@@ -32,6 +30,8 @@ from mgsv_sk import (
     read_annotations,
 )
 from mgsv_sk.errors import ClusterError, MGSVError
+from mgsv_sk.export.dask import predict_dask
+from mgsv_sk.export.runtime import OnnxGrounder
 from mgsv_sk.train.dask_search import grid_search_on_dask
 
 SEARCH = {**TINY, "max_epochs": 1, "validation_fraction": 0.0}

@@ -262,7 +262,7 @@ def validate_annotations(
         got = f"{kind.__module__.split('.')[0]}.{kind.__name__}"
         if hasattr(frame, "__dask_graph__"):
             fix = ("compute it first (X.compute()), or predict it partition by partition with "
-                   "export.dask.predict_dask(ddf, bundle, features)")
+                   "mgsv_sk.export.dask.predict_dask(ddf, bundle, features)")
         elif hasattr(frame, "to_pandas"):
             fix = "convert it with X.to_pandas()"
         elif isinstance(frame, (dict, list)):

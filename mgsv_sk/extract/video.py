@@ -57,7 +57,7 @@ class Clip:
     height: int
 
 
-class VideoLimitError(ValueError):
+class VideoLimitError(InvalidInputError):
     """A video over :class:`VideoLimits`: readable, but not within what the reader takes."""
 
 
