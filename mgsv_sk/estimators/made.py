@@ -134,8 +134,10 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         before training and leaves an earlier fit in place. Once training starts, a failure
         (an error, or Ctrl-C before the first epoch completes) leaves the estimator
         unfitted; Ctrl-C later keeps the best weights so far (``stopped_ ==
-        "interrupted"``). Moments starting at or after 240 s are refused; moments ending
-        after 240 s are trained as ending there, with a ``UserWarning``.
+        "interrupted"``). Moments starting at or after 240 s, or after the end of their
+        track's music features, are refused; moments ending after 240 s are trained as
+        ending there, and those ending more than a snippet after their track's features on
+        what the features cover, each with a ``UserWarning``.
         """
         self._check_params()
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
