@@ -98,7 +98,7 @@ def compact_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     cat = dict(manifest["catalogue"])
     if cat.get("states", "float32") != "float32":
         raise InvalidInputError(f"{source!s} is already compact ({cat['states']}); compact the "
-                         "float32 bundle it came from")
+                                "float32 bundle it came from")
     files = dict(cat["files"])
     with atomic_directory(dst, overwrite=overwrite, replaces=ONNX_BUNDLE) as tmp:
         shutil.copytree(source / "graphs", tmp / "graphs")

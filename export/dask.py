@@ -163,9 +163,8 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
 
     if not isinstance(ddf, dd.DataFrame):
         raise InvalidTypeError(f"ddf must be a dask DataFrame, got {type(ddf).__name__}; for a "
-                               f"pandas "
-                        "frame call OnnxGrounder.predict directly, or wrap it with "
-                        "dask.dataframe.from_pandas(frame, npartitions=...)")
+                               "pandas frame call OnnxGrounder.predict directly, or wrap it with "
+                               "dask.dataframe.from_pandas(frame, npartitions=...)")
     if mode not in MODES:
         raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -175,7 +174,7 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
                and (c == "video_id" or mode == "smg")]
     if missing:
         raise InvalidInputError(f"ddf lacks the column(s) {missing} needed for mode={mode!r} "
-                         f"(it has {columns}); rename them or pick another mode")
+                                f"(it has {columns}); rename them or pick another mode")
     if check_bundle:
         read_manifest(bundle)
     client = current_client()  # the cluster compute() will use, when one is running

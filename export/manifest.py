@@ -336,7 +336,7 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
                                     "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     if not os.path.lexists(path):
         raise ArtifactNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
-                                "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
+                                    "write one with `python -m mgsv_sk.export SAVED_MODEL OUT_DIR`")
     try:
         with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:
             manifest: dict[str, Any] = json.loads(fh.read().decode("utf-8"))

@@ -244,7 +244,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
             file = graph["files"].get(precision)
             if file is None:
                 raise InvalidInputError(f"bundle {folder!s} has no {precision!r} graphs (it has "
-                                 f"{sorted(graph['files'])}); export with quantize=True")
+                                        f"{sorted(graph['files'])}); export with quantize=True")
             sessions[name] = _session(folder, file, options)
             _check_graph(folder, file, spec_from_json(name, graph), sessions[name])
         info = manifest["catalogue"]
@@ -337,7 +337,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
 
     def __getstate__(self) -> Any:
         raise InvalidTypeError("an OnnxGrounder holds onnxruntime sessions, which cannot be "
-                        "pickled; load the bundle again in the other process")
+                               "pickled; load the bundle again in the other process")
 
     # -- plumbing ----------------------------------------------------------------------------
     def _run(self, graph: str, **arrays: np.ndarray) -> list[np.ndarray]:
@@ -451,8 +451,8 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         encoder = video_encoder if video_encoder is not None else self.video_encoder
         if encoder is None:
             raise InvalidInputError("this bundle holds no video encoder: export it with "
-                             "export_onnx(..., encoders={'video': ClipImageEncoder(...)}) or "
-                             "pass video_encoder=")
+                                    "export_onnx(..., encoders={'video': ClipImageEncoder(...)}) "
+                                    "or pass video_encoder=")
         return recommend_videos(self, video_paths, k, video_encoder=encoder,
                                 moments_per_track=moments_per_track)
 
@@ -468,7 +468,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
             present = [m for m in ids if m in self._catalogue.index]
             if present:
                 raise InvalidInputError(f"{len(present)} music_id(s) are already in the catalogue, "
-                                 f"e.g. {present[:5]}; add only new tracks")
+                                        f"e.g. {present[:5]}; add only new tracks")
             self._catalogue = self._catalogue.with_part(part)
             self.catalogue_ids_ = list(self._catalogue.ids)
         self._remember_source(features, adding=True)

@@ -357,11 +357,11 @@ def export_onnx(
     """
     if not hasattr(grounder, "model_") or not hasattr(grounder, "catalogue_"):
         raise InvalidInputError("export_onnx needs a fitted MGSVGrounder (call fit or "
-                         "MGSVGrounder.load first)")
+                                "MGSVGrounder.load first)")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
         raise InvalidInputError(f"opset must be an int in [{SUPPORTED_OPSETS.start}, "
-                         f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
-                         f"got {opset!r}")
+                                f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
+                                f"got {opset!r}")
     _check_storage(states, index, len(grounder.catalogue_.ids))  # before anything is written
     with atomic_directory(out_dir, overwrite=overwrite, replaces=ONNX_BUNDLE) as tmp:
         _build(grounder, tmp, opset, quantize, check, encoders, states, index)

@@ -66,7 +66,7 @@ def _moment(value: npt.ArrayLike | None, name: str) -> np.ndarray | None:
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[1] < arr[0]:
         raise InvalidInputError(f"{name} must be (start, end) in seconds with start <= end, "
-                         f"got {value!r}")
+                                f"got {value!r}")
     return arr
 
 
@@ -76,7 +76,7 @@ def _evidence(values: npt.ArrayLike, logits: bool) -> np.ndarray:
         arr = arr[0]  # one row of a [B, S] output
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidInputError("evidence must be one value per snippet, shape (S,) with S >= 1; "
-                         f"got shape {arr.shape} (pass one row of a [batch, S] output)")
+                                f"got shape {arr.shape} (pass one row of a [batch, S] output)")
     if logits:
         valid = np.flatnonzero(arr != -np.inf)  # padding is -inf in snippet_logits
         if valid.size == 0:
@@ -223,9 +223,9 @@ def plot_prediction(
         raise InvalidTypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
     missing = [c for c in ("video_id", "music_id", "music_total_duration") if c not in X]
     if missing:
-        raise InvalidInputError(f"X lacks column(s) {missing}: plot_prediction draws a row on "
-                                f"its own "
-                         "track (SmG), so it needs video_id, music_id and music_total_duration")
+        raise InvalidInputError(f"X lacks column(s) {missing}: plot_prediction draws a row on its "
+                                "own track (SmG), so it needs video_id, music_id and "
+                                "music_total_duration")
     if not -len(X) <= row < len(X):
         raise IndexError(f"row {row} is out of range for X with {len(X)} rows")
     one = X.iloc[[row]]
@@ -254,12 +254,12 @@ def _history_frame(history: Any) -> tuple[pd.DataFrame, int | None]:
         bad = [type(r).__name__ for r in history if not isinstance(r, Mapping)]
         if bad:
             raise InvalidTypeError(f"history must be a list of dicts (MGSVGrounder.history_), got "
-                            f"items of type {sorted(set(bad))}")
+                                   f"items of type {sorted(set(bad))}")
         frame = pd.DataFrame(list(history))
     else:
         raise InvalidTypeError("history must be MGSVGrounder.history_ (a list of dicts), a "
-                               "DataFrame "
-                        f"of it, or a fitted MGSVGrounder; got {type(history).__name__}")
+                               "DataFrame of it, or a fitted MGSVGrounder; got "
+                               f"{type(history).__name__}")
     if frame.empty:
         raise InvalidInputError("history is empty: fit the model for at least one epoch first")
     return frame, (int(best) if best is not None else None)
@@ -303,7 +303,7 @@ def plot_training_curves(
     losses = [c for c in frame.columns if str(c).startswith("train_")]
     if not losses:
         raise InvalidInputError("history has no train_* loss columns; got columns "
-                         f"{list(frame.columns)}")
+                                f"{list(frame.columns)}")
     available = [str(c)[4:] for c in frame.columns if str(c).startswith("val_")]
     if metrics is None:
         chosen = [m for m in DEFAULT_CURVE_METRICS if m in available]
@@ -312,7 +312,7 @@ def plot_training_curves(
         unknown = [m for m in chosen if m not in available]
         if unknown:
             raise InvalidInputError(f"metrics {unknown} are not in the history; available: "
-                             f"{available or 'none (fit had no validation split)'}")
+                                    f"{available or 'none (fit had no validation split)'}")
     if axes is None:
         _, pair = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
         loss_ax, val_ax = pair[0], pair[1]
@@ -402,7 +402,7 @@ def plot_generalisation(
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise InvalidInputError(f"history {label!r} has no column(s) {missing}: fit with a "
-                             "validation split and eval_set= to record both curves")
+                                    "validation split and eval_set= to record both curves")
         epochs = (frame["epoch"].to_numpy() if "epoch" in frame
                   else np.arange(1, len(frame) + 1))
         color = colors[i % len(colors)]
@@ -442,11 +442,11 @@ def _rank_sets(
             groups = [ranks] if single else list(ranks)
         else:
             raise InvalidTypeError("ranks must be a 1-D array of 0-based ranks, a list of such "
-                            f"arrays, or a dict label -> array; got {type(ranks).__name__}")
+                                   f"arrays, or a dict label -> array; got {type(ranks).__name__}")
         if labels is not None and (isinstance(labels, str) or len(labels) != len(groups)):
             raise InvalidInputError(f"labels has {1 if isinstance(labels, str) else len(labels)} "
-                             f"entries but ranks holds {len(groups)} array(s): give one label "
-                             "per model (a list, even for one model)")
+                                    f"entries but ranks holds {len(groups)} array(s): give one "
+                                    "label per model (a list, even for one model)")
         items = [(None if labels is None else str(labels[i]), g) for i, g in enumerate(groups)]
     if not items:
         raise InvalidInputError("ranks is empty: give at least one array of 0-based ranks")
@@ -503,7 +503,7 @@ def plot_recall_at_k(
                                     f"{gallery_size!r}")
         if worst >= gallery_size:
             raise InvalidInputError(f"a rank of {worst:g} does not fit a gallery of {gallery_size} "
-                             "tracks (0-based ranks must be < gallery_size)")
+                                    "tracks (0-based ranks must be < gallery_size)")
     k_max = int(gallery_size) if gallery_size is not None else int(np.floor(worst)) + 1
     if ks is None:
         k_values = np.arange(1, k_max + 1)

@@ -111,7 +111,7 @@ def read_id_list(source: Any, what: str = "id list") -> list[str]:
             table.columns[0] if len(table.columns) == 1 else None)
         if column is None:
             raise InvalidInputError(f"{what} {os.fspath(source)} has no music_id column (it has "
-                             f"{[str(c) for c in table.columns][:10]})")
+                                    f"{[str(c) for c in table.columns][:10]})")
         cells = table[column].dropna().tolist()  # an empty cell is a blank line
         return id_list(cells, f"{what} {os.fspath(source)}")
     text, name = _text(source, what)
@@ -131,7 +131,7 @@ def id_list(values: Any, what: str = "ids") -> list[str]:
         return read_id_list(values)
     if not isinstance(values, Iterable):
         raise InvalidTypeError(f"{what} must be a list of ids or the path of an id list, got "
-                        f"{type(values).__name__}")
+                               f"{type(values).__name__}")
     out: dict[str, None] = {}
     bad = []
     for i, value in enumerate(values):
@@ -142,7 +142,7 @@ def id_list(values: Any, what: str = "ids") -> list[str]:
             out.setdefault(text, None)
     if bad:
         raise InvalidInputError(f"{what}: {len(bad)} value(s) cannot be ids: " + "; ".join(bad[:5])
-                         + "; ids are strings or whole numbers")
+                                + "; ids are strings or whole numbers")
     return list(out)
 
 

@@ -80,12 +80,11 @@ def _with_video_ids(predictions: pd.DataFrame, video_ids: Iterable[Any] | None) 
         ids = [str(v) for v in video_ids]
         if len(ids) != len(frame):
             raise InvalidInputError(f"video_ids has {len(ids)} ids for {len(frame)} prediction "
-                                    f"rows; "
-                             "pass one id per row, in the rows' order")
+                                    "rows; pass one id per row, in the rows' order")
         frame = frame.assign(video_id=ids)
     elif "video_id" not in frame.columns:
         raise InvalidInputError("predictions have no 'video_id' column: pass video_ids= (e.g. "
-                         "X['video_id'] of the frame given to predict)")
+                                "X['video_id'] of the frame given to predict)")
     return frame.assign(rank=1)
 
 
@@ -119,7 +118,7 @@ def predictions_to_records(
     """
     if not isinstance(predictions, pd.DataFrame):
         raise InvalidTypeError(f"predictions must be a DataFrame from predict or rank, got "
-                        f"{type(predictions).__name__}")
+                               f"{type(predictions).__name__}")
     if "rank" in predictions.columns:
         if video_ids is not None:
             raise InvalidInputError("video_ids= is for predict frames; a rank frame has video_id")
@@ -129,7 +128,7 @@ def predictions_to_records(
     missing = [c for c in _FRAME_COLUMNS if c not in frame.columns]
     if missing:
         raise InvalidInputError(f"predictions lack column(s) {missing}; expected the output of "
-                         "predict (music_id, start, end, score, moment_score) or rank")
+                                "predict (music_id, start, end, score, moment_score) or rank")
     frame = frame.assign(video_id=frame["video_id"].astype(str))
     order = list(dict.fromkeys(frame["video_id"]))
     frame = frame.sort_values("rank", kind="stable")  # best first within each video

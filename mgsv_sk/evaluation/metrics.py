@@ -263,7 +263,7 @@ def retrieval_ranks(
         raise InvalidInputError(f"ties must be one of {TIE_RULES}; got {ties!r}.")
     s = as_array(scores, "scores")
     if s.ndim != 2:
-        raise InvalidInputError(f"scores must have shape (n_queries, n_gallery); got shape "
+        raise InvalidInputError("scores must have shape (n_queries, n_gallery); got shape "
                                 f"{s.shape}.")
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)

@@ -125,6 +125,6 @@ def load_track(path: str | os.PathLike[str]) -> Track:
     bad = ~np.isfinite(wave)
     if bad.any():  # a NaN would reach every window's features: refuse the file instead
         raise InvalidInputError(f"the file holds {int(bad.sum())} NaN or infinite sample(s) (first "
-                         f"at {np.flatnonzero(bad)[0] / rate:.3f} s); re-encode it")
+                                f"at {np.flatnonzero(bad)[0] / rate:.3f} s); re-encode it")
     wave = resample(wave[: int(math.ceil(MAX_MUSIC_SECONDS * rate))], rate)[:_TRACK_SAMPLES]
     return Track(np.pad(wave, (0, _TRACK_SAMPLES - len(wave))), duration)

@@ -35,7 +35,7 @@ class OrtEncoder:
         self.path = Path(path)
         if not self.path.is_file():
             raise ArtifactNotFoundError(f"no ONNX encoder at {self.path!s}; export one with "
-                                    "mgsv_sk.export.to_onnx.export_onnx(..., encoders=...)")
+                                        "mgsv_sk.export.to_onnx.export_onnx(..., encoders=...)")
         options = session_options or ort.SessionOptions()
         if n_threads is not None:
             options.intra_op_num_threads = int(n_threads)
@@ -45,7 +45,7 @@ class OrtEncoder:
         dim = self.session.get_outputs()[0].shape[-1]
         if not isinstance(dim, int):
             raise InvalidInputError(f"{self.path!s}: the embedding's last axis has no fixed size; "
-                             "not an encoder graph written by mgsv_sk's exporter")
+                                    "not an encoder graph written by mgsv_sk's exporter")
         self.dim = dim
         self.batch_size = batch_size
         self.name = self.path.name

@@ -80,7 +80,7 @@ def media_ids(paths: Iterable[str | os.PathLike[str]], kind: str) -> dict[str, P
         out[f.stem] = f
     if problems:
         raise InvalidInputError(f"the {kind} files cannot all be named by their stem (the id): "
-                         + "; ".join(problems) + "; rename them")
+                                + "; ".join(problems) + "; rename them")
     return out
 
 
@@ -210,8 +210,8 @@ def extract_features(
                              (music_items, music_encoder, "music_encoder")):
         if items and enc is None:
             raise InvalidInputError(f"{name} is required to extract these files: pass e.g. "
-                             f"{'ClipImageEncoder' if name[0] == 'v' else 'AstEncoder'}"
-                             ".from_pretrained() from mgsv_sk.extract")
+                                    f"{'ClipImageEncoder' if name[0] == 'v' else 'AstEncoder'}"
+                                    ".from_pretrained() from mgsv_sk.extract")
     writer = open_writer(out, layout)
     writer.note_sources("music", music_items)
     report = ExtractionReport()

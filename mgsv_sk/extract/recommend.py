@@ -44,7 +44,7 @@ def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLik
     items = media_ids(paths, "video")
     if not items:
         raise InvalidInputError(f"no video files in {[str(p) for p in paths]}: give video files or "
-                         "folders holding .mp4 / .mov / .mkv / .webm / .avi / .m4v files")
+                                "folders holding .mp4 / .mov / .mkv / .webm / .avi / .m4v files")
     rows, feats = [], {}
     for key, path in items.items():
         try:
@@ -53,7 +53,7 @@ def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLik
             raise VideoLimitError(f"video {path}: {exc}") from exc
         except Exception as exc:
             raise InvalidInputError(f"cannot read video {path}: {type(exc).__name__}: {exc}; check "
-                             "that it is a video file PyAV (FFmpeg) can decode") from exc
+                                    "that it is a video file PyAV (FFmpeg) can decode") from exc
         feats[key] = encoder.encode(clip.pixels)
         rows.append({"video_id": key, "video_path": str(path), "video_start": 0.0,
                      "video_end": clip.duration, "video_segment_duration": clip.duration})

@@ -68,7 +68,7 @@ def _refuse_nonfinite(kind: str, key: str, rows: np.ndarray) -> None:
     why = nonfinite_problem(rows)
     if why is not None:
         raise InvalidInputError(f"{kind} features of {key!r} {why}; nothing was written (a "
-                         "non-finite feature would poison every search of the catalogue)")
+                                "non-finite feature would poison every search of the catalogue)")
 
 
 class FeatureWriter:

@@ -170,7 +170,7 @@ def check_destination(
     absolute = Path(os.path.abspath(dst))
     if absolute.parent == absolute:
         raise InvalidInputError(f"cannot write a folder at the filesystem root {absolute!s}; "
-                         "choose a sub-folder")
+                                "choose a sub-folder")
     try:  # one look at the name: another writer may be swapping it meanwhile
         first = os.lstat(dst)
     except FileNotFoundError:
@@ -185,7 +185,7 @@ def check_destination(
         raise ArtifactExistsError(f"{dst!s} already exists; pass overwrite=True to replace it")
     if not stat.S_ISDIR(mode):
         raise ArtifactExistsError(f"{dst!s} is a file, not a folder; remove it or choose another "
-                              "path (overwrite=True replaces folders only)")
+                                  "path (overwrite=True replaces folders only)")
     try:
         here = Path(os.getcwd())
     except OSError:  # the current folder was deleted
@@ -202,7 +202,7 @@ def check_destination(
         return dst
     except OSError as exc:
         raise ArtifactExistsError(f"{dst!s} exists and cannot be listed ({exc}); overwrite=True "
-                              "replaces only folders it can check") from exc
+                                  "replaces only folders it can check") from exc
     if not empty and not any(rule.recognises(dst) for rule in rules):
         if _swapped_meanwhile(dst, first):
             # Another writer renamed its folder in while we looked: judge what is there now.

@@ -65,7 +65,7 @@ class CatalogueHolder(Generic[Tracks]):
         chosen = features if features is not None else getattr(self, "features", None)
         if chosen is None:
             raise InvalidInputError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
-                             "to this call")
+                                    "to this call")
         if not isinstance(chosen, (str, os.PathLike)):
             return as_feature_source(chosen)
         # A path is opened once and reused while its marker file is unchanged: opening a
@@ -166,7 +166,7 @@ class CatalogueHolder(Generic[Tracks]):
         served = self._served_catalogue()
         if not isinstance(served, Catalogue):
             raise InvalidTypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
-                            "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
+                                   "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
         return served
 
     def _search_catalogue(self, source: FeatureSource, features: Any) -> Tracks:

@@ -21,7 +21,7 @@ def check_moments(moments_per_track: Any) -> int:
     if (isinstance(moments_per_track, bool)
             or not isinstance(moments_per_track, (int, np.integer)) or moments_per_track < 1):
         raise InvalidInputError(f"moments_per_track must be a positive integer, got "
-                         f"{moments_per_track!r}")
+                                f"{moments_per_track!r}")
     return int(moments_per_track)
 
 

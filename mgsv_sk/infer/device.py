@@ -79,7 +79,7 @@ def resolve_device(device: Any, local_rank: int | None = None) -> torch.device:
         return torch.device("cpu")
     if dev.type != "cuda":
         raise InvalidInputError(f"device type {dev.type!r} is not supported (device={device!r}); "
-                         "use 'cpu', 'cuda', 'cuda:N' or 'auto'")
+                                "use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     if not torch.cuda.is_available():
         raise InvalidInputError(
             f"device={device!r} but torch.cuda.is_available() is False ({_no_cuda_reason()}); "
@@ -94,7 +94,7 @@ def resolve_device(device: Any, local_rank: int | None = None) -> torch.device:
                if dev.index is None and local_rank is not None
                else f"use an index in [0, {count})")
         raise InvalidInputError(f"device={device!r} resolves to cuda:{index} but only {count} CUDA "
-                         f"device(s) are visible; {fix}")
+                                f"device(s) are visible; {fix}")
     return torch.device("cuda", index)
 
 
@@ -143,26 +143,25 @@ def resolve_precision(
     """
     if mixed_precision not in MIXED_PRECISION:
         raise InvalidInputError(f"mixed_precision must be one of {MIXED_PRECISION}, "
-                         f"got {mixed_precision!r}")
+                                f"got {mixed_precision!r}")
     if bf16 and mixed_precision in ("fp16", "fp32"):
         raise InvalidInputError(f"bf16=True contradicts mixed_precision={mixed_precision!r}: "
-                                f"bf16=True "
-                         "is a shorthand for mixed_precision='bf16'; set only one of them")
+                                "bf16=True is a shorthand for mixed_precision='bf16'; set only "
+                                "one of them")
     choice = "bf16" if bf16 else mixed_precision
     if device.type == "cpu":
         if choice == "fp16":
             if strict:
                 raise InvalidInputError("mixed_precision='fp16' needs a CUDA device (float16 "
-                                        "with loss "
-                                 "scaling); on the CPU use 'bf16' or 'fp32'")
+                                        "with loss scaling); on the CPU use 'bf16' or 'fp32'")
             choice = "fp32"
         elif choice == "auto":
             choice = "fp32"
     elif choice in ("auto", "bf16") and not _cuda_bf16(device):
         if choice == "bf16" and strict:
             raise InvalidInputError(f"{torch.cuda.get_device_name(device)} does not support "
-                                    f"bfloat16; "
-                             "use mixed_precision='fp16' or 'auto' (float16 with loss scaling)")
+                                    "bfloat16; use mixed_precision='fp16' or 'auto' (float16 "
+                                    "with loss scaling)")
         choice = "fp16" if choice == "auto" else "fp32"
     elif choice == "auto":
         choice = "bf16"
@@ -174,7 +173,7 @@ def autocast_for(device: torch.device, autocast: Autocast) -> torch.autocast:
     if autocast is not None and not isinstance(autocast, torch.dtype):
         raise InvalidTypeError(f"autocast must be a torch dtype or None (float32), got "
                                f"{autocast!r}; "
-                        "resolve a precision with resolve_precision(device, ...).dtype")
+                               "resolve a precision with resolve_precision(device, ...).dtype")
     return Precision(device.type, autocast).autocast()
 
 

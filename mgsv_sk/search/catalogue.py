@@ -160,9 +160,9 @@ class Catalogue(TrackIndex):
         :meth:`ShardedCatalogue.scatter`): the moment head still reads the tokens here."""
         if tuple(shards.ids) != tuple(self.ids):
             raise InvalidInputError("these shards were scattered from another catalogue (their "
-                             f"{len(shards)} tracks are not this catalogue's {len(self)}); "
-                             "scatter this grounder's catalogue (shard_catalogue) and pass "
-                             "that")
+                                    f"{len(shards)} tracks are not this catalogue's {len(self)}); "
+                                    "scatter this grounder's catalogue (shard_catalogue) and "
+                                    "pass that")
         out = copy.copy(self)
         out.shards = shards
         return out

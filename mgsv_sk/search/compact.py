@@ -80,16 +80,16 @@ class RowFile:
             self._offset = fh.tell()
         if len(shape) not in (1, 2) or fortran or dtype.hasobject:
             raise InvalidInputError(f"{path!s}: expected a C-order 1-D or 2-D numeric array, got "
-                             f"shape {shape}, dtype {dtype}, fortran_order {fortran}")
+                                    f"shape {shape}, dtype {dtype}, fortran_order {fortran}")
         self.path, self.dtype = path, np.dtype(dtype)
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         size = path.stat().st_size
         if size != self._offset + self.shape[0] * self._row_bytes:
             raise InvalidInputError(f"{path!s}: its header declares shape {self.shape} "
-                             f"({self.shape[0] * self._row_bytes} bytes of data) but the file "
-                             f"holds {size - self._offset}; it is truncated or damaged: "
-                             "write the catalogue or export the bundle again")
+                                    f"({self.shape[0] * self._row_bytes} bytes of data) but the "
+                                    f"file holds {size - self._offset}; it is truncated or "
+                                    "damaged: write the catalogue or export the bundle again")
         self._open()
 
     def _open(self) -> None:
@@ -301,7 +301,7 @@ class CompactWriter:
             fh.close()
         if self._written != self.rows:
             raise InvalidInputError(f"CompactWriter got {self._written} rows, its header declares "
-                             f"{self.rows}; the files are incomplete")
+                                    f"{self.rows}; the files are incomplete")
         return dict(self.files)
 
 
@@ -321,14 +321,14 @@ def open_compact(folder: str | os.PathLike[str], files: dict[str, str], states: 
     data = RowFile(root / files["data"])
     if data.dtype != _NUMPY[states] or len(data.shape) != 2:
         raise InvalidInputError(f"{data.path!s} holds {data.dtype} {data.shape}, expected 2-D "
-                         f"{states}; write the catalogue again")
+                                f"{states}; write the catalogue again")
     scales = None
     if states == "int8":
         if "scales" not in files:
             raise InvalidInputError(f"int8 rows in {root!s} need their scales file; write the "
-                             "catalogue again")
+                                    "catalogue again")
         scales = RowFile(root / files["scales"])
         if scales.shape != (data.shape[0],):
             raise InvalidInputError(f"{scales.path!s} holds {scales.shape} scales for "
-                             f"{data.shape[0]} rows; write the catalogue again")
+                                    f"{data.shape[0]} rows; write the catalogue again")
     return CompactRows(data, scales, states)

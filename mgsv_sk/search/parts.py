@@ -36,7 +36,7 @@ class NpyRows(RowFile):
         super().__init__(path)
         if len(self.shape) != 2 or self.dtype != np.dtype("<f4"):
             raise ArtifactError(f"{path!s}: expected a C-order 2-D float32 array, got shape "
-                             f"{self.shape}, dtype {self.dtype}")
+                                f"{self.shape}, dtype {self.dtype}")
 
 
 Rows: TypeAlias = np.ndarray | NpyRows | CompactRows

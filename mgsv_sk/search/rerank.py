@@ -38,7 +38,7 @@ def check_rerank(moment_weight: object, rerank_depth: object) -> tuple[float, in
             or not isinstance(moment_weight, (int, float, np.integer, np.floating))
             or not np.isfinite(moment_weight) or moment_weight < 0):
         raise InvalidInputError("moment_weight must be a finite number >= 0 (0 keeps the retrieval "
-                         f"order), got {moment_weight!r}")
+                                f"order), got {moment_weight!r}")
     if (isinstance(rerank_depth, bool) or not isinstance(rerank_depth, (int, np.integer))
             or rerank_depth < 1):
         raise InvalidInputError(f"rerank_depth must be a positive integer, got {rerank_depth!r}")

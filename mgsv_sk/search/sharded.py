@@ -86,7 +86,7 @@ def shard_bounds(n: int, n_shards: int) -> np.ndarray:
             raise InvalidTypeError(f"{name} must be an integer, got {value!r}")
     if n_shards < 1 or n_shards > n:
         raise InvalidInputError(f"n_shards must be in [1, {n}] (one track per shard at least), "
-                         f"got {n_shards}")
+                                f"got {n_shards}")
     sizes = np.full(n_shards, n // n_shards)
     sizes[: n % n_shards] += 1
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -197,10 +197,10 @@ class ShardedCatalogue:
         workers = sorted(client.scheduler_info()["workers"])
         if not workers:
             raise InvalidInputError("the Dask client has no workers; start some first, e.g. "
-                             "LocalCluster(n_workers=2, threads_per_worker=1)")
+                                    "LocalCluster(n_workers=2, threads_per_worker=1)")
         if scorer is not None and not catalogue.has_xpool:
             raise InvalidInputError("a scorer re-scores X-Pool snippet states, and this catalogue "
-                             "has none; scatter it with scorer=None (dual score only)")
+                                    "has none; scatter it with scorer=None (dual score only)")
         bounds = shard_bounds(len(catalogue), n_shards or len(workers))
         futures, owners = [], []
         for i in range(len(bounds) - 1):

@@ -55,8 +55,8 @@ def _default_client() -> Any:
         return get_client()
     except ValueError as exc:
         raise InvalidInputError("grid_search_on_dask found no Dask client: pass client= or create "
-                         "one first, e.g. distributed.Client(LocalCluster(n_workers=2, "
-                         "threads_per_worker=1)) or Client('tcp://scheduler:8786')") from exc
+                                "one first, e.g. distributed.Client(LocalCluster(n_workers=2, "
+                                "threads_per_worker=1)) or Client('tcp://scheduler:8786')") from exc
 
 
 def _feature_params(search: Any, fit_params: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -150,9 +150,8 @@ def wrap_model(
     """
     if ctx.backend == "nccl" and device.type != "cuda":
         raise InvalidInputError("the process group uses the nccl backend, which needs CUDA, but "
-                                "the "
-                         f"model is on {device}; initialise the group with backend='gloo' for "
-                         "CPU training, or pass device='cuda'")
+                                f"the model is on {device}; initialise the group with "
+                                "backend='gloo' for CPU training, or pass device='cuda'")
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                      static_graph=True)
@@ -188,5 +187,5 @@ def check_same(value: int, what: str, ctx: DistContext, device: torch.device) ->
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != -int(t[1]):
         raise InvalidInputError(f"the {what} differs between the {ctx.world_size} processes; every "
-                         "rank must call fit with the same X (same rows in the same order) "
-                         "and the same features")
+                                "rank must call fit with the same X (same rows in the same order) "
+                                "and the same features")
