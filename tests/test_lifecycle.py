@@ -253,3 +253,60 @@ def test_lifecycle(lifecycle):
     budget = settings(settings.default, max_examples=max(3, settings.default.max_examples // 4),
                       stateful_step_count=8)
     run_state_machine_as_test(lifecycle, settings=budget)
+
+
+# -- every loader, given every other kind of artefact or another version ---------------------
+@pytest.fixture(scope="module")
+def artefacts(tiny_fitted, exported_bundle, small_train, release_tree, tmp_path_factory):
+    import pickle
+    import zipfile
+
+    from mgsv_sk import pack_features
+
+    root = tmp_path_factory.mktemp("kinds")
+    tiny_fitted.save(root / "model")
+    pack_features(small_train.features, root / "packed", annotations=small_train.frame.head(4))
+    small_train.frame.head(3).to_csv(root / "a.csv", index=False)
+    (root / "model.pkl").write_bytes(pickle.dumps({"a": 1}))
+    with zipfile.ZipFile(root / "release.zip", "w") as z:
+        z.writestr("x.txt", "x")
+    kinds = {"model": root / "model", "bundle": Path(exported_bundle), "packed": root / "packed",
+             "tree": Path(release_tree.root), "csv": root / "a.csv", "pickle": root / "model.pkl",
+             "zip": root / "release.zip"}
+    for kind, marker in (("model", "manifest.json"), ("bundle", "manifest.json"),
+                         ("packed", "meta.json")):
+        old = root / f"old-{kind}"
+        shutil.copytree(kinds[kind], old)
+        record = json.loads((old / marker).read_text())
+        record["format"] = record["format"].rsplit("/", 1)[0] + "/0"
+        (old / marker).write_text(json.dumps(record))
+        kinds[f"old-{kind}"] = old
+    return kinds
+
+
+def _loaders():
+    from mgsv_sk import FeatureTree, PackedFeatures
+
+    return {"model": MGSVGrounder.load, "bundle": OnnxGrounder.load, "packed": PackedFeatures,
+            "tree": FeatureTree}
+
+
+SAYS = {"model": "a saved MGSVGrounder", "bundle": "an ONNX bundle",
+        "packed": "a packed feature store", "tree": "an MGSV-EC feature tree", "csv": "CSV",
+        "pickle": "pickle", "zip": "zip"}
+
+
+@pytest.mark.parametrize("loader", ["model", "bundle", "packed", "tree"])
+@pytest.mark.parametrize("given", ["model", "bundle", "packed", "tree", "csv", "pickle", "zip",
+                                   "old-model", "old-bundle", "old-packed"])
+def test_every_loader_names_what_it_was_given(loader, given, artefacts):
+    if given == loader:
+        _loaders()[loader](artefacts[given])
+        return
+    with pytest.raises(ArtifactKindError) as info:
+        _loaders()[loader](artefacts[given])
+    kind = given.removeprefix("old-")
+    if given.startswith("old-") and kind == loader:
+        assert_ours(info.value, "/0'", "another version")
+    else:
+        assert_ours(info.value, SAYS[kind])
