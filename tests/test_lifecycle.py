@@ -30,6 +30,9 @@ from mgsv_sk.errors import ArtifactKindError, MGSVError, NotFittedError
 from mgsv_sk.export.runtime import OnnxGrounder
 from mgsv_sk.export.to_onnx import export_onnx
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 REFIT = {**TINY, "max_epochs": 1, "validation_fraction": 0.0}
 
 

@@ -28,6 +28,9 @@ from mgsv_sk import (
     validate_annotations,
 )
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 ANY = st.one_of(HOSTILE_FLOATS, HOSTILE_TEXT, st.none(), st.booleans(), st.integers(-3, 10**9),
                 st.lists(st.floats(allow_nan=True), max_size=4))
 

@@ -16,6 +16,9 @@ from hypothesis import strategies as st
 from mgsv_sk import pack_features
 from mgsv_sk.cli import main
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 KINDS = ["missing", "folder", "fifo", "dangling-link", "csv", "saved-model", "bundle",
          "packed", "tree"]
 

@@ -23,6 +23,9 @@ from hypothesis import strategies as st  # noqa: E402
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 GETS = ["/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/mgsv/ready",
         "/v2/models/mgsv", "/metrics", "/"]
 

@@ -43,6 +43,9 @@ from mgsv_sk import (
 )
 from mgsv_sk.errors import MGSVError
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 ROWS = 4
 
 

@@ -34,6 +34,9 @@ from mgsv_sk.export.dask import predict_dask
 from mgsv_sk.export.runtime import OnnxGrounder
 from mgsv_sk.train.dask_search import grid_search_on_dask
 
+# a generated test that runs past this has hung (the default, 900 s, is for example fits)
+pytestmark = pytest.mark.timeout(300)
+
 SEARCH = {**TINY, "max_epochs": 1, "validation_fraction": 0.0}
 BLOCK = "import sys\nfor name in ('mgsv_sk', 'export'):\n    sys.modules[name] = None\n"
 
