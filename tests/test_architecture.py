@@ -120,11 +120,9 @@ def test_no_sub_package_imports_another_ones_private_names():
     assert found == []
 
 
-#: Functions kept over 80 lines (docstrings not counted), with the reason.
-LONG_FUNCTIONS = {
-    # one closure holding every route; split into routers per concern with the service work
-    "mgsv_sk/serve/app.py::create_app",
-}
+#: Functions kept over 80 lines (docstrings not counted), with the reason: none since the
+#: service's routes moved into routers per concern (``mgsv_sk/serve/routes/``).
+LONG_FUNCTIONS: set[str] = set()
 
 
 def _length(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
