@@ -36,7 +36,7 @@ from mgsv_sk.infer.device import (
 from mgsv_sk.nn.config import DETECTORS
 from mgsv_sk.search.catalogue import Catalogue, pair_scores, retrieval_scores
 from mgsv_sk.train._fitted import FittedState
-from mgsv_sk.train._training import EARLY_STOPPING_METRICS
+from mgsv_sk.train._training import EARLY_STOPPING_METRICS, LR_SCHEDULES
 from mgsv_sk.train.fitting import fit_grounder, prepare_fit
 
 __all__ = ["MGSVGrounder"]
@@ -177,6 +177,11 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         The epoch whose weights were kept, and the epochs run.
     stopped_ : str
         "converged", "max_epochs" or "interrupted".
+    returned_weights_ : str
+        Which weights the model holds and why, e.g. "the average of the weights (EMA,
+        half-life 1 epochs) at the end of epoch 7: the best 2-epoch mean of validation
+        mrr; stopped after 5 epochs without improvement (12 epochs run)". The history's
+        ``returned`` column marks that epoch.
     n_threads_ : int
         torch intra-op threads the fit ran with.
 
@@ -219,6 +224,8 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.02,
+        lr_schedule: str = "constant",
+        average_halflife: float = 1.0,
         grad_clip: float = 1.0,
         batch_size: int = 64,
         memory_tracks: int = 1024,
@@ -263,6 +270,8 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_fraction = warmup_fraction
+        self.lr_schedule = lr_schedule
+        self.average_halflife = average_halflife
         self.grad_clip = grad_clip
         self.batch_size = batch_size
         self.memory_tracks = memory_tracks
@@ -304,6 +313,8 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         "temperature_init": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "warmup_fraction": [Interval(Real, 0, 1, closed="both")],
+        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+        "average_halflife": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "memory_tracks": [Interval(Integral, 0, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -389,13 +400,15 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self.best_epoch_ = state.best_epoch
         self.n_epochs_ = state.n_epochs
         self.stopped_ = state.stopped
+        self.returned_weights_ = state.returned
         if state.n_threads is not None:
             self.n_threads_ = state.n_threads
         self.fit_token_ = new_fit_token()
 
     def _fitted_state(self) -> FittedState:
         return FittedState(self.model_, self.catalogue_, self.history_, self.best_epoch_,
-                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None))
+                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None),
+                           getattr(self, "returned_weights_", ""))
 
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

@@ -95,6 +95,7 @@ def train_config(params: Params, seed: int, moment_weight: float,
         lr=params["lr"], weight_decay=params["weight_decay"],
         batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
         patience=int(params["patience"]), warmup_fraction=params["warmup_fraction"],
+        lr_schedule=params["lr_schedule"], average_halflife=float(params["average_halflife"]),
         grad_clip=params["grad_clip"], memory_tracks=int(params["memory_tracks"]),
         early_stopping_metric=params["early_stopping_metric"],
         moment_weight=moment_weight, rerank_depth=int(params["rerank_depth"]), seed=seed,
@@ -216,4 +217,4 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
         catalogue = MusicCatalogue.build(model, p.music_ids, p.source,
                                          autocast=p.train_cfg.amp_dtype)
     return FittedState(model, catalogue, result.history, result.best_epoch,
-                       len(result.history), result.stopped, n_threads_used)
+                       len(result.history), result.stopped, n_threads_used, result.returned)
