@@ -379,9 +379,12 @@ def fit_model(
                 if valid is not None:
                     report = _validate(model, valid, cfg, dist)
                     row.update({f"val_{k}": v for k, v in report.items()})
+                evals_tic = time.perf_counter()
                 for name, split in evals:
                     row.update({f"{name}_{k}": v
                                 for k, v in _validate(model, split, cfg, dist).items()})
+                if evals:  # the record's own cost, apart from the fit's
+                    row["eval_seconds"] = time.perf_counter() - evals_tic
                 row["seconds"] = time.perf_counter() - tic
                 history.append(row)
                 if stopping.update(_monitored(row, cfg.early_stopping_metric, valid is not None)):
