@@ -100,9 +100,9 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     temperature_init : float
         Initial InfoNCE temperature (learned; paper 0.03).
     lr, weight_decay, warmup_fraction, grad_clip : float
-        AdamW, linear warm-up over this fraction of the steps then cosine decay, gradient
-        norm clipping (1e-3, 0, 0.02, 1.0; the paper: 3e-4 with batch 512 for up to 100
-        epochs). The paper's configuration is ``detector="detr", temporal_dropout=0.8,
+        AdamW, linear warm-up over this fraction of the steps (of ``max_epochs``), then
+        ``lr_schedule``; gradient norm clipping (1e-3, 0, 0.02, 1.0; the paper: 3e-4 with
+        batch 512 for up to 100 epochs). The paper's configuration is ``detector="detr", temporal_dropout=0.8,
         lr=3e-4, batch_size=512``; the defaults are what learns in minutes on a CPU
         (measured in ``benchmarks/accuracy.py``).
     batch_size : int
@@ -122,12 +122,19 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         budget 1,024 raised test R@1 on unseen tracks by 4 points in the ``noisy`` world
         and 1 in ``aligned`` and ``signature``, cost 1 in ``hook``, and up to 6 % more fit
         time. 0 disables it.
+    lr_schedule : {"constant", "cosine"}
+        The rate after warm-up: "constant" (default) keeps the peak rate until the fit
+        ends, so what an epoch learns does not depend on ``max_epochs``, and the weight
+        average does the annealing; "cosine" decays it to zero at ``max_epochs`` (the
+        schedule before 0.2: an epoch kept early was never annealed).
+    average_halflife : float
+        The fit validates, keeps and returns an exponential moving average of the weights
+        (half-life in epochs; until it has seen that many epochs, the uniform mean of the
+        steps so far), so whichever epoch early stopping keeps is a finished model; 0
+        returns the raw weights. ``returned_weights_`` says which weights were returned.
     max_epochs, patience : int
-        Epoch budget (the cosine decay runs over it) and early-stopping patience (epochs
-        without improvement, judged on the monitored metric's mean over two consecutive
-        epochs). 20 and 5: through 20 epochs test R@1 on 2,000 unseen tracks never fell
-        more than 0.008 below its peak in any world of ``benchmarks/accuracy.py --curves
-        20``, and the kept epoch was within 0.006 of the best.
+        Epoch budget and early-stopping patience (epochs without improvement, judged on
+        the monitored metric's mean over two consecutive epochs).
     validation_fraction : float
         Share of the training tracks held out (grouped by ``music_id``) for early stopping;
         0 trains ``max_epochs`` on everything.
