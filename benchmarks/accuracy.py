@@ -356,8 +356,30 @@ def curves_markdown(results: dict[str, Any]) -> str:
 def write_curves(name: str, results: dict[str, Any]) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(curves_markdown(results))
-    draw_curves(results, Path(__file__).parents[1] / "docs" / "images" /
-                f"{name.replace('accuracy_curves', 'generalisation')}.png")
+    images = Path(__file__).parents[1] / "docs" / "images"
+    draw_curves(results, images / f"{name.replace('accuracy_curves', 'generalisation')}.png")
+    if all("schedules" in res for res in results["worlds"].values()):
+        draw_budget(results, images / f"{name.replace('accuracy_curves', 'fit_budget')}.png")
+
+
+def draw_budget(results: dict[str, Any], path: Path) -> None:
+    """Test R@1 against fit seconds: the defaults (stars) and each fixed max_epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mgsv_sk.plot import plot_fit_budget
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    for ax, metric in zip(axes, ("R@1", "mIoU")):
+        fits = {w: {label: {"fit_seconds": r["fit_seconds"], metric: r[metric]}
+                    for label, r in res["schedules"].items()}
+                for w, res in results["worlds"].items()}
+        plot_fit_budget(fits, metric=metric, ax=ax)
+        ax.set_title(f"test {metric} on unseen tracks against fit seconds", fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def replay(name: str) -> None:
