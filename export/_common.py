@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mgsv_sk.errors import MGSVError
+
 __all__ = ["ExportError", "quantize_int8"]
 
 
-class ExportError(RuntimeError):
+class ExportError(MGSVError, RuntimeError):
     """The exported graphs do not match the model (a frozen axis, a wrong output)."""
 
 

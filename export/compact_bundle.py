@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
 from mgsv_sk.search.ann import AnnParams, build_index
 from mgsv_sk.search.compact import CompactWriter, RowFile, check_state_dtype
@@ -96,7 +97,7 @@ def compact_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     verify_files(source, manifest)
     cat = dict(manifest["catalogue"])
     if cat.get("states", "float32") != "float32":
-        raise ValueError(f"{source!s} is already compact ({cat['states']}); compact the "
+        raise InvalidInputError(f"{source!s} is already compact ({cat['states']}); compact the "
                          "float32 bundle it came from")
     files = dict(cat["files"])
     with atomic_directory(dst, overwrite=overwrite, replaces=ONNX_BUNDLE) as tmp:

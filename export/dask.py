@@ -30,6 +30,7 @@ import pandas as pd
 
 from mgsv_sk._extras import require
 from mgsv_sk.data.features import PackedFeatures as PackedFeatureStore
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 from . import _cache
 from .manifest import read_manifest
@@ -80,7 +81,7 @@ def prediction_meta(mode: str, index: pd.Index | None = None) -> pd.DataFrame:
     dtype('int64')
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
     text = pd.Series(["x"]).dtype  # the dtype pandas gives a column of str (as the runtime's)
     index = pd.RangeIndex(0) if index is None else index[:0]
     columns = RANK_COLUMNS if mode == "rank" else PREDICTION_COLUMNS
@@ -160,18 +161,19 @@ def predict_dask(ddf: Any, bundle: str | os.PathLike[str], features: Any, *,
     import dask
 
     if not isinstance(ddf, dd.DataFrame):
-        raise TypeError(f"ddf must be a dask DataFrame, got {type(ddf).__name__}; for a pandas "
+        raise InvalidTypeError(f"ddf must be a dask DataFrame, got {type(ddf).__name__}; for a "
+                               f"pandas "
                         "frame call OnnxGrounder.predict directly, or wrap it with "
                         "dask.dataframe.from_pandas(frame, npartitions=...)")
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise InvalidInputError(f"k must be a positive integer, got {k!r}")
     columns = list(ddf.columns)
     missing = [c for c in ("video_id", "music_id") if c not in columns
                and (c == "video_id" or mode == "smg")]
     if missing:
-        raise ValueError(f"ddf lacks the column(s) {missing} needed for mode={mode!r} "
+        raise InvalidInputError(f"ddf lacks the column(s) {missing} needed for mode={mode!r} "
                          f"(it has {columns}); rename them or pick another mode")
     if check_bundle:
         read_manifest(bundle)

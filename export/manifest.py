@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError, InvalidInputError
 from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
+from mgsv_sk.files._kinds import other_kind_error
 from mgsv_sk.files._paths import open_regular
 from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN
 
@@ -87,7 +89,7 @@ GRAPH_NAMES = ("video_encoder", "music_encoder", "score_tracks", "score_pairs", 
 PRECISIONS = ("fp32", "int8")
 
 
-class BundleError(ValueError):
+class BundleError(ArtifactError):
     """A bundle is missing, damaged, tampered with or of another format."""
 
 
@@ -247,7 +249,7 @@ def graph_problems(spec: GraphSpec, inputs: Sequence[Any], outputs: Sequence[Any
 def graph_file(name: str, precision: str = "fp32") -> str:
     """Bundle-relative path of a graph: ``graphs/<name>.onnx`` or ``graphs/<name>.int8.onnx``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise InvalidInputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return f"graphs/{name}.onnx" if precision == "fp32" else f"graphs/{name}.{precision}.onnx"
 
 
@@ -319,11 +321,15 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and sanity-check ``manifest.json`` of a bundle (checksums not verified)."""
     root = Path(folder)
     path = root / MANIFEST_FILE
+    other = other_kind_error(root, "an ONNX bundle", FORMAT, "export a saved model with "
+                             "`python -m export SAVED_MODEL OUT_DIR` (or export_onnx)")
+    if other is not None:
+        raise other
     if not root.is_dir():
-        raise FileNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
-                                "write one with `python -m export SAVED_MODEL OUT_DIR`")
+        raise ArtifactNotFoundError(f"no ONNX bundle at {root!s}: the folder does not exist; "
+                                    "write one with `python -m export SAVED_MODEL OUT_DIR`")
     if not os.path.lexists(path):
-        raise FileNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
+        raise ArtifactNotFoundError(f"no ONNX bundle at {root!s} ({MANIFEST_FILE} missing); "
                                 "write one with `python -m export SAVED_MODEL OUT_DIR`")
     try:
         with open_regular(path, f"bundle {root!s}: {MANIFEST_FILE}", BundleError) as fh:

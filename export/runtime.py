@@ -30,6 +30,7 @@ import pandas as pd
 
 from mgsv_sk.data._readers import id_list
 from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
 from mgsv_sk.files._paths import inside_root
 from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
@@ -237,7 +238,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         for name, graph in manifest["graphs"].items():
             file = graph["files"].get(precision)
             if file is None:
-                raise ValueError(f"bundle {folder!s} has no {precision!r} graphs (it has "
+                raise InvalidInputError(f"bundle {folder!s} has no {precision!r} graphs (it has "
                                  f"{sorted(graph['files'])}); export with quantize=True")
             sessions[name] = _session(folder, file, options)
             _check_graph(folder, file, spec_from_json(name, graph), sessions[name])
@@ -314,7 +315,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
                 f"{self.precision})")
 
     def __getstate__(self) -> Any:
-        raise TypeError("an OnnxGrounder holds onnxruntime sessions, which cannot be "
+        raise InvalidTypeError("an OnnxGrounder holds onnxruntime sessions, which cannot be "
                         "pickled; load the bundle again in the other process")
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -426,7 +427,7 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
 
         encoder = video_encoder if video_encoder is not None else self.video_encoder
         if encoder is None:
-            raise ValueError("this bundle holds no video encoder: export it with "
+            raise InvalidInputError("this bundle holds no video encoder: export it with "
                              "export_onnx(..., encoders={'video': ClipImageEncoder(...)}) or "
                              "pass video_encoder=")
         return recommend_videos(self, video_paths, k, video_encoder=encoder,
@@ -436,14 +437,14 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
         """Encode tracks with the music encoder graph and append them to the catalogue."""
         ids = id_list(music_ids, "music_ids")
         if not ids:
-            raise ValueError("add_tracks needs at least one music_id")
+            raise InvalidInputError("add_tracks needs at least one music_id")
         source = self._source(features)
         source.check_available([], ids)
         part = self._encode_music(ids, source)
         with self._lock:
             present = [m for m in ids if m in self._catalogue.index]
             if present:
-                raise ValueError(f"{len(present)} music_id(s) are already in the catalogue, "
+                raise InvalidInputError(f"{len(present)} music_id(s) are already in the catalogue, "
                                  f"e.g. {present[:5]}; add only new tracks")
             self._catalogue = self._catalogue.with_part(part)
             self.catalogue_ids_ = list(self._catalogue.ids)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files._atomic import ONNX_BUNDLE, atomic_directory
 
 from ._common import ExportError, quantize_int8
@@ -350,10 +351,10 @@ def export_onnx(
         ``out_dir``.
     """
     if not hasattr(grounder, "model_") or not hasattr(grounder, "catalogue_"):
-        raise ValueError("export_onnx needs a fitted MGSVGrounder (call fit or "
+        raise InvalidInputError("export_onnx needs a fitted MGSVGrounder (call fit or "
                          "MGSVGrounder.load first)")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in SUPPORTED_OPSETS:
-        raise ValueError(f"opset must be an int in [{SUPPORTED_OPSETS.start}, "
+        raise InvalidInputError(f"opset must be an int in [{SUPPORTED_OPSETS.start}, "
                          f"{SUPPORTED_OPSETS.stop - 1}] (the TorchScript exporter's range), "
                          f"got {opset!r}")
     _check_storage(states, index, len(grounder.catalogue_.ids))  # before anything is written

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from mgsv_sk._extras import require
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 require("matplotlib", "mgsv_sk.plot")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -55,7 +56,7 @@ _EVIDENCE_COLOR = "tab:blue"
 def _new_axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     if ax is not None:
         if not isinstance(ax, Axes):
-            raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
+            raise InvalidTypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
         return ax
     _, new = plt.subplots(figsize=figsize, layout="constrained")
     return new
@@ -66,7 +67,7 @@ def _moment(value: npt.ArrayLike | None, name: str) -> np.ndarray | None:
         return None
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[1] < arr[0]:
-        raise ValueError(f"{name} must be (start, end) in seconds with start <= end, "
+        raise InvalidInputError(f"{name} must be (start, end) in seconds with start <= end, "
                          f"got {value!r}")
     return arr
 
@@ -76,18 +77,18 @@ def _evidence(values: npt.ArrayLike, logits: bool) -> np.ndarray:
     if arr.ndim == 2 and arr.shape[0] == 1:
         arr = arr[0]  # one row of a [B, S] output
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError("evidence must be one value per snippet, shape (S,) with S >= 1; "
+        raise InvalidInputError("evidence must be one value per snippet, shape (S,) with S >= 1; "
                          f"got shape {arr.shape} (pass one row of a [batch, S] output)")
     if logits:
         valid = np.flatnonzero(arr != -np.inf)  # padding is -inf in snippet_logits
         if valid.size == 0:
-            raise ValueError("evidence logits are all -inf (padding only)")
+            raise InvalidInputError("evidence logits are all -inf (padding only)")
         arr = arr[: valid[-1] + 1]
         if np.isnan(arr).any():
-            raise ValueError("evidence logits contain NaN")
+            raise InvalidInputError("evidence logits contain NaN")
         return 1.0 / (1.0 + np.exp(-np.clip(arr, -60.0, 60.0)))
     if not np.all(np.isfinite(arr)) or arr.min() < 0.0 or arr.max() > 1.0:
-        raise ValueError(
+        raise InvalidInputError(
             "evidence must be probabilities in [0, 1] (as MGSVGrounder.snippet_evidence "
             f"returns), got values in [{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]; pass "
             "logits=True for raw snippet_logits such as the ONNX detector's output")
@@ -144,16 +145,16 @@ def plot_timeline(
     """
     d = float(duration)
     if not np.isfinite(d) or d <= 0:
-        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
+        raise InvalidInputError(f"duration must be a positive number of seconds, got {duration!r}")
     if not snippet_seconds > 0:
-        raise ValueError(f"snippet_seconds must be > 0, got {snippet_seconds!r}")
+        raise InvalidInputError(f"snippet_seconds must be > 0, got {snippet_seconds!r}")
     gt = _moment(true_moment, "true_moment")
     pred = _moment(predicted_moment, "predicted_moment")
     probs = None if evidence is None else _evidence(evidence, logits)
     if probs is not None:
         covered = (len(probs) - 1) * snippet_seconds
         if covered > min(d, MAX_MUSIC_SECONDS) + 2 * snippet_seconds:
-            raise ValueError(
+            raise InvalidInputError(
                 f"evidence has {len(probs)} snippets (up to {covered:g} s) but the track lasts "
                 f"{d:g} s: pass the evidence of this row's own track")
     ax = _new_axes(ax, (9.0, 3.2))
@@ -221,10 +222,11 @@ def plot_prediction(
     matplotlib Axes
     """
     if not isinstance(X, pd.DataFrame):
-        raise TypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
+        raise InvalidTypeError(f"X must be a pandas DataFrame, got {type(X).__name__}")
     missing = [c for c in ("video_id", "music_id", "music_total_duration") if c not in X]
     if missing:
-        raise ValueError(f"X lacks column(s) {missing}: plot_prediction draws a row on its own "
+        raise InvalidInputError(f"X lacks column(s) {missing}: plot_prediction draws a row on "
+                                f"its own "
                          "track (SmG), so it needs video_id, music_id and music_total_duration")
     if not -len(X) <= row < len(X):
         raise IndexError(f"row {row} is out of range for X with {len(X)} rows")
@@ -253,14 +255,15 @@ def _history_frame(history: Any) -> tuple[pd.DataFrame, int | None]:
     elif isinstance(history, Sequence) and not isinstance(history, str):
         bad = [type(r).__name__ for r in history if not isinstance(r, Mapping)]
         if bad:
-            raise TypeError(f"history must be a list of dicts (MGSVGrounder.history_), got "
+            raise InvalidTypeError(f"history must be a list of dicts (MGSVGrounder.history_), got "
                             f"items of type {sorted(set(bad))}")
         frame = pd.DataFrame(list(history))
     else:
-        raise TypeError("history must be MGSVGrounder.history_ (a list of dicts), a DataFrame "
+        raise InvalidTypeError("history must be MGSVGrounder.history_ (a list of dicts), a "
+                               "DataFrame "
                         f"of it, or a fitted MGSVGrounder; got {type(history).__name__}")
     if frame.empty:
-        raise ValueError("history is empty: fit the model for at least one epoch first")
+        raise InvalidInputError("history is empty: fit the model for at least one epoch first")
     return frame, (int(best) if best is not None else None)
 
 
@@ -301,7 +304,7 @@ def plot_training_curves(
               else np.arange(1, len(frame) + 1))
     losses = [c for c in frame.columns if str(c).startswith("train_")]
     if not losses:
-        raise ValueError("history has no train_* loss columns; got columns "
+        raise InvalidInputError("history has no train_* loss columns; got columns "
                          f"{list(frame.columns)}")
     available = [str(c)[4:] for c in frame.columns if str(c).startswith("val_")]
     if metrics is None:
@@ -310,14 +313,14 @@ def plot_training_curves(
         chosen = [m[4:] if m.startswith("val_") else m for m in metrics]
         unknown = [m for m in chosen if m not in available]
         if unknown:
-            raise ValueError(f"metrics {unknown} are not in the history; available: "
+            raise InvalidInputError(f"metrics {unknown} are not in the history; available: "
                              f"{available or 'none (fit had no validation split)'}")
     if axes is None:
         _, pair = plt.subplots(1, 2, figsize=(11.0, 3.8), layout="constrained")
         loss_ax, val_ax = pair[0], pair[1]
     else:
         if len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
-            raise ValueError("axes must be two matplotlib Axes (losses, validation metrics)")
+            raise InvalidInputError("axes must be two matplotlib Axes (losses, validation metrics)")
         loss_ax, val_ax = axes[0], axes[1]
     marker = "o" if len(frame) < 30 else None
 
@@ -392,7 +395,7 @@ def plot_generalisation(
     Axes
     """
     if not histories:
-        raise ValueError("histories is empty: give at least one label -> history")
+        raise InvalidInputError("histories is empty: give at least one label -> history")
     ax = _new_axes(ax, (6.4, 4.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, history) in enumerate(histories.items()):
@@ -400,7 +403,7 @@ def plot_generalisation(
         needed = [f"val_{metric}", f"{evaluation}_{metric}"]
         missing = [c for c in needed if c not in frame.columns]
         if missing:
-            raise ValueError(f"history {label!r} has no column(s) {missing}: fit with a "
+            raise InvalidInputError(f"history {label!r} has no column(s) {missing}: fit with a "
                              "validation split and eval_set= to record both curves")
         epochs = (frame["epoch"].to_numpy() if "epoch" in frame
                   else np.arange(1, len(frame) + 1))
@@ -483,7 +486,8 @@ def _rank_sets(
     """(label, checked ranks) per model from the accepted forms of ``ranks``."""
     if isinstance(ranks, Mapping):
         if labels is not None:
-            raise ValueError("labels must be None when ranks is a dict (its keys are the labels)")
+            raise InvalidInputError("labels must be None when ranks is a dict (its keys are the "
+                                    "labels)")
         items: list[tuple[str | None, Any]] = [(str(k), v) for k, v in ranks.items()]
     else:
         if isinstance(ranks, (np.ndarray, pd.Series)):
@@ -493,15 +497,15 @@ def _rank_sets(
             single = len(ranks) > 0 and np.ndim(ranks[0]) == 0
             groups = [ranks] if single else list(ranks)
         else:
-            raise TypeError("ranks must be a 1-D array of 0-based ranks, a list of such "
+            raise InvalidTypeError("ranks must be a 1-D array of 0-based ranks, a list of such "
                             f"arrays, or a dict label -> array; got {type(ranks).__name__}")
         if labels is not None and (isinstance(labels, str) or len(labels) != len(groups)):
-            raise ValueError(f"labels has {1 if isinstance(labels, str) else len(labels)} "
+            raise InvalidInputError(f"labels has {1 if isinstance(labels, str) else len(labels)} "
                              f"entries but ranks holds {len(groups)} array(s): give one label "
                              "per model (a list, even for one model)")
         items = [(None if labels is None else str(labels[i]), g) for i, g in enumerate(groups)]
     if not items:
-        raise ValueError("ranks is empty: give at least one array of 0-based ranks")
+        raise InvalidInputError("ranks is empty: give at least one array of 0-based ranks")
     return [(label, _check_ranks(r)) for label, r in items]
 
 
@@ -551,9 +555,10 @@ def plot_recall_at_k(
     if gallery_size is not None:
         if isinstance(gallery_size, bool) or not isinstance(gallery_size, (int, np.integer)) \
                 or gallery_size < 1:
-            raise ValueError(f"gallery_size must be a positive integer, got {gallery_size!r}")
+            raise InvalidInputError(f"gallery_size must be a positive integer, got "
+                                    f"{gallery_size!r}")
         if worst >= gallery_size:
-            raise ValueError(f"a rank of {worst:g} does not fit a gallery of {gallery_size} "
+            raise InvalidInputError(f"a rank of {worst:g} does not fit a gallery of {gallery_size} "
                              "tracks (0-based ranks must be < gallery_size)")
     k_max = int(gallery_size) if gallery_size is not None else int(np.floor(worst)) + 1
     if ks is None:
@@ -563,7 +568,7 @@ def plot_recall_at_k(
         if (k_values.ndim != 1 or k_values.size == 0
                 or not np.issubdtype(k_values.dtype, np.integer) or k_values.min() < 1
                 or np.any(np.diff(k_values) <= 0)):
-            raise ValueError(f"ks must be increasing integers >= 1, got {ks!r}")
+            raise InvalidInputError(f"ks must be increasing integers >= 1, got {ks!r}")
     marks = [int(i) for i in np.flatnonzero(np.isin(k_values, RECALL_KS))]
     ax = _new_axes(ax, (6.0, 4.2))
     for label, r in sets:

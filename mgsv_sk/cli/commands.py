@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mgsv_sk.errors import ArtifactNotFoundError, MGSVError
 from mgsv_sk.files._atomic import (
     MODEL_FOLDER,
     ONNX_BUNDLE,
@@ -27,7 +28,7 @@ from mgsv_sk.files._atomic import (
 )
 
 
-class UserError(Exception):
+class UserError(MGSVError):
     """A mistake in the command's arguments, found by the CLI itself."""
 
 
@@ -41,7 +42,7 @@ def _say(args: argparse.Namespace, message: str) -> None:
 def _existing(path: str, what: str) -> Path:
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise ArtifactNotFoundError(f"{what} not found: {path}")
     return p
 
 

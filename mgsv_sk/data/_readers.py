@@ -33,6 +33,7 @@ from mgsv_sk.data._schema import (
     id_text,
     validate_annotations,
 )
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.files._paths import open_regular
 
 __all__ = ["MAX_TABLE_BYTES", "id_list", "read_annotations", "read_id_list", "read_table"]
@@ -109,7 +110,7 @@ def read_id_list(source: Any, what: str = "id list") -> list[str]:
         column = "music_id" if "music_id" in table.columns else (
             table.columns[0] if len(table.columns) == 1 else None)
         if column is None:
-            raise ValueError(f"{what} {os.fspath(source)} has no music_id column (it has "
+            raise InvalidInputError(f"{what} {os.fspath(source)} has no music_id column (it has "
                              f"{[str(c) for c in table.columns][:10]})")
         cells = table[column].dropna().tolist()  # an empty cell is a blank line
         return id_list(cells, f"{what} {os.fspath(source)}")
@@ -129,7 +130,7 @@ def id_list(values: Any, what: str = "ids") -> list[str]:
     if isinstance(values, (str, os.PathLike)):
         return read_id_list(values)
     if not isinstance(values, Iterable):
-        raise TypeError(f"{what} must be a list of ids or the path of an id list, got "
+        raise InvalidTypeError(f"{what} must be a list of ids or the path of an id list, got "
                         f"{type(values).__name__}")
     out: dict[str, None] = {}
     bad = []
@@ -140,7 +141,7 @@ def id_list(values: Any, what: str = "ids") -> list[str]:
         else:
             out.setdefault(text, None)
     if bad:
-        raise ValueError(f"{what}: {len(bad)} value(s) cannot be ids: " + "; ".join(bad[:5])
+        raise InvalidInputError(f"{what}: {len(bad)} value(s) cannot be ids: " + "; ".join(bad[:5])
                          + "; ids are strings or whole numbers")
     return list(out)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -123,7 +124,7 @@ def _id_rule_message(column: str, bad: list[tuple[str, str]]) -> str:
             "'/', '\\', control characters or a leading '..'")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(InvalidInputError):
     """An annotation frame breaks the MGSV-EC schema; ``problems`` lists each finding."""
 
     def __init__(self, problems: Sequence[str], source: str = "annotations") -> None:
@@ -257,7 +258,7 @@ def validate_annotations(
     ['1']
     """
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{source}: expected a pandas DataFrame in the MGSV-EC schema, got "
             f"{type(frame).__name__}; read the CSV with mgsv_sk.read_annotations(path)"
         )

@@ -14,6 +14,7 @@ import numpy as np
 
 from mgsv_sk.data._schema import id_problem
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+from mgsv_sk.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ VIDEO_DIM = 512
 MUSIC_DIM = 768
 
 
-class FeatureError(ValueError):
+class FeatureError(InvalidInputError):
     """A feature is missing, unreadable or malformed; the message names the id and path."""
 
 

@@ -27,6 +27,8 @@ from mgsv_sk.data._sources import (
     reopen_source,
 )
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+from mgsv_sk.errors import ArtifactNotFoundError
+from mgsv_sk.files._kinds import other_kind_error
 from mgsv_sk.files._paths import exists_as_name, inside_root, regular_file
 
 _KUAI = Path("features") / "Kuai_feature"
@@ -54,7 +56,12 @@ class FeatureTree(FeatureSource):
         elif (root / "vit_feature1").is_dir() or (root / "ast_feature2p5").is_dir():
             base = root
         else:
-            raise FileNotFoundError(
+            other = other_kind_error(root, "an MGSV-EC feature tree", "mgsv_sk.tree",
+                                     "point at the release's root (holding features/"
+                                     "Kuai_feature), or fetch it with mgsv_sk.fetch_mgsv_ec")
+            if other is not None:
+                raise other
+            raise ArtifactNotFoundError(
                 f"no MGSV-EC feature tree under {root!s}: expected {root / _KUAI!s} with "
                 "vit_feature1/{vit_feature,vit_mask} and ast_feature2p5/{ast_feature,ast_mask}"
             )

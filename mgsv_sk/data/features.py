@@ -36,6 +36,7 @@ from mgsv_sk.data._sources import (
 )
 from mgsv_sk.data._tree import FeatureTree
 from mgsv_sk.data.packed import PACK_FORMAT, PackedFeatures, _write_table
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.files._atomic import PACKED_STORE, atomic_directory, check_destination
 
 __all__ = [
@@ -76,10 +77,10 @@ def as_feature_source(obj: Any) -> FeatureSource:
     if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(o, Mapping) for o in obj):
         return InMemoryFeatures(obj[0], obj[1])
     if obj is None:
-        raise ValueError(NO_FEATURES)
+        raise InvalidInputError(NO_FEATURES)
     if callable(getattr(obj, "video", None)) and callable(getattr(obj, "music", None)):
         return ReaderFeatures(obj)
-    raise TypeError(
+    raise InvalidTypeError(
         f"features must be a path, a FeatureSource, a (videos, music) pair of dicts or an "
         "object with video()/music() methods, "
         f"got {type(obj).__name__}"
@@ -158,7 +159,7 @@ def _unique_ids(ids: Iterable[Any] | None, src: FeatureSource, name: str) -> lis
     if ids is None:
         lister = getattr(src, name, None)  # FeatureTree.video_ids(), ...
         if lister is None:
-            raise ValueError(f"{src!r} cannot list its ids: pass {name}= or annotations=")
+            raise InvalidInputError(f"{src!r} cannot list its ids: pass {name}= or annotations=")
         out = [str(i) for i in lister()]
     else:
         out = id_list(ids, name)

@@ -35,6 +35,8 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from mgsv_sk.errors import ArtifactNotFoundError, InvalidInputError, InvalidTypeError
+
 __all__ = [
     "JSONL_KEYS",
     "predictions_to_jsonl",
@@ -67,7 +69,7 @@ _UMASK = _read_umask()
 def _finite(value: Any, what: str) -> float:
     out = float(value)
     if not math.isfinite(out):
-        raise ValueError(f"{what} is {out}; JSON lines hold finite numbers only")
+        raise InvalidInputError(f"{what} is {out}; JSON lines hold finite numbers only")
     return out
 
 
@@ -77,11 +79,12 @@ def _with_video_ids(predictions: pd.DataFrame, video_ids: Iterable[Any] | None) 
     if video_ids is not None:
         ids = [str(v) for v in video_ids]
         if len(ids) != len(frame):
-            raise ValueError(f"video_ids has {len(ids)} ids for {len(frame)} prediction rows; "
+            raise InvalidInputError(f"video_ids has {len(ids)} ids for {len(frame)} prediction "
+                                    f"rows; "
                              "pass one id per row, in the rows' order")
         frame = frame.assign(video_id=ids)
     elif "video_id" not in frame.columns:
-        raise ValueError("predictions have no 'video_id' column: pass video_ids= (e.g. "
+        raise InvalidInputError("predictions have no 'video_id' column: pass video_ids= (e.g. "
                          "X['video_id'] of the frame given to predict)")
     return frame.assign(rank=1)
 
@@ -115,17 +118,17 @@ def predictions_to_records(
     [[2.5, 20.0, 0.9]]
     """
     if not isinstance(predictions, pd.DataFrame):
-        raise TypeError(f"predictions must be a DataFrame from predict or rank, got "
+        raise InvalidTypeError(f"predictions must be a DataFrame from predict or rank, got "
                         f"{type(predictions).__name__}")
     if "rank" in predictions.columns:
         if video_ids is not None:
-            raise ValueError("video_ids= is for predict frames; a rank frame has video_id")
+            raise InvalidInputError("video_ids= is for predict frames; a rank frame has video_id")
         frame = predictions.reset_index(drop=True)
     else:
         frame = _with_video_ids(predictions, video_ids)
     missing = [c for c in _FRAME_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"predictions lack column(s) {missing}; expected the output of "
+        raise InvalidInputError(f"predictions lack column(s) {missing}; expected the output of "
                          "predict (music_id, start, end, score, moment_score) or rank")
     frame = frame.assign(video_id=frame["video_id"].astype(str))
     order = list(dict.fromkeys(frame["video_id"]))
@@ -187,7 +190,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{path!s} is a folder; give a file name")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder {path.parent!s} does not exist; create it first")
+        raise ArtifactNotFoundError(f"folder {path.parent!s} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -237,7 +240,7 @@ def read_jsonl(path_or_buffer: str | os.PathLike[str] | IO[str]) -> list[dict[st
     if isinstance(path_or_buffer, (str, os.PathLike)):
         where = str(path_or_buffer)
         if not Path(path_or_buffer).is_file():
-            raise FileNotFoundError(f"JSON lines file not found: {where}")
+            raise ArtifactNotFoundError(f"JSON lines file not found: {where}")
         text = Path(path_or_buffer).read_text(encoding="utf-8")
     else:
         where = "JSON lines"
@@ -249,7 +252,7 @@ def read_jsonl(path_or_buffer: str | os.PathLike[str] | IO[str]) -> list[dict[st
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where} line {number}: not valid JSON ({exc.msg})") from exc
+            raise InvalidInputError(f"{where} line {number}: not valid JSON ({exc.msg})") from exc
         records.append(_check_record(obj, number, where))
     return records
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk.data._sources import FeatureError, FeatureSource, MissingFeatureError, reopen_source
+from mgsv_sk.errors import ArtifactNotFoundError
+from mgsv_sk.files._kinds import other_kind_error
 from mgsv_sk.files._paths import exists_as_name, open_regular, regular_file
 
 PACK_FORMAT = "mgsv_sk.packed/1"
@@ -129,8 +131,12 @@ class PackedFeatures(FeatureSource):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         meta_path = self.path / "meta.json"
+        other = other_kind_error(self.path, "a packed feature store", PACK_FORMAT,
+                                 "write one with mgsv_sk.pack_features(source, path)")
+        if other is not None:
+            raise other
         if not exists_as_name(meta_path):
-            raise FileNotFoundError(
+            raise ArtifactNotFoundError(
                 f"no packed feature store at {self.path!s} (meta.json missing); "
                 "create one with mgsv_sk.pack_features(source, path)"
             )

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from mgsv_sk.errors import InvalidInputError
+
 __all__ = [
     "MAX_MUSIC_SECONDS",
     "MAX_MUSIC_SNIPPETS",
@@ -45,7 +47,7 @@ def _as_pairs(x: npt.ArrayLike, name: str, *, finite: bool) -> FloatArray:
     """Return ``x`` as a float64 array of shape ``(n, 2)`` or raise a clear ``ValueError``."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must have shape (n, 2) (one (start, end) or (center, width) row per "
             f"sample); got shape {arr.shape}. Stack the two columns, e.g. "
             f"np.column_stack([start, end])."
@@ -61,7 +63,7 @@ def _as_vector(x: npt.ArrayLike, name: str, n: int) -> FloatArray:
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must have shape ({n},) (one value per row) or be a scalar; "
             f"got shape {arr.shape}."
         )
@@ -74,7 +76,7 @@ def _check_finite(arr: FloatArray, name: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(len(arr), -1).any(axis=1))
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} holds NaN or inf values in {len(rows)} row(s) (first: row {rows[0]}); "
             f"drop or repair those rows before evaluating."
         )
@@ -183,7 +185,7 @@ def clamp_prediction(pred: npt.ArrayLike, duration: npt.ArrayLike) -> FloatArray
     arr = _as_pairs(pred, "pred", finite=True)
     dur = _as_vector(duration, "duration", len(arr))
     if (dur < 0).any():
-        raise ValueError(
+        raise InvalidInputError(
             f"duration must be >= 0 seconds; got {int((dur < 0).sum())} negative value(s) "
             f"(min {dur.min()}). Pass music_total_duration in seconds."
         )
@@ -255,7 +257,7 @@ def temporal_iou(pred: npt.ArrayLike, gt: npt.ArrayLike, duration: npt.ArrayLike
     p = clamp_prediction(pred, duration)
     g = ground_truth_span(gt)
     if g.shape != p.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"gt must have the same shape as pred, {p.shape}; got shape {g.shape}. "
             f"Pass one ground-truth row per prediction."
         )

@@ -73,6 +73,7 @@ import pandas as pd
 from mgsv_sk.data._schema import ANNOTATION_COLUMNS
 from mgsv_sk.data.features import FeatureSource, FeatureTree, InMemoryFeatures
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES, SNIPPET_HOP_SECONDS
+from mgsv_sk.errors import InvalidInputError
 
 __all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
 
@@ -265,9 +266,10 @@ def make_synthetic_mgsv(
     ((20, 16), 512)
     """
     if n_videos < 1 or n_tracks < 1:
-        raise ValueError(f"n_videos and n_tracks must be >= 1, got {n_videos} and {n_tracks}")
+        raise InvalidInputError(f"n_videos and n_tracks must be >= 1, got {n_videos} and "
+                                f"{n_tracks}")
     if world not in WORLDS:
-        raise ValueError(f"world must be one of {WORLDS}, got {world!r}")
+        raise InvalidInputError(f"world must be one of {WORLDS}, got {world!r}")
     if style_noise is None:
         style_noise = _STYLE_NOISE.get(world, 1.8)
     rng = np.random.default_rng(random_state)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError
 from mgsv_sk.files._atomic import (
     MODEL_FOLDER,
     atomic_directory,
@@ -32,6 +33,7 @@ from mgsv_sk.files._atomic import (
     sha256_file,
     verify_checksums,
 )
+from mgsv_sk.files._kinds import other_kind_error
 from mgsv_sk.files._paths import open_regular
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.train.fitting import model_config
@@ -47,7 +49,7 @@ FORMAT = "mgsv_sk.model/3"
 _FILES = ("config.json", "weights.npz", "catalogue.npz")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(ArtifactError):
     """A saved model is missing, damaged or of another format."""
 
 
@@ -114,8 +116,12 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def _verified(folder: Path) -> dict[str, Any]:
     manifest_path = folder / "manifest.json"
+    other = other_kind_error(folder, "a saved MGSVGrounder", FORMAT,
+                             "fit a model and write it with MGSVGrounder.save(path)")
+    if other is not None:
+        raise other
     if not os.path.lexists(manifest_path):
-        raise FileNotFoundError(
+        raise ArtifactNotFoundError(
             f"no saved MGSVGrounder at {folder!s} (manifest.json missing); write one with "
             "MGSVGrounder.save(path)"
         )

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from mgsv_sk.data._schema import FIT_COLUMNS
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding.base import Videos, new_fit_token
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
@@ -102,7 +103,7 @@ class _NoFeatures(FeatureSource):
         pass
 
     def video(self, video_id: str) -> np.ndarray:
-        raise ValueError(
+        raise InvalidInputError(
             "TrivialGrounder needs video durations: add 'video_segment_duration' (or "
             "'video_start' and 'video_end') to X, or pass features="
         )

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.errors import InvalidInputError
 
 __all__ = [
     "IOU_THRESHOLDS",
@@ -49,14 +50,14 @@ TIE_RULES: tuple[str, ...] = ("pessimistic", "optimistic", "average")
 def _check_ious(ious: npt.ArrayLike, name: str = "ious") -> npt.NDArray[np.float64]:
     arr = np.asarray(ious, dtype=np.float64)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must have shape (n,); got shape {arr.shape}.")
+        raise InvalidInputError(f"{name} must have shape (n,); got shape {arr.shape}.")
     if arr.size == 0:
-        raise ValueError(f"{name} is empty; metrics need at least one row (n >= 1).")
+        raise InvalidInputError(f"{name} is empty; metrics need at least one row (n >= 1).")
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
-        raise ValueError(f"{name} holds NaN or inf in {bad} row(s); IoUs must be finite.")
+        raise InvalidInputError(f"{name} holds NaN or inf in {bad} row(s); IoUs must be finite.")
     if (arr < 0).any() or (arr > 1).any():
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must lie in [0, 1]; got min {arr.min()} and max {arr.max()}. "
             f"Compute them with mgsv_sk.data.spans.temporal_iou."
         )
@@ -66,14 +67,14 @@ def _check_ious(ious: npt.ArrayLike, name: str = "ious") -> npt.NDArray[np.float
 def _check_ranks(ranks: npt.ArrayLike) -> npt.NDArray[np.float64]:
     arr = np.asarray(ranks)
     if arr.ndim != 1:
-        raise ValueError(f"ranks must have shape (n,); got shape {arr.shape}.")
+        raise InvalidInputError(f"ranks must have shape (n,); got shape {arr.shape}.")
     if arr.size == 0:
-        raise ValueError("ranks is empty; metrics need at least one row (n >= 1).")
+        raise InvalidInputError("ranks is empty; metrics need at least one row (n >= 1).")
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"ranks must be numeric 0-based ranks; got dtype {arr.dtype}.")
+        raise InvalidInputError(f"ranks must be numeric 0-based ranks; got dtype {arr.dtype}.")
     out = arr.astype(np.float64)
     if not np.isfinite(out).all() or (out < 0).any():
-        raise ValueError(
+        raise InvalidInputError(
             "ranks must be finite 0-based ranks (>= 0), as returned by retrieval_ranks; "
             f"got min {out.min()} and max {out.max()}."
         )
@@ -83,7 +84,8 @@ def _check_ranks(ranks: npt.ArrayLike) -> npt.NDArray[np.float64]:
 def _check_ks(ks: Sequence[int], name: str) -> tuple[int, ...]:
     out = tuple(int(k) for k in ks)
     if not out or any(k < 1 or k != kk for k, kk in zip(out, ks, strict=True)):
-        raise ValueError(f"{name} must be a non-empty sequence of integers >= 1; got {ks!r}.")
+        raise InvalidInputError(f"{name} must be a non-empty sequence of integers >= 1; got "
+                                f"{ks!r}.")
     return out
 
 
@@ -167,12 +169,12 @@ def _gallery_index(
     gal = np.asarray(gallery_ids)
     qry = np.asarray(query_music_ids)
     if gal.shape != (g,):
-        raise ValueError(
+        raise InvalidInputError(
             f"gallery_ids must have shape ({g},) (one id per column of scores); "
             f"got shape {gal.shape}."
         )
     if qry.shape != (n,):
-        raise ValueError(
+        raise InvalidInputError(
             f"query_music_ids must have shape ({n},) (one id per row of scores); "
             f"got shape {qry.shape}."
         )
@@ -190,7 +192,7 @@ def _gallery_index(
                 f" Note: gallery_ids has dtype {gal.dtype} and query_music_ids {qry.dtype};"
                 f" ids are compared as given, so convert both to str first."
             )
-        raise ValueError(
+        raise InvalidInputError(
             f"{int(missing.sum())} query_music_ids are not in gallery_ids (first: {shown}). "
             f"The gallery must hold every query's true track: build it from the distinct "
             f"music_ids of the evaluated split.{hint}"
@@ -257,16 +259,17 @@ def retrieval_ranks(
     array([1.5, 0. ])
     """
     if ties not in TIE_RULES:
-        raise ValueError(f"ties must be one of {TIE_RULES}; got {ties!r}.")
+        raise InvalidInputError(f"ties must be one of {TIE_RULES}; got {ties!r}.")
     s = np.asarray(scores)
     if s.ndim != 2:
-        raise ValueError(f"scores must have shape (n_queries, n_gallery); got shape {s.shape}.")
+        raise InvalidInputError(f"scores must have shape (n_queries, n_gallery); got shape "
+                                f"{s.shape}.")
     if not np.issubdtype(s.dtype, np.floating):
         s = s.astype(np.float64)
     n, g = s.shape
     if np.isnan(s).any():
         rows = np.flatnonzero(np.isnan(s).any(axis=1))
-        raise ValueError(
+        raise InvalidInputError(
             f"scores holds NaN in {len(rows)} row(s) (first: row {rows[0]}); "
             f"fix the scorer or replace NaN with -inf to rank those tracks last."
         )
@@ -357,7 +360,7 @@ def moment_recall_report(
     r = _check_ranks(ranks)
     iou = _check_ious(ious)
     if iou.shape != r.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"ious must have the same shape as ranks, {r.shape}; got shape {iou.shape}."
         )
     report: dict[str, float] = {}

@@ -41,6 +41,7 @@ import pandas as pd
 
 from mgsv_sk.data._schema import GROUND_TRUTH_COLUMNS, validate_annotations
 from mgsv_sk.data.spans import temporal_iou
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.evaluation.metrics import (
     grounding_report_from_iou,
     moment_recall_report,
@@ -218,7 +219,7 @@ class ProtocolScorer:
         self.names = [names] if isinstance(names, str) else list(names)
         unknown = [n for n in self.names if n not in _REGISTRY]
         if unknown or not self.names:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown scorer name(s) {unknown}; valid names are: {', '.join(SCORER_NAMES)}"
             )
         self.grounding = any(_REGISTRY[n][0] for n in self.names)
@@ -242,7 +243,7 @@ def get_scorer(name: str) -> ProtocolScorer:
     ProtocolScorer('r1')
     """
     if not isinstance(name, str):
-        raise TypeError(f"scorer name must be a string, got {type(name).__name__}")
+        raise InvalidTypeError(f"scorer name must be a string, got {type(name).__name__}")
     return ProtocolScorer(name)
 
 

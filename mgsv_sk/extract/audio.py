@@ -16,6 +16,7 @@ import numpy as np
 
 from mgsv_sk._extras import require
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files._paths import regular_file
 
 from .recipe import SAMPLE_RATE
@@ -82,7 +83,7 @@ def _decode_av(path: str) -> tuple[np.ndarray, int, float]:
     av = require("av", "decoding audio with PyAV")
     with av.open(path) as container:
         if not container.streams.audio:
-            raise ValueError("the file has no audio stream")
+            raise InvalidInputError("the file has no audio stream")
         stream = container.streams.audio[0]
         rate = int(stream.rate or stream.codec_context.sample_rate)
         limit = int(math.ceil(MAX_MUSIC_SECONDS * rate)) + 1
@@ -117,12 +118,12 @@ def load_track(path: str | os.PathLike[str]) -> Track:
     decoded = _decode_soundfile(text)
     wave, rate, duration = decoded if decoded is not None else _decode_av(text)
     if len(wave) == 0 or not duration > 0:
-        raise ValueError("the file holds no audio samples")
+        raise InvalidInputError("the file holds no audio samples")
     if not rate > 0:
-        raise ValueError(f"the file declares a sample rate of {rate}")
+        raise InvalidInputError(f"the file declares a sample rate of {rate}")
     bad = ~np.isfinite(wave)
     if bad.any():  # a NaN would reach every window's features: refuse the file instead
-        raise ValueError(f"the file holds {int(bad.sum())} NaN or infinite sample(s) (first "
+        raise InvalidInputError(f"the file holds {int(bad.sum())} NaN or infinite sample(s) (first "
                          f"at {np.flatnonzero(bad)[0] / rate:.3f} s); re-encode it")
     wave = resample(wave[: int(math.ceil(MAX_MUSIC_SECONDS * rate))], rate)[:_TRACK_SAMPLES]
     return Track(np.pad(wave, (0, _TRACK_SAMPLES - len(wave))), duration)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mgsv_sk._extras import require
+from mgsv_sk.errors import InvalidInputError
 
 __all__ = ["AstEncoder", "ClipImageEncoder", "DEFAULT_AST", "DEFAULT_CLIP", "Encoder"]
 
@@ -48,7 +49,7 @@ class _TorchEncoder:
 
     def __init__(self, model: Any, *, batch_size: int = 16, name: str | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model.eval()
         self.batch_size = batch_size
         self.name = name or str(getattr(model.config, "_name_or_path", "") or self.kind)

@@ -34,6 +34,7 @@ from mgsv_sk._extras import require
 from mgsv_sk.data._tree import _KUAI
 from mgsv_sk.data.features import as_feature_source, pack_features
 from mgsv_sk.data.packed import PackedFeatures
+from mgsv_sk.errors import ArtifactNotFoundError, MGSVError
 from mgsv_sk.files._paths import check_relative, inside_root
 
 __all__ = ["FetchResult", "LICENCE_NOTE", "REPO_ID", "fetch_mgsv_ec"]
@@ -62,7 +63,7 @@ class FetchResult:
     packed: PackedFeatures | None = None
 
 
-class DownloadError(OSError):
+class DownloadError(MGSVError, OSError):
     """A download failed (the hub's answer, a checksum, a zip that is unreadable, unsafe or
     too large); the message says what to do."""
 
@@ -374,7 +375,7 @@ def fetch_mgsv_ec(
     csvs = [e for e in entries if PurePosixPath(e.path).name in SPLIT_CSVS]
     zips = [e for e in entries if e.path.lower().endswith(".zip")]
     if not csvs or not zips:
-        raise FileNotFoundError(
+        raise ArtifactNotFoundError(
             f"the hub dataset {repo_id} lists {len(csvs)} split CSV(s) and {len(zips)} zip(s) "
             f"among {[e.path for e in entries][:10]}; expected {', '.join(SPLIT_CSVS)} and a "
             "feature zip: check repo_id / revision")

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import ArtifactNotFoundError, InvalidInputError
+
 __all__ = ["OrtEncoder"]
 
 
@@ -32,7 +34,7 @@ class OrtEncoder:
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"no ONNX encoder at {self.path!s}; export one with "
+            raise ArtifactNotFoundError(f"no ONNX encoder at {self.path!s}; export one with "
                                     "export.to_onnx.export_onnx(..., encoders=...)")
         options = session_options or ort.SessionOptions()
         if n_threads is not None:
@@ -42,7 +44,7 @@ class OrtEncoder:
         self._input = self.session.get_inputs()[0].name
         dim = self.session.get_outputs()[0].shape[-1]
         if not isinstance(dim, int):
-            raise ValueError(f"{self.path!s}: the embedding's last axis has no fixed size; "
+            raise InvalidInputError(f"{self.path!s}: the embedding's last axis has no fixed size; "
                              "not an encoder graph written by mgsv_sk's exporter")
         self.dim = dim
         self.batch_size = batch_size

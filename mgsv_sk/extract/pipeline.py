@@ -20,6 +20,7 @@ import numpy as np
 
 from mgsv_sk.data._sources import _check_id, _progress
 from mgsv_sk.data.spans import MAX_MUSIC_SNIPPETS, MAX_VIDEO_FRAMES
+from mgsv_sk.errors import InvalidInputError
 
 from .audio import load_track
 from .encoders import Encoder
@@ -78,7 +79,7 @@ def media_ids(paths: Iterable[str | os.PathLike[str]], kind: str) -> dict[str, P
             continue
         out[f.stem] = f
     if problems:
-        raise ValueError(f"the {kind} files cannot all be named by their stem (the id): "
+        raise InvalidInputError(f"the {kind} files cannot all be named by their stem (the id): "
                          + "; ".join(problems) + "; rename them")
     return out
 
@@ -145,7 +146,7 @@ def _run(kind: str, items: dict[str, Path], encoder: Encoder, writer: FeatureWri
             inputs, mask = prepare(path)
             why = nonfinite_problem(inputs)
             if why is not None:
-                raise ValueError(f"the decoded inputs {why}")
+                raise InvalidInputError(f"the decoded inputs {why}")
         except Exception as exc:  # a damaged or foreign file: name it, skip it, carry on
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             report.failed[str(path)] = why
@@ -202,13 +203,13 @@ def extract_features(
         root or the opened :class:`mgsv_sk.PackedFeatures`.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+        raise InvalidInputError(f"batch must be a positive integer, got {batch!r}")
     video_items = media_ids(videos, "video")
     music_items = media_ids(music, "music")
     for items, enc, name in ((video_items, video_encoder, "video_encoder"),
                              (music_items, music_encoder, "music_encoder")):
         if items and enc is None:
-            raise ValueError(f"{name} is required to extract these files: pass e.g. "
+            raise InvalidInputError(f"{name} is required to extract these files: pass e.g. "
                              f"{'ClipImageEncoder' if name[0] == 'v' else 'AstEncoder'}"
                              ".from_pretrained() from mgsv_sk.extract")
     writer = open_writer(out, layout)

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mgsv_sk.errors import InvalidInputError
+
 from .encoders import DEFAULT_CLIP, Encoder
 from .pipeline import media_ids
 from .video import load_clip
@@ -36,17 +38,17 @@ def video_query(video_paths: Sequence[str | os.PathLike[str]] | str | os.PathLik
     """
     paths = [video_paths] if isinstance(video_paths, (str, os.PathLike)) else list(video_paths)
     if not paths:
-        raise ValueError("video_paths is empty: pass one or more video files")
+        raise InvalidInputError("video_paths is empty: pass one or more video files")
     items = media_ids(paths, "video")
     if not items:
-        raise ValueError(f"no video files in {[str(p) for p in paths]}: give video files or "
+        raise InvalidInputError(f"no video files in {[str(p) for p in paths]}: give video files or "
                          "folders holding .mp4 / .mov / .mkv / .webm / .avi / .m4v files")
     rows, feats = [], {}
     for key, path in items.items():
         try:
             clip = load_clip(path)
         except Exception as exc:
-            raise ValueError(f"cannot read video {path}: {type(exc).__name__}: {exc}; check "
+            raise InvalidInputError(f"cannot read video {path}: {type(exc).__name__}: {exc}; check "
                              "that it is a video file PyAV (FFmpeg) can decode") from exc
         feats[key] = encoder.encode(clip.pixels)
         rows.append({"video_id": key, "video_path": str(path), "video_start": 0.0,

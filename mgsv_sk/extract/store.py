@@ -26,6 +26,7 @@ from mgsv_sk.data._sources import FeatureSource, MissingFeatureError, _check_id
 from mgsv_sk.data._tree import _KUAI, _MUSIC_FEAT, _MUSIC_MASK, _VIDEO_FEAT, _VIDEO_MASK
 from mgsv_sk.data.features import pack_features
 from mgsv_sk.data.packed import PackedFeatures
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files._atomic import PACKED_STORE, check_destination, writer_lock
 from mgsv_sk.files._paths import inside_root
 
@@ -59,7 +60,7 @@ def nonfinite_problem(rows: np.ndarray) -> str | None:
 def _refuse_nonfinite(kind: str, key: str, rows: np.ndarray) -> None:
     why = nonfinite_problem(rows)
     if why is not None:
-        raise ValueError(f"{kind} features of {key!r} {why}; nothing was written (a "
+        raise InvalidInputError(f"{kind} features of {key!r} {why}; nothing was written (a "
                          "non-finite feature would poison every search of the catalogue)")
 
 
@@ -254,4 +255,4 @@ def open_writer(out: str | os.PathLike[str], layout: str) -> FeatureWriter:
         return TreeWriter(out)
     if layout == "packed":
         return PackedWriter(out)
-    raise ValueError(f"layout must be 'tree' or 'packed', got {layout!r}")
+    raise InvalidInputError(f"layout must be 'tree' or 'packed', got {layout!r}")

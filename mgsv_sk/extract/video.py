@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk._extras import require
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files._paths import regular_file
 
 from .recipe import CLIP_MEAN, CLIP_STD, IMAGE_SIZE, frame_seconds
@@ -156,17 +157,17 @@ def load_clip(path: str | os.PathLike[str], start: float = 0.0,
     path = regular_file(path, "video file")
     with av.open(os.fspath(path)) as container:
         if not container.streams.video:
-            raise ValueError("the file has no video stream")
+            raise InvalidInputError("the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         if not rate or not float(rate) > 0:
-            raise ValueError("the video stream declares no frame rate")
+            raise InvalidInputError("the video stream declares no frame rate")
         fps = float(rate)
         duration = _duration(container, stream)
         if end is None:
             if duration is None:
-                raise ValueError("the video declares no duration; pass end=")
+                raise InvalidInputError("the video declares no duration; pass end=")
             end = duration
         seconds = frame_seconds(start, end)
         kept, frames, mismatches = select_frames(container.decode(stream), seconds, fps)
@@ -183,6 +184,6 @@ def load_clip(path: str | os.PathLike[str], start: float = 0.0,
             "rate?); frames were chosen by timestamp, the frame on screen at each second",
             UserWarning, stacklevel=2)
     if not rows:
-        raise ValueError(f"no frame between {start:g} s and {end:g} s")
+        raise InvalidInputError(f"no frame between {start:g} s and {end:g} s")
     return Clip(np.stack(rows), np.asarray(kept, np.int64), float(duration or end), fps,
                 int(width), int(height))

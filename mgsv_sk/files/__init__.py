@@ -2,5 +2,5 @@
 (``_atomic``), and the rules for opening a path that came from outside (``_paths``: only
 regular files, paths named by data kept inside their root).
 
-Standard library only; imports nothing else of the package.
+Standard library and :mod:`mgsv_sk.errors` only.
 """

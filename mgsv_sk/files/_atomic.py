@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mgsv_sk.errors import InvalidInputError
+
 __all__ = [
     "KNOWN_ARTEFACTS",
     "MODEL_FOLDER",
@@ -161,13 +163,13 @@ def check_destination(
     text = os.fspath(destination)
     last = os.path.basename(text.rstrip("/" + (os.altsep or "")).rstrip(os.sep))
     if last in ("", ".", "..") or dst.name in ("", ".", ".."):  # "sub/." is "sub" to pathlib
-        raise ValueError(
+        raise InvalidInputError(
             f"cannot write a folder at {os.fspath(destination)!r}: name the folder itself "
             "(e.g. 'model/' or '../model'), not '.', '..' or the filesystem root"
         )
     absolute = Path(os.path.abspath(dst))
     if absolute.parent == absolute:
-        raise ValueError(f"cannot write a folder at the filesystem root {absolute!s}; "
+        raise InvalidInputError(f"cannot write a folder at the filesystem root {absolute!s}; "
                          "choose a sub-folder")
     try:  # one look at the name: another writer may be swapping it meanwhile
         first = os.lstat(dst)
@@ -189,7 +191,7 @@ def check_destination(
     except OSError:  # the current folder was deleted
         here = None
     if here is not None and _contains(absolute, here):
-        raise ValueError(
+        raise InvalidInputError(
             f"refusing to replace {dst!s}: it is (or contains) the current folder {here!s}; "
             "run from elsewhere or write to another path"
         )

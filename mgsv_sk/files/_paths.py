@@ -21,13 +21,15 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from mgsv_sk.errors import ArtifactNotFoundError, InvalidInputError
+
 __all__ = ["PathOutsideRootError", "check_relative", "exists_as_name", "inside_root",
            "open_regular", "regular_file"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
-class PathOutsideRootError(ValueError):
+class PathOutsideRootError(InvalidInputError):
     """A path read from data would leave the folder it must stay in."""
 
 
@@ -47,7 +49,7 @@ def exists_as_name(path: str | os.PathLike[str]) -> bool:
 
 
 def regular_file(path: str | os.PathLike[str], what: str,
-                 error: type[Exception] = ValueError) -> Path:
+                 error: type[Exception] = InvalidInputError) -> Path:
     """``path`` as a Path when it is (or links to) a regular file.
 
     Raises ``FileNotFoundError`` when the name does not exist at all, and ``error`` (the
@@ -59,7 +61,7 @@ def regular_file(path: str | os.PathLike[str], what: str,
         st = os.stat(p)
     except FileNotFoundError:
         if not os.path.lexists(p):
-            raise FileNotFoundError(f"{what} not found: {p!s}") from None
+            raise ArtifactNotFoundError(f"{what} not found: {p!s}") from None
         raise error(f"{what} {p!s} is a symbolic link to nothing (its target "
                     f"{os.readlink(p)!r} does not exist); fix or remove the link") from None
     except OSError as exc:
@@ -68,13 +70,18 @@ def regular_file(path: str | os.PathLike[str], what: str,
                         "link") from None
         raise error(f"cannot read {what} {p!s}: {exc.strerror or exc}") from exc
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} {p!s} is {_kind(st.st_mode)}, not a regular file; only "
+        held = ""
+        if stat.S_ISDIR(st.st_mode):  # say which, when it is one of ours (a model, a store)
+            from mgsv_sk.files._kinds import artifact_kind
+
+            held = f" (it holds {artifact_kind(p)[1]})"
+        raise error(f"{what} {p!s} is {_kind(st.st_mode)}, not a regular file{held}; only "
                     "regular files are read")
     return p
 
 
 def open_regular(path: str | os.PathLike[str], what: str,
-                 error: type[Exception] = ValueError) -> IO[bytes]:
+                 error: type[Exception] = InvalidInputError) -> IO[bytes]:
     """Open ``path`` for binary reading, only when it is a regular file (see
     :func:`regular_file`). Opened without blocking and checked on the open descriptor, so
     a FIFO swapped in after the check cannot make the call wait."""

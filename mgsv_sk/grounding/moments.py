@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
+
 __all__ = ["check_moments", "on_tracks", "select_windows", "sigmoid", "window_lists"]
 
 
@@ -18,7 +20,7 @@ def check_moments(moments_per_track: Any) -> int:
     """``moments_per_track`` as an int, or a ValueError naming it."""
     if (isinstance(moments_per_track, bool)
             or not isinstance(moments_per_track, (int, np.integer)) or moments_per_track < 1):
-        raise ValueError(f"moments_per_track must be a positive integer, got "
+        raise InvalidInputError(f"moments_per_track must be a positive integer, got "
                          f"{moments_per_track!r}")
     return int(moments_per_track)
 

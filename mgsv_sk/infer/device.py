@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
+
 __all__ = [
     "torch_threads",
     "MIXED_PRECISION",
@@ -68,18 +70,18 @@ def resolve_device(device: Any, local_rank: int | None = None) -> torch.device:
         try:
             dev = torch.device(text)
         except RuntimeError:
-            raise ValueError(f"{_DEVICE_HELP}, got {device!r}") from None
+            raise InvalidInputError(f"{_DEVICE_HELP}, got {device!r}") from None
     elif isinstance(device, torch.device):
         dev = device
     else:
-        raise ValueError(f"{_DEVICE_HELP}, got {device!r} of type {type(device).__name__}")
+        raise InvalidInputError(f"{_DEVICE_HELP}, got {device!r} of type {type(device).__name__}")
     if dev.type == "cpu":
         return torch.device("cpu")
     if dev.type != "cuda":
-        raise ValueError(f"device type {dev.type!r} is not supported (device={device!r}); "
+        raise InvalidInputError(f"device type {dev.type!r} is not supported (device={device!r}); "
                          "use 'cpu', 'cuda', 'cuda:N' or 'auto'")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise InvalidInputError(
             f"device={device!r} but torch.cuda.is_available() is False ({_no_cuda_reason()}); "
             "or pass device='cpu', or device='auto' to use a GPU only when there is one"
         )
@@ -91,7 +93,7 @@ def resolve_device(device: Any, local_rank: int | None = None) -> torch.device:
         fix = ("launch at most that many processes per machine (torchrun --nproc_per_node)"
                if dev.index is None and local_rank is not None
                else f"use an index in [0, {count})")
-        raise ValueError(f"device={device!r} resolves to cuda:{index} but only {count} CUDA "
+        raise InvalidInputError(f"device={device!r} resolves to cuda:{index} but only {count} CUDA "
                          f"device(s) are visible; {fix}")
     return torch.device("cuda", index)
 
@@ -140,23 +142,26 @@ def resolve_precision(
     'bf16'
     """
     if mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, "
+        raise InvalidInputError(f"mixed_precision must be one of {MIXED_PRECISION}, "
                          f"got {mixed_precision!r}")
     if bf16 and mixed_precision in ("fp16", "fp32"):
-        raise ValueError(f"bf16=True contradicts mixed_precision={mixed_precision!r}: bf16=True "
+        raise InvalidInputError(f"bf16=True contradicts mixed_precision={mixed_precision!r}: "
+                                f"bf16=True "
                          "is a shorthand for mixed_precision='bf16'; set only one of them")
     choice = "bf16" if bf16 else mixed_precision
     if device.type == "cpu":
         if choice == "fp16":
             if strict:
-                raise ValueError("mixed_precision='fp16' needs a CUDA device (float16 with loss "
+                raise InvalidInputError("mixed_precision='fp16' needs a CUDA device (float16 "
+                                        "with loss "
                                  "scaling); on the CPU use 'bf16' or 'fp32'")
             choice = "fp32"
         elif choice == "auto":
             choice = "fp32"
     elif choice in ("auto", "bf16") and not _cuda_bf16(device):
         if choice == "bf16" and strict:
-            raise ValueError(f"{torch.cuda.get_device_name(device)} does not support bfloat16; "
+            raise InvalidInputError(f"{torch.cuda.get_device_name(device)} does not support "
+                                    f"bfloat16; "
                              "use mixed_precision='fp16' or 'auto' (float16 with loss scaling)")
         choice = "fp16" if choice == "auto" else "fp32"
     elif choice == "auto":
@@ -167,7 +172,8 @@ def resolve_precision(
 def autocast_for(device: torch.device, autocast: Autocast) -> torch.autocast:
     """Autocast context on ``device`` in dtype ``autocast`` (None: off, float32)."""
     if autocast is not None and not isinstance(autocast, torch.dtype):
-        raise TypeError(f"autocast must be a torch dtype or None (float32), got {autocast!r}; "
+        raise InvalidTypeError(f"autocast must be a torch dtype or None (float32), got "
+                               f"{autocast!r}; "
                         "resolve a precision with resolve_precision(device, ...).dtype")
     return Precision(device.type, autocast).autocast()
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk._extras import require
+from mgsv_sk.errors import ArtifactError, InvalidInputError
 from mgsv_sk.files._atomic import sha256_file
 from mgsv_sk.search.topk import top_k_indices, top_k_rows
 
@@ -51,7 +52,7 @@ EXACT_MAX_TRACKS = 50_000
 FORMAT = "mgsv_sk.ann/1"
 
 
-class AnnIndexError(ValueError):
+class AnnIndexError(ArtifactError):
     """A saved index is missing, damaged, altered or does not match its catalogue."""
 
 
@@ -94,7 +95,7 @@ class AnnParams:
         if self.nlist is not None and not _positive_int(self.nlist):
             problems.append(f"nlist must be an int >= 1 or None, got {self.nlist!r}")
         if problems:
-            raise ValueError("Invalid AnnParams:\n  - " + "\n  - ".join(problems))
+            raise InvalidInputError("Invalid AnnParams:\n  - " + "\n  - ".join(problems))
 
 
 def _positive_int(value: Any) -> bool:
@@ -116,7 +117,7 @@ def resolve_kind(kind: str, n_tracks: int) -> str:
     ('exact', 'ivf', 'hnsw')
     """
     if kind not in INDEX_KINDS:
-        raise ValueError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
+        raise InvalidInputError(f"index must be one of {INDEX_KINDS}, got {kind!r}")
     if kind == "auto":
         return "exact" if n_tracks <= EXACT_MAX_TRACKS else "ivf"
     return kind
@@ -166,9 +167,9 @@ class AnnIndex:
         """
         q = np.ascontiguousarray(queries, np.float32)
         if q.ndim != 2 or q.shape[1] != self.d:
-            raise ValueError(f"queries must be (B, {self.d}), got shape {q.shape}")
+            raise InvalidInputError(f"queries must be (B, {self.d}), got shape {q.shape}")
         if not _positive_int(k):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         k = min(int(k), self.n)
         if self.exact:
             dual = (np.asarray(self.emb) @ q.T).T  # [N,D]@[D,B] -> [B,N]
@@ -232,7 +233,7 @@ def build_index(emb: np.ndarray, kind: str = "auto", params: AnnParams | None = 
     """
     params = params or AnnParams()
     if emb.ndim != 2 or len(emb) == 0:
-        raise ValueError(f"emb must be a non-empty (N, D) array, got shape {emb.shape}")
+        raise InvalidInputError(f"emb must be a non-empty (N, D) array, got shape {emb.shape}")
     n, d = (int(s) for s in emb.shape)
     resolved = resolve_kind(kind, n)
     if resolved == "exact":
@@ -297,7 +298,7 @@ def load_index(folder: str | os.PathLike[str], name: str = "ann_index", *,
     params = AnnParams(**info["params"])
     if kind == "exact":
         if emb is None:
-            raise ValueError("an exact index scans the catalogue's embeddings: pass emb=")
+            raise InvalidInputError("an exact index scans the catalogue's embeddings: pass emb=")
         return AnnIndex("exact", size, d, params, emb=emb)
     path = root / str(info["file"])
     if not path.is_file():

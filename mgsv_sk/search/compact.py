@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError, InvalidTypeError
+
 __all__ = ["SCORE_TOLERANCE", "STATE_DTYPES", "CompactRows", "CompactWriter", "RowFile",
            "bytes_per_row", "check_state_dtype", "encode_rows", "open_compact", "read_concat",
            "read_ranges", "take_rows"]
@@ -44,7 +46,7 @@ _NUMPY: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "float16": np.dt
 def check_state_dtype(states: str) -> str:
     """``states`` itself after checking it is one of :data:`STATE_DTYPES`."""
     if states not in STATE_DTYPES:
-        raise ValueError(f"states must be one of {STATE_DTYPES}, got {states!r}")
+        raise InvalidInputError(f"states must be one of {STATE_DTYPES}, got {states!r}")
     return states
 
 
@@ -77,14 +79,14 @@ class RowFile:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             self._offset = fh.tell()
         if len(shape) not in (1, 2) or fortran or dtype.hasobject:
-            raise ValueError(f"{path!s}: expected a C-order 1-D or 2-D numeric array, got "
+            raise InvalidInputError(f"{path!s}: expected a C-order 1-D or 2-D numeric array, got "
                              f"shape {shape}, dtype {dtype}, fortran_order {fortran}")
         self.path, self.dtype = path, np.dtype(dtype)
         self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         size = path.stat().st_size
         if size != self._offset + self.shape[0] * self._row_bytes:
-            raise ValueError(f"{path!s}: its header declares shape {self.shape} "
+            raise InvalidInputError(f"{path!s}: its header declares shape {self.shape} "
                              f"({self.shape[0] * self._row_bytes} bytes of data) but the file "
                              f"holds {size - self._offset}; it is truncated or damaged: "
                              "write the catalogue or export the bundle again")
@@ -108,7 +110,7 @@ class RowFile:
     def __getitem__(self, key: slice) -> np.ndarray:
         start, stop, step = key.indices(self.shape[0])
         if step != 1:
-            raise ValueError("RowFile reads contiguous row ranges only")
+            raise InvalidInputError("RowFile reads contiguous row ranges only")
         n = max(stop - start, 0)
         want = n * self._row_bytes
         data = os.pread(self._fd, want, self._offset + start * self._row_bytes)
@@ -167,7 +169,7 @@ class CompactRows:
 
     def __getitem__(self, key: slice) -> np.ndarray:
         if not isinstance(key, slice):
-            raise TypeError("CompactRows reads row ranges: rows[a:b]")
+            raise InvalidTypeError("CompactRows reads row ranges: rows[a:b]")
         x = np.asarray(self.data[key])
         if self.states == "int8":
             return x.astype(np.float32) * np.asarray(self.scales[key], np.float32)[:, None]
@@ -251,7 +253,7 @@ def encode_rows(x: np.ndarray, states: str) -> CompactRows:
     """
     check_state_dtype(states)
     if x.ndim != 2:
-        raise ValueError(f"expected (R, D) rows, got shape {x.shape}")
+        raise InvalidInputError(f"expected (R, D) rows, got shape {x.shape}")
     data, scales = _encode_block(x, states)
     return CompactRows(data, scales, states)
 
@@ -281,7 +283,7 @@ class CompactWriter:
     def write(self, block: np.ndarray) -> None:
         """Append float32 rows (n, D)."""
         if block.ndim != 2 or block.shape[1] != self.d:
-            raise ValueError(f"expected (n, {self.d}) rows, got {block.shape}")
+            raise InvalidInputError(f"expected (n, {self.d}) rows, got {block.shape}")
         data, scales = _encode_block(block, self.states)
         self._fh["data"].write(np.ascontiguousarray(data).tobytes())
         if scales is not None:
@@ -298,7 +300,7 @@ class CompactWriter:
         for fh in self._fh.values():
             fh.close()
         if self._written != self.rows:
-            raise ValueError(f"CompactWriter got {self._written} rows, its header declares "
+            raise InvalidInputError(f"CompactWriter got {self._written} rows, its header declares "
                              f"{self.rows}; the files are incomplete")
         return dict(self.files)
 
@@ -318,15 +320,15 @@ def open_compact(folder: str | os.PathLike[str], files: dict[str, str], states: 
     root = Path(folder)
     data = RowFile(root / files["data"])
     if data.dtype != _NUMPY[states] or len(data.shape) != 2:
-        raise ValueError(f"{data.path!s} holds {data.dtype} {data.shape}, expected 2-D "
+        raise InvalidInputError(f"{data.path!s} holds {data.dtype} {data.shape}, expected 2-D "
                          f"{states}; write the catalogue again")
     scales = None
     if states == "int8":
         if "scales" not in files:
-            raise ValueError(f"int8 rows in {root!s} need their scales file; write the "
+            raise InvalidInputError(f"int8 rows in {root!s} need their scales file; write the "
                              "catalogue again")
         scales = RowFile(root / files["scales"])
         if scales.shape != (data.shape[0],):
-            raise ValueError(f"{scales.path!s} holds {scales.shape} scales for "
+            raise InvalidInputError(f"{scales.path!s} holds {scales.shape} scales for "
                              f"{data.shape[0]} rows; write the catalogue again")
     return CompactRows(data, scales, states)

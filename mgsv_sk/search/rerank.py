@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.topk import top_k_indices
 
 __all__ = ["RERANK_MARGIN", "candidates", "check_rerank", "combined_scores", "moment_logit",
@@ -36,11 +37,11 @@ def check_rerank(moment_weight: object, rerank_depth: object) -> tuple[float, in
     if (isinstance(moment_weight, bool)
             or not isinstance(moment_weight, (int, float, np.integer, np.floating))
             or not np.isfinite(moment_weight) or moment_weight < 0):
-        raise ValueError("moment_weight must be a finite number >= 0 (0 keeps the retrieval "
+        raise InvalidInputError("moment_weight must be a finite number >= 0 (0 keeps the retrieval "
                          f"order), got {moment_weight!r}")
     if (isinstance(rerank_depth, bool) or not isinstance(rerank_depth, (int, np.integer))
             or rerank_depth < 1):
-        raise ValueError(f"rerank_depth must be a positive integer, got {rerank_depth!r}")
+        raise InvalidInputError(f"rerank_depth must be a positive integer, got {rerank_depth!r}")
     return float(moment_weight), int(rerank_depth)
 
 

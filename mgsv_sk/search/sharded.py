@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.ann import AnnIndex, AnnParams, build_index, resolve_kind
 from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN, Catalogue, Scorer, pad, top_k_rows
 
@@ -77,7 +78,7 @@ def shard_bounds(n: int, n_shards: int) -> np.ndarray:
     [0, 4, 7, 10]
     """
     if n_shards < 1 or n_shards > n:
-        raise ValueError(f"n_shards must be in [1, {n}] (one track per shard at least), "
+        raise InvalidInputError(f"n_shards must be in [1, {n}] (one track per shard at least), "
                          f"got {n_shards}")
     sizes = np.full(n_shards, n // n_shards)
     sizes[: n % n_shards] += 1
@@ -188,10 +189,10 @@ class ShardedCatalogue:
         """
         workers = sorted(client.scheduler_info()["workers"])
         if not workers:
-            raise ValueError("the Dask client has no workers; start some first, e.g. "
+            raise InvalidInputError("the Dask client has no workers; start some first, e.g. "
                              "LocalCluster(n_workers=2, threads_per_worker=1)")
         if scorer is not None and not catalogue.has_xpool:
-            raise ValueError("a scorer re-scores X-Pool snippet states, and this catalogue "
+            raise InvalidInputError("a scorer re-scores X-Pool snippet states, and this catalogue "
                              "has none; scatter it with scorer=None (dual score only)")
         bounds = shard_bounds(len(catalogue), n_shards or len(workers))
         futures, owners = [], []

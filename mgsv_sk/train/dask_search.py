@@ -37,6 +37,7 @@ import joblib
 
 from mgsv_sk._extras import require
 from mgsv_sk.data.features import FeatureTree, InMemoryFeatures, PackedFeatures
+from mgsv_sk.errors import ArtifactNotFoundError, InvalidInputError
 
 __all__ = ["IN_MEMORY_WARN_BYTES", "grid_search_on_dask"]
 
@@ -52,7 +53,7 @@ def _default_client() -> Any:
     try:
         return get_client()
     except ValueError as exc:
-        raise ValueError("grid_search_on_dask found no Dask client: pass client= or create "
+        raise InvalidInputError("grid_search_on_dask found no Dask client: pass client= or create "
                          "one first, e.g. distributed.Client(LocalCluster(n_workers=2, "
                          "threads_per_worker=1)) or Client('tcp://scheduler:8786')") from exc
 
@@ -103,7 +104,7 @@ def _check_features(client: Any, search: Any, fit_params: dict[str, Any]) -> Non
             seen = client.run(_path_is_dir, path)
             blind = sorted(addr for addr, ok in seen.items() if not ok)
             if blind:
-                raise FileNotFoundError(
+                raise ArtifactNotFoundError(
                     f"{name}={path!r} is not a folder on {len(blind)} of {len(seen)} Dask "
                     f"worker(s) ({blind[:3]}): a packed store or feature tree travels as its "
                     "path, so every worker must read it at that path (shared storage, or "

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from mgsv_sk.errors import InvalidInputError
+
 __all__ = [
     "DistContext",
     "current",
@@ -117,7 +119,7 @@ def shard_batches(batches: Sequence[T], rank: int, world_size: int) -> list[T]:
     (['a', 'c', 'e'], ['b', 'd', 'a'])
     """
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        raise InvalidInputError(f"rank must be in [0, {world_size}), got {rank}")
     if not batches:
         return []
     per_rank = -(-len(batches) // world_size)
@@ -147,7 +149,8 @@ def wrap_model(
     of searching the autograd graph at every step.
     """
     if ctx.backend == "nccl" and device.type != "cuda":
-        raise ValueError("the process group uses the nccl backend, which needs CUDA, but the "
+        raise InvalidInputError("the process group uses the nccl backend, which needs CUDA, but "
+                                "the "
                          f"model is on {device}; initialise the group with backend='gloo' for "
                          "CPU training, or pass device='cuda'")
     device_ids = [device.index] if device.type == "cuda" else None
@@ -184,6 +187,6 @@ def check_same(value: int, what: str, ctx: DistContext, device: torch.device) ->
     t = torch.tensor([value, -value], dtype=torch.int64, device=ctx.comm_device(device))
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     if int(t[0]) != -int(t[1]):
-        raise ValueError(f"the {what} differs between the {ctx.world_size} processes; every "
+        raise InvalidInputError(f"the {what} differs between the {ctx.world_size} processes; every "
                          "rank must call fit with the same X (same rows in the same order) "
                          "and the same features")

@@ -22,6 +22,7 @@ from sklearn.utils import check_random_state
 from mgsv_sk.data._schema import FIT_COLUMNS, video_durations
 from mgsv_sk.data.features import FeatureSource, as_feature_source
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
+from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.grounding.base import BaseGrounder
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.infer.device import resolve_device, resolve_precision, rng_devices, torch_threads
@@ -90,7 +91,7 @@ def train_config(params: Params, seed: int, moment_weight: float,
                             "uses the nccl backend, which needs CUDA; pass device='cuda', "
                             "or initialise the group with backend='gloo' for CPU training")
     if problems:
-        raise ValueError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
+        raise InvalidInputError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
     return TrainConfig(
         lr=params["lr"], weight_decay=params["weight_decay"],
         batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
