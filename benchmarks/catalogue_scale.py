@@ -70,7 +70,7 @@ def recall(got: np.ndarray, exact: np.ndarray, k: int) -> float:
 
 def exact_top(emb: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact dual top-k rows of the queries, scanning a (memory-mapped) emb in blocks."""
-    from mgsv_sk.search.catalogue import top_k_rows
+    from mgsv_sk.search import top_k_rows
 
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_r = np.zeros((len(queries), 0), np.int64)

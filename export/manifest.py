@@ -46,7 +46,7 @@ from mgsv_sk.errors import ArtifactError, ArtifactNotFoundError, InvalidInputErr
 from mgsv_sk.files._atomic import file_checksums, sha256_file, verify_checksums
 from mgsv_sk.files._kinds import other_kind_error
 from mgsv_sk.files._paths import open_regular
-from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN
+from mgsv_sk.search import TWO_STAGE_MARGIN
 
 __all__ = [
     "BundleError",

@@ -33,10 +33,9 @@ from mgsv_sk.data.features import FeatureError, FeatureSource, require_finite
 from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 from mgsv_sk.extract.onnx_encoders import OrtEncoder
 from mgsv_sk.files._paths import inside_root
-from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
+from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS, BaseGrounder
 from mgsv_sk.grounding.moments import select_windows
-from mgsv_sk.search.ann import load_index
-from mgsv_sk.search.catalogue import (
+from mgsv_sk.search import (
     Catalogue,
     Chunk,
     Part,
@@ -48,6 +47,7 @@ from mgsv_sk.search.catalogue import (
     sorted_batches,
     top_k_indices,
 )
+from mgsv_sk.search.ann import load_index
 from mgsv_sk.search.rerank import check_rerank
 
 from . import _cache

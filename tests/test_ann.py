@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from mgsv_sk.search import top_k_indices, top_k_rows
 from mgsv_sk.search.ann import (
     EXACT_MAX_TRACKS,
     AnnIndexError,
@@ -15,7 +16,6 @@ from mgsv_sk.search.ann import (
     load_index,
     resolve_kind,
 )
-from mgsv_sk.search.catalogue import top_k_indices, top_k_rows
 
 pytest.importorskip("faiss")
 

@@ -66,7 +66,7 @@ def test_no_module_only_re_exports_another():
 @pytest.mark.parametrize("pattern, home", [
     (r"^(MAX_MUSIC_SECONDS|SNIPPET_HOP\w*|MAX_SECONDS|MAX_VIDEO_FRAMES|MAX_MUSIC_SNIPPETS)"
      r"\s*[:=]", "mgsv_sk/data/spans.py"),
-    (r"^TWO_STAGE_MARGIN\s*=", "mgsv_sk/search/catalogue.py"),
+    (r"^TWO_STAGE_MARGIN\s*=", "mgsv_sk/search/retrieval.py"),
 ])
 def test_a_concept_is_defined_in_one_place(pattern, home):
     found = sorted(str(p.relative_to(ROOT)) for p in _modules()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mgsv_sk.data.features import FeatureError
-from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS
+from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS
 
 
 @pytest.fixture(scope="module")

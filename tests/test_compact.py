@@ -71,7 +71,7 @@ def test_a_row_file_copied_to_another_process_reopens_its_file(rows, tmp_path):
 
 
 def test_a_loaded_catalogue_reads_scattered_embeddings_without_the_memory_map(rows, tmp_path):
-    from mgsv_sk.search.catalogue import Catalogue, Part
+    from mgsv_sk.search import Catalogue, Part
 
     offsets = np.arange(0, 501, 5, dtype=np.int64)  # 100 tracks of 5 snippets
     emb = rows[:100] / np.linalg.norm(rows[:100], axis=1, keepdims=True)
@@ -190,7 +190,7 @@ def test_compact_ann_catalogue_ranks_within_tolerance(served, small_test, tmp_pa
 
 @pytest.mark.parametrize("states", STATE_DTYPES)
 def test_padded_rows_of_scattered_tracks_match_their_decoded_slices(rows, states):
-    from mgsv_sk.search.catalogue import Catalogue, Part, pad
+    from mgsv_sk.search import Catalogue, Part, pad
 
     lengths = np.random.default_rng(1).integers(1, 9, 60)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)

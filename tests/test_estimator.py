@@ -15,7 +15,7 @@ from sklearn.base import clone
 
 from mgsv_sk import MGSVGrounder, evaluate, get_scorer, make_synthetic_mgsv
 from mgsv_sk.estimators._persistence import ModelFileError
-from mgsv_sk.grounding.base import PREDICTION_COLUMNS, RANK_COLUMNS
+from mgsv_sk.grounding import PREDICTION_COLUMNS, RANK_COLUMNS
 
 
 def test_every_hyper_parameter_is_visible_and_clonable(small_train):

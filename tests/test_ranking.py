@@ -10,7 +10,7 @@ import torch
 from mgsv_sk.infer.batched import video_embeddings
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.infer.padding import pad_stack
-from mgsv_sk.search.catalogue import top_k_indices, top_k_rows
+from mgsv_sk.search import top_k_indices, top_k_rows
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from mgsv_sk.search import top_k_indices
 from mgsv_sk.search.ann import build_index
-from mgsv_sk.search.catalogue import top_k_indices
 from mgsv_sk.search.sharded import ShardedCatalogue, shard_bounds
 
 distributed = pytest.importorskip("distributed")

@@ -297,7 +297,7 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
     dims = config["model_config"]
     try:
         model = MaDe(model_config(est.get_params(deep=False), dims["video_dim"],
-                                  dims["music_dim"]))
+                                  dims["music_dim"], cls._hyperparameters))
     except (ValueError, TypeError) as exc:
         raise ModelFileError(
             f"the parameters in {folder / 'config.json'!s} do not describe a valid model "

@@ -14,17 +14,17 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.grounding.base import Videos, new_fit_token
+from mgsv_sk.grounding import Videos, new_fit_token
 from mgsv_sk.grounding.moments import select_windows
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
-from mgsv_sk.search.catalogue import TrackIndex
+from mgsv_sk.grounding.validation import Interval
+from mgsv_sk.search import TrackIndex
 
 __all__ = ["RidgeGrounder", "TrivialGrounder"]
 

@@ -8,36 +8,30 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.utils._param_validation import (
-    Interval,
-    StrOptions,
-)
 from sklearn.utils.validation import check_is_fitted
 
 from mgsv_sk.data._schema import FIT_COLUMNS, check_trainable_moments
 from mgsv_sk.data.features import FeatureSource, require_finite
-from mgsv_sk.grounding.base import new_fit_token
+from mgsv_sk.grounding import new_fit_token
+from mgsv_sk.grounding.hyperparameters import Declaration, declared
 from mgsv_sk.grounding.sklearn_base import GrounderEstimator
 from mgsv_sk.infer.batched import ground_pairs, snippet_evidence, video_embeddings
 from mgsv_sk.infer.catalogue import MusicCatalogue, TorchXPool, xpool_scorer
 from mgsv_sk.infer.device import (
-    MIXED_PRECISION,
     model_device,
     resolve_device,
     resolve_precision,
     torch_threads,
 )
-from mgsv_sk.nn.config import DETECTORS
-from mgsv_sk.search.catalogue import Catalogue, pair_scores, retrieval_scores
+from mgsv_sk.search import Catalogue, pair_scores, retrieval_scores
 from mgsv_sk.train._fitted import FittedState
-from mgsv_sk.train._training import EARLY_STOPPING_METRICS, LR_SCHEDULES
 from mgsv_sk.train.fitting import fit_grounder, prepare_fit
+from mgsv_sk.train.parameters import GROUNDER_PARAMETERS
 
 __all__ = ["MGSVGrounder"]
 
@@ -57,6 +51,7 @@ class _Videos:
     source: FeatureSource
 
 
+@declared(GROUNDER_PARAMETERS)
 class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     """Music grounding by short video with the MaDe model (Xin et al., ICCV 2025).
 
@@ -67,107 +62,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
 
     Parameters
     ----------
-    features : path or FeatureSource, optional
-        Default feature source (a packed store, an MGSV-EC feature tree or in-memory
-        arrays); every method also takes ``features=``.
-    detector : {"window", "detr"}
-        The moment head. "window" (default) scores every candidate window of the track
-        (a start every 1.25 s, the video's length, refined offsets; see
-        :mod:`mgsv_sk.nn.window`) and is trained against the batch's other tracks, so its
-        ``moment_score`` says whether the track holds a fitting moment; "detr" is the
-        paper's single-query DETR detector (reproduces the paper; its ``moment_score`` is
-        the foreground probability, trained on positives only).
-    d_model, n_heads, temporal_layers, encoder_layers, decoder_layers, ffn_mult : int
-        Architecture (paper: 256, 8, 1, 2, 6, 4; the encoder / decoder layers are DETR's).
-    temporal_dropout, detector_dropout : float
-        Dropout of the temporal self-attention (0.1; the paper's 0.8 is for 100-epoch
-        training) and of the DETR detector (0.1).
-    retrieval_scores : tuple of {"dual", "xpool"}
-        Retrieval scores trained and summed at inference (paper: both).
-    xpool_top_k : int, optional
-        At inference, compute the X-Pool score only for each video's ``xpool_top_k`` best
-        tracks by dual score (two-stage search for large catalogues); None: every track.
-    l1_weight, giou_weight, fg_weight, dual_weight, xpool_weight : float
-        Loss weights (paper: 4, 1, 0.8, 1, 1; l1, giou and fg are DETR's).
-    window_weight, boundary_weight, match_weight : float
-        Window head loss weights: the cross-entropy over candidate windows, the L1
-        refinement of their starts, and the moment score's cross-entropy against the
-        batch's other tracks (0 disables the negatives' term).
-    snippet_weight : float
-        Weight of the per-snippet evidence loss (an addition to the paper; 0 disables it).
-    aux_loss : bool
-        Detection losses on every decoder layer, not just the last.
-    temperature_init : float
-        Initial InfoNCE temperature (learned; paper 0.03).
-    lr, weight_decay, warmup_fraction, grad_clip : float
-        AdamW, linear warm-up over this fraction of the steps (of ``max_epochs``), then
-        ``lr_schedule``; gradient norm clipping (1e-3, 0, 0.02, 1.0; the paper: 3e-4 with
-        batch 512 for up to 100 epochs). The paper's configuration is ``detector="detr", temporal_dropout=0.8,
-        lr=3e-4, batch_size=512``; the defaults are what learns in minutes on a CPU
-        (measured in ``benchmarks/accuracy.py``).
-    batch_size : int
-        Videos per training batch (paper 512; 64 gives a CPU fit twice the optimiser steps
-        per epoch of 128, which the first epochs need: measured in
-        ``benchmarks/accuracy.py``). Per process
-        in data-parallel training (:mod:`mgsv_sk.train.distributed`): a step then averages
-        ``batch_size * world_size`` videos, and each process's InfoNCE uses its own batch
-        (and its own memory, ``memory_tracks``).
-    memory_tracks : int
-        Cross-batch memory: the encodings of the last this many distinct tracks of
-        earlier batches join each batch's video-to-music InfoNCE as negatives (detached, so
-        nothing is encoded twice; the dual score against all of them, X-Pool against as
-        many as the batch has tracks, those closest to its videos). A batch of 64 offers
-        about 60 tracks. Consulted from the second epoch (from the first step it slowed the
-        early epochs of ``benchmarks/accuracy.py``'s ``hook`` world). At the 5-minute
-        budget 1,024 raised test R@1 on unseen tracks by 4 points in the ``noisy`` world
-        and 1 in ``aligned`` and ``signature``, cost 1 in ``hook``, and up to 6 % more fit
-        time. 0 disables it.
-    lr_schedule : {"constant", "cosine"}
-        The rate after warm-up: "constant" (default) keeps the peak rate until the fit
-        ends, so what an epoch learns does not depend on ``max_epochs``, and the weight
-        average does the annealing; "cosine" decays it to zero at ``max_epochs`` (the
-        schedule before 0.2: an epoch kept early was never annealed).
-    average_halflife : float
-        The fit validates, keeps and returns an exponential moving average of the weights
-        (half-life in epochs; until it has seen that many epochs, the uniform mean of the
-        steps so far), so whichever epoch early stopping keeps is a finished model; 0
-        returns the raw weights. ``returned_weights_`` says which weights were returned.
-    max_epochs, patience : int
-        Epoch budget and early-stopping patience (epochs without improvement, judged on
-        the monitored metric's mean over two consecutive epochs).
-    validation_fraction : float
-        Share of the training tracks held out (grouped by ``music_id``) for early stopping;
-        0 trains ``max_epochs`` on everything.
-    early_stopping_metric : str
-        Validation metric to maximise, a scorer name such as "mrr" (the default: the mean
-        reciprocal rank of the held-out videos among held-out and training tracks, which
-        falls when retrieval on new tracks falls and, being continuous, is the least noisy
-        of the protocol's measures on a small validation split), "miou", "r1", "mor10@0.5".
-    bf16 : bool
-        Shorthand for ``mixed_precision="bf16"``: bfloat16 autocast, on the CPU too (faster
-        where the CPU supports it; see the README for its measured accuracy effect).
-    mixed_precision : {"auto", "bf16", "fp16", "fp32"}
-        Autocast precision of training and inference. "auto": float32 on the CPU; on a
-        GPU bfloat16 where it is supported (Ampere and later), else float16 with loss
-        scaling (``torch.amp.GradScaler``). "fp16" is for CUDA only. Attention softmax,
-        retrieval scores and losses stay float32 in every mode.
-    device : str or torch.device
-        Where the model is trained and run: "cpu" (default), "cuda", "cuda:N", or "auto"
-        (CUDA when ``torch.cuda.is_available()``, else the CPU). Inputs are moved to it
-        batch by batch and every result comes back as numpy. A model fitted on a GPU
-        pickles and saves with CPU weights and, loaded where ``device`` is unavailable,
-        runs on the CPU. In a ``torch.distributed`` run (see :mod:`mgsv_sk.train.distributed`)
-        "cuda" means ``cuda:LOCAL_RANK``.
-    n_threads : int, optional
-        torch intra-op threads during fit/predict; None keeps torch's setting.
-    random_state : int, RandomState or None
-        Seed of initialisation, batching and dropout (a RandomState gives one draw as the
-        seed). Equal int seeds give identical models on the same machine with
-        ``n_threads=1``; with more threads, torch's parallel reductions may change the
-        last bits (predictions then agree to about 1e-4, see the README).
-    verbose : int
-        0 silent; 1 progress bars (one per training epoch, and over the videos of
-        ``predict`` / ``rank`` / ``snippet_evidence``) and the epoch summary in the log.
+    <hyper-parameters>
 
     Attributes
     ----------
@@ -199,143 +94,10 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     :meth:`save` / :meth:`load` to exchange models.
     """
 
-    def __init__(
-        self,
-        features: Any = None,
-        *,
-        detector: str = "window",
-        d_model: int = 256,
-        n_heads: int = 8,
-        temporal_layers: int = 1,
-        encoder_layers: int = 2,
-        decoder_layers: int = 6,
-        ffn_mult: int = 4,
-        temporal_dropout: float = 0.1,
-        input_dropout: float = 0.0,
-        detector_dropout: float = 0.1,
-        retrieval_scores: tuple[str, ...] = ("dual", "xpool"),
-        xpool_top_k: int | None = None,
-        moment_weight: float | str = "auto",
-        rerank_depth: int = 10,
-        l1_weight: float = 4.0,
-        giou_weight: float = 1.0,
-        fg_weight: float = 0.8,
-        snippet_weight: float = 1.0,
-        window_weight: float = 1.0,
-        boundary_weight: float = 1.0,
-        match_weight: float = 1.0,
-        dual_weight: float = 1.0,
-        xpool_weight: float = 1.0,
-        aux_loss: bool = True,
-        temperature_init: float = 0.03,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        warmup_fraction: float = 0.02,
-        lr_schedule: str = "constant",
-        average_halflife: float = 1.0,
-        grad_clip: float = 1.0,
-        batch_size: int = 64,
-        memory_tracks: int = 1024,
-        max_epochs: int = 20,
-        patience: int = 5,
-        validation_fraction: float = 0.1,
-        validation_gallery: Any = "train",
-        early_stopping_metric: str = "mrr",
-        bf16: bool = False,
-        mixed_precision: str = "auto",
-        device: str | torch.device = "cpu",
-        n_threads: int | None = None,
-        random_state: int | None = None,
-        verbose: int = 0,
-    ) -> None:
-        self.features = features
-        self.detector = detector
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.temporal_layers = temporal_layers
-        self.encoder_layers = encoder_layers
-        self.decoder_layers = decoder_layers
-        self.ffn_mult = ffn_mult
-        self.temporal_dropout = temporal_dropout
-        self.input_dropout = input_dropout
-        self.detector_dropout = detector_dropout
-        self.retrieval_scores = retrieval_scores
-        self.xpool_top_k = xpool_top_k
-        self.moment_weight = moment_weight
-        self.rerank_depth = rerank_depth
-        self.l1_weight = l1_weight
-        self.giou_weight = giou_weight
-        self.fg_weight = fg_weight
-        self.snippet_weight = snippet_weight
-        self.window_weight = window_weight
-        self.boundary_weight = boundary_weight
-        self.match_weight = match_weight
-        self.dual_weight = dual_weight
-        self.xpool_weight = xpool_weight
-        self.aux_loss = aux_loss
-        self.temperature_init = temperature_init
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.warmup_fraction = warmup_fraction
-        self.lr_schedule = lr_schedule
-        self.average_halflife = average_halflife
-        self.grad_clip = grad_clip
-        self.batch_size = batch_size
-        self.memory_tracks = memory_tracks
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.validation_gallery = validation_gallery
-        self.early_stopping_metric = early_stopping_metric
-        self.bf16 = bf16
-        self.mixed_precision = mixed_precision
-        self.device = device
-        self.n_threads = n_threads
-        self.random_state = random_state
-        self.verbose = verbose
+    _hyperparameters: ClassVar[Declaration]  # set by @declared
 
-    #: Every parameter's constraints, checked (all at once, one message) before a fit
-    #: touches any fitted state; the defaults are the signature's.
-    _parameter_constraints: ClassVar[dict[str, Any]] = {
-        "features": "no_validation",
-        "detector": [StrOptions(set(DETECTORS))],
-        "d_model": [Interval(Integral, 2, None, closed="left")],
-        "n_heads": [Interval(Integral, 1, None, closed="left")],
-        "temporal_layers": [Interval(Integral, 0, None, closed="left")],
-        "encoder_layers": [Interval(Integral, 0, None, closed="left")],
-        "decoder_layers": [Interval(Integral, 1, None, closed="left")],
-        "ffn_mult": [Interval(Integral, 1, None, closed="left")],
-        "temporal_dropout": [Interval(Real, 0, 1, closed="left")],
-        "input_dropout": [Interval(Real, 0, 1, closed="left")],
-        "detector_dropout": [Interval(Real, 0, 1, closed="left")],
-        "retrieval_scores": [list, tuple, str],
-        "xpool_top_k": [Interval(Integral, 1, None, closed="left"), None],
-        "moment_weight": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
-        "rerank_depth": [Interval(Integral, 1, None, closed="left")],
-        **{name: [Interval(Real, 0, None, closed="left")] for name in (
-            "l1_weight", "giou_weight", "fg_weight", "snippet_weight", "window_weight",
-            "boundary_weight", "match_weight", "dual_weight", "xpool_weight",
-            "weight_decay", "grad_clip")},
-        "aux_loss": ["boolean"],
-        "temperature_init": [Interval(Real, 0, None, closed="neither")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
-        "warmup_fraction": [Interval(Real, 0, 1, closed="both")],
-        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
-        "average_halflife": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "memory_tracks": [Interval(Integral, 0, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "patience": [Interval(Integral, 1, None, closed="left")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "validation_gallery": [StrOptions({"train", "held_out"}), "array-like"],
-        "early_stopping_metric": [StrOptions(set(EARLY_STOPPING_METRICS))],
-        "bf16": ["boolean"],
-        "mixed_precision": [StrOptions(set(MIXED_PRECISION))],
-        "device": [str, torch.device],
-        "n_threads": [Interval(Integral, 1, None, closed="left"), None],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
+    if TYPE_CHECKING:  # the decorator builds __init__ from GROUNDER_PARAMETERS
+        def __init__(self, features: Any = None, **params: Any) -> None: ...
 
     def _moment_weight(self) -> float:
         """``moment_weight`` resolved: "auto" re-ranks by the window head's moment score
@@ -383,7 +145,7 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         check_trainable_moments(frame)
         prepared = prepare_fit(self.get_params(deep=False), frame, self._source(features),
-                               eval_set, self._moment_weight())
+                               eval_set, self._moment_weight(), self._hyperparameters)
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.

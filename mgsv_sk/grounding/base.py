@@ -31,53 +31,45 @@ onnxruntime backend imports without it.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 
 from mgsv_sk.data._readers import id_list
-from mgsv_sk.data._schema import PREDICT_COLUMNS, validate_annotations, video_durations
-from mgsv_sk.data.features import NO_FEATURES, FeatureSource, as_feature_source, require_finite
-from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
+from mgsv_sk.data._schema import PREDICT_COLUMNS, validate_annotations
+from mgsv_sk.data.features import FeatureSource
+from mgsv_sk.grounding.catalogues import CatalogueHolder, Tracks
 from mgsv_sk.grounding.moments import check_moments, on_tracks, window_lists
-from mgsv_sk.search.ann import AnnParams
-from mgsv_sk.search.catalogue import Catalogue, Scorer, TrackIndex, top_k_indices
-from mgsv_sk.search.rerank import (
+from mgsv_sk.grounding.outputs import (
+    PREDICTION_COLUMNS,
+    RANK_COLUMNS,
+    Moments,
+    check_outputs,
+    moment_lengths,
+    track_seconds,
+)
+from mgsv_sk.search import (
     check_rerank,
     combined_scores,
     rerank_count,
     rerank_table,
     reranked,
+    top_k_indices,
 )
-from mgsv_sk.search.sharded import ShardedCatalogue
 
-__all__ = ["BaseGrounder", "PREDICTION_COLUMNS", "RANK_COLUMNS", "top_k_indices"]
-
-#: Columns of :meth:`BaseGrounder.predict`'s output.
-PREDICTION_COLUMNS = ("music_id", "start", "end", "score", "moment_score")
-#: Columns of :meth:`BaseGrounder.rank`'s output.
-RANK_COLUMNS = ("video_id", "rank", "music_id", "score", "start", "end", "moment_score")
-
-Moments = tuple[np.ndarray, np.ndarray, np.ndarray]
-
+__all__ = ["BaseGrounder", "Tracks", "Videos", "new_fit_token"]
 
 #: A backend's encoded videos of one call (what its hooks pass to each other).
 Videos = TypeVar("Videos")
-#: A backend's catalogue: track ids (TrackIndex) or encoded tracks (a search Catalogue).
-Tracks = TypeVar("Tracks", bound=TrackIndex)
 
 
-class BaseGrounder(Generic[Videos, Tracks]):
+class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
     """Shared plumbing; see the module docstring for the hooks a backend provides. A
     backend names its two types: ``BaseGrounder[its encoded videos, its catalogue]``."""
 
-    features: Any
-    catalogue_ids_: list[str]
     #: Re-ranking of retrieval candidates by the moment score (:mod:`mgsv_sk.search.rerank`);
     #: a backend with a moment head overrides these (the torch model as parameters, the
     #: bundle from its manifest); 0 keeps the retrieval order.
@@ -88,14 +80,6 @@ class BaseGrounder(Generic[Videos, Tracks]):
     def _encode_videos(self, frame: pd.DataFrame, source: FeatureSource) -> Videos:
         raise NotImplementedError
 
-    def _served_catalogue(self) -> Tracks:
-        raise NotImplementedError
-
-    def _encode_catalogue(self, music_ids: list[str], source: FeatureSource) -> Tracks:
-        raise NotImplementedError
-
-    def _serve(self, catalogue: Tracks) -> None:
-        raise NotImplementedError
 
     def _scores(self, videos: Videos, catalogue: Tracks) -> np.ndarray:
         raise NotImplementedError
@@ -107,91 +91,15 @@ class BaseGrounder(Generic[Videos, Tracks]):
                 track_rows: np.ndarray, seconds: np.ndarray, moments: int) -> Moments:
         raise NotImplementedError
 
-    def _scorer(self, catalogue: Catalogue) -> Scorer | None:
-        """The backend's score of (video, track) pairs over ``catalogue`` (None: dual
-        only); it must pickle, as shards on Dask workers run it."""
-        raise NotImplementedError
 
-    def _computing(self) -> contextlib.AbstractContextManager[Any]:
-        """Context of one call's computation (the torch backend sets its thread count)."""
-        return contextlib.nullcontext()
-
-    def _check_fitted(self) -> None:
-        """Raise scikit-learn's NotFittedError before ``fit`` (a backend that is always
-        fitted, such as a loaded bundle, overrides this)."""
-        from sklearn.utils.validation import check_is_fitted
-
-        check_is_fitted(self)
 
     # -- plumbing -------------------------------------------------------------------
-    def _source(self, features: Any = None) -> FeatureSource:
-        """The feature source of a call: the argument, else the ``features`` parameter."""
-        chosen = features if features is not None else getattr(self, "features", None)
-        if chosen is None:
-            raise ValueError(f"{type(self).__name__}: {NO_FEATURES}, to the constructor or "
-                             "to this call")
-        if not isinstance(chosen, (str, os.PathLike)):
-            return as_feature_source(chosen)
-        # A path is opened once and reused while its marker file is unchanged: opening a
-        # packed store reads and checks its ids and offsets (milliseconds per query for a
-        # server answering one video at a time); a store written again is reopened.
-        key = _path_key(chosen)
-        cached = getattr(self, "_opened_source", None)
-        if cached is not None and key is not None and cached[0] == key:
-            return cached[1]
-        source = as_feature_source(chosen)
-        self._opened_source = (key, source)
-        return source
-
     @staticmethod
     def _frame(X: Any, required: tuple[str, ...] = PREDICT_COLUMNS, *,
                keep_duplicates: bool = True) -> pd.DataFrame:
         """The validated frame, one row per row of ``X`` (a prediction answers every row,
         repeated ones included; ``fit`` passes ``keep_duplicates=False``)."""
         return validate_annotations(X, required, source="X", keep_duplicates=keep_duplicates)
-
-    def _remember_source(self, features: Any, *, adding: bool = False) -> None:
-        """Record where the served catalogue's encodings came from (``features``, else the
-        ``features`` parameter): a call given that source again may use them."""
-        key = source_identity(features if features is not None else
-                              getattr(self, "features", None))
-        keys = getattr(self, "_catalogue_sources", None) if adding else None
-        self._catalogue_sources = _SourceKeys(keys or ())
-        self._catalogue_sources.add(key)
-
-    def _own_source(self, features: Any) -> bool:
-        """Whether a call's ``features`` is the source the served catalogue was encoded
-        from (None: the ``features`` parameter, always)."""
-        if features is None:
-            return True
-        key = source_identity(features)
-        return key == source_identity(getattr(self, "features", None)) or key in getattr(
-            self, "_catalogue_sources", ())
-
-    def _catalogue_for(self, music_ids: list[str], source: FeatureSource,
-                       features: Any = None) -> Tracks:
-        """The served catalogue when it has every id (and the call's source is the one it
-        was encoded from, or holds none of these tracks), else these tracks encoded now
-        from the call's source: a ``features=`` override that holds a track is never
-        answered with the served encoding of that id."""
-        served = self._served_catalogue()
-        unique = list(dict.fromkeys(music_ids))
-        if all(m in served.index for m in unique):
-            if self._own_source(features):
-                return served
-            held = _held(source, unique, served)
-            if not held:  # the override gives videos only: the served tracks stand
-                return served
-            if len(held) < len(unique):
-                raise ValueError(
-                    f"features= holds {len(held)} of the {len(unique)} track(s) this call "
-                    f"reads (e.g. {held[:3]}) but not the others (e.g. "
-                    f"{[m for m in unique if m not in set(held)][:3]}): the served catalogue "
-                    "was encoded from another source, and mixing the two would answer from "
-                    "stale encodings. Pass a source holding all of them or none (videos "
-                    "only), or call set_catalogue(music_ids, features=...) first")
-        source.check_available([], unique)
-        return self._encode_catalogue(unique, source)
 
     def _rerank(self, moment_weight: Any = None, rerank_depth: Any = None) -> tuple[float, int]:
         """The call's re-ranking: the arguments where given, else the grounder's own."""
@@ -276,7 +184,7 @@ class BaseGrounder(Generic[Videos, Tracks]):
             start, end = on_tracks(start, end, track_seconds(catalogue, rows))
             if smg:
                 scores = combined_scores(scores, moment[:, 0], weight)
-        _check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
+        check_outputs(frame["video_id"].tolist(), start, end, moment, scores)
         out = pd.DataFrame(
             {"music_id": music_ids, "start": start[:, 0], "end": end[:, 0],
              "score": np.asarray(scores, np.float32),  # the column's dtype in every mode
@@ -373,7 +281,7 @@ class BaseGrounder(Generic[Videos, Tracks]):
                                               moment[keep])
             score = np.take_along_axis(ranked, order, axis=1).ravel()
         video_ids = frame["video_id"].to_numpy(dtype=object)[video_rows]
-        _check_outputs(video_ids.tolist(), start, end, moment)
+        check_outputs(video_ids.tolist(), start, end, moment)
         out = pd.DataFrame(
             {
                 "video_id": video_ids,
@@ -390,60 +298,6 @@ class BaseGrounder(Generic[Videos, Tracks]):
             out["windows"] = window_lists(start, end, moment)
         return out
 
-    def set_catalogue(self, music_ids: Any, features: Any = None) -> BaseGrounder:
-        """Serve a different music collection: MsG ``predict`` and ``rank`` search these
-        tracks from now on. Features of the tracks are read (and, for the neural model,
-        encoded) once here, from ``features`` or the estimator's source.
-
-        ``music_ids`` may instead be the :class:`~mgsv_sk.search.sharded.ShardedCatalogue`
-        that :meth:`shard_catalogue` made of the served catalogue: ``predict``, ``rank``
-        and ``decision_function`` then retrieve on its Dask workers (the same scores and
-        order as here) and ground the retrieved tracks in this process. Setting another
-        catalogue, or saving, leaves the shards behind."""
-        self._check_fitted()
-        if isinstance(music_ids, ShardedCatalogue):
-            # with_shards keeps the served catalogue's class: still this backend's Tracks
-            self._serve(cast(Tracks, self._encoded_catalogue().with_shards(music_ids)))
-            return self
-        ids = id_list(music_ids, "music_ids")
-        if not ids:
-            raise ValueError("set_catalogue needs at least one music_id")
-        source = self._source(features)
-        source.check_available([], ids)
-        with self._computing():
-            catalogue = self._encode_catalogue(ids, source)
-        self._serve(catalogue)
-        self._remember_source(features)
-        return self
-
-    def shard_catalogue(self, client: Any, *, n_shards: int | None = None,
-                        index: str = "exact", params: AnnParams | None = None
-                        ) -> ShardedCatalogue:
-        """Scatter the served catalogue's search across the workers of a Dask ``client``:
-        its embeddings and X-Pool states in ``n_shards`` shards (default one per worker),
-        each with a first-stage ``index`` built on its worker, and this backend's scorer.
-        Nothing changes here until :meth:`set_catalogue` gets the result; it answers as
-        this grounder's own search does (``xpool_top_k`` included)."""
-        self._check_fitted()
-        served = self._encoded_catalogue()
-        return ShardedCatalogue.scatter(client, served, self._scorer(served),
-                                        n_shards=n_shards, index=index, params=params)
-
-    def _encoded_catalogue(self) -> Catalogue:
-        """The served catalogue when it holds encoded tracks (what shards are made of)."""
-        served = self._served_catalogue()
-        if not isinstance(served, Catalogue):
-            raise TypeError(f"{type(self).__name__} has no encoded catalogue to shard; "
-                            "shard a fitted MGSVGrounder's or an OnnxGrounder's catalogue")
-        return served
-
-    def _search_catalogue(self, source: FeatureSource, features: Any) -> Tracks:
-        """The catalogue MsG searches in this call: the served one, or (a ``features=``
-        override holding its tracks) the same tracks encoded from the override."""
-        served = self._served_catalogue()
-        if self._own_source(features) or not _lists_music(source):
-            return served  # cheap at any catalogue size: no per-track work
-        return self._catalogue_for(list(served.ids), source, features)
 
     def score(self, X: pd.DataFrame, y: Any = None) -> float:
         """SmG mIoU on ``X`` (ground truth read from its columns): the task's headline
@@ -454,88 +308,6 @@ class BaseGrounder(Generic[Videos, Tracks]):
         return float(get_scorer("miou")(self, X))
 
 
-class _SourceKeys(set[Any]):
-    """Identities of the sources a served catalogue was encoded from; pickled empty (an
-    object's identity means nothing in another process)."""
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_SourceKeys, ())
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _SourceKeys:
-        return _SourceKeys(self)  # a copy in this process shares the sources (by identity)
-
-
-def source_identity(obj: Any) -> Any:
-    """What makes two feature arguments the same source: the resolved path of a path, a
-    packed store or a release tree; else the object itself (by identity)."""
-    if obj is None:
-        return None
-    path = obj if isinstance(obj, (str, os.PathLike)) else (
-        getattr(obj, "path", None) if type(obj).__name__ == "PackedFeatures" else
-        getattr(obj, "root", None) if type(obj).__name__ == "FeatureTree" else None)
-    if path is not None:  # the same path rewritten since is another source
-        return ("path", _path_key(path) or os.path.realpath(path))
-    return ("object", id(obj))
-
-
-def _lists_music(source: FeatureSource) -> bool:
-    """False for a source known to hold no track (a query's videos only)."""
-    lister = getattr(source, "music_ids", None)
-    return not (callable(lister) and len(lister()) == 0)
-
-
-def _held(source: FeatureSource, ids: list[str], served: TrackIndex) -> list[str]:
-    """The ``ids`` that ``source`` holds (listing the source when it is the smaller)."""
-    lister = getattr(source, "music_ids", None)
-    if callable(lister):
-        listed = lister()
-        if len(listed) <= len(ids):
-            wanted = set(ids)
-            return [m for m in listed if m in wanted]
-    return [m for m in ids if source.has_music(m)]
-
-
-def track_seconds(catalogue: TrackIndex, rows: np.ndarray) -> np.ndarray | None:
-    """Seconds of music the model knows of each track ``rows`` (2.5 s per valid
-    snippet, at most 240 s), or None for a catalogue without lengths (a baseline's)."""
-    lengths = getattr(catalogue, "lengths", None)
-    if lengths is None:
-        return None
-    return np.minimum(np.asarray(lengths, np.float64)[np.asarray(rows)] * SNIPPET_HOP_SECONDS,
-                      MAX_MUSIC_SECONDS)
-
-
-def _path_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
-    """Identity of a feature path's current content: the resolved path and the inode,
-    size and mtime of its marker file (``meta.json`` of a packed store; the folder itself
-    for a release tree). None: it cannot be read, so nothing is cached."""
-    root = Path(path).resolve()
-    marker = root / "meta.json"
-    try:
-        st = (marker if marker.is_file() else root).stat()
-    except OSError:
-        return None
-    return (str(root), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _check_outputs(video_ids: list[str], start: np.ndarray, end: np.ndarray,
-                   moment: np.ndarray, scores: np.ndarray | None = None) -> None:
-    """Refuse non-finite results, naming the videos (the best moment is always present)."""
-    columns = [start[:, 0], end[:, 0], moment[:, 0]]
-    if scores is not None:
-        columns.append(np.asarray(scores, np.float64))
-    require_finite(video_ids, ~np.isfinite(np.column_stack(columns)).all(axis=1), "video")
-
-
 def new_fit_token() -> str:
     """A fresh id for a fit: scorers reuse one prediction pass only within one fit."""
     return uuid.uuid4().hex
-
-
-def moment_lengths(frame: pd.DataFrame, source: FeatureSource) -> np.ndarray:
-    """Seconds of each video (the moment's length): from the frame's columns, else the
-    number of valid frames (1 fps)."""
-    try:
-        return video_durations(frame)
-    except ValueError:
-        return source.video_lengths(frame["video_id"]).astype(np.float64)

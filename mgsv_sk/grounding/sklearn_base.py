@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from sklearn.base import BaseEstimator
-from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
 
 from mgsv_sk.grounding.base import BaseGrounder, Tracks, Videos
+from mgsv_sk.grounding.validation import InvalidParameterError, validate_parameter_constraints
 
 __all__ = ["GrounderEstimator", "InvalidParameterError"]
 

@@ -13,7 +13,7 @@ import torch
 
 from mgsv_sk.data.features import FeatureSource, _progress
 from mgsv_sk.grounding.moments import select_windows
-from mgsv_sk.search.catalogue import sorted_batches
+from mgsv_sk.search import sorted_batches
 
 from ..nn.model import Grounding, MaDe
 from .device import Autocast, autocast_for, model_device

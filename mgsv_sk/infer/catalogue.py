@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mgsv_sk.data.features import FeatureSource
-from mgsv_sk.search.catalogue import (
+from mgsv_sk.search import (
     TWO_STAGE_MARGIN,
     Catalogue,
     Chunk,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mgsv_sk.search.catalogue import pad
+from mgsv_sk.search import pad
 
 __all__ = ["pad_stack"]
 

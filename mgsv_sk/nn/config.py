@@ -64,7 +64,7 @@ class MaDeConfig:
         Longest video (frames) and track (snippets) the position codes cover.
     """
 
-    # the estimator's parameters (defaults: MGSVGrounder's signature)
+    # the estimator's parameters (defaults: mgsv_sk/train/parameters.py)
     d_model: int
     n_heads: int
     temporal_layers: int

@@ -42,7 +42,7 @@ class LossWeights:
     """Weights of the loss terms: DETR's l1, giou, fg, the window head's ``window``,
     ``boundary`` and ``match``, the snippet evidence and the retrieval terms. Those are
     :class:`mgsv_sk.MGSVGrounder` parameters (``l1_weight``, ...), whose defaults are
-    declared in its signature only; the estimator builds this from them.
+    declared once in :mod:`mgsv_sk.train.parameters`; the fit builds this from them.
 
     ``aux`` adds the detection terms of every non-final decoder layer, each scaled by
     ``aux_weight``. ``bg_weight`` is the background class weight of the foreground

@@ -36,7 +36,11 @@ import numpy as np
 
 from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.ann import AnnIndex, AnnParams, build_index, resolve_kind
-from mgsv_sk.search.catalogue import TWO_STAGE_MARGIN, Catalogue, Scorer, pad, top_k_rows
+from mgsv_sk.search.catalogue import Catalogue
+from mgsv_sk.search.protocols import Scorer
+from mgsv_sk.search.ragged import pad
+from mgsv_sk.search.retrieval import TWO_STAGE_MARGIN
+from mgsv_sk.search.topk import top_k_rows
 
 __all__ = ["Shard", "ShardedCatalogue", "shard_bounds"]
 

@@ -14,7 +14,7 @@ import torch
 
 from mgsv_sk.data.features import FeatureSource
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
-from mgsv_sk.search.catalogue import sorted_batches
+from mgsv_sk.search import sorted_batches
 
 from ..infer.padding import pad_stack
 

@@ -53,7 +53,7 @@ MEMORY_FROM_EPOCH = 2
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings of one fit, built by the estimator from its parameters: the
-    defaults live in :class:`mgsv_sk.MGSVGrounder`'s signature only, so every field is
+    defaults are declared once in :mod:`mgsv_sk.train.parameters`, so every field is
     given here. ``amp_dtype`` is the one resolved precision (``bf16`` and
     ``mixed_precision`` resolved on the device once, by
     :func:`mgsv_sk.infer.device.resolve_precision`; None: float32)."""

@@ -3,7 +3,8 @@ and the loop's configs, the seed, the validation split and its gallery, the extr
 evaluation splits, the data-parallel group, then the loop and the catalogue encoding.
 
 :class:`mgsv_sk.MGSVGrounder` holds the parameters and applies the result; everything it
-takes to train is here. ``params`` is the estimator's ``get_params(deep=False)``.
+takes to train is here. ``params`` is the estimator's ``get_params(deep=False)``; which
+parameter feeds which config field is declared once, in :mod:`mgsv_sk.train.parameters`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from mgsv_sk.data._schema import FIT_COLUMNS, video_durations
 from mgsv_sk.data.features import FeatureSource, as_feature_source
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.grounding.base import BaseGrounder
+from mgsv_sk.grounding import BaseGrounder
+from mgsv_sk.grounding.hyperparameters import Declaration
 from mgsv_sk.infer.catalogue import MusicCatalogue
 from mgsv_sk.infer.device import resolve_device, resolve_precision, rng_devices, torch_threads
 from mgsv_sk.nn.config import MaDeConfig
@@ -32,6 +34,7 @@ from mgsv_sk.nn.model import MaDe
 from mgsv_sk.train import distributed as ddp
 from mgsv_sk.train._fitted import FittedState
 from mgsv_sk.train._training import Split, TrainConfig, fit_model
+from mgsv_sk.train.parameters import GROUNDER_PARAMETERS
 
 __all__ = ["PreparedFit", "fit_grounder", "loss_weights", "model_config", "prepare_fit", "seed_of",
            "train_config"]
@@ -51,27 +54,21 @@ def seed_of(random_state: Any) -> int:
     return int(check_random_state(random_state).randint(2**31 - 1))
 
 
-def model_config(params: Params, video_dim: int, music_dim: int, **details: Any) -> MaDeConfig:
-    """The network's config from the parameters; ``details``: MaDeConfig fields no
-    parameter exposes (max_frames, window_hidden, ...)."""
-    names = ("detector", "d_model", "n_heads", "temporal_layers", "temporal_dropout",
-             "input_dropout", "ffn_mult", "encoder_layers", "decoder_layers",
-             "detector_dropout", "temperature_init")
+def model_config(params: Params, video_dim: int, music_dim: int,
+                 declaration: Declaration = GROUNDER_PARAMETERS, **details: Any) -> MaDeConfig:
+    """The network's config from the parameters routed to ``model``; ``details``:
+    MaDeConfig fields no parameter exposes (max_frames, window_hidden, ...)."""
     return MaDeConfig(**details, video_dim=video_dim, music_dim=music_dim,
-                      retrieval_scores=tuple(params["retrieval_scores"]),
-                      **{name: params[name] for name in names})
+                      **declaration.route(params, "model"))
 
 
-def loss_weights(params: Params) -> LossWeights:
-    return LossWeights(l1=params["l1_weight"], giou=params["giou_weight"],
-                       fg=params["fg_weight"], snippet=params["snippet_weight"],
-                       window=params["window_weight"], boundary=params["boundary_weight"],
-                       match=params["match_weight"], dual=params["dual_weight"],
-                       xpool=params["xpool_weight"], aux=params["aux_loss"])
+def loss_weights(params: Params, declaration: Declaration = GROUNDER_PARAMETERS) -> LossWeights:
+    return LossWeights(**declaration.route(params, "loss"))
 
 
 def train_config(params: Params, seed: int, moment_weight: float,
-                  dist: ddp.DistContext | None) -> TrainConfig:
+                 dist: ddp.DistContext | None,
+                 declaration: Declaration = GROUNDER_PARAMETERS) -> TrainConfig:
     """The loop's config; device and precision problems all in one ValueError."""
     problems = []
     device: torch.device | None = None
@@ -91,18 +88,11 @@ def train_config(params: Params, seed: int, moment_weight: float,
                             "uses the nccl backend, which needs CUDA; pass device='cuda', "
                             "or initialise the group with backend='gloo' for CPU training")
     if problems:
-        raise InvalidInputError("Invalid MGSVGrounder parameters:\n  - " + "\n  - ".join(problems))
-    return TrainConfig(
-        lr=params["lr"], weight_decay=params["weight_decay"],
-        batch_size=int(params["batch_size"]), max_epochs=int(params["max_epochs"]),
-        patience=int(params["patience"]), warmup_fraction=params["warmup_fraction"],
-        lr_schedule=params["lr_schedule"], average_halflife=float(params["average_halflife"]),
-        grad_clip=params["grad_clip"], memory_tracks=int(params["memory_tracks"]),
-        early_stopping_metric=params["early_stopping_metric"],
-        moment_weight=moment_weight, rerank_depth=int(params["rerank_depth"]), seed=seed,
-        verbose=params["verbose"], loss_weights=loss_weights(params), device=str(device),
-        amp_dtype=amp,
-    )
+        raise InvalidInputError("Invalid MGSVGrounder parameters:\n  - "
+                                + "\n  - ".join(problems))
+    return TrainConfig(**declaration.route(params, "train"), moment_weight=moment_weight,
+                       seed=seed, loss_weights=loss_weights(params, declaration),
+                       device=str(device), amp_dtype=amp)
 
 
 def _make_split(part: pd.DataFrame, source: FeatureSource) -> Split:
@@ -180,12 +170,13 @@ class PreparedFit:
 
 
 def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval_set: Any,
-                moment_weight: float) -> PreparedFit:
+                moment_weight: float,
+                declaration: Declaration = GROUNDER_PARAMETERS) -> PreparedFit:
     """Check and build everything of a fit that can fail on its input (configs, splits,
     every feature read once); raises before anything is trained."""
     seed = seed_of(params["random_state"])
     dist = ddp.current()  # data-parallel when a torch.distributed group exists
-    cfg = train_config(params, seed, moment_weight, dist)
+    cfg = train_config(params, seed, moment_weight, dist, declaration)
     device = torch.device(cfg.device)
     if dist is not None:
         if device.type == "cuda":
@@ -194,7 +185,7 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
         cfg = replace(cfg, seed=seed)
     music_ids = list(pd.unique(frame["music_id"]))
     source.check_available(frame["video_id"], music_ids)
-    model_cfg = model_config(params, source.video_dim, source.music_dim)
+    model_cfg = model_config(params, source.video_dim, source.music_dim, declaration)
     train, valid = _split(params, frame, source, seed)
     evals = _eval_splits(eval_set, source)
     # Every feature is read and checked once before the previous fit is let go: a
@@ -218,4 +209,4 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
         catalogue = MusicCatalogue.build(model, p.music_ids, p.source,
                                          autocast=p.train_cfg.amp_dtype)
     return FittedState(model, catalogue, result.history, result.best_epoch,
-                       len(result.history), result.stopped, n_threads_used, result.returned)
+                       len(result.history), result.stopped, n_threads_used)

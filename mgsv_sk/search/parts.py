@@ -1,0 +1,96 @@
+"""The stored rows of a catalogue: a :class:`Part` holds tracks back to back (embeddings,
+offsets, snippet tokens and X-Pool states), in memory or in a bundle's files read on
+demand (:class:`NpyRows`, or compact rows from :mod:`mgsv_sk.search.compact`); a
+:class:`Chunk` is a padded group of rows for the full X-Pool scan.
+
+The per-snippet arrays of a bundle are read row range by row range with ``os.pread``
+rather than memory-mapped: see :mod:`mgsv_sk.search.catalogue` for the measured reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from mgsv_sk.search.compact import CompactRows, RowFile, open_compact
+
+__all__ = ["Chunk", "NpyRows", "Part", "Rows"]
+
+
+class NpyRows(RowFile):
+    """Row ranges of a 2-D little-endian float32 ``.npy`` file (a bundle's catalogue array),
+    read on demand: :class:`mgsv_sk.search.compact.RowFile` with that layout checked.
+
+    ``rows[a:b]`` returns an [b - a, D] float32 array.
+    """
+
+    shape: tuple[int, int]
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        if len(self.shape) != 2 or self.dtype != np.dtype("<f4"):
+            raise ValueError(f"{path!s}: expected a C-order 2-D float32 array, got shape "
+                             f"{self.shape}, dtype {self.dtype}")
+
+
+Rows: TypeAlias = np.ndarray | NpyRows | CompactRows
+
+
+@dataclass(frozen=True)
+class Part:
+    """Tracks stored back to back, as mgsv_sk's MusicCatalogue: emb [n, D], offsets [n + 1],
+    tokens [R, D] and xpool_states [R, D] (None without X-Pool); ``emb_file``: the same
+    embeddings read row by row with ``pread`` (a loaded bundle's), for scattered rows."""
+
+    ids: tuple[str, ...]
+    emb: np.ndarray
+    offsets: np.ndarray
+    tokens: Rows
+    states: Rows | None
+    emb_file: RowFile | None = None
+
+    @classmethod
+    def from_tracks(cls, ids: Sequence[str], emb: np.ndarray, tokens: Sequence[np.ndarray],
+                    states: Sequence[np.ndarray] | None) -> Part:
+        """From per-track [S_i, D] tokens and X-Pool states (valid snippets only)."""
+        lengths = np.array([len(t) for t in tokens], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(tuple(ids), np.ascontiguousarray(emb, np.float32), offsets,
+                   np.concatenate(tokens).astype(np.float32, copy=False),
+                   None if states is None
+                   else np.concatenate(states).astype(np.float32, copy=False))
+
+    @classmethod
+    def load(cls, folder: Path, files: dict[str, str], states: str = "float32") -> Part:
+        """The bundle's catalogue: embeddings memory-mapped, per-snippet arrays read on
+        demand (:class:`NpyRows`; compact ``states``, "float16" / "int8": decoded as read)."""
+        missing = [r for r in ("ids", "emb", "offsets", "tokens") if r not in files]
+        if missing:
+            raise ValueError(f"catalogue of {folder!s} lacks {missing}")
+        ids = tuple(str(i) for i in json.loads((folder / files["ids"]).read_text()))
+        emb: Any = np.load(folder / files["emb"], mmap_mode="r", allow_pickle=False)
+        offsets = np.load(folder / files["offsets"], allow_pickle=False).astype(np.int64)
+
+        def rows(role: str) -> Rows:
+            if states == "float32":
+                return NpyRows(folder / files[role])
+            scales = {"scales": files[f"{role}_scales"]} if f"{role}_scales" in files else {}
+            return open_compact(folder, {"data": files[role], **scales}, states)
+
+        xpool = rows("xpool_states") if "xpool_states" in files else None
+        return cls(ids, emb, offsets, rows("tokens"), xpool, RowFile(folder / files["emb"]))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Catalogue rows of similar length, padded once: what one score_tracks call reads."""
+
+    rows: np.ndarray
+    emb: np.ndarray
+    states: np.ndarray
+    mask: np.ndarray
