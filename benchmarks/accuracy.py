@@ -239,10 +239,14 @@ def schedule_table(hist: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     settings = [("defaults", defaults.max_epochs)] + [
         (f"max_epochs={n}", n) for n in FIXED_EPOCHS if n <= len(hist)]
+    budget = BUDGETS["5min"]["epochs"]["window"]
+    if budget <= len(hist):  # the 5-minute budget: its epochs, no early stop (--budget 5min)
+        settings.append((f"5-minute budget (max_epochs={budget}, patience={budget})", budget))
     for label, cap in settings:
         if label == "defaults" and cap > len(hist):
             label = f"defaults (max_epochs={cap}; the curve's {len(hist)} epochs)"
-        kept, run = stopping_replay(hist, metric, patience, cap)
+        kept, run = stopping_replay(hist, metric, cap if label.startswith("5-minute") else
+                                    patience, cap)
         seconds = sum(r["seconds"] - r.get("eval_seconds", 0.0) for r in hist[:run])
         rows[label] = {"epochs_run": run, "kept_epoch": kept, "fit_seconds": seconds,
                        **{k: hist[kept - 1][f"eval0_{k}"] for k in SCHEDULE_KEYS}}
