@@ -203,19 +203,58 @@ CURVE_KEYS = ("R@1", "R@10", "MRR", "MoR@1,0.5", "mIoU")
 
 def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> int:
     """The epoch early stopping keeps on this history: the fit loop's own rule, replayed."""
+    return stopping_replay(history, metric, patience)[0]
+
+
+def stopping_replay(history: list[dict[str, float]], metric: str, patience: int,
+                    max_epochs: int | None = None) -> tuple[int, int]:
+    """(kept epoch, epochs run) of a fit whose epochs are this history's, capped at
+    ``max_epochs``: the fit loop's own rule, replayed. Exact for the default schedule,
+    whose epochs do not depend on ``max_epochs`` (a constant rate after warm-up)."""
     from mgsv_sk.evaluation.scoring import scorer_value
     from mgsv_sk.train._training import EarlyStopping
 
     stopping = EarlyStopping(patience)
-    for row in history:
+    run = 0
+    for row in history[:max_epochs]:
+        run += 1
         stopping.update(scorer_value(row, metric, prefix="val_"))
         if stopping.exhausted:
             break
-    return stopping.best_epoch
+    return stopping.best_epoch, run
+
+
+#: The fixed ``max_epochs`` a default fit is compared with (``--curves``).
+FIXED_EPOCHS = (3, 5, 8, 12, 20)
+#: The test metrics of that comparison.
+SCHEDULE_KEYS = ("R@1", "R@10", "MoR@1,0.5", "mIoU")
+
+
+def schedule_table(hist: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The defaults against each fixed ``max_epochs`` the curve covers, replayed on its
+    history: the epochs run, their fit seconds (training and validation, not the test
+    split's record) and the test metrics of the weights each returns."""
+    defaults = MGSVGrounder()
+    metric, patience = defaults.early_stopping_metric, defaults.patience
+    rows: dict[str, dict[str, float]] = {}
+    settings = [("defaults", defaults.max_epochs)] + [
+        (f"max_epochs={n}", n) for n in FIXED_EPOCHS if n <= len(hist)]
+    budget = BUDGETS["5min"]["epochs"]["window"]
+    if budget <= len(hist):  # the 5-minute budget: its epochs, no early stop (--budget 5min)
+        settings.append((f"5-minute budget (max_epochs={budget}, patience={budget})", budget))
+    for label, cap in settings:
+        if label == "defaults" and cap > len(hist):
+            label = f"defaults (max_epochs={cap}; the curve's {len(hist)} epochs)"
+        kept, run = stopping_replay(hist, metric, cap if label.startswith("5-minute") else
+                                    patience, cap)
+        seconds = sum(r["seconds"] - r.get("eval_seconds", 0.0) for r in hist[:run])
+        rows[label] = {"epochs_run": run, "kept_epoch": kept, "fit_seconds": seconds,
+                       **{k: hist[kept - 1][f"eval0_{k}"] for k in SCHEDULE_KEYS}}
+    return rows
 
 
 def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
-               test_videos: int, seed: int = 0) -> dict[str, Any]:
+               test_videos: int, seed: int = 0, cosine: int = 0) -> dict[str, Any]:
     train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
                                 random_state=0)
     test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
@@ -225,6 +264,15 @@ def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
                          n_threads=threads, random_state=seed)
     model.fit(train.frame, eval_set=(test.frame, test.features))
     out = summarise_curve(model.history_, time.perf_counter() - tic)
+    if cosine:  # the previous release's schedule: a cosine to zero at max_epochs, raw weights
+        tic = time.perf_counter()
+        ref = MGSVGrounder(features=train.features, max_epochs=cosine, patience=cosine,
+                           lr_schedule="cosine", average_halflife=0, n_threads=threads,
+                           random_state=seed).fit(train.frame)
+        fit_s = time.perf_counter() - tic
+        report = evaluate(ref, test.frame, features=test.features)
+        out["cosine_reference"] = {"max_epochs": cosine, "fit_seconds": fit_s,
+                                   **{k: report[k] for k in SCHEDULE_KEYS}}
     es = out["early_stopping"]
     print(f"[{world}] {epochs} epochs in {out['fit_seconds']:.0f} s; kept epoch "
           f"{es['kept_epoch']} (test R@1 {es['test_R@1_kept']:.3f}, best "
@@ -262,6 +310,7 @@ def summarise_curve(hist: list[dict[str, float]], seconds: float) -> dict[str, A
                            "best_epoch": int(np.argmax(test_r1)) + 1},
         "test_R@1_largest_fall_below_peak": float(
             np.max(np.maximum.accumulate(test_r1) - test_r1)),
+        "schedules": schedule_table(hist),
     }
 
 
@@ -280,6 +329,23 @@ def curves_markdown(results: dict[str, Any]) -> str:
                    f"{rho['R@1']:.2f} | {rho['MoR@1,0.5']:.2f} | {rho['MRR']:.2f} |")
     out.append("")
     for world, res in results["worlds"].items():
+        if "schedules" not in res:
+            continue
+        out.append(f"### {world}: the defaults against fixed max_epochs (test, unseen tracks)\n")
+        out.append("| setting | epochs run | kept | fit s | " + " | ".join(SCHEDULE_KEYS) + " |")
+        out.append("|---|---|---|---|" + "---|" * len(SCHEDULE_KEYS))
+        for label, row in res["schedules"].items():
+            out.append(f"| {label} | {row['epochs_run']} | {row['kept_epoch']} | "
+                       f"{row['fit_seconds']:.0f} | "
+                       + " | ".join(f"{row[k]:.3f}" for k in SCHEDULE_KEYS) + " |")
+        ref = res.get("cosine_reference")
+        if ref:
+            out.append(f"| previous schedule: cosine over max_epochs={ref['max_epochs']}, raw "
+                       f"weights | {ref['max_epochs']} | {ref['max_epochs']} | "
+                       f"{ref['fit_seconds']:.0f} | "
+                       + " | ".join(f"{ref[k]:.3f}" for k in SCHEDULE_KEYS) + " |")
+        out.append("")
+    for world, res in results["worlds"].items():
         out.append(f"### {world}: per epoch (validation / test on unseen tracks)\n")
         out.append("| epoch | s | " + " | ".join(f"val {k} | test {k}" for k in CURVE_KEYS)
                    + " |")
@@ -294,8 +360,30 @@ def curves_markdown(results: dict[str, Any]) -> str:
 def write_curves(name: str, results: dict[str, Any]) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(curves_markdown(results))
-    draw_curves(results, Path(__file__).parents[1] / "docs" / "images" /
-                f"{name.replace('accuracy_curves', 'generalisation')}.png")
+    images = Path(__file__).parents[1] / "docs" / "images"
+    draw_curves(results, images / f"{name.replace('accuracy_curves', 'generalisation')}.png")
+    if all("schedules" in res for res in results["worlds"].values()):
+        draw_budget(results, images / f"{name.replace('accuracy_curves', 'fit_budget')}.png")
+
+
+def draw_budget(results: dict[str, Any], path: Path) -> None:
+    """Test R@1 against fit seconds: the defaults (stars) and each fixed max_epochs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mgsv_sk.plot import plot_fit_budget
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    for ax, metric in zip(axes, ("R@1", "mIoU")):
+        fits = {w: {label: {"fit_seconds": r["fit_seconds"], metric: r[metric]}
+                    for label, r in res["schedules"].items()}
+                for w, res in results["worlds"].items()}
+        plot_fit_budget(fits, metric=metric, ax=ax)
+        ax.set_title(f"test {metric} on unseen tracks against fit seconds", fontsize="medium")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def replay(name: str) -> None:
@@ -304,7 +392,9 @@ def replay(name: str) -> None:
         if "history" not in res:
             raise SystemExit(f"{name}.json records no full history for {world}; "
                              "run the curves again to replay them")
-        results["worlds"][world] = summarise_curve(res["history"], res["fit_seconds"])
+        results["worlds"][world] = {**summarise_curve(res["history"], res["fit_seconds"]),
+                                    **({"cosine_reference": res["cosine_reference"]}
+                                       if "cosine_reference" in res else {})}
     write_curves(name, results)
     print(curves_markdown(results))
 
@@ -365,6 +455,9 @@ def main() -> None:
     parser.add_argument("--curves", type=int, default=0, metavar="EPOCHS",
                         help="record validation and test curves of the default window head "
                              "over EPOCHS epochs instead of the budget table")
+    parser.add_argument("--cosine-reference", type=int, default=0, metavar="EPOCHS",
+                        help="with --curves: also fit the previous release's schedule (a "
+                             "cosine to zero at EPOCHS, raw weights) for comparison")
     parser.add_argument("--seed", type=int, default=0,
                         help="the curve fit's random_state (initialisation, batches); the "
                              "data stay the same")
@@ -398,7 +491,8 @@ def main() -> None:
         results["setup"]["seed"] = args.seed
         for world in worlds:
             results["worlds"][world] = run_curves(world, budget, args.curves, args.n_threads,
-                                                  args.test_videos, args.seed)
+                                                  args.test_videos, args.seed,
+                                                  args.cosine_reference)
             write_curves(name, results)
         print(curves_markdown(results))
         return

@@ -17,6 +17,8 @@ plot_generalisation        several histories with ``fit(eval_set=...)``: validat
                            against test on unseen tracks, epoch by epoch
 plot_recall_at_k           0-based ranks from :func:`mgsv_sk.evaluation.metrics.retrieval_ranks`,
                            one model or several as labelled curves
+plot_fit_budget            per world, fits of several settings: a metric against the
+                           seconds each fit took (the defaults against fixed budgets)
 =========================  ==========================================================
 """
 
@@ -40,8 +42,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS, temporal_iou  # noqa: E402
 from mgsv_sk.evaluation.metrics import RECALL_KS, check_ranks  # noqa: E402
 
-__all__ = ["plot_generalisation", "plot_prediction", "plot_recall_at_k", "plot_timeline",
-           "plot_training_curves"]
+__all__ = ["plot_fit_budget", "plot_generalisation", "plot_prediction", "plot_recall_at_k",
+           "plot_timeline", "plot_training_curves"]
 
 #: Validation metrics drawn by default (those of ``history_`` that are fractions).
 DEFAULT_CURVE_METRICS = ("mIoU", "IoU@0.5", "R@1", "R@10", "MoR@1,0.5", "MoR@10,0.5")
@@ -421,6 +423,60 @@ def plot_generalisation(
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small", ncol=2)
+    return ax
+
+
+def plot_fit_budget(
+    fits: Mapping[str, Mapping[str, Mapping[str, float]]],
+    *,
+    metric: str = "R@1",
+    highlight: str = "defaults",
+    ax: Axes | None = None,
+) -> Axes:
+    """A test metric against fit seconds, one colour per world: the fits of each setting
+    joined in order of their seconds, the ``highlight`` setting drawn as a star.
+
+    Parameters
+    ----------
+    fits : mapping of world -> (mapping of setting label -> record)
+        Each record holds ``fit_seconds`` and ``metric`` (e.g. ``benchmarks/accuracy.py
+        --curves``' per-world ``schedules``: ``"defaults"``, ``"max_epochs=5"``, ...).
+    metric : str
+        The record's key to plot, e.g. "R@1", "MoR@1,0.5", "mIoU".
+    highlight : str
+        Settings whose label starts with this are starred and labelled.
+
+    Returns
+    -------
+    Axes
+    """
+    if not fits:
+        raise ValueError("fits is empty: give at least one world -> {setting: record}")
+    ax = _new_axes(ax, (6.4, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (world, settings) in enumerate(fits.items()):
+        color = colors[i % len(colors)]
+        missing = [label for label, rec in settings.items()
+                   if "fit_seconds" not in rec or metric not in rec]
+        if missing or not settings:
+            raise ValueError(f"world {world!r}: setting(s) {missing or '(none)'} lack "
+                             f"'fit_seconds' or {metric!r}")
+        plain = sorted((float(rec["fit_seconds"]), float(rec[metric]), label)
+                       for label, rec in settings.items() if not label.startswith(highlight))
+        if plain:
+            ax.plot([x for x, _, _ in plain], [y for _, y, _ in plain], color=color, lw=1.2,
+                    marker="o", markersize=4, label=f"{world}: fixed settings")
+            for x, y, label in plain:
+                ax.annotate(label.split("=")[-1], (x, y), textcoords="offset points",
+                            xytext=(3, -9), fontsize="x-small", color=color)
+        for label, rec in settings.items():
+            if label.startswith(highlight):
+                ax.plot([rec["fit_seconds"]], [rec[metric]], "*", color=color, markersize=14,
+                        markeredgecolor="black", label=f"{world}: {label}")
+    ax.set_xlabel("fit seconds")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small", ncol=2)
     return ax
 
 

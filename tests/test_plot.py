@@ -303,3 +303,26 @@ def test_generalisation_curves_draw_validation_and_test(tmp_path):
         plot_generalisation({"x": [{"epoch": 1, "val_R@1": 0.1}]})
     with pytest.raises(ValueError, match="empty"):
         plot_generalisation({})
+
+
+def test_fit_budget_draws_each_setting_against_its_seconds(tmp_path):
+    from mgsv_sk.plot import plot_fit_budget
+
+    fits = {"noisy": {"defaults": {"fit_seconds": 400.0, "R@1": 0.64},
+                      "max_epochs=8": {"fit_seconds": 500.0, "R@1": 0.62},
+                      "max_epochs=3": {"fit_seconds": 200.0, "R@1": 0.50}},
+            "hook": {"defaults": {"fit_seconds": 900.0, "R@1": 0.93},
+                     "max_epochs=5": {"fit_seconds": 300.0, "R@1": 0.85}}}
+    ax = plot_fit_budget(fits)
+    fixed = next(ln for ln in ax.get_lines() if ln.get_label() == "noisy: fixed settings")
+    # fixed settings joined in order of their seconds
+    assert list(fixed.get_xdata()) == [200.0, 500.0]
+    assert list(fixed.get_ydata()) == pytest.approx([0.50, 0.62])
+    star = next(ln for ln in ax.get_lines() if ln.get_label() == "hook: defaults")
+    assert star.get_marker() == "*" and list(star.get_ydata()) == [0.93]
+    ax.figure.savefig(tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="lack"):
+        plot_fit_budget({"x": {"defaults": {"R@1": 0.5}}})
+    with pytest.raises(ValueError, match="empty"):
+        plot_fit_budget({})

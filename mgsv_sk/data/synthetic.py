@@ -47,6 +47,12 @@ design of moment head is flattered by the data it is measured on:
     track (the benchmark's 10 per track): a model can fit the training tracks' quirks far
     more easily than learn the style maps, which is what retrieval on tracks never seen
     in training needs. It shows retrieval overfitting that the other worlds hide.
+``"crowded"``
+    A catalogue crowded with near-duplicates: tracks come in families of about
+    ``_CROWD_FAMILY`` that share one style and one motif palette, each track a small
+    variation of both (a remix, a cover, the same library cue re-cut). Videos see their
+    music in time, as in "aligned", with less style noise, so the family is easy and the
+    track within it is the task: retrieval must tell neighbours apart.
 
 In every world a linear model gets part of both tasks (:class:`mgsv_sk.RidgeGrounder`;
 ``tests/test_datasets.py::test_every_world_is_learnable_by_a_linear_model`` checks that
@@ -72,7 +78,7 @@ from mgsv_sk.errors import InvalidInputError, InvalidTypeError
 __all__ = ["CATEGORY_SHARES", "SyntheticMGSV", "WORLDS", "make_synthetic_mgsv"]
 
 #: The planted structures ``make_synthetic_mgsv(world=...)`` can make (module docstring).
-WORLDS: tuple[str, ...] = ("aligned", "signature", "hook", "noisy")
+WORLDS: tuple[str, ...] = ("aligned", "signature", "hook", "noisy", "crowded")
 
 #: Category shares of the MGSV-EC val split (rounded; the long tail lumped into "Other").
 CATEGORY_SHARES: dict[str, float] = {
@@ -103,10 +109,12 @@ _SIGNATURE_MOTIF_SCALE = 1.5  # and in the signature world (no alignment to lean
 _SIGNATURE_MOTIFS = 8  # more motifs per track: a moment's bag of motifs is distinctive
 _NOISY_VOCABULARY = 24  # the noisy world's motifs, shared by every track
 _NOISY_FRAME_NOISE = 3.0  # the noisy world's frame noise, in units of feature_noise
-_STYLE_NOISE = {"noisy": 1.1}  # a world's own default style_noise (1.8 elsewhere)
+_STYLE_NOISE = {"noisy": 1.1, "crowded": 0.8}  # a world's own style_noise (1.8 elsewhere)
+_CROWD_FAMILY = 10  # tracks per family of near-duplicates in the crowded world
+_CROWD_VARIATION = 0.25  # a track's own share of its style and motifs (std of the latent)
 _NOISY_STYLE_JITTER = 1.0  # and its per-frame style jitter (std of the latent)
 _MOTIF_SCALE = {"aligned": 1.0, "signature": _SIGNATURE_MOTIF_SCALE, "hook": _HOOK_MOTIF_SCALE,
-                "noisy": _SIGNATURE_MOTIF_SCALE}
+                "noisy": _SIGNATURE_MOTIF_SCALE, "crowded": 1.0}
 _UNALIGNED = ("signature", "noisy")  # frames drawn anywhere inside the moment
 
 
@@ -224,6 +232,11 @@ def _make_tracks(rng: np.random.Generator, world_maps: _World, world: str, n_tra
     durations = np.round(30.0 + 209.9 * rng.beta(0.9, 0.8, n_tracks), 3)
     genre = rng.integers(0, n_genres, n_tracks)
     styles = 0.7 * world_maps.genres[genre] + 0.7 * rng.standard_normal((n_tracks, _LATENT))
+    family_palettes: np.ndarray | None = None
+    if world == "crowded":  # families share a style and a palette; each track varies both
+        family = rng.integers(0, max(1, n_tracks // _CROWD_FAMILY), n_tracks)
+        styles = styles[family] + _CROWD_VARIATION * rng.standard_normal((n_tracks, _LATENT))
+        family_palettes = rng.standard_normal((n_tracks, _MOTIFS, _LATENT))[family]
     music: dict[str, np.ndarray] = {}
     motif_latents: list[np.ndarray] = []
     hook_starts: list[list[int]] = []
@@ -231,6 +244,8 @@ def _make_tracks(rng: np.random.Generator, world_maps: _World, world: str, n_tra
         n_snip = min(MAX_MUSIC_SNIPPETS, int(durations[m] // SNIPPET_HOP_SECONDS) + 1)
         n_motifs = _SIGNATURE_MOTIFS if world in _UNALIGNED else _MOTIFS
         palette = rng.standard_normal((n_motifs, _LATENT))
+        if family_palettes is not None:
+            palette = family_palettes[m] + _CROWD_VARIATION * palette
         if world == "noisy":  # motifs from one world-wide vocabulary: a moment's signature
             # locates it in its track but says little about which track it is
             palette = world_maps.motif_vocabulary[
@@ -348,7 +363,7 @@ def make_synthetic_mgsv(
     n_videos, n_tracks : int
         Rows and distinct tracks (each track used by at least one video when
         ``n_tracks <= n_videos``; val/test style splits use ``n_tracks == n_videos``).
-    world : {"aligned", "signature", "hook", "noisy"}
+    world : {"aligned", "signature", "hook", "noisy", "crowded"}
         Where the grounding signal lives (module docstring); the same world for every
         split of one set.
     random_state : int
@@ -361,7 +376,8 @@ def make_synthetic_mgsv(
     style_noise, feature_noise : float
         Difficulty: how far a video's style strays from its track's (None: the world's
         default, 1.8; 1.1 in the "noisy" world, whose frames carry their own noise on
-        top), and the feature noise. Defaults give a task a linear model half solves.
+        top; 0.8 in the "crowded" one, whose neighbours differ by little), and the
+        feature noise. Defaults give a task a linear model half solves.
     motif_strength : float
         Scale of the motif latents (the grounding signal) against the noise.
     world_seed : int

@@ -79,7 +79,7 @@ def save_grounder(params: dict[str, Any], state: FittedState, path: str | os.Pat
                          "music_dim": state.model.cfg.music_dim},
         "fitted": {"catalogue_ids": cat.ids, "history": state.history,
                    "best_epoch": state.best_epoch, "n_epochs": state.n_epochs,
-                   "stopped": state.stopped},
+                   "stopped": state.stopped, "returned": state.returned},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
     with atomic_directory(path, overwrite=overwrite, replaces=MODEL_FOLDER) as tmp:
@@ -332,4 +332,5 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
                                offsets)
     fitted = config["fitted"]
     return est, FittedState(model, catalogue, fitted["history"], fitted["best_epoch"],
-                            fitted["n_epochs"], fitted["stopped"])
+                            fitted["n_epochs"], fitted["stopped"],
+                            returned=str(fitted.get("returned", "")))

@@ -80,6 +80,11 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         The epoch whose weights were kept, and the epochs run.
     stopped_ : str
         "converged", "max_epochs" or "interrupted".
+    returned_weights_ : str
+        Which weights the model holds and why, e.g. "the average of the weights (EMA,
+        half-life 1 epochs) at the end of epoch 7: the best 2-epoch mean of validation
+        mrr; stopped after 5 epochs without improvement (12 epochs run)". The history's
+        ``returned`` column marks that epoch.
     n_threads_ : int
         torch intra-op threads the fit ran with.
 
@@ -167,13 +172,15 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self.best_epoch_ = state.best_epoch
         self.n_epochs_ = state.n_epochs
         self.stopped_ = state.stopped
+        self.returned_weights_ = state.returned
         if state.n_threads is not None:
             self.n_threads_ = state.n_threads
         self.fit_token_ = new_fit_token()
 
     def _fitted_state(self) -> FittedState:
         return FittedState(self.model_, self.catalogue_, self.history_, self.best_epoch_,
-                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None))
+                           self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None),
+                           getattr(self, "returned_weights_", ""))
 
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

@@ -26,3 +26,5 @@ class FittedState:
     stopped: str
     #: torch intra-op threads the fit ran with (None: not recorded, e.g. a loaded model).
     n_threads: int | None = None
+    #: which weights the model holds and why (``returned_weights_``; "" before it existed).
+    returned: str = ""

@@ -1,4 +1,5 @@
-"""The fit loop: seeded, length-grouped batches, warm-up + cosine, early stopping, history.
+"""The fit loop: seeded, length-grouped batches, warm-up then a constant rate with an average
+of the weights (or a cosine over ``max_epochs``), early stopping, history.
 
 Kept apart from the estimator so the loop reads top to bottom; the estimator only turns
 its flat hyper-parameters into a :class:`TrainConfig` and a model.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ from ..infer.device import Autocast, autocast_for
 from ..nn.losses import LossWeights, made_losses
 from ..nn.model import MaDe
 from . import distributed as ddp
+from ._averaging import WeightAverage
 from ._batching import collate, length_grouped_batches, target_center_width
 from ._memory import TrackMemory
 
@@ -61,6 +64,8 @@ class TrainConfig:
     max_epochs: int
     patience: int
     warmup_fraction: float
+    lr_schedule: str  # "constant" (after warm-up) or "cosine" (to zero at max_epochs)
+    average_halflife: float  # EMA of the weights, half-life in epochs (0: the raw weights)
     grad_clip: float
     memory_tracks: int  # cross-batch memory of recent tracks as extra negatives (0: none)
     early_stopping_metric: str
@@ -106,6 +111,7 @@ class TrainResult:
     best_epoch: int
     best_score: float
     stopped: str  # "converged" (patience), "max_epochs" or "interrupted"
+    returned: str = ""  # which weights the model holds, and why (``returned_weights_``)
 
 
 #: Early stopping monitors any scorer of :mod:`mgsv_sk.evaluation.scoring` (its registry).
@@ -186,12 +192,19 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
     return report
 
 
-def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+#: The learning-rate schedules after the linear warm-up (``lr_schedule``).
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _schedule(total_steps: int, warmup_fraction: float,
+              kind: str = "cosine") -> Callable[[int], float]:
     warmup = max(1, int(round(total_steps * warmup_fraction)))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -219,10 +232,12 @@ def _train_epoch(
     epoch: int,
     dist: ddp.DistContext | None = None,
     memory: TrackMemory | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
     """One epoch; ``net`` is the model, or its DistributedDataParallel wrapper when
     ``dist`` is given (this rank then trains on its shard of the epoch's batches);
-    ``memory``: the fit's cross-batch track memory (each rank keeps its own)."""
+    ``memory``: the fit's cross-batch track memory (each rank keeps its own);
+    ``average``: the weight average, updated after every step."""
     net.train()
     device = torch.device(cfg.device)
     sums: dict[str, float] = {}
@@ -259,6 +274,8 @@ def _train_epoch(
         scaler.step(optimizer)  # a plain optimizer.step() unless float16 loss scaling
         scaler.update()
         scheduler.step()
+        if average is not None:
+            average.update()
         if memory is not None:
             memory.push(out.music, batch.music_ids)
         n = len(rows)
@@ -331,10 +348,13 @@ def fit_model(
         train.music_ids)
     targets = train.target_cw().astype(np.float32)
     world = 1 if dist is None else dist.world_size
-    steps = cfg.max_epochs * math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
+    epoch_steps = math.ceil(math.ceil(len(train) / cfg.batch_size) / world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, cfg.warmup_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(cfg.max_epochs * epoch_steps, cfg.warmup_fraction, cfg.lr_schedule))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == torch.float16)
+    average = (WeightAverage(model, cfg.average_halflife * epoch_steps)
+               if cfg.average_halflife > 0 else None)
     net: torch.nn.Module = model
     if dist is not None:
         ddp.check_same(ddp.data_fingerprint(train.video_ids, train.music_ids,
@@ -354,13 +374,21 @@ def fit_model(
             row: dict[str, float] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update(_train_epoch(net, train, lengths, targets, optimizer, scheduler, scaler,
                                     cfg, rng, epoch, dist,
-                                    memory if epoch >= MEMORY_FROM_EPOCH else None))
-            if valid is not None:
-                report = _validate(model, valid, cfg, dist)
-                row.update({f"val_{k}": v for k, v in report.items()})
-            for name, split in evals:
-                row.update({f"{name}_{k}": v
-                            for k, v in _validate(model, split, cfg, dist).items()})
+                                    memory if epoch >= MEMORY_FROM_EPOCH else None, average))
+            with _averaged(average):  # what is validated is what would be returned
+                if valid is not None:
+                    report = _validate(model, valid, cfg, dist)
+                    row.update({f"val_{k}": v for k, v in report.items()})
+                evals_tic = time.perf_counter()
+                for name, split in evals:
+                    row.update({f"{name}_{k}": v
+                                for k, v in _validate(model, split, cfg, dist).items()})
+                if evals:  # the record's own cost, apart from the fit's
+                    row["eval_seconds"] = time.perf_counter() - evals_tic
+                row["seconds"] = time.perf_counter() - tic
+                history.append(row)
+                if stopping.update(_monitored(row, cfg.early_stopping_metric, valid is not None)):
+                    best_state = _snapshot(model)
         except KeyboardInterrupt:
             if best_state is None and not history:
                 raise
@@ -368,10 +396,6 @@ def fit_model(
                            epoch)
             stopped = "interrupted"
             break
-        row["seconds"] = time.perf_counter() - tic
-        history.append(row)
-        if stopping.update(_monitored(row, cfg.early_stopping_metric, valid is not None)):
-            best_state = _snapshot(model)
         if main:
             logger.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if valid is not None and stopping.exhausted:
@@ -381,7 +405,40 @@ def fit_model(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(history, stopping.best_epoch, stopping.best_score, stopped)
+    returned = _returned(cfg, stopping.best_epoch, valid is not None, stopped, len(history))
+    for row in history:
+        row["returned"] = float(row["epoch"] == stopping.best_epoch)
+    return TrainResult(history, stopping.best_epoch, stopping.best_score, stopped, returned)
+
+
+@contextmanager
+def _averaged(average: WeightAverage | None) -> Iterator[None]:
+    """The weight average in the model for the block, the live weights again after it."""
+    if average is None:
+        yield
+        return
+    average.swap()
+    try:
+        yield
+    finally:
+        average.swap()
+
+
+def _returned(cfg: TrainConfig, epoch: int, has_valid: bool, stopped: str,
+              epochs_run: int) -> str:
+    """The sentence ``returned_weights_`` holds: which weights, and why those."""
+    weights = (f"the average of the weights (EMA, half-life {cfg.average_halflife:g} epochs) "
+               f"at the end of epoch {epoch}" if cfg.average_halflife > 0
+               else f"the weights at the end of epoch {epoch}")
+    if not has_valid:
+        why = "the last epoch (no validation split)"
+    else:
+        why = (f"the best {SMOOTHING_EPOCHS}-epoch mean of validation "
+               f"{cfg.early_stopping_metric}")
+    ended = {"converged": f"stopped after {cfg.patience} epochs without improvement",
+             "max_epochs": f"ran max_epochs={cfg.max_epochs}",
+             "interrupted": "interrupted"}[stopped]
+    return f"{weights}: {why}; {ended} ({epochs_run} epochs run)"
 
 
 def _monitored(row: dict[str, float], metric: str, has_valid: bool) -> float:

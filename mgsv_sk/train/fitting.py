@@ -214,4 +214,4 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
         catalogue = MusicCatalogue.build(model, p.music_ids, p.source,
                                          autocast=p.train_cfg.amp_dtype)
     return FittedState(model, catalogue, result.history, result.best_epoch,
-                       len(result.history), result.stopped, n_threads_used)
+                       len(result.history), result.stopped, n_threads_used, result.returned)

@@ -22,6 +22,7 @@ from mgsv_sk.grounding.hyperparameters import Declaration, Hyper, HyperGroup
 from mgsv_sk.grounding.validation import Interval, StrOptions
 from mgsv_sk.infer.device import MIXED_PRECISION
 from mgsv_sk.nn.config import DETECTORS
+from mgsv_sk.train._training import LR_SCHEDULES
 
 __all__ = ["GROUNDER_PARAMETERS"]
 
@@ -125,12 +126,30 @@ GROUNDER_PARAMETERS = Declaration((
             Hyper("warmup_fraction", 0.02, [Interval(Real, 0, 1, closed="both")], "float",
                   "train"),
             Hyper("grad_clip", 1.0, _NON_NEGATIVE, "float", "train")], "float",
-           "AdamW, linear warm-up over this fraction of the steps then cosine decay, "
-           "gradient norm clipping (1e-3, 0, 0.02, 1.0; the paper: 3e-4 with batch 512 for "
-           "up to 100 epochs). The paper's configuration is ``detector=\"detr\", "
-           "temporal_dropout=0.8, lr=3e-4, batch_size=512``; the defaults are what learns "
-           "in minutes on a CPU (measured in ``benchmarks/accuracy.py``).",
-           "AdamW, linear warm-up then cosine decay (paper: lr 3e-4)"),
+           "AdamW, linear warm-up over this fraction of the steps (of ``max_epochs``), then "
+           "``lr_schedule``; gradient norm clipping (1e-3, 0, 0.02, 1.0; the paper: 3e-4 "
+           "with batch 512 for up to 100 epochs). The paper's configuration is "
+           "``detector=\"detr\", temporal_dropout=0.8, lr=3e-4, batch_size=512``; the "
+           "defaults are what learns in minutes on a CPU (measured in "
+           "``benchmarks/accuracy.py``).",
+           "AdamW, linear warm-up then `lr_schedule` (paper: lr 3e-4)"),
+    _group([Hyper("lr_schedule", "constant", [StrOptions(set(LR_SCHEDULES))], "str",
+                  "train")], '{"constant", "cosine"}',
+           "The rate after warm-up: \"constant\" (default) keeps the peak rate until the fit "
+           "ends, so no epoch depends on ``max_epochs`` and the weight average "
+           "(``average_halflife``) does the annealing; \"cosine\" decays it to zero at "
+           "``max_epochs`` (the schedule before: an epoch that early stopping kept early was "
+           "never annealed).",
+           '`"constant"` after warm-up (the weight average anneals), or `"cosine"` to zero '
+           "at `max_epochs`"),
+    _group([Hyper("average_halflife", 1.0, _NON_NEGATIVE, "float", "train", float)], "float",
+           "The fit validates, keeps and returns an exponential moving average of the "
+           "weights (half-life in epochs; until it has seen that many epochs, the uniform "
+           "mean of the steps so far), so whichever epoch early stopping keeps is a "
+           "finished model; 0 returns the raw weights. ``returned_weights_`` says which "
+           "weights were returned and why.",
+           "EMA of the weights, validated, kept and returned (half-life in epochs); 0: the "
+           "raw weights"),
     _group([_int("batch_size", 64, 1, "train")], "int",
            "Videos per training batch (paper 512; 64 gives a CPU fit twice the optimiser "
            "steps per epoch of 128, which the first epochs need: measured in "
@@ -152,7 +171,7 @@ GROUNDER_PARAMETERS = Declaration((
            "cross-batch memory: recent batches' tracks as extra InfoNCE negatives (below); "
            "0 disables it"),
     _group([_int("max_epochs", 20, 1, "train"), _int("patience", 5, 1, "train")], "int",
-           "Epoch budget (the cosine decay runs over it) and early-stopping patience "
+           "Epoch budget and early-stopping patience "
            "(epochs without improvement, judged on the monitored metric's mean over two "
            "consecutive epochs). 20 and 5: through 20 epochs test R@1 on 2,000 unseen "
            "tracks never fell more than 0.008 below its peak in any world of "
