@@ -426,6 +426,20 @@ def plot_generalisation(
     return ax
 
 
+def _check_budget_records(world: Any, settings: Any, metric: str) -> None:
+    """Each setting of a world: a record with finite ``fit_seconds`` and ``metric``."""
+    if not isinstance(settings, Mapping) or not settings:
+        raise InvalidInputError(f"world {world!r}: give a non-empty mapping of setting label "
+                                "-> record")
+    for label, rec in settings.items():
+        values = [rec.get(k) if isinstance(rec, Mapping) else None
+                  for k in ("fit_seconds", metric)]
+        if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                   and np.isfinite(v) for v in values):
+            raise InvalidInputError(f"world {world!r}: setting {label!r} lacks a finite "
+                                    f"'fit_seconds' or {metric!r}; give both as numbers")
+
+
 def plot_fit_budget(
     fits: Mapping[str, Mapping[str, Mapping[str, float]]],
     *,
@@ -450,19 +464,18 @@ def plot_fit_budget(
     -------
     Axes
     """
-    if not fits:
-        raise ValueError("fits is empty: give at least one world -> {setting: record}")
+    if not isinstance(fits, Mapping) or not fits:
+        raise InvalidInputError("fits must be a non-empty mapping of world -> {setting: "
+                                "record}, e.g. benchmarks/accuracy.py --curves' schedules")
+    for world, settings in fits.items():  # every record checked before anything is drawn
+        _check_budget_records(world, settings, metric)
     ax = _new_axes(ax, (6.4, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (world, settings) in enumerate(fits.items()):
         color = colors[i % len(colors)]
-        missing = [label for label, rec in settings.items()
-                   if "fit_seconds" not in rec or metric not in rec]
-        if missing or not settings:
-            raise ValueError(f"world {world!r}: setting(s) {missing or '(none)'} lack "
-                             f"'fit_seconds' or {metric!r}")
-        plain = sorted((float(rec["fit_seconds"]), float(rec[metric]), label)
-                       for label, rec in settings.items() if not label.startswith(highlight))
+        plain = sorted((float(rec["fit_seconds"]), float(rec[metric]), str(label))
+                       for label, rec in settings.items()
+                       if not str(label).startswith(highlight))
         if plain:
             ax.plot([x for x, _, _ in plain], [y for _, y, _ in plain], color=color, lw=1.2,
                     marker="o", markersize=4, label=f"{world}: fixed settings")
@@ -470,7 +483,7 @@ def plot_fit_budget(
                 ax.annotate(label.split("=")[-1], (x, y), textcoords="offset points",
                             xytext=(3, -9), fontsize="x-small", color=color)
         for label, rec in settings.items():
-            if label.startswith(highlight):
+            if str(label).startswith(highlight):
                 ax.plot([rec["fit_seconds"]], [rec[metric]], "*", color=color, markersize=14,
                         markeredgecolor="black", label=f"{world}: {label}")
     ax.set_xlabel("fit seconds")

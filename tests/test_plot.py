@@ -322,7 +322,9 @@ def test_fit_budget_draws_each_setting_against_its_seconds(tmp_path):
     assert star.get_marker() == "*" and list(star.get_ydata()) == [0.93]
     ax.figure.savefig(tmp_path / "budget.png")
     assert (tmp_path / "budget.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match="lack"):
+    with pytest.raises(ValueError, match="lacks"):
         plot_fit_budget({"x": {"defaults": {"R@1": 0.5}}})
+    with pytest.raises(ValueError, match="lacks"):
+        plot_fit_budget({"x": {"defaults": {"R@1": float("nan"), "fit_seconds": 1.0}}})
     with pytest.raises(ValueError, match="empty"):
         plot_fit_budget({})

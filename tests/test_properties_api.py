@@ -186,6 +186,7 @@ def test_plots_draw_or_refuse(frame_kind, ax, tiny_fitted, small_train):
     import matplotlib.pyplot as plt
 
     from mgsv_sk.plot import (
+        plot_fit_budget,
         plot_generalisation,
         plot_prediction,
         plot_recall_at_k,
@@ -203,4 +204,8 @@ def test_plots_draw_or_refuse(frame_kind, ax, tiny_fitted, small_train):
                                      ax=ax))
     outcome(lambda: plot_training_curves(X if frame_kind != "one-row" else tiny_fitted))
     outcome(lambda: plot_generalisation({"a": X}))
+    budget = {"nan": float("nan"), "none": None}.get(frame_kind, 1.0)
+    outcome(lambda: plot_fit_budget({"a": {"defaults": {"fit_seconds": 10.0, "R@1": budget}}},
+                                    ax=ax))
+    outcome(lambda: plot_fit_budget({"a": X}, ax=ax))
     plt.close("all")
