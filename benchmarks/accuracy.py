@@ -230,6 +230,11 @@ FIXED_EPOCHS = (3, 5, 8, 12, 20)
 SCHEDULE_KEYS = ("R@1", "R@10", "MoR@1,0.5", "mIoU")
 
 
+#: ``--seconds-per-epoch``: fit seconds of a replay taken as epochs run x this (a curve run
+#: on a loaded machine records its epochs' seconds inflated; None: the recorded seconds).
+SECONDS_PER_EPOCH: float | None = None
+
+
 def schedule_table(hist: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """The defaults against each fixed ``max_epochs`` the curve covers, replayed on its
     history: the epochs run, their fit seconds (training and validation, not the test
@@ -247,7 +252,8 @@ def schedule_table(hist: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             label = f"defaults (max_epochs={cap}; the curve's {len(hist)} epochs)"
         kept, run = stopping_replay(hist, metric, cap if label.startswith("5-minute") else
                                     patience, cap)
-        seconds = sum(r["seconds"] - r.get("eval_seconds", 0.0) for r in hist[:run])
+        seconds = (run * SECONDS_PER_EPOCH if SECONDS_PER_EPOCH else
+                   sum(r["seconds"] - r.get("eval_seconds", 0.0) for r in hist[:run]))
         rows[label] = {"epochs_run": run, "kept_epoch": kept, "fit_seconds": seconds,
                        **{k: hist[kept - 1][f"eval0_{k}"] for k in SCHEDULE_KEYS}}
     return rows
@@ -458,6 +464,9 @@ def main() -> None:
     parser.add_argument("--cosine-reference", type=int, default=0, metavar="EPOCHS",
                         help="with --curves: also fit the previous release's schedule (a "
                              "cosine to zero at EPOCHS, raw weights) for comparison")
+    parser.add_argument("--seconds-per-epoch", type=float, default=None,
+                        help="with --replay: fit seconds as epochs run x this (for a curve "
+                             "recorded on a loaded machine; say so where you show them)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the curve fit's random_state (initialisation, batches); the "
                              "data stay the same")
@@ -483,6 +492,8 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     if args.replay:
+        global SECONDS_PER_EPOCH
+        SECONDS_PER_EPOCH = args.seconds_per_epoch
         replay(args.replay)
         return
     if args.curves:

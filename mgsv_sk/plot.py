@@ -24,6 +24,7 @@ plot_fit_budget            per world, fits of several settings: a metric against
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -480,7 +481,8 @@ def plot_fit_budget(
             ax.plot([x for x, _, _ in plain], [y for _, y, _ in plain], color=color, lw=1.2,
                     marker="o", markersize=4, label=f"{world}: fixed settings")
             for x, y, label in plain:
-                ax.annotate(label.split("=")[-1], (x, y), textcoords="offset points",
+                ax.annotate(re.sub(r".*?(\d+)\D*$", r"\1", label), (x, y),
+                            textcoords="offset points",
                             xytext=(3, -9), fontsize="x-small", color=color)
         for label, rec in settings.items():
             if str(label).startswith(highlight):
