@@ -230,29 +230,28 @@ FIXED_EPOCHS = (3, 5, 8, 12, 20)
 SCHEDULE_KEYS = ("R@1", "R@10", "MoR@1,0.5", "mIoU")
 
 
-#: ``--seconds-per-epoch``: fit seconds of a replay taken as epochs run x this (a curve run
-#: on a loaded machine records its epochs' seconds inflated; None: the recorded seconds).
-SECONDS_PER_EPOCH: float | None = None
-
-
-def schedule_table(hist: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+def schedule_table(hist: list[dict[str, float]],
+                   seconds_per_epoch: float | None = None) -> dict[str, dict[str, float]]:
     """The defaults against each fixed ``max_epochs`` the curve covers, replayed on its
     history: the epochs run, their fit seconds (training and validation, not the test
-    split's record) and the test metrics of the weights each returns."""
+    split's record; with ``seconds_per_epoch``, epochs run x that, for a curve whose
+    recorded seconds a loaded machine inflated) and the test metrics of the weights each
+    returns."""
     defaults = MGSVGrounder()
     metric, patience = defaults.early_stopping_metric, defaults.patience
     rows: dict[str, dict[str, float]] = {}
-    settings = [("defaults", defaults.max_epochs)] + [
-        (f"max_epochs={n}", n) for n in FIXED_EPOCHS if n <= len(hist)]
+    label = "defaults"
+    if defaults.max_epochs > len(hist):
+        label = f"defaults (max_epochs={defaults.max_epochs}; the curve's {len(hist)} epochs)"
+    settings = [(label, defaults.max_epochs, patience)] + [
+        (f"max_epochs={n}", n, patience) for n in FIXED_EPOCHS if n <= len(hist)]
     budget = BUDGETS["5min"]["epochs"]["window"]
     if budget <= len(hist):  # the 5-minute budget: its epochs, no early stop (--budget 5min)
-        settings.append((f"5-minute budget (max_epochs={budget}, patience={budget})", budget))
-    for label, cap in settings:
-        if label == "defaults" and cap > len(hist):
-            label = f"defaults (max_epochs={cap}; the curve's {len(hist)} epochs)"
-        kept, run = stopping_replay(hist, metric, cap if label.startswith("5-minute") else
-                                    patience, cap)
-        seconds = (run * SECONDS_PER_EPOCH if SECONDS_PER_EPOCH else
+        settings.append((f"5-minute budget (max_epochs={budget}, patience={budget})", budget,
+                         budget))
+    for label, cap, setting_patience in settings:
+        kept, run = stopping_replay(hist, metric, setting_patience, cap)
+        seconds = (run * seconds_per_epoch if seconds_per_epoch else
                    sum(r["seconds"] - r.get("eval_seconds", 0.0) for r in hist[:run]))
         rows[label] = {"epochs_run": run, "kept_epoch": kept, "fit_seconds": seconds,
                        **{k: hist[kept - 1][f"eval0_{k}"] for k in SCHEDULE_KEYS}}
@@ -287,7 +286,8 @@ def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
     return out
 
 
-def summarise_curve(hist: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+def summarise_curve(hist: list[dict[str, float]], seconds: float,
+                    seconds_per_epoch: float | None = None) -> dict[str, Any]:
     """A curve run's record: per-epoch validation and test metrics, their rank correlation,
     the epoch early stopping keeps under the current defaults (replayed on the history:
     ``patience`` does not change the schedule, so the replay is what a default fit
@@ -316,7 +316,7 @@ def summarise_curve(hist: list[dict[str, float]], seconds: float) -> dict[str, A
                            "best_epoch": int(np.argmax(test_r1)) + 1},
         "test_R@1_largest_fall_below_peak": float(
             np.max(np.maximum.accumulate(test_r1) - test_r1)),
-        "schedules": schedule_table(hist),
+        "schedules": schedule_table(hist, seconds_per_epoch),
     }
 
 
@@ -392,13 +392,14 @@ def draw_budget(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def replay(name: str) -> None:
+def replay(name: str, seconds_per_epoch: float | None = None) -> None:
     results = json.loads((RESULTS / f"{name}.json").read_text())
     for world, res in results["worlds"].items():
         if "history" not in res:
             raise SystemExit(f"{name}.json records no full history for {world}; "
                              "run the curves again to replay them")
-        results["worlds"][world] = {**summarise_curve(res["history"], res["fit_seconds"]),
+        results["worlds"][world] = {**summarise_curve(res["history"], res["fit_seconds"],
+                                                    seconds_per_epoch),
                                     **({"cosine_reference": res["cosine_reference"]}
                                        if "cosine_reference" in res else {})}
     write_curves(name, results)
@@ -492,9 +493,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     if args.replay:
-        global SECONDS_PER_EPOCH
-        SECONDS_PER_EPOCH = args.seconds_per_epoch
-        replay(args.replay)
+        replay(args.replay, args.seconds_per_epoch)
         return
     if args.curves:
         name = f"accuracy_curves{args.tag}"
