@@ -34,6 +34,9 @@ its recorded histories under the current defaults (after a change of the monitor
 or the patience), without training::
 
     python benchmarks/accuracy.py --replay accuracy_curves_20ep
+
+``--merge A,B --tag T`` puts the worlds of several curve files (each as it was summarised,
+with its own setup note) in one ``accuracy_curves<T>`` file, table and picture.
 """
 
 from __future__ import annotations
@@ -406,6 +409,20 @@ def replay(name: str, seconds_per_epoch: float | None = None) -> None:
     print(curves_markdown(results))
 
 
+def merge(names: list[str], tag: str) -> None:
+    """The worlds of several curve files in one (a world in two files: the later one's)."""
+    merged: dict[str, Any] = {"setup": {"merged_from": {}}, "worlds": {}}
+    for name in names:
+        results = json.loads((RESULTS / f"{name}.json").read_text())
+        if not all("schedules" in res for res in results["worlds"].values()):
+            raise SystemExit(f"{name}.json holds no schedule table; --replay it first")
+        merged["setup"]["merged_from"][name] = {**results["setup"],
+                                                "worlds": list(results["worlds"])}
+        merged["worlds"].update(results["worlds"])
+    write_curves(f"accuracy_curves{tag}", merged)
+    print(curves_markdown(merged))
+
+
 def draw_curves(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -474,6 +491,9 @@ def main() -> None:
     parser.add_argument("--replay", metavar="NAME",
                         help="re-derive the early-stopping figures of results/NAME.json "
                              "under the current defaults, without training")
+    parser.add_argument("--merge", metavar="NAMES",
+                        help="comma-separated curve files (results/NAME.json) to put in one, "
+                             "accuracy_curves<--tag>")
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
@@ -494,6 +514,9 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     if args.replay:
         replay(args.replay, args.seconds_per_epoch)
+        return
+    if args.merge:
+        merge([n for n in args.merge.split(",") if n], args.tag)
         return
     if args.curves:
         name = f"accuracy_curves{args.tag}"

@@ -139,8 +139,12 @@ class WindowHead(nn.Module):
         n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
         mean_f = sim.sum(dim=2) / n_frames[:, None, None]  # [P,H,S]
         sharp = self.log_sharpness.exp()
-        # scale before masking: -inf * sharpness would give the sharpness a NaN gradient
-        smax_f = torch.logsumexp((sim * sharp).masked_fill(~frame_ok, float("-inf")), 2) / sharp
+        # scale before masking: -inf * sharpness would give the sharpness a NaN gradient.
+        # logsumexp over frames written out (a detached max, exp, sum, log): the same value
+        # and gradient, and onnxruntime runs it ~4x faster than its ReduceLogSumExp kernel
+        scaled = (sim * sharp).masked_fill(~frame_ok, float("-inf"))  # [P,H,F,S]
+        top = scaled.amax(dim=2, keepdim=True).detach()  # finite: a pair has >= 1 frame
+        smax_f = (top.squeeze(2) + (scaled - top).exp().sum(dim=2).log()) / sharp
         to_whole = torch.einsum("bhe,bshe->bhs", whole, m)  # [P,H,S]
         per_snippet = torch.cat([mean_f, smax_f, to_whole, content], dim=1)  # [P,C,S]
         snippet_logits = self.snippet_head(per_snippet.transpose(1, 2)).squeeze(-1)  # [P,S]

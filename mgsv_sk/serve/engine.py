@@ -254,8 +254,9 @@ class ServedModel:
         if requests[0].music_id is None:
             table = self.grounder.rank(query, k=max(r.k for r in requests), features=features,
                                        moments_per_track=moments)
-            by_video = dict(tuple(table.groupby("video_id", sort=False)))
-            return [_results(by_video[v].head(r.k)) for v, r in zip(ids, requests)]
+            per = len(table) // len(requests)  # rank: the same count per video, in order
+            return [_results(table.iloc[i * per: i * per + r.k])
+                    for i, r in enumerate(requests)]
         query["music_id"] = [r.music_id for r in requests]
         table = self.grounder.predict(query, features=features, moments_per_track=moments)
         return [_results(table.iloc[[i]]) for i in range(len(requests))]

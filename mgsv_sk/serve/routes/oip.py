@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
@@ -79,9 +80,9 @@ def _json_document(body: bytes, header_length: str | None) -> tuple[dict[str, An
         raise ApiError(400, f"Inference-Header-Content-Length is {size}, but the body has "
                             f"only {len(body)} bytes")
     head, binary = (body, b"") if size is None else (body[:size], body[size:])
-    try:
-        document = json.loads(head)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    try:  # orjson: a 50 x 512 request's 0.5 MB of numbers parse ~10x faster than json's
+        document = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON ({exc}); send an OIP "
                             "inference request: {\"inputs\": [...]}") from exc
     if not isinstance(document, dict):
