@@ -219,9 +219,16 @@ def test_a_request_with_both_framings_closes_the_connection(server):
         assert read_all(sock).count(b"HTTP/1.1 200") == 2
 
 
-def test_malformed_json_is_400_with_a_clear_message(server):
-    response = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=b'{"inputs": [1,')
-    assert response.status_code == 400
+@pytest.mark.parametrize("body", [
+    b'{"inputs": [1,',  # cut short
+    b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past any parser's stack
+    b'{"inputs": [], "x": 1' + b"0" * 400 + b"}",  # an integer no parser holds in 64 bits
+    b'{"inputs": [{"name": "video_frames", "data": [NaN]}]}',  # not JSON's number grammar
+    b"\xff\xfe{}",  # not UTF-8
+])
+def test_malformed_json_is_400_with_a_clear_message(server, body):
+    response = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=body)
+    assert response.status_code == 400, response.text[:300]
     assert "not valid JSON" in response.json()["error"]
 
 
