@@ -158,8 +158,14 @@ def storage(model: MGSVGrounder, test: Any) -> dict[str, dict[str, float]]:
     return out
 
 
+#: The previous release's schedule (--previous-schedule): a cosine to zero at max_epochs,
+#: raw weights.
+PREVIOUS_SCHEDULE = {"lr_schedule": "cosine", "average_halflife": 0.0}
+
+
 def run_world(world: str, budget: dict[str, Any], heads: list[str], threads: int,
-              test_videos: int, with_storage: bool = False) -> dict[str, Any]:
+              test_videos: int, with_storage: bool = False,
+              previous: bool = False) -> dict[str, Any]:
     train = make_synthetic_mgsv(budget["train_videos"], budget["train_tracks"], world=world,
                                 random_state=0)
     test = make_synthetic_mgsv(test_videos, test_videos, world=world, random_state=1,
@@ -177,8 +183,9 @@ def run_world(world: str, budget: dict[str, Any], heads: list[str], threads: int
         tic = time.perf_counter()
         epochs = budget["epochs"][head]
         model = MGSVGrounder(features=train.features, detector=head,
-                             max_epochs=epochs, patience=epochs,
-                             n_threads=threads, random_state=0).fit(train.frame)
+                             max_epochs=epochs, patience=epochs, n_threads=threads,
+                             random_state=0, **(PREVIOUS_SCHEDULE if previous else {})
+                             ).fit(train.frame)
         fit_s = time.perf_counter() - tic
         tic = time.perf_counter()
         rows[name] = evaluate(model, test.frame, features=test.features)
@@ -275,8 +282,8 @@ def run_curves(world: str, budget: dict[str, Any], epochs: int, threads: int,
     if cosine:  # the previous release's schedule: a cosine to zero at max_epochs, raw weights
         tic = time.perf_counter()
         ref = MGSVGrounder(features=train.features, max_epochs=cosine, patience=cosine,
-                           lr_schedule="cosine", average_halflife=0, n_threads=threads,
-                           random_state=seed).fit(train.frame)
+                           n_threads=threads, random_state=seed,
+                           **PREVIOUS_SCHEDULE).fit(train.frame)
         fit_s = time.perf_counter() - tic
         report = evaluate(ref, test.frame, features=test.features)
         out["cosine_reference"] = {"max_epochs": cosine, "fit_seconds": fit_s,
@@ -494,6 +501,9 @@ def main() -> None:
     parser.add_argument("--merge", metavar="NAMES",
                         help="comma-separated curve files (results/NAME.json) to put in one, "
                              "accuracy_curves<--tag>")
+    parser.add_argument("--previous-schedule", action="store_true",
+                        help="fit with the previous release's schedule (a cosine to zero at "
+                             "max_epochs, raw weights), for comparison")
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
@@ -508,7 +518,9 @@ def main() -> None:
                   "gallery": args.test_videos, "threads": args.n_threads,
                   "torch": torch.__version__, "machine": platform.machine(),
                   "note": "test tracks are never seen in training; both heads get the same "
-                          "videos, and the epochs that fit the budget"},
+                          "videos, and the epochs that fit the budget",
+                  "schedule": "previous (cosine to zero, raw weights)"
+                              if args.previous_schedule else "defaults"},
         "worlds": {},
     }
     RESULTS.mkdir(exist_ok=True)
@@ -532,7 +544,8 @@ def main() -> None:
     name = f"accuracy_{args.budget}{args.tag}"
     for world in worlds:
         results["worlds"][world] = run_world(world, budget, heads, args.n_threads,
-                                             args.test_videos, args.storage)
+                                             args.test_videos, args.storage,
+                                             args.previous_schedule)
         # written after every world, so a long run that is stopped keeps what it measured
         (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
         (RESULTS / f"{name}.md").write_text(markdown(results))
