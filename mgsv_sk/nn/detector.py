@@ -44,6 +44,7 @@ from .layers import (
     SinePositionCode,
     attention_mask,
     compute_dtype,
+    unit,
     xavier_init_,
 )
 
@@ -148,8 +149,8 @@ class CrossModalEvidence(nn.Module):
         """video [B, F, D], video_mask [B, F], music [B, S, D] -> evidence [B, S, D]."""
         b, f, d = video.shape
         h = self.n_heads
-        v = F.normalize(self.video(video).float().view(b, f, h, d // h), dim=-1)  # [B,F,H,Dh]
-        m = F.normalize(self.music(music).float().view(b, -1, h, d // h), dim=-1)  # [B,S,H,Dh]
+        v = unit(self.video(video).float().view(b, f, h, d // h), dim=-1)  # [B,F,H,Dh]
+        m = unit(self.music(music).float().view(b, -1, h, d // h), dim=-1)  # [B,S,H,Dh]
         sim = torch.einsum("bshe,bfhe->bhsf", m, v)  # [B,H,S,F]
         valid = video_mask[:, None, None, :]  # [B,1,1,F]
         sharp = self.log_sharpness.exp()

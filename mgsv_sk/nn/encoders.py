@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MaDeConfig
-from .layers import EncoderLayer, SinePositionCode, attention_mask, masked_mean
+from .layers import EncoderLayer, SinePositionCode, attention_mask, masked_mean, unit
 
 
 class TemporalEncoder(nn.Module):
@@ -50,5 +50,5 @@ class TemporalEncoder(nn.Module):
         for layer in self.layers:
             h = layer(h, attn_mask)
         tokens = h * mask[..., None].to(h.dtype)  # [B,T,D], padding zeroed
-        emb = F.normalize(masked_mean(tokens.float(), mask), dim=-1)  # [B,D]
+        emb = unit(masked_mean(tokens.float(), mask), dim=-1)  # [B,D]
         return tokens, emb

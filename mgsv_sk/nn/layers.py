@@ -76,6 +76,14 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return total / weight.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
+def unit(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """``F.normalize(x, dim=dim)``, the same value and gradient, without its explicit
+    ``expand_as``: exported, the division broadcasts the norm, where F.normalize's graph
+    first materialises it at the input's full size (onnxruntime's Expand took a tenth of
+    the window head's time)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
 def compute_dtype(x: Tensor) -> torch.dtype:
     """dtype matmuls on x's device run in: the autocast dtype when autocast is on."""
     if torch.is_autocast_enabled(x.device.type):
