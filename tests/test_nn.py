@@ -22,7 +22,7 @@ from mgsv_sk.nn import (
     span_ops,
 )
 from mgsv_sk.nn.detector import SingleQueryCrossAttention, SingleQueryDecoderLayer
-from mgsv_sk.nn.layers import SelfAttention, fast_dropout
+from mgsv_sk.nn.layers import SelfAttention, fast_dropout, unit
 
 TINY = dict(
     detector="detr",
@@ -65,6 +65,21 @@ def run(model: MaDe, batch: dict):
 
 
 # -- config ---------------------------------------------------------------------------------
+def test_unit_is_f_normalize_in_value_and_gradient():
+    """The exported models normalise with layers.unit (no materialised expand): it must be
+    F.normalize exactly, zero vectors and gradients included."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    x[0, 1] = 0.0  # a zero vector: both give 0, and a finite gradient
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weights = torch.randn_like(x)
+    (unit(a, dim=-1) * weights).sum().backward()
+    (torch.nn.functional.normalize(b, dim=-1) * weights).sum().backward()
+    assert torch.equal(unit(x, dim=-1), torch.nn.functional.normalize(x, dim=-1))
+    assert torch.allclose(a.grad, b.grad, rtol=0, atol=1e-15)
+    assert torch.isfinite(a.grad).all()
+    assert torch.equal(unit(x, dim=1), torch.nn.functional.normalize(x, dim=1))
+
+
 def test_config_defaults_and_validation():
     cfg = made_config()  # the estimator's defaults: the config declares none for them
     assert (cfg.d_model, cfg.n_heads, cfg.decoder_layers, cfg.temperature_init) == (
