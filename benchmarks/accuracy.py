@@ -391,7 +391,7 @@ def draw_budget(results: dict[str, Any], path: Path) -> None:
 
     from mgsv_sk.plot import plot_fit_budget
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), layout="constrained")
     for ax, metric in zip(axes, ("R@1", "mIoU")):
         fits = {w: {label: {"fit_seconds": r["fit_seconds"], metric: r[metric]}
                     for label, r in res["schedules"].items()}
@@ -423,8 +423,9 @@ def merge(names: list[str], tag: str) -> None:
         results = json.loads((RESULTS / f"{name}.json").read_text())
         if not all("schedules" in res for res in results["worlds"].values()):
             raise SystemExit(f"{name}.json holds no schedule table; --replay it first")
-        merged["setup"]["merged_from"][name] = {**results["setup"],
-                                                "worlds": list(results["worlds"])}
+        merged["setup"] = {**results["setup"], "merged_from": {
+            **merged["setup"]["merged_from"],
+            name: {**results["setup"], "worlds": list(results["worlds"])}}}
         merged["worlds"].update(results["worlds"])
     write_curves(f"accuracy_curves{tag}", merged)
     print(curves_markdown(merged))

@@ -487,7 +487,7 @@ def plot_fit_budget(
         for label, rec in settings.items():
             if str(label).startswith(highlight):
                 ax.plot([rec["fit_seconds"]], [rec[metric]], "*", color=color, markersize=14,
-                        markeredgecolor="black", label=f"{world}: {label}")
+                        markeredgecolor="black", label=f"{world}: {highlight}")
     ax.set_xlabel("fit seconds")
     ax.set_ylabel(f"test {metric}")
     ax.grid(alpha=0.3)

@@ -50,6 +50,38 @@ def test_waiting_calls_are_batched_and_answered_in_order():
         Coalescer(run, lanes=0)
 
 
+def test_a_free_lane_takes_a_fair_share_of_the_waiting_calls():
+    """Two lanes, eight calls waiting: a lane takes half of them (rounded up), not all,
+    so the other lane answers the rest instead of newcomers alone."""
+    batches: list[list[int]] = []
+    gate = threading.Event()
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            batches.append(list(items))
+            first_two = len(batches) <= 2
+        if first_two:
+            gate.wait(10)  # hold both lanes until the others queue up
+        return list(items)
+
+    c = Coalescer(run, lanes=2, max_batch=16)
+    threads = [threading.Thread(target=c.submit, args=("k", i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    waiting = [threading.Thread(target=c.submit, args=("k", i)) for i in range(2, 10)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in [*threads, *waiting]:
+        t.join(10)
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    assert len(batches[2]) == 4  # the first lane to free takes ceil(8 / 2), not 8
+    assert max(len(b) for b in batches) == 4
+
+
 def test_batched_infer_equals_infer_alone(tmp_path_factory):
     pytest.importorskip("fastapi")
     from _serve import fixture_dir

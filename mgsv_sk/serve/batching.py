@@ -1,11 +1,13 @@
 """Requests that arrive together are answered by one call: opportunistic batching.
 
-One MsG request against a catalogue reads every track's X-Pool snippet states once, and
-that read, not the arithmetic, is most of its time: eight videos scored in one pass cost
-little more than one. :class:`Coalescer` lets up to ``lanes`` batches run at once; a
-request that arrives while every lane is busy waits, and the next free lane takes it with
-every other waiting request of the same kind (up to ``max_batch``). Alone, a request runs
-at once, as without batching. No timer: nothing waits for a batch to fill.
+One MsG request against a catalogue reads every track's X-Pool snippet states once; a
+batch of videos shares that read, not the per-video work (the X-Pool head's projections,
+the moment head on each video's candidates): measured at 2,000 tracks, a batch of 4 costs
+about 2.3 single requests and a batch of 8 about 4. :class:`Coalescer` lets up to
+``lanes`` batches run at once; a request that arrives while every lane is busy waits, and
+the next free lane takes it with other waiting requests of the same kind (a fair share of
+them: their number over the lanes, and at most ``max_batch``). Alone, a request runs at
+once, as without batching. No timer: nothing waits for a batch to fill.
 """
 
 from __future__ import annotations
@@ -81,11 +83,16 @@ class Coalescer:
         return slot.result
 
     def _take(self) -> list[_Slot]:
-        """The oldest waiting call and up to ``max_batch - 1`` more of its key (lock held)."""
+        """The oldest waiting call and more of its key, up to a fair share of those waiting
+        (their number over the lanes, rounded up) and ``max_batch`` (lock held). A batch
+        costs about its calls' sum (the model's per-video work does not shrink in a
+        batch): a lane that took every waiting call would make them all wait for the
+        longest batch while the other lanes answer newcomers alone."""
         if not self._queue:
             return []
         key = self._queue[0].key
-        batch = [s for s in self._queue if s.key == key][: self.max_batch]
+        same = [s for s in self._queue if s.key == key]
+        batch = same[: min(self.max_batch, -(-len(same) // self.lanes))]
         taken = {id(s) for s in batch}
         self._queue = [s for s in self._queue if id(s) not in taken]
         return batch
