@@ -17,6 +17,7 @@ folder that loads.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -79,7 +80,9 @@ def save_grounder(params: dict[str, Any], state: FittedState, path: str | os.Pat
                          "music_dim": state.model.cfg.music_dim},
         "fitted": {"catalogue_ids": cat.ids, "history": state.history,
                    "best_epoch": state.best_epoch, "n_epochs": state.n_epochs,
-                   "stopped": state.stopped, "returned": state.returned},
+                   "stopped": state.stopped, "returned": state.returned,
+                   "moment_weight": state.moment_weight,
+                   "moment_weight_scores": state.moment_weight_scores},
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
     }
     with atomic_directory(path, overwrite=overwrite, replaces=MODEL_FOLDER) as tmp:
@@ -331,6 +334,26 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
     catalogue = MusicCatalogue(ids, cat["emb"], cat["tokens"], cat.get("xpool_states"),
                                offsets)
     fitted = config["fitted"]
+    weight, scores = _chosen_weight(fitted, folder)
     return est, FittedState(model, catalogue, fitted["history"], fitted["best_epoch"],
                             fitted["n_epochs"], fitted["stopped"],
-                            returned=str(fitted.get("returned", "")))
+                            returned=str(fitted.get("returned", "")), moment_weight=weight,
+                            moment_weight_scores=scores)
+
+
+def _chosen_weight(fitted: dict[str, Any], folder: Path
+                   ) -> tuple[float | None, dict[str, float] | None]:
+    """The re-ranking weight the fit chose and its record (None in models saved before
+    it was chosen), checked: a finite weight >= 0 and numbers by name."""
+    weight, scores = fitted.get("moment_weight"), fitted.get("moment_weight_scores")
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if (weight is not None and not (number(weight) and weight >= 0)) or (
+            scores is not None and not (isinstance(scores, dict) and all(
+                isinstance(k, str) and number(v) for k, v in scores.items()))):
+        raise ModelFileError(f"{folder / 'config.json'!s} records a malformed moment_weight "
+                             f"({str(weight)[:40]}, {str(scores)[:80]}); save the model again")
+    return (None if weight is None else float(weight),
+            None if scores is None else {k: float(v) for k, v in scores.items()})

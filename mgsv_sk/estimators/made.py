@@ -87,6 +87,12 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         ``returned`` column marks that epoch.
     n_threads_ : int
         torch intra-op threads the fit ran with.
+    moment_weight_ : float or None
+        With ``moment_weight="auto"`` and a validation split: the re-ranking weight the
+        fit chose on it (the best validation R@1 of ``mgsv_sk.train._fusion.WEIGHTS``),
+        which ranking then uses; None otherwise.
+    moment_weight_scores_ : dict or None
+        The validation R@1 of each weight tried (keys: the weights as text).
 
     Notes
     -----
@@ -101,9 +107,17 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         def __init__(self, features: Any = None, **params: Any) -> None: ...
 
     def _moment_weight(self) -> float:
-        """``moment_weight`` resolved: "auto" re-ranks by the window head's moment score
-        (a trained fit-or-not score) and not by DETR's (a foreground probability trained
-        on positives only)."""
+        """``moment_weight`` resolved: "auto" is the weight the fit chose on its
+        validation split (``moment_weight_``), else :meth:`_prior_moment_weight`."""
+        tuned = getattr(self, "moment_weight_", None)
+        if isinstance(self.moment_weight, str) and tuned is not None:
+            return float(tuned)
+        return self._prior_moment_weight()
+
+    def _prior_moment_weight(self) -> float:
+        """The weight before any is chosen: "auto" re-ranks by the window head's moment
+        score (a trained fit-or-not score) and not by DETR's (a foreground probability
+        trained on positives only)."""
         if isinstance(self.moment_weight, str):
             return DEFAULT_MOMENT_WEIGHT if self.detector == "window" else 0.0
         return float(self.moment_weight)
@@ -147,8 +161,10 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self._check_params()
         frame = self._frame(X, FIT_COLUMNS, keep_duplicates=False)
         check_trainable_moments(frame)
+        tune = isinstance(self.moment_weight, str) and self.detector == "window"
         prepared = prepare_fit(self.get_params(deep=False), frame, self._source(features),
-                               eval_set, self._moment_weight(), self._hyperparameters)
+                               eval_set, self._prior_moment_weight(), self._hyperparameters,
+                               tune_moment_weight=tune)
         # Input is valid: from here a failure (an error, Ctrl-C before one epoch completed)
         # leaves the estimator clearly unfitted, never serving an earlier fit's model as if
         # it were this one's. The fitted attributes are set together at the end.
@@ -173,6 +189,8 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
         self.n_epochs_ = state.n_epochs
         self.stopped_ = state.stopped
         self.returned_weights_ = state.returned
+        self.moment_weight_ = state.moment_weight
+        self.moment_weight_scores_ = state.moment_weight_scores
         if state.n_threads is not None:
             self.n_threads_ = state.n_threads
         self.fit_token_ = new_fit_token()
@@ -180,7 +198,9 @@ class MGSVGrounder(GrounderEstimator[_Videos, MusicCatalogue]):
     def _fitted_state(self) -> FittedState:
         return FittedState(self.model_, self.catalogue_, self.history_, self.best_epoch_,
                            self.n_epochs_, self.stopped_, getattr(self, "n_threads_", None),
-                           getattr(self, "returned_weights_", ""))
+                           getattr(self, "returned_weights_", ""),
+                           getattr(self, "moment_weight_", None),
+                           getattr(self, "moment_weight_scores_", None))
 
     def _forget_fit(self) -> None:
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:

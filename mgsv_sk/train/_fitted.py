@@ -28,3 +28,7 @@ class FittedState:
     n_threads: int | None = None
     #: which weights the model holds and why (``returned_weights_``; "" before it existed).
     returned: str = ""
+    #: the re-ranking weight chosen on the validation split (``moment_weight="auto"``;
+    #: None: not chosen) and each tried weight's validation R@1.
+    moment_weight: float | None = None
+    moment_weight_scores: dict[str, float] | None = None

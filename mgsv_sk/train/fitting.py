@@ -37,6 +37,7 @@ from mgsv_sk.nn.losses import LossWeights
 from mgsv_sk.nn.model import MaDe
 from mgsv_sk.train import distributed as ddp
 from mgsv_sk.train._fitted import FittedState
+from mgsv_sk.train._fusion import tune_moment_weight
 from mgsv_sk.train._training import Split, TrainConfig, fit_model
 from mgsv_sk.train.parameters import GROUNDER_PARAMETERS
 
@@ -171,13 +172,17 @@ class PreparedFit:
     valid: Split | None
     evals: list[tuple[str, Split]]
     n_threads: int | None
+    #: choose the re-ranking weight on the validation split at the end (``"auto"``)
+    tune_moment_weight: bool = False
 
 
 def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval_set: Any,
-                moment_weight: float,
-                declaration: Declaration = GROUNDER_PARAMETERS) -> PreparedFit:
+                moment_weight: float, declaration: Declaration = GROUNDER_PARAMETERS,
+                tune_moment_weight: bool = False) -> PreparedFit:
     """Check and build everything of a fit that can fail on its input (configs, splits,
-    every feature read once); raises before anything is trained."""
+    every feature read once); raises before anything is trained. ``moment_weight``: the
+    re-ranking the validation ranks by during the fit; ``tune_moment_weight``: choose it
+    on the validation split at the end (:mod:`._fusion`)."""
     seed = seed_of(params["random_state"])
     dist = ddp.current()  # data-parallel when a torch.distributed group exists
     cfg = train_config(params, seed, moment_weight, dist, declaration)
@@ -198,7 +203,7 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
     snippets = dict(zip(music_ids, source.music_lengths(music_ids).tolist(), strict=True))
     check_moments_on_features(frame, snippets)  # a moment the features cannot hold
     return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
-                       evals, params["n_threads"])
+                       evals, params["n_threads"], tune_moment_weight and valid is not None)
 
 
 def fit_grounder(prepared: PreparedFit) -> FittedState:
@@ -211,7 +216,12 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
         if p.dist is not None and p.dist.world_size > 1:
             torch.manual_seed((p.seed + p.dist.rank) % 2**64)  # own dropout masks per rank
         result = fit_model(model, p.train, p.valid, p.train_cfg, p.dist, p.evals)
+        weight, tried = None, None
+        if p.tune_moment_weight and p.valid is not None and result.stopped != "interrupted":
+            weight, tried = tune_moment_weight(model, p.valid, p.train_cfg.rerank_depth,
+                                               p.train_cfg.amp_dtype)
         catalogue = MusicCatalogue.build(model, p.music_ids, p.source,
                                          autocast=p.train_cfg.amp_dtype)
     return FittedState(model, catalogue, result.history, result.best_epoch,
-                       len(result.history), result.stopped, n_threads_used, result.returned)
+                       len(result.history), result.stopped, n_threads_used, result.returned,
+                       weight, tried)

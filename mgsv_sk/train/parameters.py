@@ -95,8 +95,10 @@ GROUNDER_PARAMETERS = Declaration((
                   "float | str"),
             _int("rerank_depth", 10, 1, "train")], 'float or "auto", int',
            "Ranking re-ranks each video's best ``rerank_depth`` tracks by ``score + "
-           "moment_weight * logit(moment_score)``; \"auto\" is 0.05 with the window head "
-           "and 0 with DETR; 0 gives the plain retrieval order.",
+           "moment_weight * logit(moment_score)``; \"auto\" with the window head is the "
+           "weight the fit chooses on its validation split (the best validation R@1 of 0, "
+           "0.025, 0.05, 0.1, 0.2, 0.5, 1, 2: ``moment_weight_``; 0.05 without a "
+           "validation split), with DETR 0; 0 gives the plain retrieval order.",
            "re-ranking by the moment score (below)"),
     _group([_weight("l1_weight", 4.0, "l1"), _weight("giou_weight", 1.0, "giou"),
             _weight("fg_weight", 0.8, "fg"), _weight("dual_weight", 1.0, "dual"),
