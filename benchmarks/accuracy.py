@@ -159,8 +159,8 @@ def storage(model: MGSVGrounder, test: Any) -> dict[str, dict[str, float]]:
 
 
 #: The previous release's schedule (--previous-schedule): a cosine to zero at max_epochs,
-#: raw weights.
-PREVIOUS_SCHEDULE = {"lr_schedule": "cosine", "average_halflife": 0.0}
+#: raw weights, the fixed re-ranking weight.
+PREVIOUS_SCHEDULE = {"lr_schedule": "cosine", "average_halflife": 0.0, "moment_weight": 0.05}
 
 
 def run_world(world: str, budget: dict[str, Any], heads: list[str], threads: int,
