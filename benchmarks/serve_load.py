@@ -466,7 +466,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# One MsG request against 2,000 tracks: floor, in process, over HTTP", "",
         f"Machine: {m['cores']} cores, load average {m['load_average_before']} before and "
-        f"{m['load_average_after']} after (other work shared the cores during the run). "
+        f"{m['load_average_after']} after (the 1-minute figure: above about 1, other "
+        "work shared the cores). The load generator runs on the same cores as the server. "
         f"Model: d_model 256, full X-Pool over {report['model']['tracks']} tracks, "
         f"re-ranking depth {RERANK}; requests of {report['model']['frames']} frame "
         "features.", "",
