@@ -18,11 +18,10 @@ from mgsv_sk.evaluation.metrics import retrieval_ranks
 from mgsv_sk.search.rerank import rerank_table
 from mgsv_sk.search.topk import top_k_indices
 
-from ..infer.batched import ground_pairs, video_embeddings
-from ..infer.catalogue import MusicCatalogue
+from ..infer.batched import ground_pairs
 from ..infer.device import Autocast
 from ..nn.model import MaDe
-from ._training import Split
+from ._training import Split, evaluating, split_scores
 
 __all__ = ["WEIGHTS", "choose_weight", "tune_moment_weight"]
 
@@ -34,21 +33,15 @@ def tune_moment_weight(model: MaDe, split: Split, depth: int,
                        autocast: Autocast = None) -> tuple[float, dict[str, float]]:
     """The weight of :data:`WEIGHTS` with the best validation R@1 (ties: MRR, then the
     smaller weight), and each weight's validation R@1 (keys: the weights as text)."""
-    was_training = model.training
-    model.eval()
-    try:
-        catalogue = MusicCatalogue.build(model, split.gallery(), split.source,
-                                         autocast=autocast)
-        emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
-        table = np.asarray(catalogue.scores(model, emb), np.float64)  # [n, N]
+    with evaluating(model):
+        catalogue, scores = split_scores(model, split, autocast)
+        table = np.asarray(scores, np.float64)  # [n, N]
         d = min(depth, table.shape[1])
         top = top_k_indices(table, d)  # [n, d]
         videos = np.repeat(np.arange(len(split.video_ids)), d)
         _, _, moment = ground_pairs(model, [split.video_ids[i] for i in videos], top.ravel(),
                                     catalogue, split.source, split.seconds[videos],
                                     autocast=autocast)
-    finally:
-        model.train(was_training)
     return choose_weight(table, top, moment[:, 0].reshape(len(split.video_ids), d),
                          list(catalogue.ids), list(split.music_ids))
 

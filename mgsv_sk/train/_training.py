@@ -150,6 +150,27 @@ class EarlyStopping:
         return self.stale >= self.patience
 
 
+@contextmanager
+def evaluating(model: MaDe) -> Iterator[None]:
+    """The model in eval mode for the block, its previous mode again after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def split_scores(model: MaDe, split: Split, autocast: Autocast = None
+                 ) -> tuple[MusicCatalogue, np.ndarray]:
+    """The split's gallery encoded (:meth:`Split.gallery`) and the retrieval scores of its
+    videos against it, (n_videos, n_gallery): what inference ranks by, before re-ranking.
+    The model must be in eval mode (:func:`evaluating`)."""
+    catalogue = MusicCatalogue.build(model, split.gallery(), split.source, autocast=autocast)
+    emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
+    return catalogue, catalogue.scores(model, emb)
+
+
 def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
                       moment_weight: float = 0.0, rerank_depth: int = 10) -> dict[str, float]:
     """The protocol's metrics on a held-out split, computed on the model's device;
@@ -160,13 +181,9 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
     (re-ranked by the moment score with ``moment_weight > 0``); grounding is on each
     video's true track.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        gallery = split.gallery()
-        catalogue = MusicCatalogue.build(model, gallery, split.source, autocast=autocast)
+    with evaluating(model):
+        catalogue, table = split_scores(model, split, autocast)
         rows = catalogue.positions(split.music_ids)
-        emb = video_embeddings(model, split.video_ids, split.source, autocast=autocast)
 
         def moment_scores(video_rows: np.ndarray, track_rows: np.ndarray) -> np.ndarray:
             _, _, moment = ground_pairs(model, [split.video_ids[i] for i in video_rows],
@@ -174,8 +191,7 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
                                         split.seconds[video_rows], autocast=autocast)
             return moment[:, 0]
 
-        scores = reranked(catalogue.scores(model, emb), moment_weight, rerank_depth,
-                          moment_scores)
+        scores = reranked(table, moment_weight, rerank_depth, moment_scores)
         ranks = retrieval_ranks(scores, np.asarray(catalogue.ids, dtype=object),
                                 np.asarray(split.music_ids, dtype=object))
         start, end, _ = ground_pairs(model, split.video_ids, rows, catalogue, split.source,
@@ -183,12 +199,10 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
         start, end = start[:, 0], end[:, 0]
         ious = temporal_iou(np.column_stack([start, end]),
                             np.column_stack([split.start, split.end]), split.duration)
-    finally:
-        model.train(was_training)
     report = grounding_report_from_iou(ious)
     report.update(retrieval_report(ranks))
     report.update(moment_recall_report(ranks, ious))
-    report["gallery_tracks"] = float(len(gallery))
+    report["gallery_tracks"] = float(len(catalogue.ids))
     return report
 
 

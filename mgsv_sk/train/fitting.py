@@ -203,7 +203,7 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
     snippets = dict(zip(music_ids, source.music_lengths(music_ids).tolist(), strict=True))
     check_moments_on_features(frame, snippets)  # a moment the features cannot hold
     return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
-                       evals, params["n_threads"], tune_moment_weight and valid is not None)
+                       evals, params["n_threads"], tune_moment_weight)
 
 
 def fit_grounder(prepared: PreparedFit) -> FittedState:
