@@ -504,7 +504,8 @@ def main() -> None:
                              "accuracy_curves<--tag>")
     parser.add_argument("--previous-schedule", action="store_true",
                         help="fit with the previous release's schedule (a cosine to zero at "
-                             "max_epochs, raw weights), for comparison")
+                             "max_epochs, raw weights, the fixed re-ranking weight 0.05), for "
+                             "comparison")
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
@@ -520,7 +521,7 @@ def main() -> None:
                   "torch": torch.__version__, "machine": platform.machine(),
                   "note": "test tracks are never seen in training; both heads get the same "
                           "videos, and the epochs that fit the budget",
-                  "schedule": "previous (cosine to zero, raw weights)"
+                  "schedule": "previous (cosine to zero, raw weights, moment_weight 0.05)"
                               if args.previous_schedule else "defaults"},
         "worlds": {},
     }
