@@ -1,21 +1,24 @@
-"""The X-Pool score in numpy: the runtime's fast path for the catalogue scan (float32).
+"""The X-Pool score in numpy and compiled loops: the runtime's fast path for the catalogue
+scan (float32).
 
 The bundle's ``score_tracks`` graph computes the same score (``mgsv_sk.nn.xpool``), and
 for a batch of videos onnxruntime runs it well. One video against a catalogue is a
 different shape of work: two passes over every snippet state (attention logits, then the
 pooling) with one small vector, memory-bound, and the graph makes each pass separately
 over 128-track chunks of several MB (measured: 50 ms at 2,000 tracks on one thread, the
-states read twice from memory). Here each chunk is split into blocks of about 1 MB, so
-the pooling re-reads the block from the core's cache, and the projections of the head
-(out, proj) run once per chunk as [U, D] x [D, D] products, so the scan costs one read
-of the states plus its arithmetic. The parameters are the bundle's
-``graphs/xpool_weights.npz`` (written by the exporter beside the graphs; an older bundle
-without it is served by the graphs), and ``tests/test_export.py`` holds the two equal.
+states read twice from memory). Here a few videos are pooled by a compiled kernel that
+reads each track's states once (:mod:`._pool_kernel`); a larger batch as GEMMs over blocks
+of about 1 MB, so the pooling re-reads the block from the core's cache. The projections of
+the head (out, proj) run once over every pooled state as [U, D] x [D, D] products, each
+followed by a one-pass LayerNorm (the last one ending in the cosine). The parameters are
+the bundle's ``graphs/xpool_weights.npz`` (written by the exporter beside the graphs; an
+older bundle without it is served by the graphs), and ``tests/test_export.py`` holds the
+two equal.
 
 Exact rewrites used (see ``mgsv_sk.nn.xpool``): the key projection moves to the query
 side, q' = W_k^T q; the value and output projections fold into one [D, D] map applied
 after pooling, W_o W_v and W_o b_v + b_o; the residual x + W_p x is one product with
-(I + W_p).
+(I + W_p), and the attention LayerNorm's weight and bias fold into it.
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ from typing import Any
 
 import numpy as np
 
+from mgsv_sk.export._pool_kernel import layer_norm_rows, norm_cosine, pool_tracks, warm_up
+
 __all__ = ["XPOOL_WEIGHTS", "NumpyXPool", "xpool_arrays"]
 
 #: The bundle file holding the X-Pool parameters (float32 arrays, no pickle).
 XPOOL_WEIGHTS = "graphs/xpool_weights.npz"
 #: Bytes of snippet states a block holds: the pooling re-reads them from the L2 cache.
 _BLOCK_BYTES = 1 << 20
+#: Up to this many videos the pooling reads the states once in the compiled kernel (memory-
+#: bound); a larger batch is compute-bound and runs as GEMMs (measured: ``benchmarks/``
+#: ``serve_load.py``'s in-process figures and ``tests/test_export.py`` hold them equal).
+_KERNEL_VIDEOS = 8
 _NAMES = ("norm_in.weight", "norm_in.bias", "q.weight", "q.bias", "k.weight", "v.weight",
           "v.bias", "out.weight", "out.bias", "norm_attn.weight", "norm_attn.bias",
           "proj.weight", "proj.bias", "norm_out.weight", "norm_out.bias")
@@ -46,19 +55,6 @@ def xpool_arrays(xpool: Any) -> dict[str, np.ndarray]:
                             np.float64)
     out["scale"] = np.asarray(xpool.scale, np.float64)
     return out
-
-
-def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
-                ) -> np.ndarray:
-    """LayerNorm over the last axis of a 2-D float32 ``x``, in place (``x`` is a
-    temporary of the caller's): few passes over the rows, no new arrays but per-row ones."""
-    d = x.shape[-1]
-    x -= (x.sum(axis=-1) / d)[:, None]
-    var = np.einsum("ij,ij->i", x, x) / d
-    x *= (1.0 / np.sqrt(var + eps)).astype(np.float32)[:, None]
-    x *= weight
-    x += bias
-    return x
 
 
 class NumpyXPool:
@@ -79,11 +75,16 @@ class NumpyXPool:
         out_w = a["out.weight"].astype(np.float64)
         self._values_t = np.ascontiguousarray((out_w @ a["v.weight"]).T, np.float32)  # [D,D]
         self._values_b = (out_w @ a["v.bias"] + a["out.bias"]).astype(np.float32)
-        self._norm_attn = a["norm_attn.weight"], a["norm_attn.bias"]
-        eye = np.eye(len(a["proj.bias"]), dtype=np.float32)
-        self._proj_t = np.ascontiguousarray((a["proj.weight"] + eye).T, np.float32)
-        self._proj_b = a["proj.bias"]
+        # the attention LayerNorm's weight and bias fold into the residual projection that
+        # follows it: (I + W_p)(g * x + b) = (I + W_p) diag(g) x + (I + W_p) b
+        eye = np.eye(len(a["proj.bias"]), dtype=np.float64)
+        proj_t = (a["proj.weight"].astype(np.float64) + eye).T  # [D,D], rows: inputs
+        self._proj_t = np.ascontiguousarray(a["norm_attn.weight"][:, None] * proj_t, np.float32)
+        self._proj_b = (a["proj.bias"] + a["norm_attn.bias"] @ proj_t).astype(np.float32)
+        d = len(eye)
+        self._ones, self._zeros = np.ones(d, np.float32), np.zeros(d, np.float32)
         self._norm_out = a["norm_out.weight"], a["norm_out.bias"]
+        warm_up()  # compiled (or read from numba's cache) here, not on the first request
 
     @classmethod
     def load(cls, path: Path, use_dual: bool) -> NumpyXPool:
@@ -93,27 +94,34 @@ class NumpyXPool:
     # -- pieces -------------------------------------------------------------------------
     def _token_query(self, video_emb: np.ndarray) -> np.ndarray:
         """h(v) [B, D] -> W_k^T q [B, D], the query in the snippet states' space."""
-        normed = _layer_norm(video_emb.copy(), *self._norm_in, self._eps[0])
+        normed = layer_norm_rows(np.array(video_emb, np.float32), self._zeros, *self._norm_in,
+                                 self._eps[0])
         q = normed @ self._q[0].T + self._q[1]
         return np.ascontiguousarray((q * self._scale) @ self._k_weight, np.float32)
 
     def _cosine(self, video_emb: np.ndarray, pooled: np.ndarray) -> np.ndarray:
-        """Pooled states [U, B, D] -> cos(h(v_b), h1[u, b]) [U, B] (video_emb unit-norm)."""
+        """Pooled states [U, B, D] -> cos(h(v_b), h1[u, b]) [U, B] (video_emb unit-norm):
+        two GEMMs over every pooled state, each followed by one pass of a LayerNorm."""
         u, b, d = pooled.shape
         flat = pooled.reshape(u * b, d)  # one GEMM per projection, not U small ones
-        x = _layer_norm(flat @ self._values_t + self._values_b, *self._norm_attn, self._eps[1])
-        h1 = _layer_norm(x @ self._proj_t + self._proj_b, *self._norm_out, self._eps[2])
-        dot = np.einsum("ubd,bd->ub", h1.reshape(u, b, d), video_emb)  # [U,B]
-        norm = np.sqrt(np.einsum("ij,ij->i", h1, h1)).reshape(u, b)
-        return dot / np.maximum(norm, 1e-6)
+        x = layer_norm_rows(flat @ self._values_t, self._values_b, self._ones, self._zeros,
+                            self._eps[1])
+        return norm_cosine(x @ self._proj_t, self._proj_b, *self._norm_out, self._eps[2],
+                           video_emb).reshape(u, b)
 
     # -- the Scorer protocol ------------------------------------------------------------
-    def _pool(self, query: np.ndarray, chunk: Any) -> np.ndarray:
+    def _pool(self, query: np.ndarray, chunk: Any, out: np.ndarray | None = None
+              ) -> np.ndarray:
         """Attention-pooled snippet states of every (track of ``chunk``, video), [U, B, D],
-        for queries W_k^T q [B, D]: a block's logits, then its pooling, from the cache."""
+        for queries W_k^T q [B, D], written to ``out`` if given. A few videos: the compiled
+        one-pass kernel (memory-bound work); more: a block's logits as one GEMM, then its
+        pooling, from the cache."""
+        u, d = len(chunk.lengths), query.shape[1]
+        pooled = np.empty((u, len(query), d), np.float32) if out is None else out  # [U,B,D]
+        if len(query) <= _KERNEL_VIDEOS:
+            return pool_tracks(chunk.flat, chunk.offsets, query, out=pooled)
         states, mask = chunk.states, chunk.mask  # [U,S,D], [U,S]
-        u, s, d = states.shape
-        pooled = np.empty((u, len(query), d), np.float32)  # [U,B,D]
+        s = states.shape[1]
         step = max(1, _BLOCK_BYTES // max(1, s * d * 4))
         for lo in range(0, u, step):
             block = states[lo: lo + step]  # [u,S,D]
@@ -145,15 +153,18 @@ class NumpyXPool:
         d = video_emb.shape[1]
         out = np.empty((len(video_emb), n_tracks), np.float32)
         group = max(1, (64 << 20) // max(1, n_tracks * d * 4))
+        bounds = np.cumsum([0] + [len(c.rows) for c in chunks])  # chunk i: its pooled rows
         rows = np.concatenate([c.rows for c in chunks])
-        emb = np.concatenate([np.asarray(c.emb, np.float32) for c in chunks])  # [N,D]
         for lo in range(0, len(video_emb), group):
             videos = video_emb[lo: lo + group]
             query = self._token_query(videos)
-            pooled = np.concatenate([self._pool(query, c) for c in chunks])  # [N,B,D]
+            pooled = np.empty((bounds[-1], len(videos), d), np.float32)  # [N,B,D]
+            for c, start, end in zip(chunks, bounds[:-1], bounds[1:]):
+                self._pool(query, c, out=pooled[start:end])
             score = self._cosine(videos, pooled).T  # [B,N]
-            if self.use_dual:
-                score = score + videos @ emb.T
+            if self.use_dual:  # chunk by chunk: no copy of every track's embedding
+                for c, start, end in zip(chunks, bounds[:-1], bounds[1:]):
+                    score[:, start:end] += videos @ np.asarray(c.emb, np.float32).T
             out[lo: lo + group, rows] = score
         return out
 

@@ -48,6 +48,7 @@ from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.search.compact import read_concat, read_ranges, take_rows
 from mgsv_sk.search.parts import Chunk, Part, Rows
 from mgsv_sk.search.protocols import Shards
+from mgsv_sk.search.ragged import pad_flat
 from mgsv_sk.search.topk import top_k_rows
 from mgsv_sk.search.tracks import TrackIndex
 
@@ -216,7 +217,7 @@ class Catalogue(TrackIndex):
     def states(self, rows: np.ndarray) -> np.ndarray:
         """X-Pool snippet states of ``rows``, back to back (their offsets follow
         ``lengths[rows]``): [sum S, D] float32, compact rows decoded."""
-        return np.concatenate(self._slices("states", rows)).astype(np.float32, copy=False)
+        return self._concat("states", np.asarray(rows, np.int64).reshape(-1))
 
     def padded_tokens(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Snippet tokens of ``rows``, padded: [k, max S, D] float32 and mask [k, max S]."""
@@ -228,17 +229,15 @@ class Catalogue(TrackIndex):
 
     def _padded(self, field: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = np.asarray(rows, np.int64).reshape(-1)
-        lengths = self.lengths[rows]
+        return pad_flat(self._concat(field, rows), self.lengths[rows])
+
+    def _concat(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """The ``field`` rows of ``rows`` back to back, [sum S, D] float32."""
         if len(self.parts) == 1:  # every range read at once, decoded in one pass
             part = self.parts[0]
-            flat = read_concat(getattr(part, field), list(zip(
+            return read_concat(getattr(part, field), list(zip(
                 part.offsets[rows].tolist(), part.offsets[rows + 1].tolist())))
-        else:
-            flat = np.concatenate(self._slices(field, rows)).astype(np.float32, copy=False)
-        mask = np.arange(int(lengths.max()))[None, :] < lengths[:, None]  # [k, max S]
-        out = np.zeros((len(rows), mask.shape[1], flat.shape[1]), np.float32)
-        out[mask] = flat  # row-major order of the mask = the ranges back to back
-        return out, mask
+        return np.concatenate(self._slices(field, rows)).astype(np.float32, copy=False)
 
     def dual(self, video_emb: np.ndarray) -> np.ndarray:
         """cos(h(v), h0(M)) of unit-norm videos [B, D] against every track, [B, N] float32."""
@@ -248,7 +247,7 @@ class Catalogue(TrackIndex):
 
     def chunks(self, size: int) -> list[Chunk]:
         """Every track in chunks of ``size`` tracks of similar length (least padding), snippet
-        states padded once and kept (the full X-Pool scan reads them every query)."""
+        states decoded once and kept (the full X-Pool scan reads them every query)."""
         cached = self._chunks.get(size)
         if cached is not None:
             return cached
@@ -258,7 +257,7 @@ class Catalogue(TrackIndex):
                 built = []
                 for lo in range(0, len(order), size):
                     rows = order[lo: lo + size]
-                    states, mask = self.padded_states(rows)
-                    built.append(Chunk(rows, self.emb(rows), states, mask))
+                    built.append(Chunk(rows, self.emb(rows), self._concat("states", rows),
+                                       self.lengths[rows]))
                 self._chunks[size] = built
             return self._chunks[size]

@@ -1,7 +1,7 @@
 """The stored rows of a catalogue: a :class:`Part` holds tracks back to back (embeddings,
 offsets, snippet tokens and X-Pool states), in memory or in a bundle's files read on
 demand (:class:`NpyRows`, or compact rows from :mod:`mgsv_sk.search.compact`); a
-:class:`Chunk` is a padded group of rows for the full X-Pool scan.
+:class:`Chunk` is a group of rows of similar length for the full X-Pool scan.
 
 The per-snippet arrays of a bundle are read row range by row range with ``os.pread``
 rather than memory-mapped: see :mod:`mgsv_sk.search.catalogue` for the measured reason.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from mgsv_sk.errors import ArtifactError
 from mgsv_sk.search.compact import CompactRows, RowFile, open_compact
+from mgsv_sk.search.ragged import pad_flat
 
 __all__ = ["Chunk", "NpyRows", "Part", "Rows"]
 
@@ -89,9 +91,33 @@ class Part:
 
 @dataclass(frozen=True)
 class Chunk:
-    """Catalogue rows of similar length, padded once: what one score_tracks call reads."""
+    """Catalogue rows of similar length: what one X-Pool scan step reads.
+
+    The snippet states are kept back to back (``flat``: row i's ``lengths[i]`` states after
+    row i - 1's), as the compiled pooling reads them; the padded view [U, S, D] with its
+    mask, which the graphs, torch and the batched GEMM path read, is built on first use.
+    """
 
     rows: np.ndarray
     emb: np.ndarray
-    states: np.ndarray
-    mask: np.ndarray
+    flat: np.ndarray  # [sum S, D] float32
+    lengths: np.ndarray  # [U] int64
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Where each row's states start in ``flat``, then the end: [U + 1] int64."""
+        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+
+    @cached_property
+    def _padded(self) -> tuple[np.ndarray, np.ndarray]:
+        return pad_flat(self.flat, self.lengths)
+
+    @property
+    def states(self) -> np.ndarray:
+        """Snippet states padded: [U, max S, D] float32."""
+        return self._padded[0]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Valid snippets [U, max S] bool (a prefix of each row)."""
+        return self._padded[1]

@@ -1,0 +1,167 @@
+"""The X-Pool's row-wise work compiled with numba: the attention pooling of a few videos over
+a chunk of tracks in one pass over the snippet states, and the head's LayerNorms (one with
+the final cosine) in one pass over each row.
+
+For one video (or a handful) the pooling is memory-bound: every track's snippet states are
+read for the attention logits and again for the weighted sum. numpy can only run those as
+separate calls (a GEMV over a block of tracks, a softmax, then one small matrix product per
+track), which costs about twice the states' streaming time at 2,000 tracks. Here each
+track's states are read from memory once (they are stored back to back, no padding), and
+re-read from the core's cache for each video's logits and weighted sum. Larger batches are
+compute-bound, and numpy's GEMM path in :mod:`mgsv_sk.export._xpool` serves them.
+
+A LayerNorm in numpy is five or six passes over its rows (mean, centre, variance, scale,
+weight, bias); here it is one read and one write per row, and the last one ends in the
+cosine with the video, never written out. The head's GEMMs stay in BLAS.
+
+Compiled on first use and cached on disk by numba (beside this file, or in the user's cache
+folder where that is read-only); :func:`warm_up` compiles it ahead of the first request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["layer_norm_rows", "norm_cosine", "pool_tracks", "warm_up"]
+
+# reassociation lets the dot products and sums use SIMD lanes (what BLAS does too); no
+# assumption about infinities or NaNs, which pass through as numpy's softmax passes them
+_FAST = {"reassoc", "contract"}
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
+          pooled: np.ndarray) -> None:  # pragma: no cover - compiled
+    d = flat.shape[1]
+    weights = np.empty(int(np.max(offsets[1:] - offsets[:-1])) + 1, np.float32)
+    for t in range(len(offsets) - 1):
+        x = flat[offsets[t]: offsets[t + 1]]  # the track's states: read from memory once
+        n = len(x)
+        for j in range(query.shape[0]):
+            out = pooled[t, j]
+            if n == 0:  # a track without snippets: nothing to attend to (as the graph: NaN)
+                out[:] = np.nan
+                continue
+            q = query[j]
+            # logits four rows at a time: four independent sums keep the vector units busy
+            # (one row at a time, each row's sum waits on the last: 1.4x slower measured)
+            r = 0
+            while r + 4 <= n:
+                a0 = a1 = a2 = a3 = np.float32(0.0)
+                for k in range(d):
+                    a0 += x[r, k] * q[k]
+                    a1 += x[r + 1, k] * q[k]
+                    a2 += x[r + 2, k] * q[k]
+                    a3 += x[r + 3, k] * q[k]
+                weights[r], weights[r + 1], weights[r + 2], weights[r + 3] = a0, a1, a2, a3
+                r += 4
+            for r in range(r, n):
+                a0 = np.float32(0.0)
+                for k in range(d):
+                    a0 += x[r, k] * q[k]
+                weights[r] = a0
+            top = weights[0]
+            for r in range(1, n):
+                top = max(top, weights[r])
+            total = np.float32(0.0)
+            for r in range(n):
+                weights[r] = np.exp(weights[r] - top)
+                total += weights[r]
+            inv = np.float32(1.0) / total
+            # the weighted sum, four rows a time, re-read from the core's cache
+            out[:] = 0.0
+            r = 0
+            while r + 4 <= n:
+                w0, w1 = weights[r] * inv, weights[r + 1] * inv
+                w2, w3 = weights[r + 2] * inv, weights[r + 3] * inv
+                for k in range(d):
+                    out[k] += w0 * x[r, k] + w1 * x[r + 1, k] + w2 * x[r + 2, k] + w3 * x[r + 3, k]
+                r += 4
+            for r in range(r, n):
+                w0 = weights[r] * inv
+                for k in range(d):
+                    out[k] += w0 * x[r, k]
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+def _normalise(row: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
+               eps: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """out = LayerNorm(row + bias) * weight + shift (the variance from the centred row)."""
+    d = row.shape[0]
+    total = np.float32(0.0)
+    for k in range(d):
+        out[k] = row[k] + bias[k]
+        total += out[k]
+    mean = total / d
+    square = np.float32(0.0)
+    for k in range(d):
+        out[k] -= mean
+        square += out[k] * out[k]
+    inv = np.float32(1.0 / np.sqrt(square / d + eps))
+    for k in range(d):
+        out[k] = out[k] * inv * weight[k] + shift[k]
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+def _layer_norm_rows(x: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
+                     eps: float) -> None:  # pragma: no cover - compiled
+    for i in range(x.shape[0]):
+        _normalise(x[i], bias, weight, shift, eps, x[i])
+
+
+@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+def _norm_cosine(y: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
+                 eps: float, video: np.ndarray, out: np.ndarray
+                 ) -> None:  # pragma: no cover - compiled
+    n_videos, d = video.shape
+    h = np.empty(d, np.float32)
+    for i in range(y.shape[0]):
+        _normalise(y[i], bias, weight, shift, eps, h)
+        v = video[i % n_videos]
+        dot = np.float32(0.0)
+        square = np.float32(0.0)
+        for k in range(d):
+            dot += h[k] * v[k]
+            square += h[k] * h[k]
+        out[i] = dot / max(np.float32(np.sqrt(square)), np.float32(1e-6))
+
+
+def layer_norm_rows(x: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
+                    eps: float) -> np.ndarray:
+    """LayerNorm(x + bias) * weight + shift over the last axis of a C-contiguous float32
+    ``x`` [N, D], in place (``x`` is a temporary of the caller's); returns ``x``."""
+    _layer_norm_rows(x, bias, weight, shift, float(eps))
+    return x
+
+
+def norm_cosine(y: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
+                eps: float, video: np.ndarray) -> np.ndarray:
+    """cos(LayerNorm(y[i] + bias) * weight + shift, video[i % B]) of rows y [N, D] against
+    unit-norm videos [B, D] (row i pairs with video i mod B), [N] float32; ``y`` unchanged."""
+    out = np.empty(len(y), np.float32)
+    _norm_cosine(y, bias, weight, shift, float(eps), np.ascontiguousarray(video, np.float32),
+                 out)
+    return out
+
+
+def pool_tracks(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Attention-pooled states [U, B, D] of U tracks' snippet states stored back to back
+    (``flat`` [sum S, D] float32, track u's rows ``offsets[u]:offsets[u + 1]``) for queries
+    [B, D] (W_k^T q, scaled), written to ``out`` (C-contiguous float32) if given."""
+    shape = (len(offsets) - 1, query.shape[0], flat.shape[1])
+    pooled = np.empty(shape, np.float32) if out is None else out
+    if pooled.shape != shape or pooled.dtype != np.float32 or not pooled.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    _pool(np.ascontiguousarray(flat, np.float32), np.ascontiguousarray(offsets, np.int64),
+          np.ascontiguousarray(query, np.float32), pooled)
+    return pooled
+
+
+def warm_up() -> None:
+    """Compile (or load the cached compilation of) the kernels now, not on a first request."""
+    pool_tracks(np.zeros((2, 4), np.float32), np.array([0, 2]), np.zeros((1, 4), np.float32))
+    row, ones = np.zeros((1, 4), np.float32), np.ones(4, np.float32)
+    layer_norm_rows(row, ones, ones, ones, 1e-5)
+    norm_cosine(row, ones, ones, ones, 1e-5, row)
