@@ -378,9 +378,10 @@ def test_numpy_xpool_equals_the_score_graphs(bundle, served, small_test):
     assert OnnxGrounder.load(bundle, 1, precision="int8").numpy_xpool is None
     cat = served._served_catalogue()
     source = served._source(small_test.features)
-    emb = served._encode_videos(small_test.frame.iloc[:12], source).emb
+    emb = served._encode_videos(small_test.frame.iloc[:16], source).emb
+    assert len(emb) == 16
     graphs = _OrtXPool(served)
-    for b in (1, 7, 12):  # the compiled one-pass pooling (up to 8 videos), then the GEMMs
+    for b in (1, 7, 16):  # the compiled one-pass pooling (up to 12 videos), then the GEMMs
         for chunk in cat.chunks(5):
             np.testing.assert_allclose(served.numpy_xpool.tracks(emb[:b], chunk),
                                        graphs.tracks(emb[:b], chunk), atol=1e-5)

@@ -132,6 +132,28 @@ def test_aligned_evidence_is_the_diagonal_of_the_similarity_map():
                                    atol=1e-5, rtol=0)
 
 
+@settings(max_examples=25, deadline=None)
+@given(s=st.integers(1, 20), f=st.integers(1, 30), per_snippet=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_alignment_gathered_without_gradient_equals_the_hat_matmul(s, f, per_snippet, seed):
+    # Inference gathers the two snippets each frame falls between; training multiplies by
+    # the hat kernel (whose backward is a matmul). Same sums, positions past the track's end
+    # included; and the training form's gradient flows.
+    from mgsv_sk.nn.window import _along_windows
+
+    g = torch.Generator().manual_seed(seed)
+    sim = torch.randn(2, 3, f, s, generator=g, requires_grad=True)
+    anchors = torch.arange(per_snippet * s, dtype=torch.float32) * 2.5 / per_snippet
+    pos = (anchors[:, None] + torch.arange(f, dtype=torch.float32)[None, :]) / 2.5
+    index = torch.arange(s, dtype=torch.float32)
+    trained = _along_windows(sim, pos, index)
+    with torch.no_grad():
+        gathered = _along_windows(sim, pos, index)
+    torch.testing.assert_close(gathered, trained.detach(), atol=1e-5, rtol=1e-5)
+    trained.sum().backward()
+    assert sim.grad is not None and torch.isfinite(sim.grad).all()
+
+
 # -- losses ------------------------------------------------------------------------------------
 def test_window_iou_matches_the_protocol_geometry():
     anchors = torch.tensor([[0.0, 5.0, 20.0, 235.0]])

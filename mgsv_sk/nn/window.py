@@ -78,6 +78,38 @@ def _depthwise(x: Tensor, weight: Tensor) -> Tensor:
                torch.zeros_like(x))
 
 
+def _along_windows(sim: Tensor, pos: Tensor, snippet_index: Tensor) -> Tensor:
+    """sum_f of sim[p, h, f, .] linearly interpolated at snippet position pos[k, f]: sim
+    [P, H, F, S], pos [K, F] (>= 0), snippet_index [S] (0..S-1) -> [P, H, K].
+
+    Interpolation is a hat kernel, hat[f, s, k] = max(0, 1 - |pos[k, f] - s|): in training
+    the sum is one matmul with it (a gather's backward would scatter, slow on a CPU); with
+    no gradient to carry, the two snippets each position falls between are gathered
+    instead (the same sum: the hat is zero elsewhere), a fraction of the matmul's work and
+    of the [F, S, K] hat's memory.
+    """
+    if torch.is_grad_enabled() and sim.requires_grad:
+        hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
+        p, h = sim.shape[:2]
+        return (sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)).view(p, h, -1)  # [P*H,K]
+    last = snippet_index[-1]  # S - 1, from a tensor so exported graphs keep S dynamic
+    below = pos.floor().T  # [F,K]
+    frac = pos.T - below
+    # the snippet below and the one above, their weights (zero past the track's last one),
+    # as flat indices into sim's [F * S] axis: one 1-D gather (onnxruntime's Gather; its
+    # GatherElements with indices expanded to [P,H,F,K] ran slower than the matmul)
+    frame = (torch.ones_like(below[:, 0]).cumsum(0) - 1.0)[:, None]  # [F,1]
+    ends = torch.stack([below, below + 1.0]).permute(2, 0, 1)  # [K,2,F]
+    weights = torch.stack([1.0 - frac, frac]).permute(2, 0, 1) * (ends <= last).float()
+    flat = (frame.T * (last + 1.0) + torch.minimum(ends, last)).long().flatten()  # [K*2*F]
+    p, h = sim.shape[:2]
+    k, two, f = weights.shape
+    rows = sim.flatten(2).flatten(0, 1).T  # [F*S, P*H]: whole rows gathered, not elements
+    picked = rows.index_select(0, flat).view(k, two * f, p * h)  # [K,2F,P*H]
+    summed = weights.reshape(k, 1, two * f) @ picked  # [K,1,P*H]
+    return summed.view(k, p * h).T.reshape(p, h, k)
+
+
 def _positions(mask_row: Tensor) -> Tensor:
     """0, 1, ..., T - 1 as float [T], built from a tensor so exported graphs keep T dynamic."""
     return torch.ones_like(mask_row, dtype=torch.float32).cumsum(0) - 1.0
@@ -183,14 +215,10 @@ class WindowHead(nn.Module):
         room = (track - seconds).clamp(min=0.0)  # [P], the latest start inside the track
         valid = anchors[None, :] <= room[:, None] + 1e-4  # [B,K]; anchor 0 always valid
 
-        # alignment: frame j plays over snippet position (anchor + j) / 2.5; linear
-        # interpolation between snippets is a hat kernel, so the mean over frames of the
-        # interpolated similarity is one matmul with hat[j, s, c] = max(0, 1 - |pos - s|)
-        # (no gather: its backward would scatter)
+        # alignment: frame j plays over snippet position (anchor + j) / 2.5, the similarity
+        # linearly interpolated between snippets, summed over the frames
         pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP_SECONDS  # [K,F]
-        hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
-        along = sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)  # [P*H,F*S] @ [F*S,K]
-        aligned = along.view(b, h, -1) / n_frames[:, None, None]  # [P,H,K]
+        aligned = _along_windows(sim, pos, snippet_index) / n_frames[:, None, None]  # [P,H,K]
 
         # bag: mean of the per-snippet features over the snippets whose centre is inside
         csum = F.pad(per_snippet.cumsum(dim=2), (1, 0))  # [B,C,S+1]
