@@ -216,15 +216,29 @@ def kept_epoch(history: list[dict[str, float]], metric: str, patience: int) -> i
     return stopping_replay(history, metric, patience)[0]
 
 
+def validation_videos(history: list[dict[str, float]]) -> int:
+    """Videos of the validation split behind a history: recorded (``val_videos``), or for a
+    curve recorded before that, the smallest count of which every epoch's validation R@1
+    and MoR@1,0.5 are whole fractions."""
+    if "val_videos" in history[0]:
+        return int(history[0]["val_videos"])
+    values = [row[k] for row in history for k in ("val_R@1", "val_MoR@1,0.5")]
+    for n in range(1, 100_000):
+        if all(abs(v * n - round(v * n)) < 1e-6 * n for v in values):
+            return n
+    raise ValueError("the history's validation size cannot be recovered")
+
+
 def stopping_replay(history: list[dict[str, float]], metric: str, patience: int,
                     max_epochs: int | None = None) -> tuple[int, int]:
     """(kept epoch, epochs run) of a fit whose epochs are this history's, capped at
-    ``max_epochs``: the fit loop's own rule, replayed. Exact for the default schedule,
-    whose epochs do not depend on ``max_epochs`` (a constant rate after warm-up)."""
+    ``max_epochs``: the fit loop's own rule, replayed (its near-tie tolerance from the
+    validation split's size). Exact for the default schedule, whose epochs do not depend
+    on ``max_epochs`` (a constant rate after warm-up)."""
     from mgsv_sk.evaluation.scoring import scorer_value
-    from mgsv_sk.train._training import EarlyStopping
+    from mgsv_sk.train._training import NEAR_TIE_VIDEOS, EarlyStopping
 
-    stopping = EarlyStopping(patience)
+    stopping = EarlyStopping(patience, NEAR_TIE_VIDEOS / validation_videos(history))
     run = 0
     for row in history[:max_epochs]:
         run += 1

@@ -356,6 +356,23 @@ def test_early_stopping_stops_on_a_planted_decline(small_train, monkeypatch):
     assert float(next(iter(est.model_.parameters())).detach().sum()) == pytest.approx(kept[4])
 
 
+def test_early_stopping_keeps_the_latest_near_tie():
+    """Within the tolerance of the best two-epoch mean the latest epoch is kept (the more
+    trained average); a dip beyond it is not kept, and only a real gain resets patience."""
+    from mgsv_sk.train._training import EarlyStopping
+
+    stopping = EarlyStopping(patience=3, tolerance=0.01)
+    kept = [stopping.update(v) for v in [0.5, 0.7, 0.7, 0.695, 0.66, 0.69]]
+    # means 0.5, 0.6, 0.7, 0.6975, 0.6775, 0.675: epoch 4 is a near tie, 5 and 6 are not
+    assert kept == [True, True, True, True, False, False]
+    assert stopping.best_epoch == 4 and stopping.best_score == pytest.approx(0.7)
+    assert stopping.exhausted  # epochs 4-6 did not improve the best
+    exact = EarlyStopping(patience=3)  # no tolerance: the best itself, the latest of ties
+    for v in [0.5, 0.7, 0.7, 0.695]:
+        exact.update(v)
+    assert exact.best_epoch == 3
+
+
 def test_early_stopping_is_not_fooled_by_one_noisy_epoch():
     """A one-epoch spike of the validation metric (noise on a small split) does not end the
     fit while the metric keeps rising on the two-epoch mean."""

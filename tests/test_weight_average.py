@@ -94,13 +94,15 @@ def test_a_planted_plateau_stops_the_fit_and_returns_the_kept_average(small_trai
     monkeypatch.setattr(WeightAverage, "swap", spy_swap)
     est = MGSVGrounder(features=small_train.features,
                        **{**TINY, "max_epochs": 10, "patience": 2}).fit(small_train.frame)
-    # two-epoch means 0.2, 0.35, 0.6, 0.7, 0.7, 0.7: best at epoch 4, two stale epochs
-    assert est.best_epoch_ == 4 and est.n_epochs_ == 6 and est.stopped_ == "converged"
+    # two-epoch means 0.2, 0.35, 0.6, 0.7, 0.7, 0.7: best at epoch 4, two stale epochs; the
+    # plateau's epochs tie, and the latest of them (the most trained average) is kept
+    assert est.n_epochs_ == 6 and est.stopped_ == "converged" and est.best_epoch_ == 6
     final = est.model_.state_dict()
-    assert all(torch.equal(final[k], validated[4][k]) for k in final)
+    assert all(torch.equal(final[k], validated[6][k]) for k in final)
+    assert not all(torch.equal(final[k], validated[4][k]) for k in final)
     # the returned weights are an average: not the live weights the optimizer left
     params = [p for p in est.model_.parameters() if p.dtype.is_floating_point]
-    assert any(not torch.equal(p.cpu(), live[4][i].cpu()) for i, p in enumerate(params))
+    assert any(not torch.equal(p.cpu(), live[6][i].cpu()) for i, p in enumerate(params))
     assert "stopped after 2 epochs without improvement (6 epochs run)" in est.returned_weights_
 
 

@@ -198,7 +198,6 @@ class WindowHead(nn.Module):
         moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
         once per video and once per track, however many pairs share them.
         """
-        h = self.n_heads
         sim, per_snippet, snippet_logits, video_mask, music_mask, seconds = self._pair_evidence(
             video_tokens, video_mask, video_emb, music_tokens, music_mask, music_index,
             video_index, video_seconds)
