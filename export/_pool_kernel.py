@@ -57,12 +57,12 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
                 weights[j, r], weights[j, r + 1] = a0, a1
                 weights[j, r + 2], weights[j, r + 3] = a2, a3
             r += 4
-        for r in range(r, n):
+        for i in range(r, n):  # the last rows, one at a time
             for j in range(n_videos):
                 a0 = np.float32(0.0)
                 for k in range(d):
-                    a0 += x[r, k] * query[j, k]
-                weights[j, r] = a0
+                    a0 += x[i, k] * query[j, k]
+                weights[j, i] = a0
         for j in range(n_videos):  # softmax over the track's snippets
             top = weights[j, 0]
             for r in range(1, n):
@@ -84,11 +84,11 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
                 for k in range(d):
                     out[k] += w0 * x[r, k] + w1 * x[r + 1, k] + w2 * x[r + 2, k] + w3 * x[r + 3, k]
             r += 4
-        for r in range(r, n):
+        for i in range(r, n):
             for j in range(n_videos):
-                out, w0 = pooled[t, j], weights[j, r]
+                out, w0 = pooled[t, j], weights[j, i]
                 for k in range(d):
-                    out[k] += w0 * x[r, k]
+                    out[k] += w0 * x[i, k]
 
 
 @njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
