@@ -20,17 +20,33 @@ folder where that is read-only); :func:`warm_up` compiles it ahead of the first 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from numba import njit
 
-__all__ = ["layer_norm_rows", "norm_cosine", "pool_tracks", "warm_up"]
+__all__ = ["compiled", "layer_norm_rows", "norm_cosine", "pool_tracks", "warm_up"]
 
 # reassociation lets the dot products and sums use SIMD lanes (what BLAS does too); no
 # assumption about infinities or NaNs, which pass through as numpy's softmax passes them
 _FAST = {"reassoc", "contract"}
 
 
-@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+def compiled(function: Callable[..., Any]) -> Any:
+    """``function`` compiled by numba (GIL released, SIMD sums), its machine code cached on
+    disk; where no cache folder is writable (a read-only install and home), compiled on
+    each start instead of failing the import."""
+    def jit(cache: bool) -> Any:
+        return njit(function, cache=cache, nogil=True, fastmath=_FAST, error_model="numpy")
+
+    try:
+        return jit(cache=True)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return jit(cache=False)
+
+
+@compiled
 def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
           pooled: np.ndarray) -> None:  # pragma: no cover - compiled
     d, n_videos = flat.shape[1], query.shape[0]
@@ -91,7 +107,7 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
                     out[k] += w0 * x[i, k]
 
 
-@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+@compiled
 def _normalise(row: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
                eps: float, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """out = LayerNorm(row + bias) * weight + shift (the variance from the centred row)."""
@@ -110,14 +126,14 @@ def _normalise(row: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.
         out[k] = out[k] * inv * weight[k] + shift[k]
 
 
-@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+@compiled
 def _layer_norm_rows(x: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
                      eps: float) -> None:  # pragma: no cover - compiled
     for i in range(x.shape[0]):
         _normalise(x[i], bias, weight, shift, eps, x[i])
 
 
-@njit(nogil=True, cache=True, fastmath=_FAST, error_model="numpy")
+@compiled
 def _norm_cosine(y: np.ndarray, bias: np.ndarray, weight: np.ndarray, shift: np.ndarray,
                  eps: float, video: np.ndarray, out: np.ndarray
                  ) -> None:  # pragma: no cover - compiled
