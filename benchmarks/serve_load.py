@@ -19,7 +19,10 @@ random CLIP image encoder.
    answers checked. Then ``infer`` by 4 threads (requests/s).
 3. **HTTP** (``mgsv-sk serve --workers 8 --n-threads 1`` in a subprocess; OIP JSON, up to
    50 x 512 floats): p50 at concurrency 1, requests/s at concurrency 4 and p99 at
-   concurrency 8, closed loop, ``--repeats`` times (default 3) with their spread.
+   concurrency 8, closed loop, ``--repeats`` times (default 3) with their spread. Each
+   1- and 4-client run follows its in-process twin (the server idle), and the HTTP ratios
+   are taken run by run: a shared machine drifts by several percent over the minutes the
+   whole benchmark takes.
 
 The server, the load generator and (on a shared machine) other work share the cores: the
 report says how busy the machine was (load average) before and after.
@@ -263,10 +266,47 @@ def floor(work: Path) -> dict[str, Any]:
 
 
 # -- 2. in process --------------------------------------------------------------------------------
+def p50_one_thread(ask: Any, seconds: float) -> tuple[float, int]:
+    """Median ms of ``ask(i)`` called back to back on this thread for ``seconds`` (at least
+    10 calls), and the number of calls."""
+    times = []
+    stop = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < stop or i < 10:
+        began = time.perf_counter()
+        ask(i)
+        times.append(1e3 * (time.perf_counter() - began))
+        i += 1
+    return round(float(np.median(times)), 2), len(times)
+
+
+def rps_threads(ask: Any, seconds: float, threads: int = 4) -> float:
+    """Calls per second of ``ask`` from ``threads`` threads in a closed loop."""
+    done = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(i: int) -> None:
+        j = i
+        while time.monotonic() < stop:
+            ask(j)
+            j += threads
+            with lock:
+                done[0] += 1
+
+    began = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return round(done[0] / (time.perf_counter() - began), 2)
+
+
 def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: float
-               ) -> dict[str, Any]:
+               ) -> tuple[dict[str, Any], Any]:
     """``ServedModel.infer`` on one thread: stages, numpy scan vs score graphs (same
-    answers), then 4 threads."""
+    answers), then 4 threads. Also returns the call it timed, for the HTTP repeats."""
     from mgsv_sk.serve import ServedModel
 
     model = ServedModel.load(work / "bundle", n_threads=THREADS)
@@ -300,17 +340,12 @@ def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: floa
         for _ in range(repeats):
             for k in stages:
                 stages[k] = 0.0
-            times = []
-            stop = time.monotonic() + seconds
-            i = 0
-            while time.monotonic() < stop or i < 10:
-                began = time.perf_counter()
-                ask(i)
-                times.append(1e3 * (time.perf_counter() - began))
-                i += 1
-            runs.append(round(float(np.median(times)), 2))
-            per = {k: round(1e3 * v / len(times), 2) for k, v in stages.items()}
-            per["other"] = round(float(np.mean(times)) - sum(per.values()), 2)
+            began = time.perf_counter()
+            p50, calls = p50_one_thread(ask, seconds)
+            mean = 1e3 * (time.perf_counter() - began) / calls
+            runs.append(p50)
+            per = {k: round(1e3 * v / calls, 2) for k, v in stages.items()}
+            per["other"] = round(mean - sum(per.values()), 2)
         out["p50_ms"][name] = runs
         out["stages_ms"][name] = per  # of the last repeat (mean per request)
         answers[name] = [ask(i) for i in range(len(frames))]
@@ -321,27 +356,11 @@ def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: floa
     out["same_answers"] = {"queries": len(same), "same_ranking": int(sum(same)),
                            "max_score_diff": worst}
     g.numpy_xpool = scan
-    done = [0]
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def worker(i: int) -> None:
-        j = i
-        while time.monotonic() < stop:
-            ask(j)
-            j += 4
-            with lock:
-                done[0] += 1
-
-    began = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    out["rps_c4"] = round(done[0] / (time.perf_counter() - began), 2)
+    for hook in hooks.values():  # untimed from here on
+        delattr(g, hook)
+    out["rps_c4"] = rps_threads(ask, seconds)
     out["rps_c1"] = [round(1e3 / m, 2) for m in out["p50_ms"]["numpy_scan"]]
-    return out
+    return out, ask
 
 
 # -- 3. over HTTP ---------------------------------------------------------------------------------
@@ -394,7 +413,7 @@ def main() -> None:
         "server": {"workers": WORKERS, "n_threads": THREADS}}
     report["floor"] = floor(work)
     print("floor", json.dumps(report["floor"]), flush=True)
-    report["in_process"] = in_process(work, frames, args.repeats, args.seconds)
+    report["in_process"], ask = in_process(work, frames, args.repeats, args.seconds)
     # torch right after, in the same conditions (a subprocess: this one stays torch-free)
     report["in_process"]["torch_p50_ms"] = torch_p50(work, args.seconds)
     print("in process", json.dumps(report["in_process"]), flush=True)
@@ -413,10 +432,17 @@ def main() -> None:
 
     server = start_server(work, port)
     http: dict[str, list[dict[str, Any]]] = {"c1": [], "c4": [], "c8": []}
+    # each HTTP level's in-process twin measured just before it (the server idle): a
+    # shared machine drifts by several percent over minutes, and the ratios must not
+    adjacent: dict[str, list[float]] = {"p50_ms_c1": [], "rps_c4": []}
     try:
         closed_loop(send, 2, 2.0, 20)  # warm-up, not reported
         for _ in range(args.repeats):
             for level in (1, 4, 8):
+                if level == 1:
+                    adjacent["p50_ms_c1"].append(p50_one_thread(ask, args.seconds)[0])
+                elif level == 4:
+                    adjacent["rps_c4"].append(rps_threads(ask, args.seconds))
                 row = closed_loop(send, level, args.seconds, 10**6)
                 http[f"c{level}"].append(row)
                 print(f"http c{level}", json.dumps(row), flush=True)
@@ -429,6 +455,7 @@ def main() -> None:
         "p99_ms_c8": spread([r["latency_ms"]["p99"] for r in http["c8"]]),
         "errors": sum(r["non_2xx"] + r["timeouts"] + r["resets"] + r["other"]
                       for rows in http.values() for r in rows),
+        "in_process_adjacent": {k: spread(v) for k, v in adjacent.items()},
         "levels": http}
     report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)
@@ -443,8 +470,11 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     p50 = float(np.median(ip["p50_ms"]["numpy_scan"]))
     floor_ms = fl["compute_ms"]
     http_p50 = http["p50_ms_c1"]["median"]
-    overhead = http_p50 / p50 - 1
-    c4 = http["rps_c4"]["median"] / ip["rps_c4"]
+    # per repeat, against the in-process figure measured just before it; the median
+    near = http["in_process_adjacent"]
+    overhead = float(np.median(np.divide(http["p50_ms_c1"]["runs"],
+                                         near["p50_ms_c1"]["runs"]) - 1))
+    c4 = float(np.median(np.divide(http["rps_c4"]["runs"], near["rps_c4"]["runs"])))
     tail = http["p99_ms_c8"]["median"] / http_p50
     return {
         "in_process_p50_over_floor": {"value": round(p50 / floor_ms, 2), "target": "<= 3",
@@ -499,7 +529,15 @@ def markdown(report: dict[str, Any]) -> str:
               f"| requests/s at concurrency 4 | {http['rps_c4']['runs']} | "
               f"{http['rps_c4']['median']} |",
               f"| p99 at concurrency 8 (ms) | {http['p99_ms_c8']['runs']} | "
-              f"{http['p99_ms_c8']['median']} |", "",
+              f"{http['p99_ms_c8']['median']} |",
+              f"| in process just before each 1-client run: p50 (ms) | "
+              f"{http['in_process_adjacent']['p50_ms_c1']['runs']} | "
+              f"{http['in_process_adjacent']['p50_ms_c1']['median']} |",
+              f"| in process just before each 4-client run: requests/s | "
+              f"{http['in_process_adjacent']['rps_c4']['runs']} | "
+              f"{http['in_process_adjacent']['rps_c4']['median']} |", "",
+              "The HTTP ratios below compare each run with the in-process figure measured "
+              "just before it (the median of the repeats' ratios).", "",
               "## Targets", "", "| target | value | goal | met |", "|---|---:|---|:---:|"]
     for name, t in report["targets"].items():
         lines.append(f"| {name} | {t['value']} | {t['target']} | "
