@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from mgsv_sk.export._pool_kernel import layer_norm_rows, norm_cosine, pool_tracks, warm_up
+from mgsv_sk.search.ragged import pad_flat
 
 __all__ = ["XPOOL_WEIGHTS", "NumpyXPool", "xpool_arrays"]
 
@@ -116,19 +117,20 @@ class NumpyXPool:
         """Attention-pooled snippet states of every (track of ``chunk``, video), [U, B, D],
         for queries W_k^T q [B, D], written to ``out`` if given. A few videos: the compiled
         one-pass kernel (memory-bound work); more: a block's logits as one GEMM, then its
-        pooling, from the cache."""
+        pooling, from the cache. Blocks are padded as they are read (about 1 MB each), so
+        the runtime never holds a padded copy of the catalogue's states."""
         u, d = len(chunk.lengths), query.shape[1]
         pooled = np.empty((u, len(query), d), np.float32) if out is None else out  # [U,B,D]
         if len(query) <= _KERNEL_VIDEOS:
             return pool_tracks(chunk.flat, chunk.offsets, query, out=pooled)
-        states, mask = chunk.states, chunk.mask  # [U,S,D], [U,S]
-        s = states.shape[1]
-        step = max(1, _BLOCK_BYTES // max(1, s * d * 4))
+        lengths, offsets = chunk.lengths, chunk.offsets
+        step = max(1, _BLOCK_BYTES // max(1, int(lengths.max(initial=1)) * d * 4))
         for lo in range(0, u, step):
-            block = states[lo: lo + step]  # [u,S,D]
-            n = len(block)
+            hi = min(u, lo + step)
+            block, mask = pad_flat(chunk.flat[offsets[lo]: offsets[hi]], lengths[lo:hi])
+            n, s = mask.shape  # block [u,S,D], mask [u,S]
             logits = (block.reshape(-1, d) @ query.T).reshape(n, s, -1)  # one GEMM: [u,S,B]
-            logits[~mask[lo: lo + step]] = -np.inf
+            logits[~mask] = -np.inf
             logits -= logits.max(axis=1, keepdims=True)
             np.exp(logits, out=logits)
             logits /= logits.sum(axis=1, keepdims=True)

@@ -94,8 +94,8 @@ class Chunk:
     """Catalogue rows of similar length: what one X-Pool scan step reads.
 
     The snippet states are kept back to back (``flat``: row i's ``lengths[i]`` states after
-    row i - 1's), as the compiled pooling reads them; the padded view [U, S, D] with its
-    mask, which the graphs, torch and the batched GEMM path read, is built on first use.
+    row i - 1's), as the onnxruntime backend's scan reads them; the padded view [U, S, D]
+    with its mask, which the score graphs and torch read, is built on first use.
     """
 
     rows: np.ndarray
