@@ -73,3 +73,17 @@ def test_a_function_numba_cannot_cache_is_still_compiled():
     namespace: dict = {}
     exec("def twice(x):\n    return 2 * x\n", namespace)
     assert compiled(namespace["twice"])(21) == 42
+
+
+def test_a_chunk_holds_one_layout_of_its_states():
+    from mgsv_sk.search.parts import Chunk
+
+    flat = np.arange(12, dtype=np.float32).reshape(6, 2)
+    chunk = Chunk(np.arange(3), np.zeros((3, 2), np.float32), flat, np.array([1, 3, 2]))
+    assert chunk.flat is flat and chunk.offsets.tolist() == [0, 1, 4, 6]
+    states, mask = chunk.states, chunk.mask  # the padded view, for the graphs and torch
+    assert mask.tolist() == [[True, False, False], [True, True, True], [True, True, False]]
+    np.testing.assert_array_equal(states[mask], flat)
+    assert list(chunk._layout) == ["padded"]  # the back-to-back copy is let go
+    np.testing.assert_array_equal(chunk.flat, flat)  # and rebuilt when read again
+    assert list(chunk._layout) == ["flat"]

@@ -10,9 +10,9 @@ rather than memory-mapped: see :mod:`mgsv_sk.search.catalogue` for the measured 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -89,35 +89,50 @@ class Part:
         return cls(ids, emb, offsets, rows("tokens"), xpool, RowFile(folder / files["emb"]))
 
 
-@dataclass(frozen=True)
 class Chunk:
     """Catalogue rows of similar length: what one X-Pool scan step reads.
 
-    The snippet states are kept back to back (``flat``: row i's ``lengths[i]`` states after
-    row i - 1's), as the onnxruntime backend's scan reads them; the padded view [U, S, D]
-    with its mask, which the score graphs and torch read, is built on first use.
+    The snippet states in one of two layouts, whichever the scorer reads: back to back
+    (``flat``: row i's ``lengths[i]`` states after row i - 1's), as the onnxruntime
+    backend's scan reads them, or padded (``states`` [U, S, D] with ``mask``), as the score
+    graphs and torch read them. A chunk is built back to back; reading the other layout
+    converts it and keeps only that one, so a catalogue's scan cache holds one copy of its
+    states (a process scans with one backend).
     """
 
-    rows: np.ndarray
-    emb: np.ndarray
-    flat: np.ndarray  # [sum S, D] float32
-    lengths: np.ndarray  # [U] int64
+    def __init__(self, rows: np.ndarray, emb: np.ndarray, flat: np.ndarray,
+                 lengths: np.ndarray) -> None:
+        self.rows, self.emb = rows, emb
+        self.lengths = np.asarray(lengths, np.int64)  # [U]
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._layout: dict[str, Any] = {"flat": flat}
+        self._lock = threading.Lock()
 
-    @cached_property
-    def offsets(self) -> np.ndarray:
-        """Where each row's states start in ``flat``, then the end: [U + 1] int64."""
-        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+    def _read(self, layout: str) -> Any:
+        held = self._layout.get(layout)
+        if held is not None:
+            return held
+        with self._lock:
+            if layout not in self._layout:
+                if layout == "padded":
+                    converted: Any = pad_flat(self._layout["flat"], self.lengths)
+                else:
+                    states, mask = self._layout["padded"]
+                    converted = np.ascontiguousarray(states[mask])
+                self._layout = {layout: converted}
+            return self._layout[layout]
 
-    @cached_property
-    def _padded(self) -> tuple[np.ndarray, np.ndarray]:
-        return pad_flat(self.flat, self.lengths)
+    @property
+    def flat(self) -> np.ndarray:
+        """Snippet states back to back: [sum S, D] float32 (``offsets`` [U + 1] marks rows)."""
+        return self._read("flat")
 
     @property
     def states(self) -> np.ndarray:
         """Snippet states padded: [U, max S, D] float32."""
-        return self._padded[0]
+        return self._read("padded")[0]
 
     @property
     def mask(self) -> np.ndarray:
         """Valid snippets [U, max S] bool (a prefix of each row)."""
-        return self._padded[1]
+        return self._read("padded")[1]
