@@ -236,9 +236,9 @@ def stopping_replay(history: list[dict[str, float]], metric: str, patience: int,
     validation split's size). Exact for the default schedule, whose epochs do not depend
     on ``max_epochs`` (a constant rate after warm-up)."""
     from mgsv_sk.evaluation.scoring import scorer_value
-    from mgsv_sk.train._training import NEAR_TIE_VIDEOS, EarlyStopping
+    from mgsv_sk.train._training import EarlyStopping, near_tie
 
-    stopping = EarlyStopping(patience, NEAR_TIE_VIDEOS / validation_videos(history))
+    stopping = EarlyStopping(patience, near_tie(validation_videos(history)))
     run = 0
     for row in history[:max_epochs]:
         run += 1

@@ -98,7 +98,7 @@ def _along_windows(sim: Tensor, pos: Tensor, snippet_index: Tensor) -> Tensor:
     # the snippet below and the one above, their weights (zero past the track's last one),
     # as flat indices into sim's [F * S] axis: one 1-D gather (onnxruntime's Gather; its
     # GatherElements with indices expanded to [P,H,F,K] ran slower than the matmul)
-    frame = (torch.ones_like(below[:, 0]).cumsum(0) - 1.0)[:, None]  # [F,1]
+    frame = _positions(below[:, 0])[:, None]  # [F,1]: 0, 1, ..., F - 1
     ends = torch.stack([below, below + 1.0]).permute(2, 0, 1)  # [K,2,F]
     weights = torch.stack([1.0 - frac, frac]).permute(2, 0, 1) * (ends <= last).float()
     flat = (frame.T * (last + 1.0) + torch.minimum(ends, last)).long().flatten()  # [K*2*F]

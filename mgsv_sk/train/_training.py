@@ -137,6 +137,12 @@ SMOOTHING_EPOCHS = 2
 NEAR_TIE_VIDEOS = 1.0
 
 
+def near_tie(n_videos: int) -> float:
+    """The tolerance within which a validation split of ``n_videos`` calls two epochs tied
+    (:data:`NEAR_TIE_VIDEOS` videos' worth of a 0-1 metric)."""
+    return NEAR_TIE_VIDEOS / n_videos
+
+
 class EarlyStopping:
     """The rule that picks the kept epoch: the ``SMOOTHING_EPOCHS``-epoch mean of the
     monitored value (an epoch stands for the window it ends), stopping after ``patience``
@@ -195,9 +201,8 @@ def validation_report(model: MaDe, split: Split, autocast: Autocast = None,
 
     Retrieval ranks every video against :meth:`Split.gallery` (its tracks and the
     distractors; ``gallery_tracks`` in the report, and the split's ``videos``) by the same
-    scores inference ranks by
-    (re-ranked by the moment score with ``moment_weight > 0``); grounding is on each
-    video's true track.
+    scores inference ranks by (re-ranked by the moment score with ``moment_weight > 0``);
+    grounding is on each video's true track.
     """
     with evaluating(model):
         catalogue, table = split_scores(model, split, autocast)
@@ -398,9 +403,7 @@ def fit_model(
 
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
-    # a near tie: one video's worth of the validation split (see NEAR_TIE_VIDEOS)
-    stopping = EarlyStopping(cfg.patience,
-                             NEAR_TIE_VIDEOS / len(valid) if valid is not None else 0.0)
+    stopping = EarlyStopping(cfg.patience, near_tie(len(valid)) if valid is not None else 0.0)
     memory = TrackMemory(cfg.memory_tracks) if cfg.memory_tracks else None
     stopped = "max_epochs"
     for epoch in range(1, cfg.max_epochs + 1):
