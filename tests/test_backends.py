@@ -97,6 +97,47 @@ def test_rank_refuses_bad_rerank_settings(grounder, small_train, bad):
         grounder.rank(small_train.frame.iloc[:2].drop(columns="music_id"), k=2, **bad)
 
 
+def test_rank_frames_is_rank_on_features_in_memory(grounder, small_train):
+    """The server's array path answers exactly the rows of ``rank`` (same tracks, order,
+    scores and moments), without DataFrames."""
+    X = small_train.frame.iloc[[0, 5, 9]].drop(columns="music_id")
+    frames = [small_train.features.video(v) for v in X["video_id"]]
+    seconds = X["video_segment_duration"].to_numpy()
+    ids = [f"v{i}" for i in range(3)]
+    query = pd.DataFrame({"video_id": ids, "video_segment_duration": seconds})
+    table = grounder.rank(query, k=5, features=(dict(zip(ids, frames)), {}),
+                          moments_per_track=2)
+    top = grounder.rank_frames(frames, seconds, k=5, moments_per_track=2)
+    assert top.ranks.tolist() == table["rank"].tolist()
+    assert top.music_ids == table["music_id"].tolist()
+    np.testing.assert_array_equal(top.score, table["score"].to_numpy())
+    np.testing.assert_array_equal(top.start[:, 0], table["start"].to_numpy())
+    np.testing.assert_array_equal(top.moment[:, 0], table["moment_score"].to_numpy())
+    windows = [[[a, b, c] for a, b, c in zip(s, e, m) if np.isfinite(a)]
+               for s, e, m in zip(top.start, top.end, top.moment)]
+    assert windows == [[list(w) for w in row] for row in table["windows"]]
+
+
+@pytest.mark.parametrize("seconds", [[30.0], [30.0, float("nan")], [30.0, 0.0], [30.0, -2.0]])
+def test_rank_frames_refuses_bad_lengths(grounder, small_train, seconds):
+    frames = [small_train.features.video(v) for v in small_train.frame["video_id"][:2]]
+    with pytest.raises(ValueError, match="seconds must hold one finite, positive length"):
+        grounder.rank_frames(frames, seconds, k=2)
+
+
+def test_a_video_longer_than_the_music_asks_for_the_longest_moment(grounder, small_train):
+    """A length past the 240 s of music the features cover (even past float32's range) is
+    a moment as long as the music: the answer at 240 s, never an overflow blamed on the
+    features; a length of 0 or less is refused, naming the row."""
+    X = small_train.frame.iloc[:2].drop(columns="music_id")
+    at_max = grounder.rank(X.assign(video_segment_duration=240.0), k=3)
+    for huge in (1e6, 1e39, 1e300):
+        pd.testing.assert_frame_equal(
+            grounder.rank(X.assign(video_segment_duration=huge), k=3), at_max)
+    with pytest.raises(ValueError, match=r"no length \(video_segment_duration <= 0.*rows 1"):
+        grounder.rank(X.assign(video_segment_duration=[12.0, 0.0]), k=3)
+
+
 @pytest.mark.parametrize("k", [0, -1, True, 2.0, "3"])
 def test_rank_refuses_a_bad_k(grounder, small_train, k):
     with pytest.raises(ValueError, match="k must be a positive integer"):

@@ -16,6 +16,7 @@ from mgsv_sk.data._schema import (
     PREDICT_COLUMNS,
     check_moments_on_features,
     check_trainable_moments,
+    has_video_durations,
     validate_annotations,
     video_durations,
 )
@@ -55,7 +56,7 @@ __all__ = ["FIT_COLUMNS", "GROUND_TRUTH_COLUMNS", "KUAI_FEATURES", "MAX_MUSIC_SE
            "NO_FEATURES", "PREDICT_COLUMNS", "SNIPPET_HOP_SECONDS", "VIDEO_FEATURES",
            "VIDEO_MASKS", "FeatureError", "FeatureSource", "FeatureTree", "InMemoryFeatures",
            "MissingFeatureError", "PackedFeatures", "as_array", "as_feature_source", "check_id",
-           "check_moments_on_features", "check_trainable_moments", "id_list",
+           "check_moments_on_features", "check_trainable_moments", "has_video_durations", "id_list",
            "make_synthetic_mgsv", "pack_features", "plain",
            "predictions_to_jsonl", "predictions_to_records", "progress_bar", "read_annotations",
            "read_id_list", "require_finite", "temporal_iou", "validate_annotations",

@@ -29,6 +29,7 @@ __all__ = [
     "id_text",
     "id_problem",
     "validate_annotations",
+    "has_video_durations",
     "video_durations",
 ]
 
@@ -369,19 +370,39 @@ def _drop_duplicates(out: pd.DataFrame, problems: list[str]) -> pd.DataFrame:
     return out
 
 
+def has_video_durations(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` says how long its videos are (:func:`video_durations` reads it)."""
+    return "video_segment_duration" in frame.columns or (
+        "video_start" in frame.columns and "video_end" in frame.columns)
+
+
 def video_durations(frame: pd.DataFrame) -> np.ndarray:
-    """Seconds of each video's used segment, shape (n,).
+    """Seconds of each video's used segment, shape (n,): the length of the music moment
+    that plays under it.
 
     ``video_segment_duration`` when present, else ``video_end - video_start``; the
-    moment's length equals this in MGSV-EC.
+    moment's length equals this in MGSV-EC. A length over the :data:`MAX_MOMENT_SECONDS`
+    of music the features cover is taken as that (no moment of a track can be longer);
+    a length of 0 or less is refused, naming the rows.
     """
     if "video_segment_duration" in frame.columns:
-        return frame["video_segment_duration"].to_numpy(dtype=np.float64)
-    if "video_start" in frame.columns and "video_end" in frame.columns:
-        return (frame["video_end"] - frame["video_start"]).to_numpy(dtype=np.float64)
-    raise AnnotationError(
-        ["no video duration: add 'video_segment_duration' or 'video_start' and 'video_end'"]
-    )
+        seconds = frame["video_segment_duration"].to_numpy(dtype=np.float64)
+        named = "video_segment_duration"
+    elif "video_start" in frame.columns and "video_end" in frame.columns:
+        seconds = (frame["video_end"] - frame["video_start"]).to_numpy(dtype=np.float64)
+        named = "video_end - video_start"
+    else:
+        raise AnnotationError(
+            ["no video duration: add 'video_segment_duration' or 'video_start' and 'video_end'"]
+        )
+    with np.errstate(invalid="ignore"):
+        empty = ~(seconds > 0)
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        raise AnnotationError([
+            f"{len(rows)} video(s) have no length ({named} <= 0 or missing, rows "
+            f"{_examples(rows)}); a video's length is the moment's, in seconds > 0"])
+    return np.minimum(seconds, MAX_MOMENT_SECONDS)
 
 
 def check_trainable_moments(frame: pd.DataFrame, source: str = "X") -> None:

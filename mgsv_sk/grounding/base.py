@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -47,6 +47,7 @@ from mgsv_sk.grounding.outputs import (
     PREDICTION_COLUMNS,
     RANK_COLUMNS,
     Moments,
+    TopTracks,
     check_outputs,
     moment_lengths,
     track_seconds,
@@ -64,6 +65,8 @@ __all__ = ["BaseGrounder", "Tracks", "Videos", "new_fit_token"]
 
 #: A backend's encoded videos of one call (what its hooks pass to each other).
 Videos = TypeVar("Videos")
+#: The ids :meth:`BaseGrounder.rank_frames` gives its videos (the answer's ``video_ids``).
+_FRAME_VIDEO = "frames"
 
 
 class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
@@ -126,12 +129,13 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
         return reranked(table, weight, depth, moment_scores)
 
     @contextlib.contextmanager
-    def _call(self, X: pd.DataFrame, features: Any
+    def _call(self, X: pd.DataFrame, features: Any, *, validated: bool = False
               ) -> Iterator[tuple[pd.DataFrame, Videos, FeatureSource]]:
-        """Validate ``X``, resolve the source, encode the videos once: (frame, videos,
-        source), inside the backend's computing context."""
+        """Validate ``X`` (unless the caller built it, ``validated``), resolve the source,
+        encode the videos once: (frame, videos, source), inside the backend's computing
+        context."""
         self._check_fitted()
-        frame = self._frame(X)
+        frame = X if validated else self._frame(X)
         source = self._source(features)
         with self._computing():
             source.check_available(frame["video_id"].tolist(), [])
@@ -259,11 +263,58 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
             many non-overlapping ``[start, end, moment_score]`` on the track, best first.
         """
         self._check_fitted()
+        top = self._top_tracks(X, k, features, moments_per_track, moment_weight, rerank_depth)
+        out = pd.DataFrame(
+            {
+                "video_id": top.video_ids,
+                "rank": top.ranks,
+                "music_id": top.music_ids,
+                "score": top.score,
+                "start": top.start[:, 0],
+                "end": top.end[:, 0],
+                "moment_score": top.moment[:, 0],
+            },
+            columns=list(RANK_COLUMNS),
+        )
+        if top.start.shape[1] > 1:
+            out["windows"] = window_lists(top.start, top.end, top.moment)
+        return out
+
+    def rank_frames(self, frames: Sequence[np.ndarray], seconds: Sequence[float],
+                    k: int = 10, *, moments_per_track: int = 1) -> TopTracks:
+        """:meth:`rank` for videos held in memory as frame features, answered as arrays:
+        what a server calls per request, without building or validating DataFrames (a
+        millisecond or more of pandas work a call). ``frames``: one (F_i, video_dim)
+        array per video; ``seconds``: each video's length (the moments' length, finite
+        and positive). The same rows, in the same order, as ``rank`` on those videos."""
+        self._check_fitted()
+        if not len(frames):
+            raise InvalidInputError("frames holds no video; pass one (F, video_dim) array "
+                                    "per video")
+        try:
+            lengths = np.asarray(seconds, np.float64)
+        except (TypeError, ValueError):
+            lengths = np.empty(0)
+        if lengths.shape != (len(frames),) or not (np.isfinite(lengths).all()
+                                                  and (lengths > 0).all()):
+            shown = repr(seconds) if len(repr(seconds)) < 200 else f"{repr(seconds)[:200]}..."
+            raise InvalidInputError(
+                f"seconds must hold one finite, positive length per video ({len(frames)}), "
+                f"got {shown}")
+        ids = [f"{_FRAME_VIDEO}{i}" for i in range(len(frames))]
+        query = pd.DataFrame({"video_id": ids, "video_segment_duration": lengths})
+        return self._top_tracks(query, k, (dict(zip(ids, frames)), {}), moments_per_track,
+                                None, None, validated=True)
+
+    def _top_tracks(self, X: pd.DataFrame, k: Any, features: Any, moments_per_track: Any,
+                    moment_weight: Any, rerank_depth: Any, *, validated: bool = False
+                    ) -> TopTracks:
+        """The rows of :meth:`rank`, as arrays."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
         moments = check_moments(moments_per_track)
         weight, depth = self._rerank(moment_weight, rerank_depth)
-        with self._call(X, features) as (frame, videos, source):
+        with self._call(X, features, validated=validated) as (frame, videos, source):
             catalogue = self._search_catalogue(source, features)
             table = self._scores(videos, catalogue)
             n = len(frame)
@@ -287,22 +338,10 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
             score = np.take_along_axis(ranked, order, axis=1).ravel()
         video_ids = frame["video_id"].to_numpy(dtype=object)[video_rows]
         check_outputs(video_ids.tolist(), start, end, moment)
-        out = pd.DataFrame(
-            {
-                "video_id": video_ids,
-                "rank": np.tile(np.arange(1, k + 1), len(frame)),
-                "music_id": [catalogue.ids[i] for i in top.ravel()],
-                "score": np.asarray(score, np.float32),
-                "start": start[:, 0],
-                "end": end[:, 0],
-                "moment_score": moment[:, 0],
-            },
-            columns=list(RANK_COLUMNS),
-        )
-        if moments > 1:
-            out["windows"] = window_lists(start, end, moment)
-        return out
-
+        return TopTracks(video_ids=video_ids, ranks=np.tile(np.arange(1, k + 1), n),
+                         music_ids=[catalogue.ids[i] for i in top.ravel()],
+                         score=np.asarray(score, np.float32), start=start, end=end,
+                         moment=moment)
 
     def score(self, X: pd.DataFrame, y: Any = None) -> float:
         """SmG mIoU on ``X`` (ground truth read from its columns): the task's headline

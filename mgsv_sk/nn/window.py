@@ -159,6 +159,9 @@ class WindowHead(nn.Module):
         h = self.n_heads
         # -- per video and per track -----------------------------------------------------
         v = unit(self.video(video_tokens).float().view(b, f, h, -1), dim=-1)  # [B,F,H,Dh]
+        # padded frames zeroed per video, so their similarities are 0 in every pair without
+        # a [P,H,F,S] select (onnxruntime's Where over it cost more than the matmul)
+        v = v.masked_fill(~video_mask[:, :, None, None], 0.0)
         m = unit(self.music(music_tokens).float().view(u, s, h, -1), dim=-1)  # [U,S,H,Dh]
         whole = unit(self.whole(video_emb).float().view(b, h, -1), dim=-1)  # [B,H,Dh]
         content = self.content(music_tokens).float().transpose(1, 2)  # [U,S,G] -> [U,G,S]
@@ -170,14 +173,16 @@ class WindowHead(nn.Module):
         frame_ok = video_mask[:, None, :, None]  # [P,1,F,1]
         # batched matmuls, not einsums: onnxruntime's Einsum ran these ~4x slower
         heads_m = m.permute(0, 2, 1, 3)  # [P,H,S,Dh]
-        sim = (v.transpose(1, 2) @ heads_m.transpose(2, 3)).masked_fill(~frame_ok, 0.0)  # [P,H,F,S]
+        sim = v.transpose(1, 2) @ heads_m.transpose(2, 3)  # [P,H,F,S], 0 on padded frames
         n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
         mean_f = sim.sum(dim=2) / n_frames[:, None, None]  # [P,H,S]
         sharp = self.log_sharpness.exp()
         # scale before masking: -inf * sharpness would give the sharpness a NaN gradient.
         # logsumexp over frames written out (a detached max, exp, sum, log): the same value
         # and gradient, and onnxruntime runs it ~4x faster than its ReduceLogSumExp kernel
-        scaled = (sim * sharp).masked_fill(~frame_ok, float("-inf"))  # [P,H,F,S]
+        # (an additive [P,1,F,1] mask: a broadcast add, not a select over [P,H,F,S])
+        padded = torch.zeros_like(frame_ok, dtype=sim.dtype).masked_fill(~frame_ok, float("-inf"))
+        scaled = sim * sharp + padded  # [P,H,F,S], -inf on padded frames
         top = scaled.amax(dim=2, keepdim=True).detach()  # finite: a pair has >= 1 frame
         smax_f = (top.squeeze(2) + (scaled - top).exp().sum(dim=2).log()) / sharp
         to_whole = (heads_m @ whole[..., None]).squeeze(-1)  # [P,H,S]

@@ -21,6 +21,7 @@ import pandas as pd
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.files import sha256_file
+from mgsv_sk.grounding.outputs import TopTracks
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
@@ -91,6 +92,18 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise ValueError("the video declares no duration")
     return seconds
+
+
+def _top_results(top: TopTracks, lo: int, hi: int) -> list[TrackResult]:
+    """Rows ``lo:hi`` of :meth:`rank_frames`' answer as TrackResults (moments that exist:
+    a track may hold fewer than were asked for)."""
+    out = []
+    for i in range(lo, hi):
+        found = np.column_stack([top.start[i], top.end[i], top.moment[i]]).tolist()
+        moments = [Moment(s, e, p) for s, e, p in found if math.isfinite(s + e + p)]
+        out.append(TrackResult(int(top.ranks[i]), str(top.music_ids[i]), float(top.score[i]),
+                               moments))
+    return out
 
 
 def _results(table: pd.DataFrame) -> list[TrackResult]:
@@ -245,19 +258,20 @@ class ServedModel:
 
     def _infer_batch(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
         """One rank (MsG) or predict (SmG) call for requests of the same kind and moments."""
+        moments = requests[0].moments
+        if requests[0].music_id is None:  # arrays, not frames: no pandas work per request
+            top = self.grounder.rank_frames([r.frames for r in requests],
+                                            [r.seconds for r in requests],
+                                            k=max(r.k for r in requests),
+                                            moments_per_track=moments)
+            per = len(top.ranks) // len(requests)  # the same count per video, in order
+            return [_top_results(top, i * per, i * per + min(r.k, per))
+                    for i, r in enumerate(requests)]
         ids = [f"{_QUERY_ID}{i}" for i in range(len(requests))]
         features: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = (
             {v: r.frames for v, r in zip(ids, requests)}, {})
-        query = pd.DataFrame({"video_id": ids,
+        query = pd.DataFrame({"video_id": ids, "music_id": [r.music_id for r in requests],
                               "video_segment_duration": [r.seconds for r in requests]})
-        moments = requests[0].moments
-        if requests[0].music_id is None:
-            table = self.grounder.rank(query, k=max(r.k for r in requests), features=features,
-                                       moments_per_track=moments)
-            per = len(table) // len(requests)  # rank: the same count per video, in order
-            return [_results(table.iloc[i * per: i * per + r.k])
-                    for i, r in enumerate(requests)]
-        query["music_id"] = [r.music_id for r in requests]
         table = self.grounder.predict(query, features=features, moments_per_track=moments)
         return [_results(table.iloc[[i]]) for i in range(len(requests))]
 

@@ -23,6 +23,7 @@ from sklearn.utils import check_random_state
 from mgsv_sk.data import (
     FIT_COLUMNS,
     check_moments_on_features,
+    has_video_durations,
     validate_annotations,
     video_durations,
 )
@@ -103,9 +104,9 @@ def train_config(params: Params, seed: int, moment_weight: float,
 def _make_split(part: pd.DataFrame, source: FeatureSource) -> Split:
     start = part["music_start"].to_numpy(np.float64)
     end = part["music_end"].to_numpy(np.float64)
-    try:
+    if has_video_durations(part):
         seconds = video_durations(part)
-    except ValueError:  # no video columns: the moment is as long as the video
+    else:  # no video columns: the moment is as long as the video
         seconds = np.minimum(end, MAX_MUSIC_SECONDS) - start
     return Split(part["video_id"].tolist(), part["music_id"].tolist(), start, end,
                  part["music_total_duration"].to_numpy(np.float64), seconds, source)
