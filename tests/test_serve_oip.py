@@ -241,6 +241,9 @@ def test_grpc_smg_and_errors(grpc_client, model):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     with pytest.raises(InferenceServerException, match="no model 'other'"):
         grpc_client.infer("other", [frames])
+    with pytest.raises(InferenceServerException, match="'video_frames' is given twice") as err:
+        grpc_client.infer("mgsv", [frames, frames])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):

@@ -13,6 +13,7 @@ from mgsv_sk.data._readers import id_list, read_annotations, read_id_list
 from mgsv_sk.data._schema import (
     FIT_COLUMNS,
     GROUND_TRUTH_COLUMNS,
+    MAX_ID_LENGTH,
     PREDICT_COLUMNS,
     check_moments_on_features,
     check_trainable_moments,
@@ -51,13 +52,13 @@ from mgsv_sk.data.spans import (
 )
 from mgsv_sk.data.synthetic import make_synthetic_mgsv
 
-__all__ = ["FIT_COLUMNS", "GROUND_TRUTH_COLUMNS", "KUAI_FEATURES", "MAX_MUSIC_SECONDS",
-           "MAX_MUSIC_SNIPPETS", "MAX_VIDEO_FRAMES", "MUSIC_FEATURES", "MUSIC_MASKS",
-           "NO_FEATURES", "PREDICT_COLUMNS", "SNIPPET_HOP_SECONDS", "VIDEO_FEATURES",
-           "VIDEO_MASKS", "FeatureError", "FeatureSource", "FeatureTree", "InMemoryFeatures",
-           "MissingFeatureError", "PackedFeatures", "as_array", "as_feature_source", "check_id",
-           "check_moments_on_features", "check_trainable_moments", "has_video_durations", "id_list",
-           "make_synthetic_mgsv", "pack_features", "plain",
-           "predictions_to_jsonl", "predictions_to_records", "progress_bar", "read_annotations",
-           "read_id_list", "require_finite", "temporal_iou", "validate_annotations",
-           "video_durations", "write_text_atomic"]
+__all__ = ["FIT_COLUMNS", "GROUND_TRUTH_COLUMNS", "KUAI_FEATURES", "MAX_ID_LENGTH",
+           "MAX_MUSIC_SECONDS", "MAX_MUSIC_SNIPPETS", "MAX_VIDEO_FRAMES", "MUSIC_FEATURES",
+           "MUSIC_MASKS", "NO_FEATURES", "PREDICT_COLUMNS", "SNIPPET_HOP_SECONDS",
+           "VIDEO_FEATURES", "VIDEO_MASKS", "FeatureError", "FeatureSource", "FeatureTree",
+           "InMemoryFeatures", "MissingFeatureError", "PackedFeatures", "as_array",
+           "as_feature_source", "check_id", "check_moments_on_features",
+           "check_trainable_moments", "has_video_durations", "id_list", "make_synthetic_mgsv",
+           "pack_features", "plain", "predictions_to_jsonl", "predictions_to_records",
+           "progress_bar", "read_annotations", "read_id_list", "require_finite", "temporal_iou",
+           "validate_annotations", "video_durations", "write_text_atomic"]

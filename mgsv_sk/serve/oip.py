@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mgsv_sk.data import MAX_ID_LENGTH
+
 from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, validation_message
 
 __all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
-           "bytes_from_wire", "bytes_to_wire", "check_version", "parameters"]
+           "by_name", "bytes_from_wire", "bytes_to_wire", "check_version", "parameters"]
 
 #: The version number clients that count versions from 1 (Triton's) may ask for; the
 #: model's own version is its checksum's first 12 hex digits.
@@ -72,6 +74,18 @@ class InferCall:
     binary_default: bool = False
     client: str = "unknown"
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def by_name(tensors: list[Tensor]) -> dict[str, Tensor]:
+    """A request's input tensors by name; 400 when a name comes twice (which one would be
+    read is not the protocol's to say)."""
+    out: dict[str, Tensor] = {}
+    for tensor in tensors:
+        if tensor.name in out:
+            raise ApiError(400, f"input {tensor.name[:100]!r} is given twice; send each input "
+                                "once")
+        out[tensor.name] = tensor
+    return out
 
 
 def check_version(model: ServedModel, version: str | None) -> None:
@@ -163,6 +177,9 @@ def _music_id(tensor: Tensor, model: ServedModel) -> str:
         music_id = bytes(items[0]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "music_id must be UTF-8 text") from exc
+    if len(music_id.encode("utf-8")) > MAX_ID_LENGTH:  # never echo a long id back
+        raise ApiError(404, f"music_id is {len(music_id.encode('utf-8'))} bytes long; no "
+                            f"track id is longer than {MAX_ID_LENGTH}")
     if not model.has_track(music_id):
         raise ApiError(404, f"music_id {music_id!r} is not in the served catalogue; "
                             f"GET /v2/models/{MODEL_NAME} says how many tracks it holds")

@@ -27,6 +27,7 @@ from ..oip import (
     InferCall,
     Tensor,
     answer_sync,
+    by_name,
     bytes_from_wire,
     bytes_to_wire,
     check_model,
@@ -64,7 +65,7 @@ def _inputs(request: Any) -> dict[str, Tensor]:
     if raw and len(raw) != len(request.inputs):
         raise ApiError(400, f"raw_input_contents holds {len(raw)} tensors for "
                             f"{len(request.inputs)} inputs; send one per input or none")
-    out = {}
+    out = []
     for i, item in enumerate(request.inputs):
         datatype = item.datatype.upper()
         shape = check_shape(item.name, list(item.shape))
@@ -78,8 +79,8 @@ def _inputs(request: Any) -> dict[str, Tensor]:
             data = list(item.contents.bytes_contents)
         else:
             data = []
-        out[item.name] = Tensor(item.name, datatype, shape, data)
-    return out
+        out.append(Tensor(item.name, datatype, shape, data))
+    return by_name(out)
 
 
 def _decode(request: Any, client: str) -> InferCall:

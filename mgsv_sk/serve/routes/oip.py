@@ -31,6 +31,7 @@ from ..oip import (
     InferCall,
     Tensor,
     answer,
+    by_name,
     bytes_from_wire,
     bytes_to_wire,
     check_model,
@@ -145,10 +146,11 @@ def decode_http(body: bytes, header_length: str | None, client: str) -> InferCal
         request = InferRequest.model_validate(document)
     except ValidationError as exc:
         raise ApiError(422, validation_message(exc.errors())) from exc
-    inputs, at = {}, 0
+    tensors, at = [], 0
     for item in request.inputs:
         tensor, at = _tensor(item, binary, at)
-        inputs[tensor.name] = tensor
+        tensors.append(tensor)
+    inputs = by_name(tensors)
     if at != len(binary):
         raise ApiError(400, f"{len(binary) - at} bytes of binary data follow the JSON header "
                             "but no input's binary_data_size claims them")
