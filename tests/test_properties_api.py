@@ -209,3 +209,31 @@ def test_plots_draw_or_refuse(frame_kind, ax, tiny_fitted, small_train):
                                     ax=ax))
     outcome(lambda: plot_fit_budget({"a": X}, ax=ax))
     plt.close("all")
+
+
+@given(how=st.sampled_from(EXACT),
+       seconds=st.one_of(st.floats(0.5, 1e6), ANY, st.lists(ANY, max_size=3)),
+       k=st.one_of(st.integers(1, 40), ANY), frames=st.integers(0, 60),
+       bad=st.one_of(st.none(), st.none(), HOSTILE_FLOATS))
+@example(how="numpy", seconds=12.0, k=3, frames=12, bad=None)
+@example(how="list", seconds=1e300, k=10**9, frames=50, bad=None)
+@example(how="torch-non-contiguous", seconds=30.0, k=5, frames=7, bad=None)
+def test_rank_frames_answers_as_rank_or_refuses(how, seconds, k, frames, bad, tiny_fitted,
+                                                small_train, tmp_path_factory):
+    """The server's array twin of rank: for any container, lengths and k, the rows rank
+    gives on the same features, or the library's own error."""
+    video = small_train.features.video(small_train.frame["video_id"].iloc[0])
+    arr = np.resize(video, (frames, video.shape[1])).astype(np.float32)
+    if bad is not None and frames:
+        with np.errstate(over="ignore"):
+            arr[frames // 2, 3] = bad
+    lengths = seconds if isinstance(seconds, list) else [seconds]
+    kind, top = outcome(lambda: tiny_fitted.rank_frames(
+        [spell(arr, how, tmp_path_factory.mktemp("frames"))] if frames else [arr], lengths,
+        k=k))
+    if kind == "ok":
+        query = pd.DataFrame({"video_id": ["v"], "video_segment_duration": lengths})
+        table = tiny_fitted.rank(query, k=k, features=({"v": arr}, {}))
+        assert top.music_ids == table["music_id"].tolist()
+        np.testing.assert_array_equal(top.score, table["score"].to_numpy())
+        assert np.isfinite(top.score).all() and (top.start[:, 0] < top.end[:, 0]).all()
