@@ -24,6 +24,7 @@ from mgsv_sk.grounding.outputs import (
     PREDICTION_COLUMNS,
     RANK_COLUMNS,
     Moments,
+    TopTracks,
     check_outputs,
     moment_lengths,
     track_seconds,
@@ -45,7 +46,7 @@ _SKLEARN = {"GrounderEstimator": "sklearn_base", "Interval": "validation",
 
 __all__ = ["PREDICTION_COLUMNS", "RANK_COLUMNS", "BaseGrounder", "CatalogueHolder",
            "Declaration", "GrounderEstimator", "Hyper", "HyperGroup", "Interval",
-           "InvalidParameterError", "Moments", "StrOptions", "Tracks", "Videos",
+           "InvalidParameterError", "Moments", "StrOptions", "TopTracks", "Tracks", "Videos",
            "check_moments", "check_outputs", "declared", "moment_lengths", "new_fit_token",
            "on_tracks", "select_windows", "source_identity", "track_seconds",
            "validate_parameter_constraints", "window_lists"]

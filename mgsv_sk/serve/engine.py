@@ -21,7 +21,7 @@ import pandas as pd
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 from mgsv_sk.files import sha256_file
-from mgsv_sk.grounding.outputs import TopTracks
+from mgsv_sk.grounding import TopTracks
 
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
