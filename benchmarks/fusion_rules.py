@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from retrieval_limits import candidates  # this folder: the same candidate arrays
 
 from mgsv_sk import MGSVGrounder, make_synthetic_mgsv
 from mgsv_sk.train._fusion import WEIGHTS as COARSE
@@ -27,21 +28,6 @@ from mgsv_sk.train._fusion import WEIGHTS as COARSE
 torch.set_num_threads(2)
 RESULTS = Path(__file__).parent / "results" / "fusion_rules.json"
 FINE = (0.0, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
-
-def arrays(model: MGSVGrounder, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each video's best 10 tracks by retrieval score: their scores, the logits of their
-    moment scores and whether each is the video's own track, (videos, 10) each."""
-    model.set_catalogue(list(dict.fromkeys(data.frame["music_id"])), features=data.features)
-    ranked = model.rank(data.frame, k=10, features=data.features, moment_weight=0)
-    truth = dict(zip(data.frame["video_id"], data.frame["music_id"]))
-    groups = [g for _, g in ranked.groupby("video_id", sort=False)]
-    score = np.stack([g["score"].to_numpy(np.float64) for g in groups])
-    p = np.clip(np.stack([g["moment_score"].to_numpy(np.float64) for g in groups]),
-                1e-6, 1 - 1e-6)
-    hit = np.stack([(g["music_id"] == truth[g["video_id"].iloc[0]]).to_numpy()
-                    for g in groups])
-    return score, np.log(p) - np.log1p(-p), hit
-
 
 def curve(a: tuple[np.ndarray, ...], weights: tuple[float, ...]
           ) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +72,7 @@ def main() -> None:
         model = MGSVGrounder(features=train.features, max_epochs=6, patience=6, n_threads=2,
                              random_state=0).fit(train.frame)
         fit_s = time.perf_counter() - tic
-        on_test = arrays(model, test)
+        on_test = candidates(model, test, 10)
         test_at = dict(zip(FINE + COARSE, np.concatenate([curve(on_test, FINE)[0],
                                                           curve(on_test, COARSE)[0]])))
         rec = {"fit_s": fit_s, "auto_weight": model.moment_weight_,
@@ -95,7 +81,7 @@ def main() -> None:
         for seed in (2, 3, 4):
             val = make_synthetic_mgsv(600, 600, world=world, random_state=seed, split="test")
             rec["choices"].append({rule: {"w": w, "test_R@1": float(test_at[w])}
-                                   for rule, w in rules(arrays(model, val)).items()})
+                                   for rule, w in rules(candidates(model, val, 10)).items()})
         out[world] = rec
         print(world, json.dumps(rec), flush=True)
         RESULTS.write_text(json.dumps(out, indent=1) + "\n")

@@ -58,20 +58,28 @@ def retrieval(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "never_top1": float(np.mean(top1 == 0))}
 
 
+def candidates(model: MGSVGrounder, data: Any, depth: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``data`` ranked against its own tracks by retrieval score alone: each video's best
+    ``depth`` tracks, their scores, the logits of their moment scores and whether each is
+    the video's own track, (videos, depth) each."""
+    model.set_catalogue(list(dict.fromkeys(data.frame["music_id"])), features=data.features)
+    ranked = model.rank(data.frame, k=depth, features=data.features, moment_weight=0)
+    truth = dict(zip(data.frame["video_id"], data.frame["music_id"]))
+    groups = [g for _, g in ranked.groupby("video_id", sort=False)]
+    score = np.stack([g["score"].to_numpy(np.float64) for g in groups])  # [n, depth]
+    p = np.clip(np.stack([g["moment_score"].to_numpy(np.float64) for g in groups]),
+                1e-6, 1 - 1e-6)
+    hit = np.stack([(g["music_id"] == truth[g["video_id"].iloc[0]]).to_numpy()
+                    for g in groups])
+    return score, np.log(p) - np.log1p(-p), hit
+
+
 def fusion_grid(model: MGSVGrounder, data: Any) -> dict[str, dict[str, float]]:
     """R@1 of ``score + w * logit(moment_score)`` over each video's best ``d`` tracks (the
     rest keep their retrieval order below them), for every w in WEIGHTS and d in DEPTHS,
     on ``data`` ranked against its own tracks."""
-    model.set_catalogue(list(dict.fromkeys(data.frame["music_id"])), features=data.features)
-    ranked = model.rank(data.frame, k=max(DEPTHS), features=data.features, moment_weight=0)
-    truth = dict(zip(data.frame["video_id"], data.frame["music_id"]))
-    groups = [g for _, g in ranked.groupby("video_id", sort=False)]
-    score = np.stack([g["score"].to_numpy(np.float64) for g in groups])  # [n, 30]
-    p = np.clip(np.stack([g["moment_score"].to_numpy(np.float64) for g in groups]),
-                1e-6, 1 - 1e-6)
-    logit = np.log(p) - np.log1p(-p)
-    hit = np.stack([(g["music_id"] == truth[v]).to_numpy()
-                    for v, g in zip((g["video_id"].iloc[0] for g in groups), groups)])
+    score, logit, hit = candidates(model, data, max(DEPTHS))
     out: dict[str, dict[str, float]] = {}
     for d in DEPTHS:
         out[f"depth {d}"] = {}

@@ -395,8 +395,7 @@ def video_durations(frame: pd.DataFrame) -> np.ndarray:
         raise AnnotationError(
             ["no video duration: add 'video_segment_duration' or 'video_start' and 'video_end'"]
         )
-    with np.errstate(invalid="ignore"):
-        empty = ~(seconds > 0)
+    empty = ~(seconds > 0)  # NaN too
     if empty.any():
         rows = np.flatnonzero(empty)
         raise AnnotationError([

@@ -94,35 +94,30 @@ def video_seconds(path: str | os.PathLike[str]) -> float:
     return seconds
 
 
+def _track_result(rank: Any, music_id: Any, score: Any, found: Any) -> TrackResult:
+    """One track's answer; ``found``: its ``[start, end, moment score]`` triples, best
+    first, of which the non-finite ones (moments a track does not hold) are dropped."""
+    moments = [Moment(float(s), float(e), float(p)) for s, e, p in found
+               if all(math.isfinite(v) for v in (s, e, p))]
+    return TrackResult(int(rank), str(music_id), float(score), moments)
+
+
 def _top_results(top: TopTracks, lo: int, hi: int) -> list[TrackResult]:
-    """Rows ``lo:hi`` of :meth:`rank_frames`' answer as TrackResults (moments that exist:
-    a track may hold fewer than were asked for)."""
-    out = []
-    for i in range(lo, hi):
-        found = np.column_stack([top.start[i], top.end[i], top.moment[i]]).tolist()
-        moments = [Moment(s, e, p) for s, e, p in found if math.isfinite(s + e + p)]
-        out.append(TrackResult(int(top.ranks[i]), str(top.music_ids[i]), float(top.score[i]),
-                               moments))
-    return out
+    """Rows ``lo:hi`` of :meth:`rank_frames`' answer as TrackResults."""
+    return [_track_result(top.ranks[i], top.music_ids[i], top.score[i],
+                          np.column_stack([top.start[i], top.end[i], top.moment[i]]).tolist())
+            for i in range(lo, hi)]
 
 
 def _results(table: pd.DataFrame) -> list[TrackResult]:
-    """Rows of ``rank`` / ``predict`` (with ``windows`` when several moments were asked)
-    as TrackResults."""
+    """Rows of ``predict`` (with ``windows`` when several moments were asked) as
+    TrackResults, ranked 1, 2, ... in order."""
     columns = table.to_dict("list")  # one pass, no namedtuple class built per call
-    n = len(table)
-    ranks = columns.get("rank", range(1, n + 1))
-    windows = columns.get("windows", [None] * n)
-    out = []
-    for i in range(n):
-        found = windows[i]
-        if found is None or not isinstance(found, list):
-            found = [[columns["start"][i], columns["end"][i], columns["moment_score"][i]]]
-        moments = [Moment(float(s), float(e), float(p)) for s, e, p in found
-                   if np.isfinite([s, e, p]).all()]
-        out.append(TrackResult(int(ranks[i]), str(columns["music_id"][i]),
-                               float(columns["score"][i]), moments))
-    return out
+    windows = columns.get("windows", [None] * len(table))
+    return [_track_result(i + 1, columns["music_id"][i], columns["score"][i],
+                          windows[i] if isinstance(windows[i], list) else
+                          [[columns["start"][i], columns["end"][i], columns["moment_score"][i]]])
+            for i in range(len(table))]
 
 
 class ServedModel:

@@ -177,9 +177,10 @@ def _music_id(tensor: Tensor, model: ServedModel) -> str:
         music_id = bytes(items[0]).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "music_id must be UTF-8 text") from exc
-    if len(music_id.encode("utf-8")) > MAX_ID_LENGTH:  # never echo a long id back
-        raise ApiError(404, f"music_id is {len(music_id.encode('utf-8'))} bytes long; no "
-                            f"track id is longer than {MAX_ID_LENGTH}")
+    size = len(items[0])
+    if size > MAX_ID_LENGTH:  # never echo a long id back
+        raise ApiError(404, f"music_id is {size} bytes long; no track id is longer than "
+                            f"{MAX_ID_LENGTH}")
     if not model.has_track(music_id):
         raise ApiError(404, f"music_id {music_id!r} is not in the served catalogue; "
                             f"GET /v2/models/{MODEL_NAME} says how many tracks it holds")
