@@ -339,6 +339,13 @@ def test_infer_accepts_nested_data(client):
      "input 'video_frames' is given twice"),
     (lambda b: b.update(parameters={"top_k": 3}), 422, "parameters.top_k"),
     (lambda b: b.update(parameters={"k": 0}), 422, "parameters.k"),
+    # a count is an integer: true is not 1, "3" is not 3, 2.0 is not 2
+    (lambda b: b.update(parameters={"k": True}), 422, "parameters.k"),
+    (lambda b: b.update(parameters={"k": "3"}), 422, "parameters.k"),
+    (lambda b: b.update(parameters={"moments_per_track": 2.0}), 422,
+     "parameters.moments_per_track"),
+    (lambda b: b.update(parameters={"video_duration": "2"}), 422,
+     "parameters.video_duration"),
     (lambda b: b.update(parameters={"k": 51}), 422, "k must be <= 50"),
     (lambda b: b.update(parameters={"video_duration": 7.0}), 422, "at most 6 s"),
     (lambda b: b.pop("inputs"), 422, "inputs: Field required"),
@@ -347,6 +354,30 @@ def test_infer_errors(client, change, status, says):
     body = frames_body(np.ones((3, 512), np.float32))
     change(body)
     assert says in error_of(client.post("/v2/models/mgsv/infer", json=body), status)
+
+
+@pytest.mark.parametrize("change", [
+    lambda b, long: b["inputs"][0].update(name=long),
+    lambda b, long: b["inputs"].append({"name": long, "datatype": "FP32", "shape": [1],
+                                        "data": [1.0]}),
+    lambda b, long: b["inputs"][0].update(datatype=long),
+    lambda b, long: b.update(outputs=[{"name": long}]),
+    lambda b, long: b.update(parameters={long: 1}),
+])
+def test_errors_never_repeat_a_long_client_text(client, change):
+    # an error names what was wrong, but quotes at most a few dozen characters of it: a
+    # 100,000-character name never comes back (nor past a gRPC client's 16 KiB limit)
+    long = "n" * 100_000
+    body = frames_body(np.ones((3, 512), np.float32))
+    change(body, long)
+    response = client.post("/v2/models/mgsv/infer", json=body)
+    assert 400 <= response.status_code < 500 and len(response.content) < 1000, response.text
+    assert "n" * 200 not in error_of(response, response.status_code)
+    for path in (f"/v2/models/{long[:5000]}/infer", f"/v2/models/mgsv/versions/{long[:5000]}"
+                 "/infer", f"/v1/tracks/{long[:5000]}/audio?start=0&end=1"):
+        response = client.post(path, json=frames_body(np.ones((3, 512), np.float32))) if \
+            path.endswith("infer") else client.get(path)
+        assert response.status_code == 404 and len(response.content) < 1000, response.text
 
 
 def test_infer_malformed_json_and_large_bodies(client, model):

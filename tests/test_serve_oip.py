@@ -246,6 +246,37 @@ def test_grpc_smg_and_errors(grpc_client, model):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
+    # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
+    # INTERNAL and logs a traceback for each); a 100,000-character input name: an error
+    # the client can read (a message past its 16 KiB metadata limit is dropped as
+    # RESOURCE_EXHAUSTED); k given as true: refused, not read as 1
+    import grpc
+
+    _, port = served
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        raw = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                  request_serializer=lambda b: b,
+                                  response_deserializer=lambda b: b)
+        for garbage in (b"\xff" * 50, b"\x0a\xff\xff\xff\xff\x0f"):
+            with pytest.raises(grpc.RpcError) as err:
+                raw(garbage, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid inference.ModelInferRequest" in err.value.details()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    long = grpcclient.InferInput("n" * 100_000, list(FRAMES.shape), "FP32")
+    long.set_data_from_numpy(FRAMES)
+    with pytest.raises(InferenceServerException, match="inputs must be") as err:
+        grpc_client.infer("mgsv", [long])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert len(err.value.message()) < 1000
+    frames = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    with pytest.raises(InferenceServerException, match="parameters.k") as err:
+        grpc_client.infer("mgsv", [frames], parameters={"k": True})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
 def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
     import os
     import signal

@@ -11,9 +11,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "validation_message"]
+__all__ = ["MAX_MESSAGE_CHARS", "ApiError", "error_response", "install_error_handlers", "shown",
+           "validation_message"]
 
 logger = logging.getLogger("mgsv_sk.serve")
+#: The most of a client's own text (a name, an id, a version) an error message repeats.
+SHOWN_CHARS = 64
+#: The longest error message answered: a client's input never makes an answer large (and
+#: gRPC clients drop a status whose message passes their 16 KiB metadata limit).
+MAX_MESSAGE_CHARS = 2000
+
+
+def shown(value: Any) -> str:
+    """``value`` quoted for an error message (its ``repr``), cut to :data:`SHOWN_CHARS`
+    characters with its length given when longer."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    size = len(value) if isinstance(value, (str, bytes, list, tuple)) else len(text)
+    return f"{text[:SHOWN_CHARS]}... ({size} long)"
 
 
 class ApiError(Exception):
@@ -21,6 +37,8 @@ class ApiError(Exception):
     problem and the fix; ``headers`` (e.g. ``Retry-After``) go with it."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 4] + " ..."
         super().__init__(message)
         self.status = status
         self.message = message
@@ -33,7 +51,7 @@ def error_response(status: int, message: str,
 
 
 def _location(loc: Any, prefix: tuple[str, ...]) -> str:
-    parts = [*prefix, *(str(p) for p in loc if p != "body")] if isinstance(
+    parts = [*prefix, *(str(p)[:SHOWN_CHARS] for p in loc if p != "body")] if isinstance(
         loc, (list, tuple)) else list(prefix)
     return ".".join(parts) or "request"
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mgsv_sk.data import MAX_ID_LENGTH
 
 from .engine import MODEL_NAME, ServedModel, TrackResult
-from .errors import ApiError, validation_message
+from .errors import ApiError, shown, validation_message
 
 __all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
            "by_name", "bytes_from_wire", "bytes_to_wire", "check_version", "parameters"]
@@ -44,11 +44,13 @@ class InferParameters(BaseModel):
     """The model's request parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, description="tracks to return (MsG)")
-    moments_per_track: int = Field(1, ge=1, description="moments per track, best first")
+    # strict: a count is an integer, never true/false or text (k=true is not k=1)
+    k: int = Field(10, ge=1, strict=True, description="tracks to return (MsG)")
+    moments_per_track: int = Field(1, ge=1, strict=True,
+                                   description="moments per track, best first")
     video_duration: float | None = Field(
-        None, gt=0, description="seconds of the video (the moment's length); default: one "
-                                "second per frame")
+        None, gt=0, strict=True, description="seconds of the video (the moment's length); "
+                                             "default: one second per frame")
 
 
 @dataclass
@@ -82,7 +84,7 @@ def by_name(tensors: list[Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for tensor in tensors:
         if tensor.name in out:
-            raise ApiError(400, f"input {tensor.name[:100]!r} is given twice; send each input "
+            raise ApiError(400, f"input {shown(tensor.name)} is given twice; send each input "
                                 "once")
         out[tensor.name] = tensor
     return out
@@ -91,14 +93,14 @@ def by_name(tensors: list[Tensor]) -> dict[str, Tensor]:
 def check_version(model: ServedModel, version: str | None) -> None:
     """404 unless ``version`` is empty, the model's version or :data:`ALIAS_VERSION`."""
     if version and version not in (model.version, ALIAS_VERSION):
-        raise ApiError(404, f"model {MODEL_NAME!r} has no version {version!r}; this server "
+        raise ApiError(404, f"model {MODEL_NAME!r} has no version {shown(version)}; this server "
                             f"serves version {model.version!r} (also addressable as "
                             f"{ALIAS_VERSION!r})")
 
 
 def check_model(name: str) -> None:
     if name != MODEL_NAME:
-        raise ApiError(404, f"no model {name!r}; this server serves {MODEL_NAME!r}")
+        raise ApiError(404, f"no model {shown(name)}; this server serves {MODEL_NAME!r}")
 
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:
@@ -116,7 +118,7 @@ def check_shape(name: str, shape: Any) -> list[int]:
     if (not isinstance(shape, list) or len(shape) > _MAX_RANK or not all(
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= _MAX_ELEMENTS
             for d in shape) or math.prod(shape) > _MAX_ELEMENTS):
-        raise ApiError(400, f"input {name!r}: shape must be a list of at most {_MAX_RANK} "
+        raise ApiError(400, f"input {shown(name)}: shape must be a list of at most {_MAX_RANK} "
                             f"non-negative integers of at most {_MAX_ELEMENTS} elements in "
                             f"all, got {str(shape)[:80]}")
     return list(shape)
@@ -127,11 +129,11 @@ def bytes_from_wire(name: str, raw: bytes) -> list[bytes]:
     out, at = [], 0
     while at < len(raw):
         if at + 4 > len(raw):
-            raise ApiError(400, f"input {name!r}: BYTES data ends inside an element's length")
+            raise ApiError(400, f"input {shown(name)}: BYTES data ends inside an element's length")
         (size,) = struct.unpack_from("<I", raw, at)
         at += 4
         if at + size > len(raw):
-            raise ApiError(400, f"input {name!r}: a BYTES element runs past the data")
+            raise ApiError(400, f"input {shown(name)}: a BYTES element runs past the data")
         out.append(raw[at: at + size])
         at += size
     return out
@@ -143,7 +145,7 @@ def bytes_to_wire(items: list[bytes]) -> bytes:
 
 def fp32_from_wire(name: str, raw: bytes) -> np.ndarray:
     if len(raw) % 4:
-        raise ApiError(400, f"input {name!r}: FP32 data of {len(raw)} bytes is not a whole "
+        raise ApiError(400, f"input {shown(name)}: FP32 data of {len(raw)} bytes is not a whole "
                             "number of 4-byte floats")
     return np.frombuffer(raw, dtype="<f4")
 
@@ -153,7 +155,7 @@ def _frames(tensor: Tensor, model: ServedModel) -> np.ndarray:
     """``video_frames`` as (F, video_dim) float32, or a 400 naming the problem."""
     dim, most = model.frame_dim, model.max_frames
     if tensor.datatype != "FP32":
-        raise ApiError(400, f"video_frames must be FP32, got {tensor.datatype!r}")
+        raise ApiError(400, f"video_frames must be FP32, got {shown(tensor.datatype)}")
     shape = tensor.shape
     if len(shape) != 2 or shape[1] != dim or not 1 <= shape[0] <= most:
         raise ApiError(400, f"video_frames must have shape [F, {dim}] with 1 <= F <= {most} "
@@ -192,7 +194,8 @@ def _requested(call: InferCall) -> list[str]:
         return list(OUTPUTS)
     unknown = sorted(set(call.outputs) - set(OUTPUTS))
     if unknown:
-        raise ApiError(400, f"unknown output(s) {unknown}; this model answers {list(OUTPUTS)}")
+        raise ApiError(400, f"unknown output(s) {', '.join(shown(n) for n in unknown[:5])}; "
+                            f"this model answers {list(OUTPUTS)}")
     return [name for name in OUTPUTS if name in call.outputs]
 
 
@@ -238,7 +241,8 @@ def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
     unknown = sorted(set(call.inputs) - {"video_frames", "music_id"})
     if unknown or "video_frames" not in call.inputs:
         raise ApiError(400, f"inputs must be 'video_frames' (FP32 [F, {model.frame_dim}]) "
-                            f"and optionally 'music_id' (BYTES [1]); got {sorted(call.inputs)}")
+                            f"and optionally 'music_id' (BYTES [1]); got "
+                            f"{', '.join(shown(n) for n in sorted(call.inputs)[:5]) or 'none'}")
     params = call.params
     if params.k > config.max_k or params.moments_per_track > config.max_moments:
         raise ApiError(422, f"k must be <= {config.max_k} and moments_per_track <= "

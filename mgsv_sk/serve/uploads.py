@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from ..extract.pipeline import VIDEO_EXTENSIONS
-from .errors import ApiError
+from .errors import ApiError, shown
 
 __all__ = ["FIELD", "Upload", "receive_video", "too_large_message"]
 
@@ -91,8 +91,8 @@ class _VideoPart:
             "latin-1").lower()
         suffix = Path(name_text).suffix.lower()
         if not _is_video(content_type, suffix):
-            self.problem = ApiError(415, f"the upload {name_text!r} is of type "
-                                         f"{content_type or 'unknown'!r}, not a video; send a "
+            self.problem = ApiError(415, f"the upload {shown(name_text)} is of type "
+                                         f"{shown(content_type or 'unknown')}, not a video; send a "
                                          f"video file ({_KINDS})")
             return
         path = self.folder / f"upload{suffix if suffix in VIDEO_EXTENSIONS else '.mp4'}"
@@ -150,7 +150,8 @@ async def receive_video(request: Request, folder: Path, max_bytes: int,
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     if media_type != b"multipart/form-data":
         raise ApiError(415, f"send the video as multipart/form-data with a {FIELD!r} file "
-                            f"field (got Content-Type {media_type.decode('latin-1') or 'none'!r})")
+                            f"field (got Content-Type "
+                            f"{shown(media_type.decode('latin-1') or 'none')})")
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "the multipart Content-Type has no boundary")
@@ -178,5 +179,5 @@ async def receive_video(request: Request, folder: Path, max_bytes: int,
         raise ApiError(400, f"the form has no {FIELD!r} file field; send the video as "
                             f"{FIELD}=@clip.mp4")
     if part.size == 0:
-        raise ApiError(422, f"the uploaded video {part.upload['filename']!r} is empty")
+        raise ApiError(422, f"the uploaded video {shown(part.upload['filename'])} is empty")
     return Upload(size=part.size, **part.upload)

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ..engine import MODEL_NAME
@@ -148,16 +149,35 @@ class _Service:
         return _encode(version, outputs, call)
 
 
+class _Malformed:
+    """A request whose bytes are not its message (what the deserializer gives instead of
+    raising: grpcio would answer INTERNAL and log a traceback for each)."""
+
+
+def _reader(request_type: Any) -> Callable[[bytes], Any]:
+    def read(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except DecodeError:
+            return _Malformed()
+    return read
+
+
 def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
              request_type: Any, response_type: Any) -> Any:
-    """``method`` as a unary gRPC handler: an ApiError becomes the matching status code,
-    and every call is counted in the HTTP metrics under a closed set of labels."""
+    """``method`` as a unary gRPC handler: an ApiError becomes the matching status code, a
+    request that is not a ``request_type`` message INVALID_ARGUMENT, and every call is
+    counted in the HTTP metrics under a closed set of labels."""
     route = f"/{GRPC_SERVICE}/{name}"
+    malformed = ApiError(400, f"the request is not a valid inference.{request_type.__name__} "
+                              "message; send the KServe v2 protocol's message")
 
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         code = grpc.StatusCode.OK
         began = time.perf_counter()
         try:
+            if isinstance(request, _Malformed):
+                raise malformed
             return method(request, context)
         except ApiError as exc:
             code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
@@ -171,7 +191,7 @@ def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
             state.metrics.latency.labels(route).observe(time.perf_counter() - began)
 
     return grpc.unary_unary_rpc_method_handler(
-        call, request_deserializer=request_type.FromString,
+        call, request_deserializer=_reader(request_type),
         response_serializer=response_type.SerializeToString)
 
 

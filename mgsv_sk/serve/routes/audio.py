@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 
 from ..audio import RangeNotSatisfiable, moment_wav, parse_range
-from ..errors import ApiError
+from ..errors import ApiError, shown
 from ..schemas import errors
 from ..state import ServeState
 
@@ -34,24 +34,23 @@ def audio_router(state: ServeState) -> APIRouter:
         requests (206)."""
         model = state.ready_model()
         if not model.has_track(music_id):
-            raise ApiError(404, f"no track {music_id!r} in the served catalogue")
+            raise ApiError(404, f"no track {shown(music_id)} in the served catalogue")
         if not (math.isfinite(start) and math.isfinite(end)) or end <= start:
             raise ApiError(400, f"end must be greater than start, got start={start:g}, "
                                 f"end={end:g}")
         path = model.audio_path(music_id)
         if path is None:
-            raise ApiError(404, f"no audio file is known for track {music_id!r}; serve a "
+            raise ApiError(404, f"no audio file is known for track {shown(music_id)}; serve a "
                                 "catalogue built by `mgsv-sk catalogue`, or pass --audio DIR "
                                 "holding <music_id>.wav files")
         seconds = model.track_seconds(music_id)
         if start >= seconds:
-            raise ApiError(400, f"start={start:g} s is past the end of track {music_id!r} "
+            raise ApiError(400, f"start={start:g} s is past the end of track {shown(music_id)} "
                                 f"({seconds:.2f} s)")
         try:
             wav = await run_in_threadpool(moment_wav, path, start, min(end, seconds))
         except ValueError as exc:  # the message names the file: show the track instead
-            shown = f"track {music_id!r}"
-            raise ApiError(422, str(exc).replace(str(path), shown)) from exc
+            raise ApiError(422, str(exc).replace(str(path), f"track {shown(music_id)}")) from exc
         size = len(wav)
         headers = {"Accept-Ranges": "bytes", "Cache-Control": "public, max-age=3600"}
         try:

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from ... import __version__
 from ..body import BodyLimits, bounded_int, read_body
 from ..engine import MODEL_NAME
-from ..errors import ApiError, validation_message
+from ..errors import ApiError, shown, validation_message
 from ..oip import (
     InferCall,
     Tensor,
@@ -99,23 +99,23 @@ def _tensor(item: Any, binary: bytes, at: int) -> tuple[Tensor, int]:
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= len(
                 binary) - at:
-            raise ApiError(400, f"input {name!r}: binary_data_size {size!r} does not fit the "
+            raise ApiError(400, f"input {shown(name)}: binary_data_size {size!r} does not fit the "
                                 f"{len(binary) - at} binary bytes left in the body")
         raw, at = binary[at: at + size], at + size
         data: Any = (fp32_from_wire(name, raw) if datatype == "FP32" else
                      bytes_from_wire(name, raw) if datatype == "BYTES" else raw)
     elif item.data is None:
-        raise ApiError(400, f"input {name!r} has neither data nor binary_data_size")
+        raise ApiError(400, f"input {shown(name)} has neither data nor binary_data_size")
     elif datatype == "FP32":
         try:
             data = np.asarray(item.data, dtype=np.float32).ravel()
         except (ValueError, TypeError, OverflowError) as exc:
-            raise ApiError(400, f"{name} data is not a list of numbers ({exc})") from exc
+            raise ApiError(400, f"{shown(name)} data is not a list of numbers ({exc})") from exc
     elif datatype == "BYTES":
         flat = np.asarray(item.data, dtype=object).ravel().tolist()
         data = [v.encode("utf-8") if isinstance(v, str) else v for v in flat]
         if not all(isinstance(v, bytes) for v in data):
-            raise ApiError(400, f"input {name!r}: BYTES data must be strings")
+            raise ApiError(400, f"input {shown(name)}: BYTES data must be strings")
     else:
         data = item.data
     return Tensor(name, datatype, shape, data), at
@@ -131,7 +131,7 @@ def _requested_outputs(request: InferRequest) -> dict[str, bool | None] | None:
             raise ApiError(400, "the classification extension is not supported")
         binary = given.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise ApiError(400, f"output {output.name!r}: binary_data must be true or false")
+            raise ApiError(400, f"output {shown(output.name)}: binary_data must be true or false")
         wanted[output.name] = binary
     return wanted
 
