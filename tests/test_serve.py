@@ -192,6 +192,19 @@ def test_recommend_errors(client, fx, tmp_path, monkeypatch):
     error_of(post_video(client, fx / "query.mp4", k=10_000), 422)
     error_of(post_video(client, fx / "query.mp4", moments_per_track="many"), 422)
     error_of(client.post("/v1/recommend", files={"video": ("e.mp4", b"", "video/mp4")}), 422)
+    # a form cut off inside the video (no closing boundary) is not read as a whole video;
+    # a boundary the parser cannot use is the client's error (400), not the server's
+    clip = (fx / "query.mp4").read_bytes()
+    head = (b'--B\r\nContent-Disposition: form-data; name="video"; filename="q.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n")
+    assert "no closing boundary" in error_of(client.post(
+        "/v1/recommend", content=head + clip + b"\r\n",
+        headers={"content-type": "multipart/form-data; boundary=B"}), 400)
+    assert client.post("/v1/recommend", content=head + clip + b"\r\n--B--\r\n", headers={
+        "content-type": "multipart/form-data; boundary=B"}).status_code == 200
+    assert "boundary is not usable" in error_of(client.post(
+        "/v1/recommend", content=head.replace(b"--B", b"--" + b"b" * 5000),
+        headers={"content-type": "multipart/form-data; boundary=" + "b" * 5000}), 400)
     assert not list(tmp_path.iterdir()), "uploads must be deleted after the request"
 
 

@@ -159,7 +159,11 @@ async def receive_video(request: Request, folder: Path, max_bytes: int,
     if declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes + _OTHER_BYTES):
         raise _too_large(max_bytes)
     part = _VideoPart(folder, max_bytes)
-    parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]
+    except ValueError as exc:  # e.g. a boundary of thousands of characters
+        raise ApiError(400, f"the multipart boundary is not usable ({exc}); send a "
+                            "standard form upload") from exc
     try:
         async for chunk in chunks if chunks is not None else request.stream():
             parser.write(chunk)
@@ -175,6 +179,9 @@ async def receive_video(request: Request, folder: Path, max_bytes: int,
         part.close()
     if part.problem is not None:
         raise part.problem
+    if part.writing:  # no boundary after the file: the form was cut off inside it
+        raise ApiError(400, f"the form ends inside its {FIELD!r} file (no closing boundary "
+                            "follows it): the upload is incomplete; send the whole form")
     if part.upload is None:
         raise ApiError(400, f"the form has no {FIELD!r} file field; send the video as "
                             f"{FIELD}=@clip.mp4")
