@@ -45,10 +45,12 @@ class ThreadedServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
+        from mgsv_sk.serve.server import uvicorn_config
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn_config(app, "127.0.0.1", self.port, graceful_seconds=5,
+                                log_level="warning")  # what `mgsv-sk serve` runs
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

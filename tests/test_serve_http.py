@@ -111,6 +111,59 @@ def test_one_address_cannot_take_every_place(model):
             sock.close()
 
 
+def test_connections_that_never_finish_their_headers_are_closed(model):
+    # uvicorn alone keeps them open forever: one silent connection and one that sends a
+    # header line every 0.2 s are closed once header_seconds pass; a keep-alive client
+    # that pauses between requests (less than the deadline) is not cut off
+    config = ServeConfig(workers=1, queue_size=2, header_seconds=1.0)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        silent = connect(running.port, "127.0.0.2")
+        drip = connect(running.port, "127.0.0.3")
+        drip.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n")
+        began = time.monotonic()
+        drip.settimeout(0.2)
+        while time.monotonic() - began < 10:
+            try:
+                drip.sendall(b"X-Slow: 1\r\n")
+                if drip.recv(100) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        assert time.monotonic() - began < 5  # closed at the 1 s deadline, not held
+        silent.settimeout(5)
+        assert silent.recv(100) == b""
+        with httpx.Client(base_url=running.url, timeout=30) as client:
+            for _ in range(2):  # the same keep-alive connection, a pause between
+                assert client.post("/v2/models/mgsv/infer", json=BODY).status_code == 200
+                time.sleep(0.5)
+        for sock in (silent, drip):
+            sock.close()
+
+
+def test_one_address_cannot_hold_every_connection(model):
+    config = ServeConfig(workers=1, queue_size=2, header_seconds=30,
+                         max_client_connections=3)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        mine = [connect(running.port, "127.0.0.2") for _ in range(3)]
+        time.sleep(0.2)
+        extra = connect(running.port, "127.0.0.2")
+        answer = read_all(extra)  # 503, then closed: before any request was sent
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+        assert b"3 open connections" in answer
+        # another address is served; a place freed is a place again
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY,
+                          timeout=30).status_code == 200
+        mine.pop().close()
+        time.sleep(0.2)
+        again = connect(running.port, "127.0.0.2")
+        again.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert read_all(again).startswith(b"HTTP/1.1 200")
+        for sock in [*mine, extra, again]:
+            sock.close()
+
+
 def test_numbers_are_parsed_with_bounds(server):
     huge = "9" * 5000
     whole = httpx.get(server.url + AUDIO).content

@@ -327,3 +327,9 @@ def test_cli_grpc_port_errors(tmp_path_factory, capsys):
         ServeConfig(max_client_requests=0)
     with pytest.raises(ValueError, match="body_seconds must be a positive number"):
         ServeConfig(body_seconds=0)
+    with pytest.raises(ValueError, match="header_seconds must be a positive number"):
+        ServeConfig(header_seconds=float("nan"))
+    with pytest.raises(ValueError, match="max_client_connections must be an integer >= 1"):
+        ServeConfig(max_client_connections=0)
+    assert ServeConfig(workers=2, queue_size=4).client_connections == 64
+    assert ServeConfig(workers=4, queue_size=16).client_connections == 80

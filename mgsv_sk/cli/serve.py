@@ -29,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_upload_bytes=int(args.max_upload_mb * 2**20),
                          max_video_seconds=args.max_video_seconds,
                          n_threads=args.n_threads,
-                         max_client_requests=args.max_client_requests)
+                         max_client_requests=args.max_client_requests,
+                         max_client_connections=args.max_client_connections)
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
                         "port of its own (e.g. --grpc-port 8001)")
@@ -92,6 +93,10 @@ def add_serve_command(sub: Any, command: Any) -> None:
     p.add_argument("--max-client-requests", type=_positive(int), default=None, metavar="N",
                    help="requests one client address may have in progress (default: half "
                         "of workers + queue size)")
+    p.add_argument("--max-client-connections", type=_positive(int), default=None,
+                   metavar="N", help="open connections one client address may hold "
+                                     "(default: 4 x (workers + queue size), at least 64; "
+                                     "behind a reverse proxy, its connection pool)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")
     p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",

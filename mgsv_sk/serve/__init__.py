@@ -4,12 +4,14 @@ PyAV and soundfile for media). Torch-free.
 
     >>> from mgsv_sk.serve import create_app, ServeConfig          # doctest: +SKIP
     >>> app = create_app("bundle/", "catalogue/", config=ServeConfig(workers=2))
-    >>> # uvicorn.run(app, host="127.0.0.1", port=8000), or: mgsv-sk serve bundle/ ...
+    >>> # run(app, host="127.0.0.1", port=8000), or: mgsv-sk serve bundle/ ...
 
 :func:`create_app` builds the ASGI app (:mod:`.app`) from one router per concern
 (:mod:`.routes`), with ``grpc_address=`` the gRPC service beside it (:mod:`.grpc`);
 :class:`ServeConfig` holds its limits (:mod:`.config`); :func:`run` serves it with uvicorn,
-finishing in-flight requests on SIGTERM (:mod:`.server`). See ``docs/serving.md``.
+finishing in-flight requests on SIGTERM (:mod:`.server`) and closing connections that hold
+nothing (:mod:`.connections`; ``uvicorn.run(app)`` alone would not). See
+``docs/serving.md``.
 """
 
 from __future__ import annotations

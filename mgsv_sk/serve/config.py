@@ -54,6 +54,13 @@ class ServeConfig:
         running; 429 beyond it). Default: half the places (``workers + queue_size``), at
         least 1, so one address cannot fill the queue. Behind a reverse proxy, the address
         is the one it forwards (uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1).
+    header_seconds : float
+        Longest wait for a request's headers, from the connection opening or the previous
+        answer (the connection is closed beyond it; uvicorn alone waits forever).
+    max_client_connections : int or None
+        Open connections one address may hold (one more is answered 503 and closed).
+        Default: four per place (``workers + queue_size``), at least 64. Behind a reverse
+        proxy every connection is the proxy's: set it to the proxy's connection pool.
     """
 
     workers: int = _default_workers()
@@ -68,6 +75,8 @@ class ServeConfig:
     body_idle_seconds: float = 10.0
     body_seconds: float = 120.0
     max_client_requests: int | None = None
+    header_seconds: float = 10.0
+    max_client_connections: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,15 +88,17 @@ class ServeConfig:
         if (isinstance(self.queue_size, bool) or not isinstance(self.queue_size, int)
                 or self.queue_size < 0):
             problems.append(f"queue_size must be an integer >= 0, got {self.queue_size!r}")
-        for name in ("max_video_seconds", "body_idle_seconds", "body_seconds"):
+        for name in ("max_video_seconds", "body_idle_seconds", "body_seconds",
+                     "header_seconds"):
             seconds = getattr(self, name)
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
                     0 < seconds < float("inf")):
                 problems.append(f"{name} must be a positive number, got {seconds!r}")
-        share = self.max_client_requests
-        if share is not None and (isinstance(share, bool) or not isinstance(share, int)
-                                  or share < 1):
-            problems.append(f"max_client_requests must be an integer >= 1, got {share!r}")
+        for name in ("max_client_requests", "max_client_connections"):
+            share = getattr(self, name)
+            if share is not None and (isinstance(share, bool) or not isinstance(share, int)
+                                      or share < 1):
+                problems.append(f"{name} must be an integer >= 1, got {share!r}")
         if problems:
             raise ValueError("invalid server limits: " + "; ".join(problems))
 
@@ -98,10 +109,18 @@ class ServeConfig:
             return self.max_client_requests
         return max(1, (self.workers + self.queue_size) // 2)
 
+    @property
+    def client_connections(self) -> int:
+        """Open connections one client address may hold."""
+        if self.max_client_connections is not None:
+            return self.max_client_connections
+        return max(64, 4 * (self.workers + self.queue_size))
+
     def public(self) -> dict[str, Any]:
         """The limits a client needs to know (the page and the model metadata show them)."""
         out = asdict(self)
         out["max_client_requests"] = self.client_share
+        out["max_client_connections"] = self.client_connections
         for private in ("n_threads", "retry_after_s"):
             out.pop(private)
         return out

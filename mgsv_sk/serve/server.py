@@ -13,7 +13,27 @@ import signal
 import threading
 from typing import Any
 
-__all__ = ["run"]
+__all__ = ["run", "uvicorn_config"]
+
+
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
+                   graceful_seconds: float = 30, log_level: str = "info",
+                   access_log: bool = False) -> Any:
+    """uvicorn's configuration for ``app``: h11 with the app's connection limits (a
+    deadline for each request's headers, a cap on one address's open connections: see
+    :mod:`.connections`), no ``Server`` header."""
+    import uvicorn
+
+    from .config import ServeConfig
+    from .connections import guarded_protocol
+
+    state = getattr(getattr(app, "state", None), "serve", None)
+    limits = state.config if state is not None else ServeConfig()
+    protocol = guarded_protocol(limits.header_seconds, limits.client_connections,
+                                limits.retry_after_s)
+    return uvicorn.Config(app, host=host, port=port, http=protocol, log_level=log_level,
+                          access_log=access_log, server_header=False,
+                          timeout_graceful_shutdown=max(1, round(graceful_seconds)))
 
 
 def run(app: Any, host: str = "127.0.0.1", port: int = 8000, *, graceful_seconds: float = 30,
@@ -22,9 +42,8 @@ def run(app: Any, host: str = "127.0.0.1", port: int = 8000, *, graceful_seconds
     (None if it stopped otherwise)."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            access_log=access_log, server_header=False,
-                            timeout_graceful_shutdown=max(1, round(graceful_seconds)))
+    config = uvicorn_config(app, host, port, graceful_seconds=graceful_seconds,
+                            log_level=log_level, access_log=access_log)
     received: list[int] = []
     stops = (signal.SIGINT, signal.SIGTERM)
     main = threading.current_thread() is threading.main_thread()
