@@ -277,6 +277,23 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_a_silent_grpc_connection_is_closed(model):
+    # grpcio alone waits 120 s for a connection's handshake; the server waits
+    # header_seconds, as for HTTP headers
+    import socket
+
+    port = free_port()
+    app = create_app(model, config=ServeConfig(workers=1, queue_size=2, header_seconds=1.0),
+                     grpc_address=f"127.0.0.1:{port}")
+    with ThreadedServer(app):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        began = time.monotonic()
+        while sock.recv(1000):  # the server's HTTP/2 settings, then the close
+            pass
+        assert time.monotonic() - began < 5
+        sock.close()
+
+
 def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
     import os
     import signal

@@ -43,6 +43,8 @@ __all__ = ["GRPC_SERVICE", "start_grpc"]
 
 logger = logging.getLogger("mgsv_sk.serve")
 GRPC_SERVICE = "inference.GRPCInferenceService"
+#: A gRPC connection without a call for this long is closed (its client reconnects).
+_IDLE_MS = 60_000
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
           408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
           422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -223,7 +225,12 @@ def start_grpc(state: Any, address: str) -> grpc.Server:
         handlers=[grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers)],
         maximum_concurrent_rpcs=capacity + 4,
         options=[("grpc.max_receive_message_length", limit),
-                 ("grpc.so_reuseport", 0)])
+                 ("grpc.so_reuseport", 0),
+                 # a connection that never completes its handshake, or idles, is closed
+                 # (grpcio's defaults: 120 s and never); a channel reconnects on its own
+                 ("grpc.server_handshake_timeout_ms",
+                  int(state.config.header_seconds * 1000)),
+                 ("grpc.max_connection_idle_ms", _IDLE_MS)])
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
