@@ -142,6 +142,21 @@ def test_connections_that_never_finish_their_headers_are_closed(model):
             sock.close()
 
 
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000,  # headers past 16 KiB
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+], ids=["garbage", "headers-over-16k", "bad-header"])
+def test_requests_that_are_not_http_get_a_json_400(server, raw):
+    sock = connect(server.port)
+    sock.sendall(raw)
+    answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/json" in head
+    assert "not valid HTTP/1.1" in json.loads(body)["error"]
+    sock.close()
+
+
 def test_one_address_cannot_hold_every_connection(model):
     config = ServeConfig(workers=1, queue_size=2, header_seconds=30,
                          max_client_connections=3)

@@ -6,7 +6,7 @@ and never finishes a request's headers (measured: a silent connection and one th
 a header line every second were both still open after 40 s), so a client can hold as
 many connections as the process has file descriptors. :func:`guarded_protocol` is
 uvicorn's h11 protocol with two rules added at the connection, before any request
-exists:
+exists (and a request h11 cannot parse answered with a JSON error, as every other):
 
 - each request's headers must be complete within ``header_seconds`` of the connection
   opening or of the previous answer (else the connection is closed): real clients send
@@ -27,13 +27,26 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 __all__ = ["guarded_protocol"]
 
 
+def _answer(status: bytes, message: str, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer with the service's JSON error body, closing the connection
+    (written before or instead of any request, so not through h11)."""
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"%sconnection: close\r\n\r\n" % (status, len(body), extra)) + body
+
+
 def _refusal(max_connections: int, retry_after_s: int) -> bytes:
-    body = json.dumps({"error": f"this address already holds {max_connections} open "
-                                "connections to the server; reuse them (keep-alive) or "
-                                "close some"}).encode()
-    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nretry-after: %d\r\nconnection: close\r\n\r\n"
-            % (len(body), retry_after_s)) + body
+    return _answer(b"503 Service Unavailable",
+                   f"this address already holds {max_connections} open connections to the "
+                   "server; reuse them (keep-alive) or close some",
+                   b"retry-after: %d\r\n" % retry_after_s)
+
+
+#: uvicorn answers a request h11 cannot parse with a text/plain 400; the service's errors
+#: are JSON.
+_NOT_HTTP = _answer(b"400 Bad Request",
+                    "the request is not valid HTTP/1.1 (a malformed request line or header, "
+                    "or headers over 16 KiB); send a standard HTTP request")
 
 
 def guarded_protocol(header_seconds: float, max_connections: int,
@@ -84,6 +97,10 @@ def guarded_protocol(header_seconds: float, max_connections: int,
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(_NOT_HTTP)
+            self.transport.close()
 
         def _headers_late(self) -> None:
             self._deadline = None
