@@ -472,7 +472,12 @@ def test_page_static_files_and_openapi(client):
         "content"]
     error_of(client.get("/static/nothing.js"), 404)
     error_of(client.get("/nowhere"), 404)
-    error_of(client.delete("/v2/health/live"), 405)
+    # 405 names the method and what the path takes, and Allow lists HEAD wherever GET is
+    wrong = client.delete("/v2/health/live")
+    assert "method 'DELETE' is not allowed on this path; use GET or HEAD" in error_of(wrong,
+                                                                                       405)
+    assert wrong.headers["allow"] == "GET, HEAD"
+    assert client.get("/v2/models/mgsv/infer").headers["allow"] == "POST"
 
 
 def test_schema_fuzz_finds_no_server_error(model):

@@ -78,12 +78,20 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(422, validation_message(exc.errors()))
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and message == "Not Found":
             message = "no such path; see /openapi.json for the endpoints"
-        return error_response(exc.status_code, message, dict(exc.headers or {}))
+        elif exc.status_code == 405:  # every GET path answers HEAD too (RFC 9110 9.3.2)
+            allowed = [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+            if "GET" in allowed and "HEAD" not in allowed:
+                allowed.append("HEAD")
+            headers["Allow"] = ", ".join(allowed)
+            message = (f"method {shown(request.method)} is not allowed on this path; use "
+                       f"{' or '.join(allowed) or 'another path'}")
+        return error_response(exc.status_code, message, headers)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path,
