@@ -277,6 +277,46 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_grpc_calls_whose_message_never_comes_hold_no_place(model):
+    # twelve calls open their stream and never send the request: a thirteenth client is
+    # answered at once (grpcio's threaded server gave each a worker thread and a place of
+    # its concurrent-call limit: every other call was RESOURCE_EXHAUSTED)
+    import threading
+
+    import grpc
+
+    from mgsv_sk.serve.grpc import predict_v2_pb2 as pb
+
+    port = free_port()
+    app = create_app(model, config=ServeConfig(workers=1, queue_size=2),
+                     grpc_address=f"127.0.0.1:{port}")
+    release = threading.Event()
+
+    def never():  # a request stream that sends nothing until released
+        release.wait(60)
+        yield from ()
+
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    with ThreadedServer(app):
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(12)]
+        hanging = [c.stream_unary(method, request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=pb.ModelInferResponse.FromString
+                                  ).future(never(), timeout=60) for c in channels]
+        time.sleep(0.5)
+        frames = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+        frames.set_data_from_numpy(FRAMES)
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        began = time.monotonic()
+        result = client.infer("mgsv", [frames], client_timeout=20)
+        assert time.monotonic() - began < 10 and result.as_numpy("score") is not None
+        release.set()
+        for call in hanging:
+            call.cancel()
+        for c in channels:
+            c.close()
+        client.close()
+
+
 def test_a_silent_grpc_connection_is_closed(model):
     # grpcio alone waits 120 s for a connection's handshake; the server waits
     # header_seconds, as for HTTP headers

@@ -101,11 +101,6 @@ class Admission:
         result = await asyncio.wrap_future(self._pool.submit(self._timed(func, args, waited)))
         return result, waited[0]
 
-    def run_sync(self, func: Callable[..., T], *args: Any) -> tuple[T, float]:
-        """:meth:`run` for a caller on a thread of its own (the gRPC server)."""
-        waited = [0.0]
-        return self._pool.submit(self._timed(func, args, waited)).result(), waited[0]
-
     def _timed(self, func: Callable[..., T], args: tuple[Any, ...],
                waited: list[float]) -> Callable[[], T]:
         queued = time.perf_counter()

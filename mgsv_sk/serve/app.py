@@ -58,13 +58,12 @@ def _lifespan(state: ServeState, loader: Callable[[], ServedModel] | None,
         if grpc_address is not None:
             from .grpc import start_grpc
 
-            grpc_server = start_grpc(state, grpc_address)
+            grpc_server = await start_grpc(state, grpc_address)  # on this event loop
         try:
             yield
         finally:
             if grpc_server is not None:  # in-flight calls finish first (30 s at most)
-                await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: grpc_server.stop(30).wait())
+                await grpc_server.stop(30)
             if task is not None:
                 await task
             state.admission.shutdown()

@@ -225,16 +225,6 @@ async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
     return model.version, _outputs(tracks, _requested(call))
 
 
-def answer_sync(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
-    """:func:`answer` for a caller on a thread of its own (the gRPC server)."""
-    model, prepared = _prepare(state, call)
-    with state.slot():
-        run_began = time.perf_counter()
-        tracks, waited = state.admission.run_sync(prepared)
-    _observe(state, call, waited, time.perf_counter() - run_began - waited)
-    return model.version, _outputs(tracks, _requested(call))
-
-
 def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
     model: ServedModel = state.ready_model()
     config = state.config

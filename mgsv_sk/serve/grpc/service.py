@@ -1,19 +1,23 @@
 """``inference.GRPCInferenceService``: health, metadata and ``ModelInfer`` (its other,
 Triton-specific methods answer UNIMPLEMENTED).
 
-grpcio's synchronous server runs each call on a thread of its own, which then takes an
-admission slot like an HTTP request (``RESOURCE_EXHAUSTED`` when the queue is full,
-``UNAVAILABLE`` while loading). Inputs come as typed ``contents`` or as
-``raw_input_contents``; outputs go back as ``raw_output_contents`` (FP32 little-endian;
-BYTES with a 4-byte length before each element), as Triton's clients read them.
+The server is grpcio's asyncio one, on the HTTP app's event loop. A call costs nothing
+while its request message is still arriving (no thread, no place: grpcio's threaded
+server held a worker thread and one of its ``maximum_concurrent_rpcs`` per call from its
+headers on, so a dozen calls that never sent their message answered every other client
+RESOURCE_EXHAUSTED); once the message is in, the call takes an admission slot and the
+client's share like an HTTP request (``RESOURCE_EXHAUSTED`` when the queue is full,
+``UNAVAILABLE`` while loading), and inference runs on the admission threads. Inputs come
+as typed ``contents`` or as ``raw_input_contents``; outputs go back as
+``raw_output_contents`` (FP32 little-endian; BYTES with a 4-byte length before each
+element), as Triton's clients read them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -27,7 +31,7 @@ from ..oip import (
     ALIAS_VERSION,
     InferCall,
     Tensor,
-    answer_sync,
+    answer,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
@@ -45,6 +49,11 @@ logger = logging.getLogger("mgsv_sk.serve")
 GRPC_SERVICE = "inference.GRPCInferenceService"
 #: A gRPC connection without a call for this long is closed (its client reconnects).
 _IDLE_MS = 60_000
+#: Calls one connection may have open (HTTP/2 streams); its client queues the rest.
+_STREAMS = 32
+#: A connection is closed (GOAWAY, then ``body_seconds`` for its calls to end) after this
+#: long, so a call whose message never arrives ends; clients reconnect on their own.
+_AGE_MS = 300_000
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
           408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
           422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -112,22 +121,22 @@ class _Service:
     def __init__(self, state: Any) -> None:
         self.state = state
 
-    def server_live(self, _: Any, __: Any) -> Any:
+    async def server_live(self, _: Any, __: Any) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def server_ready(self, _: Any, __: Any) -> Any:
+    async def server_ready(self, _: Any, __: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.state.model is not None)
 
-    def model_ready(self, request: Any, _: Any) -> Any:
+    async def model_ready(self, request: Any, _: Any) -> Any:
         model = self.state.model
         ready = (model is not None and request.name == MODEL_NAME
                  and request.version in ("", model.version, ALIAS_VERSION))
         return pb.ModelReadyResponse(ready=ready)
 
-    def server_metadata(self, _: Any, __: Any) -> Any:
+    async def server_metadata(self, _: Any, __: Any) -> Any:
         return pb.ServerMetadataResponse(name="mgsv-sk", version=__version__)
 
-    def model_metadata(self, request: Any, _: Any) -> Any:
+    async def model_metadata(self, request: Any, _: Any) -> Any:
         check_model(request.name)
         model = self.state.ready_model()
         check_version(model, request.version)
@@ -140,13 +149,13 @@ class _Service:
             outputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"])
                      for t in meta["outputs"]])
 
-    def model_infer(self, request: Any, context: Any) -> Any:
+    async def model_infer(self, request: Any, context: Any) -> Any:
         began = time.perf_counter()
         client = _peer_host(context)
         with self.state.client(client):
             call = _decode(request, client)
             check_version(self.state.ready_model(), request.model_version)
-            version, outputs = answer_sync(self.state, call)
+            version, outputs = await answer(self.state, call)
         call.timings["total"] = time.perf_counter() - began
         return _encode(version, outputs, call)
 
@@ -165,7 +174,7 @@ def _reader(request_type: Any) -> Callable[[bytes], Any]:
     return read
 
 
-def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
+def _handler(state: Any, name: str, method: Callable[[Any, Any], Awaitable[Any]],
              request_type: Any, response_type: Any) -> Any:
     """``method`` as a unary gRPC handler: an ApiError becomes the matching status code, a
     request that is not a ``request_type`` message INVALID_ARGUMENT, and every call is
@@ -174,20 +183,20 @@ def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
     malformed = ApiError(400, f"the request is not a valid inference.{request_type.__name__} "
                               "message; send the KServe v2 protocol's message")
 
-    def call(request: Any, context: grpc.ServicerContext) -> Any:
+    async def call(request: Any, context: Any) -> Any:
         code = grpc.StatusCode.OK
         began = time.perf_counter()
         try:
             if isinstance(request, _Malformed):
                 raise malformed
-            return method(request, context)
+            return await method(request, context)
         except ApiError as exc:
             code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
-            context.abort(code, exc.message)
+            await context.abort(code, exc.message)
         except Exception:
             code = grpc.StatusCode.INTERNAL
             logger.exception("unexpected error in %s", route)
-            context.abort(code, "internal error; the server log has the details")
+            await context.abort(code, "internal error; the server log has the details")
         finally:
             state.metrics.requests.labels(route, "GRPC", code.name).inc()
             state.metrics.latency.labels(route).observe(time.perf_counter() - began)
@@ -197,9 +206,10 @@ def _handler(state: Any, name: str, method: Callable[[Any, Any], Any],
         response_serializer=response_type.SerializeToString)
 
 
-def start_grpc(state: Any, address: str) -> grpc.Server:
-    """Serve ``inference.GRPCInferenceService`` on ``address`` (``host:port``) from
-    threads of its own; returns the started server (``stop(grace)`` ends it).
+async def start_grpc(state: Any, address: str) -> Any:
+    """Serve ``inference.GRPCInferenceService`` on ``address`` (``host:port``) on the
+    running event loop; returns the started ``grpc.aio.Server`` (``await stop(grace)``
+    ends it).
 
     Raises
     ------
@@ -207,7 +217,6 @@ def start_grpc(state: Any, address: str) -> grpc.Server:
         The address cannot be bound (in use, or not an address of this machine).
     """
     service = _Service(state)
-    capacity = state.admission.capacity
     methods = {
         "ServerLive": (service.server_live, pb.ServerLiveRequest, pb.ServerLiveResponse),
         "ServerReady": (service.server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse),
@@ -219,23 +228,23 @@ def start_grpc(state: Any, address: str) -> grpc.Server:
         "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
     }
     handlers = {name: _handler(state, name, *spec) for name, spec in methods.items()}
-    limit = state.config.max_json_bytes
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=capacity + 4, thread_name_prefix="mgsv-grpc"),
+    config = state.config
+    server = grpc.aio.server(
         handlers=[grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers)],
-        maximum_concurrent_rpcs=capacity + 4,
-        options=[("grpc.max_receive_message_length", limit),
+        options=[("grpc.max_receive_message_length", config.max_json_bytes),
                  ("grpc.so_reuseport", 0),
                  # a connection that never completes its handshake, or idles, is closed
                  # (grpcio's defaults: 120 s and never); a channel reconnects on its own
-                 ("grpc.server_handshake_timeout_ms",
-                  int(state.config.header_seconds * 1000)),
-                 ("grpc.max_connection_idle_ms", _IDLE_MS)])
+                 ("grpc.server_handshake_timeout_ms", int(config.header_seconds * 1000)),
+                 ("grpc.max_connection_idle_ms", _IDLE_MS),
+                 ("grpc.max_concurrent_streams", _STREAMS),
+                 ("grpc.max_connection_age_ms", _AGE_MS),
+                 ("grpc.max_connection_age_grace_ms", int(config.body_seconds * 1000))])
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
         raise RuntimeError(f"cannot listen for gRPC on {address}: {exc}") from exc
     if port == 0:
         raise RuntimeError(f"cannot listen for gRPC on {address}; is the port in use?")
-    server.start()
+    await server.start()
     return server
