@@ -260,9 +260,9 @@ def oip_router(state: ServeState) -> APIRouter:
         check_version(state.ready_model(), model_version)
         client = client_address(request)
         with state.client(client):
-            body = await read_body(request, limits, too_large)
-            call = decode_http(body, request.headers.get("inference-header-content-length"),
-                               client)
+            # the body (up to max_json_bytes) is not kept while the call waits and runs
+            call = decode_http(await read_body(request, limits, too_large),
+                               request.headers.get("inference-header-content-length"), client)
             version, outputs = await answer(state, call)
         call.timings["total"] = time.perf_counter() - began
         return encode_http(version, outputs, call)
