@@ -286,6 +286,8 @@ def test_audio_errors(client, model):
                                       400)
     error_of(client.get("/v1/tracks/song_a/audio?start=-1&end=2"), 422)
     error_of(client.get("/v1/tracks/song_a/audio?start=0"), 422)
+    for bad in ("start=nan&end=2", "start=0&end=inf"):  # named as not finite, not as > 240
+        assert "finite number" in error_of(client.get(f"/v1/tracks/song_a/audio?{bad}"), 422)
     # the bundle's own catalogue records no audio files: 404 unless --audio finds them
     bare = ServedModel(model.grounder, checksum=model.checksum)
     with TestClient(create_app(bare)) as c:

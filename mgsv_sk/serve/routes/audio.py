@@ -27,8 +27,10 @@ def audio_router(state: ServeState) -> APIRouter:
                            **errors(400, 404, 416, 422, 503)})
     async def moment_audio(
         music_id: str, request: Request,
-        start: float = Query(ge=0, le=MAX_MUSIC_SECONDS, description="seconds"),
-        end: float = Query(gt=0, le=MAX_MUSIC_SECONDS, description="seconds"),
+        start: float = Query(ge=0, le=MAX_MUSIC_SECONDS, allow_inf_nan=False,
+                             description="seconds"),
+        end: float = Query(gt=0, le=MAX_MUSIC_SECONDS, allow_inf_nan=False,
+                           description="seconds"),
     ) -> Response:
         """The moment ``[start, end)`` of a track as 16-bit PCM WAV; answers Range
         requests (206)."""
