@@ -180,15 +180,15 @@ def _handler(state: Any, name: str, method: Callable[[Any, Any], Awaitable[Any]]
     request that is not a ``request_type`` message INVALID_ARGUMENT, and every call is
     counted in the HTTP metrics under a closed set of labels."""
     route = f"/{GRPC_SERVICE}/{name}"
-    malformed = ApiError(400, f"the request is not a valid inference.{request_type.__name__} "
-                              "message; send the KServe v2 protocol's message")
+    malformed = (f"the request is not a valid inference.{request_type.__name__} message; "
+                 "send the KServe v2 protocol's message")
 
     async def call(request: Any, context: Any) -> Any:
         code = grpc.StatusCode.OK
         began = time.perf_counter()
         try:
-            if isinstance(request, _Malformed):
-                raise malformed
+            if isinstance(request, _Malformed):  # a new error each call (its own traceback)
+                raise ApiError(400, malformed)
             return await method(request, context)
         except ApiError as exc:
             code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
