@@ -228,9 +228,15 @@ def _read_npz(path: Path, what: str, check: Any) -> dict[str, np.ndarray]:
                              "model again") from exc
 
 
+#: Weights a model saved before they existed may lack: the encoders' input moments
+#: (standardisation), which then stay the identity the model was trained with.
+_OPTIONAL_WEIGHTS = ("video_encoder.input_mean", "video_encoder.input_scale",
+                     "music_encoder.input_mean", "music_encoder.input_scale")
+
+
 def _weights_fit(state: dict[str, torch.Tensor], path: Path) -> Any:
     def check(headers: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]) -> None:
-        missing = sorted(set(state) - set(headers))
+        missing = sorted(set(state) - set(headers) - set(_OPTIONAL_WEIGHTS))
         unexpected = sorted(set(headers) - set(state))
         shapes = [f"{k} {headers[k][0]} vs {tuple(v.shape)}" for k, v in state.items()
                   if k in headers and headers[k][0] != tuple(v.shape)]
@@ -310,6 +316,7 @@ def load_grounder(cls: type[Any], path: str | os.PathLike[str],
     expected = model.state_dict()
     arrays = _read_npz(weights_path, "weights", _weights_fit(expected, weights_path))
     state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+    state.update({k: expected[k] for k in _OPTIONAL_WEIGHTS if k not in state})
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:  # dtypes, or anything the header check did not catch

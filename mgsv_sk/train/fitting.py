@@ -39,6 +39,7 @@ from mgsv_sk.nn.model import MaDe
 from mgsv_sk.train import distributed as ddp
 from mgsv_sk.train._fitted import FittedState
 from mgsv_sk.train._fusion import tune_moment_weight
+from mgsv_sk.train._moments import FeatureMoments, feature_moments
 from mgsv_sk.train._training import Split, TrainConfig, fit_model
 from mgsv_sk.train.parameters import GROUNDER_PARAMETERS
 
@@ -175,6 +176,9 @@ class PreparedFit:
     n_threads: int | None
     #: choose the re-ranking weight on the validation split at the end (``"auto"``)
     tune_moment_weight: bool = False
+    #: the training features' per-dimension (mean, scale), video and music: the encoders'
+    #: input standardisation
+    input_moments: tuple[FeatureMoments, FeatureMoments] | None = None
 
 
 def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval_set: Any,
@@ -203,8 +207,10 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
     source.video_lengths(frame["video_id"].tolist())
     snippets = dict(zip(music_ids, source.music_lengths(music_ids).tolist(), strict=True))
     check_moments_on_features(frame, snippets)  # a moment the features cannot hold
+    input_moments = (feature_moments(source, train.video_ids, "video", seed),
+                     feature_moments(source, train.music_ids, "music", seed))
     return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
-                       evals, params["n_threads"], tune_moment_weight)
+                       evals, params["n_threads"], tune_moment_weight, input_moments)
 
 
 def fit_grounder(prepared: PreparedFit) -> FittedState:
@@ -213,7 +219,12 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
     with torch_threads(p.n_threads), torch.random.fork_rng(devices=rng_devices(p.device)):
         torch.manual_seed(p.seed)
         n_threads_used = torch.get_num_threads()
-        model = MaDe(p.model_cfg).to(p.device)
+        model = MaDe(p.model_cfg)
+        if p.input_moments is not None:
+            for encoder, (mean, scale) in zip((model.video_encoder, model.music_encoder),
+                                            p.input_moments, strict=True):
+                encoder.set_input_moments(torch.from_numpy(mean), torch.from_numpy(scale))
+        model = model.to(p.device)
         if p.dist is not None and p.dist.world_size > 1:
             torch.manual_seed((p.seed + p.dist.rank) % 2**64)  # own dropout masks per rank
         result = fit_model(model, p.train, p.valid, p.train_cfg, p.dist, p.evals)
