@@ -17,17 +17,13 @@ from mgsv_sk.train import _moments
 from mgsv_sk.train._moments import TARGET_STD, feature_moments
 
 
-def _features(videos: dict, music: dict) -> InMemoryFeatures:
-    return InMemoryFeatures(videos, music)
-
-
 def test_moments_are_those_of_every_row_read_in_parts(monkeypatch):
     rng = np.random.default_rng(0)
     # a mean far larger than the spread: a naive sum of squares would lose the variance
     videos = {f"v{i}": (1e4 + rng.standard_normal((int(rng.integers(1, 9)), 512)))
               .astype(np.float32) for i in range(11)}
     monkeypatch.setattr(_moments, "_READ", 3)  # four parts
-    mean, scale = feature_moments(_features(videos, {}), list(videos), "video", seed=0)
+    mean, scale = feature_moments(InMemoryFeatures(videos, {}), list(videos), "video", seed=0)
     rows = np.concatenate(list(videos.values())).astype(np.float64)
     assert mean.dtype == scale.dtype == np.float32
     np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-6)
@@ -43,10 +39,10 @@ def test_the_scale_keeps_the_features_geometry_and_a_constant_is_not_divided():
         rows[:, :8] *= 10.0  # a few large dimensions stay larger than the others
         rows[:, 9] = 3.0  # constant
         music[f"m{i}"] = rows
-    mean, scale = feature_moments(_features({}, music), list(music), "music", seed=0)
+    mean, scale = feature_moments(InMemoryFeatures({}, music), list(music), "music", seed=0)
     assert np.ptp(scale) == 0 and 0.3 < scale[0] < 0.7 and mean[9] == pytest.approx(3.0)
     constant = {"m": np.full((4, 768), -2.5, np.float32)}
-    mean, scale = feature_moments(_features({}, constant), ["m"], "music", seed=0)
+    mean, scale = feature_moments(InMemoryFeatures({}, constant), ["m"], "music", seed=0)
     assert (scale == 1.0).all() and (mean == -2.5).all()
 
 
@@ -55,7 +51,7 @@ def test_many_items_are_sampled_with_the_seed(monkeypatch):
     videos = {f"v{i}": rng.standard_normal((2, 512)).astype(np.float32) + i
               for i in range(40)}
     monkeypatch.setattr(_moments, "MOMENT_ITEMS", 6)
-    source = _features(videos, {})
+    source = InMemoryFeatures(videos, {})
     read = []
     original = source.videos
     monkeypatch.setattr(source, "videos", lambda ids: read.extend(ids) or original(ids))

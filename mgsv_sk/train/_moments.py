@@ -7,7 +7,8 @@ per dimension: the features' geometry (a CLIP embedding's few large dimensions, 
 kept, and only their offset and overall scale, which depend on the extractor, are taken
 out. Measured on the quick configuration of ``examples/quickstart.py``, three seeds: a
 factor per dimension lowered R@1 / mIoU by about 0.01 against the features as they come;
-one factor to a spread of 2 matched or beat them (``benchmarks/feature_scale.py``).
+one factor to a spread of 2 matched or beat them (figures: ``docs/benchmarks.md``,
+"Features at another offset and scale").
 
 Computed once per fit, before training, from every valid row (frame or snippet) of up to
 :data:`MOMENT_ITEMS` videos and as many tracks of the training split (a seeded sample
@@ -70,8 +71,9 @@ def feature_moments(source: FeatureSource, ids: Sequence[str], kind: str,
         count = total
     if mean is None or square is None:
         raise ValueError(f"no {kind} feature rows to standardise with")
-    spread = float(np.median(np.sqrt(square / count)))
+    std = np.sqrt(square / count)
+    spread = float(np.median(std))
     if not spread > 0:  # most dimensions constant: centre, do not scale by ~0
-        spread = float(np.sqrt(square / count).max(initial=0.0)) or TARGET_STD
+        spread = float(std.max(initial=0.0)) or TARGET_STD
     scale = np.full_like(mean, spread / TARGET_STD)
     return mean.astype(np.float32), scale.astype(np.float32)

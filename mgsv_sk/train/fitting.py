@@ -174,11 +174,11 @@ class PreparedFit:
     valid: Split | None
     evals: list[tuple[str, Split]]
     n_threads: int | None
-    #: choose the re-ranking weight on the validation split at the end (``"auto"``)
-    tune_moment_weight: bool = False
     #: the training features' per-dimension (mean, scale), video and music: the encoders'
     #: input standardisation
-    input_moments: tuple[FeatureMoments, FeatureMoments] | None = None
+    input_moments: tuple[FeatureMoments, FeatureMoments]
+    #: choose the re-ranking weight on the validation split at the end (``"auto"``)
+    tune_moment_weight: bool = False
 
 
 def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval_set: Any,
@@ -210,7 +210,7 @@ def prepare_fit(params: Params, frame: pd.DataFrame, source: FeatureSource, eval
     input_moments = (feature_moments(source, train.video_ids, "video", seed),
                      feature_moments(source, train.music_ids, "music", seed))
     return PreparedFit(seed, dist, cfg, model_cfg, device, source, music_ids, train, valid,
-                       evals, params["n_threads"], tune_moment_weight, input_moments)
+                       evals, params["n_threads"], input_moments, tune_moment_weight)
 
 
 def fit_grounder(prepared: PreparedFit) -> FittedState:
@@ -220,10 +220,9 @@ def fit_grounder(prepared: PreparedFit) -> FittedState:
         torch.manual_seed(p.seed)
         n_threads_used = torch.get_num_threads()
         model = MaDe(p.model_cfg)
-        if p.input_moments is not None:
-            for encoder, (mean, scale) in zip((model.video_encoder, model.music_encoder),
-                                            p.input_moments, strict=True):
-                encoder.set_input_moments(torch.from_numpy(mean), torch.from_numpy(scale))
+        for encoder, (mean, scale) in zip((model.video_encoder, model.music_encoder),
+                                        p.input_moments, strict=True):
+            encoder.set_input_moments(torch.from_numpy(mean), torch.from_numpy(scale))
         model = model.to(p.device)
         if p.dist is not None and p.dist.world_size > 1:
             torch.manual_seed((p.seed + p.dist.rank) % 2**64)  # own dropout masks per rank
