@@ -35,6 +35,26 @@ def test_predict_answers_every_row_in_order(grounder, small_train, mode):
         assert set(out["music_id"]) <= set(grounder.catalogue_ids_)
 
 
+def test_a_repeated_pair_is_grounded_once(grounder, small_train, monkeypatch):
+    """Rows that ask the same (video, track) pair share one computation, so they get the
+    same answer to the bit whatever position a backend's kernels give each copy."""
+    X = small_train.frame.iloc[[3, 4, 3, 3, 5]]
+    pairs: list[int] = []
+    ground = grounder._ground
+
+    def counted(videos, video_rows, *args):
+        pairs.append(len(video_rows))
+        return ground(videos, video_rows, *args)
+
+    monkeypatch.setattr(grounder, "_ground", counted)
+    out = grounder.predict(X)  # SmG: 5 rows, 3 distinct pairs
+    assert pairs == [3]
+    assert out.iloc[0].equals(out.iloc[2]) and out.iloc[0].equals(out.iloc[3])
+    pairs.clear()
+    grounder.rank(X.drop(columns="music_id"), k=4, moment_weight=0.0)
+    assert pairs == [3 * 4]  # each distinct video's 4 candidates, once
+
+
 def test_rank_shape_order_and_windows(grounder, small_train):
     X = small_train.frame.iloc[:6].drop(columns="music_id")
     out = grounder.rank(X, k=4, moments_per_track=2)

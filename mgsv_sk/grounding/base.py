@@ -114,19 +114,45 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
         return check_rerank(self.moment_weight if moment_weight is None else moment_weight,
                             self.rerank_depth if rerank_depth is None else rerank_depth)
 
-    def _final_scores(self, videos: Videos, catalogue: Tracks, table: np.ndarray,
-                      seconds: np.ndarray, weight: float, depth: int,
+    def _final_scores(self, videos: Videos, frame: pd.DataFrame, catalogue: Tracks,
+                      table: np.ndarray, seconds: np.ndarray, weight: float, depth: int,
                       rows: np.ndarray | None = None) -> np.ndarray:
         """The scores every ranking orders by (:func:`mgsv_sk.search.rerank.reranked`), the
         candidates grounded by this backend. ``rows``: the catalogue row of each column
         of ``table`` (default: column j is row j)."""
         def moment_scores(video_rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
             track_rows = columns if rows is None else np.asarray(rows)[columns]
-            _, _, moment = self._ground(videos, video_rows, catalogue, track_rows,
-                                        seconds[video_rows], 1)
+            _, _, moment = self._ground_distinct(videos, frame, video_rows, catalogue,
+                                                 track_rows, seconds[video_rows], 1)
             return moment[:, 0]
 
         return reranked(table, weight, depth, moment_scores)
+
+    def _ground_distinct(self, videos: Videos, frame: pd.DataFrame, video_rows: np.ndarray,
+                         catalogue: Tracks, track_rows: np.ndarray, seconds: np.ndarray,
+                         moments: int) -> Moments:
+        """:meth:`_ground` once per distinct (video id, track, length) of the pairs: a pair
+        that repeats (the same video asked in several rows) is computed once, so repeated
+        rows get the same answer to the bit, whatever batch or position a backend's
+        kernels give each copy."""
+        video_rows = np.asarray(video_rows, np.int64)
+        track_rows = np.asarray(track_rows, np.int64)
+        seconds = np.ascontiguousarray(seconds, np.float64)
+        if len(video_rows) < 2:
+            return self._ground(videos, video_rows, catalogue, track_rows, seconds, moments)
+        video_keys = pd.factorize(frame["video_id"], use_na_sentinel=False)[0]
+        pairs = np.stack([video_keys[video_rows], track_rows, seconds.view(np.int64)])
+        _, first, inverse = np.unique(pairs, axis=1, return_index=True, return_inverse=True)
+        if len(first) == len(video_rows):  # nothing repeats
+            return self._ground(videos, video_rows, catalogue, track_rows, seconds, moments)
+        order = np.argsort(first)  # the distinct pairs in the order they first appear
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        take = first[order]
+        start, end, moment = self._ground(videos, video_rows[take], catalogue,
+                                          track_rows[take], seconds[take], moments)
+        at = place[np.asarray(inverse).reshape(-1)]
+        return start[at], end[at], moment[at]
 
     @contextlib.contextmanager
     def _call(self, X: pd.DataFrame, features: Any, *, validated: bool = False
@@ -183,13 +209,14 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
                 scores = self._pair_scores(videos, rows, catalogue)
             else:
                 catalogue = self._search_catalogue(source, features)
-                table = self._final_scores(videos, catalogue, self._scores(videos, catalogue),
+                table = self._final_scores(videos, frame, catalogue,
+                                           self._scores(videos, catalogue),
                                            seconds, weight, depth)
                 rows = np.argmax(table, axis=1)
                 music_ids = [catalogue.ids[i] for i in rows]
                 scores = table[np.arange(len(frame)), rows]
-            start, end, moment = self._ground(videos, np.arange(len(frame)), catalogue, rows,
-                                              seconds, moments)
+            start, end, moment = self._ground_distinct(videos, frame, np.arange(len(frame)),
+                                                       catalogue, rows, seconds, moments)
             start, end = on_tracks(start, end, track_seconds(catalogue, rows))
             if smg:
                 scores = combined_scores(scores, moment[:, 0], weight)
@@ -230,8 +257,8 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
             if catalogue.ids != gallery:
                 rows = catalogue.positions(gallery)
                 table = table[:, rows]
-            table = self._final_scores(videos, catalogue, table, moment_lengths(frame, source),
-                                       weight, depth, rows)
+            table = self._final_scores(videos, frame, catalogue, table,
+                                       moment_lengths(frame, source), weight, depth, rows)
         return np.asarray(table)
 
     def rank(self, X: pd.DataFrame, k: int = 10, features: Any = None, *,
@@ -324,8 +351,8 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
             top = top_k_indices(table, read)  # (n, read), best retrieval first
             video_rows = np.repeat(np.arange(n), read)
             seconds = moment_lengths(frame, source)[video_rows]
-            start, end, moment = self._ground(videos, video_rows, catalogue, top.ravel(),
-                                              seconds, moments)
+            start, end, moment = self._ground_distinct(videos, frame, video_rows, catalogue,
+                                                       top.ravel(), seconds, moments)
             start, end = on_tracks(start, end, track_seconds(catalogue, top.ravel()))
             final = rerank_table(table, top[:, :d], moment[:, 0].reshape(n, read)[:, :d],
                                  weight)
