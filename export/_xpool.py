@@ -19,10 +19,19 @@ Exact rewrites used (see ``mgsv_sk.nn.xpool``): the key projection moves to the 
 side, q' = W_k^T q; the value and output projections fold into one [D, D] map applied
 after pooling, W_o W_v and W_o b_v + b_o; the residual x + W_p x is one product with
 (I + W_p), and the attention LayerNorm's weight and bias fold into it.
+
+The full scan goes one step further: each chunk of the catalogue keeps its states mapped
+through the value/output projection, u_s = W_o W_v n_s + W_o b_v + b_o (once, in place of
+the states: :meth:`mgsv_sk.search.parts.Chunk.mapped`), so the pooled u is the attention
+output itself and a query costs one [N, D] x [D, D] product, not two. The logits read u
+through the inverse map, q' . n_s = ((W_o W_v)^-T q') . u_s + a constant per track that the
+softmax drops; that is exact up to float32 rounding scaled by the map's condition number,
+so a model whose map is poorly conditioned (above :data:`_MAX_CONDITION`) scans the states.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,11 @@ _BLOCK_BYTES = 1 << 20
 #: one thread: the kernel 43 vs 57 ms at 4 videos, 74 vs 84 at 8, even at 16, 274 vs 241
 #: at 32; ``tests/test_export.py`` holds both equal to the graphs.
 _KERNEL_VIDEOS = 12
+#: The largest condition number of W_o W_v for which the scan reads value-space states
+#: (rounding of the logits grows with it; trained models measured here: below 3).
+_MAX_CONDITION = 100.0
+#: Rows mapped per product when a chunk's states are mapped (bounds the temporaries).
+_MAP_ROWS = 1 << 15
 _NAMES = ("norm_in.weight", "norm_in.bias", "q.weight", "q.bias", "k.weight", "v.weight",
           "v.bias", "out.weight", "out.bias", "norm_attn.weight", "norm_attn.bias",
           "proj.weight", "proj.bias", "norm_out.weight", "norm_out.bias")
@@ -75,8 +89,17 @@ class NumpyXPool:
         self._scale = float(a["scale"])
         self._k_weight = a["k.weight"]
         out_w = a["out.weight"].astype(np.float64)
-        self._values_t = np.ascontiguousarray((out_w @ a["v.weight"]).T, np.float32)  # [D,D]
+        values = out_w @ a["v.weight"]  # W_o W_v [D,D], float64
+        self._values_t = np.ascontiguousarray(values.T, np.float32)  # [D,D]
         self._values_b = (out_w @ a["v.bias"] + a["out.bias"]).astype(np.float32)
+        # the query's map into value space, W_k (W_o W_v)^-1, or None (poorly conditioned)
+        self._k_values: np.ndarray | None = None
+        condition = float(np.linalg.cond(values))
+        if np.isfinite(condition) and condition <= _MAX_CONDITION:
+            self._k_values = (a["k.weight"].astype(np.float64) @ np.linalg.inv(values)
+                              ).astype(np.float32)
+        self._values_key = ("xpool-values", hashlib.sha256(
+            self._values_t.tobytes() + self._values_b.tobytes()).hexdigest())
         # the attention LayerNorm's weight and bias fold into the residual projection that
         # follows it: (I + W_p)(g * x + b) = (I + W_p) diag(g) x + (I + W_p) b
         eye = np.eye(len(a["proj.bias"]), dtype=np.float64)
@@ -94,22 +117,50 @@ class NumpyXPool:
             return cls({k: stored[k] for k in stored.files}, use_dual)
 
     # -- pieces -------------------------------------------------------------------------
-    def _token_query(self, video_emb: np.ndarray) -> np.ndarray:
-        """h(v) [B, D] -> W_k^T q [B, D], the query in the snippet states' space."""
+    def _token_query(self, video_emb: np.ndarray, values: bool = False) -> np.ndarray:
+        """h(v) [B, D] -> W_k^T q [B, D], the query in the snippet states' space, or with
+        ``values`` in the value space of :meth:`_chunk_states`."""
         normed = layer_norm_rows(np.array(video_emb, np.float32), self._zeros, *self._norm_in,
                                  self._eps[0])
         q = normed @ self._q[0].T + self._q[1]
-        return np.ascontiguousarray((q * self._scale) @ self._k_weight, np.float32)
+        key = self._k_values if values and self._k_values is not None else self._k_weight
+        return np.ascontiguousarray((q * self._scale) @ key, np.float32)
 
-    def _cosine(self, video_emb: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+    def _cosine(self, video_emb: np.ndarray, pooled: np.ndarray, values: bool = False
+                ) -> np.ndarray:
         """Pooled states [U, B, D] -> cos(h(v_b), h1[u, b]) [U, B] (video_emb unit-norm):
-        two GEMMs over every pooled state, each followed by one pass of a LayerNorm."""
+        the value/output GEMM (unless ``values``: pooled value-space states are its output
+        already) and the residual GEMM, each followed by one pass of a LayerNorm."""
         u, b, d = pooled.shape
         flat = pooled.reshape(u * b, d)  # one GEMM per projection, not U small ones
-        x = layer_norm_rows(flat @ self._values_t, self._values_b, self._ones, self._zeros,
-                            self._eps[1])
+        if values:
+            x = layer_norm_rows(flat, self._zeros, self._ones, self._zeros, self._eps[1])
+        else:
+            x = layer_norm_rows(flat @ self._values_t, self._values_b, self._ones, self._zeros,
+                                self._eps[1])
         return norm_cosine(x @ self._proj_t, self._proj_b, *self._norm_out, self._eps[2],
                            video_emb).reshape(u, b)
+
+    @property
+    def scans_values(self) -> bool:
+        """Whether the scan reads value-space states (the map is well conditioned)."""
+        return self._k_values is not None
+
+    def _to_values(self, flat: np.ndarray) -> np.ndarray:
+        """Snippet states [R, D] -> W_o W_v n + W_o b_v + b_o [R, D] float32, in blocks."""
+        out = np.empty(flat.shape, np.float32)
+        for lo in range(0, len(flat), _MAP_ROWS):
+            block = out[lo: lo + _MAP_ROWS]
+            np.matmul(flat[lo: lo + _MAP_ROWS], self._values_t, out=block)
+            block += self._values_b
+        return out
+
+    def _chunk_states(self, chunk: Any) -> np.ndarray:
+        """The chunk's states back to back as the scan reads them: in value space when
+        :attr:`scans_values` (mapped on the first scan, then kept by the chunk)."""
+        if self._k_values is None:
+            return np.asarray(chunk.flat)
+        return np.asarray(chunk.mapped(self._values_key, self._to_values))
 
     # -- the Scorer protocol ------------------------------------------------------------
     def _pool(self, query: np.ndarray, chunk: Any, out: np.ndarray | None = None
@@ -121,13 +172,14 @@ class NumpyXPool:
         the runtime never holds a padded copy of the catalogue's states."""
         u, d = len(chunk.lengths), query.shape[1]
         pooled = np.empty((u, len(query), d), np.float32) if out is None else out  # [U,B,D]
+        flat = self._chunk_states(chunk)
         if len(query) <= _KERNEL_VIDEOS:
-            return pool_tracks(chunk.flat, chunk.offsets, query, out=pooled)
+            return pool_tracks(flat, chunk.offsets, query, out=pooled)
         lengths, offsets = chunk.lengths, chunk.offsets
         step = max(1, _BLOCK_BYTES // max(1, int(lengths.max(initial=1)) * d * 4))
         for lo in range(0, u, step):
             hi = min(u, lo + step)
-            block, mask = pad_flat(chunk.flat[offsets[lo]: offsets[hi]], lengths[lo:hi])
+            block, mask = pad_flat(flat[offsets[lo]: offsets[hi]], lengths[lo:hi])
             n, s = mask.shape  # block [u,S,D], mask [u,S]
             logits = (block.reshape(-1, d) @ query.T).reshape(n, s, -1)  # one GEMM: [u,S,B]
             logits[~mask] = -np.inf
@@ -141,8 +193,9 @@ class NumpyXPool:
     def tracks(self, video_emb: np.ndarray, chunk: Any) -> np.ndarray:
         """Score of unit-norm videos [B, D] against every track of ``chunk``, [B, U]."""
         video_emb = np.ascontiguousarray(video_emb, np.float32)
-        pooled = self._pool(self._token_query(video_emb), chunk)
-        score = self._cosine(video_emb, pooled).T  # [U,B] -> [B,U]
+        values = self.scans_values
+        pooled = self._pool(self._token_query(video_emb, values), chunk)
+        score = self._cosine(video_emb, pooled, values).T  # [U,B] -> [B,U]
         if self.use_dual:
             score = score + video_emb @ np.asarray(chunk.emb, np.float32).T
         return np.ascontiguousarray(score, np.float32)
@@ -160,11 +213,11 @@ class NumpyXPool:
         rows = np.concatenate([c.rows for c in chunks])
         for lo in range(0, len(video_emb), group):
             videos = video_emb[lo: lo + group]
-            query = self._token_query(videos)
+            query = self._token_query(videos, self.scans_values)
             pooled = np.empty((bounds[-1], len(videos), d), np.float32)  # [N,B,D]
             for c, start, end in zip(chunks, bounds[:-1], bounds[1:]):
                 self._pool(query, c, out=pooled[start:end])
-            score = self._cosine(videos, pooled).T  # [B,N]
+            score = self._cosine(videos, pooled, self.scans_values).T  # [B,N]
             if self.use_dual:  # chunk by chunk: no copy of every track's embedding
                 for c, start, end in zip(chunks, bounds[:-1], bounds[1:]):
                     score[:, start:end] += videos @ np.asarray(c.emb, np.float32).T

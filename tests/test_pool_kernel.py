@@ -87,3 +87,99 @@ def test_a_chunk_holds_one_layout_of_its_states():
     assert list(chunk._layout) == ["padded"]  # the back-to-back copy is let go
     np.testing.assert_array_equal(chunk.flat, flat)  # and rebuilt when read again
     assert list(chunk._layout) == ["flat"]
+
+
+def test_a_chunk_keeps_a_mapped_copy_in_place_of_its_states():
+    from mgsv_sk.search.parts import Chunk
+
+    flat = np.arange(12, dtype=np.float32).reshape(6, 2)
+    calls = []
+
+    def double(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return 2 * rows
+
+    chunk = Chunk(np.arange(3), np.zeros((3, 2), np.float32), flat, np.array([1, 3, 2]),
+                  source=flat.copy)
+    np.testing.assert_array_equal(chunk.mapped("x2", double), 2 * flat)
+    np.testing.assert_array_equal(chunk.mapped("x2", double), 2 * flat)
+    assert calls == [6]  # mapped once, then kept
+    assert list(chunk._layout) == [("mapped", "x2")]  # one copy: the states were let go
+    np.testing.assert_array_equal(chunk.flat, flat)  # read again from the source
+    np.testing.assert_array_equal(chunk.states[chunk.mask], flat)
+    # without a source to read them again, the states stay beside the mapped copy
+    kept = Chunk(np.arange(3), np.zeros((3, 2), np.float32), flat, np.array([1, 3, 2]))
+    kept.mapped("x2", double)
+    assert kept.flat is flat and ("mapped", "x2") in kept._layout
+
+
+def _xpool_weights(rng: np.random.Generator, d: int, values_condition: float) -> dict:
+    """Random X-Pool parameters near the identity, W_o W_v of the given condition number."""
+    def near_identity() -> np.ndarray:
+        return (np.eye(d) + 0.1 * rng.standard_normal((d, d))).astype(np.float32)
+
+    u, _, vt = np.linalg.svd(rng.standard_normal((d, d)))
+    v_weight = (u * np.geomspace(1.0, 1.0 / values_condition, d)) @ vt
+    a = {name: near_identity() for name in ("q.weight", "k.weight", "proj.weight")}
+    a.update({"v.weight": v_weight.astype(np.float32), "out.weight": np.eye(d, dtype=np.float32)})
+    for name in ("norm_in", "norm_attn", "norm_out"):
+        a[f"{name}.weight"] = (1 + 0.1 * rng.standard_normal(d)).astype(np.float32)
+        a[f"{name}.bias"] = (0.1 * rng.standard_normal(d)).astype(np.float32)
+    for name in ("q.bias", "v.bias", "out.bias", "proj.bias"):
+        a[name] = (0.1 * rng.standard_normal(d)).astype(np.float32)
+    a["eps"] = np.array([1e-5, 1e-5, 1e-5])
+    a["scale"] = np.array(d ** -0.5)
+    return a
+
+
+def _xpool_reference(a: dict, video: np.ndarray, flat: np.ndarray, offsets: np.ndarray
+                     ) -> np.ndarray:
+    """The X-Pool score written out plainly in float64 (mgsv_sk.nn.xpool's definition),
+    states being the layer-normed snippets: [B, N]."""
+    a = {k: np.asarray(v, np.float64) for k, v in a.items()}
+
+    def norm(x: np.ndarray, name: str, eps: float) -> np.ndarray:
+        centred = x - x.mean(-1, keepdims=True)
+        scaled = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + eps)
+        return scaled * a[f"{name}.weight"] + a[f"{name}.bias"]
+
+    q = (norm(video, "norm_in", 1e-5) @ a["q.weight"].T + a["q.bias"]) * a["scale"]
+    out = np.zeros((len(video), len(offsets) - 1))
+    for t in range(len(offsets) - 1):
+        states = flat[offsets[t]: offsets[t + 1]].astype(np.float64)
+        keys = states @ a["k.weight"].T
+        values = states @ a["v.weight"].T + a["v.bias"]
+        logits = q @ keys.T  # [B, S]
+        weights = np.exp(logits - logits.max(1, keepdims=True))
+        pooled = (weights / weights.sum(1, keepdims=True)) @ values
+        x = norm(pooled @ a["out.weight"].T + a["out.bias"], "norm_attn", 1e-5)
+        h = norm(x + x @ a["proj.weight"].T + a["proj.bias"], "norm_out", 1e-5)
+        out[:, t] = (h * video).sum(1) / np.linalg.norm(h, axis=1)
+    return out
+
+
+@pytest.mark.parametrize("values_condition", [3.0, 1e4])
+def test_the_scan_reads_value_space_states_only_where_that_is_exact(values_condition):
+    """A well-conditioned W_o W_v: the scan keeps each chunk's states mapped through it and
+    saves a product per query; a poorly conditioned one: it scans the states. Both give
+    the plain X-Pool's scores, for one video (the compiled kernel) and for many (GEMMs)."""
+    from mgsv_sk.export._xpool import NumpyXPool
+    from mgsv_sk.search.catalogue import Catalogue
+
+    rng = np.random.default_rng(7)
+    d, lengths = 32, rng.integers(1, 20, size=40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = rng.standard_normal((offsets[-1], d)).astype(np.float32) * 2
+    video = rng.standard_normal((14, d)).astype(np.float32)
+    video /= np.linalg.norm(video, axis=1, keepdims=True)
+    weights = _xpool_weights(rng, d, values_condition)
+    scorer = NumpyXPool(weights, use_dual=False)
+    assert scorer.scans_values == (values_condition < 100)
+    cat = Catalogue.from_arrays([f"t{i}" for i in range(40)], np.zeros((40, d), np.float32),
+                                flat, flat, offsets)
+    expected = _xpool_reference(weights, video, flat, offsets)
+    for b in (1, 14):
+        np.testing.assert_allclose(scorer.scan(video[:b], cat.chunks(16), 40), expected[:b],
+                                   atol=2e-5)
+    kept = {type(key) for chunk in cat.chunks(16) for key in chunk._layout}
+    assert kept == ({tuple} if scorer.scans_values else {str})  # the mapped copy, or states

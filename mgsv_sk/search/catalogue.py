@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -258,6 +259,7 @@ class Catalogue(TrackIndex):
                 for lo in range(0, len(order), size):
                     rows = order[lo: lo + size]
                     built.append(Chunk(rows, self.emb(rows), self._concat("states", rows),
-                                       self.lengths[rows]))
+                                       self.lengths[rows],
+                                       source=partial(self._concat, "states", rows)))
                 self._chunks[size] = built
             return self._chunks[size]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -97,15 +97,19 @@ class Chunk:
     backend's scan reads them, or padded (``states`` [U, S, D] with ``mask``), as the score
     graphs and torch read them. A chunk is built back to back; reading the other layout
     converts it and keeps only that one, so a catalogue's scan cache holds one copy of its
-    states (a process scans with one backend).
+    states (a process scans with one backend). A scorer may also keep the states mapped row
+    by row (:meth:`mapped`, e.g. through a projection it would otherwise apply to every
+    pooled state of every query); that copy replaces the others too where ``source`` can
+    read the states again.
     """
 
     def __init__(self, rows: np.ndarray, emb: np.ndarray, flat: np.ndarray,
-                 lengths: np.ndarray) -> None:
+                 lengths: np.ndarray, source: Callable[[], np.ndarray] | None = None) -> None:
         self.rows, self.emb = rows, emb
         self.lengths = np.asarray(lengths, np.int64)  # [U]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        self._layout: dict[str, Any] = {"flat": flat}
+        self._layout: dict[Any, Any] = {"flat": flat}
+        self._source = source  # reads the states back to back again, or None
         self._lock = threading.Lock()
 
     def _read(self, layout: str) -> Any:
@@ -115,12 +119,39 @@ class Chunk:
         with self._lock:
             if layout not in self._layout:
                 if layout == "padded":
-                    converted: Any = pad_flat(self._layout["flat"], self.lengths)
+                    converted: Any = pad_flat(self._flat_locked(), self.lengths)
                 else:
-                    states, mask = self._layout["padded"]
-                    converted = np.ascontiguousarray(states[mask])
+                    converted = self._flat_locked()
                 self._layout = {layout: converted}
             return self._layout[layout]
+
+    def _flat_locked(self) -> np.ndarray:
+        """The states back to back from whichever layout is held (the lock held)."""
+        if "flat" in self._layout:
+            return np.asarray(self._layout["flat"])
+        if "padded" in self._layout:
+            states, mask = self._layout["padded"]
+            return np.ascontiguousarray(states[mask])
+        assert self._source is not None  # a mapped copy replaces the others only then
+        return self._source()
+
+    def mapped(self, key: Hashable, transform: Callable[[np.ndarray], np.ndarray]
+               ) -> np.ndarray:
+        """``transform`` of the states back to back ([sum S, D] -> [sum S, D'], row by row),
+        computed on the first call for ``key`` and kept: in place of the other layouts when
+        the chunk can read its states again (one copy in memory), beside them otherwise."""
+        held = self._layout.get(("mapped", key))
+        if held is not None:
+            return np.asarray(held)
+        with self._lock:
+            name = ("mapped", key)
+            if name not in self._layout:
+                converted = transform(self._flat_locked())
+                if self._source is not None:
+                    self._layout = {name: converted}
+                else:
+                    self._layout[name] = converted
+            return np.asarray(self._layout[name])
 
     @property
     def flat(self) -> np.ndarray:
