@@ -258,8 +258,8 @@ class Catalogue(TrackIndex):
                 built = []
                 for lo in range(0, len(order), size):
                     rows = order[lo: lo + size]
-                    built.append(Chunk(rows, self.emb(rows), self._concat("states", rows),
-                                       self.lengths[rows],
-                                       source=partial(self._concat, "states", rows)))
+                    read = partial(self._concat, "states", rows)  # also to read them again
+                    built.append(Chunk(rows, self.emb(rows), read(), self.lengths[rows],
+                                       source=read))
                 self._chunks[size] = built
             return self._chunks[size]
