@@ -19,6 +19,10 @@ Writes ``benchmarks/results/accuracy_<budget>.json`` and ``.md``::
 
     python benchmarks/accuracy.py --budget 5min            # about 40 min on 2 cores
     python benchmarks/accuracy.py --budget 30min --worlds aligned --heads window
+    python benchmarks/accuracy.py --budget 5min --heads window --identity --tag _identity
+
+``--identity`` fits without the encoders' input standardisation (the encoders before it),
+for comparison.
 
 ``--curves N`` instead fits the default window head for N epochs in each world with the
 test split as ``fit(eval_set=...)``, recording validation and test metrics epoch by epoch;
@@ -523,9 +527,15 @@ def main() -> None:
     parser.add_argument("--storage", action="store_true",
                         help="also evaluate the window head from compact catalogue states and "
                              "ANN first stages (needs faiss-cpu)")
+    parser.add_argument("--identity", action="store_true",
+                        help="fit without the encoders' input standardisation, for comparison")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.n_threads)
+    if args.identity:
+        from feature_scale import without_standardisation  # this folder
+
+        without_standardisation()
     budget = BUDGETS[args.budget]
     worlds = [w for w in args.worlds.split(",") if w]
     heads = [h for h in args.heads.split(",") if h]
@@ -536,7 +546,8 @@ def main() -> None:
                   "note": "test tracks are never seen in training; both heads get the same "
                           "videos, and the epochs that fit the budget",
                   "schedule": "previous (cosine to zero, raw weights, moment_weight 0.05)"
-                              if args.previous_schedule else "defaults"},
+                              if args.previous_schedule else "defaults",
+                  "input_standardisation": not args.identity},
         "worlds": {},
     }
     RESULTS.mkdir(exist_ok=True)

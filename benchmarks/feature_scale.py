@@ -60,6 +60,18 @@ def mapped(features: Any, frame: Any, video: tuple[Any, Any], music: tuple[Any, 
         {m: features.music(m) * music[0] + music[1] for m in dict.fromkeys(frame["music_id"])})
 
 
+def without_standardisation() -> None:
+    """Every fit in this process standardises its input with mean 0 and scale 1 (the
+    identity): the encoders as they were before the standardisation existed."""
+    from mgsv_sk.train import fitting
+
+    def identity(source: Any, ids: Any, kind: str, seed: int) -> Any:
+        dim = source.video_dim if kind == "video" else source.music_dim
+        return np.zeros(dim, np.float32), np.ones(dim, np.float32)
+
+    fitting.feature_moments = identity  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identity", action="store_true",
@@ -68,13 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from mgsv_sk import MGSVGrounder, evaluate, make_synthetic_mgsv
-    from mgsv_sk.train import fitting
 
-    if args.identity:  # every fit standardises with mean 0, std 1: the identity
-        def identity(source: Any, ids: Any, kind: str, seed: int) -> Any:
-            dim = source.video_dim if kind == "video" else source.music_dim
-            return np.zeros(dim, np.float32), np.ones(dim, np.float32)
-        fitting.feature_moments = identity  # type: ignore[assignment]
+    if args.identity:
+        without_standardisation()
     train = make_synthetic_mgsv(2000, 200, random_state=0)
     test = make_synthetic_mgsv(300, 300, random_state=1, split="test")
     chosen = {k: v for k, v in maps().items() if k in args.maps.split(",")}
