@@ -1,6 +1,7 @@
-"""Opportunistic batching of ``infer`` (mgsv_sk.serve.batching): calls that wait while
-every lane is busy are answered by one call, each with the answer it would get alone; an
-error reaches only the call that caused it."""
+"""Dynamic batching of ``infer`` (mgsv_sk.serve.batching): calls that wait while every
+lane is busy are answered by one call, each with the answer it would get alone; an error
+reaches only the call that caused it; a lane aims at its share of the calls in the
+system and waits briefly for it while another lane is busy."""
 
 from __future__ import annotations
 
@@ -50,9 +51,10 @@ def test_waiting_calls_are_batched_and_answered_in_order():
         Coalescer(run, lanes=0)
 
 
-def test_a_free_lane_takes_a_fair_share_of_the_waiting_calls():
-    """Two lanes, eight calls waiting: a lane takes half of them (rounded up), not all,
-    so the other lane answers the rest instead of newcomers alone."""
+def test_a_free_lane_takes_its_share_of_the_calls_in_the_system():
+    """Two lanes, two calls running and eight waiting: the first lane to free takes its
+    share of the ten (half, rounded up), not all eight, so the other lane answers the
+    rest instead of newcomers alone."""
     batches: list[list[int]] = []
     gate = threading.Event()
     lock = threading.Lock()
@@ -65,7 +67,7 @@ def test_a_free_lane_takes_a_fair_share_of_the_waiting_calls():
             gate.wait(10)  # hold both lanes until the others queue up
         return list(items)
 
-    c = Coalescer(run, lanes=2, max_batch=16)
+    c = Coalescer(run, lanes=2, max_batch=16, max_delay=0)
     threads = [threading.Thread(target=c.submit, args=("k", i)) for i in range(2)]
     for t in threads:
         t.start()
@@ -78,8 +80,58 @@ def test_a_free_lane_takes_a_fair_share_of_the_waiting_calls():
     for t in [*threads, *waiting]:
         t.join(10)
     assert sorted(i for b in batches for i in b) == list(range(10))
-    assert len(batches[2]) == 4  # the first lane to free takes ceil(8 / 2), not 8
-    assert max(len(b) for b in batches) == 4
+    assert batches[2] == [2, 3, 4, 5, 6]  # the oldest, ceil(10 / 2) of them
+    assert sorted(len(b) for b in batches[2:]) == [3, 5]
+
+
+def test_a_free_lane_waits_for_its_share_while_another_is_busy():
+    """At four concurrent calls on two lanes a lane aims at batches of two: one that frees
+    while the other lane is busy waits (up to max_delay) for a second call rather than
+    answering the first alone; a call alone in the system never waits."""
+    batches: list[list[str]] = []
+    gates = {"hold1": threading.Event(), "hold2": threading.Event(),
+             "hold3": threading.Event()}
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            batches.append(list(items))
+        for item in items:
+            if item in gates:
+                gates[item].wait(10)
+        return list(items)
+
+    c = Coalescer(run, lanes=2, max_batch=16, max_delay=0.5)
+
+    def start(*names, pause=0.1):
+        threads = []
+        for name in names:
+            threads.append(threading.Thread(target=c.submit, args=("k", name)))
+            threads[-1].start()
+            time.sleep(pause)
+        return threads
+
+    # four calls in the system at once: both lanes held, two waiting
+    first = start("hold1", "hold2", "w1", "w2")
+    gates["hold1"].set()
+    gates["hold2"].set()
+    for t in first:
+        t.join(10)
+    assert ["w1", "w2"] in batches  # batched while both lanes were busy
+    # one lane busy; "x" finds the other free and waits for "y", sent 0.1 s later
+    second = start("hold3", "x", "y")
+    time.sleep(0.2)
+    assert ["x", "y"] in batches
+    gates["hold3"].set()
+    for t in second:
+        t.join(10)
+    # alone in the system: runs at once, although the share is still two
+    began = time.perf_counter()
+    assert c.submit("k", "z") == "z"
+    assert time.perf_counter() - began < 0.25
+    assert batches[-1] == ["z"]
+    with pytest.raises(ValueError, match="max_delay"):
+        Coalescer(run, max_delay=-1)
 
 
 def test_batched_infer_equals_infer_alone(tmp_path_factory):

@@ -30,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_video_seconds=args.max_video_seconds,
                          n_threads=args.n_threads,
                          max_client_requests=args.max_client_requests,
-                         max_client_connections=args.max_client_connections)
+                         max_client_connections=args.max_client_connections,
+                         batch_delay_ms=args.batch_delay_ms)
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
                         "port of its own (e.g. --grpc-port 8001)")
@@ -97,6 +98,9 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    metavar="N", help="open connections one client address may hold "
                                      "(default: 4 x (workers + queue size), at least 64; "
                                      "behind a reverse proxy, its connection pool)")
+    p.add_argument("--batch-delay-ms", type=float, default=4.0, metavar="MS",
+                   help="longest wait of a free inference lane, while another is busy, for "
+                        "concurrent requests to batch with (default 4; 0: never waits)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")
     p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",

@@ -63,6 +63,10 @@ class ServeConfig:
         Open connections one address may hold (one more is answered 503 and closed).
         Default: four per place (``workers + queue_size``), at least 64. Behind a reverse
         proxy every connection is the proxy's: set it to the proxy's connection pool.
+    batch_delay_ms : float
+        Longest wait of a free inference lane, while another lane is busy, for its share of
+        the concurrent ``infer`` calls to arrive and be batched with (see
+        :mod:`.batching`; 0: a lane never waits). A lone client never waits.
     """
 
     workers: int = _default_workers()
@@ -79,6 +83,7 @@ class ServeConfig:
     max_client_requests: int | None = None
     header_seconds: float = 10.0
     max_client_connections: int | None = None
+    batch_delay_ms: float = 4.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,6 +101,10 @@ class ServeConfig:
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
                     0 < seconds < float("inf")):
                 problems.append(f"{name} must be a positive number, got {seconds!r}")
+        delay = self.batch_delay_ms
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
+                0 <= delay <= 1000):
+            problems.append(f"batch_delay_ms must be a number from 0 to 1000, got {delay!r}")
         for name in ("max_client_requests", "max_client_connections"):
             share = getattr(self, name)
             if share is not None and (isinstance(share, bool) or not isinstance(share, int)
@@ -123,6 +132,6 @@ class ServeConfig:
         out = asdict(self)
         out["max_client_requests"] = self.client_share
         out["max_client_connections"] = self.client_connections
-        for private in ("n_threads", "retry_after_s"):
+        for private in ("n_threads", "retry_after_s", "batch_delay_ms"):
             out.pop(private)
         return out

@@ -188,6 +188,18 @@ class ServedModel:
         return cls(grounder, checksum=sha256_file(Path(bundle) / MANIFEST_FILE),
                    sources=sources, audio_dir=audio_dir, catalogue=name)
 
+    @property
+    def batch_delay(self) -> float:
+        """Longest wait (s) of a free lane, while another is busy, for concurrent
+        :meth:`infer` calls to batch with (:class:`.batching.Coalescer`)."""
+        return self._batcher.max_delay
+
+    @batch_delay.setter
+    def batch_delay(self, seconds: float) -> None:
+        if not 0 <= seconds <= 1:
+            raise ValueError(f"batch_delay must be between 0 and 1 s, got {seconds}")
+        self._batcher.max_delay = float(seconds)
+
     # -- the catalogue ------------------------------------------------------------------------
     @property
     def track_ids(self) -> Sequence[str]:

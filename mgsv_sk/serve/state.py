@@ -79,5 +79,6 @@ class ServeState:
 
     def mark_ready(self) -> None:
         if self.model is not None:
+            self.model.batch_delay = self.config.batch_delay_ms / 1000.0
             self.metrics.ready.set(1)
             self.metrics.tracks.set(len(self.model.track_ids))
