@@ -114,6 +114,41 @@ def test_not_ready_until_loaded_then_ready(fx):
         assert c.get("/v2/models/mgsv").status_code == 200
 
 
+def test_the_model_answers_one_call_before_it_is_ready(fx, caplog):
+    """A loaded model answers a warm-up call before /v2/health/ready says 200, so the
+    first client does not pay for what a first call does once; a warm-up that fails is
+    logged and the model is served anyway (its clients get the error)."""
+    calls: list[str] = []
+
+    def loader() -> ServedModel:
+        model = ServedModel.load(fx / "bundle", fx / "catalogue")
+        infer = model.infer
+
+        def counted(*args, **kwargs):
+            calls.append("ready" if app.state.serve.model is not None else "loading")
+            return infer(*args, **kwargs)
+
+        model.infer = counted  # type: ignore[method-assign]
+        return model
+
+    app = create_app(fx / "bundle", fx / "catalogue", loader=loader)
+    with TestClient(app) as c:
+        for _ in range(300):
+            if c.get("/v2/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert calls == ["loading"]  # the warm-up, before the model was served
+    broken = ServedModel.load(fx / "bundle", fx / "catalogue")
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("session lost")
+
+    broken.infer = fails  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="mgsv_sk.serve"):
+        assert broken.warm_up() >= 0
+    assert "session lost" in caplog.text
+
+
 def test_a_failed_load_is_reported_not_raised(fx):
     def broken() -> ServedModel:
         raise ValueError("bundle damaged")

@@ -8,6 +8,7 @@ onnxruntime, PyAV and soundfile for media).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -29,6 +30,8 @@ from .audio import audio_seconds
 from .batching import Coalescer
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
+
+logger = logging.getLogger("mgsv_sk.serve")
 
 MODEL_NAME = "mgsv"
 _QUERY_ID = "query"
@@ -262,6 +265,20 @@ class ServedModel:
         answer: list[TrackResult] = self._batcher.submit((music_id is None, int(moments)),
                                                          request)
         return answer
+
+    def warm_up(self) -> float:
+        """Answer one MsG call on seeded random frames, so the first client's call does not
+        pay for what a first call does once (the scan's value-space states, the compiled
+        kernels, the sessions' first allocations); returns its seconds. Best effort: a
+        model that cannot answer it says so on the clients' calls instead."""
+        began = time.perf_counter()
+        frames = np.random.default_rng(0).standard_normal(
+            (min(8, self.max_frames), self.frame_dim)).astype(np.float32)
+        try:
+            self.infer(frames, music_id=None, k=1, moments=1, seconds=float(len(frames)))
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            logger.warning("warm-up call failed (%s: %s)", type(exc).__name__, exc)
+        return time.perf_counter() - began
 
     def _infer_batch(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
         """One rank (MsG) or predict (SmG) call for requests of the same kind and moments."""

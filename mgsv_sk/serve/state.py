@@ -69,9 +69,11 @@ class ServeState:
     def load(self, loader: Callable[[], ServedModel]) -> None:
         """Build the model with ``loader``; a failure is kept (the health check says it)."""
         try:
-            self.model = loader()
-            logger.info("serving %d tracks (model %s)", len(self.model.track_ids),
-                        self.model.version)
+            model = loader()
+            warmed = model.warm_up()  # before ready: no client pays for the first call
+            self.model = model
+            logger.info("serving %d tracks (model %s; first call %.2f s)",
+                        len(model.track_ids), model.version, warmed)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("cannot load the model: %s", self.load_error)
