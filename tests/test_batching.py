@@ -166,3 +166,42 @@ def test_batched_infer_equals_infer_alone(tmp_path_factory):
             np.testing.assert_allclose([(m.start, m.end, m.score) for m in a.moments],
                                        [(m.start, m.end, m.score) for m in b.moments],
                                        atol=1e-4)
+
+
+def test_many_callers_on_two_lanes_each_get_their_own_answer():
+    """Twelve threads, each making 25 calls of two kinds with random pauses, on two lanes
+    that wait for their share: every call gets its own answer, of its own kind, and
+    nothing is lost or stuck (a lost wake-up would hang here)."""
+    rng = np.random.default_rng(0)
+    pauses = rng.uniform(0, 0.004, size=(12, 25))
+    sizes: list[int] = []
+    kinds: list[int] = []  # kinds in each batch
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            sizes.append(len(items))
+            kinds.append(len({kind for kind, _ in items}))
+        time.sleep(0.002 * len(items))
+        return [(kind, value * 2) for kind, value in items]
+
+    c = Coalescer(run, lanes=2, max_batch=4, max_delay=0.003)
+    wrong: list[tuple[int, int]] = []
+
+    def caller(t: int) -> None:
+        for i in range(25):
+            kind = (t + i) % 2
+            if c.submit(kind, (kind, 1000 * t + i)) != (kind, 2 * (1000 * t + i)):
+                wrong.append((t, i))
+            time.sleep(pauses[t, i])
+
+    threads = [threading.Thread(target=caller, args=(t,)) for t in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert wrong == []
+    assert sum(sizes) == 12 * 25 and max(sizes) <= 4 and max(sizes) > 1
+    assert set(kinds) == {1}  # a batch holds calls of one key only
+    assert c._in_system == 0 and c._active == 0 and not c._queue
