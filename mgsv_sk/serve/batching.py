@@ -63,8 +63,6 @@ class Coalescer:
                  max_batch: int = 16, max_delay: float = 0.004) -> None:
         if lanes < 1 or max_batch < 1:
             raise ValueError(f"lanes and max_batch must be >= 1, got {lanes}, {max_batch}")
-        if not 0 <= max_delay <= 1:
-            raise ValueError(f"max_delay must be between 0 and 1 s, got {max_delay}")
         self._run, self.lanes, self.max_batch = run, lanes, max_batch
         self.max_delay = max_delay
         lock = threading.Lock()
@@ -75,6 +73,17 @@ class Coalescer:
         self._in_system = 0  # calls submitted and not yet answered
         self._peak, self._peak_at = 0, 0.0
         self._gathering = 0  # lanes waiting on _arrived for their share
+
+    @property
+    def max_delay(self) -> float:
+        return self._max_delay
+
+    @max_delay.setter
+    def max_delay(self, seconds: float) -> None:
+        if not 0 <= seconds <= 1:
+            raise ValueError(f"max_delay (the batch delay) must be between 0 and 1 s, got "
+                             f"{seconds}")
+        self._max_delay = float(seconds)
 
     def submit(self, key: Hashable, payload: Any) -> Any:
         slot = _Slot(key, payload)

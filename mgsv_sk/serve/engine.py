@@ -199,9 +199,7 @@ class ServedModel:
 
     @batch_delay.setter
     def batch_delay(self, seconds: float) -> None:
-        if not 0 <= seconds <= 1:
-            raise ValueError(f"batch_delay must be between 0 and 1 s, got {seconds}")
-        self._batcher.max_delay = float(seconds)
+        self._batcher.max_delay = seconds  # checked there
 
     # -- the catalogue ------------------------------------------------------------------------
     @property
