@@ -99,7 +99,7 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
         r = 0
         while r + 4 <= n:
             for line in range(ahead + r * d, min(ahead + (r + 4) * d, stream.size), 16):
-                _prefetch(stream, line)  # 16 floats: one 64-byte line
+                _prefetch(stream, line)  # type: ignore[call-arg]  # one 64-byte line
             for j in range(n_videos):
                 q = query[j]
                 a0 = a1 = a2 = a3 = np.float32(0.0)
