@@ -138,7 +138,9 @@ class BaseGrounder(CatalogueHolder[Tracks], Generic[Videos, Tracks]):
         video_rows = np.asarray(video_rows, np.int64)
         track_rows = np.asarray(track_rows, np.int64)
         seconds = np.ascontiguousarray(seconds, np.float64)
-        if len(video_rows) < 2:
+        one_video = len(video_rows) < 2 or bool((video_rows == video_rows[0]).all())
+        if one_video and len(np.unique(track_rows)) == len(track_rows):
+            # one video's pairs (a ranking's candidates) repeat only where a track does
             return self._ground(videos, video_rows, catalogue, track_rows, seconds, moments)
         video_keys = pd.factorize(frame["video_id"], use_na_sentinel=False)[0]
         pairs = np.stack([video_keys[video_rows], track_rows, seconds.view(np.int64)])

@@ -21,7 +21,8 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
                    access_log: bool = False) -> Any:
     """uvicorn's configuration for ``app``: h11 with the app's connection limits (a
     deadline for each request's headers, a cap on one address's open connections: see
-    :mod:`.connections`), no WebSocket upgrade, no ``Server`` header."""
+    :mod:`.connections`), no WebSocket upgrade, no ``Server`` header; the event loop is
+    uvloop's where it is installed (the ``serve`` extra), else asyncio's."""
     import uvicorn
 
     from .config import ServeConfig
@@ -33,7 +34,7 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
                                 limits.retry_after_s)
     # ws="none": the service has no WebSocket route, and an upgraded connection would leave
     # the guard's protocol without its close (its count never returned)
-    return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none",
+    return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", loop="auto",
                           log_level=log_level, access_log=access_log, server_header=False,
                           timeout_graceful_shutdown=max(1, round(graceful_seconds)))
 
