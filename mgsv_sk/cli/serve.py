@@ -98,9 +98,9 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    metavar="N", help="open connections one client address may hold "
                                      "(default: 4 x (workers + queue size), at least 64; "
                                      "behind a reverse proxy, its connection pool)")
-    p.add_argument("--batch-delay-ms", type=float, default=4.0, metavar="MS",
+    p.add_argument("--batch-delay-ms", type=float, default=10.0, metavar="MS",
                    help="longest wait of a free inference lane, while another is busy, for "
-                        "concurrent requests to batch with (default 4; 0: never waits)")
+                        "concurrent requests to batch with (default 10; 0: never waits)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")
     p.add_argument("--max-video-seconds", type=_positive(float), default=60.0, metavar="S",

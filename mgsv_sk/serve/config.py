@@ -83,7 +83,7 @@ class ServeConfig:
     max_client_requests: int | None = None
     header_seconds: float = 10.0
     max_client_connections: int | None = None
-    batch_delay_ms: float = 4.0
+    batch_delay_ms: float = 10.0
 
     def __post_init__(self) -> None:
         problems = []
