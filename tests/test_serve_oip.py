@@ -158,6 +158,29 @@ def test_http_errors_reach_the_client(http):
         http.infer("mgsv", [good], model_version="2")
 
 
+@pytest.mark.parametrize("value", [3e38, -1e38])
+def test_finite_frames_the_model_cannot_score_are_the_clients_error(http, grpc_client, model,
+                                                                      value):
+    """Frames of finite numbers too large for float32 arithmetic pass the input checks but
+    overflow inside the model: a 400 (gRPC INVALID_ARGUMENT) naming the frames, for MsG and
+    SmG, never a 500; the server answers the next good request as before."""
+    huge = np.full(FRAMES.shape, value, np.float32)
+    track = np.array([b"song_c"], dtype=object)
+    for client, status in ((httpclient, "400"), (grpcclient, "StatusCode.INVALID_ARGUMENT")):
+        server = http if client is httpclient else grpc_client
+        frames = client.InferInput("video_frames", list(huge.shape), "FP32")
+        frames.set_data_from_numpy(huge)
+        song = client.InferInput("music_id", [1], "BYTES")
+        song.set_data_from_numpy(track)
+        for inputs in ([frames], [frames, song]):
+            with pytest.raises(InferenceServerException, match="video_frames: .*too large") as err:
+                server.infer("mgsv", inputs)
+            assert err.value.status() == status
+        good = client.InferInput("video_frames", list(FRAMES.shape), "FP32")
+        good.set_data_from_numpy(FRAMES)
+        check_msg(server.infer("mgsv", [good], parameters={"k": 2}), msg(model, 2, 1))
+
+
 def test_raw_binary_request_without_content_type(served, model):
     """The binary extension by hand: a JSON header, then raw little-endian floats."""
     import httpx

@@ -9,17 +9,17 @@ and the next free lane takes it with other waiting requests of the same kind.
 
 How many a lane takes follows the load. The batch a lane aims at is the number of calls
 recently in the system at once (its peak over the last second) over the lanes: at 8
-concurrent clients on 2 lanes, batches of 4. A lane that frees while another lane is busy
-and finds fewer calls waiting than that waits up to ``max_delay`` seconds for the rest
-(over HTTP the clients it just answered come back a few milliseconds later): without the
-wait a free lane takes the first of them alone and the batches break up into ones and
-twos. The default 10 ms covers the return of a batch of 4 on two cores, where the event
-loop answers and reads the four one after the other: with 4 ms the last of them often
-missed its lane's batch and waited a whole batch more, and at 8 clients over HTTP the
-p99 was 1.2-1.3x what it is with 10 (six runs, each against the other in turn; p50 and
-requests/s the same). A lane that finds more waiting than its share takes a fair share of them (their
-number over the lanes). A call that finds a lane free and no other lane busy runs at once,
-as without batching: at one client nothing ever waits.
+concurrent clients on 2 lanes, batches of 4. A lane that frees while another lane is
+busy and finds fewer calls waiting than that waits up to ``max_delay`` seconds for the
+rest (over HTTP the clients it just answered come back a few milliseconds later):
+without the wait a free lane takes the first of them alone and the batches break up into
+ones and twos. The default 10 ms covers the return of a batch of 4 on two cores, where
+the event loop answers and reads the four one after the other: with 4 ms the last of
+them often missed its lane's batch and waited a whole batch more, and at 8 clients over
+HTTP the p99 was 1.2-1.3x what it is with 10 (six runs, each against the other in turn;
+p50 and requests/s the same). A lane that finds more waiting than its share takes a fair
+share of them (their number over the lanes). A call that finds a lane free and no other
+lane busy runs at once, as without batching: at one client nothing ever waits.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mgsv_sk.data import MAX_ID_LENGTH
+from mgsv_sk.errors import InvalidInputError
 
 from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, shown, validation_message
@@ -220,7 +221,10 @@ async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
     model, prepared = _prepare(state, call)
     with state.slot():
         run_began = time.perf_counter()
-        tracks, waited = await state.admission.run(prepared)
+        try:
+            tracks, waited = await state.admission.run(prepared)
+        except InvalidInputError as exc:  # finite numbers the model still cannot score
+            raise ApiError(400, f"video_frames: {exc}") from exc
     _observe(state, call, waited, time.perf_counter() - run_began - waited)
     return model.version, _outputs(tracks, _requested(call))
 
