@@ -5,6 +5,7 @@ traceback. Torch-free, as the service is."""
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 import numpy as np
@@ -72,6 +73,35 @@ def test_infer_answers_hostile_bodies_with_an_error_body(client, field, value, r
     else:
         body["parameters"][field] = value
     answered_well(client.post("/v2/models/mgsv/infer", json=body))
+
+
+#: float32 values at the edges (each its own case: drawn from a strategy, the largest
+#: finite one, which overflows inside the model, was one draw in a hundred)
+FRAME_VALUES = [np.nan, np.inf, -np.inf, float(np.finfo(np.float32).max),
+                -float(np.finfo(np.float32).max), 3e38, 1e30, 1e-45, -0.0]
+
+
+@pytest.mark.parametrize("value", FRAME_VALUES)
+@given(rows=st.sampled_from([1, 4, 51]), spread=st.booleans(),
+       music_id=st.sampled_from([None, "song_a"]))
+def test_infer_answers_frames_of_any_float32_value(client, value, rows, spread, music_id):
+    """Frames of a valid shape whose numbers are any float32 (NaN, infinities, the largest
+    finite ones, which overflow inside the model, subnormals, signed zeros), in one cell or
+    all of them, sent as raw binary tensors: 200, or an error body, never a 500."""
+    frames = np.ones((rows, 512), np.float32)
+    if spread:
+        frames[:] = np.float32(value)
+    else:
+        frames[rows // 2, 7] = np.float32(value)
+    raw = frames.astype("<f4").tobytes()
+    inputs = [{"name": "video_frames", "datatype": "FP32", "shape": list(frames.shape),
+               "parameters": {"binary_data_size": len(raw)}}]
+    if music_id is not None:
+        inputs.append({"name": "music_id", "datatype": "BYTES", "shape": [1],
+                       "data": [music_id]})
+    head = json.dumps({"inputs": inputs}).encode()
+    answered_well(client.post("/v2/models/mgsv/infer", content=head + raw,
+                              headers={"Inference-Header-Content-Length": str(len(head))}))
 
 
 @given(music_id=HOSTILE_TEXT, range_header=st.one_of(st.none(), HOSTILE_TEXT,
