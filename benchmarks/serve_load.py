@@ -157,13 +157,8 @@ def alternating(ask: Any, send: Any, seconds: float, port: int
             i += 1
     finally:
         conn.close()
-    row = {"concurrency": 1, "requests": i, "ok": codes.get(200, 0),
-           "rps": round(len(remote) / spent, 2), "wall_s": round(spent, 1),
-           "latency_ms": percentiles(remote),
-           "non_2xx": sum(n for c, n in codes.items() if not 200 <= c < 300),
-           "status_503": codes.get(503, 0), "timeouts": 0, "resets": 0, "other": 0,
-           "codes": {str(c): n for c, n in sorted(codes.items())}, "alternating": True}
-    return round(float(np.median(local)), 2), row
+    row = run_row(1, codes, {"timeouts": 0, "resets": 0, "other": 0}, remote, spent)
+    return round(float(np.median(local)), 2), {**row, "alternating": True}
 
 
 def closed_loop(send: Any, concurrency: int, seconds: float, requests: int,
@@ -218,7 +213,13 @@ def closed_loop(send: Any, concurrency: int, seconds: float, requests: int,
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - began
+    return run_row(concurrency, codes, errors, latencies, time.perf_counter() - began)
+
+
+def run_row(concurrency: int, codes: dict[int, int], errors: dict[str, int],
+            latencies: list[float], wall: float) -> dict[str, Any]:
+    """One run's figures: answers by status code, failures by kind (timeouts, resets,
+    other), the latencies (ms) of the 200s and the seconds they took."""
     ok = codes.get(200, 0)
     return {"concurrency": concurrency, "requests": sum(codes.values()) + sum(errors.values()),
             "ok": ok, "rps": round(ok / wall, 2), "wall_s": round(wall, 1),
