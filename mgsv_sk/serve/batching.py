@@ -29,7 +29,11 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-__all__ = ["Coalescer"]
+__all__ = ["DEFAULT_MAX_DELAY", "Coalescer"]
+
+#: Seconds a free lane waits by default, while another is busy, for its share of the calls
+#: (the module docstring says why 10 ms); the service's ``batch_delay_ms`` default too.
+DEFAULT_MAX_DELAY = 0.010
 
 
 class _Slot:
@@ -64,7 +68,7 @@ class Coalescer:
     PEAK_WINDOW = 1.0
 
     def __init__(self, run: Callable[[Sequence[Any]], Sequence[Any]], *, lanes: int = 1,
-                 max_batch: int = 16, max_delay: float = 0.010) -> None:
+                 max_batch: int = 16, max_delay: float = DEFAULT_MAX_DELAY) -> None:
         if lanes < 1 or max_batch < 1:
             raise ValueError(f"lanes and max_batch must be >= 1, got {lanes}, {max_batch}")
         self._run, self.lanes, self.max_batch = run, lanes, max_batch

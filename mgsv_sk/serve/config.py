@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .batching import DEFAULT_MAX_DELAY
+
 __all__ = ["ServeConfig"]
 
 
@@ -83,7 +85,7 @@ class ServeConfig:
     max_client_requests: int | None = None
     header_seconds: float = 10.0
     max_client_connections: int | None = None
-    batch_delay_ms: float = 10.0
+    batch_delay_ms: float = 1000 * DEFAULT_MAX_DELAY  # 10 ms
 
     def __post_init__(self) -> None:
         problems = []
