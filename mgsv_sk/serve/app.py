@@ -67,6 +67,7 @@ def _lifespan(state: ServeState, loader: Callable[[], ServedModel] | None,
             if task is not None:
                 await task
             state.admission.shutdown()
+            state.release_heap()
 
     return lifespan
 

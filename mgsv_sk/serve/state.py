@@ -3,6 +3,7 @@ model once loaded (or why it failed). Shared by the HTTP routes and the gRPC ser
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ class ServeState:
         self.clients = ClientGate(config.client_share)
         self.model: ServedModel | None = None
         self.load_error: str | None = None
+        self._froze = False
 
     def _retry(self) -> dict[str, str]:
         return {"Retry-After": str(self.config.retry_after_s)}
@@ -71,6 +73,7 @@ class ServeState:
         try:
             model = loader()
             warmed = model.warm_up()  # before ready: no client pays for the first call
+            self._freeze_heap()
             self.model = model
             logger.info("serving %d tracks (model %s; first call %.2f s)",
                         len(model.track_ids), model.version, warmed)
@@ -78,6 +81,25 @@ class ServeState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             logger.error("cannot load the model: %s", self.load_error)
         self.mark_ready()
+
+    def _freeze_heap(self) -> None:
+        """Collect, then freeze every object that survives (:func:`gc.freeze`), once the
+        model is loaded and warm. A loaded app holds some 180,000 objects the cyclic
+        collector tracks (modules, the web framework, the model's wrappers), alive until
+        it stops; each full collection walks all of them holding the GIL: measured at
+        100 ms on one core, about once in 8 s under load at 8 clients, every request in
+        flight stalled for it (the slowest 1 %). Frozen, a collection walks only what
+        serving creates. :meth:`release_heap` undoes it when the app stops."""
+        gc.collect()
+        gc.freeze()
+        self._froze = True
+
+    def release_heap(self) -> None:
+        """Give the frozen objects back to the collector (the app stopped: what it held
+        can be collected again, e.g. in a process that starts several apps)."""
+        if self._froze:
+            gc.unfreeze()
+            self._froze = False
 
     def mark_ready(self) -> None:
         if self.model is not None:
