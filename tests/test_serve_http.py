@@ -269,6 +269,24 @@ def test_no_server_path_in_any_answer(server, fx):
         assert secret not in text and "/tmp/" not in text, text[:300]
 
 
+def test_absolute_and_asterisk_request_targets(server):
+    """RFC 9112 3.2: a server must accept the absolute form (routed by its path and query,
+    its authority unused); ``OPTIONS *`` is answered with what the server allows."""
+    with connect(server.port) as sock:
+        sock.sendall(b"GET http://evil.example:1/v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET HTTP://evil.example/v1/tracks/none/audio?start=0&end=1 HTTP/1.1\r\n"
+                     b"Host: x\r\n\r\n"
+                     b"GET https://evil.example HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = read_all(sock)
+    parts = answer.split(b"HTTP/1.1 ")[1:]
+    assert [p[:3] for p in parts] == [b"200", b"404", b"200", b"204"], answer[:600]
+    assert b'"live":true' in parts[0]
+    assert b"no track 'none'" in parts[1]  # the query reached the route
+    assert b"allow: GET, HEAD, POST\r\n" in parts[3]
+    assert b"evil.example" not in answer
+
+
 def test_a_request_with_both_framings_closes_the_connection(server):
     """RFC 9112 6.1: Content-Length with Transfer-Encoding; the request after the body
     would be smuggled past anything in front that read the other framing."""

@@ -298,6 +298,24 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
     with pytest.raises(InferenceServerException, match="parameters.k") as err:
         grpc_client.infer("mgsv", [frames], parameters={"k": True})
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    # the tensors both as raw_input_contents and as an input's contents: the protocol
+    # allows one or the other, so which one counts would be a guess
+    from tritonclient.grpc import service_pb2
+
+    both = service_pb2.ModelInferRequest(model_name="mgsv")
+    tensor = both.inputs.add(name="video_frames", datatype="FP32", shape=list(FRAMES.shape))
+    tensor.contents.fp32_contents.extend(FRAMES.ravel().tolist())
+    both.raw_input_contents.append(FRAMES.astype("<f4").tobytes())
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=lambda b: b)
+        with pytest.raises(grpc.RpcError) as err:
+            infer(both, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "raw_input_contents and an input's contents" in err.value.details()
+        both.ClearField("raw_input_contents")  # contents alone: answered
+        assert infer(both, timeout=30)
 
 
 def test_grpc_calls_whose_message_never_comes_hold_no_place(model):

@@ -20,7 +20,7 @@ from .config import ServeConfig
 from .engine import ServedModel
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import AmbiguousFraming, HeadAsGet, MetricsMiddleware
+from .middleware import AmbiguousFraming, HeadAsGet, MetricsMiddleware, RequestTarget
 from .routes import STATIC, audio_router, oip_router, operations_router, uploads_router
 from .state import ServeState
 
@@ -128,6 +128,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(HeadAsGet)
     app.add_middleware(AmbiguousFraming)
+    app.add_middleware(RequestTarget)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees all
     for router in (oip_router(state), uploads_router(state), audio_router(state),
                    operations_router(state)):

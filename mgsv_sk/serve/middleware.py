@@ -1,5 +1,6 @@
 """Pure ASGI middleware (none buffers a body): request metrics with labels from a closed
-set, HEAD answered wherever GET is, and requests with ambiguous framing refused."""
+set, HEAD answered wherever GET is, requests with ambiguous framing refused, and the
+request target's absolute and asterisk forms."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from .errors import error_response
 from .metrics import Metrics
 
-__all__ = ["AmbiguousFraming", "HeadAsGet", "MetricsMiddleware"]
+__all__ = ["AmbiguousFraming", "HeadAsGet", "MetricsMiddleware", "RequestTarget"]
 
 #: The method label's values; any other token counts as "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -89,4 +90,34 @@ class AmbiguousFraming:
                          "several Content-Length); send one framing", {"Connection": "close"})
                 await response(scope, receive, send)
                 return
+        await self.app(scope, receive, send)
+
+
+class RequestTarget:
+    """The request target's other forms (RFC 9112 3.2). The absolute form
+    (``GET http://host/v2/health/live``), which a server must accept although clients send
+    it only to proxies, is routed by its path and query; its authority is not used (no
+    answer is built from a host name). ``OPTIONS *`` asks what the server allows: 204 with
+    ``Allow``."""
+
+    ALLOW = "GET, HEAD, POST"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path == "*" and scope["method"] == "OPTIONS":
+                await send({"type": "http.response.start", "status": 204,
+                            "headers": [(b"allow", self.ALLOW.encode())]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            scheme, sep, rest = path.partition("://")
+            if sep and scheme.lower() in ("http", "https") and "/" not in scheme:
+                at = rest.find("/")
+                scope["path"] = rest[at:] if at >= 0 else "/"
+                raw = scope.get("raw_path") or b""
+                raw_at = raw.find(b"/", raw.find(b"://") + 3) if b"://" in raw else -1
+                scope["raw_path"] = raw[raw_at:] if raw_at >= 0 else b"/"
         await self.app(scope, receive, send)

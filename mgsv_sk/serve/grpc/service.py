@@ -77,6 +77,10 @@ def _inputs(request: Any) -> dict[str, Tensor]:
     if raw and len(raw) != len(request.inputs):
         raise ApiError(400, f"raw_input_contents holds {len(raw)} tensors for "
                             f"{len(request.inputs)} inputs; send one per input or none")
+    if raw and any(item.HasField("contents") for item in request.inputs):
+        raise ApiError(400, "the request has both raw_input_contents and an input's "
+                            "contents; send the tensors one way (the protocol allows only "
+                            "one)")
     out = []
     for i, item in enumerate(request.inputs):
         datatype = item.datatype.upper()
