@@ -285,6 +285,11 @@ def test_absolute_and_asterisk_request_targets(server):
     assert b"no track 'none'" in parts[1]  # the query reached the route
     assert b"allow: GET, HEAD, POST\r\n" in parts[3]
     assert b"evil.example" not in answer
+    with connect(server.port) as sock:  # an HTTP/2 client (or gRPC) sent to this port
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 505"), answer[:200]
+    assert b"--grpc-port" in answer and answer.endswith(b"}")  # closed: nothing after
 
 
 def test_a_request_with_both_framings_closes_the_connection(server):

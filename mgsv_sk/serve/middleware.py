@@ -94,11 +94,12 @@ class AmbiguousFraming:
 
 
 class RequestTarget:
-    """The request target's other forms (RFC 9112 3.2). The absolute form
-    (``GET http://host/v2/health/live``), which a server must accept although clients send
-    it only to proxies, is routed by its path and query; its authority is not used (no
-    answer is built from a host name). ``OPTIONS *`` asks what the server allows: 204 with
-    ``Allow``."""
+    """The request line's other forms. The absolute form (``GET
+    http://host/v2/health/live``, RFC 9112 3.2), which a server must accept although
+    clients send it only to proxies, is routed by its path and query; its authority is not
+    used (no answer is built from a host name). ``OPTIONS *`` asks what the server allows:
+    204 with ``Allow``. A version other than HTTP/1.0 or 1.1 (an HTTP/2 client's preface,
+    a gRPC client sent to this port) is 505 (RFC 9110 15.6.6), its connection closed."""
 
     ALLOW = "GET, HEAD, POST"
 
@@ -107,6 +108,13 @@ class RequestTarget:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            version = scope.get("http_version", "1.1")
+            if version not in ("1.0", "1.1"):
+                response = error_response(
+                    505, f"this port speaks HTTP/1.1, not HTTP/{version[:8]}; send HTTP/1.1 "
+                         "(OIP gRPC clients: the server's --grpc-port)", {"Connection": "close"})
+                await response(scope, receive, send)
+                return
             path: str = scope["path"]
             if path == "*" and scope["method"] == "OPTIONS":
                 await send({"type": "http.response.start", "status": 204,
