@@ -125,7 +125,8 @@ class RequestTarget:
             if sep and scheme.lower() in ("http", "https") and "/" not in scheme:
                 at = rest.find("/")
                 scope["path"] = rest[at:] if at >= 0 else "/"
-                raw = scope.get("raw_path") or b""
-                raw_at = raw.find(b"/", raw.find(b"://") + 3) if b"://" in raw else -1
-                scope["raw_path"] = raw[raw_at:] if raw_at >= 0 else b"/"
+                raw = scope.get("raw_path")
+                if raw and b"://" in raw:  # the undecoded target, where the server gives it
+                    raw_at = raw.find(b"/", raw.find(b"://") + 3)
+                    scope["raw_path"] = raw[raw_at:] if raw_at >= 0 else b"/"
         await self.app(scope, receive, send)
