@@ -128,3 +128,49 @@ def test_recommend_answers_hostile_uploads_with_an_error_body(client, payload, k
     response = client.post("/v1/recommend", params=params,
                            files={"video": ("clip.mp4", payload, kind)})
     answered_well(response)
+
+
+@given(target=st.one_of(
+           st.text(max_size=40),
+           st.builds("".join, st.lists(st.sampled_from(
+               ["http://", "HTTPS://", "/", "*", "a", "evil.example", ":80", "?q=1", "%2F",
+                "://", "\u2603", "//"]), max_size=8))),
+       method=st.sampled_from(["GET", "OPTIONS", "POST", "PRI", "HEAD"]),
+       version=st.sampled_from(["1.0", "1.1", "2.0", "0.9", "3"]))
+def test_any_request_target_is_routed_by_a_path_or_answered(target, method, version):
+    """The request-target middleware, given any target, method and version: another
+    version than 1.0/1.1 is 505; ``OPTIONS *`` is 204; an absolute-form target reaches the
+    app as its path (starting with "/", no authority); any other target as it came."""
+    import asyncio
+
+    from mgsv_sk.serve.middleware import RequestTarget
+
+    reached: list[dict] = []
+    sent: list[dict] = []
+
+    async def app(scope, receive, send):
+        reached.append(dict(scope))
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": target, "http_version": version,
+             "raw_path": target.encode("utf-8", "surrogatepass"), "headers": [],
+             "query_string": b""}
+    asyncio.run(RequestTarget(app)(dict(scope), receive, send))
+    if version not in ("1.0", "1.1"):
+        assert sent[0]["status"] == 505 and not reached
+    elif target == "*" and method == "OPTIONS":
+        assert sent[0]["status"] == 204 and not reached
+    else:
+        assert len(reached) == 1 and not sent
+        path = reached[0]["path"]
+        scheme, sep, rest = target.partition("://")
+        if sep and scheme.lower() in ("http", "https") and "/" not in scheme:
+            assert path.startswith("/") and rest.endswith(path.lstrip("/")) or path == "/"
+            assert reached[0]["raw_path"].startswith(b"/")
+        else:
+            assert path == target
