@@ -238,6 +238,10 @@ def test_recommend_errors(client, fx, tmp_path, monkeypatch):
     error_of(client.post("/v1/recommend", json={"video": "x"}), 415)
     assert "no 'video' file field" in error_of(
         client.post("/v1/recommend", files={"clip": ("a.mp4", b"123", "video/mp4")}), 400)
+    two = [("video", (name, (fx / name).read_bytes(), "video/mp4"))
+           for name in ("query.mp4", "other.mp4")]
+    assert "more than one 'video' file" in error_of(
+        client.post("/v1/recommend", files=two), 400)
     assert "FFmpeg" in error_of(post_video(client, fx / "broken.mp4"), 422)
     message = error_of(post_video(client, fx / "long.mp4"), 422)  # 8 s > the 6 s cap
     assert "8.0 s long" in message and "at most 6 s" in message

@@ -84,7 +84,11 @@ class _VideoPart:
         _, options = parse_options_header(self.headers.get("content-disposition", ""))
         name = options.get(b"name", b"").decode("latin-1")
         filename = options.get(b"filename")
-        if name != FIELD or filename is None or self.upload is not None:
+        if name != FIELD or filename is None:
+            return
+        if self.upload is not None:  # which one to answer for would be a guess
+            self.problem = ApiError(400, f"the form has more than one {FIELD!r} file; send "
+                                         "one video per request")
             return
         name_text = Path(filename.decode("utf-8", "replace")).name or "upload"
         content_type = parse_options_header(self.headers.get("content-type", ""))[0].decode(
