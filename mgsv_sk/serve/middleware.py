@@ -122,7 +122,7 @@ class RequestTarget:
                 await send({"type": "http.response.body", "body": b""})
                 return
             scheme, sep, rest = path.partition("://")
-            if sep and scheme.lower() in ("http", "https") and "/" not in scheme:
+            if sep and scheme.lower() in ("http", "https"):
                 at = rest.find("/")
                 scope["path"] = rest[at:] if at >= 0 else "/"
                 raw = scope.get("raw_path")
