@@ -205,3 +205,23 @@ def test_many_callers_on_two_lanes_each_get_their_own_answer():
     assert sum(sizes) == 12 * 25 and max(sizes) <= 4 and max(sizes) > 1
     assert set(kinds) == {1}  # a batch holds calls of one key only
     assert c._in_system == 0 and c._active == 0 and not c._queue
+
+
+def test_statistics_count_requests_stages_and_executions():
+    from mgsv_sk.serve.statistics import InferStatistics
+
+    stats = InferStatistics()
+    with stats.request() as stages:
+        stages.update(queue=0.002, compute_input=0.001, compute_infer=0.010)
+    with pytest.raises(KeyError), stats.request():  # the error passes through, counted
+        raise KeyError("x")
+    for size in (2, 2, 1):
+        stats.executed(size, 0.004)
+    report = stats.report("mgsv", "v1")
+    s = report["inference_stats"]
+    assert (s["success"]["count"], s["fail"]["count"]) == (1, 1)
+    assert s["queue"] == {"count": 1, "ns": 2_000_000}
+    assert s["compute_output"]["count"] == 0  # a stage not reported is not counted
+    assert (report["inference_count"], report["execution_count"]) == (5, 3)
+    assert [(b["batch_size"], b["compute_infer"]) for b in report["batch_stats"]] == [
+        (1, {"count": 1, "ns": 4_000_000}), (2, {"count": 2, "ns": 8_000_000})]

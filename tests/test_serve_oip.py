@@ -269,6 +269,63 @@ def test_grpc_smg_and_errors(grpc_client, model):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_statistics_extension_over_http_and_grpc(http, grpc_client, model):
+    """Triton's statistics extension as tritonclient reads it: the calls made between two
+    reads are counted, each stage has a count and a duration, and the executions add up
+    to the requests they answered."""
+    def stats(read):
+        (entry,) = read()
+        return entry
+
+    def http_stats(version=""):
+        return http.get_inference_statistics("mgsv", version)["model_stats"]
+
+    def grpc_stats():
+        got = grpc_client.get_inference_statistics("mgsv", as_json=True)["model_stats"]
+        return [json.loads(json.dumps(e)) for e in got]
+
+    before = stats(http_stats)
+    frames = httpclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    frames.set_data_from_numpy(FRAMES)
+    for _ in range(3):
+        http.infer("mgsv", [frames])
+    tensor = grpcclient.InferInput("video_frames", list(FRAMES.shape), "FP32")
+    tensor.set_data_from_numpy(FRAMES)
+    grpc_client.infer("mgsv", [tensor], model_version="1")
+    wrong = httpclient.InferInput("video_frames", [2, 7], "FP32")
+    wrong.set_data_from_numpy(np.zeros((2, 7), np.float32))
+    with pytest.raises(InferenceServerException, match="shape"):
+        http.infer("mgsv", [wrong])
+
+    after = stats(http_stats)
+    assert stats(lambda: http_stats("1")) == after  # by version, the same counters
+    assert stats(lambda: http.get_inference_statistics()["model_stats"])["name"] == "mgsv"
+    g = stats(grpc_stats)  # the same counters over gRPC (uint64 fields read as strings)
+    assert int(g["inference_count"]) == after["inference_count"]
+    assert after["name"] == "mgsv" and after["version"] == model.version
+    s0, s1 = before["inference_stats"], after["inference_stats"]
+    assert s1["success"]["count"] - s0["success"]["count"] == 4
+    assert s1["fail"]["count"] - s0["fail"]["count"] == 1
+    for stage in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert s1[stage]["count"] - s0[stage]["count"] == 4
+        assert s1[stage]["ns"] > s0[stage]["ns"]
+    assert s1["success"]["ns"] - s0["success"]["ns"] >= s1["compute_infer"]["ns"] - s0[
+        "compute_infer"]["ns"]
+    assert after["inference_count"] - before["inference_count"] == 4
+    executions = after["execution_count"] - before["execution_count"]
+    assert 1 <= executions <= 4
+    assert sum(b["batch_size"] * b["compute_infer"]["count"] for b in after["batch_stats"]) \
+        == after["inference_count"]
+    assert after["last_inference"] >= before["last_inference"]
+    assert after["last_inference"] > 1.6e12  # ms since 1970
+    with pytest.raises(InferenceServerException, match="no version '7'"):
+        http.get_inference_statistics("mgsv", "7")
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        grpc_client.get_inference_statistics("other")
+    assert "statistics" in http.get_server_metadata()["extensions"]
+    assert "statistics" in grpc_client.get_server_metadata(as_json=True)["extensions"]
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error

@@ -28,6 +28,7 @@ from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
 from .batching import Coalescer
+from .statistics import InferStatistics
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
 
@@ -156,6 +157,8 @@ class ServedModel:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)  # the cores this process may run on, not the host's
         self._batcher = Coalescer(self._infer_batch, lanes=max(1, cores // threads))
+        #: Requests and executions since load (the OIP statistics extension).
+        self.statistics = InferStatistics()
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
         self.video_encoder = video_encoder if video_encoder is not None else getattr(
             grounder, "video_encoder", None)
@@ -276,10 +279,19 @@ class ServedModel:
             self.infer(frames, music_id=None, k=1, moments=1, seconds=float(len(frames)))
         except Exception as exc:  # noqa: BLE001 - reported, not fatal
             logger.warning("warm-up call failed (%s: %s)", type(exc).__name__, exc)
+        self.statistics = InferStatistics()  # the clients' calls only
         return time.perf_counter() - began
 
     def _infer_batch(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
-        """One rank (MsG) or predict (SmG) call for requests of the same kind and moments."""
+        """One rank (MsG) or predict (SmG) call for requests of the same kind and moments,
+        counted as one execution of the model."""
+        began = time.perf_counter()
+        try:
+            return self._execute(requests)
+        finally:
+            self.statistics.executed(len(requests), time.perf_counter() - began)
+
+    def _execute(self, requests: Sequence[_Request]) -> list[list[TrackResult]]:
         moments = requests[0].moments
         if requests[0].music_id is None:  # arrays, not frames: no pandas work per request
             top = self.grounder.rank_frames([r.frames for r in requests],

@@ -77,6 +77,13 @@ class InferCall:
     binary_default: bool = False
     client: str = "unknown"
     timings: dict[str, float] = field(default_factory=dict)
+    #: Seconds spent decoding and checking the inputs (the statistics' compute_input).
+    input_seconds: float = 0.0
+
+    def stages(self) -> dict[str, float]:
+        """Its stage seconds as the statistics extension names them (once answered)."""
+        return {"queue": self.timings.get("queue", 0.0), "compute_input": self.input_seconds,
+                "compute_infer": self.timings.get("rank", 0.0)}
 
 
 def by_name(tensors: list[Tensor]) -> dict[str, Tensor]:
@@ -218,7 +225,9 @@ def _outputs(tracks: list[TrackResult], wanted: list[str]) -> list[Tensor]:
 async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
     """Check ``call`` against the served model, run it on the admission pool (503 when
     the queue is full) and return the model's version and the requested outputs."""
+    preparing = time.perf_counter()
     model, prepared = _prepare(state, call)
+    call.input_seconds += time.perf_counter() - preparing
     with state.slot():
         run_began = time.perf_counter()
         try:

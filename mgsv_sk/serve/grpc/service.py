@@ -1,5 +1,5 @@
-"""``inference.GRPCInferenceService``: health, metadata and ``ModelInfer`` (its other,
-Triton-specific methods answer UNIMPLEMENTED).
+"""``inference.GRPCInferenceService``: health, metadata, ``ModelInfer`` and the statistics
+extension's ``ModelStatistics`` (its other, Triton-specific methods answer UNIMPLEMENTED).
 
 The server is grpcio's asyncio one, on the HTTP app's event loop. A call costs nothing
 while its request message is still arriving (no thread, no place: grpcio's threaded
@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from ... import __version__
@@ -100,7 +101,6 @@ def _inputs(request: Any) -> dict[str, Tensor]:
 
 
 def _decode(request: Any, client: str) -> InferCall:
-    check_model(request.model_name)
     given = {name: _value(p) for name, p in request.parameters.items()}
     outputs: dict[str, bool | None] | None = (
         {o.name: None for o in request.outputs} if request.outputs else None)
@@ -138,7 +138,8 @@ class _Service:
         return pb.ModelReadyResponse(ready=ready)
 
     async def server_metadata(self, _: Any, __: Any) -> Any:
-        return pb.ServerMetadataResponse(name="mgsv-sk", version=__version__)
+        return pb.ServerMetadataResponse(name="mgsv-sk", version=__version__,
+                                         extensions=["statistics"])
 
     async def model_metadata(self, request: Any, _: Any) -> Any:
         check_model(request.name)
@@ -153,15 +154,31 @@ class _Service:
             outputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"])
                      for t in meta["outputs"]])
 
+    async def model_statistics(self, request: Any, _: Any) -> Any:
+        model = self.state.model
+        if request.name:  # one model (which must be loaded); none named: every model
+            check_model(request.name)
+            model = self.state.ready_model()
+            check_version(model, request.version)
+        stats = [] if model is None else [model.statistics.report(MODEL_NAME, model.version)]
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+
     async def model_infer(self, request: Any, context: Any) -> Any:
         began = time.perf_counter()
         client = _peer_host(context)
-        with self.state.client(client):
+        check_model(request.model_name)
+        model = self.state.ready_model()
+        check_version(model, request.model_version)
+        with model.statistics.request() as stages, self.state.client(client):
+            decoding = time.perf_counter()
             call = _decode(request, client)
-            check_version(self.state.ready_model(), request.model_version)
+            call.input_seconds = time.perf_counter() - decoding
             version, outputs = await answer(self.state, call)
-        call.timings["total"] = time.perf_counter() - began
-        return _encode(version, outputs, call)
+            encoding = time.perf_counter()
+            call.timings["total"] = encoding - began
+            response = _encode(version, outputs, call)
+            stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
+        return response
 
 
 class _Malformed:
@@ -230,6 +247,8 @@ async def start_grpc(state: Any, address: str) -> Any:
         "ModelMetadata": (service.model_metadata, pb.ModelMetadataRequest,
                           pb.ModelMetadataResponse),
         "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelStatistics": (service.model_statistics, pb.ModelStatisticsRequest,
+                            pb.ModelStatisticsResponse),
     }
     handlers = {name: _handler(state, name, *spec) for name, spec in methods.items()}
     config = state.config

@@ -231,7 +231,7 @@ def oip_router(state: ServeState) -> APIRouter:
     @router.get("/v2", tags=["oip"])
     def server_metadata() -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__,
-                "extensions": ["binary_tensor_data"]}
+                "extensions": ["binary_tensor_data", "statistics"]}
 
     @router.get("/v2/health/live", tags=["oip"])
     def live() -> dict[str, bool]:
@@ -260,17 +260,42 @@ def oip_router(state: ServeState) -> APIRouter:
         one track when ``music_id`` is given (SmG)."""
         began = time.perf_counter()
         check_model(model_name)
-        check_version(state.ready_model(), model_version)
+        model = state.ready_model()
+        check_version(model, model_version)
         client = client_address(request)
-        with state.client(client):
+        with model.statistics.request() as stages, state.client(client):
+            body = await read_body(request, limits, too_large)
+            decoding = time.perf_counter()
             # the body (up to max_json_bytes) is not kept while the call waits and runs
-            call = decode_http(await read_body(request, limits, too_large),
-                               request.headers.get("inference-header-content-length"), client)
+            call = decode_http(body, request.headers.get("inference-header-content-length"),
+                               client)
+            del body
+            call.input_seconds = time.perf_counter() - decoding
             version, outputs = await answer(state, call)
-        call.timings["total"] = time.perf_counter() - began
-        return encode_http(version, outputs, call)
+            encoding = time.perf_counter()
+            call.timings["total"] = encoding - began
+            response = encode_http(version, outputs, call)
+            stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
+        return response
+
+    async def model_statistics(_: Request, model_name: str,
+                               model_version: str | None) -> dict[str, Any]:
+        """The model's inference statistics since it was loaded (Triton's statistics
+        extension)."""
+        check_model(model_name)
+        model = state.ready_model()
+        check_version(model, model_version)
+        return {"model_stats": [model.statistics.report(MODEL_NAME, model.version)]}
+
+    @router.get("/v2/models/stats", tags=["oip"])  # before the model's own paths
+    def all_statistics() -> dict[str, Any]:
+        """Every model's inference statistics (none until the model is loaded)."""
+        model = state.model
+        return {"model_stats": [] if model is None else [
+            model.statistics.report(MODEL_NAME, model.version)]}
 
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
+    _both(router, "GET", "/stats", model_statistics, responses=errors(404, 503))
     _both(router, "GET", "", model_metadata, responses=errors(404, 503))
     _both(router, "POST", "/infer", infer, response_model=InferResponse,
           openapi_extra=_INFER_BODY,
