@@ -326,6 +326,34 @@ def test_statistics_extension_over_http_and_grpc(http, grpc_client, model):
     assert "statistics" in grpc_client.get_server_metadata(as_json=True)["extensions"]
 
 
+def test_model_config_over_http_and_grpc(http, grpc_client, model):
+    """Triton's model configuration as tritonclient reads it (HTTP JSON, and gRPC decoded
+    with tritonclient's own messages): the tensors of the metadata, the CPU lanes."""
+    want_inputs = [{"name": "video_frames", "data_type": "TYPE_FP32", "dims": [-1, 512]},
+                   {"name": "music_id", "data_type": "TYPE_STRING", "dims": [1],
+                    "optional": True}]
+    for version in ("", "1", model.version):
+        config = http.get_model_config("mgsv", version)
+        assert config["name"] == "mgsv" and config["max_batch_size"] == 0
+        assert config["input"] == want_inputs
+        assert [o["name"] for o in config["output"]] == ["music_id", "score", "moments"]
+        assert config["output"][2]["dims"] == [-1, -1, 3]
+        assert config["instance_group"] == [{"name": "mgsv", "kind": "KIND_CPU",
+                                             "count": model.lanes}]
+        assert config["parameters"]["catalogue_tracks"]["string_value"] == str(
+            len(model.track_ids))
+    message = grpc_client.get_model_config("mgsv", "1").config
+    assert message.name == "mgsv" and message.max_batch_size == 0
+    assert [(t.name, t.data_type, list(t.dims), t.optional) for t in message.input] == [
+        ("video_frames", 11, [-1, 512], False), ("music_id", 13, [1], True)]  # FP32, STRING
+    assert message.instance_group[0].count == model.lanes
+    assert message.parameters["bundle_sha256"].string_value == model.checksum
+    with pytest.raises(InferenceServerException, match="no version '7'"):
+        http.get_model_config("mgsv", "7")
+    with pytest.raises(InferenceServerException, match="no model 'other'"):
+        grpc_client.get_model_config("other")
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error

@@ -204,6 +204,12 @@ class ServedModel:
     def batch_delay(self, seconds: float) -> None:
         self._batcher.max_delay = seconds  # checked there
 
+    @property
+    def lanes(self) -> int:
+        """Batches of :meth:`infer` calls that run at once (one per core's worth of the
+        grounder's threads)."""
+        return self._batcher.lanes
+
     # -- the catalogue ------------------------------------------------------------------------
     @property
     def track_ids(self) -> Sequence[str]:

@@ -28,7 +28,8 @@ from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, shown, validation_message
 
 __all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
-           "by_name", "bytes_from_wire", "bytes_to_wire", "check_version", "parameters"]
+           "by_name", "bytes_from_wire", "bytes_to_wire", "check_version", "model_config",
+           "parameters"]
 
 #: The version number clients that count versions from 1 (Triton's) may ask for; the
 #: model's own version is its checksum's first 12 hex digits.
@@ -104,6 +105,31 @@ def check_version(model: ServedModel, version: str | None) -> None:
         raise ApiError(404, f"model {MODEL_NAME!r} has no version {shown(version)}; this server "
                             f"serves version {model.version!r} (also addressable as "
                             f"{ALIAS_VERSION!r})")
+
+
+#: The protocol's tensor datatypes as Triton's model configuration names them.
+_CONFIG_TYPES = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
+
+
+def model_config(model: ServedModel, limits: dict[str, Any]) -> dict[str, Any]:
+    """The model as Triton's model configuration describes one (``GET .../config``, gRPC
+    ``ModelConfig``; what ``tritonclient``'s ``get_model_config`` reads), from its metadata:
+    one request is one video (``max_batch_size`` 0: no batch dimension in the tensors; the
+    server batches requests itself), on ``lanes`` CPU instances; the metadata's parameters
+    and the batching's as strings."""
+    meta = model.metadata(limits)
+
+    def tensor(t: dict[str, Any]) -> dict[str, Any]:
+        out = {"name": t["name"], "data_type": _CONFIG_TYPES[t["datatype"]], "dims": t["shape"]}
+        return {**out, "optional": True} if t.get("optional") else out
+
+    given = {**meta["parameters"], "batch_delay_ms": round(model.batch_delay * 1000.0, 3)}
+    return {"name": meta["name"], "platform": meta["platform"], "max_batch_size": 0,
+            "input": [tensor(t) for t in meta["inputs"]],
+            "output": [tensor(t) for t in meta["outputs"]],
+            "instance_group": [{"name": meta["name"], "kind": "KIND_CPU", "count": model.lanes}],
+            "parameters": {k: {"string_value": str(v).lower() if isinstance(v, bool) else str(v)}
+                           for k, v in given.items() if v is not None}}
 
 
 def check_model(name: str) -> None:

@@ -1,5 +1,6 @@
-"""``inference.GRPCInferenceService``: health, metadata, ``ModelInfer`` and the statistics
-extension's ``ModelStatistics`` (its other, Triton-specific methods answer UNIMPLEMENTED).
+"""``inference.GRPCInferenceService``: health, metadata, ``ModelInfer``, and Triton's
+``ModelStatistics`` (the statistics extension) and ``ModelConfig`` (its other methods
+answer UNIMPLEMENTED).
 
 The server is grpcio's asyncio one, on the HTTP app's event loop. A call costs nothing
 while its request message is still arriving (no thread, no place: grpcio's threaded
@@ -40,6 +41,7 @@ from ..oip import (
     check_shape,
     check_version,
     fp32_from_wire,
+    model_config,
     parameters,
 )
 from . import predict_v2_pb2 as pb
@@ -154,6 +156,13 @@ class _Service:
             outputs=[tensors(name=t["name"], datatype=t["datatype"], shape=t["shape"])
                      for t in meta["outputs"]])
 
+    async def model_config(self, request: Any, _: Any) -> Any:
+        check_model(request.name)
+        model = self.state.ready_model()
+        check_version(model, request.version)
+        config = model_config(model, self.state.config.public())
+        return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
+
     async def model_statistics(self, request: Any, _: Any) -> Any:
         model = self.state.model
         if request.name:  # one model (which must be loaded); none named: every model
@@ -249,6 +258,7 @@ async def start_grpc(state: Any, address: str) -> Any:
         "ModelInfer": (service.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
         "ModelStatistics": (service.model_statistics, pb.ModelStatisticsRequest,
                             pb.ModelStatisticsResponse),
+        "ModelConfig": (service.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
     }
     handlers = {name: _handler(state, name, *spec) for name, spec in methods.items()}
     config = state.config

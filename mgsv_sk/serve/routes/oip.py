@@ -38,6 +38,7 @@ from ..oip import (
     check_shape,
     check_version,
     fp32_from_wire,
+    model_config,
     parameters,
 )
 from ..schemas import InferRequest, InferResponse, errors
@@ -278,6 +279,14 @@ def oip_router(state: ServeState) -> APIRouter:
             stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
         return response
 
+    async def model_configuration(_: Request, model_name: str,
+                                  model_version: str | None) -> dict[str, Any]:
+        """The model as Triton's model configuration describes it."""
+        check_model(model_name)
+        model = state.ready_model()
+        check_version(model, model_version)
+        return model_config(model, state.config.public())
+
     async def model_statistics(_: Request, model_name: str,
                                model_version: str | None) -> dict[str, Any]:
         """The model's inference statistics since it was loaded (Triton's statistics
@@ -296,6 +305,7 @@ def oip_router(state: ServeState) -> APIRouter:
 
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
     _both(router, "GET", "/stats", model_statistics, responses=errors(404, 503))
+    _both(router, "GET", "/config", model_configuration, responses=errors(404, 503))
     _both(router, "GET", "", model_metadata, responses=errors(404, 503))
     _both(router, "POST", "/infer", infer, response_model=InferResponse,
           openapi_extra=_INFER_BODY,
