@@ -354,6 +354,35 @@ def test_model_config_over_http_and_grpc(http, grpc_client, model):
         grpc_client.get_model_config("other")
 
 
+def test_grpc_stream_infer_answers_each_message_and_goes_on_after_an_error(grpc_client,
+                                                                          model):
+    """Triton's ModelStreamInfer as tritonclient streams it: each request answered on the
+    stream as ModelInfer answers it; a bad one is its own error and the stream goes on."""
+    import queue
+
+    answers: queue.Queue = queue.Queue()
+    grpc_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        def send(frames, request_id):
+            tensor = grpcclient.InferInput("video_frames", list(frames.shape), "FP32")
+            tensor.set_data_from_numpy(frames)
+            grpc_client.async_stream_infer("mgsv", [tensor], request_id=request_id,
+                                           parameters={"k": 3, "moments_per_track": 2})
+
+        send(FRAMES, "a")
+        send(np.zeros((2, 7), np.float32), "bad")
+        send(FRAMES, "b")
+        got = [answers.get(timeout=60) for _ in range(3)]
+    finally:
+        grpc_client.stop_stream()
+    (result_a, none_a), (no_result, error), (result_b, none_b) = got
+    assert none_a is None and none_b is None and no_result is None
+    assert "shape" in str(error)
+    assert [r.get_response().id for r in (result_a, result_b)] == ["a", "b"]
+    check_msg(result_a, msg(model, 3, 2))
+    check_msg(result_b, msg(model, 3, 2))
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error
@@ -401,6 +430,21 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
         assert "raw_input_contents and an input's contents" in err.value.details()
         both.ClearField("raw_input_contents")  # contents alone: answered
         assert infer(both, timeout=30)
+        # on a stream: garbage, then a bad request, then a good one; each its own answer
+        stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                       request_serializer=lambda b: b,
+                                       response_deserializer=service_pb2.
+                                       ModelStreamInferResponse.FromString)
+        bad = service_pb2.ModelInferRequest(model_name="mgsv", id="no-such-model")
+        bad.model_name = "other"
+        answers = list(stream(iter([b"\xff" * 50, bad.SerializeToString(),
+                                    both.SerializeToString()]), timeout=60))
+        assert "not a valid inference.ModelInferRequest" in answers[0].error_message
+        assert "no model 'other'" in answers[1].error_message
+        assert answers[1].infer_response.id == "no-such-model"
+        assert not answers[2].error_message
+        assert answers[2].infer_response.outputs[0].name == "music_id"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_grpc_calls_whose_message_never_comes_hold_no_place(model):

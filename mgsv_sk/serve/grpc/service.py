@@ -1,6 +1,6 @@
 """``inference.GRPCInferenceService``: health, metadata, ``ModelInfer``, and Triton's
-``ModelStatistics`` (the statistics extension) and ``ModelConfig`` (its other methods
-answer UNIMPLEMENTED).
+``ModelStreamInfer``, ``ModelStatistics`` (the statistics extension) and ``ModelConfig``
+(its other methods answer UNIMPLEMENTED).
 
 The server is grpcio's asyncio one, on the HTTP app's event loop. A call costs nothing
 while its request message is still arriving (no thread, no place: grpcio's threaded
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -204,36 +204,75 @@ def _reader(request_type: Any) -> Callable[[bytes], Any]:
     return read
 
 
+def _malformed(request_type: Any) -> str:
+    return (f"the request is not a valid inference.{request_type.__name__} message; "
+            "send the KServe v2 protocol's message")
+
+
+async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitable[Any]],
+                   request: Any, context: Any, malformed: str
+                   ) -> tuple[Any, grpc.StatusCode, str]:
+    """``method(request, context)`` -> (response or None, status code, error message): an
+    ApiError becomes its status code, a request that is not its message INVALID_ARGUMENT,
+    anything else INTERNAL (logged); counted in the HTTP metrics under a closed set of
+    labels."""
+    began = time.perf_counter()
+    code, message, response = grpc.StatusCode.OK, "", None
+    try:
+        if isinstance(request, _Malformed):  # a new error each call (its own traceback)
+            raise ApiError(400, malformed)
+        response = await method(request, context)
+    except ApiError as exc:
+        code, message = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message
+    except Exception:
+        logger.exception("unexpected error in %s", route)
+        code, message = (grpc.StatusCode.INTERNAL,
+                         "internal error; the server log has the details")
+    finally:
+        state.metrics.requests.labels(route, "GRPC", code.name).inc()
+        state.metrics.latency.labels(route).observe(time.perf_counter() - began)
+    return response, code, message
+
+
 def _handler(state: Any, name: str, method: Callable[[Any, Any], Awaitable[Any]],
              request_type: Any, response_type: Any) -> Any:
-    """``method`` as a unary gRPC handler: an ApiError becomes the matching status code, a
-    request that is not a ``request_type`` message INVALID_ARGUMENT, and every call is
-    counted in the HTTP metrics under a closed set of labels."""
-    route = f"/{GRPC_SERVICE}/{name}"
-    malformed = (f"the request is not a valid inference.{request_type.__name__} message; "
-                 "send the KServe v2 protocol's message")
+    """``method`` as a unary gRPC handler (errors and metrics as :func:`_counted`)."""
+    route, malformed = f"/{GRPC_SERVICE}/{name}", _malformed(request_type)
 
     async def call(request: Any, context: Any) -> Any:
-        code = grpc.StatusCode.OK
-        began = time.perf_counter()
-        try:
-            if isinstance(request, _Malformed):  # a new error each call (its own traceback)
-                raise ApiError(400, malformed)
-            return await method(request, context)
-        except ApiError as exc:
-            code = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT)
-            await context.abort(code, exc.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            logger.exception("unexpected error in %s", route)
-            await context.abort(code, "internal error; the server log has the details")
-        finally:
-            state.metrics.requests.labels(route, "GRPC", code.name).inc()
-            state.metrics.latency.labels(route).observe(time.perf_counter() - began)
+        response, code, message = await _counted(state, route, method, request, context,
+                                                 malformed)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return response
 
     return grpc.unary_unary_rpc_method_handler(
         call, request_deserializer=_reader(request_type),
         response_serializer=response_type.SerializeToString)
+
+
+def _stream_handler(state: Any, infer: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    """Triton's ``ModelStreamInfer``: each ``ModelInferRequest`` of the stream answered in
+    turn, as ``ModelInfer`` answers it, on the stream; an error is that message's
+    ``error_message`` and the stream goes on (as Triton's clients expect). One message of a
+    stream is in progress at a time, so a stream holds at most one admission place."""
+    name = "ModelStreamInfer"
+    route, malformed = f"/{GRPC_SERVICE}/{name}", _malformed(pb.ModelInferRequest)
+
+    async def stream(requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            response, code, message = await _counted(state, route, infer, request, context,
+                                                     malformed)
+            if code == grpc.StatusCode.OK:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+            else:  # the request's id, so a client can tell which message failed
+                named = pb.ModelInferResponse(
+                    id="" if isinstance(request, _Malformed) else request.id)
+                yield pb.ModelStreamInferResponse(error_message=message, infer_response=named)
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream, request_deserializer=_reader(pb.ModelInferRequest),
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString)
 
 
 async def start_grpc(state: Any, address: str) -> Any:
@@ -261,6 +300,7 @@ async def start_grpc(state: Any, address: str) -> Any:
         "ModelConfig": (service.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
     }
     handlers = {name: _handler(state, name, *spec) for name, spec in methods.items()}
+    handlers["ModelStreamInfer"] = _stream_handler(state, service.model_infer)
     config = state.config
     server = grpc.aio.server(
         handlers=[grpc.method_handlers_generic_handler(GRPC_SERVICE, handlers)],
