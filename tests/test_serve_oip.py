@@ -383,6 +383,24 @@ def test_grpc_stream_infer_answers_each_message_and_goes_on_after_an_error(grpc_
     check_msg(result_b, msg(model, 3, 2))
 
 
+def test_triton_extensions_not_served_say_so(http, grpc_client):
+    """Triton's other extensions (shared memory, model repository, trace, logging): over
+    HTTP a 501 naming the extension and what to do instead, over gRPC UNIMPLEMENTED."""
+    calls = {"system shared memory": http.get_system_shared_memory_status,
+             "CUDA shared memory": http.get_cuda_shared_memory_status,
+             "model repository": lambda: http.load_model("mgsv"),
+             "trace": lambda: http.get_trace_settings("mgsv"),
+             "logging": http.get_log_settings}
+    for what, call in calls.items():
+        with pytest.raises(InferenceServerException) as err:
+            call()
+        assert err.value.status() == "501"
+        assert f"does not implement Triton's {what} extension" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:
+        grpc_client.get_model_repository_index()
+    assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error

@@ -66,6 +66,29 @@ def validation_message(errors: Any, prefix: tuple[str, ...] = ()) -> str:
             + "; see /openapi.json for the schema")
 
 
+#: Triton's HTTP extensions this server does not implement, by their path under /v2, and
+#: what to do instead (a client calling one gets 501 saying so, not a bare 404).
+_TRITON_EXTENSIONS = {
+    "systemsharedmemory": ("system shared memory", "send the tensors in the request body "
+                           "(JSON, or the binary tensor extension)"),
+    "cudasharedmemory": ("CUDA shared memory", "send the tensors in the request body "
+                         "(JSON, or the binary tensor extension)"),
+    "repository": ("model repository", "the server serves one model, loaded at start-up"),
+    "trace": ("trace", "see /metrics and the stage times in each answer"),
+    "logging": ("logging", "start the server with -v (requests logged) or -q"),
+}
+
+
+def _unsupported_extension(path: str) -> str | None:
+    parts = path.strip("/").split("/")
+    if len(parts) >= 2 and parts[0] == "v2":
+        name = parts[1] if parts[1] != "models" else parts[3] if len(parts) > 3 else ""
+        if name in _TRITON_EXTENSIONS:
+            what, instead = _TRITON_EXTENSIONS[name]
+            return f"this server does not implement Triton's {what} extension; {instead}"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """JSON errors for our ApiError, FastAPI's validation (422), Starlette's HTTP errors
     (404 unknown path, 405 wrong method...) and anything unexpected (500, logged)."""
@@ -82,6 +105,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         headers = dict(exc.headers or {})
+        unsupported = _unsupported_extension(request.url.path)
+        if exc.status_code in (404, 405) and unsupported:
+            return error_response(501, unsupported)
         if exc.status_code == 404 and message == "Not Found":
             message = "no such path; see /openapi.json for the endpoints"
         elif exc.status_code == 405:  # every GET path answers HEAD too (RFC 9110 9.3.2)
