@@ -225,3 +225,40 @@ def test_statistics_count_requests_stages_and_executions():
     assert (report["inference_count"], report["execution_count"]) == (5, 3)
     assert [(b["batch_size"], b["compute_infer"]) for b in report["batch_stats"]] == [
         (1, {"count": 1, "ns": 4_000_000}), (2, {"count": 2, "ns": 8_000_000})]
+
+
+def test_a_call_past_its_deadline_is_answered_unrun():
+    from mgsv_sk.serve.batching import DeadlineExceeded
+
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def run(items):
+        if 0 in items:
+            gate.wait(10)  # hold the only lane while the others queue
+        ran.extend(items)
+        return list(items)
+
+    c = Coalescer(run, lanes=1, max_batch=4, max_delay=0)
+    errors: dict[int, BaseException] = {}
+    answers: dict[int, object] = {}
+
+    def call(i, deadline):
+        try:
+            answers[i] = c.submit("k", i, deadline)
+        except DeadlineExceeded as exc:
+            errors[i] = exc
+
+    first = threading.Thread(target=call, args=(0, None))
+    first.start()
+    time.sleep(0.1)
+    late = threading.Thread(target=call, args=(1, time.monotonic() + 0.05))
+    patient = threading.Thread(target=call, args=(2, time.monotonic() + 60))
+    late.start()
+    patient.start()
+    time.sleep(0.3)  # 1's deadline passes while the lane is held
+    gate.set()
+    for t in (first, late, patient):
+        t.join(10)
+    assert set(errors) == {1} and answers == {0: 0, 2: 2}
+    assert 1 not in ran

@@ -401,6 +401,27 @@ def test_triton_extensions_not_served_say_so(http, grpc_client):
     assert err.value.status() == "StatusCode.UNIMPLEMENTED"
 
 
+def test_tritonclient_request_options(http, grpc_client):
+    """The options tritonclient's infer sends as request parameters: timeout (us) is a
+    deadline (one that passes before the model runs is 504 / DEADLINE_EXCEEDED), priority
+    is accepted, a sequence's parameters are refused by name (not a stateful model), and
+    the classification extension is refused over gRPC as over HTTP."""
+    for client, module, late in ((http, httpclient, "504"),
+                                 (grpc_client, grpcclient, "StatusCode.DEADLINE_EXCEEDED")):
+        frames = module.InferInput("video_frames", list(FRAMES.shape), "FP32")
+        frames.set_data_from_numpy(FRAMES)
+        ok = client.infer("mgsv", [frames], timeout=60_000_000, priority=1)
+        assert len(ok.as_numpy("music_id")) > 0
+        with pytest.raises(InferenceServerException, match="longer than its timeout") as err:
+            client.infer("mgsv", [frames], timeout=1)  # 1 us: gone before a thread takes it
+        assert err.value.status() == late
+        with pytest.raises(InferenceServerException, match="not a sequence"):
+            client.infer("mgsv", [frames], sequence_id=7, sequence_start=True)
+        with pytest.raises(InferenceServerException, match="classification extension"):
+            client.infer("mgsv", [frames],
+                         outputs=[module.InferRequestedOutput("score", class_count=2)])
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error

@@ -29,18 +29,22 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_DELAY", "Coalescer"]
+__all__ = ["DEFAULT_MAX_DELAY", "Coalescer", "DeadlineExceeded"]
 
 #: Seconds a free lane waits by default, while another is busy, for its share of the calls
 #: (the module docstring says why 10 ms); the service's ``batch_delay_ms`` default too.
 DEFAULT_MAX_DELAY = 0.010
 
 
-class _Slot:
-    __slots__ = ("key", "payload", "result", "error", "done", "promoted")
+class DeadlineExceeded(Exception):
+    """A call's deadline passed while it waited for a lane: it was not run."""
 
-    def __init__(self, key: Hashable, payload: Any) -> None:
-        self.key, self.payload = key, payload
+
+class _Slot:
+    __slots__ = ("key", "payload", "deadline", "result", "error", "done", "promoted")
+
+    def __init__(self, key: Hashable, payload: Any, deadline: float | None) -> None:
+        self.key, self.payload, self.deadline = key, payload, deadline
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = self.promoted = False
@@ -93,8 +97,15 @@ class Coalescer:
                              f"{seconds}")
         self._max_delay = float(seconds)
 
-    def submit(self, key: Hashable, payload: Any) -> Any:
-        slot = _Slot(key, payload)
+    def submit(self, key: Hashable, payload: Any, deadline: float | None = None) -> Any:
+        """The answer to ``payload``, batched with waiting calls of the same ``key``.
+
+        Raises
+        ------
+        DeadlineExceeded
+            ``deadline`` (``time.monotonic()`` seconds) passed before a lane took the call.
+        """
+        slot = _Slot(key, payload, deadline)
         with self._cond:
             self._queue.append(slot)
             self._in_system += 1
@@ -148,6 +159,7 @@ class Coalescer:
                 self._arrived.wait_for(lambda: len(self._queue) >= share, self.max_delay)
             finally:
                 self._gathering -= 1
+        self._expire()
         if not self._queue:
             return []
         key = self._queue[0].key
@@ -156,6 +168,17 @@ class Coalescer:
         taken = {id(s) for s in batch}
         self._queue = [s for s in self._queue if id(s) not in taken]
         return batch
+
+    def _expire(self) -> None:
+        """Answer the waiting calls whose deadline passed with :class:`DeadlineExceeded`
+        (lock held): they are not run."""
+        now = time.monotonic()
+        expired = [s for s in self._queue if s.deadline is not None and s.deadline < now]
+        if expired:
+            for s in expired:
+                s.error, s.done = DeadlineExceeded(), True
+            self._queue = [s for s in self._queue if not s.done]
+            self._cond.notify_all()
 
     def _answer(self, batch: list[_Slot]) -> None:
         try:

@@ -24,12 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mgsv_sk.data import MAX_ID_LENGTH
 from mgsv_sk.errors import InvalidInputError
 
+from .batching import DeadlineExceeded
 from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, shown, validation_message
 
 __all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
-           "by_name", "bytes_from_wire", "bytes_to_wire", "check_version", "model_config",
-           "parameters"]
+           "NO_CLASSIFICATION", "by_name", "bytes_from_wire", "bytes_to_wire", "check_version",
+           "model_config", "parameters"]
 
 #: The version number clients that count versions from 1 (Triton's) may ask for; the
 #: model's own version is its checksum's first 12 hex digits.
@@ -40,6 +41,11 @@ OUTPUTS = ("music_id", "score", "moments")
 _MAX_RANK, _MAX_ELEMENTS = 4, 1 << 28
 #: Request parameters of the protocol itself, accepted and not passed to the model.
 _PROTOCOL_PARAMETERS = ("binary_data_output",)
+#: Triton's parameters of stateful models, which this model is not.
+_SEQUENCE_PARAMETERS = {"sequence_id", "sequence_start", "sequence_end"}
+#: The answer to an output that asks for Triton's classification extension.
+NO_CLASSIFICATION = ("the classification extension is not supported; ask for 'score' (the "
+                     "tracks come ranked, best first)")
 
 
 class InferParameters(BaseModel):
@@ -53,6 +59,13 @@ class InferParameters(BaseModel):
     video_duration: float | None = Field(
         None, gt=0, strict=True, description="seconds of the video (the moment's length); "
                                              "default: one second per frame")
+    timeout: int | None = Field(
+        None, ge=0, strict=True, description="microseconds (Triton's): a request still "
+        "waiting for the model after this long is not run but answered 504 (gRPC "
+        "DEADLINE_EXCEEDED); 0 or none: no limit")
+    priority: int | None = Field(
+        None, ge=0, strict=True, description="accepted for Triton's clients; every request "
+                                             "has the same priority here")
 
 
 @dataclass
@@ -141,6 +154,11 @@ def parameters(given: dict[str, Any] | None) -> InferParameters:
     """The model's parameters from a request's, protocol parameters left out (422 naming
     an unknown or invalid one)."""
     own = {k: v for k, v in (given or {}).items() if k not in _PROTOCOL_PARAMETERS}
+    sequence = sorted(set(own) & _SEQUENCE_PARAMETERS)
+    if sequence:
+        raise ApiError(422, f"{MODEL_NAME!r} is not a sequence (stateful) model, so "
+                            f"{', '.join(sequence)} do not apply; send each video as a "
+                            "request of its own, without them")
     try:
         return InferParameters.model_validate(own)
     except ValidationError as exc:
@@ -260,6 +278,10 @@ async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
             tracks, waited = await state.admission.run(prepared)
         except InvalidInputError as exc:  # finite numbers the model still cannot score
             raise ApiError(400, f"video_frames: {exc}") from exc
+        except DeadlineExceeded:
+            raise ApiError(504, f"the request waited longer than its timeout "
+                                f"({call.params.timeout} us) for the model and was not run; "
+                                "retry with a longer timeout, or later") from None
     _observe(state, call, waited, time.perf_counter() - run_began - waited)
     return model.version, _outputs(tracks, _requested(call))
 
@@ -286,9 +308,15 @@ def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
         raise ApiError(422, f"video_duration is {seconds:g} s; this server takes videos of "
                             f"at most {config.max_video_seconds:g} s")
 
+    # Triton's timeout counts from here (the request decoded), in microseconds
+    deadline = time.monotonic() + params.timeout / 1e6 if params.timeout else None
+
     def run() -> list[TrackResult]:
+        if deadline is not None and time.monotonic() > deadline:  # waited for a thread
+            raise DeadlineExceeded
         return model.infer(frames, music_id=music_id, k=params.k,
-                           moments=params.moments_per_track, seconds=seconds)
+                           moments=params.moments_per_track, seconds=seconds,
+                           deadline=deadline)
 
     return model, run
 

@@ -88,7 +88,8 @@ ERRORS = {code: {"model": ErrorBody, "description": what} for code, what in (
     (416, "range not satisfiable"),
     (422, "invalid parameters, unreadable or too long video"),
     (429, "this client address has its share of requests in progress"),
-    (503, "loading, or overloaded (see Retry-After)"))}
+    (503, "loading, or overloaded (see Retry-After)"),
+    (504, "the request's timeout passed before the model ran it"))}
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:

@@ -31,6 +31,7 @@ from ..engine import MODEL_NAME
 from ..errors import ApiError
 from ..oip import (
     ALIAS_VERSION,
+    NO_CLASSIFICATION,
     InferCall,
     Tensor,
     answer,
@@ -60,7 +61,8 @@ _AGE_MS = 300_000
 _CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
           408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
           422: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE}
+          501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
+          504: grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def _peer_host(context: grpc.ServicerContext) -> str:
@@ -104,6 +106,8 @@ def _inputs(request: Any) -> dict[str, Tensor]:
 
 def _decode(request: Any, client: str) -> InferCall:
     given = {name: _value(p) for name, p in request.parameters.items()}
+    if any("classification" in o.parameters for o in request.outputs):
+        raise ApiError(400, NO_CLASSIFICATION)
     outputs: dict[str, bool | None] | None = (
         {o.name: None for o in request.outputs} if request.outputs else None)
     return InferCall(_inputs(request), parameters(given), id=request.id or None,

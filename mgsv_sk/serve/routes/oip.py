@@ -28,6 +28,7 @@ from ..body import BodyLimits, bounded_int, read_body
 from ..engine import MODEL_NAME
 from ..errors import ApiError, shown, validation_message
 from ..oip import (
+    NO_CLASSIFICATION,
     InferCall,
     Tensor,
     answer,
@@ -132,7 +133,7 @@ def _requested_outputs(request: InferRequest) -> dict[str, bool | None] | None:
     for output in request.outputs:
         given = output.parameters or {}
         if "classification" in given:
-            raise ApiError(400, "the classification extension is not supported")
+            raise ApiError(400, NO_CLASSIFICATION)
         binary = given.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
             raise ApiError(400, f"output {shown(output.name)}: binary_data must be true or false")
@@ -309,5 +310,5 @@ def oip_router(state: ServeState) -> APIRouter:
     _both(router, "GET", "", model_metadata, responses=errors(404, 503))
     _both(router, "POST", "/infer", infer, response_model=InferResponse,
           openapi_extra=_INFER_BODY,
-          responses=errors(400, 404, 408, 413, 415, 422, 429, 503))
+          responses=errors(400, 404, 408, 413, 415, 422, 429, 503, 504))
     return router
