@@ -229,6 +229,37 @@ def run_row(concurrency: int, codes: dict[int, int], errors: dict[str, int],
             "codes": {str(c): n for c, n in sorted(codes.items())}}
 
 
+def server_statistics(port: int) -> dict[str, Any]:
+    """The server's own statistics of the model (the OIP statistics extension)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/v2/models/mgsv/stats")
+        stats: dict[str, Any] = json.loads(conn.getresponse().read())["model_stats"][0]
+        return stats
+    finally:
+        conn.close()
+
+
+def batching_figures(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What the server saw between two readings of its statistics: requests, model runs,
+    their mean batch, and the mean wait for a thread and time in the model a request."""
+    def delta(*keys: str) -> int:
+        a, b = after, before
+        for k in keys:
+            a, b = a[k], b[k]
+        return int(a) - int(b)
+
+    requests, runs = delta("inference_count"), delta("execution_count")
+    ok = max(1, delta("inference_stats", "success", "count"))
+    return {"requests": requests, "model_runs": runs,
+            "mean_batch": round(requests / max(1, runs), 2),
+            "queue_ms_mean": round(delta("inference_stats", "queue", "ns") / ok / 1e6, 2),
+            "infer_ms_mean": round(delta("inference_stats", "compute_infer", "ns") / ok / 1e6,
+                                   2)}
+
+
 def free_port() -> int:
     import socket
 
@@ -505,7 +536,9 @@ def main() -> None:
                         print(f"http {mode} c1 alternating", json.dumps(pair), flush=True)
                     if level == 4:
                         adjacent[mode]["rps_c4"].append(rps_threads(ask, args.seconds))
+                    before = server_statistics(port)
                     row = closed_loop(sender(mode), level, args.seconds, 10**6, port)
+                    row["server"] = batching_figures(before, server_statistics(port))
                     http[mode][f"c{level}"].append(row)
                     print(f"http {mode} c{level}", json.dumps(row), flush=True)
     finally:
@@ -646,6 +679,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{near['p50_ms_c1']['runs']} | {near['p50_ms_c1']['median']} |",
             f"| in process just before each 4-client run: requests/s | {mode} | "
             f"{near['rps_c4']['runs']} | {near['rps_c4']['median']} |"]
+        for level in (4, 8):  # the server's own statistics of the runs
+            batches = [r["server"]["mean_batch"] for r in h["levels"][f"c{level}"]
+                       if "server" in r]
+            if batches:
+                lines.append(f"| mean batch at concurrency {level} (the server's statistics) "
+                             f"| {mode} | {batches} | {float(np.median(batches))} |")
     lines += ["", "The HTTP ratios below compare each run with its in-process twin (the "
               "median of the repeats' ratios): at 1 client each request runs in process "
               "and over HTTP one after the other (each then finds the caches holding the "
