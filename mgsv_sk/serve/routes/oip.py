@@ -224,6 +224,37 @@ def _both(router: APIRouter, method: str, suffix: str,
                              **options)
 
 
+def _triton_routes(router: APIRouter, state: ServeState) -> None:
+    """Triton's statistics extension and model configuration, at the model's paths."""
+
+    @router.get("/v2/models/stats", tags=["oip"])  # before the model's own paths
+    def all_statistics() -> dict[str, Any]:
+        """Every model's inference statistics (none until the model is loaded)."""
+        model = state.model
+        return {"model_stats": [] if model is None else [
+            model.statistics.report(MODEL_NAME, model.version)]}
+
+    async def model_statistics(_: Request, model_name: str,
+                               model_version: str | None) -> dict[str, Any]:
+        """The model's inference statistics since it was loaded (Triton's statistics
+        extension)."""
+        check_model(model_name)
+        model = state.ready_model()
+        check_version(model, model_version)
+        return {"model_stats": [model.statistics.report(MODEL_NAME, model.version)]}
+
+    async def model_configuration(_: Request, model_name: str,
+                                  model_version: str | None) -> dict[str, Any]:
+        """The model as Triton's model configuration describes it."""
+        check_model(model_name)
+        model = state.ready_model()
+        check_version(model, model_version)
+        return model_config(model, state.config.public())
+
+    _both(router, "GET", "/stats", model_statistics, responses=errors(404, 503))
+    _both(router, "GET", "/config", model_configuration, responses=errors(404, 503))
+
+
 def oip_router(state: ServeState) -> APIRouter:
     router = APIRouter()
     limits = BodyLimits(state.config.max_json_bytes, state.config.body_idle_seconds,
@@ -280,33 +311,8 @@ def oip_router(state: ServeState) -> APIRouter:
             stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
         return response
 
-    async def model_configuration(_: Request, model_name: str,
-                                  model_version: str | None) -> dict[str, Any]:
-        """The model as Triton's model configuration describes it."""
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
-        return model_config(model, state.config.public())
-
-    async def model_statistics(_: Request, model_name: str,
-                               model_version: str | None) -> dict[str, Any]:
-        """The model's inference statistics since it was loaded (Triton's statistics
-        extension)."""
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
-        return {"model_stats": [model.statistics.report(MODEL_NAME, model.version)]}
-
-    @router.get("/v2/models/stats", tags=["oip"])  # before the model's own paths
-    def all_statistics() -> dict[str, Any]:
-        """Every model's inference statistics (none until the model is loaded)."""
-        model = state.model
-        return {"model_stats": [] if model is None else [
-            model.statistics.report(MODEL_NAME, model.version)]}
-
+    _triton_routes(router, state)  # first: /v2/models/stats is not a model's path
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
-    _both(router, "GET", "/stats", model_statistics, responses=errors(404, 503))
-    _both(router, "GET", "/config", model_configuration, responses=errors(404, 503))
     _both(router, "GET", "", model_metadata, responses=errors(404, 503))
     _both(router, "POST", "/infer", infer, response_model=InferResponse,
           openapi_extra=_INFER_BODY,
