@@ -422,6 +422,50 @@ def test_tritonclient_request_options(http, grpc_client):
                          outputs=[module.InferRequestedOutput("score", class_count=2)])
 
 
+def test_asyncio_clients(served, model):
+    """tritonclient's asyncio clients (``tritonclient.http.aio``, ``tritonclient.grpc.aio``
+    with its streaming call): concurrent calls, each the runtime's answer."""
+    import asyncio
+
+    http_aio = pytest.importorskip("tritonclient.http.aio")
+    grpc_aio = pytest.importorskip("tritonclient.grpc.aio")
+    server, grpc_port = served
+    want = msg(model, 3, 1)
+
+    async def run() -> None:
+        for module, url in ((http_aio, f"127.0.0.1:{server.port}"),
+                            (grpc_aio, f"127.0.0.1:{grpc_port}")):
+            client = module.InferenceServerClient(url)
+            try:
+                frames = module.InferInput("video_frames", list(FRAMES.shape), "FP32")
+                frames.set_data_from_numpy(FRAMES)
+                results = await asyncio.gather(*[
+                    client.infer("mgsv", [frames], parameters={"k": 3}) for _ in range(3)])
+                for result in results:
+                    check_msg(result, want)
+                assert await client.is_model_ready("mgsv", "1")
+            finally:
+                await client.close()
+        client = grpc_aio.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+        async def requests():
+            for i in range(2):
+                frames = grpc_aio.InferInput("video_frames", list(FRAMES.shape), "FP32")
+                frames.set_data_from_numpy(FRAMES)
+                yield {"model_name": "mgsv", "inputs": [frames], "request_id": f"s{i}",
+                       "parameters": {"k": 3}}
+
+        try:
+            answers = [(r, e) async for r, e in client.stream_infer(requests())]
+        finally:
+            await client.close()
+        assert [e for _, e in answers] == [None, None]
+        assert [r.get_response().id for r, _ in answers] == ["s0", "s1"]
+        check_msg(answers[0][0], want)
+
+    asyncio.run(run())
+
+
 def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog):
     # bytes that are not a ModelInferRequest: INVALID_ARGUMENT (grpcio alone answers
     # INTERNAL and logs a traceback for each); a 100,000-character input name: an error
