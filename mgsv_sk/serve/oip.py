@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,7 +31,10 @@ from .errors import ApiError, shown, validation_message
 
 __all__ = ["ALIAS_VERSION", "OUTPUTS", "InferCall", "InferParameters", "Tensor", "answer",
            "NO_CLASSIFICATION", "by_name", "bytes_from_wire", "bytes_to_wire", "check_version",
-           "model_config", "parameters"]
+           "model_config", "parameters", "serve_infer", "served_model", "statistics_of"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: The version number clients that count versions from 1 (Triton's) may ask for; the
 #: model's own version is its checksum's first 12 hex digits.
@@ -148,6 +152,44 @@ def model_config(model: ServedModel, limits: dict[str, Any]) -> dict[str, Any]:
 def check_model(name: str) -> None:
     if name != MODEL_NAME:
         raise ApiError(404, f"no model {shown(name)}; this server serves {MODEL_NAME!r}")
+
+
+def served_model(state: Any, name: str, version: str | None) -> ServedModel:
+    """The loaded model that ``name`` and ``version`` address: 404 for another model or
+    version, 503 while it loads (counted as a rejection)."""
+    check_model(name)
+    model: ServedModel = state.ready_model()
+    check_version(model, version)
+    return model
+
+
+def statistics_of(model: ServedModel | None) -> dict[str, Any]:
+    """The statistics extension's answer: the model's counters, none before it loads."""
+    return {"model_stats": [] if model is None else [
+        model.statistics.report(MODEL_NAME, model.version)]}
+
+
+async def serve_infer(state: Any, name: str, version: str | None, client: str,
+                      read: Callable[[], Awaitable[T]],
+                      decode: Callable[[T], InferCall],
+                      encode: Callable[[str, list[Tensor], InferCall], R]) -> R:
+    """One ``infer`` over either transport: the model it addresses, the client's share,
+    the request ``read`` and ``decode``d, :func:`answer`, the answer ``encode``d; counted
+    in the model's statistics (a success with its stages, or a failure)."""
+    began = time.perf_counter()
+    model = served_model(state, name, version)
+    with model.statistics.request() as stages, state.client(client):
+        raw = await read()
+        decoding = time.perf_counter()
+        call = decode(raw)
+        del raw  # the body (up to max_json_bytes) is not kept while the call waits and runs
+        call.input_seconds = time.perf_counter() - decoding
+        answered_version, outputs = await answer(state, call)
+        encoding = time.perf_counter()
+        call.timings["total"] = encoding - began
+        response = encode(answered_version, outputs, call)
+        stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
+    return response
 
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:
@@ -308,12 +350,11 @@ def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
         raise ApiError(422, f"video_duration is {seconds:g} s; this server takes videos of "
                             f"at most {config.max_video_seconds:g} s")
 
-    # Triton's timeout counts from here (the request decoded), in microseconds
+    # Triton's timeout counts from here (the request decoded), in microseconds; the batcher
+    # answers a call whose deadline passed before a lane took it without running it
     deadline = time.monotonic() + params.timeout / 1e6 if params.timeout else None
 
     def run() -> list[TrackResult]:
-        if deadline is not None and time.monotonic() > deadline:  # waited for a thread
-            raise DeadlineExceeded
         return model.infer(frames, music_id=music_id, k=params.k,
                            moments=params.moments_per_track, seconds=seconds,
                            deadline=deadline)

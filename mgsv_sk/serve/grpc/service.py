@@ -34,16 +34,16 @@ from ..oip import (
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
-    answer,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
-    check_model,
     check_shape,
-    check_version,
     fp32_from_wire,
     model_config,
     parameters,
+    serve_infer,
+    served_model,
+    statistics_of,
 )
 from . import predict_v2_pb2 as pb
 
@@ -148,10 +148,7 @@ class _Service:
                                          extensions=["statistics"])
 
     async def model_metadata(self, request: Any, _: Any) -> Any:
-        check_model(request.name)
-        model = self.state.ready_model()
-        check_version(model, request.version)
-        meta = model.metadata({})
+        meta = served_model(self.state, request.name, request.version).metadata({})
         tensors = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -161,37 +158,24 @@ class _Service:
                      for t in meta["outputs"]])
 
     async def model_config(self, request: Any, _: Any) -> Any:
-        check_model(request.name)
-        model = self.state.ready_model()
-        check_version(model, request.version)
-        config = model_config(model, self.state.config.public())
+        config = model_config(served_model(self.state, request.name, request.version),
+                              self.state.config.public())
         return json_format.ParseDict({"config": config}, pb.ModelConfigResponse())
 
     async def model_statistics(self, request: Any, _: Any) -> Any:
-        model = self.state.model
-        if request.name:  # one model (which must be loaded); none named: every model
-            check_model(request.name)
-            model = self.state.ready_model()
-            check_version(model, request.version)
-        stats = [] if model is None else [model.statistics.report(MODEL_NAME, model.version)]
-        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
+        # one model (which must be loaded) when named; none named: every model
+        model = (served_model(self.state, request.name, request.version) if request.name
+                 else self.state.model)
+        return json_format.ParseDict(statistics_of(model), pb.ModelStatisticsResponse())
 
     async def model_infer(self, request: Any, context: Any) -> Any:
-        began = time.perf_counter()
         client = _peer_host(context)
-        check_model(request.model_name)
-        model = self.state.ready_model()
-        check_version(model, request.model_version)
-        with model.statistics.request() as stages, self.state.client(client):
-            decoding = time.perf_counter()
-            call = _decode(request, client)
-            call.input_seconds = time.perf_counter() - decoding
-            version, outputs = await answer(self.state, call)
-            encoding = time.perf_counter()
-            call.timings["total"] = encoding - began
-            response = _encode(version, outputs, call)
-            stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
-        return response
+
+        async def read() -> Any:
+            return request
+
+        return await serve_infer(self.state, request.model_name, request.model_version,
+                                 client, read, lambda r: _decode(r, client), _encode)
 
 
 class _Malformed:

@@ -13,7 +13,6 @@ after the header, which then has its length in ``Inference-Header-Content-Length
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +30,6 @@ from ..oip import (
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
-    answer,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
@@ -41,6 +39,9 @@ from ..oip import (
     fp32_from_wire,
     model_config,
     parameters,
+    serve_infer,
+    served_model,
+    statistics_of,
 )
 from ..schemas import InferRequest, InferResponse, errors
 from ..state import ServeState
@@ -230,26 +231,19 @@ def _triton_routes(router: APIRouter, state: ServeState) -> None:
     @router.get("/v2/models/stats", tags=["oip"])  # before the model's own paths
     def all_statistics() -> dict[str, Any]:
         """Every model's inference statistics (none until the model is loaded)."""
-        model = state.model
-        return {"model_stats": [] if model is None else [
-            model.statistics.report(MODEL_NAME, model.version)]}
+        return statistics_of(state.model)
 
     async def model_statistics(_: Request, model_name: str,
                                model_version: str | None) -> dict[str, Any]:
         """The model's inference statistics since it was loaded (Triton's statistics
         extension)."""
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
-        return {"model_stats": [model.statistics.report(MODEL_NAME, model.version)]}
+        return statistics_of(served_model(state, model_name, model_version))
 
     async def model_configuration(_: Request, model_name: str,
                                   model_version: str | None) -> dict[str, Any]:
         """The model as Triton's model configuration describes it."""
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
-        return model_config(model, state.config.public())
+        return model_config(served_model(state, model_name, model_version),
+                            state.config.public())
 
     _both(router, "GET", "/stats", model_statistics, responses=errors(404, 503))
     _both(router, "GET", "/config", model_configuration, responses=errors(404, 503))
@@ -283,33 +277,16 @@ def oip_router(state: ServeState) -> APIRouter:
 
     async def model_metadata(_: Request, model_name: str,
                              model_version: str | None) -> dict[str, Any]:
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
-        return model.metadata(state.config.public())
+        return served_model(state, model_name, model_version).metadata(state.config.public())
 
     async def infer(request: Request, model_name: str, model_version: str | None) -> Response:
         """Frame features -> the top-k tracks with their moments (MsG), or the moments on
         one track when ``music_id`` is given (SmG)."""
-        began = time.perf_counter()
-        check_model(model_name)
-        model = state.ready_model()
-        check_version(model, model_version)
         client = client_address(request)
-        with model.statistics.request() as stages, state.client(client):
-            body = await read_body(request, limits, too_large)
-            decoding = time.perf_counter()
-            # the body (up to max_json_bytes) is not kept while the call waits and runs
-            call = decode_http(body, request.headers.get("inference-header-content-length"),
-                               client)
-            del body
-            call.input_seconds = time.perf_counter() - decoding
-            version, outputs = await answer(state, call)
-            encoding = time.perf_counter()
-            call.timings["total"] = encoding - began
-            response = encode_http(version, outputs, call)
-            stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
-        return response
+        header = request.headers.get("inference-header-content-length")
+        return await serve_infer(state, model_name, model_version, client,
+                                 lambda: read_body(request, limits, too_large),
+                                 lambda body: decode_http(body, header, client), encode_http)
 
     _triton_routes(router, state)  # first: /v2/models/stats is not a model's path
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
