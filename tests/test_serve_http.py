@@ -179,6 +179,42 @@ def test_one_address_cannot_hold_every_connection(model):
             sock.close()
 
 
+def test_connections_from_many_addresses_cannot_take_every_place(model):
+    """Past the cap on all connections, a new one closes the one that has waited longest
+    for a request's headers; when every connection has a request in progress, the new
+    one is answered 503 and closed."""
+    config = ServeConfig(workers=1, queue_size=2, header_seconds=30, max_connections=3)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        idle = [connect(running.port, f"127.0.0.{i}") for i in (2, 3, 4)]
+        time.sleep(0.2)
+        # a fourth address is served: the oldest idle connection made room
+        assert httpx.get(f"{running.url}/v2/health/live", timeout=10).status_code == 200
+        assert read_all(idle[0]) == b""  # closed by the server, nothing sent
+        for sock in idle[1:]:  # the others are still open
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+            sock.setblocking(True)
+        # three connections inside a request (headers in, the body still coming)
+        for sock in idle[1:]:
+            sock.close()
+        busy = [connect(running.port, f"127.0.0.{i}") for i in (5, 6, 7)]
+        for sock in busy:
+            sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 100\r\n\r\n{")
+        time.sleep(0.3)
+        extra = connect(running.port, "127.0.0.8")
+        answer = read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in answer.lower()
+        assert b"holds its 3 connections" in answer
+        for sock in [*idle, *busy, extra]:
+            sock.close()
+    assert ServeConfig(max_connections=7).public()["max_connections"] == 7
+    assert ServeConfig().connections >= 64
+    with pytest.raises(ValueError, match="max_connections must be an integer >= 1"):
+        ServeConfig(max_connections=0)
+
+
 def test_numbers_are_parsed_with_bounds(server):
     huge = "9" * 5000
     whole = httpx.get(server.url + AUDIO).content

@@ -204,6 +204,13 @@ def test_raw_binary_request_without_content_type(served, model):
     short = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=body[:-4], timeout=60,
                        headers={"Inference-Header-Content-Length": str(len(header))})
     assert short.status_code == 400 and "binary_data_size" in short.json()["error"]
+    floated = header.replace(b'"binary_data_size": %d' % FRAMES.nbytes,
+                             b'"binary_data_size": %d.0' % FRAMES.nbytes)
+    response = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=floated + body[
+        len(header):], timeout=60, headers={"Inference-Header-Content-Length": str(
+            len(floated))})
+    assert response.status_code == 400
+    assert "binary_data_size must be an integer count of bytes" in response.json()["error"]
 
 
 # -- gRPC -------------------------------------------------------------------------------

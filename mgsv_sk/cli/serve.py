@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          n_threads=args.n_threads,
                          max_client_requests=args.max_client_requests,
                          max_client_connections=args.max_client_connections,
+                         max_connections=args.max_connections,
                          batch_delay_ms=args.batch_delay_ms)
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
@@ -98,6 +99,10 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    metavar="N", help="open connections one client address may hold "
                                      "(default: 4 x (workers + queue size), at least 64; "
                                      "behind a reverse proxy, its connection pool)")
+    p.add_argument("--max-connections", type=_positive(int), default=None, metavar="N",
+                   help="open connections from all addresses; one more closes the one that "
+                        "has waited longest for a request (default: half the open-file "
+                        "limit, at least 64)")
     p.add_argument("--batch-delay-ms", type=float, default=10.0, metavar="MS",
                    help="longest wait of a free inference lane, while another is busy, for "
                         "concurrent requests to batch with (default 10; 0: never waits)")

@@ -4,6 +4,7 @@ web stack)."""
 from __future__ import annotations
 
 import os
+import resource
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,6 +66,11 @@ class ServeConfig:
         Open connections one address may hold (one more is answered 503 and closed).
         Default: four per place (``workers + queue_size``), at least 64. Behind a reverse
         proxy every connection is the proxy's: set it to the proxy's connection pool.
+    max_connections : int or None
+        Open connections from all addresses together; one more closes the connection that
+        has waited longest for its next request's headers (else it is answered 503 and
+        closed), so connections that send nothing, from however many addresses, never take
+        every file descriptor. Default: half the process's open-file limit, at least 64.
     batch_delay_ms : float
         Longest wait of a free inference lane, while another lane is busy, for its share of
         the concurrent ``infer`` calls to arrive and be batched with (see
@@ -85,6 +91,7 @@ class ServeConfig:
     max_client_requests: int | None = None
     header_seconds: float = 10.0
     max_client_connections: int | None = None
+    max_connections: int | None = None
     batch_delay_ms: float = 1000 * DEFAULT_MAX_DELAY  # 10 ms
 
     def __post_init__(self) -> None:
@@ -107,7 +114,7 @@ class ServeConfig:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
                 0 <= delay <= 1000):
             problems.append(f"batch_delay_ms must be a number from 0 to 1000, got {delay!r}")
-        for name in ("max_client_requests", "max_client_connections"):
+        for name in ("max_client_requests", "max_client_connections", "max_connections"):
             share = getattr(self, name)
             if share is not None and (isinstance(share, bool) or not isinstance(share, int)
                                       or share < 1):
@@ -129,11 +136,22 @@ class ServeConfig:
             return self.max_client_connections
         return max(64, 4 * (self.workers + self.queue_size))
 
+    @property
+    def connections(self) -> int:
+        """Open connections from all addresses together: by default half the file
+        descriptors this process may open (the rest for the gRPC port, the bundle, uploads
+        and logs), at least 64."""
+        if self.max_connections is not None:
+            return self.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return max(64, (soft if soft != resource.RLIM_INFINITY else 1 << 16) // 2)
+
     def public(self) -> dict[str, Any]:
         """The limits a client needs to know (the page and the model metadata show them)."""
         out = asdict(self)
         out["max_client_requests"] = self.client_share
         out["max_client_connections"] = self.client_connections
+        out["max_connections"] = self.connections
         for private in ("n_threads", "retry_after_s", "batch_delay_ms"):
             out.pop(private)
         return out

@@ -13,7 +13,15 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
   them at once;
 - an address may hold ``max_connections`` open connections; one more is answered 503
   (JSON, ``Retry-After``) and closed. Behind a reverse proxy every connection comes from
-  the proxy, whose own limits then apply: raise it to the proxy's pool.
+  the proxy, whose own limits then apply: raise it to the proxy's pool;
+- the process holds at most ``max_total`` connections from all addresses: one more
+  closes the connection that has waited longest for its next request's headers (one that
+  sent nothing yet, or an idle keep-alive one, which HTTP lets a server close at any
+  time), else it is answered 503 and closed. Many addresses that open connections and send
+  nothing (every 127.x.y.z is this host's) would otherwise take every file descriptor
+  the process may open until their header deadline, and the server could accept no one
+  (measured: 22,000 such connections from 440 addresses, each under its share, and
+  every other client's request failed for 10 s).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from collections import Counter
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .config import ServeConfig
 
 __all__ = ["guarded_protocol"]
 
@@ -35,11 +45,8 @@ def _answer(status: bytes, message: str, extra: bytes = b"") -> bytes:
             b"%sconnection: close\r\n\r\n" % (status, len(body), extra)) + body
 
 
-def _refusal(max_connections: int, retry_after_s: int) -> bytes:
-    return _answer(b"503 Service Unavailable",
-                   f"this address already holds {max_connections} open connections to the "
-                   "server; reuse them (keep-alive) or close some",
-                   b"retry-after: %d\r\n" % retry_after_s)
+def _refusal(message: str, retry_after_s: int) -> bytes:
+    return _answer(b"503 Service Unavailable", message, b"retry-after: %d\r\n" % retry_after_s)
 
 
 #: uvicorn answers a request h11 cannot parse with a text/plain 400; the service's errors
@@ -50,11 +57,21 @@ _NOT_HTTP = _answer(b"400 Bad Request",
 
 
 def guarded_protocol(header_seconds: float, max_connections: int,
-                     retry_after_s: int = 1) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the header deadline and the per-address cap (pass it
-    as ``uvicorn.Config(http=...)``); each call makes a class with its own counts."""
+                     retry_after_s: int = 1, max_total: int | None = None
+                     ) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the header deadline, the per-address cap and the cap on
+    all connections (pass it as ``uvicorn.Config(http=...)``); each call makes a class
+    with its own counts. ``max_total`` None: :attr:`ServeConfig.connections`' default."""
     open_by_address: Counter[str] = Counter()
-    refusal = _refusal(max_connections, retry_after_s)
+    opened = [0]  # connections open, from all addresses
+    # connections waiting for a request's headers, the longest-waiting first (dicts keep
+    # insertion order): the ones closed to make room
+    waiting: dict[Any, None] = {}
+    total = max_total if max_total is not None else ServeConfig().connections
+    refusal = _refusal(f"this address already holds {max_connections} open connections to "
+                       "the server; reuse them (keep-alive) or close some", retry_after_s)
+    full = _refusal(f"the server holds its {total} connections, each with a request in "
+                    "progress; retry later", retry_after_s)
 
     class GuardedH11(H11Protocol):
         _deadline: Any = None
@@ -65,15 +82,30 @@ def guarded_protocol(header_seconds: float, max_connections: int,
             super().connection_made(transport)
             self._address = self.client[0] if self.client else "unknown"
             open_by_address[self._address] += 1
+            opened[0] += 1
             if open_by_address[self._address] > max_connections:
                 transport.write(refusal)
                 transport.close()
                 return
+            if opened[0] > total and not self._make_room():
+                transport.write(full)
+                transport.close()
+                return
             self._wait_for_headers()
+
+        @staticmethod
+        def _make_room() -> bool:
+            """Close the connection that has waited longest for headers, if any."""
+            for oldest in waiting:
+                oldest._stop_waiting()
+                oldest.transport.close()
+                return True
+            return False
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._stop_waiting()
             open_by_address[self._address] -= 1
+            opened[0] -= 1
             if open_by_address[self._address] <= 0:
                 del open_by_address[self._address]
             super().connection_lost(exc)
@@ -92,8 +124,10 @@ def guarded_protocol(header_seconds: float, max_connections: int,
         def _wait_for_headers(self) -> None:
             self._stop_waiting()
             self._deadline = self.loop.call_later(header_seconds, self._headers_late)
+            waiting[self] = None
 
         def _stop_waiting(self) -> None:
+            waiting.pop(self, None)
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
@@ -104,6 +138,7 @@ def guarded_protocol(header_seconds: float, max_connections: int,
 
         def _headers_late(self) -> None:
             self._deadline = None
+            waiting.pop(self, None)
             if not self.transport.is_closing():
                 self.transport.close()
 
