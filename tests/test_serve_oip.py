@@ -594,6 +594,40 @@ def test_a_silent_grpc_connection_is_closed(model):
         sock.close()
 
 
+def test_grpc_connections_are_capped_and_leave_http_its_own(model):
+    """The gRPC port holds half of max_connections: more silent connections are refused
+    (closed at once), so they cannot take the descriptors HTTP needs."""
+    import socket
+
+    import httpx
+
+    port = free_port()
+    app = create_app(model, config=ServeConfig(workers=1, queue_size=2, header_seconds=30,
+                                               max_connections=4),
+                     grpc_address=f"127.0.0.1:{port}")
+    with ThreadedServer(app) as running:
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=15,
+                                           source_address=(f"127.0.0.{i}", 0))
+                  for i in range(2, 8)]
+        time.sleep(0.5)
+        closed = 0
+        for sock in silent:
+            sock.settimeout(2)
+            try:
+                while sock.recv(1000):  # HTTP/2 settings of an accepted one; no close
+                    pass
+                closed += 1
+            except TimeoutError:
+                pass
+        assert closed == 4  # 2 held, the rest refused
+        body = {"inputs": [{"name": "video_frames", "datatype": "FP32",
+                            "shape": list(FRAMES.shape), "data": FRAMES.ravel().tolist()}]}
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=body,
+                          timeout=30).status_code == 200
+        for sock in silent:
+            sock.close()
+
+
 def test_cli_serves_grpc_beside_http_and_stops_on_sigterm(tmp_path_factory):
     import os
     import signal

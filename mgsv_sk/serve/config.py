@@ -71,6 +71,8 @@ class ServeConfig:
         has waited longest for its next request's headers (else it is answered 503 and
         closed), so connections that send nothing, from however many addresses, never take
         every file descriptor. Default: half the process's open-file limit, at least 64.
+        The gRPC port holds at most half as many again (grpcio refuses one more: it cannot
+        close an idle connection to make room).
     batch_delay_ms : float
         Longest wait of a free inference lane, while another lane is busy, for its share of
         the concurrent ``infer`` calls to arrive and be batched with (see

@@ -299,6 +299,9 @@ async def start_grpc(state: Any, address: str) -> Any:
                  ("grpc.server_handshake_timeout_ms", int(config.header_seconds * 1000)),
                  ("grpc.max_connection_idle_ms", _IDLE_MS),
                  ("grpc.max_concurrent_streams", _STREAMS),
+                 # its own share of the descriptors: past it grpcio refuses a connection
+                 # (it cannot close an idle one to make room, as the HTTP port does)
+                 ("grpc.max_allowed_incoming_connections", max(1, config.connections // 2)),
                  ("grpc.max_connection_age_ms", _AGE_MS),
                  ("grpc.max_connection_age_grace_ms", int(config.body_seconds * 1000))])
     try:
