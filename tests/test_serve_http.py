@@ -223,6 +223,9 @@ def test_numbers_are_parsed_with_bounds(server):
     for header in (f"bytes=0-{huge}", f"bytes=-{huge}"):
         part = httpx.get(server.url + AUDIO, headers={"Range": header})
         assert part.status_code == 206 and part.content == whole
+    # leading zeros weigh nothing: 30 digits that say 1 are 1, not "past any file"
+    part = httpx.get(server.url + AUDIO, headers={"Range": "bytes=" + "0" * 29 + "1-2"})
+    assert part.status_code == 206 and part.content == whole[1:3]
     assert httpx.get(f"{server.url}/v1/recommend?k={huge}").status_code == 405
     assert httpx.post(f"{server.url}/v1/recommend?k={huge}").status_code == 422
     assert httpx.get(f"{server.url}/v1/tracks/song_b/audio?start=0&end={huge}"
@@ -232,6 +235,10 @@ def test_numbers_are_parsed_with_bounds(server):
                      f"Content-Length: {huge}\r\n\r\n{{}}".encode())
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    header = json.dumps(BODY).encode()  # a binary-extension header length, zero-padded
+    padded = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=header, headers={
+        "Inference-Header-Content-Length": "0" * 30 + str(len(header))})
+    assert padded.status_code == 200, padded.text
 
 
 @pytest.mark.parametrize("path", ["/", "/v2", "/v2/health/live", "/v2/health/ready",
@@ -338,6 +345,10 @@ def test_a_request_with_both_framings_closes_the_connection(server):
                      b"0\r\n\r\n" + smuggled)
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    header = json.dumps(BODY).encode()  # a binary-extension header length, zero-padded
+    padded = httpx.post(f"{server.url}/v2/models/mgsv/infer", content=header, headers={
+        "Inference-Header-Content-Length": "0" * 30 + str(len(header))})
+    assert padded.status_code == 200, padded.text
     assert b"both Content-Length and Transfer-Encoding" in answer
     assert answer.count(b"HTTP/1.1 ") == 1, answer  # the smuggled request is not served
     assert b"live" not in answer

@@ -19,7 +19,7 @@ from mgsv_sk._extras import require
 
 __all__ = ["RangeNotSatisfiable", "audio_seconds", "moment_wav", "parse_range"]
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.ASCII)
 
 
 class RangeNotSatisfiable(ValueError):
@@ -105,8 +105,10 @@ def moment_wav(path: str | os.PathLike[str], start: float, end: float) -> bytes:
 
 
 def _bounded(digits: str) -> int:
-    """A byte position of the Range header; more than 18 digits reads as 10**18."""
-    return int(digits) if len(digits) <= 18 else 10**18
+    """A byte position of the Range header; more than 18 digits (leading zeros aside)
+    reads as 10**18."""
+    significant = digits.lstrip("0") or "0"
+    return int(significant) if len(significant) <= 18 else 10**18
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -125,6 +127,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     ((0, 99), (900, 999))
     >>> parse_range("bytes=-100", 1000), parse_range("bytes=0-5000", 1000)
     ((900, 999), (0, 999))
+    >>> parse_range("bytes=" + "0" * 30 + "1-2", 1000)
+    (1, 2)
 
     Numbers are read with a bound (never Python's unbounded ``int``): one of more than 18
     digits is past the end of any file.

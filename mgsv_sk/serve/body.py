@@ -39,7 +39,8 @@ class BodyLimits:
 
 
 def bounded_int(text: str | None, what: str) -> int | None:
-    """A non-negative decimal integer of at most 18 digits, None when ``text`` is None.
+    """A non-negative decimal integer of at most 18 digits (leading zeros aside), None
+    when ``text`` is None.
 
     Raises
     ------
@@ -48,8 +49,8 @@ def bounded_int(text: str | None, what: str) -> int | None:
     """
     if text is None:
         return None
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > _MAX_DIGITS:
+    text = text.strip()  # leading zeros are digits of no weight (RFC 9110's 1*DIGIT)
+    if not text.isascii() or not text.isdigit() or len(text.lstrip("0")) > _MAX_DIGITS:
         raise ApiError(400, f"{what} must be a non-negative integer of at most "
                             f"{_MAX_DIGITS} digits, got {text[:40]!r}", CLOSE)
     return int(text)
