@@ -520,6 +520,13 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
         assert "raw_input_contents and an input's contents" in err.value.details()
         both.ClearField("raw_input_contents")  # contents alone: answered
         assert infer(both, timeout=30)
+        typed = service_pb2.ModelInferRequest(model_name="mgsv")  # FP32 sent as integers
+        typed.inputs.add(name="video_frames", datatype="FP32", shape=list(FRAMES.shape)
+                         ).contents.int_contents.extend([1] * FRAMES.size)
+        with pytest.raises(grpc.RpcError) as err:
+            infer(typed, timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "FP32 data go in contents.fp32_contents, got int_contents" in err.value.details()
         # on a stream: garbage, then a bad request, then a good one; each its own answer
         stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
                                        request_serializer=lambda b: b,

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from ... import __version__
 from ..engine import MODEL_NAME
-from ..errors import ApiError
+from ..errors import ApiError, shown
 from ..oip import (
     ALIAS_VERSION,
     NO_CLASSIFICATION,
@@ -77,6 +77,10 @@ def _value(parameter: Any) -> Any:
     return None if kind is None else getattr(parameter, kind)
 
 
+#: The typed ``contents`` field each datatype the model reads is sent in.
+_CONTENTS = {"FP32": "fp32_contents", "BYTES": "bytes_contents"}
+
+
 def _inputs(request: Any) -> dict[str, Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
@@ -94,10 +98,14 @@ def _inputs(request: Any) -> dict[str, Tensor]:
         if raw:
             data = (fp32_from_wire(item.name, raw[i]) if datatype == "FP32" else
                     bytes_from_wire(item.name, raw[i]) if datatype == "BYTES" else raw[i])
-        elif datatype == "FP32":
-            data = np.asarray(item.contents.fp32_contents, np.float32)
-        elif datatype == "BYTES":
-            data = list(item.contents.bytes_contents)
+        elif datatype in _CONTENTS:
+            data = getattr(item.contents, _CONTENTS[datatype])
+            other = [field.name for field, values in item.contents.ListFields()
+                     if field.name != _CONTENTS[datatype] and values]
+            if other and not data:
+                raise ApiError(400, f"input {shown(item.name)}: {datatype} data go in "
+                                    f"contents.{_CONTENTS[datatype]}, got {other[0]}")
+            data = np.asarray(data, np.float32) if datatype == "FP32" else list(data)
         else:
             data = []
         out.append(Tensor(item.name, datatype, shape, data))
