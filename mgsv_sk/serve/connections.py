@@ -56,90 +56,106 @@ _NOT_HTTP = _answer(b"400 Bad Request",
                     "or headers over 16 KiB); send a standard HTTP request")
 
 
+class _Counts:
+    """What one server's connections share: the caps, the connections open per address
+    and in all, and those waiting for a request's headers, the longest-waiting first
+    (dicts keep insertion order): the ones closed to make room."""
+
+    def __init__(self, header_seconds: float, max_connections: int, retry_after_s: int,
+                 max_total: int) -> None:
+        self.header_seconds, self.per_address, self.total = (header_seconds,
+                                                             max_connections, max_total)
+        self.by_address: Counter[str] = Counter()
+        self.opened = 0
+        self.waiting: dict[GuardedH11, None] = {}
+        self.refusal = _refusal(f"this address already holds {max_connections} open "
+                                "connections to the server; reuse them (keep-alive) or "
+                                "close some", retry_after_s)
+        self.full = _refusal(f"the server holds its {max_total} connections, each with a "
+                             "request in progress; retry later", retry_after_s)
+
+    def make_room(self) -> bool:
+        """Close the connection that has waited longest for headers, if any."""
+        for oldest in self.waiting:
+            oldest.stop_waiting()
+            oldest.transport.close()
+            return True
+        return False
+
+
+class GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with the connection rules above; :func:`guarded_protocol`
+    makes a subclass holding one server's :class:`_Counts`."""
+
+    counts: _Counts
+    _deadline: Any = None
+    _address = ""
+    _started: Any = None  # the request cycle whose headers ended the last wait
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        counts = self.counts
+        self._address = self.client[0] if self.client else "unknown"
+        counts.by_address[self._address] += 1
+        counts.opened += 1
+        if counts.by_address[self._address] > counts.per_address:
+            transport.write(counts.refusal)
+            transport.close()
+            return
+        if counts.opened > counts.total and not counts.make_room():
+            transport.write(counts.full)
+            transport.close()
+            return
+        self._wait_for_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop_waiting()
+        counts = self.counts
+        counts.by_address[self._address] -= 1
+        counts.opened -= 1
+        if counts.by_address[self._address] <= 0:
+            del counts.by_address[self._address]
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not self._started:
+            self._started = self.cycle  # a request's headers are in
+            self.stop_waiting()
+
+    def on_response_complete(self) -> None:
+        # armed first: answering may start a pipelined request, which disarms it
+        self._wait_for_headers()
+        super().on_response_complete()
+
+    def _wait_for_headers(self) -> None:
+        self.stop_waiting()
+        self._deadline = self.loop.call_later(self.counts.header_seconds, self._headers_late)
+        self.counts.waiting[self] = None
+
+    def stop_waiting(self) -> None:
+        self.counts.waiting.pop(self, None)
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_NOT_HTTP)
+        self.transport.close()
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        self.counts.waiting.pop(self, None)
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 def guarded_protocol(header_seconds: float, max_connections: int,
                      retry_after_s: int = 1, max_total: int | None = None
                      ) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the header deadline, the per-address cap and the cap on
     all connections (pass it as ``uvicorn.Config(http=...)``); each call makes a class
     with its own counts. ``max_total`` None: :attr:`ServeConfig.connections`' default."""
-    open_by_address: Counter[str] = Counter()
-    opened = [0]  # connections open, from all addresses
-    # connections waiting for a request's headers, the longest-waiting first (dicts keep
-    # insertion order): the ones closed to make room
-    waiting: dict[Any, None] = {}
     total = max_total if max_total is not None else ServeConfig().connections
-    refusal = _refusal(f"this address already holds {max_connections} open connections to "
-                       "the server; reuse them (keep-alive) or close some", retry_after_s)
-    full = _refusal(f"the server holds its {total} connections, each with a request in "
-                    "progress; retry later", retry_after_s)
-
-    class GuardedH11(H11Protocol):
-        _deadline: Any = None
-        _address = ""
-        _started: Any = None  # the request cycle whose headers ended the last wait
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._address = self.client[0] if self.client else "unknown"
-            open_by_address[self._address] += 1
-            opened[0] += 1
-            if open_by_address[self._address] > max_connections:
-                transport.write(refusal)
-                transport.close()
-                return
-            if opened[0] > total and not self._make_room():
-                transport.write(full)
-                transport.close()
-                return
-            self._wait_for_headers()
-
-        @staticmethod
-        def _make_room() -> bool:
-            """Close the connection that has waited longest for headers, if any."""
-            for oldest in waiting:
-                oldest._stop_waiting()
-                oldest.transport.close()
-                return True
-            return False
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_waiting()
-            open_by_address[self._address] -= 1
-            opened[0] -= 1
-            if open_by_address[self._address] <= 0:
-                del open_by_address[self._address]
-            super().connection_lost(exc)
-
-        def handle_events(self) -> None:
-            super().handle_events()
-            if self.cycle is not None and self.cycle is not self._started:
-                self._started = self.cycle  # a request's headers are in
-                self._stop_waiting()
-
-        def on_response_complete(self) -> None:
-            # armed first: answering may start a pipelined request, which disarms it
-            self._wait_for_headers()
-            super().on_response_complete()
-
-        def _wait_for_headers(self) -> None:
-            self._stop_waiting()
-            self._deadline = self.loop.call_later(header_seconds, self._headers_late)
-            waiting[self] = None
-
-        def _stop_waiting(self) -> None:
-            waiting.pop(self, None)
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def send_400_response(self, msg: str) -> None:
-            self.transport.write(_NOT_HTTP)
-            self.transport.close()
-
-        def _headers_late(self) -> None:
-            self._deadline = None
-            waiting.pop(self, None)
-            if not self.transport.is_closing():
-                self.transport.close()
-
-    return GuardedH11
+    counts = _Counts(header_seconds, max_connections, retry_after_s, total)
+    return type("GuardedH11", (GuardedH11,), {"counts": counts})
