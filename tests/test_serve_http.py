@@ -215,6 +215,44 @@ def test_connections_from_many_addresses_cannot_take_every_place(model):
         ServeConfig(max_connections=0)
 
 
+def test_audio_decoding_is_bounded_as_inference_is(model, monkeypatch):
+    """A moment's decoding takes a place and the client's share (a whole track was 0.47 s
+    of CPU and 41 MB, unbounded in number); a moment longer than twice the longest video
+    is refused before any decoding."""
+    from mgsv_sk.serve.routes import audio as audio_route
+
+    started, release = threading.Event(), threading.Event()
+    real = audio_route.moment_wav
+
+    def held(*args):
+        started.set()
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(audio_route, "moment_wav", held)
+    config = ServeConfig(workers=1, queue_size=0, max_client_requests=1, max_video_seconds=1)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        long = httpx.get(f"{running.url}/v1/tracks/song_b/audio?start=0&end=2.5")
+        assert long.status_code == 422 and "at most 2 s" in long.json()["error"]
+        assert not started.is_set()  # refused before decoding
+        first: list[int] = []
+        worker = threading.Thread(target=lambda: first.append(httpx.get(
+            f"{running.url}/v1/tracks/song_b/audio?start=0&end=1", timeout=60).status_code))
+        worker.start()
+        assert started.wait(30)
+        # the same address: its share is taken (429); another: no place left (503)
+        same = httpx.get(f"{running.url}/v1/tracks/song_b/audio?start=1&end=2")
+        assert same.status_code == 429 and "retry-after" in same.headers
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+            busy = other.get(f"{running.url}/v1/tracks/song_b/audio?start=1&end=2")
+        assert busy.status_code == 503 and "retry-after" in busy.headers
+        release.set()
+        worker.join(60)
+        assert first == [200]
+        assert httpx.get(f"{running.url}/v1/tracks/song_b/audio?start=1&end=2"
+                         ).status_code == 200
+
+
 def test_numbers_are_parsed_with_bounds(server):
     huge = "9" * 5000
     whole = httpx.get(server.url + AUDIO).content

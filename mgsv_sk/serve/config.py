@@ -139,6 +139,12 @@ class ServeConfig:
         return max(64, 4 * (self.workers + self.queue_size))
 
     @property
+    def audio_seconds(self) -> float:
+        """The longest moment ``/v1/tracks/{id}/audio`` plays: twice the longest video (a
+        moment is as long as its video)."""
+        return 2 * float(self.max_video_seconds)
+
+    @property
     def connections(self) -> int:
         """Open connections from all addresses together: by default half the file
         descriptors this process may open (the rest for the gRPC port, the bundle, uploads
@@ -154,6 +160,7 @@ class ServeConfig:
         out["max_client_requests"] = self.client_share
         out["max_client_connections"] = self.client_connections
         out["max_connections"] = self.connections
+        out["max_audio_seconds"] = self.audio_seconds
         for private in ("n_threads", "retry_after_s", "batch_delay_ms"):
             out.pop(private)
         return out

@@ -1,10 +1,15 @@
-"""``GET /v1/tracks/{music_id}/audio``: a moment of a track as WAV, with byte ranges."""
+"""``GET /v1/tracks/{music_id}/audio``: a moment of a track as WAV, with byte ranges.
+
+Decoding a moment is CPU and memory (a whole 240 s track: 0.47 s and 41 MB of WAV), so it
+is bounded as inference is: a moment is at most :attr:`ServeConfig.audio_seconds` long,
+and its decoding takes a place of the admission queue (503 beyond) and one of the
+client's share (429 beyond) on the same threads.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 
@@ -12,6 +17,7 @@ from ..audio import RangeNotSatisfiable, moment_wav, parse_range
 from ..errors import ApiError, shown
 from ..schemas import errors
 from ..state import ServeState
+from .oip import client_address
 
 __all__ = ["audio_router"]
 
@@ -22,7 +28,7 @@ def audio_router(state: ServeState) -> APIRouter:
     @router.get("/v1/tracks/{music_id}/audio", tags=["recommend"], response_class=Response,
                 responses={200: {"content": {"audio/wav": {}}, "description": "the moment"},
                            206: {"content": {"audio/wav": {}}, "description": "a byte range"},
-                           **errors(400, 404, 416, 422, 503)})
+                           **errors(400, 404, 416, 422, 429, 503)})
     async def moment_audio(
         music_id: str, request: Request,
         start: float = Query(ge=0, le=MAX_MUSIC_SECONDS, allow_inf_nan=False,
@@ -47,8 +53,15 @@ def audio_router(state: ServeState) -> APIRouter:
         if start >= seconds:
             raise ApiError(400, f"start={start:g} s is past the end of track {shown(music_id)} "
                                 f"({seconds:.2f} s)")
-        try:
-            wav = await run_in_threadpool(moment_wav, path, start, min(end, seconds))
+        longest = state.config.audio_seconds
+        if min(end, seconds) - start > longest:
+            raise ApiError(422, f"a moment of at most {longest:g} s is played here (twice the "
+                                f"longest video: a moment is as long as its video); got "
+                                f"{min(end, seconds) - start:g} s; ask for a shorter one")
+        try:  # decoding takes a place and the client's share, as inference does
+            with state.client(client_address(request)), state.slot():
+                wav, _ = await state.admission.run(moment_wav, path, start,
+                                                   min(end, seconds))
         except ValueError as exc:  # the message names the file: show the track instead
             raise ApiError(422, str(exc).replace(str(path), f"track {shown(music_id)}")) from exc
         size = len(wav)
