@@ -96,6 +96,54 @@ def test_stalled_uploads_hold_no_slot_and_are_cut_off(model):
             sock.close()
 
 
+def test_uploads_being_received_are_bounded_in_bytes_and_a_full_disk_is_a_503(
+        model, fx, monkeypatch):
+    """Uploads reserve what they may write before their first byte (the declared length,
+    at most the cap), all clients together within a full upload per place: many
+    addresses cannot fill the disk. A write that fails (a full disk) is a 503, and the
+    file is removed."""
+    import errno
+
+    from mgsv_sk.serve import uploads
+
+    config = ServeConfig(workers=1, queue_size=0, max_upload_bytes=150_000,
+                         body_idle_seconds=5, body_seconds=8)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        first = stalled_upload(running.port, "127.0.0.2")  # reserves 100 kB of 150
+        time.sleep(0.3)
+        second = stalled_upload(running.port, "127.0.0.3")
+        began = time.monotonic()
+        answer = read_all(second)  # answered and closed at once, its body unread
+        assert time.monotonic() - began < 3
+        assert answer.startswith(b"HTTP/1.1 503") and b"retry-after" in answer.lower()
+        assert b"as many uploads as it has room for" in answer and b"connection: close" in answer
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY,
+                          timeout=30).status_code == 200  # inference is not held up
+        first.close()
+        time.sleep(0.3)
+        video = (fx / "query.mp4").read_bytes()
+        ok = httpx.post(f"{running.url}/v1/recommend", timeout=60,
+                        files={"video": ("q.mp4", video, "video/mp4")})
+        assert ok.status_code == 200, ok.text
+
+        class FullDisk:
+            def __init__(self, path, mode):
+                self.path = path
+
+            def write(self, data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self):
+                pass
+
+        monkeypatch.setattr(uploads, "open", FullDisk, raising=False)
+        full = httpx.post(f"{running.url}/v1/recommend", timeout=60,
+                          files={"video": ("q.mp4", video, "video/mp4")})
+        assert full.status_code == 503 and "retry-after" in full.headers
+        assert "No space left on device" in full.json()["error"]
+        second.close()
+
+
 def test_one_address_cannot_take_every_place(model):
     config = ServeConfig(workers=1, queue_size=3, body_idle_seconds=3, body_seconds=5)
     assert config.client_share == 2

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["Admission", "ClientGate", "Overloaded", "TooManyFromClient"]
+__all__ = ["Admission", "ByteBudget", "ClientGate", "NoRoom", "Overloaded",
+           "TooManyFromClient"]
 
 T = TypeVar("T")
 
@@ -30,6 +31,37 @@ class Overloaded(Exception):
 
 class TooManyFromClient(Exception):
     """One client address already has its share of requests in progress."""
+
+
+class NoRoom(Exception):
+    """The bytes asked for do not fit the budget (or the disk) now."""
+
+
+class ByteBudget:
+    """At most ``capacity`` bytes reserved at once, and never more than the disk holding
+    ``folder`` has free beyond ``keep_free``: the uploads being received, each reserving
+    what it may write before its first byte."""
+
+    def __init__(self, capacity: int, folder: str, keep_free: int) -> None:
+        self.capacity, self.folder, self.keep_free = capacity, folder, keep_free
+        self._lock = threading.Lock()
+        self.reserved = 0
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes for the body of the ``with``, or raise :class:`NoRoom`."""
+        import shutil
+
+        with self._lock:
+            free = shutil.disk_usage(self.folder).free
+            if self.reserved + size > self.capacity or size + self.keep_free > free:
+                raise NoRoom
+            self.reserved += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.reserved -= size
 
 
 class ClientGate:

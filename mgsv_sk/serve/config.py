@@ -139,6 +139,12 @@ class ServeConfig:
         return max(64, 4 * (self.workers + self.queue_size))
 
     @property
+    def upload_budget(self) -> int:
+        """Bytes of uploads being received at once, all clients together: a full-size
+        upload for every place (``workers + queue_size``); the disk keeps one more free."""
+        return (self.workers + self.queue_size) * self.max_upload_bytes
+
+    @property
     def audio_seconds(self) -> float:
         """The longest moment ``/v1/tracks/{id}/audio`` plays: twice the longest video (a
         moment is as long as its video)."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .admission import Admission, ClientGate, Overloaded, TooManyFromClient
+from .admission import Admission, ByteBudget, ClientGate, NoRoom, Overloaded, TooManyFromClient
+from .body import CLOSE
 from .config import ServeConfig
 from .engine import ServedModel
 from .errors import ApiError
@@ -25,6 +27,8 @@ class ServeState:
         self.metrics = metrics
         self.admission = Admission(config.workers, config.queue_size)
         self.clients = ClientGate(config.client_share)
+        self.uploads = ByteBudget(config.upload_budget, tempfile.gettempdir(),
+                                  config.max_upload_bytes)
         self.model: ServedModel | None = None
         self.load_error: str | None = None
         self._froze = False
@@ -54,6 +58,20 @@ class ServeState:
             raise ApiError(503, f"the server is busy ({self.admission.capacity} requests in "
                                 "progress or queued); retry after the Retry-After seconds",
                            self._retry()) from None
+
+    @contextmanager
+    def upload_room(self, size: int) -> Iterator[None]:
+        """``size`` bytes of the upload budget and the disk for the body of the ``with``,
+        or a 503."""
+        try:
+            with self.uploads.reserve(size):
+                yield
+        except NoRoom:
+            self.metrics.rejected.labels("upload_room").inc()
+            # refused before its body is read: the connection is closed, not drained
+            raise ApiError(503, "the server is receiving as many uploads as it has room for "
+                                "(or its disk is nearly full); retry after the Retry-After "
+                                "seconds", {**self._retry(), **CLOSE}) from None
 
     @contextmanager
     def client(self, address: str) -> Iterator[None]:

@@ -21,13 +21,19 @@ from starlette.requests import ClientDisconnect, Request
 from ..extract.pipeline import VIDEO_EXTENSIONS
 from .errors import ApiError, shown
 
-__all__ = ["FIELD", "Upload", "receive_video", "too_large_message"]
+__all__ = ["FIELD", "Upload", "no_room", "receive_video", "too_large_message"]
 
 #: The form field that carries the video.
 FIELD = "video"
 #: Bytes of form fields other than the video (and of multipart headers) accepted.
 _OTHER_BYTES = 64 << 10
 _KINDS = ", ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+
+
+def no_room(exc: OSError) -> ApiError:
+    """The 503 for an upload the server cannot store (a full disk, no file descriptor)."""
+    return ApiError(503, f"the server cannot store the upload now ({exc.strerror or exc}); "
+                         "retry later", {"Retry-After": "5"})
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,11 @@ class _VideoPart:
                                          f"video file ({_KINDS})")
             return
         path = self.folder / f"upload{suffix if suffix in VIDEO_EXTENSIONS else '.mp4'}"
-        self.file = open(path, "wb")  # noqa: SIM115 (closed in part_end / close)
+        try:
+            self.file = open(path, "wb")  # noqa: SIM115 (closed in part_end / close)
+        except OSError as exc:
+            self.problem = no_room(exc)
+            return
         self.writing = True
         self.upload = {"path": path, "filename": name_text, "content_type": content_type}
 
@@ -118,7 +128,10 @@ class _VideoPart:
             self.problem = _too_large(self.max_bytes)
             return
         assert self.file is not None
-        self.file.write(data[start:end])
+        try:
+            self.file.write(data[start:end])
+        except OSError as exc:  # a full disk: the server's trouble, not the client's
+            self.problem = no_room(exc)
 
     def part_end(self) -> None:
         if self.writing:

@@ -15,12 +15,12 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 
-from ..body import BodyLimits, body_chunks
+from ..body import BodyLimits, body_chunks, declared_length
 from ..engine import MODEL_NAME, ServedModel, TrackResult
 from ..errors import ApiError
 from ..schemas import RecommendResponse, errors
 from ..state import ServeState
-from ..uploads import FIELD, receive_video, too_large_message
+from ..uploads import FIELD, no_room, receive_video, too_large_message
 from .oip import client_address
 
 __all__ = ["uploads_router"]
@@ -81,9 +81,16 @@ def uploads_router(state: ServeState) -> APIRouter:
             raise ApiError(501, "this bundle holds no video encoder, so it cannot read "
                                 "videos; export it with encoders={'video': ...}, or send "
                                 f"frame features to /v2/models/{MODEL_NAME}/infer")
-        folder = Path(tempfile.mkdtemp(prefix="mgsv-upload-"))
         try:
-            with state.client(client_address(request)):
+            folder = Path(tempfile.mkdtemp(prefix="mgsv-upload-"))
+        except OSError as exc:
+            raise no_room(exc) from exc
+        try:
+            # what it may write to disk, reserved before its first byte: the declared
+            # length, else the cap (a Content-Length over the cap is a 413 before this)
+            declared = declared_length(request, limits.max_bytes, too_large)
+            with state.client(client_address(request)), state.upload_room(
+                    min(config.max_upload_bytes, declared or config.max_upload_bytes)):
                 upload = await receive_video(request, folder, config.max_upload_bytes,
                                              body_chunks(request, limits, too_large))
                 state.metrics.upload_bytes.inc(upload.size)
