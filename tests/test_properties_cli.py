@@ -83,6 +83,9 @@ def test_commands_refuse_hostile_paths_with_one_clear_line(kind, command, paths,
 @pytest.mark.parametrize("argv", [
     ["demo", "--train-videos", "0"], ["predict", "m", "c", "o", "--top-k", "-1"],
     ["serve", "b", "--workers", "0"], ["recommend", "v", "--model", "m", "--top-k", "0"],
+    # a port past 65535 was served (uvicorn wrapped it), an infinite cap an OverflowError
+    ["serve", "b", "--port", "70000"], ["serve", "b", "--port", "-1"],
+    ["serve", "b", "--max-upload-mb", "inf"], ["serve", "b", "--max-video-seconds", "nan"],
 ])
 def test_bad_numbers_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as info:

@@ -754,3 +754,12 @@ def test_cli_serve_help_and_errors(fx, tmp_path, capsys):
     assert "queue_size must be an integer >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", str(fx / "bundle"), "--workers", "0"])
+
+
+def test_cli_names_a_host_it_cannot_listen_on(fx, capsys):
+    """Refused before the model loads (uvicorn said only "Name or service not known")."""
+    from mgsv_sk.cli import main
+
+    code = main(["serve", str(fx / "bundle"), "--host", "999.1.1.1", "--port", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot listen on --host '999.1.1.1'" in err and "0.0.0.0" in err

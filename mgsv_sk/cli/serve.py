@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
+import socket
 from typing import Any
 
 from .commands import UserError, _existing, _say
@@ -36,6 +38,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
                         "port of its own (e.g. --grpc-port 8001)")
+    try:  # uvicorn would say only "Name or service not known", once the model is loaded
+        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UserError(f"cannot listen on --host {args.host!r} ({exc}); give an address of "
+                        "this machine: 127.0.0.1 (default), ::1, or 0.0.0.0 for every "
+                        "interface") from exc
     host = f"[{args.host}]" if ":" in args.host else args.host  # IPv6 in brackets
     grpc = None if args.grpc_port is None else f"{host}:{args.grpc_port}"
     app = create_app(bundle, args.catalogue, audio_dir=args.audio, config=config,
@@ -54,8 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _positive(kind: Any) -> Any:
     def parse(text: str) -> Any:
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
     return parse
 
@@ -82,7 +90,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    help="folder of <music_id>.wav|.mp3|... for tracks whose audio file the "
                         "catalogue does not record")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=_port, default=8000, help="default 8000")
     p.add_argument("--grpc-port", type=_port, default=None, metavar="PORT",
                    help="also serve the Open Inference Protocol over gRPC on this port "
                         "(inference.GRPCInferenceService), on the same host")
