@@ -144,6 +144,33 @@ def test_uploads_being_received_are_bounded_in_bytes_and_a_full_disk_is_a_503(
         second.close()
 
 
+def test_infer_bodies_in_memory_are_bounded_across_addresses(model):
+    """Bodies being read hold what has arrived of a budget shared by every address (four
+    capped bodies per place): many addresses, each within its share, cannot fill the
+    memory with bodies they never finish; past it a 503 closes the connection."""
+    config = ServeConfig(workers=1, queue_size=0, max_json_bytes=20_000,
+                         body_idle_seconds=8, body_seconds=10)
+    assert config.body_budget == 80_000
+    with ThreadedServer(create_app(model, config=config)) as running:
+        stalled = []
+        for i in range(2, 6):  # 4 x 19,000 bytes of 20,000 declared: 76,000 held
+            sock = connect(running.port, f"127.0.0.{i}")
+            sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 20000\r\n\r\n" + b" " * 19_000)
+            stalled.append(sock)
+        time.sleep(0.5)
+        refused = httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY, timeout=30)
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        assert "as many request bodies as it has memory for" in refused.json()["error"]
+        assert refused.headers["connection"] == "close"
+        stalled.pop().close()
+        time.sleep(0.3)
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY,
+                          timeout=30).status_code == 200
+        for sock in stalled:
+            sock.close()
+
+
 def test_one_address_cannot_take_every_place(model):
     config = ServeConfig(workers=1, queue_size=3, body_idle_seconds=3, body_seconds=5)
     assert config.client_share == 2

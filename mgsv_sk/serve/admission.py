@@ -38,30 +38,54 @@ class NoRoom(Exception):
 
 
 class ByteBudget:
-    """At most ``capacity`` bytes reserved at once, and never more than the disk holding
-    ``folder`` has free beyond ``keep_free``: the uploads being received, each reserving
-    what it may write before its first byte."""
+    """At most ``capacity`` bytes held at once and, when ``folder`` is given, never more
+    than the disk holding it has free beyond ``keep_free``: the uploads being received
+    (each reserves what it may write before its first byte) or the request bodies being
+    read into memory (each holds what has arrived)."""
 
-    def __init__(self, capacity: int, folder: str, keep_free: int) -> None:
+    def __init__(self, capacity: int, folder: str | None = None, keep_free: int = 0) -> None:
         self.capacity, self.folder, self.keep_free = capacity, folder, keep_free
         self._lock = threading.Lock()
         self.reserved = 0
 
-    @contextmanager
-    def reserve(self, size: int) -> Iterator[None]:
-        """Hold ``size`` bytes for the body of the ``with``, or raise :class:`NoRoom`."""
+    def _take(self, size: int) -> None:
         import shutil
 
         with self._lock:
-            free = shutil.disk_usage(self.folder).free
-            if self.reserved + size > self.capacity or size + self.keep_free > free:
+            full = self.reserved + size > self.capacity
+            if not full and self.folder is not None:
+                full = size + self.keep_free > shutil.disk_usage(self.folder).free
+            if full:
                 raise NoRoom
             self.reserved += size
+
+    def _give(self, size: int) -> None:
+        with self._lock:
+            self.reserved -= size
+
+    @contextmanager
+    def reserve(self, size: int) -> Iterator[None]:
+        """Hold ``size`` bytes for the body of the ``with``, or raise :class:`NoRoom`."""
+        self._take(size)
         try:
             yield
         finally:
-            with self._lock:
-                self.reserved -= size
+            self._give(size)
+
+    @contextmanager
+    def holding(self) -> Iterator[Callable[[int], None]]:
+        """A function that holds n more bytes (or raises :class:`NoRoom`) until the
+        ``with`` ends."""
+        held = [0]
+
+        def hold(size: int) -> None:
+            self._take(size)
+            held[0] += size
+
+        try:
+            yield hold
+        finally:
+            self._give(held[0])
 
 
 class ClientGate:

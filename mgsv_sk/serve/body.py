@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -93,10 +93,16 @@ async def body_chunks(request: Request, limits: BodyLimits,
             return
 
 
-async def read_body(request: Request, limits: BodyLimits, too_large: str) -> bytes:
+async def read_body(request: Request, limits: BodyLimits, too_large: str,
+                    hold: Callable[[int], None] | None = None) -> bytes:
     """The whole body as bytes, under ``limits``, decompressed when ``Content-Encoding``
-    is gzip or deflate (the result under the same cap)."""
-    parts = [chunk async for chunk in body_chunks(request, limits, too_large)]
+    is gzip or deflate (the result under the same cap); ``hold(n)`` is told of each
+    chunk's bytes as it arrives (a budget of bodies in memory, which may refuse it)."""
+    parts = []
+    async for chunk in body_chunks(request, limits, too_large):
+        if hold is not None:
+            hold(len(chunk))
+        parts.append(chunk)
     return decode_content(b"".join(parts), request.headers.get("content-encoding"),
                           limits.max_bytes, too_large)
 

@@ -145,6 +145,12 @@ class ServeConfig:
         return (self.workers + self.queue_size) * self.max_upload_bytes
 
     @property
+    def body_budget(self) -> int:
+        """Bytes of ``infer`` bodies being read into memory at once, all clients together:
+        four capped bodies per place (more could not be admitted anyway)."""
+        return 4 * (self.workers + self.queue_size) * self.max_json_bytes
+
+    @property
     def audio_seconds(self) -> float:
         """The longest moment ``/v1/tracks/{id}/audio`` plays: twice the longest video (a
         moment is as long as its video)."""

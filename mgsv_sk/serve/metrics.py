@@ -33,8 +33,8 @@ class Metrics:
                                 "request (queue, upload, decode, rank)", ["stage"],
                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("mgsv_rejected", "Requests refused before running, by reason "
-                                "(overloaded, not_ready, client_share, upload_room; 408 and "
-                                "413 are in the requests' codes)", ["reason"], registry=r)
+                                "(overloaded, not_ready, client_share, upload_room, body_room; "
+                                "408 and 413 are in the requests' codes)", ["reason"], registry=r)
         self.upload_bytes = Counter("mgsv_upload_bytes", "Bytes of video uploads received",
                                     registry=r)
         self.in_flight = Gauge("mgsv_requests_in_flight", "HTTP requests being answered",

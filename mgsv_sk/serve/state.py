@@ -29,6 +29,7 @@ class ServeState:
         self.clients = ClientGate(config.client_share)
         self.uploads = ByteBudget(config.upload_budget, tempfile.gettempdir(),
                                   config.max_upload_bytes)
+        self.bodies = ByteBudget(config.body_budget)
         self.model: ServedModel | None = None
         self.load_error: str | None = None
         self._froze = False
@@ -72,6 +73,19 @@ class ServeState:
             raise ApiError(503, "the server is receiving as many uploads as it has room for "
                                 "(or its disk is nearly full); retry after the Retry-After "
                                 "seconds", {**self._retry(), **CLOSE}) from None
+
+    @contextmanager
+    def body_room(self) -> Iterator[Callable[[int], None]]:
+        """A function holding n more bytes of the bodies-in-memory budget until the
+        ``with`` ends; past the budget, a 503 that closes the connection."""
+        try:
+            with self.bodies.holding() as hold:
+                yield hold
+        except NoRoom:
+            self.metrics.rejected.labels("body_room").inc()
+            raise ApiError(503, "the server is reading as many request bodies as it has "
+                                "memory for; retry after the Retry-After seconds",
+                           {**self._retry(), **CLOSE}) from None
 
     @contextmanager
     def client(self, address: str) -> Iterator[None]:

@@ -299,8 +299,12 @@ def oip_router(state: ServeState) -> APIRouter:
         one track when ``music_id`` is given (SmG)."""
         client = client_address(request)
         header = request.headers.get("inference-header-content-length")
-        return await serve_infer(state, model_name, model_version, client,
-                                 lambda: read_body(request, limits, too_large),
+
+        async def read() -> bytes:
+            with state.body_room() as hold:
+                return await read_body(request, limits, too_large, hold)
+
+        return await serve_infer(state, model_name, model_version, client, read,
                                  lambda body: decode_http(body, header, client), encode_http)
 
     _triton_routes(router, state)  # first: /v2/models/stats is not a model's path
