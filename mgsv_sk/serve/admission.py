@@ -12,6 +12,7 @@ body, waiting or running), so one address cannot take every place in the queue.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,8 +50,6 @@ class ByteBudget:
         self.reserved = 0
 
     def _take(self, size: int) -> None:
-        import shutil
-
         with self._lock:
             full = self.reserved + size > self.capacity
             if not full and self.folder is not None:

@@ -68,11 +68,8 @@ class ServeState:
             with self.uploads.reserve(size):
                 yield
         except NoRoom:
-            self.metrics.rejected.labels("upload_room").inc()
-            # refused before its body is read: the connection is closed, not drained
-            raise ApiError(503, "the server is receiving as many uploads as it has room for "
-                                "(or its disk is nearly full); retry after the Retry-After "
-                                "seconds", {**self._retry(), **CLOSE}) from None
+            raise self._no_room("upload_room", "receiving as many uploads as it has room "
+                                               "for (or its disk is nearly full)") from None
 
     @contextmanager
     def body_room(self) -> Iterator[Callable[[int], None]]:
@@ -82,10 +79,15 @@ class ServeState:
             with self.bodies.holding() as hold:
                 yield hold
         except NoRoom:
-            self.metrics.rejected.labels("body_room").inc()
-            raise ApiError(503, "the server is reading as many request bodies as it has "
-                                "memory for; retry after the Retry-After seconds",
-                           {**self._retry(), **CLOSE}) from None
+            raise self._no_room("body_room", "reading as many request bodies as it has "
+                                             "memory for") from None
+
+    def _no_room(self, reason: str, doing: str) -> ApiError:
+        """The 503 for a body a byte budget refused, counted under ``reason``; the body is
+        not read (further), so the connection is closed, not drained."""
+        self.metrics.rejected.labels(reason).inc()
+        return ApiError(503, f"the server is {doing}; retry after the Retry-After seconds",
+                        {**self._retry(), **CLOSE})
 
     @contextmanager
     def client(self, address: str) -> Iterator[None]:

@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from ..extract.pipeline import VIDEO_EXTENSIONS
+from .body import declared_length
 from .errors import ApiError, shown
 
 __all__ = ["FIELD", "Upload", "no_room", "receive_video", "too_large_message"]
@@ -172,9 +173,7 @@ async def receive_video(request: Request, folder: Path, max_bytes: int,
     boundary = options.get(b"boundary")
     if not boundary:
         raise ApiError(400, "the multipart Content-Type has no boundary")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and (len(declared) > 18 or int(declared) > max_bytes + _OTHER_BYTES):
-        raise _too_large(max_bytes)
+    declared_length(request, max_bytes + _OTHER_BYTES, too_large_message(max_bytes))
     part = _VideoPart(folder, max_bytes)
     try:
         parser = MultipartParser(boundary, part.callbacks())  # type: ignore[arg-type]

@@ -53,15 +53,14 @@ def audio_router(state: ServeState) -> APIRouter:
         if start >= seconds:
             raise ApiError(400, f"start={start:g} s is past the end of track {shown(music_id)} "
                                 f"({seconds:.2f} s)")
-        longest = state.config.audio_seconds
-        if min(end, seconds) - start > longest:
+        stop, longest = min(end, seconds), state.config.audio_seconds
+        if stop - start > longest:
             raise ApiError(422, f"a moment of at most {longest:g} s is played here (twice the "
                                 f"longest video: a moment is as long as its video); got "
-                                f"{min(end, seconds) - start:g} s; ask for a shorter one")
+                                f"{stop - start:g} s; ask for a shorter one")
         try:  # decoding takes a place and the client's share, as inference does
             with state.client(client_address(request)), state.slot():
-                wav, _ = await state.admission.run(moment_wav, path, start,
-                                                   min(end, seconds))
+                wav, _ = await state.admission.run(moment_wav, path, start, stop)
         except ValueError as exc:  # the message names the file: show the track instead
             raise ApiError(422, str(exc).replace(str(path), f"track {shown(music_id)}")) from exc
         size = len(wav)
