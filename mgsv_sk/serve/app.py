@@ -46,12 +46,14 @@ def _loader(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | 
 
 
 def _lifespan(state: ServeState, loader: Callable[[], ServedModel] | None,
-              grpc_address: str | None) -> Any:
+              grpc_address: str | None, background: bool) -> Any:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
         if loader is not None:  # loading runs in the background: ready says when done
             task = asyncio.get_running_loop().run_in_executor(None, state.load, loader)
+            if not background:
+                await task
         else:
             state.mark_ready()
         grpc_server = None
@@ -80,6 +82,7 @@ def create_app(
     config: ServeConfig | None = None,
     loader: Callable[[], ServedModel] | None = None,
     grpc_address: str | None = None,
+    load_in_background: bool = True,
 ) -> FastAPI:
     """The service as an ASGI app (serve it with uvicorn, or ``mgsv-sk serve``).
 
@@ -101,6 +104,10 @@ def create_app(
     grpc_address : str, optional
         ``host:port`` where the OIP's gRPC service (``inference.GRPCInferenceService``)
         listens while the app runs, sharing its model, queue and limits.
+    load_in_background : bool
+        True: the app starts serving at once and ``/v2/health/ready`` says when the model
+        is loaded. False: start-up returns once it is, for hosts that route to an app only
+        after its start-up (Ray Serve's replicas: one still loading got requests, 503).
 
     Raises
     ------
@@ -117,7 +124,7 @@ def create_app(
         _loader(bundle, catalogue, audio_dir, config)  # the same checks of the paths
     app = FastAPI(
         title="mgsv-sk", version=__version__, docs_url=None, redoc_url=None,
-        lifespan=_lifespan(state, loader, grpc_address),
+        lifespan=_lifespan(state, loader, grpc_address, load_in_background),
         redirect_slashes=False,  # a redirect would be built from the client's Host header
         description="Music grounding by short video: the catalogue tracks that fit a video "
                     "and the moment of each. Open Inference Protocol paths under /v2; video "

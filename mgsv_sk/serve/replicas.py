@@ -54,11 +54,14 @@ class _ReplicaHeader:
 def replica_app(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | None = None,
                 *, audio_dir: str | os.PathLike[str] | None = None,
                 config: ServeConfig | None = None) -> Any:
-    """The app one replica serves: :func:`create_app` (the bundle opened in the background
-    at start-up, as ``mgsv-sk serve`` does) with the ``X-MGSV-Replica`` header added."""
+    """The app one replica serves: :func:`create_app` with the ``X-MGSV-Replica`` header
+    added, its start-up returning once the bundle is loaded and warm: Ray Serve routes
+    requests to a replica once its start-up has run, and one still loading answered them
+    503 while the other could have served them."""
     from .app import create_app
 
-    app = create_app(bundle, catalogue, audio_dir=audio_dir, config=config)
+    app = create_app(bundle, catalogue, audio_dir=audio_dir, config=config,
+                     load_in_background=False)
     app.add_middleware(_ReplicaHeader, tag=str(os.getpid()))
     return app
 
