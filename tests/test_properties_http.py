@@ -78,6 +78,48 @@ def test_infer_answers_hostile_bodies_with_an_error_body(client, field, value, r
     answered_well(client.post("/v2/models/mgsv/infer", json=body))
 
 
+#: Any JSON value, nested a few levels (objects, arrays, strings, numbers of any size)
+ANY_JSON = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+              st.floats(allow_nan=False, allow_infinity=False), HOSTILE_TEXT),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(["name", "datatype", "shape",
+                                                             "data", "inputs", "x"]),
+                                            inner, max_size=4)),
+    max_leaves=20)
+
+
+@given(data=ANY_JSON, datatype=st.sampled_from(["FP32", "fp32", "BYTES", "INT8", 3]),
+       shape=st.one_of(st.just([2]), ANY_JSON), raw=st.booleans())
+def test_infer_decoder_answers_any_json_tensor_with_an_error_or_its_numbers(
+        data, datatype, shape, raw):
+    """An input whose data, datatype and shape are any JSON (or the document itself is):
+    decoded, or an ApiError naming the problem, never another exception; FP32 numbers
+    nested any way come out flat, in order, as float32."""
+    from mgsv_sk.serve.errors import ApiError
+    from mgsv_sk.serve.routes.oip import decode_http
+
+    document = data if raw else {"inputs": [{"name": "video_frames", "datatype": datatype,
+                                             "shape": shape, "data": data}]}
+    try:
+        call = decode_http(json.dumps(document).encode(), None, "127.0.0.1")
+    except ApiError as exc:
+        assert 400 <= exc.status < 500 and str(exc)
+        return
+    if raw or datatype not in ("FP32", "fp32") or not isinstance(data, list):
+        return
+    flat: list[float] = []
+
+    def walk(node):
+        for v in node:
+            walk(v) if isinstance(v, list) else flat.append(v)
+    walk(data)
+    got = call.inputs["video_frames"].data
+    assert got.dtype == np.float32
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(got, np.asarray(flat, np.float64).astype(np.float32))
+
+
 #: float32 values at the edges (each its own case: drawn from a strategy, the largest
 #: finite one, which overflows inside the model, was one draw in a hundred)
 FRAME_VALUES = [np.nan, np.inf, -np.inf, float(np.finfo(np.float32).max),
