@@ -470,6 +470,27 @@ def test_a_request_with_both_framings_closes_the_connection(server):
         assert read_all(sock).count(b"HTTP/1.1 200") == 2
 
 
+@pytest.mark.parametrize(("head", "status"), [
+    # each sent in one segment, where the parser's own 16 KiB bound does not apply
+    (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-%d: 1\r\n" % i for i in range(5000)) + b"\r\n", b"431"),
+    (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-A: a\r\n" * 101 + b"\r\n", b"431"),
+    (b"GET /v2/health/live?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+])
+def test_an_oversized_request_head_is_refused_however_it_arrives(server, head, status):
+    smuggled = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(server.port) as sock:
+        sock.sendall(head + smuggled)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+    assert b"at most" in answer and answer.count(b"HTTP/1.1 ") == 1  # closed after it
+    with connect(server.port) as sock:  # heads within the bounds are served
+        sock.sendall(b"GET /v2/health/live?" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n"
+                     + b"X-A: a\r\n" * 90 + b"Connection: close\r\n\r\n")
+        assert read_all(sock).startswith(b"HTTP/1.1 200")
+
+
 @pytest.mark.parametrize("body", [
     b'{"inputs": [1,',  # cut short
     b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested past any parser's stack

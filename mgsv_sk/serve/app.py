@@ -20,7 +20,13 @@ from .config import ServeConfig
 from .engine import ServedModel
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import AmbiguousFraming, HeadAsGet, MetricsMiddleware, RequestTarget
+from .middleware import (
+    AmbiguousFraming,
+    HeadAsGet,
+    HeadLimits,
+    MetricsMiddleware,
+    RequestTarget,
+)
 from .routes import STATIC, audio_router, oip_router, operations_router, uploads_router
 from .state import ServeState
 
@@ -136,6 +142,7 @@ def create_app(
     app.add_middleware(HeadAsGet)
     app.add_middleware(AmbiguousFraming)
     app.add_middleware(RequestTarget)
+    app.add_middleware(HeadLimits)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)  # outermost: sees all
     for router in (oip_router(state), uploads_router(state), audio_router(state),
                    operations_router(state)):

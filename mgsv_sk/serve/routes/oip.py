@@ -95,7 +95,8 @@ def _json_document(body: bytes, header_length: str | None
     try:  # a parser per call: its documents are valid only until it parses again
         parsed = simdjson.Parser().parse(head)
     except (ValueError, RuntimeError) as exc:  # syntax, UTF-8, depth (RuntimeError)
-        raise ApiError(400, f"the request body is not valid JSON ({exc}); send an OIP "
+        why = str(exc).split(". ")[0].rstrip(".")  # the parser's first sentence says it
+        raise ApiError(400, f"the request body is not valid JSON ({why}); send an OIP "
                             "inference request: {\"inputs\": [...]}") from exc
     if not isinstance(parsed, simdjson.Object):
         raise ApiError(400, "the request body must be a JSON object: {\"inputs\": [...]}")
