@@ -28,6 +28,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "uvicorn": ("uvicorn", "serve"),
     "python_multipart": ("python-multipart", "serve"),
     "prometheus_client": ("prometheus-client", "serve"),
+    "simdjson": ("pysimdjson", "serve"),
     "grpc": ("grpcio", "serve"),
     "google": ("protobuf", "serve"),
     "ray": ("ray[serve]", "replicas"),

@@ -1,6 +1,6 @@
 """The HTTP service, its demo page and the Open Inference Protocol over HTTP and gRPC (the
-``serve`` extra: FastAPI, uvicorn, python-multipart, prometheus-client, grpcio, protobuf;
-PyAV and soundfile for media). Torch-free.
+``serve`` extra: FastAPI, uvicorn, python-multipart, prometheus-client, pysimdjson, grpcio,
+protobuf; PyAV and soundfile for media). Torch-free.
 
     >>> from mgsv_sk.serve import create_app, ServeConfig          # doctest: +SKIP
     >>> app = create_app("bundle/", "catalogue/", config=ServeConfig(workers=2))
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from mgsv_sk._extras import require
 
-for _module in ("fastapi", "prometheus_client", "python_multipart"):
+for _module in ("fastapi", "prometheus_client", "python_multipart", "simdjson"):
     require(_module, "mgsv_sk.serve")
 
 from .app import create_app  # noqa: E402
