@@ -328,6 +328,69 @@ def test_audio_decoding_is_bounded_as_inference_is(model, monkeypatch):
                          ).status_code == 200
 
 
+def _silent_reader(port: int, path: str) -> socket.socket:
+    """A client that asks for ``path`` and never reads the answer (a small receive
+    window, so the kernel holds little of it)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def test_answers_a_client_does_not_read_are_bounded(model, monkeypatch):
+    """A client that stops reading is cut off after the send deadline and the moment's
+    bytes are given back; while it holds them, moments past the audio budget are 503
+    (clients that never read had each held a whole WAV for as long as they stayed)."""
+    from mgsv_sk.serve.routes import audio as audio_route
+
+    wav = bytes(range(256)) * (12 << 12)  # 12 MiB: more than any socket buffer here
+    monkeypatch.setattr(audio_route, "moment_wav", lambda *args: wav)
+    path = "/v1/tracks/song_b/audio?start=0&end=1"
+    config = ServeConfig(workers=1, queue_size=0, max_video_seconds=30, body_idle_seconds=1)
+    app = create_app(model, config=config)
+    audio = app.state.serve.audio
+    with ThreadedServer(app) as running:
+        began = time.monotonic()
+        with _silent_reader(running.port, path) as silent:
+            deadline = time.monotonic() + 20
+            while audio.reserved == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert audio.reserved == min(len(wav), audio.capacity)  # held while being sent
+            assert httpx.get(f"{running.url}/v2/health/live").status_code == 200
+            while audio.reserved and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert audio.reserved == 0, "the silent reader's moment was never given back"
+            assert time.monotonic() - began < 15
+            silent.settimeout(10)
+            got = b""
+            try:
+                while chunk := silent.recv(1 << 20):
+                    got += chunk
+            except ConnectionResetError:
+                pass
+            assert got.startswith(b"HTTP/1.1 200") and len(got) < len(wav)  # cut off
+        full = httpx.get(f"{running.url}{path}", timeout=30)  # a reading client: all of it
+        assert full.status_code == 200 and full.content == wav
+
+    # the budget: two places x 2 x 30 s of 48 kHz stereo = 23 MB, so a second 12 MiB
+    # moment being sent does not fit while the first is held by a client that never reads
+    config = ServeConfig(workers=1, queue_size=1, max_video_seconds=30, body_idle_seconds=30)
+    app = create_app(model, config=config)
+    with ThreadedServer(app) as running:
+        with _silent_reader(running.port, path):
+            deadline = time.monotonic() + 20
+            while app.state.serve.audio.reserved == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            refused = httpx.get(f"{running.url}{path}", timeout=30)
+            assert refused.status_code == 503 and "retry-after" in refused.headers
+            assert "moment audio" in refused.json()["error"]
+        deadline = time.monotonic() + 20  # the reader left: its bytes are given back
+        while app.state.serve.audio.reserved and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(f"{running.url}{path}", timeout=30).status_code == 200
+
+
 def test_numbers_are_parsed_with_bounds(server):
     huge = "9" * 5000
     whole = httpx.get(server.url + AUDIO).content

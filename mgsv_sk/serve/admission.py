@@ -62,6 +62,18 @@ class ByteBudget:
         with self._lock:
             self.reserved -= size
 
+    def take(self, size: int) -> Callable[[], None]:
+        """Hold ``size`` bytes (or raise :class:`NoRoom`) until the returned function is
+        called; calling it again gives nothing back twice."""
+        self._take(size)
+        given = [False]
+
+        def give() -> None:
+            if not given[0]:
+                given[0] = True
+                self._give(size)
+        return give
+
     @contextmanager
     def reserve(self, size: int) -> Iterator[None]:
         """Hold ``size`` bytes for the body of the ``with``, or raise :class:`NoRoom`."""

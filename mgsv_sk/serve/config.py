@@ -50,7 +50,8 @@ class ServeConfig:
         event loop every client shares: 8 MiB of numbers took 118 ms there, 2 MiB 19.
     body_idle_seconds : float
         Longest pause between two chunks of a request body (408 and the connection closed
-        beyond it).
+        beyond it), and longest an answer's bytes may wait for the client to read them (a
+        few hundred KB at a time; the connection is aborted beyond it).
     body_seconds : float
         Longest time to receive a whole body (408 beyond it): an upload at the size cap
         needs about 4.5 Mbit/s at the default.
@@ -149,6 +150,13 @@ class ServeConfig:
         """Bytes of ``infer`` bodies being read into memory at once, all clients together:
         four capped bodies per place (more could not be admitted anyway)."""
         return 4 * (self.workers + self.queue_size) * self.max_json_bytes
+
+    @property
+    def audio_budget(self) -> int:
+        """Bytes of moment audio (WAV) held in memory at once while being sent, all clients
+        together: a longest moment (:attr:`audio_seconds`) of 48 kHz stereo for every
+        place (``workers + queue_size``)."""
+        return int((self.workers + self.queue_size) * self.audio_seconds * 48_000 * 2 * 2)
 
     @property
     def audio_seconds(self) -> float:

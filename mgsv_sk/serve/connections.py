@@ -21,7 +21,14 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
   nothing (every 127.x.y.z is this host's) would otherwise take every file descriptor
   the process may open until their header deadline, and the server could accept no one
   (measured: 22,000 such connections from 440 addresses, each under its share, and
-  every other client's request failed for 10 s).
+  every other client's request failed for 10 s);
+- an answer the client does not read is dropped: once the bytes waiting to be sent pass
+  the transport's high-water mark, they must fall back under its low-water mark within
+  ``send_idle_seconds`` (the service sends large answers in slices, so that is a few
+  hundred KB), else the connection is aborted and its buffer freed. A closed or idle
+  connection's pending bytes are otherwise flushed, however long the client takes, so a
+  client that stops reading held its answer's memory for as long as it kept the
+  connection open.
 """
 
 from __future__ import annotations
@@ -62,9 +69,10 @@ class _Counts:
     (dicts keep insertion order): the ones closed to make room."""
 
     def __init__(self, header_seconds: float, max_connections: int, retry_after_s: int,
-                 max_total: int) -> None:
+                 max_total: int, send_idle_seconds: float) -> None:
         self.header_seconds, self.per_address, self.total = (header_seconds,
                                                              max_connections, max_total)
+        self.send_idle_seconds = send_idle_seconds
         self.by_address: Counter[str] = Counter()
         self.opened = 0
         self.waiting: dict[GuardedH11, None] = {}
@@ -89,6 +97,7 @@ class GuardedH11(H11Protocol):
 
     counts: _Counts
     _deadline: Any = None
+    _stalled: Any = None  # the send deadline while the bytes to send pass the high mark
     _address = ""
     _started: Any = None  # the request cycle whose headers ended the last wait
 
@@ -110,6 +119,7 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_waiting()
+        self._send_resumed()
         counts = self.counts
         counts.by_address[self._address] -= 1
         counts.opened -= 1
@@ -139,6 +149,25 @@ class GuardedH11(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(self.counts.send_idle_seconds,
+                                                 self._send_late)
+
+    def resume_writing(self) -> None:
+        self._send_resumed()
+        super().resume_writing()
+
+    def _send_resumed(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def _send_late(self) -> None:
+        self._stalled = None
+        self.transport.abort()  # close() would keep the bytes until the client reads them
+
     def send_400_response(self, msg: str) -> None:
         self.transport.write(_NOT_HTTP)
         self.transport.close()
@@ -151,11 +180,14 @@ class GuardedH11(H11Protocol):
 
 
 def guarded_protocol(header_seconds: float, max_connections: int,
-                     retry_after_s: int = 1, max_total: int | None = None
-                     ) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with the header deadline, the per-address cap and the cap on
-    all connections (pass it as ``uvicorn.Config(http=...)``); each call makes a class
-    with its own counts. ``max_total`` None: :attr:`ServeConfig.connections`' default."""
+                     retry_after_s: int = 1, max_total: int | None = None,
+                     send_idle_seconds: float | None = None) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with the header deadline, the per-address cap, the cap on
+    all connections and the send deadline (pass it as ``uvicorn.Config(http=...)``); each
+    call makes a class with its own counts. None: :class:`ServeConfig`'s defaults
+    (``connections``, ``body_idle_seconds``)."""
     total = max_total if max_total is not None else ServeConfig().connections
-    counts = _Counts(header_seconds, max_connections, retry_after_s, total)
+    idle = send_idle_seconds if send_idle_seconds is not None else (
+        ServeConfig().body_idle_seconds)
+    counts = _Counts(header_seconds, max_connections, retry_after_s, total, idle)
     return type("GuardedH11", (GuardedH11,), {"counts": counts})

@@ -31,7 +31,8 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     state = getattr(getattr(app, "state", None), "serve", None)
     limits = state.config if state is not None else ServeConfig()
     protocol = guarded_protocol(limits.header_seconds, limits.client_connections,
-                                limits.retry_after_s, limits.connections)
+                                limits.retry_after_s, limits.connections,
+                                limits.body_idle_seconds)
     # ws="none": the service has no WebSocket route, and an upgraded connection would leave
     # the guard's protocol without its close (its count never returned)
     return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", loop="auto",

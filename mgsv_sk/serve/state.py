@@ -30,6 +30,7 @@ class ServeState:
         self.uploads = ByteBudget(config.upload_budget, tempfile.gettempdir(),
                                   config.max_upload_bytes)
         self.bodies = ByteBudget(config.body_budget)
+        self.audio = ByteBudget(config.audio_budget)
         self.model: ServedModel | None = None
         self.load_error: str | None = None
         self._froze = False
@@ -70,6 +71,18 @@ class ServeState:
         except NoRoom:
             raise self._no_room("upload_room", "receiving as many uploads as it has room "
                                                "for (or its disk is nearly full)") from None
+
+    def audio_room(self, size: int) -> Callable[[], None]:
+        """Hold ``size`` bytes (at most the whole budget: a larger moment is sent alone) of
+        the audio budget until the returned function is called (once); a 503 when it is
+        spent."""
+        try:
+            return self.audio.take(min(size, self.audio.capacity))
+        except NoRoom:
+            self.metrics.rejected.labels("audio_room").inc()
+            raise ApiError(503, "the server is sending as much moment audio as it has memory "
+                                "for; retry after the Retry-After seconds",
+                           self._retry()) from None
 
     @contextmanager
     def body_room(self) -> Iterator[Callable[[int], None]]:

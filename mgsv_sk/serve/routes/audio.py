@@ -3,10 +3,17 @@
 Decoding a moment is CPU and memory (a whole 240 s track: 0.47 s and 41 MB of WAV), so it
 is bounded as inference is: a moment is at most :attr:`ServeConfig.audio_seconds` long,
 and its decoding takes a place of the admission queue (503 beyond) and one of the
-client's share (429 beyond) on the same threads.
+client's share (429 beyond) on the same threads. The WAV then holds its bytes of the
+audio budget (:attr:`ServeConfig.audio_budget`, 503 beyond) until it is sent, in slices
+that each wait for the client to take the last (a client that stops reading is cut off
+by the connection's send deadline, :mod:`..connections`), so clients that never read
+cannot pile up answers in memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,6 +27,33 @@ from ..state import ServeState
 from .oip import client_address
 
 __all__ = ["audio_router"]
+
+#: Bytes of WAV handed to the connection at a time (each send waits while the connection
+#: still holds more than its high-water mark unsent).
+SLICE_BYTES = 256 << 10
+
+
+class _Slices(Response):
+    """``body`` sent in :data:`SLICE_BYTES` pieces; ``release`` is called once it is all
+    handed over, or the client went away."""
+
+    def __init__(self, body: bytes, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(b"", **kwargs)
+        self._whole, self._release = body, release
+        self.headers["content-length"] = str(len(body))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            whole = self._whole
+            for at in range(0, len(whole), SLICE_BYTES):
+                await send({"type": "http.response.body", "body": whole[at: at + SLICE_BYTES],
+                            "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            self._whole = b""
+            self._release()
 
 
 def audio_router(state: ServeState) -> APIRouter:
@@ -71,9 +105,13 @@ def audio_router(state: ServeState) -> APIRouter:
             return JSONResponse({"error": str(exc)}, status_code=416,
                                 headers={**headers, "Content-Range": f"bytes */{size}"})
         if wanted is None:
-            return Response(wav, media_type="audio/wav", headers=headers)
+            return _Slices(wav, state.audio_room(size), media_type="audio/wav",
+                           headers=headers)
         first, last = wanted
-        return Response(wav[first: last + 1], status_code=206, media_type="audio/wav",
-                        headers={**headers, "Content-Range": f"bytes {first}-{last}/{size}"})
+        part = wav[first: last + 1]
+        del wav  # only the range is kept while it is sent
+        return _Slices(part, state.audio_room(len(part)), status_code=206,
+                       media_type="audio/wav",
+                       headers={**headers, "Content-Range": f"bytes {first}-{last}/{size}"})
 
     return router
