@@ -77,11 +77,11 @@ class ByteBudget:
     @contextmanager
     def reserve(self, size: int) -> Iterator[None]:
         """Hold ``size`` bytes for the body of the ``with``, or raise :class:`NoRoom`."""
-        self._take(size)
+        give = self.take(size)
         try:
             yield
         finally:
-            self._give(size)
+            give()
 
     @contextmanager
     def holding(self) -> Iterator[Callable[[int], None]]:

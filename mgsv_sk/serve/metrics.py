@@ -33,7 +33,8 @@ class Metrics:
                                 "request (queue, upload, decode, rank)", ["stage"],
                                 buckets=_LATENCY_BUCKETS, registry=r)
         self.rejected = Counter("mgsv_rejected", "Requests refused before running, by reason "
-                                "(overloaded, not_ready, client_share, upload_room, body_room; "
+                                "(overloaded, not_ready, client_share, upload_room, body_room, "
+                                "audio_room; "
                                 "408 and 413 are in the requests' codes)", ["reason"], registry=r)
         self.upload_bytes = Counter("mgsv_upload_bytes", "Bytes of video uploads received",
                                     registry=r)

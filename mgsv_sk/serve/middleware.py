@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from .body import CLOSE
 from .errors import error_response
 from .metrics import Metrics
 
@@ -95,7 +96,7 @@ class AmbiguousFraming:
             if lengths > 1 or (lengths and b"transfer-encoding" in names):
                 response = error_response(
                     400, "the request has both Content-Length and Transfer-Encoding (or "
-                         "several Content-Length); send one framing", {"Connection": "close"})
+                         "several Content-Length); send one framing", CLOSE)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -120,12 +121,12 @@ class HeadLimits:
                 refusal = error_response(
                     414, f"the request target is {target} bytes; this server takes at most "
                          f"{MAX_TARGET_BYTES}: send long inputs in the body",
-                    {"Connection": "close"})
+                    CLOSE)
             elif len(headers) > MAX_HEADER_FIELDS or size > MAX_HEADER_BYTES:
                 refusal = error_response(
                     431, f"the request has {len(headers)} header fields of {size} bytes; this "
                          f"server takes at most {MAX_HEADER_FIELDS} fields and "
-                         f"{MAX_HEADER_BYTES} bytes", {"Connection": "close"})
+                         f"{MAX_HEADER_BYTES} bytes", CLOSE)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -151,7 +152,7 @@ class RequestTarget:
             if version not in ("1.0", "1.1"):
                 response = error_response(
                     505, f"this port speaks HTTP/1.1, not HTTP/{version[:8]}; send HTTP/1.1 "
-                         "(OIP gRPC clients: the server's --grpc-port)", {"Connection": "close"})
+                         "(OIP gRPC clients: the server's --grpc-port)", CLOSE)
                 await response(scope, receive, send)
                 return
             path: str = scope["path"]

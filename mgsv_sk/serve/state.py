@@ -78,11 +78,9 @@ class ServeState:
         spent."""
         try:
             return self.audio.take(min(size, self.audio.capacity))
-        except NoRoom:
-            self.metrics.rejected.labels("audio_room").inc()
-            raise ApiError(503, "the server is sending as much moment audio as it has memory "
-                                "for; retry after the Retry-After seconds",
-                           self._retry()) from None
+        except NoRoom:  # a GET: no body left unread, the connection stays open
+            raise self._no_room("audio_room", "sending as much moment audio as it has "
+                                              "memory for", close=False) from None
 
     @contextmanager
     def body_room(self) -> Iterator[Callable[[int], None]]:
@@ -95,12 +93,12 @@ class ServeState:
             raise self._no_room("body_room", "reading as many request bodies as it has "
                                              "memory for") from None
 
-    def _no_room(self, reason: str, doing: str) -> ApiError:
-        """The 503 for a body a byte budget refused, counted under ``reason``; the body is
-        not read (further), so the connection is closed, not drained."""
+    def _no_room(self, reason: str, doing: str, close: bool = True) -> ApiError:
+        """The 503 for bytes a budget refused, counted under ``reason``; with ``close``
+        (a body not read further) the connection is closed, not drained."""
         self.metrics.rejected.labels(reason).inc()
         return ApiError(503, f"the server is {doing}; retry after the Retry-After seconds",
-                        {**self._retry(), **CLOSE})
+                        {**self._retry(), **(CLOSE if close else {})})
 
     @contextmanager
     def client(self, address: str) -> Iterator[None]:

@@ -19,7 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from ..extract.pipeline import VIDEO_EXTENSIONS
-from .body import declared_length
+from .body import CLOSE, declared_length
 from .errors import ApiError, shown
 
 __all__ = ["FIELD", "Upload", "no_room", "receive_video", "too_large_message"]
@@ -151,7 +151,7 @@ def too_large_message(max_bytes: int) -> str:
 
 
 def _too_large(max_bytes: int) -> ApiError:
-    return ApiError(413, too_large_message(max_bytes), {"Connection": "close"})
+    return ApiError(413, too_large_message(max_bytes), CLOSE)
 
 
 async def receive_video(request: Request, folder: Path, max_bytes: int,
