@@ -262,3 +262,39 @@ def test_a_call_past_its_deadline_is_answered_unrun():
         t.join(10)
     assert set(errors) == {1} and answers == {0: 0, 2: 2}
     assert 1 not in ran
+
+
+def test_the_default_workers_hold_enough_calls_for_a_lane_to_batch():
+    """The default server's threads hold several calls per lane (one lane per core), so
+    concurrent calls meet in batches; with a thread per core (the old default) a call only
+    ever found a free lane and ran alone."""
+    import asyncio
+    import os
+
+    from mgsv_sk.serve.admission import Admission
+    from mgsv_sk.serve.config import ServeConfig
+
+    config = ServeConfig()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    sizes: list[int] = []
+
+    def run(items):
+        time.sleep(0.05)
+        sizes.append(len(items))
+        return [i * 10 for i in items]
+
+    lanes = Coalescer(run, lanes=cores)
+    admission = Admission(config.workers, config.queue_size)
+    calls = 2 * config.workers
+
+    async def clients():
+        return await asyncio.gather(*(admission.run(lanes.submit, "k", i) for i in range(calls)))
+
+    try:
+        answers = asyncio.run(clients())
+    finally:
+        admission.shutdown()
+    assert [a for a, _ in answers] == [10 * i for i in range(calls)]
+    assert max(sizes) >= 4 and sum(sizes) == calls
+    assert config.workers >= min(16, 4 * cores)

@@ -95,7 +95,8 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    help="also serve the Open Inference Protocol over gRPC on this port "
                         "(inference.GRPCInferenceService), on the same host")
     p.add_argument("--workers", type=_positive(int), default=None, metavar="N",
-                   help="inference threads (default: the cores, at most 4)")
+                   help="threads holding inference calls, batched by one lane per core "
+                        "(default: 4 per core, at most 16)")
     p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
                    help="onnxruntime threads per request (default 1)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",

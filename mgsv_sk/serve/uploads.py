@@ -32,7 +32,9 @@ _KINDS = ", ".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
 
 
 def no_room(exc: OSError) -> ApiError:
-    """The 503 for an upload the server cannot store (a full disk, no file descriptor)."""
+    """The 503 for an upload the server cannot store (a full disk, no file descriptor).
+    Its Retry-After is 5 s, not the configured one: a full disk is not a burst of load
+    that the next second clears."""
     return ApiError(503, f"the server cannot store the upload now ({exc.strerror or exc}); "
                          "retry later", {"Retry-After": "5"})
 
