@@ -81,25 +81,45 @@ class HeadAsGet:
         await self.app(scope, receive, headers_only)
 
 
+#: Fields the service reads one value of: given twice with different values, which one
+#: counts would be a guess (the framework reads the first, a proxy may read the last).
+SINGLE_VALUED = frozenset({b"content-type", b"content-encoding", b"range",
+                           b"inference-header-content-length"})
+
+
 class AmbiguousFraming:
     """A request with both ``Content-Length`` and ``Transfer-Encoding`` (or several
     ``Content-Length``) is answered 400 and its connection closed (RFC 9112 6.1, 6.3):
-    whatever follows its body on the connection could be a smuggled request."""
+    whatever follows its body on the connection could be a smuggled request. So is one
+    with several ``Host`` fields (RFC 9112 3.2), or with two different values of a field
+    that describes the body or what is asked of it (:data:`SINGLE_VALUED`)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            names = [name.lower() for name, _ in scope["headers"]]
-            lengths = names.count(b"content-length")
-            if lengths > 1 or (lengths and b"transfer-encoding" in names):
-                response = error_response(
-                    400, "the request has both Content-Length and Transfer-Encoding (or "
-                         "several Content-Length); send one framing", CLOSE)
-                await response(scope, receive, send)
+            problem = self._ambiguity(scope["headers"])
+            if problem:
+                await error_response(400, problem, CLOSE)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _ambiguity(headers: Any) -> str | None:
+        names = [name.lower() for name, _ in headers]
+        lengths = names.count(b"content-length")
+        if lengths > 1 or (lengths and b"transfer-encoding" in names):
+            return ("the request has both Content-Length and Transfer-Encoding (or several "
+                    "Content-Length); send one framing")
+        if names.count(b"host") > 1:
+            return "the request has several Host fields; send one"
+        seen: dict[bytes, bytes] = {}
+        for name, value in zip(names, (v for _, v in headers)):
+            if name in SINGLE_VALUED and seen.setdefault(name, value) != value:
+                return (f"the request gives {name.decode()} twice with different values; "
+                        "send it once")
+        return None
 
 
 class HeadLimits:
