@@ -219,3 +219,47 @@ def test_any_request_target_is_routed_by_a_path_or_answered(target, method, vers
             assert reached[0]["raw_path"].startswith(b"/")
         else:
             assert path == target
+
+
+#: Pieces of a multipart form a client can get wrong: boundaries, part heads, bodies
+BOUNDARIES = st.one_of(st.sampled_from(["b", "x" * 70, "a b", "\"q\"", "é", "--", ""]),
+                       st.text(st.characters(min_codepoint=33, max_codepoint=126),
+                               min_size=1, max_size=80))
+PART_HEADS = st.lists(st.one_of(
+    st.sampled_from([
+        'Content-Disposition: form-data; name="video"; filename="clip.mp4"',
+        'Content-Disposition: form-data; name="video"',
+        'Content-Disposition: form-data; name="video"; filename="../../etc/passwd"',
+        'Content-Disposition: form-data; name="video"; filename="<b>x</b>.mp4"',
+        'Content-Disposition: form-data; name="video"; filename*=UTF-8\'\'%E9%9F%B3.mp4',
+        'Content-Disposition: form-data; name=video; filename=clip.mp4',
+        'Content-Disposition: attachment; name="video"; filename="a"',
+        'Content-Disposition: form-data; name="other"; filename="x.mp4"',
+        'Content-Type: video/mp4', 'Content-Type: multipart/mixed; boundary=z',
+        'Content-Transfer-Encoding: base64', 'X: ' + "y" * 5000]),
+    st.builds(lambda k, v: f"{k}: {v}", st.sampled_from(["Content-Disposition",
+                                                         "Content-Type", "X"]), HOSTILE_TEXT)),
+    max_size=4)
+
+
+@given(boundary=BOUNDARIES, parts=st.lists(st.tuples(PART_HEADS, st.sampled_from(
+           [b"", b"\x00" * 64, b"not a video", b"--b\r\n", b"\r\n--b--"])), max_size=3),
+       preamble=st.sampled_from([b"", b"junk\r\n", b"\r\n"]),
+       ending=st.sampled_from(["--\r\n", "--", "", "\r\n", "--\r\nepilogue"]),
+       declared=st.sampled_from(["multipart/form-data; boundary={b}", "multipart/form-data",
+                                 "multipart/form-data; boundary=\"{b}\"", "text/plain",
+                                 "multipart/form-data; boundary={b}; boundary=z"]))
+def test_recommend_answers_any_multipart_form_with_an_error_body(client, boundary, parts,
+                                                                  preamble, ending, declared):
+    """Forms of any structure (boundaries of any length and characters, part heads missing,
+    repeated or hostile, bodies holding boundary-like bytes, no closing boundary): a
+    result or an error body, never a 500."""
+    b = boundary.encode("utf-8", "replace")
+    body = preamble
+    for heads, payload in parts:
+        body += b"--" + b + b"\r\n" + "\r\n".join(heads).encode("utf-8", "replace")
+        body += b"\r\n\r\n" + payload + b"\r\n"
+    body += b"--" + b + ending.encode()
+    content_type = declared.format(b=boundary).encode("utf-8", "replace")  # sent as bytes
+    answered_well(client.post("/v1/recommend", content=body,
+                              headers={"Content-Type": content_type}))
