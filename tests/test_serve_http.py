@@ -21,6 +21,7 @@ httpx = pytest.importorskip("httpx")
 from _serve import ThreadedServer, fixture_dir  # noqa: E402
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
+from mgsv_sk.serve.errors import ApiError  # noqa: E402
 
 BODY = {"inputs": [{"name": "video_frames", "datatype": "FP32", "shape": [3, 512],
                     "data": [0.5] * 1536}], "parameters": {"k": 2}}
@@ -475,6 +476,30 @@ def test_every_body_over_its_cap_is_413(model):
         response = httpx.post(f"{running.url}/v2/models/mgsv/infer", content=bomb,
                               headers={"Content-Encoding": "gzip"})
         assert response.status_code == 413
+
+
+@pytest.mark.parametrize(("pieces", "status", "said"), [
+    (["ab", "cd"], 200, None),  # two gzip members: one body, as gzip -d reads it
+    (["abcd"], 200, None),
+    (["ab", b"garbage"], 400, "7 bytes follow the end of the gzip data"),
+    (["a"] * 65, 400, "more than 64 members"),
+    (["x" * 3000, "y" * 3000], 413, "larger"),  # the cap holds across members
+])
+def test_gzip_bodies_are_read_whole_or_refused(pieces, status, said):
+    """RFC 1952: a gzip body may be several members; bytes after them are not ignored."""
+    import gzip
+
+    from mgsv_sk.serve.body import decode_content
+
+    body = b"".join(p if isinstance(p, bytes) else gzip.compress(p.encode()) for p in pieces)
+    try:
+        got: object = decode_content(body, "gzip", 5000, "larger than 5000 bytes")
+    except ApiError as exc:
+        got = exc
+    if status == 200:
+        assert got == "".join(p for p in pieces if isinstance(p, str)).encode()
+    else:
+        assert isinstance(got, ApiError) and got.status == status and said in got.message
 
 
 def test_no_server_path_in_any_answer(server, fx):

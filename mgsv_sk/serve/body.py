@@ -107,22 +107,39 @@ async def read_body(request: Request, limits: BodyLimits, too_large: str,
                           limits.max_bytes, too_large)
 
 
+#: Most gzip members one body may hold (each costs a decompressor on the event loop).
+MAX_GZIP_MEMBERS = 64
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def decode_content(body: bytes, encoding: str | None, limit: int, too_large: str) -> bytes:
     """``body`` as sent under ``Content-Encoding`` ``encoding`` (identity, gzip, deflate),
-    at most ``limit`` bytes once decompressed (a small bomb is refused with 413)."""
+    at most ``limit`` bytes once decompressed (a small bomb is refused with 413). gzip may
+    come as several members, read one after the other (RFC 1952; streaming compressors
+    write them), up to :data:`MAX_GZIP_MEMBERS`; bytes after the data are a 400, not
+    ignored."""
     kind = (encoding or "identity").strip().lower()
     if kind == "identity":
         return body
     if kind not in ("gzip", "deflate"):
         raise ApiError(415, f"Content-Encoding {kind!r} is not supported; send the body "
                             "uncompressed, gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if kind == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ApiError(400, f"the body is not valid {kind} data ({exc})") from exc
-    if len(out) > limit:
-        raise ApiError(413, too_large)
-    if not inflater.eof:
-        raise ApiError(400, f"the {kind} body is truncated")
-    return out
+    out, rest = bytearray(), body
+    for _ in range(MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits=31 if kind == "gzip" else 15)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise ApiError(400, f"the body is not valid {kind} data ({exc})") from exc
+        if len(out) > limit:
+            raise ApiError(413, too_large)
+        if not inflater.eof:
+            raise ApiError(400, f"the {kind} body is truncated")
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+        if kind != "gzip" or not rest.startswith(_GZIP_MAGIC):
+            raise ApiError(400, f"{len(rest)} bytes follow the end of the {kind} data; send "
+                                "the compressed body alone")
+    raise ApiError(400, f"the gzip body has more than {MAX_GZIP_MEMBERS} members; compress "
+                        "it as one")
