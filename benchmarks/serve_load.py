@@ -17,7 +17,8 @@ random CLIP image encoder.
    numpy X-Pool scan and with the score graphs (the runtime before it), and the torch
    backend (``MGSVGrounder.rank`` on one thread, in a subprocess right after); same
    answers checked. Then ``infer`` by 4 threads (requests/s).
-3. **HTTP** (``mgsv-sk serve --workers 8 --n-threads 1`` in a subprocess; OIP JSON, up to
+3. **HTTP** (``mgsv-sk serve`` with its defaults, in a subprocess: on 2 cores 8 request
+   threads and 2 lanes of batched inference of one thread each; OIP JSON, up to
    50 x 512 floats): p50 at concurrency 1, requests/s at concurrency 4 and p99 at
    concurrency 8, closed loop (each client a thread with a keep-alive ``http.client``
    connection), ``--repeats`` times (default 3) with their spread. At 1 client a run
@@ -57,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "results"
-WORKERS, THREADS = 8, 1  # 8 request threads; 2 lanes of batched inference on 2 cores
+THREADS = 1  # the torch comparison's and the in-process runtime's threads (the server's default)
 RERANK = 10
 
 
@@ -268,13 +269,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def server_defaults() -> dict[str, Any]:
+    """What ``mgsv-sk serve`` runs with no options on this machine."""
+    from mgsv_sk.serve import ServeConfig
+
+    config = ServeConfig()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    return {"options": "defaults", "workers": config.workers, "n_threads": config.n_threads,
+            "queue_size": config.queue_size, "lanes": max(1, cores // config.n_threads)}
+
+
 def start_server(work: Path, port: int) -> subprocess.Popen[str]:
     import httpx
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mgsv_sk", "serve", str(work / "bundle"), "--port", str(port),
-         "--workers", str(WORKERS), "--n-threads", str(THREADS), "--queue-size", "32",
-         "--max-video-seconds", "60"],
+        [sys.executable, "-m", "mgsv_sk", "serve", str(work / "bundle"), "--port", str(port)],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -496,7 +506,7 @@ def main() -> None:
         "model": {"tracks": args.tracks, "d_model": 256, "xpool": "full scan",
                   "rerank_depth": RERANK,
                   "frames": f"{min(map(len, frames))}-{max(map(len, frames))} x 512"},
-        "server": {"workers": WORKERS, "n_threads": THREADS}}
+        "server": server_defaults()}
     report["floor"] = floor(work)
     print("floor", json.dumps(report["floor"]), flush=True)
     report["in_process"], ask = in_process(work, frames, args.repeats, args.seconds)
@@ -658,7 +668,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"p50. Same answers, numpy scan vs score graphs: {same['same_ranking']} of "
               f"{same['queries']} rankings identical, scores within "
               f"{same['max_score_diff']:.1e}. 4 threads: {ip['rps_c4']} requests/s.", "",
-              "## Over HTTP (`mgsv-sk serve --workers 8 --n-threads 1`)", "",
+              f"## Over HTTP (`mgsv-sk serve`: {report['server']['workers']} threads, "
+              f"{report['server'].get('lanes', 2)} lanes)", "",
               "OIP JSON tensors, and the binary tensor extension (what `tritonclient` "
               "sends by default). Each client is a thread with a keep-alive `http.client` "
               "connection.", "",

@@ -45,7 +45,7 @@ class ThreadedServer:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
-        from mgsv_sk.serve.server import uvicorn_config
+        from mgsv_sk.serve.http.server import uvicorn_config
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

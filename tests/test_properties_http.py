@@ -97,7 +97,7 @@ def test_infer_decoder_answers_any_json_tensor_with_an_error_or_its_numbers(
     decoded, or an ApiError naming the problem, never another exception; FP32 numbers
     nested any way come out flat, in order, as float32."""
     from mgsv_sk.serve.errors import ApiError
-    from mgsv_sk.serve.routes.oip import decode_http
+    from mgsv_sk.serve.http.routes.oip import decode_http
 
     document = data if raw else {"inputs": [{"name": "video_frames", "datatype": datatype,
                                              "shape": shape, "data": data}]}
@@ -188,7 +188,7 @@ def test_any_request_target_is_routed_by_a_path_or_answered(target, method, vers
     app as its path (starting with "/", no authority); any other target as it came."""
     import asyncio
 
-    from mgsv_sk.serve.middleware import RequestTarget
+    from mgsv_sk.serve.http.middleware import RequestTarget
 
     reached: list[dict] = []
     sent: list[dict] = []

@@ -54,7 +54,8 @@ def http_routes() -> list[str]:
     from unittest import mock
 
     pytest.importorskip("fastapi")
-    from mgsv_sk.serve import ServeConfig, routes
+    from mgsv_sk.serve import ServeConfig
+    from mgsv_sk.serve.http import routes
 
     out = []
     for make in (routes.oip_router, routes.uploads_router, routes.audio_router,

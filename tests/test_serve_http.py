@@ -105,7 +105,7 @@ def test_uploads_being_received_are_bounded_in_bytes_and_a_full_disk_is_a_503(
     file is removed."""
     import errno
 
-    from mgsv_sk.serve import uploads
+    from mgsv_sk.serve.http import uploads
 
     config = ServeConfig(workers=1, queue_size=0, max_upload_bytes=150_000,
                          body_idle_seconds=5, body_seconds=8)
@@ -295,7 +295,7 @@ def test_audio_decoding_is_bounded_as_inference_is(model, monkeypatch):
     """A moment's decoding takes a place and the client's share (a whole track was 0.47 s
     of CPU and 41 MB, unbounded in number); a moment longer than twice the longest video
     is refused before any decoding."""
-    from mgsv_sk.serve.routes import audio as audio_route
+    from mgsv_sk.serve.http.routes import audio as audio_route
 
     started, release = threading.Event(), threading.Event()
     real = audio_route.moment_wav
@@ -343,7 +343,7 @@ def test_answers_a_client_does_not_read_are_bounded(model, monkeypatch):
     """A client that stops reading is cut off after the send deadline and the moment's
     bytes are given back; while it holds them, moments past the audio budget are 503
     (clients that never read had each held a whole WAV for as long as they stayed)."""
-    from mgsv_sk.serve.routes import audio as audio_route
+    from mgsv_sk.serve.http.routes import audio as audio_route
 
     wav = bytes(range(256)) * (12 << 12)  # 12 MiB: more than any socket buffer here
     monkeypatch.setattr(audio_route, "moment_wav", lambda *args: wav)
@@ -489,7 +489,7 @@ def test_gzip_bodies_are_read_whole_or_refused(pieces, status, said):
     """RFC 1952: a gzip body may be several members; bytes after them are not ignored."""
     import gzip
 
-    from mgsv_sk.serve.body import decode_content
+    from mgsv_sk.serve.http.body import decode_content
 
     body = b"".join(p if isinstance(p, bytes) else gzip.compress(p.encode()) for p in pieces)
     try:

@@ -1,6 +1,6 @@
-"""The ASGI app (:func:`create_app`): the routers of :mod:`.routes` (Open Inference
+"""The ASGI app (:func:`create_app`): the routers of :mod:`.http.routes` (Open Inference
 Protocol, video uploads, moment audio, metrics and the page) over one :class:`.ServeState`,
-behind the middleware of :mod:`.middleware`; optionally the OIP's gRPC service beside it
+behind the middleware of :mod:`.http.middleware`; optionally the OIP's gRPC service beside it
 (:mod:`.grpc`), started and stopped with the app."""
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from .. import __version__
 from .config import ServeConfig
 from .engine import ServedModel
 from .errors import install_error_handlers
-from .metrics import Metrics
-from .middleware import (
+from .http.middleware import (
     AmbiguousFraming,
     HeadAsGet,
     HeadLimits,
     MetricsMiddleware,
     RequestTarget,
 )
-from .routes import STATIC, audio_router, oip_router, operations_router, uploads_router
+from .http.routes import STATIC, audio_router, oip_router, operations_router, uploads_router
+from .metrics import Metrics
 from .state import ServeState
 
 __all__ = ["create_app"]

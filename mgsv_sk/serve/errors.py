@@ -11,10 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["MAX_MESSAGE_CHARS", "ApiError", "error_response", "install_error_handlers", "shown",
-           "validation_message"]
+__all__ = ["CLOSE", "MAX_MESSAGE_CHARS", "ApiError", "error_response", "install_error_handlers",
+           "shown", "validation_message"]
 
 logger = logging.getLogger("mgsv_sk.serve")
+#: Closes the connection after an answer whose request body was not read to its end.
+CLOSE = {"Connection": "close"}
 #: The most of a client's own text (a name, an id, a version) an error message repeats.
 SHOWN_CHARS = 64
 #: The longest error message answered: a client's input never makes an answer large (and

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's ``infer`` for the model ``mgsv``, whatever carries it.
 
-HTTP (:mod:`.routes.oip`: JSON tensors and the binary tensor extension) and gRPC
+HTTP (:mod:`.http.routes.oip`: JSON tensors and the binary tensor extension) and gRPC
 (:mod:`.grpc`) decode a request into an :class:`InferCall`; :func:`answer` checks it
 against the model, runs it on the admission pool and returns the output tensors, which
 each transport encodes its own way. One implementation of the checks and of the outputs.

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .admission import Admission, ByteBudget, ClientGate, NoRoom, Overloaded, TooManyFromClient
-from .body import CLOSE
 from .config import ServeConfig
 from .engine import ServedModel
-from .errors import ApiError
+from .errors import CLOSE, ApiError
 from .metrics import Metrics
 
 __all__ = ["ServeState"]

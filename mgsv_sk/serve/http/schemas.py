@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .oip import InferParameters
+from ..oip import InferParameters
 
 __all__ = ["ERRORS", "ErrorBody", "InferRequest", "InferResponse", "RecommendResponse",
            "errors"]

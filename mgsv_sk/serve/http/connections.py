@@ -39,7 +39,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .config import ServeConfig
+from ..config import ServeConfig
 
 __all__ = ["guarded_protocol"]
 

@@ -22,11 +22,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from ... import __version__
-from ..body import BodyLimits, bounded_int, read_body
-from ..engine import MODEL_NAME
-from ..errors import ApiError, shown, validation_message
-from ..oip import (
+from .... import __version__
+from ...engine import MODEL_NAME
+from ...errors import ApiError, shown, validation_message
+from ...oip import (
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
@@ -43,8 +42,9 @@ from ..oip import (
     served_model,
     statistics_of,
 )
+from ...state import ServeState
+from ..body import BodyLimits, bounded_int, read_body
 from ..schemas import InferRequest, InferResponse, errors
-from ..state import ServeState
 
 __all__ = ["SERVER_NAME", "client_address", "decode_http", "encode_http", "oip_router"]
 

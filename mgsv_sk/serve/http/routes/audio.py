@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse, Response
 
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS
 
-from ..audio import RangeNotSatisfiable, moment_wav, parse_range
-from ..errors import ApiError, shown
+from ...audio import RangeNotSatisfiable, moment_wav, parse_range
+from ...errors import ApiError, shown
+from ...state import ServeState
 from ..schemas import errors
-from ..state import ServeState
 from .oip import client_address
 
 __all__ = ["audio_router"]

@@ -25,7 +25,7 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     uvloop's where it is installed (the ``serve`` extra), else asyncio's."""
     import uvicorn
 
-    from .config import ServeConfig
+    from ..config import ServeConfig
     from .connections import guarded_protocol
 
     state = getattr(getattr(app, "state", None), "serve", None)

@@ -17,16 +17,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from .errors import ApiError
+from ..errors import CLOSE, ApiError
 
 __all__ = ["BodyLimits", "body_chunks", "bounded_int", "declared_length", "decode_content",
            "read_body"]
 
 #: More digits than any size or offset this server handles (2**63 has 19).
 _MAX_DIGITS = 18
-#: Closes the connection after an answer whose request body was not read to its end.
-CLOSE = {"Connection": "close"}
-
 
 @dataclass(frozen=True)
 class BodyLimits:

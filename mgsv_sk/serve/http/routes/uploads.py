@@ -15,11 +15,11 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 
+from ...engine import MODEL_NAME, ServedModel, TrackResult
+from ...errors import ApiError
+from ...state import ServeState
 from ..body import BodyLimits, body_chunks, declared_length
-from ..engine import MODEL_NAME, ServedModel, TrackResult
-from ..errors import ApiError
 from ..schemas import RecommendResponse, errors
-from ..state import ServeState
 from ..uploads import FIELD, no_room, receive_video, too_large_message
 from .oip import client_address
 

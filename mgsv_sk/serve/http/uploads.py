@@ -18,9 +18,9 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from ..extract.pipeline import VIDEO_EXTENSIONS
-from .body import CLOSE, declared_length
-from .errors import ApiError, shown
+from ...extract.pipeline import VIDEO_EXTENSIONS
+from ..errors import CLOSE, ApiError, shown
+from .body import declared_length
 
 __all__ = ["FIELD", "Upload", "no_room", "receive_video", "too_large_message"]
 

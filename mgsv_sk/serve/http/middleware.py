@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .body import CLOSE
-from .errors import error_response
-from .metrics import Metrics
+from ..errors import CLOSE, error_response
+from ..metrics import Metrics
 
 __all__ = ["AmbiguousFraming", "HeadAsGet", "HeadLimits", "MetricsMiddleware", "RequestTarget"]
 

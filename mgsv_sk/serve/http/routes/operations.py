@@ -7,12 +7,12 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from ..metrics import CONTENT_TYPE_LATEST
-from ..state import ServeState
+from ...metrics import CONTENT_TYPE_LATEST
+from ...state import ServeState
 
 __all__ = ["STATIC", "operations_router"]
 
-STATIC = Path(__file__).resolve().parents[1] / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"  # mgsv_sk/serve/static
 
 
 def operations_router(state: ServeState) -> APIRouter:
