@@ -98,7 +98,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    help="threads holding inference calls, batched by one lane per core "
                         "(default: 4 per core, at most 16)")
     p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
-                   help="onnxruntime threads per request (default 1)")
+                   help="onnxruntime threads per batch; a lane per core's worth (default 1)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="requests waiting beyond the workers before 503 (default 16)")
     p.add_argument("--max-client-requests", type=_positive(int), default=None, metavar="N",

@@ -25,6 +25,7 @@ __all__ = ["BodyLimits", "body_chunks", "bounded_int", "declared_length", "decod
 #: More digits than any size or offset this server handles (2**63 has 19).
 _MAX_DIGITS = 18
 
+
 @dataclass(frozen=True)
 class BodyLimits:
     """``max_bytes`` of body, at most ``idle_s`` between two chunks and ``total_s`` for
