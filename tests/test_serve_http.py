@@ -4,7 +4,9 @@ HEAD, redirects, metric labels, body caps, server paths and request smuggling.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import os
 import random
 import socket
 import string
@@ -327,6 +329,41 @@ def test_audio_decoding_is_bounded_as_inference_is(model, monkeypatch):
         assert first == [200]
         assert httpx.get(f"{running.url}/v1/tracks/song_b/audio?start=1&end=2"
                          ).status_code == 200
+
+
+def test_uploads_decode_one_per_core_however_many_threads_wait(model, monkeypatch, fx):
+    """The request threads are several per core; a decoder holds several full-size frames,
+    so uploads decode at most one per core at once (the others wait their turn)."""
+    import mgsv_sk.extract.recommend as recommend
+
+    real, lock = recommend.video_query, threading.Lock()
+    running, most = [0], [0]
+
+    def counted(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(recommend, "video_query", counted)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    clip = (fx / "query.mp4").read_bytes()
+    config = ServeConfig(workers=4 * cores + 2, max_client_requests=64)
+    with ThreadedServer(create_app(model, config=config)) as server:
+        def upload(_):
+            return httpx.post(f"{server.url}/v1/recommend", timeout=120,
+                              files={"video": ("clip.mp4", clip, "video/mp4")}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(3 * cores + 1) as pool:
+            codes = list(pool.map(upload, range(3 * cores + 1)))
+    assert codes == [200] * (3 * cores + 1)
+    assert 1 <= most[0] <= cores
 
 
 def _silent_reader(port: int, path: str) -> socket.socket:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,10 @@ class ServedModel:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)  # the cores this process may run on, not the host's
         self._batcher = Coalescer(self._infer_batch, lanes=max(1, cores // threads))
+        #: Uploads decoded at once: one per core. The request threads are several per core
+        #: (they mostly wait for a lane), and a decoder holds several full-size frames
+        #: (4K: about 12 MB each), so their number must not set how many decode.
+        self._decoding = threading.BoundedSemaphore(max(1, cores))
         #: Requests and executions since load (the OIP statistics extension).
         self.statistics = InferStatistics()
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
@@ -351,7 +356,8 @@ class ServedModel:
         if self.video_encoder is None:
             raise ValueError("this bundle holds no video encoder, so it cannot read videos")
         try:
-            frame, feats = video_query(path, self.video_encoder, self.video_limits)
+            with self._decoding:
+                frame, feats = video_query(path, self.video_encoder, self.video_limits)
         except VideoLimitError as exc:  # readable, but asks too much of the decoder
             raise VideoLimitError(f"{shown}: {exc.__cause__ or exc}") from exc
         except ValueError as exc:
