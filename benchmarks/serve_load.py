@@ -272,12 +272,12 @@ def free_port() -> int:
 def server_defaults() -> dict[str, Any]:
     """What ``mgsv-sk serve`` runs with no options on this machine."""
     from mgsv_sk.serve import ServeConfig
+    from mgsv_sk.serve.cores import usable_cores
 
     config = ServeConfig()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
     return {"options": "defaults", "workers": config.workers, "n_threads": config.n_threads,
-            "queue_size": config.queue_size, "lanes": max(1, cores // config.n_threads)}
+            "queue_size": config.queue_size,
+            "lanes": config.lanes or max(1, usable_cores() // config.n_threads)}
 
 
 def start_server(work: Path, port: int) -> subprocess.Popen[str]:

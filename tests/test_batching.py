@@ -298,3 +298,47 @@ def test_the_default_workers_hold_enough_calls_for_a_lane_to_batch():
     assert [a for a, _ in answers] == [10 * i for i in range(calls)]
     assert max(sizes) >= 4 and sum(sizes) == calls
     assert config.workers >= min(16, 4 * cores)
+
+
+@pytest.mark.parametrize(("files", "membership", "want"), [
+    # cgroup v2: the process's group and its parents; the tightest quota counts
+    ({"cpu.max": "max 100000", "pod/cpu.max": "150000 100000",
+      "pod/c1/cpu.max": "max 100000"}, "0::/pod/c1\n", 1.5),
+    ({"cpu.max": "max 100000"}, "0::/\n", None),  # no quota
+    ({"cpu.max": "nonsense"}, "0::/\n", None),
+    ({"cpu.max": "0 100000"}, "0::/\n", None),
+    # cgroup v1 (the cpu controller's own tree); -1: no quota
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "200000", "cpu,cpuacct/cpu.cfs_period_us": "100000"},
+     "4:cpu,cpuacct:/\n1:memory:/x\n", 2.0),
+    ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, "1:cpu:/\n", None),
+    # hybrid: v2 mounted at unified/, v1 without a quota
+    ({"unified/k/cpu.max": "50000 100000", "cpu/cpu.cfs_quota_us": "-1",
+      "cpu/cpu.cfs_period_us": "100000"}, "1:cpu:/\n0::/k\n", 0.5),
+    ({}, "", None),  # no cgroup file system
+])
+def test_a_containers_cpu_quota_is_read_from_its_control_group(tmp_path, files, membership,
+                                                                want):
+    from mgsv_sk.serve.cores import cgroup_cpu_quota
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text + "\n")
+    assert cgroup_cpu_quota(tmp_path, membership) == want
+
+
+def test_the_lanes_follow_the_usable_cores_or_the_config(monkeypatch, tmp_path):
+    """A 1.5-CPU quota on more cores: 2 usable cores, so 2 lanes and 8 default threads;
+    ``lanes`` given: that many, and uploads decode as many at once."""
+    import mgsv_sk.serve.cores as cores
+    from mgsv_sk.serve.config import ServeConfig, _default_workers
+    from mgsv_sk.serve.engine import ServedModel
+
+    monkeypatch.setattr(cores, "_affinity", lambda: 64)
+    monkeypatch.setattr(cores, "cgroup_cpu_quota", lambda: 1.5)
+    assert cores.usable_cores() == 2 and _default_workers() == 8
+    grounder = type("G", (), {"manifest": {"dims": {}}, "n_threads": 1})()
+    assert ServedModel(grounder, checksum="0" * 64).lanes == 2
+    one = ServedModel(grounder, checksum="0" * 64, lanes=1)
+    assert one.lanes == 1 and one._decoding._value == 1
+    with pytest.raises(ValueError, match="lanes must be an integer >= 1"):
+        ServeConfig(lanes=0)

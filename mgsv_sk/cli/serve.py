@@ -34,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_client_requests=args.max_client_requests,
                          max_client_connections=args.max_client_connections,
                          max_connections=args.max_connections,
-                         batch_delay_ms=args.batch_delay_ms)
+                         batch_delay_ms=args.batch_delay_ms, lanes=args.lanes)
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
                         "port of its own (e.g. --grpc-port 8001)")
@@ -99,6 +99,9 @@ def add_serve_command(sub: Any, command: Any) -> None:
                         "(default: 4 per core, at most 16)")
     p.add_argument("--n-threads", type=_positive(int), default=1, metavar="N",
                    help="onnxruntime threads per batch; a lane per core's worth (default 1)")
+    p.add_argument("--lanes", type=_positive(int), default=None, metavar="N",
+                   help="batches of inference at once (default: the cores this process "
+                        "may use, its container's CPU quota included, over --n-threads)")
     p.add_argument("--queue-size", type=int, default=16, metavar="N",
                    help="requests waiting beyond the workers before 503 (default 16)")
     p.add_argument("--max-client-requests", type=_positive(int), default=None, metavar="N",

@@ -46,7 +46,7 @@ def _loader(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | 
 
     def load() -> ServedModel:
         return ServedModel.load(bundle, catalogue, audio_dir=audio_dir,
-                                n_threads=config.n_threads)
+                                n_threads=config.n_threads, lanes=config.lanes)
 
     return load
 

@@ -3,23 +3,22 @@ web stack)."""
 
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .batching import DEFAULT_MAX_DELAY
+from .cores import usable_cores
 
 __all__ = ["ServeConfig"]
 
 
 def _default_workers() -> int:
-    """Four threads per core this process may run on, at most 16: the calls in the system
-    at once are what a lane of batched inference (one per core) gathers into a batch, and
-    a thread holds one call while it waits (see :mod:`.batching`)."""
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    return max(1, min(16, 4 * cores))
+    """Four threads per core this process may use (:func:`.cores.usable_cores`), at most
+    16: the calls in the system at once are what a lane of batched inference (one per
+    core) gathers into a batch, and a thread holds one call while it waits (see
+    :mod:`.batching`)."""
+    return max(1, min(16, 4 * usable_cores()))
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,11 @@ class ServeConfig:
         Longest wait of a free inference lane, while another lane is busy, for its share of
         the concurrent ``infer`` calls to arrive and be batched with (see
         :mod:`.batching`; 0: a lane never waits). A lone client never waits.
+    lanes : int or None
+        Batches of inference that run at once. Default: the cores this process may use
+        (its CPU affinity, capped by a container's CPU quota) over ``n_threads``. Uploads
+        decode at most ``lanes * n_threads`` at once. Applies where the app loads the
+        bundle (a :class:`ServedModel` given to ``create_app`` keeps its own).
     """
 
     workers: int = _default_workers()
@@ -105,6 +109,7 @@ class ServeConfig:
     max_client_connections: int | None = None
     max_connections: int | None = None
     batch_delay_ms: float = 1000 * DEFAULT_MAX_DELAY  # 10 ms
+    lanes: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,7 +131,8 @@ class ServeConfig:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
                 0 <= delay <= 1000):
             problems.append(f"batch_delay_ms must be a number from 0 to 1000, got {delay!r}")
-        for name in ("max_client_requests", "max_client_connections", "max_connections"):
+        for name in ("max_client_requests", "max_client_connections", "max_connections",
+                     "lanes"):
             share = getattr(self, name)
             if share is not None and (isinstance(share, bool) or not isinstance(share, int)
                                       or share < 1):

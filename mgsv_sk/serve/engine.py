@@ -29,6 +29,7 @@ from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
 from .batching import Coalescer
+from .cores import usable_cores
 from .statistics import InferStatistics
 
 __all__ = ["Moment", "ServedModel", "TrackResult", "video_seconds"]
@@ -140,7 +141,8 @@ class ServedModel:
 
     def __init__(self, grounder: Any, *, checksum: str, sources: dict[str, str] | None = None,
                  audio_dir: str | os.PathLike[str] | None = None,
-                 catalogue: str | None = None, video_encoder: Any = None) -> None:
+                 catalogue: str | None = None, video_encoder: Any = None,
+                 lanes: int | None = None) -> None:
         self.grounder = grounder
         self.checksum = checksum
         self.version = checksum[:12]
@@ -153,15 +155,16 @@ class ServedModel:
         #: checked from its header before any frame is decoded.
         self.video_limits = SERVE_LIMITS
         #: Batches of ``infer`` calls that wait while every lane is busy (:mod:`.batching`):
-        #: a lane per core's worth of the grounder's threads.
+        #: ``lanes``, default a lane per usable core's worth of the grounder's threads (the
+        #: affinity capped by a container's CPU quota, not the host's cores).
         threads = max(1, int(getattr(grounder, "n_threads", None) or 1))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)  # the cores this process may run on, not the host's
-        self._batcher = Coalescer(self._infer_batch, lanes=max(1, cores // threads))
-        #: Uploads decoded at once: one per core. The request threads are several per core
-        #: (they mostly wait for a lane), and a decoder holds several full-size frames
+        if lanes is None:
+            lanes = max(1, usable_cores() // threads)
+        self._batcher = Coalescer(self._infer_batch, lanes=lanes)
+        #: Uploads decoded at once: the lanes' cores. The request threads are several per
+        #: core (they mostly wait for a lane), and a decoder holds several full-size frames
         #: (4K: about 12 MB each), so their number must not set how many decode.
-        self._decoding = threading.BoundedSemaphore(max(1, cores))
+        self._decoding = threading.BoundedSemaphore(lanes * threads)
         #: Requests and executions since load (the OIP statistics extension).
         self.statistics = InferStatistics()
         #: Frames -> CLIP features for uploads: the bundle's own encoder unless given.
@@ -171,9 +174,10 @@ class ServedModel:
     @classmethod
     def load(cls, bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | None = None,
              *, audio_dir: str | os.PathLike[str] | None = None,
-             n_threads: int | None = 1) -> ServedModel:
+             n_threads: int | None = 1, lanes: int | None = None) -> ServedModel:
         """Open ``bundle`` (checksums verified) and, if given, serve the tracks of the
-        packed store ``catalogue`` (from ``mgsv-sk catalogue``) instead of the bundle's own.
+        packed store ``catalogue`` (from ``mgsv-sk catalogue``) instead of the bundle's own;
+        ``lanes`` batches at once (default: the usable cores over ``n_threads``).
 
         Raises
         ------
@@ -197,7 +201,7 @@ class ServedModel:
             # the store's folder name only: answers never show a server path
             sources, name = store.music_sources(), Path(catalogue).resolve().name
         return cls(grounder, checksum=sha256_file(Path(bundle) / MANIFEST_FILE),
-                   sources=sources, audio_dir=audio_dir, catalogue=name)
+                   sources=sources, audio_dir=audio_dir, catalogue=name, lanes=lanes)
 
     @property
     def batch_delay(self) -> float:

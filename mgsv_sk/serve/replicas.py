@@ -67,7 +67,7 @@ def replica_app(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str
 
 
 def deployment(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str] | None = None,
-               *, replicas: int = 2, workers: int = 1, n_threads: int = 1,
+               *, replicas: int = 2, workers: int = 4, n_threads: int = 1,
                audio_dir: str | os.PathLike[str] | None = None,
                num_cpus: float | None = None, name: str = "mgsv") -> Any:
     """A Ray Serve application of ``replicas`` copies of the service.
@@ -79,10 +79,12 @@ def deployment(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str]
     replicas : int
         Processes, each with its own onnxruntime sessions.
     workers, n_threads : int
-        Inference threads of a replica and onnxruntime threads of each request (a
-        replica uses about ``workers * n_threads`` cores).
+        Threads of a replica holding inference calls, and onnxruntime threads of each
+        batch. A replica runs one batch at a time (one lane: ``n_threads`` cores), so its
+        ``workers`` concurrent calls are batched; more cores for a replica mean more
+        replicas.
     num_cpus : float, optional
-        CPUs Ray reserves per replica (default ``workers * n_threads``).
+        CPUs Ray reserves per replica (default ``n_threads``).
 
     Returns
     -------
@@ -91,14 +93,14 @@ def deployment(bundle: str | os.PathLike[str], catalogue: str | os.PathLike[str]
         (through :func:`app_builder`).
     """
     serve = require("ray.serve", "replicas on Ray Serve")
-    config = ServeConfig(workers=workers, n_threads=n_threads)
+    config = ServeConfig(workers=workers, n_threads=n_threads, lanes=1)
     paths = (os.fspath(bundle), None if catalogue is None else os.fspath(catalogue),
              None if audio_dir is None else os.fspath(audio_dir))
 
     def build() -> Any:  # run in each replica's process: the sessions are its own
         return replica_app(paths[0], paths[1], audio_dir=paths[2], config=config)
 
-    cpus = float(workers * n_threads) if num_cpus is None else float(num_cpus)
+    cpus = float(n_threads) if num_cpus is None else float(num_cpus)
     ingress = serve.deployment(name=name, num_replicas=int(replicas),
                                ray_actor_options={"num_cpus": cpus})(serve.ingress(build)())
     return ingress.bind()
@@ -116,7 +118,7 @@ def app_builder(args: dict[str, Any]) -> Any:
         raise ValueError(f"unknown args {unknown} in the Serve config; expected some of "
                          f"{sorted(known)}")
     return deployment(args["bundle"], args.get("catalogue"),
-                      replicas=int(args.get("replicas", 2)), workers=int(args.get("workers", 1)),
+                      replicas=int(args.get("replicas", 2)), workers=int(args.get("workers", 4)),
                       n_threads=int(args.get("n_threads", 1)), audio_dir=args.get("audio_dir"),
                       num_cpus=None if args.get("num_cpus") is None else float(args["num_cpus"]),
                       name=str(args.get("name", "mgsv")))
