@@ -595,6 +595,25 @@ def test_a_request_with_both_framings_closes_the_connection(server):
         assert read_all(sock).count(b"HTTP/1.1 200") == 2
 
 
+@pytest.mark.parametrize(("size", "status"), [(1, b"400"), (16, b"400"), (4096, b"200")])
+def test_a_body_in_splinters_is_refused_before_it_holds_the_loop(server, size, status):
+    """Each chunk costs the shared event loop a parse whatever its size (a 128 KB body in
+    1-byte chunks held it for 0.7 s): a body in more than 1024 pieces plus one per 256
+    bytes is a 400 and the connection closed; chunks of KBs are read as ever."""
+    body = json.dumps({**BODY, "inputs": [{**BODY["inputs"][0], "shape": [20, 512],
+                                            "data": [0.5] * 10240}]}).encode()
+    chunks = b"".join(b"%x\r\n" % len(body[i:i + size]) + body[i:i + size] + b"\r\n"
+                      for i in range(0, len(body), size)) + b"0\r\n\r\n"
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nConnection: close"
+                     b"\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:300]
+    if status == b"400":
+        assert b"more than 1024 pieces plus one per 256 bytes" in answer
+        assert b"larger chunks" in answer
+
+
 @pytest.mark.parametrize(("fields", "named"), [
     ([b"Host: x", b"Host: y"], b"not valid HTTP/1.1"),  # the parser refuses it first
     ([b"Host: x", b"Content-Type: application/json", b"Content-Type: text/plain"],

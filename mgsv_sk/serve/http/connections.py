@@ -28,7 +28,13 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
   hundred KB), else the connection is aborted and its buffer freed. A closed or idle
   connection's pending bytes are otherwise flushed, however long the client takes, so a
   client that stops reading held its answer's memory for as long as it kept the
-  connection open.
+  connection open;
+- a body may come in at most :data:`BODY_PIECES` pieces plus one per
+  :data:`BYTES_PER_PIECE` bytes of it (chunks of a chunked body, or the reads a
+  ``Content-Length`` body trickled in): each piece costs the one event loop every client
+  shares a parse, whatever its size, and a 128 KB body sent as 1-byte chunks held the loop
+  for 0.7 s (a 2 MiB one would for about 12 s). One more piece is answered 400 and the
+  connection closed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..config import ServeConfig
@@ -55,6 +62,17 @@ def _answer(status: bytes, message: str, extra: bytes = b"") -> bytes:
 def _refusal(message: str, retry_after_s: int) -> bytes:
     return _answer(b"503 Service Unavailable", message, b"retry-after: %d\r\n" % retry_after_s)
 
+
+#: Pieces any body may come in, and one more per this many bytes of it (a client's chunks
+#: are KB: 2 MiB in 16 KB chunks is 128 pieces; 1-byte chunks stop after about a KB).
+BODY_PIECES = 1024
+BYTES_PER_PIECE = 256
+#: Seconds a refused splintered body is read and dropped before the connection closes.
+LINGER_SECONDS = 2.0
+_SPLINTERED = _answer(b"400 Bad Request",
+                      f"the request body came in more than {BODY_PIECES} pieces plus one per "
+                      f"{BYTES_PER_PIECE} bytes (chunks or reads of a few bytes each); send "
+                      "it in larger chunks")
 
 #: uvicorn answers a request h11 cannot parse with a text/plain 400; the service's errors
 #: are JSON.
@@ -100,6 +118,8 @@ class GuardedH11(H11Protocol):
     _stalled: Any = None  # the send deadline while the bytes to send pass the high mark
     _address = ""
     _started: Any = None  # the request cycle whose headers ended the last wait
+    _pieces = _body_bytes = 0  # the current request's body so far
+    _splintered = _discarding = False
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -116,6 +136,22 @@ class GuardedH11(H11Protocol):
             transport.close()
             return
         self._wait_for_headers()
+        self._next_event = self.conn.next_event
+        self.conn.next_event = self._counted_event  # type: ignore[method-assign]
+
+    def _counted_event(self) -> Any:
+        """h11's next event, the body's pieces counted (a protocol error past the cap:
+        uvicorn then answers through :meth:`send_400_response`)."""
+        event = self._next_event()
+        if type(event) is h11.Data:
+            self._pieces += 1
+            self._body_bytes += len(event.data)
+            if self._pieces > BODY_PIECES + self._body_bytes // BYTES_PER_PIECE:
+                self._splintered = True
+                raise h11.RemoteProtocolError("the body came in too many pieces")
+        elif type(event) is h11.Request:
+            self._pieces = self._body_bytes = 0
+        return event
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_waiting()
@@ -169,8 +205,29 @@ class GuardedH11(H11Protocol):
         self.transport.abort()  # close() would keep the bytes until the client reads them
 
     def send_400_response(self, msg: str) -> None:
-        self.transport.write(_NOT_HTTP)
-        self.transport.close()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # the app's request ends
+            cycle.disconnected = True  # here: it reads a disconnect
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.abort()  # an answer is under way: no second one on the wire
+                return
+        if not self._splintered:
+            self.transport.write(_NOT_HTTP)
+            self.transport.close()
+            return
+        # the client is still sending its body: answer, stop sending, and drop what it
+        # sends for a while before closing (a close with unread bytes resets the
+        # connection, and the client's stack would then drop the answer: RFC 9112 9.6)
+        self.transport.write(_SPLINTERED)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._discarding = True
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._discarding:
+            super().data_received(data)
 
     def _headers_late(self) -> None:
         self._deadline = None
