@@ -544,6 +544,42 @@ def test_grpc_hostile_messages_get_their_own_status(served, grpc_client, caplog)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
+def test_grpc_requests_are_counted_before_they_are_read(served):
+    """The same bounds as over HTTP: past them, INVALID_ARGUMENT before any is read."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    def request():
+        r = service_pb2.ModelInferRequest(model_name="mgsv")
+        r.inputs.add(name="video_frames", datatype="FP32", shape=list(FRAMES.shape)
+                     ).contents.fp32_contents.extend(FRAMES.ravel().tolist())
+        return r
+
+    many_parameters, many_outputs, many_ids, tensor_parameters = (request(), request(),
+                                                                  request(), request())
+    for i in range(65):
+        many_parameters.parameters[f"p{i}"].int64_param = i
+        tensor_parameters.inputs[0].parameters[f"p{i}"].int64_param = i
+    for i in range(17):
+        many_outputs.outputs.add(name=f"o{i}")
+    many_ids.inputs.add(name="music_id", datatype="BYTES", shape=[32769]
+                        ).contents.bytes_contents.extend([b"a"] * 32769)
+    _, port = served
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=lambda b: b)
+        for message, said in ((many_parameters, "65 parameters; at most 64"),
+                              (many_outputs, "17 outputs; at most 16"),
+                              (many_ids, "32769 data elements in input 'music_id'"),
+                              (tensor_parameters, "65 parameters in input 'video_frames'")):
+            with pytest.raises(grpc.RpcError) as err:
+                infer(message, timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert said in err.value.details()
+        assert infer(request(), timeout=30)  # within the bounds: answered
+
+
 def test_grpc_calls_whose_message_never_comes_hold_no_place(model):
     # twelve calls open their stream and never send the request: a thirteenth client is
     # answered at once (grpcio's threaded server gave each a worker thread and a place of

@@ -43,6 +43,13 @@ ALIAS_VERSION = "1"
 OUTPUTS = ("music_id", "score", "moments")
 #: Bounds of a tensor's declared shape (checked before any allocation).
 _MAX_RANK, _MAX_ELEMENTS = 4, 1 << 28
+#: Most inputs, requested outputs, parameters (of the request, of one tensor) and non-FP32
+#: elements a request may hold, checked before any is read. The model takes 2 inputs (one
+#: BYTES element) and answers 3 outputs; unbounded, a 2 MiB request held the event loop
+#: every client shares while each was read and refused: 100,000 parameters for 280 ms,
+#: 100,000 outputs 390, a BYTES tensor of 400,000 elements 190. Frames of the largest
+#: shape (50 x 512) sent in another datatype are still read, to be told their datatype.
+MAX_INPUTS, MAX_OUTPUTS, MAX_PARAMETERS, MAX_ELEMENTS_NOT_FP32 = 8, 16, 64, 1 << 15
 #: Request parameters of the protocol itself, accepted and not passed to the model.
 _PROTOCOL_PARAMETERS = ("binary_data_output",)
 #: Triton's parameters of stateful models, which this model is not.
@@ -194,7 +201,8 @@ async def serve_infer(state: Any, name: str, version: str | None, client: str,
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:
     """The model's parameters from a request's, protocol parameters left out (422 naming
-    an unknown or invalid one)."""
+    an unknown or invalid one; 400 beyond :data:`MAX_PARAMETERS`)."""
+    check_count("parameters", len(given or {}), MAX_PARAMETERS)
     own = {k: v for k, v in (given or {}).items() if k not in _PROTOCOL_PARAMETERS}
     sequence = sorted(set(own) & _SEQUENCE_PARAMETERS)
     if sequence:
@@ -218,10 +226,32 @@ def check_shape(name: str, shape: Any) -> list[int]:
     return list(shape)
 
 
+def check_count(what: str, count: int, most: int) -> None:
+    """A 400 when a request holds more than ``most`` of ``what`` (checked before any of
+    them is read)."""
+    if count > most:
+        raise ApiError(400, f"the request holds {count} {what}; at most {most} are read")
+
+
+def check_tensor_counts(name: Any, parameters: int, elements: int | None) -> None:
+    """An input's parameters, and its elements where they are not FP32 (``None``: FP32,
+    bounded by its shape), within :data:`MAX_PARAMETERS` and
+    :data:`MAX_ELEMENTS_NOT_FP32`."""
+    check_count(f"parameters in input {shown(name)}", parameters, MAX_PARAMETERS)
+    if elements is not None:
+        check_count(f"data elements in input {shown(name)} (not FP32)", elements,
+                    MAX_ELEMENTS_NOT_FP32)
+
+
 def bytes_from_wire(name: str, raw: bytes) -> list[bytes]:
-    """BYTES elements from the binary layout (a 4-byte little-endian length before each)."""
-    out, at = [], 0
+    """BYTES elements from the binary layout (a 4-byte little-endian length before each),
+    at most :data:`MAX_ELEMENTS_NOT_FP32` of them."""
+    out: list[bytes] = []
+    at = 0
     while at < len(raw):
+        if len(out) == MAX_ELEMENTS_NOT_FP32:
+            raise ApiError(400, f"input {shown(name)} holds more than {MAX_ELEMENTS_NOT_FP32} "
+                                "BYTES elements; at most that many are read")
         if at + 4 > len(raw):
             raise ApiError(400, f"input {shown(name)}: BYTES data ends inside an element's length")
         (size,) = struct.unpack_from("<I", raw, at)

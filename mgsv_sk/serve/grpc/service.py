@@ -31,13 +31,18 @@ from ..engine import MODEL_NAME
 from ..errors import ApiError, shown
 from ..oip import (
     ALIAS_VERSION,
+    MAX_INPUTS,
+    MAX_OUTPUTS,
+    MAX_PARAMETERS,
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
+    check_count,
     check_shape,
+    check_tensor_counts,
     fp32_from_wire,
     model_config,
     parameters,
@@ -113,6 +118,17 @@ def _inputs(request: Any) -> dict[str, Tensor]:
 
 
 def _decode(request: Any, client: str) -> InferCall:
+    check_count("inputs", len(request.inputs), MAX_INPUTS)
+    check_count("outputs", len(request.outputs), MAX_OUTPUTS)
+    check_count("parameters", len(request.parameters), MAX_PARAMETERS)
+    for item in request.inputs:
+        datatype = item.datatype.upper()
+        typed = getattr(item.contents, _CONTENTS[datatype]) if datatype in _CONTENTS else ()
+        check_tensor_counts(item.name, len(item.parameters),
+                            None if datatype == "FP32" else len(typed))
+    for output in request.outputs:
+        check_count(f"parameters in output {shown(output.name)}", len(output.parameters),
+                    MAX_PARAMETERS)
     given = {name: _value(p) for name, p in request.parameters.items()}
     if any("classification" in o.parameters for o in request.outputs):
         raise ApiError(400, NO_CLASSIFICATION)

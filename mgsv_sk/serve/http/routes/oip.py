@@ -26,14 +26,19 @@ from .... import __version__
 from ...engine import MODEL_NAME
 from ...errors import ApiError, shown, validation_message
 from ...oip import (
+    MAX_INPUTS,
+    MAX_OUTPUTS,
+    MAX_PARAMETERS,
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
+    check_count,
     check_model,
     check_shape,
+    check_tensor_counts,
     check_version,
     fp32_from_wire,
     model_config,
@@ -100,6 +105,7 @@ def _json_document(body: bytes, header_length: str | None
                             "inference request: {\"inputs\": [...]}") from exc
     if not isinstance(parsed, simdjson.Object):
         raise ApiError(400, "the request body must be a JSON object: {\"inputs\": [...]}")
+    _check_counts(parsed)
     # by key, not items(): items() converts every value, the numbers too (0.4 ms)
     document = {key: _plain(parsed[key]) for key in parsed.keys() if key != "inputs"}
     numbers: dict[int, np.ndarray] = {}
@@ -109,6 +115,30 @@ def _json_document(body: bytes, header_length: str | None
     elif "inputs" in parsed:
         document["inputs"] = _plain(inputs)
     return document, numbers, binary
+
+
+def _count(value: Any) -> int:
+    """Entries of a parsed JSON array or object (0 for anything else)."""
+    return len(value) if isinstance(value, (simdjson.Array, simdjson.Object)) else 0
+
+
+def _check_counts(parsed: Any) -> None:
+    """The request's inputs, outputs and parameters (its own and each tensor's) within
+    the protocol's bounds, before any of them becomes a Python object."""
+    inputs, outputs = parsed.get("inputs"), parsed.get("outputs")
+    check_count("inputs", _count(inputs), MAX_INPUTS)
+    check_count("outputs", _count(outputs), MAX_OUTPUTS)
+    check_count("parameters", _count(parsed.get("parameters")), MAX_PARAMETERS)
+    for item in inputs if isinstance(inputs, simdjson.Array) else ():
+        if isinstance(item, simdjson.Object):
+            datatype = item.get("datatype")
+            fp32 = isinstance(datatype, str) and datatype.upper() == "FP32"
+            check_tensor_counts(item.get("name"), _count(item.get("parameters")),
+                                None if fp32 else _count(item.get("data")))
+    for item in outputs if isinstance(outputs, simdjson.Array) else ():
+        if isinstance(item, simdjson.Object):
+            check_count(f"parameters in output {shown(item.get('name'))}",
+                        _count(item.get("parameters")), MAX_PARAMETERS)
 
 
 def _plain(value: Any) -> Any:
