@@ -4,7 +4,7 @@ web stack)."""
 from __future__ import annotations
 
 import resource
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .batching import DEFAULT_MAX_DELAY
@@ -93,7 +93,7 @@ class ServeConfig:
         bundle (a :class:`ServedModel` given to ``create_app`` keeps its own).
     """
 
-    workers: int = _default_workers()
+    workers: int = field(default_factory=_default_workers)  # the cores when made, not at import
     queue_size: int = 16
     max_upload_bytes: int = 64 << 20
     max_video_seconds: float = 60.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -201,8 +201,7 @@ async def serve_infer(state: Any, name: str, version: str | None, client: str,
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:
     """The model's parameters from a request's, protocol parameters left out (422 naming
-    an unknown or invalid one; 400 beyond :data:`MAX_PARAMETERS`)."""
-    check_count("parameters", len(given or {}), MAX_PARAMETERS)
+    an unknown or invalid one; their count is the transport's :func:`check_counts`)."""
     own = {k: v for k, v in (given or {}).items() if k not in _PROTOCOL_PARAMETERS}
     sequence = sorted(set(own) & _SEQUENCE_PARAMETERS)
     if sequence:
@@ -233,14 +232,25 @@ def check_count(what: str, count: int, most: int) -> None:
         raise ApiError(400, f"the request holds {count} {what}; at most {most} are read")
 
 
-def check_tensor_counts(name: Any, parameters: int, elements: int | None) -> None:
-    """An input's parameters, and its elements where they are not FP32 (``None``: FP32,
-    bounded by its shape), within :data:`MAX_PARAMETERS` and
-    :data:`MAX_ELEMENTS_NOT_FP32`."""
-    check_count(f"parameters in input {shown(name)}", parameters, MAX_PARAMETERS)
-    if elements is not None:
-        check_count(f"data elements in input {shown(name)} (not FP32)", elements,
-                    MAX_ELEMENTS_NOT_FP32)
+def check_counts(parameters: int, inputs: int, outputs: int,
+                 each_input: Iterable[tuple[Any, Any, int, int]],
+                 each_output: Iterable[tuple[Any, int]]) -> None:
+    """A request's parameters, inputs and outputs within :data:`MAX_PARAMETERS`,
+    :data:`MAX_INPUTS` and :data:`MAX_OUTPUTS`; then, from ``each_input`` (name, datatype,
+    parameters, data elements) and ``each_output`` (name, parameters), each tensor's
+    parameters and a non-FP32 input's elements (:data:`MAX_ELEMENTS_NOT_FP32`). Both
+    transports give the per-tensor counts lazily (generators): they are looked at only
+    once the request's own counts passed."""
+    check_count("inputs", inputs, MAX_INPUTS)
+    check_count("outputs", outputs, MAX_OUTPUTS)
+    check_count("parameters", parameters, MAX_PARAMETERS)
+    for name, datatype, given, elements in each_input:
+        check_count(f"parameters in input {shown(name)}", given, MAX_PARAMETERS)
+        if not (isinstance(datatype, str) and datatype.upper() == "FP32"):
+            check_count(f"data elements in input {shown(name)} (not FP32)", elements,
+                        MAX_ELEMENTS_NOT_FP32)
+    for name, given in each_output:
+        check_count(f"parameters in output {shown(name)}", given, MAX_PARAMETERS)
 
 
 def bytes_from_wire(name: str, raw: bytes) -> list[bytes]:

@@ -31,18 +31,14 @@ from ..engine import MODEL_NAME
 from ..errors import ApiError, shown
 from ..oip import (
     ALIAS_VERSION,
-    MAX_INPUTS,
-    MAX_OUTPUTS,
-    MAX_PARAMETERS,
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
-    check_count,
+    check_counts,
     check_shape,
-    check_tensor_counts,
     fp32_from_wire,
     model_config,
     parameters,
@@ -117,18 +113,17 @@ def _inputs(request: Any) -> dict[str, Tensor]:
     return by_name(out)
 
 
+def _typed_count(item: Any) -> int:
+    """Elements of an input's typed contents in the field its datatype reads."""
+    field = _CONTENTS.get(item.datatype.upper())
+    return len(getattr(item.contents, field)) if field else 0
+
+
 def _decode(request: Any, client: str) -> InferCall:
-    check_count("inputs", len(request.inputs), MAX_INPUTS)
-    check_count("outputs", len(request.outputs), MAX_OUTPUTS)
-    check_count("parameters", len(request.parameters), MAX_PARAMETERS)
-    for item in request.inputs:
-        datatype = item.datatype.upper()
-        typed = getattr(item.contents, _CONTENTS[datatype]) if datatype in _CONTENTS else ()
-        check_tensor_counts(item.name, len(item.parameters),
-                            None if datatype == "FP32" else len(typed))
-    for output in request.outputs:
-        check_count(f"parameters in output {shown(output.name)}", len(output.parameters),
-                    MAX_PARAMETERS)
+    check_counts(len(request.parameters), len(request.inputs), len(request.outputs),
+                 ((i.name, i.datatype, len(i.parameters), _typed_count(i))
+                  for i in request.inputs),
+                 ((o.name, len(o.parameters)) for o in request.outputs))
     given = {name: _value(p) for name, p in request.parameters.items()}
     if any("classification" in o.parameters for o in request.outputs):
         raise ApiError(400, NO_CLASSIFICATION)

@@ -13,7 +13,7 @@ after the header, which then has its length in ``Inference-Header-Content-Length
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,19 +26,15 @@ from .... import __version__
 from ...engine import MODEL_NAME
 from ...errors import ApiError, shown, validation_message
 from ...oip import (
-    MAX_INPUTS,
-    MAX_OUTPUTS,
-    MAX_PARAMETERS,
     NO_CLASSIFICATION,
     InferCall,
     Tensor,
     by_name,
     bytes_from_wire,
     bytes_to_wire,
-    check_count,
+    check_counts,
     check_model,
     check_shape,
-    check_tensor_counts,
     check_version,
     fp32_from_wire,
     model_config,
@@ -124,21 +120,17 @@ def _count(value: Any) -> int:
 
 def _check_counts(parsed: Any) -> None:
     """The request's inputs, outputs and parameters (its own and each tensor's) within
-    the protocol's bounds, before any of them becomes a Python object."""
+    the protocol's bounds (:func:`check_counts`), before any becomes a Python object."""
     inputs, outputs = parsed.get("inputs"), parsed.get("outputs")
-    check_count("inputs", _count(inputs), MAX_INPUTS)
-    check_count("outputs", _count(outputs), MAX_OUTPUTS)
-    check_count("parameters", _count(parsed.get("parameters")), MAX_PARAMETERS)
-    for item in inputs if isinstance(inputs, simdjson.Array) else ():
-        if isinstance(item, simdjson.Object):
-            datatype = item.get("datatype")
-            fp32 = isinstance(datatype, str) and datatype.upper() == "FP32"
-            check_tensor_counts(item.get("name"), _count(item.get("parameters")),
-                                None if fp32 else _count(item.get("data")))
-    for item in outputs if isinstance(outputs, simdjson.Array) else ():
-        if isinstance(item, simdjson.Object):
-            check_count(f"parameters in output {shown(item.get('name'))}",
-                        _count(item.get("parameters")), MAX_PARAMETERS)
+
+    def objects(items: Any) -> Iterator[Any]:  # a generator: nothing read before the counts
+        if isinstance(items, simdjson.Array):
+            yield from (i for i in items if isinstance(i, simdjson.Object))
+
+    check_counts(_count(parsed.get("parameters")), _count(inputs), _count(outputs),
+                 ((i.get("name"), i.get("datatype"), _count(i.get("parameters")),
+                   _count(i.get("data"))) for i in objects(inputs)),
+                 ((o.get("name"), _count(o.get("parameters"))) for o in objects(outputs)))
 
 
 def _plain(value: Any) -> Any:
