@@ -269,14 +269,13 @@ def test_the_default_workers_hold_enough_calls_for_a_lane_to_batch():
     concurrent calls meet in batches; with a thread per core (the old default) a call only
     ever found a free lane and ran alone."""
     import asyncio
-    import os
 
     from mgsv_sk.serve.admission import Admission
     from mgsv_sk.serve.config import ServeConfig
+    from mgsv_sk.serve.cores import usable_cores
 
     config = ServeConfig()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    cores = usable_cores()  # as the server counts them (a container's quota too)
     sizes: list[int] = []
 
     def run(items):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import random
 import socket
 import string
@@ -336,6 +335,7 @@ def test_uploads_decode_one_per_core_however_many_threads_wait(model, monkeypatc
     """The request threads are several per core; a decoder holds several full-size frames,
     so uploads decode at most one per core at once (the others wait their turn)."""
     import mgsv_sk.extract.recommend as recommend
+    from mgsv_sk.serve.cores import usable_cores
 
     real, lock = recommend.video_query, threading.Lock()
     running, most = [0], [0]
@@ -352,8 +352,7 @@ def test_uploads_decode_one_per_core_however_many_threads_wait(model, monkeypatc
                 running[0] -= 1
 
     monkeypatch.setattr(recommend, "video_query", counted)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
+    cores = usable_cores()  # as the server counts them (a container's quota too)
     clip = (fx / "query.mp4").read_bytes()
     config = ServeConfig(workers=4 * cores + 2, max_client_requests=64)
     with ThreadedServer(create_app(model, config=config)) as server:
