@@ -270,14 +270,21 @@ def free_port() -> int:
 
 
 def server_defaults() -> dict[str, Any]:
-    """What ``mgsv-sk serve`` runs with no options on this machine."""
+    """What ``mgsv-sk serve`` runs with no options on this machine (its lanes are read
+    from the running server: :func:`server_lanes`)."""
     from mgsv_sk.serve import ServeConfig
-    from mgsv_sk.serve.cores import usable_cores
 
     config = ServeConfig()
     return {"options": "defaults", "workers": config.workers, "n_threads": config.n_threads,
-            "queue_size": config.queue_size,
-            "lanes": config.lanes or max(1, usable_cores() // config.n_threads)}
+            "queue_size": config.queue_size}
+
+
+def server_lanes(port: int) -> int:
+    """The lanes the running server reports (its model configuration's CPU instances)."""
+    import httpx
+
+    config = httpx.get(f"http://127.0.0.1:{port}/v2/models/mgsv/config", timeout=10).json()
+    return int(config["instance_group"][0]["count"])
 
 
 def start_server(work: Path, port: int) -> subprocess.Popen[str]:
@@ -529,6 +536,7 @@ def main() -> None:
         return send
 
     server = start_server(work, port)
+    report["server"]["lanes"] = server_lanes(port)
     http = {mode: {"c1": [], "c1_alternating": [], "c4": [], "c8": []} for mode in BODIES}
     # each 1- and 4-client run's in-process twin: a shared machine drifts by several percent
     # over minutes, and the ratios must not
