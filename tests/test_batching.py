@@ -84,6 +84,52 @@ def test_a_free_lane_takes_its_share_of_the_calls_in_the_system():
     assert sorted(len(b) for b in batches[2:]) == [3, 5]
 
 
+def test_a_single_lane_waits_for_its_share_of_returning_calls():
+    """One lane (a one-core server or replica) at four calls in the system: when its
+    batch is answered, the four callers come back one after the other (over HTTP each
+    through the event loop). The lane waits up to max_delay for its share (four) rather
+    than answering the first to return alone and the rest as a second, smaller batch; a
+    lane of a pair does not wait while the other lane is free (a call that arrives takes
+    that lane)."""
+    batches: list[list[str]] = []
+    gate = threading.Event()
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            batches.append(sorted(items))
+        if "hold" in items:
+            gate.wait(10)
+        return list(items)
+
+    c = Coalescer(run, lanes=1, max_batch=16, max_delay=0.5)
+
+    def start(*names, pause=0.05):
+        threads = []
+        for name in names:
+            threads.append(threading.Thread(target=c.submit, args=("k", name)))
+            threads[-1].start()
+            time.sleep(pause)
+        return threads
+
+    first = start("hold", "p1", "p2", "p3")  # four in the system: the share is four
+    gate.set()
+    for t in first:
+        t.join(10)
+    assert batches[:2] == [["hold"], ["p1", "p2", "p3"]]
+    returning = start("a", "b", "c", "d")  # the callers come back 50 ms apart
+    for t in returning:
+        t.join(10)
+    assert batches[2:] == [["a", "b", "c", "d"]]
+
+    # two lanes, both free: a call runs at once whatever the recent peak
+    pair = Coalescer(run, lanes=2, max_batch=16, max_delay=0.5)
+    pair._peak, pair._peak_at = 8, time.monotonic()
+    began = time.perf_counter()
+    assert pair.submit("k", "alone") == "alone"
+    assert time.perf_counter() - began < 0.25
+
+
 def test_a_free_lane_waits_for_its_share_while_another_is_busy():
     """At four concurrent calls on two lanes a lane aims at batches of two: one that frees
     while the other lane is busy waits (up to max_delay) for a second call rather than

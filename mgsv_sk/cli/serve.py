@@ -116,7 +116,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
                         "has waited longest for a request (default: half the open-file "
                         "limit, at least 64)")
     p.add_argument("--batch-delay-ms", type=float, default=10.0, metavar="MS",
-                   help="longest wait of a free inference lane, while another is busy, for "
+                   help="longest wait of a free inference lane, while no other is free, for "
                         "concurrent requests to batch with (default 10; 0: never waits)")
     p.add_argument("--max-upload-mb", type=_positive(float), default=64.0, metavar="MB",
                    help="largest video upload (default 64)")

@@ -83,7 +83,7 @@ class ServeConfig:
         The gRPC port holds at most half as many again (grpcio refuses one more: it cannot
         close an idle connection to make room).
     batch_delay_ms : float
-        Longest wait of a free inference lane, while another lane is busy, for its share of
+        Longest wait of a free inference lane, while no other lane is free, for its share of
         the concurrent ``infer`` calls to arrive and be batched with (see
         :mod:`.batching`; 0: a lane never waits). A lone client never waits.
     lanes : int or None
