@@ -515,6 +515,40 @@ def test_every_body_over_its_cap_is_413(model):
         assert response.status_code == 413
 
 
+def test_a_refused_sender_reads_its_answer_not_a_reset(model):
+    """A client refused while it still sends (a body over the cap: 413; a request target
+    over the bound: 414) and goes on sending: the server reads and drops those bytes and
+    closes after the client (RFC 9112 9.6's lingering close), so the client reads the
+    answer, then the end. Closed at once with the client's bytes unread in its buffers,
+    the connection was reset, and the client's recv failed without the answer (in one
+    run of the suite, a 100 KB request target)."""
+    config = ServeConfig(max_json_bytes=2000)
+    sends = [b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000"
+             b"\r\n\r\n" + b"x" * 3_000_000,
+             b"GET /v2/health/live?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+             + b"y" * 3_000_000]
+    with ThreadedServer(create_app(model, config=config)) as running:
+        for data, status in zip(sends, (b"413", b"414")):
+            with connect(running.port) as sock:
+                sender = threading.Thread(target=lambda: _send_quietly(sock, data))
+                sender.start()
+                try:
+                    answer = read_all(sock)
+                finally:
+                    sender.join(20)
+            assert answer.startswith(b"HTTP/1.1 " + status), answer[:200]
+            assert answer.count(b"HTTP/1.1 ") == 1
+        assert httpx.get(f"{running.url}/v2/health/live").status_code == 200
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Send ``data``; the server may close before it has all of it."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        pass
+
+
 @pytest.mark.parametrize(("pieces", "status", "said"), [
     (["ab", "cd"], 200, None),  # two gzip members: one body, as gzip -d reads it
     (["abcd"], 200, None),

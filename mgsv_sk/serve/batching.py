@@ -17,15 +17,15 @@ them alone and the batches break up into ones and twos. (While another lane is f
 wait gains nothing: a call that arrives takes the free lane.) A single lane waits too:
 with one lane (a one-core server or replica, 4 clients, over HTTP with the load
 generator on the other core) it ran batches of 2.0 without, of 4.0 with, and answered
-57.1 against 47.6 requests/s. The default 10 ms covers the return of a batch of 4 on two cores, where
-the event loop answers and reads the four one after the other: with 4 ms the last of
-them often missed its lane's batch and waited a whole batch more, and at 8 clients over
-HTTP the p99 was 1.2-1.3x what it is with 10 (six runs, each against the other in turn;
-p50 and requests/s the same). A lane that finds more waiting than its share takes a fair
-share of them (their number over the lanes). A call that finds a lane free and another
-lane free too runs at once, as without batching; at one client the share is one, and
-nothing ever waits (after a burst a single lane's lone call may wait up to ``max_delay``
-for the burst's share, until the peak is a second old).
+57.1 against 47.6 requests/s. The default 10 ms covers the return of a batch of 4 on two
+cores, where the event loop answers and reads the four one after the other: with 4 ms
+the last of them often missed its lane's batch and waited a whole batch more, and at 8
+clients over HTTP the p99 was 1.2-1.3x what it is with 10 (six runs, each against the
+other in turn; p50 and requests/s the same). A lane that finds more waiting than its
+share takes a fair share of them (their number over the lanes). A call that finds a lane
+free and another lane free too runs at once, as without batching; at one client the
+share is one, and nothing ever waits (after a burst a single lane's lone call may wait
+up to ``max_delay`` for the burst's share, until the peak is a second old).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 __all__ = ["DEFAULT_MAX_DELAY", "Coalescer", "DeadlineExceeded"]
 
-#: Seconds a free lane waits by default, while another is busy, for its share of the calls
+#: Seconds a free lane waits by default, while no other is free, for its share of the calls
 #: (the module docstring says why 10 ms); the service's ``batch_delay_ms`` default too.
 DEFAULT_MAX_DELAY = 0.010
 

@@ -67,7 +67,8 @@ def _refusal(message: str, retry_after_s: int) -> bytes:
 #: are KB: 2 MiB in 16 KB chunks is 128 pieces; 1-byte chunks stop after about a KB).
 BODY_PIECES = 1024
 BYTES_PER_PIECE = 256
-#: Seconds a refused splintered body is read and dropped before the connection closes.
+#: Seconds a closing connection goes on reading (and dropping) what the client still sends
+#: after its last answer, unless the client closes first.
 LINGER_SECONDS = 2.0
 _SPLINTERED = _answer(b"400 Bad Request",
                       f"the request body came in more than {BODY_PIECES} pieces plus one per "
@@ -104,9 +105,41 @@ class _Counts:
         """Close the connection that has waited longest for headers, if any."""
         for oldest in self.waiting:
             oldest.stop_waiting()
-            oldest.transport.close()
+            oldest.close_now()
             return True
         return False
+
+
+class _LingeringClose:
+    """A connection's transport whose ``close`` is RFC 9112 9.6's lingering close: the
+    answers written so far are sent, then the sending side is shut (the client reads them,
+    then the end), what the client still sends is read and dropped, and the connection
+    closes when the client closes it or after :data:`LINGER_SECONDS`. A plain close with
+    bytes unread (the rest of a refused body or head, a request sent after it) makes the
+    kernel reset the connection, and the client's stack then drops the answer it had not
+    read yet: a client refused 413 or 414 mid-send saw a reset, not the reason."""
+
+    def __init__(self, transport: Any, protocol: GuardedH11) -> None:
+        self._transport, self._protocol = transport, protocol
+        self._lingering = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._lingering or bool(self._transport.is_closing())
+
+    def close(self) -> None:
+        transport = self._transport
+        if self._lingering or transport.is_closing():
+            return
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()
+            return
+        self._lingering = True
+        self._protocol.discard_input()
+        transport.write_eof()
+        self._protocol.loop.call_later(LINGER_SECONDS, transport.close)
 
 
 class GuardedH11(H11Protocol):
@@ -120,6 +153,7 @@ class GuardedH11(H11Protocol):
     _started: Any = None  # the request cycle whose headers ended the last wait
     _pieces = _body_bytes = 0  # the current request's body so far
     _splintered = _discarding = False
+    _raw: Any = None  # the transport itself (self.transport lingers on close)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -135,6 +169,8 @@ class GuardedH11(H11Protocol):
             transport.write(counts.full)
             transport.close()
             return
+        self._raw = transport
+        self.transport = _LingeringClose(transport, self)  # type: ignore[assignment]
         self._wait_for_headers()
         self._next_event = self.conn.next_event
         self.conn.next_event = self._counted_event  # type: ignore[method-assign]
@@ -212,28 +248,30 @@ class GuardedH11(H11Protocol):
             if cycle.response_started:
                 self.transport.abort()  # an answer is under way: no second one on the wire
                 return
-        if not self._splintered:
-            self.transport.write(_NOT_HTTP)
-            self.transport.close()
-            return
-        # the client is still sending its body: answer, stop sending, and drop what it
-        # sends for a while before closing (a close with unread bytes resets the
-        # connection, and the client's stack would then drop the answer: RFC 9112 9.6)
-        self.transport.write(_SPLINTERED)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
+        # a lingering close: the client may still be sending (its body, the rest of
+        # the line h11 could not parse)
+        self.transport.write(_SPLINTERED if self._splintered else _NOT_HTTP)
+        self.transport.close()
+
+    def discard_input(self) -> None:
+        """Read and drop whatever the client sends from now on (the connection is closing
+        after its last answer)."""
         self._discarding = True
-        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        self.flow.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if not self._discarding:
             super().data_received(data)
 
+    def close_now(self) -> None:
+        """Close at once, without lingering (a connection that never sent a whole
+        request's headers, or one closed to make room: no answer to deliver)."""
+        self._raw.close()
+
     def _headers_late(self) -> None:
         self._deadline = None
         self.counts.waiting.pop(self, None)
-        if not self.transport.is_closing():
-            self.transport.close()
+        self.close_now()
 
 
 def guarded_protocol(header_seconds: float, max_connections: int,
