@@ -14,6 +14,16 @@ import pytest
 from mgsv_sk.serve.batching import Coalescer
 
 
+def submit_in_turn(c: Coalescer, *names: str, pause: float = 0.1) -> list[threading.Thread]:
+    """A thread per name submitting it, started ``pause`` seconds apart."""
+    threads = []
+    for name in names:
+        threads.append(threading.Thread(target=c.submit, args=("k", name)))
+        threads[-1].start()
+        time.sleep(pause)
+    return threads
+
+
 def test_waiting_calls_are_batched_and_answered_in_order():
     batches: list[list[int]] = []
     gate = threading.Event()
@@ -104,20 +114,14 @@ def test_a_single_lane_waits_for_its_share_of_returning_calls():
 
     c = Coalescer(run, lanes=1, max_batch=16, max_delay=0.5)
 
-    def start(*names, pause=0.05):
-        threads = []
-        for name in names:
-            threads.append(threading.Thread(target=c.submit, args=("k", name)))
-            threads[-1].start()
-            time.sleep(pause)
-        return threads
-
-    first = start("hold", "p1", "p2", "p3")  # four in the system: the share is four
+    # four in the system: the share is four
+    first = submit_in_turn(c, "hold", "p1", "p2", "p3", pause=0.05)
     gate.set()
     for t in first:
         t.join(10)
     assert batches[:2] == [["hold"], ["p1", "p2", "p3"]]
-    returning = start("a", "b", "c", "d")  # the callers come back 50 ms apart
+    # the callers come back 50 ms apart
+    returning = submit_in_turn(c, "a", "b", "c", "d", pause=0.05)
     for t in returning:
         t.join(10)
     assert batches[2:] == [["a", "b", "c", "d"]]
@@ -149,23 +153,15 @@ def test_a_free_lane_waits_for_its_share_while_another_is_busy():
 
     c = Coalescer(run, lanes=2, max_batch=16, max_delay=0.5)
 
-    def start(*names, pause=0.1):
-        threads = []
-        for name in names:
-            threads.append(threading.Thread(target=c.submit, args=("k", name)))
-            threads[-1].start()
-            time.sleep(pause)
-        return threads
-
     # four calls in the system at once: both lanes held, two waiting
-    first = start("hold1", "hold2", "w1", "w2")
+    first = submit_in_turn(c, "hold1", "hold2", "w1", "w2")
     gates["hold1"].set()
     gates["hold2"].set()
     for t in first:
         t.join(10)
     assert ["w1", "w2"] in batches  # batched while both lanes were busy
     # one lane busy; "x" finds the other free and waits for "y", sent 0.1 s later
-    second = start("hold3", "x", "y")
+    second = submit_in_turn(c, "hold3", "x", "y")
     time.sleep(0.2)
     assert ["x", "y"] in batches
     gates["hold3"].set()
