@@ -530,7 +530,7 @@ def test_a_refused_sender_reads_its_answer_not_a_reset(model):
     with ThreadedServer(create_app(model, config=config)) as running:
         for data, status in zip(sends, (b"413", b"414")):
             with connect(running.port) as sock:
-                sender = threading.Thread(target=lambda: _send_quietly(sock, data))
+                sender = threading.Thread(target=_send_quietly, args=(sock, data))
                 sender.start()
                 try:
                     answer = read_all(sock)
