@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +410,15 @@ def rps_threads(ask: Any, seconds: float, threads: int = 4) -> float:
     return round(done[0] / (time.perf_counter() - began), 2)
 
 
+def msg_call(model: Any, frames: list[np.ndarray]) -> Callable[[int], Any]:
+    """``ask(i)``: one MsG ``ServedModel.infer`` on ``frames[i]`` (cycling), top 10, one
+    moment each: the request every in-process figure times."""
+    def ask(i: int) -> Any:
+        q = frames[i % len(frames)]
+        return model.infer(q, music_id=None, k=10, moments=1, seconds=float(len(q)))
+    return ask
+
+
 def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: float
                ) -> tuple[dict[str, Any], Any]:
     """``ServedModel.infer`` on one thread: stages, numpy scan vs score graphs (same
@@ -431,10 +441,7 @@ def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: floa
                 stages[_s] += time.perf_counter() - began
         setattr(g, hook, timed)
 
-    def ask(i: int) -> Any:
-        q = frames[i % len(frames)]
-        return model.infer(q, music_id=None, k=10, moments=1, seconds=float(len(q)))
-
+    ask = msg_call(model, frames)
     scan = g.numpy_xpool
     out: dict[str, Any] = {"p50_ms": {}, "stages_ms": {}, "gemm_gflops_1t_each_repeat": []}
     answers: dict[str, list[Any]] = {}
@@ -496,11 +503,7 @@ def split_cores(work: Path, frames: list[np.ndarray], sender: Any, repeats: int,
         model = ServedModel.load(work / "bundle", n_threads=THREADS)  # one core: one lane
         out["lanes"] = model.lanes
         out["server_lanes"] = server_lanes(port)
-
-        def ask(i: int) -> Any:
-            q = frames[i % len(frames)]
-            return model.infer(q, music_id=None, k=10, moments=1, seconds=float(len(q)))
-
+        ask = msg_call(model, frames)
         for i in range(3):
             ask(i)
         for mode in BODIES:
