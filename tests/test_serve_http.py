@@ -455,6 +455,41 @@ def test_numbers_are_parsed_with_bounds(server):
     assert padded.status_code == 200, padded.text
 
 
+def test_health_and_metadata_answer_while_every_pool_thread_is_busy(model, monkeypatch):
+    """Probes and metadata are answered on the event loop: with every thread of the pool
+    that sync routes share held (here by /metrics calls that block), they still answer at
+    once. As sync routes they waited for a thread: a liveness probe failed while the pool
+    was busy."""
+    from mgsv_sk.serve.metrics import Metrics
+
+    release, held = threading.Event(), []
+    render = Metrics.render
+
+    def blocking_render(self):
+        held.append(1)
+        release.wait(30)
+        return render(self)
+
+    monkeypatch.setattr(Metrics, "render", blocking_render)
+    with ThreadedServer(create_app(model)) as running:
+        with concurrent.futures.ThreadPoolExecutor(48) as pool:
+            busy = [pool.submit(httpx.get, f"{running.url}/metrics", timeout=60)
+                    for _ in range(48)]
+            deadline = time.monotonic() + 20
+            while len(held) < 40 and time.monotonic() < deadline:  # anyio's pool: 40 threads
+                time.sleep(0.05)
+            try:
+                assert len(held) >= 40, len(held)
+                for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/stats"):
+                    began = time.monotonic()
+                    answer = httpx.get(f"{running.url}{path}", timeout=5)
+                    assert answer.status_code == 200, (path, answer.text)
+                    assert time.monotonic() - began < 2, path
+            finally:
+                release.set()
+            assert all(f.result().status_code == 200 for f in busy)
+
+
 @pytest.mark.parametrize("path", ["/", "/v2", "/v2/health/live", "/v2/health/ready",
                                   "/v2/models/mgsv", "/v2/models/mgsv/versions/1/ready",
                                   AUDIO, "/static/app.js", "/metrics", "/openapi.json"])
