@@ -64,16 +64,18 @@ def read_all(sock: socket.socket) -> bytes:
     return out
 
 
-def stalled_upload(port: int, source: str) -> socket.socket:
-    """An upload that declares 100 kB, sends its first 500 bytes and stops."""
+def stalled_upload(port: int, source: str, forwarded: str | None = None) -> socket.socket:
+    """An upload that declares 100 kB, sends its first 500 bytes and stops (saying it
+    comes for ``forwarded``, as a proxy's request would)."""
     boundary = "stall"
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
             f"filename=\"a.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
     first = (head + b"\x00" * 500)[:500]
+    proxy = "" if forwarded is None else f"X-Forwarded-For: {forwarded}\r\n"
     sock = connect(port, source)
     sock.sendall((f"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                  f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()
-                 + first)
+                  f"{proxy}Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+                  ).encode() + first)
     return sock
 
 
@@ -187,6 +189,35 @@ def test_one_address_cannot_take_every_place(model):
                           timeout=30).status_code == 200  # another address: served
         for sock in [*mine, third]:
             sock.close()
+
+
+def test_a_client_is_its_connections_address_unless_its_proxy_is_trusted(model):
+    """X-Forwarded-For counts only from the proxies named: a loopback client that gave
+    each request another address had a share per request and filled the queue alone
+    (uvicorn trusts 127.0.0.1 by default)."""
+    limits = dict(workers=1, queue_size=3, body_idle_seconds=3, body_seconds=5)
+    with ThreadedServer(create_app(model, config=ServeConfig(**limits))) as running:
+        mine = [stalled_upload(running.port, "127.0.0.1", f"10.0.0.{i}") for i in range(2)]
+        time.sleep(0.3)
+        third = stalled_upload(running.port, "127.0.0.1", "10.0.0.9")
+        assert read_all(third).startswith(b"HTTP/1.1 429")
+        for sock in [*mine, third]:
+            sock.close()
+    trusted = ServeConfig(**limits, forwarded_allow_ips="127.0.0.2")
+    with ThreadedServer(create_app(model, config=trusted)) as running:
+        mine = [stalled_upload(running.port, "127.0.0.2", "10.0.0.1") for _ in range(2)]
+        time.sleep(0.3)
+        third = stalled_upload(running.port, "127.0.0.2", "10.0.0.1")
+        assert read_all(third).startswith(b"HTTP/1.1 429")  # the forwarded client's share
+        proxy = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        with proxy:  # the same proxy, another client behind it: served
+            answer = proxy.post(f"{running.url}/v2/models/mgsv/infer", json=BODY, timeout=30,
+                                headers={"X-Forwarded-For": "10.0.0.2"})
+        assert answer.status_code == 200, answer.text
+        for sock in [*mine, third]:
+            sock.close()
+    with pytest.raises(ValueError, match="forwarded_allow_ips"):
+        ServeConfig(forwarded_allow_ips="the proxy")
 
 
 def test_connections_that_never_finish_their_headers_are_closed(model):

@@ -34,7 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_client_requests=args.max_client_requests,
                          max_client_connections=args.max_client_connections,
                          max_connections=args.max_connections,
-                         batch_delay_ms=args.batch_delay_ms, lanes=args.lanes)
+                         batch_delay_ms=args.batch_delay_ms, lanes=args.lanes,
+                         forwarded_allow_ips=args.forwarded_allow_ips)
     if args.grpc_port is not None and args.grpc_port == args.port:
         raise UserError(f"--grpc-port {args.grpc_port} is also the HTTP --port; give gRPC a "
                         "port of its own (e.g. --grpc-port 8001)")
@@ -115,6 +116,10 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    help="open connections from all addresses; one more closes the one that "
                         "has waited longest for a request (default: half the open-file "
                         "limit, at least 64)")
+    p.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                   help="reverse proxies whose X-Forwarded-For names the client, "
+                        "comma-separated addresses or networks, or '*' (default: none; a "
+                        "client is its connection's address)")
     p.add_argument("--batch-delay-ms", type=float, default=10.0, metavar="MS",
                    help="longest wait of a free inference lane, while no other is free, for "
                         "concurrent requests to batch with (default 10; 0: never waits)")

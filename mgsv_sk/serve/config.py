@@ -3,6 +3,7 @@ web stack)."""
 
 from __future__ import annotations
 
+import ipaddress
 import resource
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,6 +20,25 @@ def _default_workers() -> int:
     core) gathers into a batch, and a thread holds one call while it waits (see
     :mod:`.batching`)."""
     return max(1, min(16, 4 * usable_cores()))
+
+
+def _proxies_problem(proxies: object) -> str | None:
+    """What is wrong with ``forwarded_allow_ips`` (None, ``"*"`` or addresses and networks,
+    comma-separated), or None."""
+    if proxies is None:
+        return None
+    if not isinstance(proxies, str) or not proxies.strip():
+        return (f"forwarded_allow_ips must be addresses or networks, comma-separated, or "
+                f"'*', got {proxies!r}")
+    for entry in (e.strip() for e in proxies.split(",")):
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return (f"forwarded_allow_ips: {entry[:64]!r} is not an IP address or network; "
+                    "give the reverse proxy's, e.g. 127.0.0.1 or 10.0.0.0/8, or '*'")
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,7 +87,7 @@ class ServeConfig:
         Requests one client address may have in progress (reading its body, queued or
         running; 429 beyond it). Default: half the places (``workers + queue_size``), at
         least 1, so one address cannot fill the queue. Behind a reverse proxy, the address
-        is the one it forwards (uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1).
+        is the one it forwards, where ``forwarded_allow_ips`` names the proxy.
     header_seconds : float
         Longest wait for a request's headers, from the connection opening or the previous
         answer (the connection is closed beyond it; uvicorn alone waits forever).
@@ -86,6 +106,13 @@ class ServeConfig:
         Longest wait of a free inference lane, while no other lane is free, for its share of
         the concurrent ``infer`` calls to arrive and be batched with (see
         :mod:`.batching`; 0: a lane never waits). A lone client never waits.
+    forwarded_allow_ips : str or None
+        The reverse proxies whose ``X-Forwarded-For`` and ``X-Forwarded-Proto`` name the
+        client: addresses or networks, comma-separated (``"127.0.0.1"``, ``"10.0.0.0/8"``),
+        or ``"*"`` (any sender: only where nothing but the proxy can reach the port).
+        Default None: no one's, and a client is its connection's address. Trusting the
+        loopback by default (uvicorn's default) let any local client give each request
+        another address and so fill the queue alone.
     lanes : int or None
         Batches of inference that run at once. Default: the cores this process may use
         (its CPU affinity, capped by a container's CPU quota) over ``n_threads``. Uploads
@@ -110,6 +137,7 @@ class ServeConfig:
     max_connections: int | None = None
     batch_delay_ms: float = 1000 * DEFAULT_MAX_DELAY  # 10 ms
     lanes: int | None = None
+    forwarded_allow_ips: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,6 +165,9 @@ class ServeConfig:
             if share is not None and (isinstance(share, bool) or not isinstance(share, int)
                                       or share < 1):
                 problems.append(f"{name} must be an integer >= 1, got {share!r}")
+        problem = _proxies_problem(self.forwarded_allow_ips)
+        if problem:
+            problems.append(problem)
         if problems:
             raise ValueError("invalid server limits: " + "; ".join(problems))
 
@@ -196,6 +227,7 @@ class ServeConfig:
         out["max_client_connections"] = self.client_connections
         out["max_connections"] = self.connections
         out["max_audio_seconds"] = self.audio_seconds
-        for private in ("n_threads", "retry_after_s", "batch_delay_ms"):
+        for private in ("n_threads", "retry_after_s", "batch_delay_ms",
+                        "forwarded_allow_ips"):
             out.pop(private)
         return out

@@ -21,7 +21,8 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
                    access_log: bool = False) -> Any:
     """uvicorn's configuration for ``app``: h11 with the app's connection limits (a
     deadline for each request's headers, a cap on one address's open connections: see
-    :mod:`.connections`), no WebSocket upgrade, no ``Server`` header; the event loop is
+    :mod:`.connections`), no WebSocket upgrade, no ``Server`` header, forwarded headers
+    only from ``forwarded_allow_ips``; the event loop is
     uvloop's where it is installed (the ``serve`` extra), else asyncio's."""
     import uvicorn
 
@@ -35,8 +36,14 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
                                 limits.body_idle_seconds)
     # ws="none": the service has no WebSocket route, and an upgraded connection would leave
     # the guard's protocol without its close (its count never returned)
+    # forwarded headers only from the proxies named (uvicorn trusts 127.0.0.1 by default:
+    # every client of a server on the loopback could name itself anew each request)
+    proxies = limits.forwarded_allow_ips
     return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", loop="auto",
                           log_level=log_level, access_log=access_log, server_header=False,
+                          proxy_headers=proxies is not None,
+                          forwarded_allow_ips=[p.strip() for p in proxies.split(",")]
+                          if proxies is not None else None,
                           timeout_graceful_shutdown=max(1, round(graceful_seconds)))
 
 
