@@ -220,6 +220,25 @@ def test_a_client_is_its_connections_address_unless_its_proxy_is_trusted(model):
         ServeConfig(forwarded_allow_ips="the proxy")
 
 
+def test_an_ipv6_host_is_one_client_from_any_address_of_its_64():
+    """Per-client limits count an IPv6 host by its /64 (it may send each request from
+    another address of it) and an IPv4-mapped address as the IPv4 one."""
+    from mgsv_sk.serve.admission import ClientGate, TooManyFromClient, client_key
+
+    gate = ClientGate(2)
+    with gate.hold("2001:db8:1:2::1"), gate.hold("2001:db8:1:2:ffff::9"):
+        with pytest.raises(TooManyFromClient), gate.hold("2001:db8:1:2::abcd"):
+            pass
+        with gate.hold("2001:db8:1:3::1"):  # another /64: another client
+            pass
+        with gate.hold("10.0.0.1"), gate.hold("::ffff:10.0.0.1"):
+            with pytest.raises(TooManyFromClient), gate.hold("10.0.0.1"):
+                pass
+    with gate.hold("2001:db8:1:2::1"), gate.hold("2001:db8:1:2::2"):  # all given back
+        pass
+    assert client_key("/run/mgsv.sock") == "/run/mgsv.sock"
+
+
 def test_connections_that_never_finish_their_headers_are_closed(model):
     # uvicorn alone keeps them open forever: one silent connection and one that sends a
     # header line every 0.2 s are closed once header_seconds pass; a keep-alive client

@@ -6,12 +6,14 @@ without bound and no client waits forever. Admitted work runs on ``workers`` thr
 share one set of onnxruntime sessions.
 
 :class:`ClientGate` bounds the requests one client address has in progress (reading its
-body, waiting or running), so one address cannot take every place in the queue.
+body, waiting or running), so one address cannot take every place in the queue; a client
+is counted by :func:`client_key` (an IPv6 host by its /64).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shutil
 import threading
 import time
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 __all__ = ["Admission", "ByteBudget", "ClientGate", "NoRoom", "Overloaded",
-           "TooManyFromClient"]
+           "TooManyFromClient", "client_key"]
 
 T = TypeVar("T")
 
@@ -99,8 +101,30 @@ class ByteBudget:
             self._give(held[0])
 
 
+def client_key(address: str) -> str:
+    """The client a connection's address counts as, for every per-client limit: an IPv4
+    address as itself (written IPv4-mapped, ``::ffff:10.0.0.1``, too), an IPv6 address as
+    its /64 network (a host is given a whole /64 and may send each request from another
+    address of it), anything else (a Unix socket's name) as given.
+
+    >>> client_key("::ffff:10.0.0.1"), client_key("2001:db8:1:2:a::5")
+    ('10.0.0.1', '2001:db8:1:2::/64')
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return str(mapped)
+        return str(ipaddress.ip_network((ip, 64), strict=False))
+    return str(ip)
+
+
 class ClientGate:
-    """At most ``per_client`` requests in progress per client address."""
+    """At most ``per_client`` requests in progress per client (:func:`client_key` of its
+    address)."""
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
@@ -111,6 +135,7 @@ class ClientGate:
     def hold(self, client: str) -> Iterator[None]:
         """Count one request of ``client`` while it is in progress, or raise
         :class:`TooManyFromClient`."""
+        client = client_key(client)
         with self._lock:
             held = self._held.get(client, 0)
             if held >= self.per_client:

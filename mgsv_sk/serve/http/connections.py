@@ -11,7 +11,8 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
 - each request's headers must be complete within ``header_seconds`` of the connection
   opening or of the previous answer (else the connection is closed): real clients send
   them at once;
-- an address may hold ``max_connections`` open connections; one more is answered 503
+- an address may hold ``max_connections`` open connections (an IPv6 host counted by its
+  /64: :func:`..admission.client_key`); one more is answered 503
   (JSON, ``Retry-After``) and closed. Behind a reverse proxy every connection comes from
   the proxy, whose own limits then apply: raise it to the proxy's pool;
 - the process holds at most ``max_total`` connections from all addresses: one more
@@ -46,6 +47,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ..admission import client_key
 from ..config import ServeConfig
 
 __all__ = ["guarded_protocol"]
@@ -158,7 +160,7 @@ class GuardedH11(H11Protocol):
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         counts = self.counts
-        self._address = self.client[0] if self.client else "unknown"
+        self._address = client_key(self.client[0]) if self.client else "unknown"
         counts.by_address[self._address] += 1
         counts.opened += 1
         if counts.by_address[self._address] > counts.per_address:
