@@ -22,6 +22,11 @@ def _default_workers() -> int:
     return max(1, min(16, 4 * usable_cores()))
 
 
+def _entries(proxies: str) -> list[str]:
+    """``forwarded_allow_ips``'s comma-separated entries, stripped."""
+    return [entry.strip() for entry in proxies.split(",")]
+
+
 def _proxies_problem(proxies: object) -> str | None:
     """What is wrong with ``forwarded_allow_ips`` (None, ``"*"`` or addresses and networks,
     comma-separated), or None."""
@@ -30,7 +35,7 @@ def _proxies_problem(proxies: object) -> str | None:
     if not isinstance(proxies, str) or not proxies.strip():
         return (f"forwarded_allow_ips must be addresses or networks, comma-separated, or "
                 f"'*', got {proxies!r}")
-    for entry in (e.strip() for e in proxies.split(",")):
+    for entry in _entries(proxies):
         if entry == "*":
             continue
         try:
@@ -170,6 +175,11 @@ class ServeConfig:
             problems.append(problem)
         if problems:
             raise ValueError("invalid server limits: " + "; ".join(problems))
+
+    @property
+    def trusted_proxies(self) -> list[str] | None:
+        """The entries of ``forwarded_allow_ips`` (None: no proxy is trusted)."""
+        return None if self.forwarded_allow_ips is None else _entries(self.forwarded_allow_ips)
 
     @property
     def client_share(self) -> int:

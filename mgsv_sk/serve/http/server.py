@@ -38,12 +38,10 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     # the guard's protocol without its close (its count never returned)
     # forwarded headers only from the proxies named (uvicorn trusts 127.0.0.1 by default:
     # every client of a server on the loopback could name itself anew each request)
-    proxies = limits.forwarded_allow_ips
+    proxies = limits.trusted_proxies
     return uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", loop="auto",
                           log_level=log_level, access_log=access_log, server_header=False,
-                          proxy_headers=proxies is not None,
-                          forwarded_allow_ips=[p.strip() for p in proxies.split(",")]
-                          if proxies is not None else None,
+                          proxy_headers=proxies is not None, forwarded_allow_ips=proxies,
                           timeout_graceful_shutdown=max(1, round(graceful_seconds)))
 
 
