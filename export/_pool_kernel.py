@@ -41,9 +41,10 @@ __all__ = ["compiled", "layer_norm_rows", "norm_cosine", "pool_tracks", "warm_up
 _FAST = {"reassoc", "contract"}
 #: Rows of snippet states the pooling asks the memory for ahead of the rows it reads (16 KB
 #: at D = 256): one core's hardware prefetcher alone left the stream idle while a track's
-#: logits, softmax and sums ran. Measured at 2,000 tracks: 14 % faster for one video, 9 %
-#: for two; at four the kernel is bound by its arithmetic and the hints cost 3 %, so from
-#: :data:`_PREFETCH_VIDEOS` on it gives none.
+#: logits, softmax and sums ran. Measured at 2,000 tracks with the two-pass kernel: 14 %
+#: faster for one video, 9 % for two; at four the kernel is bound by its arithmetic and the
+#: hints cost 3 %, so from :data:`_PREFETCH_VIDEOS` on it gives none. With the one-pass
+#: kernel, one video: 4-6 % faster (Intel; 32-128 rows ahead, or into L2 only: the same).
 _PREFETCH_ROWS = 16
 _PREFETCH_VIDEOS = 3
 # the intrinsic's name carries its pointer type: opaque pointers from LLVM 15 on
