@@ -1,5 +1,6 @@
 """The X-Pool scan's compiled loops (mgsv_sk/export/_pool_kernel.py) against plain numpy:
-the attention pooling over tracks of any length (none, fewer than the four-row step, many)
+the attention pooling over tracks of any length (none, fewer than the eight-row block, many),
+its online softmax where later rows dominate, NaN kept to its track,
 for any small batch, the one-pass LayerNorms, and the compile fallback."""
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def test_pooling_equals_the_softmax_average(lengths, videos, width, seed):
     # a track without snippets has nothing to attend to: NaN, as the graph gives
     empty = np.asarray(lengths) == 0
     assert np.isnan(got[empty]).all() and np.isfinite(got[~empty]).all()
+
+
+@pytest.mark.parametrize("slope", [0.5, 30.0, -30.0])
+def test_pooling_rescales_its_running_sums_when_a_later_block_dominates(slope):
+    # the softmax runs online over blocks of eight rows: logits that climb block after
+    # block rescale the sums at each (by exp(-240): to zero at slope 30), falling ones never
+    rng = np.random.default_rng(0)
+    n, width = 45, 6
+    flat = rng.standard_normal((n, width)).astype(np.float32) * 0.1
+    flat[:, 0] = slope * np.arange(n) / 8  # the logit of row r: about slope * r / 8
+    offsets, query = np.array([0, n]), np.eye(1, width, dtype=np.float32)
+    np.testing.assert_allclose(pool_tracks(flat, offsets, query),
+                               _pooled(flat, offsets, query), rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_in_a_track_stays_in_that_track():
+    flat = np.random.default_rng(1).standard_normal((30, 4)).astype(np.float32)
+    flat[12, 2] = np.nan  # the second track's (rows 10-19)
+    got = pool_tracks(flat, np.array([0, 10, 20, 30]), np.ones((2, 4), np.float32))
+    assert np.isnan(got[1]).all()
+    assert np.isfinite(got[[0, 2]]).all()
 
 
 def test_pooling_writes_into_the_given_array_or_says_what_it_needs():
