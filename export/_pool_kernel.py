@@ -39,14 +39,16 @@ __all__ = ["compiled", "layer_norm_rows", "norm_cosine", "pool_tracks", "warm_up
 # reassociation lets the dot products and sums use SIMD lanes (what BLAS does too); no
 # assumption about infinities or NaNs, which pass through as numpy's softmax passes them
 _FAST = {"reassoc", "contract"}
-#: Rows of snippet states the pooling asks the memory for ahead of the rows it reads (16 KB
-#: at D = 256): one core's hardware prefetcher alone left the stream idle while a track's
-#: logits, softmax and sums ran. Measured at 2,000 tracks with the two-pass kernel: 14 %
-#: faster for one video, 9 % for two; at four the kernel is bound by its arithmetic and the
-#: hints cost 3 %, so from :data:`_PREFETCH_VIDEOS` on it gives none. With the one-pass
-#: kernel, one video: 4-6 % faster (Intel; 32-128 rows ahead, or into L2 only: the same).
-_PREFETCH_ROWS = 16
-_PREFETCH_VIDEOS = 3
+#: Rows ahead of the block being pooled whose cache lines the pooling asks the memory for
+#: (the next block of eight), spread over three points of each video's work on a block
+#: (before its logits, its softmax and its sums), not asked for at once: at once, the hints
+#: beyond the core's few outstanding misses were lost, and the stream stopped while the
+#: arithmetic ran, so a batch took the states' streaming time plus its arithmetic.
+#: Measured at 2,000 tracks on one thread (Intel), against all of a block 16 rows ahead
+#: at once: one video 11.1 against 11.9-12.2 ms, 2 videos 12.2-12.8 against 14.9-15.2,
+#: 4 videos 16.4 against 20.9-21.0, 8 videos 26.7-27.1 against 31.9-32.4 (16 or 32 rows
+#: ahead: slower; two points a video: between the two).
+_PREFETCH_ROWS = 8
 # the intrinsic's name carries its pointer type: opaque pointers from LLVM 15 on
 _PREFETCH_NAME = ("llvm.prefetch.p0" if llvmlite.binding.llvm_version_info >= (15,)
                   else "llvm.prefetch.p0i8")
@@ -84,6 +86,16 @@ def compiled(function: Callable[..., Any]) -> Any:
 
 
 @compiled
+def _ask_ahead(stream: np.ndarray, at: int, stop: int,
+               step: int) -> int:  # pragma: no cover - compiled
+    """Ask for the cache lines of ``stream[at: min(at + step, stop)]`` (16 floats each);
+    returns where the next ask starts."""
+    for line in range(at, min(at + step, stop), 16):
+        _prefetch(stream, line)  # type: ignore[call-arg]  # one 64-byte line
+    return at + step
+
+
+@compiled
 def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
           pooled: np.ndarray) -> None:  # pragma: no cover - compiled
     d, n_videos = flat.shape[1], query.shape[0]
@@ -91,11 +103,10 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
     top = np.empty(n_videos, np.float32)  # each video's largest logit so far in the track
     total = np.empty(n_videos, np.float32)  # and its softmax denominator, scaled to it
     e = np.empty(8, np.float32)  # a block's logits, then their exponentials
+    # floats of the block ahead asked for at each of a video's three points (whole lines)
+    step = -(-(8 * d // 16) // (3 * max(n_videos, 1))) * 16
     for t in range(len(offsets) - 1):
         x = flat[offsets[t]: offsets[t + 1]]  # the track's states: read from memory once
-        ahead = (offsets[t] + _PREFETCH_ROWS) * d  # the float _PREFETCH_ROWS rows on
-        if n_videos >= _PREFETCH_VIDEOS:
-            ahead = stream.size
         n = len(x)
         if n == 0:  # a track without snippets: nothing to attend to (as the graph: NaN)
             pooled[t] = np.nan
@@ -105,10 +116,11 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
         total[:] = 0.0
         for r in range(0, n, 8):  # blocks of eight rows, each used twice while in L1
             rows = min(8, n - r)
-            for line in range(ahead + r * d, min(ahead + (r + 8) * d, stream.size), 16):
-                _prefetch(stream, line)  # type: ignore[call-arg]  # one 64-byte line
+            ahead = (offsets[t] + r + _PREFETCH_ROWS) * d  # the block ahead, its first float
+            stop = min(ahead + 8 * d, stream.size)
             for j in range(n_videos):
                 q, out = query[j], pooled[t, j]
+                ahead = _ask_ahead(stream, ahead, stop, step)
                 if rows == 8:  # eight independent sums keep the vector units busy
                     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
                     for k in range(d):
@@ -128,6 +140,7 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
                         for k in range(d):
                             a0 += x[r + i, k] * q[k]
                         e[i] = a0
+                ahead = _ask_ahead(stream, ahead, stop, step)
                 # online softmax: the sums so far are scaled to the largest logit so far
                 # and rescaled when a block raises it (a few times per track)
                 block = e[0]
@@ -143,6 +156,7 @@ def _pool(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray,
                 for i in range(rows):
                     e[i] = np.exp(e[i] - top[j])
                     total[j] += e[i]
+                ahead = _ask_ahead(stream, ahead, stop, step)
                 if rows == 8:
                     w0, w1, w2, w3, w4, w5, w6, w7 = e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]
                     for k in range(d):

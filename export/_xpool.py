@@ -49,9 +49,10 @@ XPOOL_WEIGHTS = "graphs/xpool_weights.npz"
 _BLOCK_BYTES = 1 << 20
 #: Up to this many videos the pooling reads the states once in the compiled kernel (memory-
 #: bound); a larger batch is compute-bound and runs as GEMMs. Measured at 2,000 tracks on
-#: one thread: the kernel 43 vs 57 ms at 4 videos, 74 vs 84 at 8, even at 16, 274 vs 241
-#: at 32; ``tests/test_export.py`` holds both equal to the graphs.
-_KERNEL_VIDEOS = 12
+#: one thread (Intel): the kernel 41.7-41.9 against 54.8-57.0 ms at 12 videos, 52.2-54.7
+#: against 59.0-60.8 at 16, 78.7-79.7 against 70.5-72.4 at 24; ``tests/test_export.py``
+#: holds both equal to the graphs.
+_KERNEL_VIDEOS = 16
 #: The largest condition number of W_o W_v for which the scan reads value-space states
 #: (rounding of the logits grows with it; trained models measured here: below 3).
 _MAX_CONDITION = 100.0

@@ -372,16 +372,18 @@ def test_numpy_xpool_equals_the_score_graphs(bundle, served, small_test):
     """The float32 runtime scores X-Pool in numpy and compiled kernels (export._xpool); the
     bundle's graphs compute the same scores, chunk by chunk and pair by pair, and the same
     answers."""
+    from mgsv_sk.export._xpool import _KERNEL_VIDEOS
     from mgsv_sk.export.runtime import _OrtXPool
 
     assert served.numpy_xpool is not None
     assert OnnxGrounder.load(bundle, 1, precision="int8").numpy_xpool is None
     cat = served._served_catalogue()
     source = served._source(small_test.features)
-    emb = served._encode_videos(small_test.frame.iloc[:16], source).emb
-    assert len(emb) == 16
+    most = _KERNEL_VIDEOS + 1
+    emb = served._encode_videos(small_test.frame.iloc[:most], source).emb
+    assert len(emb) == most
     graphs = _OrtXPool(served)
-    for b in (1, 7, 16):  # the compiled one-pass pooling (up to 12 videos), then the GEMMs
+    for b in (1, 7, most):  # the compiled one-pass pooling, then (past it) the GEMMs
         for chunk in cat.chunks(5):
             np.testing.assert_allclose(served.numpy_xpool.tracks(emb[:b], chunk),
                                        graphs.tracks(emb[:b], chunk), atol=1e-5)
