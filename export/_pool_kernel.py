@@ -10,8 +10,9 @@ track), which costs about twice the states' streaming time at 2,000 tracks. Here
 block's logits, then at once its share of the weighted sum while it is in the L1 cache, the
 softmax kept online (the sums scaled to the largest logit so far). Measured at 2,000 tracks
 on one thread: 8.8-9.3 ms for one video against 10.7-11.1 for two passes over each track
-(logits, softmax, sums), with 8.1 ms to stream the states; from two videos on the two are
-even. Larger batches are compute-bound, and numpy's GEMM path in
+(logits, softmax, sums), with 8.1 ms to stream the states. While a block is computed the
+next one is asked for (:data:`_PREFETCH_ROWS`), so a few videos' arithmetic overlaps the
+stream. Larger batches are compute-bound, and numpy's GEMM path in
 :mod:`mgsv_sk.export._xpool` serves them.
 
 A LayerNorm in numpy is five or six passes over its rows (mean, centre, variance, scale,
