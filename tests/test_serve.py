@@ -243,6 +243,11 @@ def test_recommend_errors(client, fx, tmp_path, monkeypatch):
     assert "more than one 'video' file" in error_of(
         client.post("/v1/recommend", files=two), 400)
     assert "FFmpeg" in error_of(post_video(client, fx / "broken.mp4"), 422)
+    # the first half of a real video: FFmpeg's words, not its internal error number
+    half = (fx / "query.mp4").read_bytes()
+    message = error_of(client.post("/v1/recommend", files={
+        "video": ("half.mp4", half[: len(half) // 2], "video/mp4")}), 422)
+    assert "'half.mp4'" in message and "Errno" not in message, message
     message = error_of(post_video(client, fx / "long.mp4"), 422)  # 8 s > the 6 s cap
     assert "8.0 s long" in message and "at most 6 s" in message
     error_of(post_video(client, fx / "query.mp4", k=0), 422)
@@ -444,7 +449,13 @@ def test_infer_accepts_nested_data(client):
      "parameters.video_duration"),
     (lambda b: b.update(parameters={"k": 51}), 422, "k must be <= 50"),
     (lambda b: b.update(parameters={"video_duration": 7.0}), 422, "at most 6 s"),
-    (lambda b: b.pop("inputs"), 422, "inputs: Field required"),
+    # the request's structure is a malformed request (400, as Triton answers it); its
+    # parameters' values are invalid parameters (422)
+    (lambda b: b.pop("inputs"), 400, "inputs: Field required"),
+    (lambda b: b.update(inputs=[]), 400, "at least 1 item"),
+    (lambda b: b["inputs"][0].update(shape=[True, 512]), 400, "inputs.0.shape.0"),
+    (lambda b: b["inputs"][0].update(shape=[1.5, 512]), 400, "inputs.0.shape.0"),
+    (lambda b: b["inputs"][0].update(datatype=32), 400, "inputs.0.datatype"),
 ])
 def test_infer_errors(client, change, status, says):
     body = frames_body(np.ones((3, 512), np.float32))

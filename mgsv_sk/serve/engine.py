@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -346,6 +347,9 @@ class ServedModel:
         def unreadable(exc: ValueError) -> ValueError:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             why = str(cause).replace(f"'{path}'", shown).replace(str(path), shown)
+            # FFmpeg's errors come as "[Errno 1094995529] Invalid data ...": the number is
+            # its internal code, of no use to a client
+            why = re.sub(r"^\[Errno -?\d+\]\s*", "", why)
             return ValueError(f"cannot read {shown} as a video ({why}); send a video file "
                               "FFmpeg can decode")
 

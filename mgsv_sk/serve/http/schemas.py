@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from ..oip import InferParameters
 
@@ -22,7 +22,7 @@ class InferTensor(BaseModel):
     extension, ``parameters.binary_data_size`` bytes after the JSON header."""
 
     name: str
-    shape: list[int]
+    shape: list[StrictInt]  # [true, 512] is no shape (pydantic would read true as 1)
     datatype: str
     data: list[Any] | None = None
     parameters: dict[str, Any] | None = None

@@ -214,10 +214,10 @@ def decode_http(body: bytes, header_length: str | None, client: str) -> InferCal
     given = document.pop("parameters", None)
     if given is not None and not isinstance(given, dict):
         raise ApiError(422, "parameters must be a JSON object")
-    try:
+    try:  # the request's own structure: a malformed request (400, as Triton answers it)
         request = InferRequest.model_validate(document)
     except ValidationError as exc:
-        raise ApiError(422, validation_message(exc.errors())) from exc
+        raise ApiError(400, validation_message(exc.errors())) from exc
     tensors, at = [], 0
     for i, item in enumerate(request.inputs):
         tensor, at = _tensor(item, binary, at, numbers.get(i))
