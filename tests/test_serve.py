@@ -439,6 +439,8 @@ def test_infer_accepts_nested_data(client):
     (lambda b: b["inputs"].append(dict(b["inputs"][0])), 400,
      "input 'video_frames' is given twice"),
     (lambda b: b.update(parameters={"top_k": 3}), 422, "parameters.top_k"),
+    (lambda b: b.update(parameters={"top_k": 3}), 422,  # the same words over gRPC
+     "the model's parameters are k, moments_per_track, video_duration"),
     (lambda b: b.update(parameters={"k": 0}), 422, "parameters.k"),
     # a count is an integer: true is not 1, "3" is not 3, 2.0 is not 2
     (lambda b: b.update(parameters={"k": True}), 422, "parameters.k"),

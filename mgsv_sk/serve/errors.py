@@ -58,14 +58,15 @@ def _location(loc: Any, prefix: tuple[str, ...]) -> str:
     return ".".join(parts) or "request"
 
 
-def validation_message(errors: Any, prefix: tuple[str, ...] = ()) -> str:
-    """pydantic's errors as one message: ``where: what`` for the first five."""
+def validation_message(errors: Any, prefix: tuple[str, ...] = (),
+                       see: str = "see /openapi.json for the schema") -> str:
+    """pydantic's errors as one message: ``where: what`` for the first five, then ``see``."""
     problems = [f"{_location(item.get('loc'), prefix)}: {item.get('msg', 'invalid')}"
                 for item in errors[:5]]
     more = len(errors) - len(problems)
     return ("invalid request: " + "; ".join(problems) + (f" (and {more} more)" if more > 0
                                                           else "")
-            + "; see /openapi.json for the schema")
+            + "; " + see)
 
 
 #: Triton's HTTP extensions this server does not implement, by their path under /v2, and

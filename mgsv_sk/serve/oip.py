@@ -211,7 +211,10 @@ def parameters(given: dict[str, Any] | None) -> InferParameters:
     try:
         return InferParameters.model_validate(own)
     except ValidationError as exc:
-        raise ApiError(422, validation_message(exc.errors(), ("parameters",))) from exc
+        # the same words over HTTP and gRPC: the parameters named, not an HTTP schema
+        raise ApiError(422, validation_message(
+            exc.errors(), ("parameters",), see="the model's parameters are "
+            + ", ".join(InferParameters.model_fields))) from exc
 
 
 def check_shape(name: str, shape: Any) -> list[int]:
