@@ -789,6 +789,23 @@ def test_a_field_given_twice_with_two_meanings_is_refused(server, fields, named)
     assert same.status_code == 200, same.text
 
 
+def test_a_query_parameter_given_twice_with_two_values_is_refused(server):
+    """``?k=5&k=6``: the framework reads the last, a proxy or cache may read the first.
+    400 naming it, before the body is read (the connection still serves the next
+    request); the same value twice is one value."""
+    body = json.dumps(BODY).encode()
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /v2/models/mgsv/infer?k=1&k=2 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body
+                     + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400") and b"'k' twice" in answer, answer[:300]
+    assert answer.rstrip().endswith(b'{"live":true}'), answer[-300:]
+    start = httpx.get(f"{server.url}{AUDIO}&start=1")
+    assert start.status_code == 400 and "'start' twice" in start.json()["error"], start.text
+    assert httpx.get(f"{server.url}{AUDIO}&start=2").status_code == 200
+
+
 @pytest.mark.parametrize(("head", "status"), [
     # each sent in one segment, where the parser's own 16 KiB bound does not apply
     (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
-from ..errors import CLOSE, error_response
+from ..errors import CLOSE, error_response, shown
 from ..metrics import Metrics
 
 __all__ = ["AmbiguousFraming", "HeadAsGet", "HeadLimits", "MetricsMiddleware", "RequestTarget"]
@@ -91,7 +92,9 @@ class AmbiguousFraming:
     ``Content-Length``) is answered 400 and its connection closed (RFC 9112 6.1, 6.3):
     whatever follows its body on the connection could be a smuggled request. So is one
     with several ``Host`` fields (RFC 9112 3.2), or with two different values of a field
-    that describes the body or what is asked of it (:data:`SINGLE_VALUED`)."""
+    that describes the body or what is asked of it (:data:`SINGLE_VALUED`). A query
+    parameter given twice with different values (``?k=5&k=6``) is a 400 too, the
+    connection kept: the framework reads the last, a proxy or a cache may read the first."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -102,7 +105,23 @@ class AmbiguousFraming:
             if problem:
                 await error_response(400, problem, CLOSE)(scope, receive, send)
                 return
+            twice = self._twice_in_query(scope.get("query_string", b""))
+            if twice:
+                await error_response(
+                    400, f"the query gives {shown(twice)} twice with different values; give "
+                         "each parameter once")(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _twice_in_query(query: bytes) -> str | None:
+        """The first query parameter given with two different values (the target is
+        bounded by :class:`HeadLimits`, which runs first)."""
+        seen: dict[str, str] = {}
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if seen.setdefault(name, value) != value:
+                return name
+        return None
 
     @staticmethod
     def _ambiguity(headers: Any) -> str | None:
