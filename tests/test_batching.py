@@ -306,6 +306,44 @@ def test_a_call_past_its_deadline_is_answered_unrun():
     assert 1 not in ran
 
 
+def test_a_call_given_up_while_waiting_is_answered_unrun():
+    from mgsv_sk.serve.batching import Abandoned
+
+    ran: list[int] = []
+    gate = threading.Event()
+
+    def run(items):
+        if 0 in items:
+            gate.wait(10)  # hold the only lane while the others queue
+        ran.extend(items)
+        return list(items)
+
+    c = Coalescer(run, lanes=1, max_batch=4, max_delay=0)
+    outcome: dict[int, object] = {}
+    left, stays = threading.Event(), threading.Event()
+
+    def call(i, abandoned):
+        try:
+            outcome[i] = c.submit("k", i, None, abandoned)
+        except Abandoned as exc:
+            outcome[i] = exc
+
+    threads = [threading.Thread(target=call, args=(0, None))]
+    threads[0].start()
+    time.sleep(0.1)
+    threads += [threading.Thread(target=call, args=(1, left)),
+                threading.Thread(target=call, args=(2, stays))]
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.2)
+    left.set()  # 1's client leaves while the lane is held
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert isinstance(outcome[1], Abandoned) and outcome[0] == 0 and outcome[2] == 2
+    assert sorted(ran) == [0, 2]
+
+
 def test_the_default_workers_hold_enough_calls_for_a_lane_to_batch():
     """The default server's threads hold several calls per lane (one lane per core), so
     concurrent calls meet in batches; with a thread per core (the old default) a call only

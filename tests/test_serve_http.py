@@ -858,3 +858,46 @@ def test_concurrent_clients_get_their_own_answers(server):
     for t in threads:
         t.join(60)
     assert len(results) == 4 and all(len(r) == 2 for r in results.values())
+
+
+def test_a_request_whose_client_left_is_not_run(fx):
+    """A client that sends requests and hangs up spends no model time: one still waiting
+    for the lane when its connection closes is dropped unrun (counted as a failure),
+    the one already running finishes."""
+    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
+    model.batch_delay = 0.0
+    release, ran = threading.Event(), []
+    run = model._batcher._run
+
+    def held(payloads):
+        ran.append(len(payloads))
+        release.wait(30)
+        return run(payloads)
+
+    model._batcher._run = held
+    body = json.dumps(BODY).encode()
+    request = (b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+               b"\r\n" % len(body) + body)
+    with ThreadedServer(create_app(model)) as running:
+        first = connect(running.port)
+        first.sendall(request)
+        deadline = time.monotonic() + 20
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ran == [1]
+        leaving = [connect(running.port, f"127.0.0.{i + 2}") for i in range(3)]
+        for sock in leaving:
+            sock.sendall(request)
+        time.sleep(0.5)  # read, decoded and waiting for the lane
+        for sock in leaving:
+            sock.close()
+        time.sleep(0.5)  # the server sees them go
+        release.set()
+        with first:
+            assert read_all(first).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)
+        assert ran == [1], ran  # the three that left were never run
+        stats = httpx.get(f"{running.url}/v2/models/mgsv/stats").json()["model_stats"][0]
+        assert stats["inference_stats"]["fail"]["count"] == 3, stats
+        assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY).status_code == 200
+        assert ran == [1, 1]

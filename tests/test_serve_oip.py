@@ -620,6 +620,53 @@ def test_grpc_calls_whose_message_never_comes_hold_no_place(model):
         client.close()
 
 
+def test_a_grpc_call_its_client_cancelled_is_not_run(tmp_path_factory):
+    """A call cancelled by its client while it waits for the lane is dropped unrun (as an
+    HTTP request whose connection closes); the one already running finishes."""
+    import threading
+
+    import grpc
+
+    from mgsv_sk.serve.grpc import predict_v2_pb2 as pb
+
+    fx = fixture_dir(tmp_path_factory)
+    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
+    model.batch_delay = 0.0
+    release, ran = threading.Event(), []
+    run = model._batcher._run
+
+    def held(payloads):
+        ran.append(len(payloads))
+        release.wait(30)
+        return run(payloads)
+
+    model._batcher._run = held
+    port = free_port()
+    request = pb.ModelInferRequest(model_name="mgsv")
+    request.inputs.add(name="video_frames", datatype="FP32", shape=FRAMES.shape)
+    request.raw_input_contents.append(FRAMES.tobytes())
+    with ThreadedServer(create_app(model, grpc_address=f"127.0.0.1:{port}")):
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)
+        first = infer.future(request, timeout=60)
+        deadline = time.monotonic() + 20
+        while not ran and time.monotonic() < deadline:
+            time.sleep(0.02)
+        leaving = [infer.future(request, timeout=60) for _ in range(3)]
+        time.sleep(0.5)  # decoded and waiting for the lane
+        for call in leaving:
+            call.cancel()
+        time.sleep(0.5)
+        release.set()
+        assert first.result(timeout=30).outputs
+        time.sleep(0.3)
+        assert ran == [1], ran  # the three cancelled were never run
+        assert infer(request, timeout=30).outputs and ran == [1, 1]
+        channel.close()
+
+
 def test_a_silent_grpc_connection_is_closed(model):
     # grpcio alone waits 120 s for a connection's handshake; the server waits
     # header_seconds, as for HTTP headers

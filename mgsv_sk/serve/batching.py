@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_DELAY", "Coalescer", "DeadlineExceeded"]
+__all__ = ["DEFAULT_MAX_DELAY", "Abandoned", "Coalescer", "DeadlineExceeded"]
 
 #: Seconds a free lane waits by default, while no other is free, for its share of the calls
 #: (the module docstring says why 10 ms); the service's ``batch_delay_ms`` default too.
@@ -46,11 +46,19 @@ class DeadlineExceeded(Exception):
     """A call's deadline passed while it waited for a lane: it was not run."""
 
 
-class _Slot:
-    __slots__ = ("key", "payload", "deadline", "result", "error", "done", "promoted")
+class Abandoned(Exception):
+    """The caller gave a call up (its client left) while it waited for a lane: it was not
+    run."""
 
-    def __init__(self, key: Hashable, payload: Any, deadline: float | None) -> None:
+
+class _Slot:
+    __slots__ = ("key", "payload", "deadline", "abandoned", "result", "error", "done",
+                 "promoted")
+
+    def __init__(self, key: Hashable, payload: Any, deadline: float | None,
+                 abandoned: threading.Event | None) -> None:
         self.key, self.payload, self.deadline = key, payload, deadline
+        self.abandoned = abandoned
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = self.promoted = False
@@ -103,15 +111,18 @@ class Coalescer:
                              f"{seconds}")
         self._max_delay = float(seconds)
 
-    def submit(self, key: Hashable, payload: Any, deadline: float | None = None) -> Any:
+    def submit(self, key: Hashable, payload: Any, deadline: float | None = None,
+               abandoned: threading.Event | None = None) -> Any:
         """The answer to ``payload``, batched with waiting calls of the same ``key``.
 
         Raises
         ------
         DeadlineExceeded
             ``deadline`` (``time.monotonic()`` seconds) passed before a lane took the call.
+        Abandoned
+            ``abandoned`` was set (its client left) before a lane took the call.
         """
-        slot = _Slot(key, payload, deadline)
+        slot = _Slot(key, payload, deadline, abandoned)
         with self._cond:
             self._queue.append(slot)
             self._in_system += 1
@@ -176,13 +187,15 @@ class Coalescer:
         return batch
 
     def _expire(self) -> None:
-        """Answer the waiting calls whose deadline passed with :class:`DeadlineExceeded`
-        (lock held): they are not run."""
+        """Answer the waiting calls whose deadline passed with :class:`DeadlineExceeded`,
+        and those given up with :class:`Abandoned` (lock held): they are not run."""
         now = time.monotonic()
-        expired = [s for s in self._queue if s.deadline is not None and s.deadline < now]
+        expired = [s for s in self._queue if (s.deadline is not None and s.deadline < now)
+                   or (s.abandoned is not None and s.abandoned.is_set())]
         if expired:
             for s in expired:
-                s.error, s.done = DeadlineExceeded(), True
+                gone = s.abandoned is not None and s.abandoned.is_set()
+                s.error, s.done = (Abandoned() if gone else DeadlineExceeded()), True
             self._queue = [s for s in self._queue if not s.done]
             self._cond.notify_all()
 

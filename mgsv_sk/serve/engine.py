@@ -272,17 +272,19 @@ class ServedModel:
         return int(self._dims["max_frames"])
 
     def infer(self, frames: np.ndarray, *, music_id: str | None, k: int, moments: int,
-              seconds: float, deadline: float | None = None) -> list[TrackResult]:
+              seconds: float, deadline: float | None = None,
+              abandoned: threading.Event | None = None) -> list[TrackResult]:
         """Frame features ``(F, video_dim)`` -> the top-``k`` tracks (MsG), or the moment on
         ``music_id`` (SmG). Calls that arrive while every lane is busy are answered
         together, in one ``rank`` / ``predict`` call (:mod:`.batching`); each gets the
         answer it would get alone. A call still waiting for a lane at ``deadline``
         (``time.monotonic()`` seconds) raises :class:`.batching.DeadlineExceeded`
-        unanswered."""
+        unanswered, and one whose ``abandoned`` is set (its client left)
+        :class:`.batching.Abandoned`."""
         request = _Request(np.ascontiguousarray(frames, np.float32), music_id, int(k),
                            int(moments), float(seconds))
         answer: list[TrackResult] = self._batcher.submit((music_id is None, int(moments)),
-                                                         request, deadline)
+                                                         request, deadline, abandoned)
         return answer
 
     def warm_up(self) -> float:

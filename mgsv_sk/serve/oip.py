@@ -12,8 +12,10 @@ Inputs: ``video_frames`` FP32 ``[F, video_dim]`` and optionally ``music_id`` BYT
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mgsv_sk.data import MAX_ID_LENGTH
 from mgsv_sk.errors import InvalidInputError
 
-from .batching import DeadlineExceeded
+from .batching import Abandoned, DeadlineExceeded
 from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, shown, validation_message
 
@@ -104,6 +106,9 @@ class InferCall:
     timings: dict[str, float] = field(default_factory=dict)
     #: Seconds spent decoding and checking the inputs (the statistics' compute_input).
     input_seconds: float = 0.0
+    #: Set when the client leaves before the answer: still waiting for a lane, the call
+    #: is then not run (a client that sends requests and hangs up spends no model time).
+    abandoned: threading.Event = field(default_factory=threading.Event)
 
     def stages(self) -> dict[str, float]:
         """Its stage seconds as the statistics extension names them (once answered)."""
@@ -179,10 +184,13 @@ def statistics_of(model: ServedModel | None) -> dict[str, Any]:
 async def serve_infer(state: Any, name: str, version: str | None, client: str,
                       read: Callable[[], Awaitable[T]],
                       decode: Callable[[T], InferCall],
-                      encode: Callable[[str, list[Tensor], InferCall], R]) -> R:
+                      encode: Callable[[str, list[Tensor], InferCall], R],
+                      gone: Callable[[], Awaitable[Any]] | None = None) -> R:
     """One ``infer`` over either transport: the model it addresses, the client's share,
     the request ``read`` and ``decode``d, :func:`answer`, the answer ``encode``d; counted
-    in the model's statistics (a success with its stages, or a failure)."""
+    in the model's statistics (a success with its stages, or a failure). ``gone`` returns
+    when the client leaves (HTTP: its connection closes); a transport that cancels the
+    call instead (gRPC) marks it given up the same way (:func:`_unless_given_up`)."""
     began = time.perf_counter()
     model = served_model(state, name, version)
     with model.statistics.request() as stages, state.client(client):
@@ -191,12 +199,35 @@ async def serve_infer(state: Any, name: str, version: str | None, client: str,
         call = decode(raw)
         del raw  # the body (up to max_json_bytes) is not kept while the call waits and runs
         call.input_seconds = time.perf_counter() - decoding
-        answered_version, outputs = await answer(state, call)
+        answered_version, outputs = await _unless_given_up(answer(state, call), call, gone)
         encoding = time.perf_counter()
         call.timings["total"] = encoding - began
         response = encode(answered_version, outputs, call)
         stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
     return response
+
+
+async def _unless_given_up(work: Awaitable[R], call: InferCall,
+                           gone: Callable[[], Awaitable[Any]] | None) -> R:
+    """``work``'s answer. When the client leaves first (``gone`` returns, or the call is
+    cancelled), ``call.abandoned`` is set: a call still waiting for a lane is answered
+    :class:`.batching.Abandoned` unrun. The work is never cancelled itself, so its
+    admission place is held until its thread is done with it."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read if left behind
+    watcher = asyncio.ensure_future(gone()) if gone is not None else None
+    try:
+        if watcher is not None:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                call.abandoned.set()
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        call.abandoned.set()
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:
@@ -367,6 +398,9 @@ async def answer(state: Any, call: InferCall) -> tuple[str, list[Tensor]]:
             raise ApiError(504, f"the request waited longer than its timeout "
                                 f"({call.params.timeout} us) for the model and was not run; "
                                 "retry with a longer timeout, or later") from None
+        except Abandoned:  # nobody reads it: the status is for the logs and the metrics
+            raise ApiError(499, "the client closed its connection before the model ran the "
+                                "request, so it was not run") from None
     _observe(state, call, waited, time.perf_counter() - run_began - waited)
     return model.version, _outputs(tracks, _requested(call))
 
@@ -400,7 +434,7 @@ def _prepare(state: Any, call: InferCall) -> tuple[ServedModel, Any]:
     def run() -> list[TrackResult]:
         return model.infer(frames, music_id=music_id, k=params.k,
                            moments=params.moments_per_track, seconds=seconds,
-                           deadline=deadline)
+                           deadline=deadline, abandoned=call.abandoned)
 
     return model, run
 

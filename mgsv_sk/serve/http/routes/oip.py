@@ -360,8 +360,13 @@ def oip_router(state: ServeState) -> APIRouter:
             with state.body_room() as hold:
                 return await read_body(request, limits, too_large, hold)
 
+        async def gone() -> None:  # called once the body is read: only the end is left
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
         return await serve_infer(state, model_name, model_version, client, read,
-                                 lambda body: decode_http(body, header, client), encode_http)
+                                 lambda body: decode_http(body, header, client), encode_http,
+                                 gone)
 
     _triton_routes(router, state)  # first: /v2/models/stats is not a model's path
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))
