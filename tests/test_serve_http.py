@@ -901,3 +901,44 @@ def test_a_request_whose_client_left_is_not_run(fx):
         assert stats["inference_stats"]["fail"]["count"] == 3, stats
         assert httpx.post(f"{running.url}/v2/models/mgsv/infer", json=BODY).status_code == 200
         assert ran == [1, 1]
+
+
+def test_an_upload_whose_client_left_is_not_decoded(fx, monkeypatch):
+    """An upload waiting for the decoder (one at a time here) when its client hangs up is
+    neither decoded nor ranked; the one being decoded finishes."""
+    import mgsv_sk.extract.recommend as recommend
+
+    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
+    release, decoded = threading.Event(), []
+    query = recommend.video_query
+
+    def held(*args, **kwargs):
+        decoded.append(1)
+        release.wait(30)
+        return query(*args, **kwargs)
+
+    monkeypatch.setattr(recommend, "video_query", held)
+    clip = (fx / "query.mp4").read_bytes()
+    head = (b'--B\r\nContent-Disposition: form-data; name="video"; filename="q.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n")
+    form = head + clip + b"\r\n--B--\r\n"
+    upload = (b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+              b"boundary=B\r\nContent-Length: %d\r\n\r\n" % len(form) + form)
+    with ThreadedServer(create_app(model)) as running:
+        first = connect(running.port)
+        first.sendall(upload)
+        deadline = time.monotonic() + 20
+        while not decoded and time.monotonic() < deadline:
+            time.sleep(0.02)
+        leaving = [connect(running.port, f"127.0.0.{i + 2}") for i in range(2)]
+        for sock in leaving:
+            sock.sendall(upload)
+        time.sleep(0.5)  # received, waiting for the decoder
+        for sock in leaving:
+            sock.close()
+        time.sleep(0.5)
+        release.set()
+        with first:
+            assert read_all(first).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)
+        assert decoded == [1], decoded

@@ -17,13 +17,13 @@ import ipaddress
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 __all__ = ["Admission", "ByteBudget", "ClientGate", "NoRoom", "Overloaded",
-           "TooManyFromClient", "client_key"]
+           "TooManyFromClient", "client_key", "unless_given_up"]
 
 T = TypeVar("T")
 
@@ -213,3 +213,27 @@ class Admission:
         """Finish what runs and stop the threads (after the server stopped taking
         requests)."""
         self._pool.shutdown(wait=True)
+
+
+async def unless_given_up(work: Awaitable[T], abandoned: threading.Event,
+                          gone: Callable[[], Awaitable[Any]] | None) -> T:
+    """``work``'s answer. When its client leaves first (``gone`` returns, or this
+    coroutine is cancelled, as gRPC cancels a call), ``abandoned`` is set, so the work not
+    yet started is answered unrun (:class:`.batching.Abandoned`). The work itself is never
+    cancelled: its admission place stays held, and what it uses stays in place, until its
+    thread is done with it."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read if left behind
+    watcher = asyncio.ensure_future(gone()) if gone is not None else None
+    try:
+        if watcher is not None:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                abandoned.set()
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
+    finally:
+        if watcher is not None:
+            watcher.cancel()

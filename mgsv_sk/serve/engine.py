@@ -29,7 +29,7 @@ from mgsv_sk.grounding import TopTracks
 from ..extract.pipeline import AUDIO_EXTENSIONS
 from ..extract.video import SERVE_LIMITS, VideoLimitError
 from .audio import audio_seconds
-from .batching import Coalescer
+from .batching import Abandoned, Coalescer
 from .cores import usable_cores
 from .statistics import InferStatistics
 
@@ -330,7 +330,8 @@ class ServedModel:
         return [_results(table.iloc[[i]]) for i in range(len(requests))]
 
     def recommend(self, path: Path, *, k: int, moments: int, max_seconds: float,
-                  name: str | None = None) -> Recommendation:
+                  name: str | None = None,
+                  abandoned: threading.Event | None = None) -> Recommendation:
         """A video file -> the top-``k`` tracks with their moments, as
         :meth:`mgsv_sk.export.runtime.OnnxGrounder.recommend` computes them (the same calls).
 
@@ -341,6 +342,9 @@ class ServedModel:
             :attr:`video_limits` (codec, frame size, frames to decode: checked before any
             frame is decoded); the message names the file as ``name`` (the client's file
             name), never the server's path.
+        Abandoned
+            ``abandoned`` was set (its client left) before the decoding or the ranking
+            began: neither is done for nobody.
         """
         from ..extract.recommend import video_query
 
@@ -365,8 +369,13 @@ class ServedModel:
                              f"at most {max_seconds:g} s: trim it")
         if self.video_encoder is None:
             raise ValueError("this bundle holds no video encoder, so it cannot read videos")
+        def still_wanted() -> None:
+            if abandoned is not None and abandoned.is_set():
+                raise Abandoned
+
         try:
             with self._decoding:
+                still_wanted()  # it may have waited here for the other uploads' decoding
                 frame, feats = video_query(path, self.video_encoder, self.video_limits)
         except VideoLimitError as exc:  # readable, but asks too much of the decoder
             raise VideoLimitError(f"{shown}: {exc.__cause__ or exc}") from exc
@@ -374,6 +383,7 @@ class ServedModel:
             raise unreadable(exc) from exc
         decoded = time.perf_counter()
         query = frame[["video_id", "video_segment_duration"]]
+        still_wanted()
         table = self.grounder.rank(query, k=k, features=(feats, {}), moments_per_track=moments)
         ranked = time.perf_counter()
         return Recommendation(_results(table), float(frame["video_end"].iloc[0]),

@@ -12,7 +12,6 @@ Inputs: ``video_frames`` FP32 ``[F, video_dim]`` and optionally ``music_id`` BYT
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 import threading
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mgsv_sk.data import MAX_ID_LENGTH
 from mgsv_sk.errors import InvalidInputError
 
+from .admission import unless_given_up
 from .batching import Abandoned, DeadlineExceeded
 from .engine import MODEL_NAME, ServedModel, TrackResult
 from .errors import ApiError, shown, validation_message
@@ -190,7 +190,8 @@ async def serve_infer(state: Any, name: str, version: str | None, client: str,
     the request ``read`` and ``decode``d, :func:`answer`, the answer ``encode``d; counted
     in the model's statistics (a success with its stages, or a failure). ``gone`` returns
     when the client leaves (HTTP: its connection closes); a transport that cancels the
-    call instead (gRPC) marks it given up the same way (:func:`_unless_given_up`)."""
+    call instead (gRPC) marks it given up the same way
+    (:func:`.admission.unless_given_up`)."""
     began = time.perf_counter()
     model = served_model(state, name, version)
     with model.statistics.request() as stages, state.client(client):
@@ -199,35 +200,13 @@ async def serve_infer(state: Any, name: str, version: str | None, client: str,
         call = decode(raw)
         del raw  # the body (up to max_json_bytes) is not kept while the call waits and runs
         call.input_seconds = time.perf_counter() - decoding
-        answered_version, outputs = await _unless_given_up(answer(state, call), call, gone)
+        answered_version, outputs = await unless_given_up(answer(state, call),
+                                                          call.abandoned, gone)
         encoding = time.perf_counter()
         call.timings["total"] = encoding - began
         response = encode(answered_version, outputs, call)
         stages.update(call.stages(), compute_output=time.perf_counter() - encoding)
     return response
-
-
-async def _unless_given_up(work: Awaitable[R], call: InferCall,
-                           gone: Callable[[], Awaitable[Any]] | None) -> R:
-    """``work``'s answer. When the client leaves first (``gone`` returns, or the call is
-    cancelled), ``call.abandoned`` is set: a call still waiting for a lane is answered
-    :class:`.batching.Abandoned` unrun. The work is never cancelled itself, so its
-    admission place is held until its thread is done with it."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # read if left behind
-    watcher = asyncio.ensure_future(gone()) if gone is not None else None
-    try:
-        if watcher is not None:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                call.abandoned.set()
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        call.abandoned.set()
-        raise
-    finally:
-        if watcher is not None:
-            watcher.cancel()
 
 
 def parameters(given: dict[str, Any] | None) -> InferParameters:

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from ..errors import CLOSE, ApiError
 
 __all__ = ["BodyLimits", "body_chunks", "bounded_int", "declared_length", "decode_content",
-           "read_body"]
+           "disconnected", "read_body"]
 
 #: More digits than any size or offset this server handles (2**63 has 19).
 _MAX_DIGITS = 18
@@ -103,6 +103,13 @@ async def read_body(request: Request, limits: BodyLimits, too_large: str,
         parts.append(chunk)
     return decode_content(b"".join(parts), request.headers.get("content-encoding"),
                           limits.max_bytes, too_large)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client closes its connection; call it once the whole body is
+    read (the next message the server has for the request is then its end)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 #: Most gzip members one body may hold (each costs a decompressor on the event loop).

@@ -44,7 +44,7 @@ from ...oip import (
     statistics_of,
 )
 from ...state import ServeState
-from ..body import BodyLimits, bounded_int, read_body
+from ..body import BodyLimits, bounded_int, disconnected, read_body
 from ..schemas import InferRequest, InferResponse, errors
 
 __all__ = ["SERVER_NAME", "client_address", "decode_http", "encode_http", "oip_router"]
@@ -360,13 +360,9 @@ def oip_router(state: ServeState) -> APIRouter:
             with state.body_room() as hold:
                 return await read_body(request, limits, too_large, hold)
 
-        async def gone() -> None:  # called once the body is read: only the end is left
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
         return await serve_infer(state, model_name, model_version, client, read,
                                  lambda body: decode_http(body, header, client), encode_http,
-                                 gone)
+                                 lambda: disconnected(request))
 
     _triton_routes(router, state)  # first: /v2/models/stats is not a model's path
     _both(router, "GET", "/ready", model_ready, responses=errors(404, 503))

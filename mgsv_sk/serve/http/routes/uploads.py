@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 
+from ...admission import unless_given_up
+from ...batching import Abandoned
 from ...engine import MODEL_NAME, ServedModel, TrackResult
 from ...errors import ApiError
 from ...state import ServeState
-from ..body import BodyLimits, body_chunks, declared_length
+from ..body import BodyLimits, body_chunks, declared_length, disconnected
 from ..schemas import RecommendResponse, errors
 from ..uploads import FIELD, no_room, receive_video, too_large_message
 from .oip import client_address
@@ -95,11 +98,16 @@ def uploads_router(state: ServeState) -> APIRouter:
                                              body_chunks(request, limits, too_large))
                 state.metrics.upload_bytes.inc(upload.size)
                 received = time.perf_counter()
+                abandoned = threading.Event()  # its client left: not decoded nor ranked
                 with state.slot():
-                    result, waited = await state.admission.run(
+                    result, waited = await unless_given_up(state.admission.run(
                         lambda: model.recommend(upload.path, k=k, moments=moments_per_track,
                                                 max_seconds=config.max_video_seconds,
-                                                name=upload.filename))
+                                                name=upload.filename, abandoned=abandoned)),
+                        abandoned, lambda: disconnected(request))
+        except Abandoned:  # nobody reads it: the status is for the logs and the metrics
+            raise ApiError(499, "the client closed its connection before its upload was "
+                                "decoded, so it was not") from None
         except ValueError as exc:
             raise ApiError(422, str(exc)) from exc
         finally:
