@@ -288,14 +288,15 @@ def server_lanes(port: int) -> int:
     return int(config["instance_group"][0]["count"])
 
 
-def start_server(work: Path, port: int, cores: set[int] | None = None
-                 ) -> subprocess.Popen[str]:
-    """``mgsv-sk serve`` with its defaults, on ``cores`` (default: this process's); it
-    counts its cores, and so its lanes and threads, from its own affinity."""
+def start_server(work: Path, port: int, cores: set[int] | None = None,
+                 options: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """``mgsv-sk serve`` with its defaults (and ``options``), on ``cores`` (default: this
+    process's); it counts its cores, and so its lanes and threads, from its own affinity."""
     import httpx
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mgsv_sk", "serve", str(work / "bundle"), "--port", str(port)],
+        [sys.executable, "-m", "mgsv_sk", "serve", str(work / "bundle"), "--port", str(port),
+         *options],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
         preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +101,26 @@ class StubMusicEncoder:
 
     def encode(self, inputs: np.ndarray) -> np.ndarray:
         return inputs.mean(axis=1) @ self.proj
+
+
+def write_big(path: Path, width: int, height: int, frames: int, codec: str = "libx264",
+              fps: int = 1) -> Path:
+    """A few frames of a smooth gradient: kilobytes on disk, whatever the frame size."""
+    import av
+
+    y = (np.add.outer(np.arange(height) // 64, np.arange(width) // 64) % 200 + 20)
+    plane = np.concatenate([y.astype(np.uint8), np.full((height // 2, width), 128, np.uint8)])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.codec_context.options = {"preset": "ultrafast"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(plane, "yuv420p")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

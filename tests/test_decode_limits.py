@@ -5,7 +5,6 @@ process (``ru_maxrss``), and for the service, as the server process's ``VmHWM``.
 
 from __future__ import annotations
 
-import fractions
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ import pytest
 av = pytest.importorskip("av")
 pytest.importorskip("PIL")
 
+from _media import write_big  # noqa: E402
+
 from mgsv_sk.extract.video import (  # noqa: E402
     SERVE_LIMITS,
     VideoLimitError,
@@ -29,27 +30,6 @@ from mgsv_sk.extract.video import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-
-
-def write_big(path: Path, width: int, height: int, frames: int, codec: str = "libx264",
-              fps: int = 1) -> Path:
-    """A few frames of a smooth gradient: kilobytes on disk, whatever the frame size."""
-    y = (np.add.outer(np.arange(height) // 64, np.arange(width) // 64) % 200 + 20)
-    plane = np.concatenate([y.astype(np.uint8), np.full((height // 2, width), 128, np.uint8)])
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast"}
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(plane, "yuv420p")
-            frame.pts, frame.time_base = i, fractions.Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
