@@ -270,6 +270,20 @@ def grpc_cancels(port: int, frames: np.ndarray) -> Callable[..., None]:
     return work
 
 
+def timed(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str],
+          ms: list[float], errors: Counter[str], what: str) -> None:
+    """POST ``body`` to ``path``: its milliseconds in ``ms`` when answered 200, else its
+    status counted in ``errors`` under ``what``."""
+    began = time.perf_counter()
+    conn.request("POST", path, body=body, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    if answer.status == 200:
+        ms.append(1e3 * (time.perf_counter() - began))
+    else:
+        errors[f"{what} {answer.status}"] += 1
+
+
 def legitimate(port: int, bodies: list[tuple[bytes, dict[str, str]]], clip: Path,
                seconds: float) -> dict[str, Any]:
     """The legitimate client's infer latencies (back to back) and uploads (one a second)."""
@@ -284,14 +298,8 @@ def legitimate(port: int, bodies: list[tuple[bytes, dict[str, str]]], clip: Path
                                           source_address=(LEGITIMATE, 0))
         while time.monotonic() < stop:
             began = time.perf_counter()
-            conn.request("POST", "/v1/recommend?k=5", body=body,
-                         headers={"Content-Type": kind})
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status == 200:
-                upload_ms.append(1e3 * (time.perf_counter() - began))
-            else:
-                errors[f"upload {answer.status}"] += 1
+            timed(conn, "/v1/recommend?k=5", body, {"Content-Type": kind}, upload_ms,
+                  errors, "upload")
             time.sleep(max(0.0, 1.0 - (time.perf_counter() - began)))
         conn.close()
 
@@ -303,14 +311,7 @@ def legitimate(port: int, bodies: list[tuple[bytes, dict[str, str]]], clip: Path
     while time.monotonic() < stop:
         body, headers = bodies[i % len(bodies)]
         i += 1
-        began = time.perf_counter()
-        conn.request("POST", "/v2/models/mgsv/infer", body=body, headers=headers)
-        answer = conn.getresponse()
-        answer.read()
-        if answer.status == 200:
-            infer_ms.append(1e3 * (time.perf_counter() - began))
-        else:
-            errors[f"infer {answer.status}"] += 1
+        timed(conn, "/v2/models/mgsv/infer", body, headers, infer_ms, errors, "infer")
     conn.close()
     uploader.join()
     return {"infer": {"requests": len(infer_ms), **percentiles(infer_ms)},

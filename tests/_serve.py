@@ -71,3 +71,34 @@ class ThreadedServer:
     def __exit__(self, *exc: Any) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def held(call: Any) -> tuple[Any, threading.Event, list[Any]]:
+    """``call`` wrapped to note each call's first argument's length in ``calls`` and then
+    wait for ``release`` (at most 30 s) before it runs: (wrapper, release, calls)."""
+    release, calls = threading.Event(), []
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(len(args[0]) if args and hasattr(args[0], "__len__") else 1)
+        release.wait(30)
+        return call(*args, **kwargs)
+
+    return wrapper, release, calls
+
+
+def one_lane_held(fx: Path) -> tuple[Any, threading.Event, list[int]]:
+    """A served model with one lane and no batch delay whose batches wait for ``release``
+    once they have noted their size in ``ran``: (model, release, ran)."""
+    from mgsv_sk.serve import ServedModel
+
+    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
+    model.batch_delay = 0.0
+    model._batcher._run, release, ran = held(model._batcher._run)
+    return model, release, ran
+
+
+def wait_until(condition: Any, seconds: float = 20) -> None:
+    """Poll ``condition()`` until it holds (at most ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)

@@ -269,45 +269,11 @@ def test_statistics_count_requests_stages_and_executions():
         (1, {"count": 1, "ns": 4_000_000}), (2, {"count": 2, "ns": 8_000_000})]
 
 
-def test_a_call_past_its_deadline_is_answered_unrun():
-    from mgsv_sk.serve.batching import DeadlineExceeded
-
-    ran: list[int] = []
-    gate = threading.Event()
-
-    def run(items):
-        if 0 in items:
-            gate.wait(10)  # hold the only lane while the others queue
-        ran.extend(items)
-        return list(items)
-
-    c = Coalescer(run, lanes=1, max_batch=4, max_delay=0)
-    errors: dict[int, BaseException] = {}
-    answers: dict[int, object] = {}
-
-    def call(i, deadline):
-        try:
-            answers[i] = c.submit("k", i, deadline)
-        except DeadlineExceeded as exc:
-            errors[i] = exc
-
-    first = threading.Thread(target=call, args=(0, None))
-    first.start()
-    time.sleep(0.1)
-    late = threading.Thread(target=call, args=(1, time.monotonic() + 0.05))
-    patient = threading.Thread(target=call, args=(2, time.monotonic() + 60))
-    late.start()
-    patient.start()
-    time.sleep(0.3)  # 1's deadline passes while the lane is held
-    gate.set()
-    for t in (first, late, patient):
-        t.join(10)
-    assert set(errors) == {1} and answers == {0: 0, 2: 2}
-    assert 1 not in ran
-
-
-def test_a_call_given_up_while_waiting_is_answered_unrun():
-    from mgsv_sk.serve.batching import Abandoned
+@pytest.mark.parametrize("why", ["deadline", "abandoned"])
+def test_a_call_no_longer_wanted_while_it_waits_is_answered_unrun(why):
+    """Call 1's deadline passes, or its client leaves, while call 0 holds the only lane:
+    it is answered DeadlineExceeded / Abandoned and never run; call 2 (still wanted) is."""
+    from mgsv_sk.serve.batching import Abandoned, DeadlineExceeded
 
     ran: list[int] = []
     gate = threading.Event()
@@ -320,27 +286,31 @@ def test_a_call_given_up_while_waiting_is_answered_unrun():
 
     c = Coalescer(run, lanes=1, max_batch=4, max_delay=0)
     outcome: dict[int, object] = {}
-    left, stays = threading.Event(), threading.Event()
+    left = {i: threading.Event() for i in range(3)}
 
-    def call(i, abandoned):
+    def call(i, deadline):
         try:
-            outcome[i] = c.submit("k", i, None, abandoned)
-        except Abandoned as exc:
+            outcome[i] = c.submit("k", i, deadline, left[i])
+        except (DeadlineExceeded, Abandoned) as exc:
             outcome[i] = exc
 
-    threads = [threading.Thread(target=call, args=(0, None))]
-    threads[0].start()
+    first = threading.Thread(target=call, args=(0, None))
+    first.start()
     time.sleep(0.1)
-    threads += [threading.Thread(target=call, args=(1, left)),
-                threading.Thread(target=call, args=(2, stays))]
-    for t in threads[1:]:
+    late = time.monotonic() + 0.05 if why == "deadline" else None
+    others = [threading.Thread(target=call, args=(1, late)),
+              threading.Thread(target=call, args=(2, time.monotonic() + 60))]
+    for t in others:
         t.start()
-    time.sleep(0.2)
-    left.set()  # 1's client leaves while the lane is held
+    if why == "abandoned":
+        time.sleep(0.1)
+        left[1].set()
+    time.sleep(0.3)  # 1 is no longer wanted while the lane is held
     gate.set()
-    for t in threads:
+    for t in (first, *others):
         t.join(10)
-    assert isinstance(outcome[1], Abandoned) and outcome[0] == 0 and outcome[2] == 2
+    expected = DeadlineExceeded if why == "deadline" else Abandoned
+    assert isinstance(outcome[1], expected) and outcome[0] == 0 and outcome[2] == 2
     assert sorted(ran) == [0, 2]
 
 

@@ -20,7 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("av")
 httpx = pytest.importorskip("httpx")
 
-from _serve import ThreadedServer, fixture_dir  # noqa: E402
+from _serve import ThreadedServer, fixture_dir, held, one_lane_held, wait_until  # noqa: E402
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
 from mgsv_sk.serve.errors import ApiError  # noqa: E402
@@ -864,38 +864,13 @@ def test_a_request_whose_client_left_is_not_run(fx):
     """A client that sends requests and hangs up spends no model time: one still waiting
     for the lane when its connection closes is dropped unrun (counted as a failure),
     the one already running finishes."""
-    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
-    model.batch_delay = 0.0
-    release, ran = threading.Event(), []
-    run = model._batcher._run
-
-    def held(payloads):
-        ran.append(len(payloads))
-        release.wait(30)
-        return run(payloads)
-
-    model._batcher._run = held
+    model, release, ran = one_lane_held(fx)
     body = json.dumps(BODY).encode()
     request = (b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                b"\r\n" % len(body) + body)
     with ThreadedServer(create_app(model)) as running:
-        first = connect(running.port)
-        first.sendall(request)
-        deadline = time.monotonic() + 20
-        while not ran and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert ran == [1]
-        leaving = [connect(running.port, f"127.0.0.{i + 2}") for i in range(3)]
-        for sock in leaving:
-            sock.sendall(request)
-        time.sleep(0.5)  # read, decoded and waiting for the lane
-        for sock in leaving:
-            sock.close()
-        time.sleep(0.5)  # the server sees them go
-        release.set()
-        with first:
-            assert read_all(first).startswith(b"HTTP/1.1 200")
-        time.sleep(0.3)
+        assert _leave_while_held(running.port, request, release, ran, 3).startswith(
+            b"HTTP/1.1 200")
         assert ran == [1], ran  # the three that left were never run
         stats = httpx.get(f"{running.url}/v2/models/mgsv/stats").json()["model_stats"][0]
         assert stats["inference_stats"]["fail"]["count"] == 3, stats
@@ -909,15 +884,8 @@ def test_an_upload_whose_client_left_is_not_decoded(fx, monkeypatch):
     import mgsv_sk.extract.recommend as recommend
 
     model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
-    release, decoded = threading.Event(), []
-    query = recommend.video_query
-
-    def held(*args, **kwargs):
-        decoded.append(1)
-        release.wait(30)
-        return query(*args, **kwargs)
-
-    monkeypatch.setattr(recommend, "video_query", held)
+    query, release, decoded = held(recommend.video_query)
+    monkeypatch.setattr(recommend, "video_query", query)
     clip = (fx / "query.mp4").read_bytes()
     head = (b'--B\r\nContent-Disposition: form-data; name="video"; filename="q.mp4"\r\n'
             b"Content-Type: video/mp4\r\n\r\n")
@@ -925,20 +893,29 @@ def test_an_upload_whose_client_left_is_not_decoded(fx, monkeypatch):
     upload = (b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
               b"boundary=B\r\nContent-Length: %d\r\n\r\n" % len(form) + form)
     with ThreadedServer(create_app(model)) as running:
-        first = connect(running.port)
-        first.sendall(upload)
-        deadline = time.monotonic() + 20
-        while not decoded and time.monotonic() < deadline:
-            time.sleep(0.02)
-        leaving = [connect(running.port, f"127.0.0.{i + 2}") for i in range(2)]
-        for sock in leaving:
-            sock.sendall(upload)
-        time.sleep(0.5)  # received, waiting for the decoder
-        for sock in leaving:
-            sock.close()
-        time.sleep(0.5)
-        release.set()
-        with first:
-            assert read_all(first).startswith(b"HTTP/1.1 200")
-        time.sleep(0.3)
-        assert decoded == [1], decoded
+        assert _leave_while_held(running.port, upload, release, decoded, 2).startswith(
+            b"HTTP/1.1 200")
+        assert len(decoded) == 1, decoded
+
+
+def _leave_while_held(port: int, request: bytes, release: threading.Event, started: list,
+                      leaving: int) -> bytes:
+    """Send ``request`` and wait until it is held (``started``), then the same from
+    ``leaving`` other addresses, which hang up while it is held; release it and return
+    its answer (a moment later: what the others would have started has started)."""
+    first = connect(port)
+    first.sendall(request)
+    wait_until(lambda: started)
+    assert len(started) == 1
+    others = [connect(port, f"127.0.0.{i + 2}") for i in range(leaving)]
+    for sock in others:
+        sock.sendall(request)
+    time.sleep(0.5)  # read, decoded and waiting behind the held one
+    for sock in others:
+        sock.close()
+    time.sleep(0.5)  # the server sees them go
+    release.set()
+    with first:
+        answer = read_all(first)
+    time.sleep(0.3)
+    return answer

@@ -18,7 +18,7 @@ pytest.importorskip("av")
 httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 
-from _serve import ThreadedServer, fixture_dir, free_port  # noqa: E402
+from _serve import ThreadedServer, fixture_dir, free_port, one_lane_held, wait_until  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
@@ -623,24 +623,12 @@ def test_grpc_calls_whose_message_never_comes_hold_no_place(model):
 def test_a_grpc_call_its_client_cancelled_is_not_run(tmp_path_factory):
     """A call cancelled by its client while it waits for the lane is dropped unrun (as an
     HTTP request whose connection closes); the one already running finishes."""
-    import threading
 
     import grpc
 
     from mgsv_sk.serve.grpc import predict_v2_pb2 as pb
 
-    fx = fixture_dir(tmp_path_factory)
-    model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
-    model.batch_delay = 0.0
-    release, ran = threading.Event(), []
-    run = model._batcher._run
-
-    def held(payloads):
-        ran.append(len(payloads))
-        release.wait(30)
-        return run(payloads)
-
-    model._batcher._run = held
+    model, release, ran = one_lane_held(fixture_dir(tmp_path_factory))
     port = free_port()
     request = pb.ModelInferRequest(model_name="mgsv")
     request.inputs.add(name="video_frames", datatype="FP32", shape=FRAMES.shape)
@@ -651,9 +639,7 @@ def test_a_grpc_call_its_client_cancelled_is_not_run(tmp_path_factory):
                                     request_serializer=pb.ModelInferRequest.SerializeToString,
                                     response_deserializer=pb.ModelInferResponse.FromString)
         first = infer.future(request, timeout=60)
-        deadline = time.monotonic() + 20
-        while not ran and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: ran)
         leaving = [infer.future(request, timeout=60) for _ in range(3)]
         time.sleep(0.5)  # decoded and waiting for the lane
         for call in leaving:
