@@ -369,6 +369,7 @@ class ServedModel:
                              f"at most {max_seconds:g} s: trim it")
         if self.video_encoder is None:
             raise ValueError("this bundle holds no video encoder, so it cannot read videos")
+
         def still_wanted() -> None:
             if abandoned is not None and abandoned.is_set():
                 raise Abandoned
