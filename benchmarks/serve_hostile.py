@@ -49,26 +49,14 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]
+                                                         / "tests")]
+from _serve import connect, stalled_upload, video_form  # noqa: E402
 from serve_load import RESULTS, free_port, oip_body, percentiles, start_server  # noqa: E402
 
-UPLOAD_BOUNDARY = "hostile"
 #: The legitimate client's address (grpcio's channels cannot choose theirs: 127.0.0.1 is
 #: the gRPC client's).
 LEGITIMATE = "127.0.0.9"
-
-
-def form(path: Path) -> tuple[bytes, str]:
-    """A multipart body with ``path`` as its ``video`` field, and its Content-Type."""
-    head = (f"--{UPLOAD_BOUNDARY}\r\nContent-Disposition: form-data; name=\"video\"; "
-            f"filename=\"{path.name}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
-    return (head + path.read_bytes() + f"\r\n--{UPLOAD_BOUNDARY}--\r\n".encode(),
-            f"multipart/form-data; boundary={UPLOAD_BOUNDARY}")
-
-
-def connect(port: int, source: str, timeout: float = 30) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
-                                    source_address=(source, 0))
 
 
 def closed(sock: socket.socket) -> bool:
@@ -109,12 +97,8 @@ class Hostile:
 def stalled_uploads(port: int, source: str) -> Callable[..., None]:
     def work(stop: threading.Event, tally: Counter[str]) -> None:
         def open_one() -> socket.socket:
-            sock = connect(port, source)
-            sock.sendall((f"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                          f"Content-Type: multipart/form-data; boundary={UPLOAD_BOUNDARY}"
-                          "\r\n\r\n").encode() + b"\x00" * 500)
             tally["opened"] += 1
-            return sock
+            return stalled_upload(port, source)
         socks = [open_one() for _ in range(3)]
         while not stop.wait(0.5):
             for i, sock in enumerate(socks):
@@ -224,7 +208,7 @@ def malformed(port: int, source: str) -> Callable[..., None]:
         while not stop.wait(0.05):
             name, raw = requests[i % len(requests)]
             i += 1
-            with connect(port, source, timeout=15) as sock:
+            with connect(port, source) as sock:
                 try:
                     sock.sendall(raw)
                     status = sock.recv(64).split(b" ")[1].decode()
@@ -235,7 +219,7 @@ def malformed(port: int, source: str) -> Callable[..., None]:
 
 
 def huge_frames(port: int, source: str, path: Path) -> Callable[..., None]:
-    body, kind = form(path)
+    body, kind = video_form(path.read_bytes(), path.name)
 
     def work(stop: threading.Event, tally: Counter[str]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
@@ -293,7 +277,7 @@ def legitimate(port: int, bodies: list[tuple[bytes, dict[str, str]]], clip: Path
     errors: Counter[str] = Counter()
 
     def uploads() -> None:
-        body, kind = form(clip)
+        body, kind = video_form(clip.read_bytes(), clip.name)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
                                           source_address=(LEGITIMATE, 0))
         while time.monotonic() < stop:

@@ -1,5 +1,6 @@
-"""Shared by the service tests: the fixture folder (built once per session) and a uvicorn
-server on a free loopback port, in a thread."""
+"""Shared by the service tests (and the service's benchmarks): the fixture folder (built
+once per session), a uvicorn server on a free loopback port, in a thread, and raw clients:
+connections from any loopback address, upload forms, a stalled upload."""
 
 from __future__ import annotations
 
@@ -36,6 +37,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def connect(port: int, source: str = "127.0.0.1", timeout: float = 15) -> socket.socket:
+    """A raw connection from ``source`` (any 127.x address is this machine's loopback)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                    source_address=(source, 0))
+
+
+def form_head(filename: str = "q.mp4", boundary: str = "B") -> bytes:
+    """A multipart form's opening up to the ``video`` file field's bytes."""
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
+
+
+def video_form(data: bytes, filename: str = "q.mp4", boundary: str = "B") -> tuple[bytes, str]:
+    """A whole multipart form with ``data`` as its ``video`` file, and its Content-Type."""
+    return (form_head(filename, boundary) + data + f"\r\n--{boundary}--\r\n".encode(),
+            f"multipart/form-data; boundary={boundary}")
+
+
+def stalled_upload(port: int, source: str, forwarded: str | None = None) -> socket.socket:
+    """An upload that declares 100 kB, sends its first 500 bytes and stops (saying it
+    comes for ``forwarded``, as a proxy's request would)."""
+    boundary = "stall"
+    first = (form_head("a.mp4", boundary) + b"\x00" * 500)[:500]
+    proxy = "" if forwarded is None else f"X-Forwarded-For: {forwarded}\r\n"
+    sock = connect(port, source)
+    sock.sendall((f"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                  f"{proxy}Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+                  ).encode() + first)
+    return sock
 
 
 class ThreadedServer:

@@ -29,7 +29,7 @@ pytest.importorskip("av")
 pytest.importorskip("soundfile")
 
 import soundfile as sf  # noqa: E402
-from _serve import ThreadedServer, fixture_dir, free_port  # noqa: E402
+from _serve import ThreadedServer, fixture_dir, form_head, free_port  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
@@ -257,8 +257,7 @@ def test_recommend_errors(client, fx, tmp_path, monkeypatch):
     # a form cut off inside the video (no closing boundary) is not read as a whole video;
     # a boundary the parser cannot use is the client's error (400), not the server's
     clip = (fx / "query.mp4").read_bytes()
-    head = (b'--B\r\nContent-Disposition: form-data; name="video"; filename="q.mp4"\r\n'
-            b"Content-Type: video/mp4\r\n\r\n")
+    head = form_head()
     assert "no closing boundary" in error_of(client.post(
         "/v1/recommend", content=head + clip + b"\r\n",
         headers={"content-type": "multipart/form-data; boundary=B"}), 400)

@@ -20,7 +20,16 @@ pytest.importorskip("fastapi")
 pytest.importorskip("av")
 httpx = pytest.importorskip("httpx")
 
-from _serve import ThreadedServer, fixture_dir, held, one_lane_held, wait_until  # noqa: E402
+from _serve import (  # noqa: E402
+    ThreadedServer,
+    connect,
+    fixture_dir,
+    held,
+    one_lane_held,
+    stalled_upload,
+    video_form,
+    wait_until,
+)
 
 from mgsv_sk.serve import ServeConfig, ServedModel, create_app  # noqa: E402
 from mgsv_sk.serve.errors import ApiError  # noqa: E402
@@ -44,13 +53,6 @@ def model(fx) -> ServedModel:
 def server(model):
     with ThreadedServer(create_app(model)) as running:
         yield running
-
-
-def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    """A raw connection from ``source`` (any 127.x address is this machine's loopback)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15,
-                                    source_address=(source, 0))
-    return sock
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -79,21 +81,6 @@ def read_answer(sock: socket.socket) -> bytes:
     while len(body) < length and (chunk := sock.recv(65536)):
         body += chunk
     return head + b"\r\n\r\n" + body
-
-
-def stalled_upload(port: int, source: str, forwarded: str | None = None) -> socket.socket:
-    """An upload that declares 100 kB, sends its first 500 bytes and stops (saying it
-    comes for ``forwarded``, as a proxy's request would)."""
-    boundary = "stall"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"video\"; "
-            f"filename=\"a.mp4\"\r\nContent-Type: video/mp4\r\n\r\n").encode()
-    first = (head + b"\x00" * 500)[:500]
-    proxy = "" if forwarded is None else f"X-Forwarded-For: {forwarded}\r\n"
-    sock = connect(port, source)
-    sock.sendall((f"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                  f"{proxy}Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
-                  ).encode() + first)
-    return sock
 
 
 def test_stalled_uploads_hold_no_slot_and_are_cut_off(model):
@@ -903,13 +890,9 @@ def test_an_upload_whose_client_left_is_not_decoded(fx, monkeypatch):
     model = ServedModel.load(fx / "bundle", fx / "catalogue", lanes=1)
     query, release, decoded = held(recommend.video_query)
     monkeypatch.setattr(recommend, "video_query", query)
-    clip = (fx / "query.mp4").read_bytes()
-    head = (b'--B\r\nContent-Disposition: form-data; name="video"; filename="q.mp4"\r\n'
-            b"Content-Type: video/mp4\r\n\r\n")
-    form = head + clip + b"\r\n--B--\r\n"
+    form, kind = video_form((fx / "query.mp4").read_bytes())
     upload = (b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: "
-              b"multipart/form-data; boundary=B\r\nContent-Length: %d\r\n\r\n" % len(form)
-              + form)
+              + kind.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(form) + form)
     with ThreadedServer(create_app(model)) as running:
         assert _leave_while_held(running.port, upload, release, decoded, 2).startswith(
             b"HTTP/1.1 200")
