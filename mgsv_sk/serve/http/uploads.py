@@ -9,10 +9,12 @@ and owns the folder, which it deletes after the request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote_to_bytes
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -49,11 +51,33 @@ class Upload:
     size: int
 
 
-def _is_video(content_type: str, suffix: str) -> bool:
+def _is_video(content_type: str, suffix: str, named: bool = True) -> bool:
+    """Whether a ``video`` part may be a video: its declared type, else its name's suffix;
+    a part with no file name at all (a client that sends the bytes as the field's value)
+    and no specific type is left to the decoder, which says clearly when it is not one."""
     if content_type.startswith("video/"):
         return True
     generic = content_type in ("", "application/octet-stream")
-    return generic and suffix in VIDEO_EXTENSIONS
+    return generic and (suffix in VIDEO_EXTENSIONS or not named)
+
+
+#: ``filename*=charset'language'percent-encoded`` (RFC 5987/8187), which some clients send
+#: for a name outside ASCII and the multipart parser drops.
+_EXTENDED_NAME = re.compile(
+    r"""(?i)(?:^|;)\s*filename\*\s*=\s*([\w!#$%&+^`{}~-]*)'[^']*'([^;\s]*)""")
+
+
+def _file_name(plain: bytes | None, disposition: str) -> str | None:
+    """The part's file name: the extended ``filename*`` where given (RFC 7578 lets a
+    server read either), else ``filename``; None when the part names no file."""
+    extended = _EXTENDED_NAME.search(disposition)
+    if extended is not None:
+        charset = extended.group(1) or "utf-8"
+        try:
+            return unquote_to_bytes(extended.group(2)).decode(charset, "replace")
+        except LookupError:  # an unknown charset: the bytes as UTF-8, which most are
+            return unquote_to_bytes(extended.group(2)).decode("utf-8", "replace")
+    return None if plain is None else plain.decode("utf-8", "replace")
 
 
 class _VideoPart:
@@ -90,20 +114,21 @@ class _VideoPart:
         self._field = self._value = b""
 
     def headers_finished(self) -> None:
-        _, options = parse_options_header(self.headers.get("content-disposition", ""))
+        disposition = self.headers.get("content-disposition", "")
+        _, options = parse_options_header(disposition)
         name = options.get(b"name", b"").decode("latin-1")
-        filename = options.get(b"filename")
-        if name != FIELD or filename is None:
+        if name != FIELD:
             return
         if self.upload is not None:  # which one to answer for would be a guess
             self.problem = ApiError(400, f"the form has more than one {FIELD!r} file; send "
                                          "one video per request")
             return
-        name_text = Path(filename.decode("utf-8", "replace")).name or "upload"
+        filename = _file_name(options.get(b"filename"), disposition)
+        name_text = Path(filename or "").name or "upload"
         content_type = parse_options_header(self.headers.get("content-type", ""))[0].decode(
             "latin-1").lower()
         suffix = Path(name_text).suffix.lower()
-        if not _is_video(content_type, suffix):
+        if not _is_video(content_type, suffix, named=filename is not None):
             self.problem = ApiError(415, f"the upload {shown(name_text)} is of type "
                                          f"{shown(content_type or 'unknown')}, not a video; send a "
                                          f"video file ({_KINDS})")

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from ...admission import unless_given_up
 from ...batching import Abandoned
 from ...engine import MODEL_NAME, ServedModel, TrackResult
-from ...errors import ApiError
+from ...errors import ApiError, shown
 from ...state import ServeState
 from ..body import BodyLimits, body_chunks, declared_length, disconnected
 from ..schemas import RecommendResponse, errors
@@ -60,6 +60,10 @@ def _upload_schema(state: ServeState) -> dict[str, Any]:
                                    f"{config.max_upload_bytes} bytes"}}}}}}}
 
 
+#: The query parameters of /v1/recommend (the route's arguments below).
+_OPTIONS = frozenset({"k", "moments_per_track"})
+
+
 def uploads_router(state: ServeState) -> APIRouter:
     router = APIRouter()
     config = state.config
@@ -79,6 +83,11 @@ def uploads_router(state: ServeState) -> APIRouter:
         """Upload a video; get the catalogue tracks that fit it, each with its moment(s)
         and a URL that plays exactly the moment."""
         began = time.perf_counter()
+        # a misspelt option (?top_k=3) would otherwise be dropped and the defaults served
+        unknown = sorted(set(request.query_params) - _OPTIONS)
+        if unknown:
+            raise ApiError(400, f"unknown query parameter {shown(unknown[0])}; /v1/recommend "
+                                f"takes {', '.join(sorted(_OPTIONS))}")
         model = state.ready_model()
         if not model.can_recommend:
             raise ApiError(501, "this bundle holds no video encoder, so it cannot read "
