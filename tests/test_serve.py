@@ -132,6 +132,23 @@ def test_the_loaded_app_is_frozen_out_of_the_collector_until_it_stops(fx):
     assert gc.get_freeze_count() == 0
 
 
+def test_the_app_shortens_the_thread_switch_interval_while_it_runs(model):
+    """An inference thread takes the GIL back after each native call; at CPython's 5 ms
+    interval a busy event loop (one client flooding cheap GETs) held every request for
+    seconds. The app runs at 0.5 ms at most, and gives the setting back when it stops."""
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.004)
+        with TestClient(create_app(model)):
+            assert sys.getswitchinterval() == pytest.approx(0.0005, abs=2e-6)
+        assert sys.getswitchinterval() == pytest.approx(0.004, abs=2e-6)
+        sys.setswitchinterval(0.0001)  # a process that chose a shorter one keeps it
+        with TestClient(create_app(model)):
+            assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_the_model_answers_one_call_before_it_is_ready(fx, caplog):
     """A loaded model answers a warm-up call before /v2/health/ready says 200, so the
     first client does not pay for what a first call does once; a warm-up that fails is
@@ -227,6 +244,43 @@ def test_two_users_at_once_get_their_own_results(client, fx):
         t.join()
     assert together == alone
     assert alone["query.mp4"] != alone["other.mp4"]
+
+
+def test_the_video_part_is_read_by_its_field_name_whatever_names_the_file(client, fx):
+    """RFC 7578 lets a client name the file with ``filename*`` (RFC 5987: what clients
+    send for a name outside ASCII) or send the bytes as the field's value with no file
+    name; both are the video, the extended name shown decoded."""
+    clip = (fx / "query.mp4").read_bytes()
+    want = post_video(client, fx / "query.mp4", k=3).json()["tracks"]
+    for disposition, shown_as in [
+            ("filename*=UTF-8''%C3%A9t%C3%A9%20%E2%80%94%20clip.mp4",
+             "\u00e9t\u00e9 \u2014 clip.mp4"),
+            ('filename="plain.mp4"; filename*=utf-8\'\'%C3%A9.mp4', "\u00e9.mp4"),
+            ("filename*=iso-8859-1'fr'%E9t%E9.mp4", "\u00e9t\u00e9.mp4"),
+            ("", "upload")]:
+        body = (f'--B\r\nContent-Disposition: form-data; name="video"; {disposition}\r\n'
+                "\r\n").encode() + clip + b"\r\n--B--\r\n"
+        response = client.post("/v1/recommend?k=3", content=body,
+                               headers={"content-type": "multipart/form-data; boundary=B"})
+        assert response.status_code == 200, (disposition, response.text)
+        assert response.json()["video"]["filename"] == shown_as
+        assert response.json()["tracks"] == want
+    # a nameless part that is not a video is the decoder's clear 422, not a 413 or 415
+    body = b'--B\r\nContent-Disposition: form-data; name="video"\r\n\r\nhello\r\n--B--\r\n'
+    assert "as a video" in error_of(client.post(
+        "/v1/recommend", content=body,
+        headers={"content-type": "multipart/form-data; boundary=B"}), 422)
+
+
+def test_an_unknown_query_parameter_is_named_before_the_upload_is_read(client, fx):
+    # a misspelt option must not be dropped silently and the defaults served
+    for query in ("top_k=3", "k=3&moments=2", "K=3"):
+        message = error_of(client.post(f"/v1/recommend?{query}", content=b"never read",
+                                       headers={"content-type": "multipart/form-data; "
+                                                                "boundary=B"}), 400)
+        name = query.split("&")[-1].split("=")[0]
+        assert f"unknown query parameter '{name}'" in message, message
+        assert "k, moments_per_track" in message
 
 
 def test_recommend_errors(client, fx, tmp_path, monkeypatch):
