@@ -12,6 +12,7 @@ import string
 import struct
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -243,6 +244,32 @@ def test_an_ipv6_host_is_one_client_from_any_address_of_its_64():
     assert client_key("/run/mgsv.sock") == "/run/mgsv.sock"
 
 
+def test_the_pacer_is_a_bucket_per_client_while_others_are_active():
+    from mgsv_sk.serve.admission import ACTIVE_SECONDS, MOST_PACING_SECONDS, Pacer
+
+    pacer = Pacer(10.0, ServeConfig(forwarded_allow_ips="10.9.0.0/16").is_trusted_proxy)
+    # alone: never waits, however fast it asks
+    assert all(pacer.wait("10.0.0.1", 0.0) == 0 for _ in range(100))
+    assert pacer.wait("10.0.0.2", 0.0) == 0  # another client, its bucket full
+    # the first one's debt is capped at MOST_PACING_SECONDS, repaid at 10 a second
+    assert pacer.wait("10.0.0.1", 0.0) == pytest.approx(MOST_PACING_SECONDS)
+    assert pacer.wait("10.0.0.1", 0.5) == pytest.approx(0.6)  # -10 + 5 - 1
+    # an IPv6 host is one client however many addresses of its /64 it uses
+    assert [pacer.wait(f"2001:db8::{i}", 0.6) for i in range(12)][-3:] == [
+        0, pytest.approx(0.1), pytest.approx(0.2)]
+    # a trusted proxy is never paced
+    assert all(pacer.wait("10.9.3.4", 0.7) == 0 for _ in range(50))
+    # a client quiet for ACTIVE_SECONDS starts afresh: a full bucket, others active
+    later = 0.7 + ACTIVE_SECONDS
+    assert pacer.wait("10.0.0.2", later) == 0
+    waits = [pacer.wait("10.0.0.1", later) for _ in range(11)]
+    assert waits[:10] == [0] * 10 and waits[10] == pytest.approx(0.1)
+    # and once the others are quiet that long, it is alone again
+    assert all(pacer.wait("10.0.0.1", later + ACTIVE_SECONDS + 0.01) == 0
+               for _ in range(30))
+    assert Pacer(None).wait("10.0.0.1", 0.0) == 0
+
+
 def test_connections_that_never_finish_their_headers_are_closed(model):
     # uvicorn alone keeps them open forever: one silent connection and one that sends a
     # header line every 0.2 s are closed once header_seconds pass; a keep-alive client
@@ -274,11 +301,29 @@ def test_connections_that_never_finish_their_headers_are_closed(model):
             sock.close()
 
 
+@pytest.mark.parametrize(("raw", "status"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000, b"431"),
+    (b"GET /" + b"a" * 20_000, b"414"),
+])
+@pytest.mark.parametrize("pieces", [1, 8])
+def test_an_unfinished_head_past_the_parsers_bound_is_414_or_431(server, raw, status, pieces):
+    """The parser gives up on 16 KiB of a head it cannot finish; the answer is the one a
+    whole head of that size gets (a long request line 414, long fields 431), whether it
+    came at once or in pieces (a slow link, or a paced connection read later)."""
+    with connect(server.port) as sock:
+        for i in range(pieces):
+            sock.sendall(raw[i * len(raw) // pieces:(i + 1) * len(raw) // pieces])
+            time.sleep(0.02 if pieces > 1 else 0)
+        answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head, head
+    assert "at most" in json.loads(body)["error"]
+
+
 @pytest.mark.parametrize("raw", [
     b"GARBAGE\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000,  # headers past 16 KiB
     b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-], ids=["garbage", "headers-over-16k", "bad-header"])
+], ids=["garbage", "bad-header"])
 def test_requests_that_are_not_http_get_a_json_400(server, raw):
     sock = connect(server.port)
     sock.sendall(raw)
@@ -309,6 +354,53 @@ def test_one_address_cannot_hold_every_connection(model):
         assert read_all(again).startswith(b"HTTP/1.1 200")
         for sock in [*mine, extra, again]:
             sock.close()
+
+
+def pipelined_gets(port: int, source: str, n: int) -> tuple[float, list[bytes]]:
+    """``n`` GETs of /v2/health/live sent at once on one connection from ``source``: the
+    seconds until the last answer, and the answers' statuses."""
+    with connect(port, source) as sock, sock.makefile("rb") as answers:
+        began = time.monotonic()
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        statuses = []
+        for _ in range(n):
+            statuses.append(answers.readline().split(b" ")[1])
+            length = 0
+            for line in iter(answers.readline, b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            answers.read(length)
+        return time.monotonic() - began, statuses
+
+
+def test_an_address_flooding_while_others_are_active_is_paced_never_refused(model):
+    """Requests that need no inference cost only the event loop every client shares: past
+    ``max_client_rate`` (a burst of as many) one address's next requests are read later,
+    while another address is answered at once; a lone address is never slowed."""
+    config = ServeConfig(workers=1, queue_size=2, max_client_rate=20)
+    with ThreadedServer(create_app(model, config=config)) as running:
+        # the readiness probe's address, alone: not paced
+        alone, statuses = pipelined_gets(running.port, "127.0.0.1", 60)
+        assert statuses == [b"200"] * 60
+        other = connect(running.port, "127.0.0.3")
+        ask = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        other.sendall(ask)  # another client is active now
+        assert read_answer(other).startswith(b"HTTP/1.1 200")
+        flood: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: flood.update(
+            got=pipelined_gets(running.port, "127.0.0.4", 60)))
+        thread.start()
+        time.sleep(0.5)  # the flood is past its burst of 20 and paced now
+        began = time.monotonic()
+        other.sendall(ask)
+        assert read_answer(other).startswith(b"HTTP/1.1 200")
+        served_at_once = time.monotonic() - began
+        thread.join(30)
+        paced, statuses = flood["got"]
+        assert statuses == [b"200"] * 60  # slowed, never refused
+        # 40 requests past the burst at 20 a second take 2 s however fast the machine
+        assert paced >= 1.5 > alone and served_at_once < 1.0, (paced, alone, served_at_once)
+        other.close()
 
 
 def test_connections_from_many_addresses_cannot_take_every_place(model):

@@ -670,6 +670,30 @@ def test_a_silent_grpc_connection_is_closed(model):
         sock.close()
 
 
+def test_grpc_calls_share_the_pace_of_their_address_with_http(model):
+    """A gRPC client past ``max_client_rate`` while an HTTP client is active waits
+    before each call (the event loop runs both transports' handlers); none is refused."""
+    import httpx
+
+    port = free_port()
+    app = create_app(model, config=ServeConfig(workers=1, queue_size=2, max_client_rate=20),
+                     grpc_address=f"127.0.0.1:{port}")
+    with ThreadedServer(app) as running:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        began = time.monotonic()
+        assert all(client.is_server_live() for _ in range(40))  # alone: at once
+        alone = time.monotonic() - began
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.5"))
+        assert other.get(f"{running.url}/v2/health/live").status_code == 200
+        began = time.monotonic()
+        assert all(client.is_server_live() for _ in range(40))  # another client active
+        paced = time.monotonic() - began
+        # 40 calls at 20 a second, the bucket emptied by the 40 before: about 2 s
+        assert paced >= 1.5 > alone, (paced, alone)
+        other.close()
+        client.close()
+
+
 def test_grpc_connections_are_capped_and_leave_http_its_own(model):
     """The gRPC port holds half of max_connections: more silent connections are refused
     (closed at once), so they cannot take the descriptors HTTP needs."""
@@ -760,3 +784,9 @@ def test_cli_grpc_port_errors(tmp_path_factory, capsys):
         ServeConfig(max_client_connections=0)
     assert ServeConfig(workers=2, queue_size=4).client_connections == 64
     assert ServeConfig(workers=4, queue_size=16).client_connections == 80
+    for rate in (0, -1, float("inf"), float("nan"), True, "200"):
+        with pytest.raises(ValueError, match="max_client_rate must be a positive number"):
+            ServeConfig(max_client_rate=rate)
+    assert ServeConfig(max_client_rate=None).max_client_rate is None
+    with pytest.raises(SystemExit):
+        main(["serve", str(fx / "bundle"), "--max-client-rate", "-5"])

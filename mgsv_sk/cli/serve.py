@@ -33,6 +33,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          n_threads=args.n_threads,
                          max_client_requests=args.max_client_requests,
                          max_client_connections=args.max_client_connections,
+                         max_client_rate=args.max_client_rate or None,
                          max_connections=args.max_connections,
                          batch_delay_ms=args.batch_delay_ms, lanes=args.lanes,
                          forwarded_allow_ips=args.forwarded_allow_ips)
@@ -67,6 +68,13 @@ def _positive(kind: Any) -> Any:
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
         return value
     return parse
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -112,6 +120,10 @@ def add_serve_command(sub: Any, command: Any) -> None:
                    metavar="N", help="open connections one client address may hold "
                                      "(default: 4 x (workers + queue size), at least 64; "
                                      "behind a reverse proxy, its connection pool)")
+    p.add_argument("--max-client-rate", type=_non_negative, default=200.0, metavar="N",
+                   help="requests a second one client address may start while others are "
+                        "connected; beyond it its next requests wait (default 200; 0: no "
+                        "limit)")
     p.add_argument("--max-connections", type=_positive(int), default=None, metavar="N",
                    help="open connections from all addresses; one more closes the one that "
                         "has waited longest for a request (default: half the open-file "

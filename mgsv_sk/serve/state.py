@@ -9,7 +9,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .admission import Admission, ByteBudget, ClientGate, NoRoom, Overloaded, TooManyFromClient
+from .admission import (
+    Admission,
+    ByteBudget,
+    ClientGate,
+    NoRoom,
+    Overloaded,
+    Pacer,
+    TooManyFromClient,
+)
 from .config import ServeConfig
 from .engine import ServedModel
 from .errors import CLOSE, ApiError
@@ -26,6 +34,7 @@ class ServeState:
         self.metrics = metrics
         self.admission = Admission(config.workers, config.queue_size)
         self.clients = ClientGate(config.client_share)
+        self.pacer = Pacer(config.max_client_rate, config.is_trusted_proxy)
         self.uploads = ByteBudget(config.upload_budget, tempfile.gettempdir(),
                                   config.max_upload_bytes)
         self.bodies = ByteBudget(config.body_budget)

@@ -16,6 +16,7 @@ element), as Triton's clients read them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -211,6 +212,10 @@ def _reader(request_type: Any) -> Callable[[bytes], Any]:
     return read
 
 
+#: The calls the per-client share of inference places bounds: not charged to the pace.
+_BOUNDED = frozenset(f"/{GRPC_SERVICE}/{name}" for name in ("ModelInfer", "ModelStreamInfer"))
+
+
 def _malformed(request_type: Any) -> str:
     return (f"the request is not a valid inference.{request_type.__name__} message; "
             "send the KServe v2 protocol's message")
@@ -222,7 +227,13 @@ async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitabl
     """``method(request, context)`` -> (response or None, status code, error message): an
     ApiError becomes its status code, a request that is not its message INVALID_ARGUMENT,
     anything else INTERNAL (logged); counted in the HTTP metrics under a closed set of
-    labels."""
+    labels. A client past its rate (:class:`..admission.Pacer`, shared with HTTP) waits
+    first: the event loop runs every call's handler, as it reads every HTTP request
+    (inference is not charged: its share of inference places bounds it)."""
+    if route not in _BOUNDED:
+        wait = state.pacer.wait(_peer_host(context), asyncio.get_running_loop().time())
+        if wait > 0:
+            await asyncio.sleep(wait)
     began = time.perf_counter()
     code, message, response = grpc.StatusCode.OK, "", None
     try:

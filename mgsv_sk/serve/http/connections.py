@@ -30,6 +30,11 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
   connection's pending bytes are otherwise flushed, however long the client takes, so a
   client that stops reading held its answer's memory for as long as it kept the
   connection open;
+- an address past its rate (:class:`..admission.Pacer`: the requests a second it may
+  start while other addresses are active) has its connection's next request read once
+  its debt is repaid (a new connection's first one likewise): nothing is refused, and
+  the event loop does none of its work meanwhile. Inference requests (:data:`BOUNDED`)
+  are not charged: the per-client share of inference places bounds them already;
 - a body may come in at most :data:`BODY_PIECES` pieces plus one per
   :data:`BYTES_PER_PIECE` bytes of it (chunks of a chunked body, or the reads a
   ``Content-Length`` body trickled in): each piece costs the one event loop every client
@@ -41,14 +46,16 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..admission import client_key
+from ..admission import Pacer, client_key
 from ..config import ServeConfig
+from .middleware import MAX_HEADER_BYTES, MAX_HEADER_FIELDS, MAX_TARGET_BYTES
 
 __all__ = ["guarded_protocol"]
 
@@ -69,6 +76,9 @@ def _refusal(message: str, retry_after_s: int) -> bytes:
 #: are KB: 2 MiB in 16 KB chunks is 128 pieces; 1-byte chunks stop after about a KB).
 BODY_PIECES = 1024
 BYTES_PER_PIECE = 256
+#: The paths whose requests the per-client share of inference places bounds (``infer``,
+#: uploads): not charged to the pace, so it never slows a client's inference.
+BOUNDED = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer|/v1/recommend")
 #: Seconds a closing connection goes on reading (and dropping) what the client still sends
 #: after its last answer, unless the client closes first.
 LINGER_SECONDS = 2.0
@@ -80,8 +90,17 @@ _SPLINTERED = _answer(b"400 Bad Request",
 #: uvicorn answers a request h11 cannot parse with a text/plain 400; the service's errors
 #: are JSON.
 _NOT_HTTP = _answer(b"400 Bad Request",
-                    "the request is not valid HTTP/1.1 (a malformed request line or header, "
-                    "or headers over 16 KiB); send a standard HTTP request")
+                    "the request is not valid HTTP/1.1 (a malformed request line or header); "
+                    "send a standard HTTP request")
+#: A head the parser gave up on past its own bound (16 KiB unparsed: a head that came in
+#: several reads; one read holding it whole reaches :class:`.middleware.HeadLimits`), the
+#: same answers: 414 while its request line is not complete, else 431.
+_LONG_TARGET = _answer(b"414 Request-URI Too Long",
+                       f"the request target is over 16384 bytes; this server takes at most "
+                       f"{MAX_TARGET_BYTES}: send long inputs in the body")
+_LONG_HEAD = _answer(b"431 Request Header Fields Too Large",
+                     f"the request's header fields are over 16384 bytes; this server takes "
+                     f"at most {MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes")
 
 
 class _Counts:
@@ -90,10 +109,10 @@ class _Counts:
     (dicts keep insertion order): the ones closed to make room."""
 
     def __init__(self, header_seconds: float, max_connections: int, retry_after_s: int,
-                 max_total: int, send_idle_seconds: float) -> None:
+                 max_total: int, send_idle_seconds: float, pacer: Pacer) -> None:
         self.header_seconds, self.per_address, self.total = (header_seconds,
                                                              max_connections, max_total)
-        self.send_idle_seconds = send_idle_seconds
+        self.send_idle_seconds, self.pacer = send_idle_seconds, pacer
         self.by_address: Counter[str] = Counter()
         self.opened = 0
         self.waiting: dict[GuardedH11, None] = {}
@@ -151,16 +170,20 @@ class GuardedH11(H11Protocol):
     counts: _Counts
     _deadline: Any = None
     _stalled: Any = None  # the send deadline while the bytes to send pass the high mark
-    _address = ""
+    _address = _peer = ""  # the client's key (:func:`client_key`) and its address
     _started: Any = None  # the request cycle whose headers ended the last wait
     _pieces = _body_bytes = 0  # the current request's body so far
     _splintered = _discarding = False
+    _oversized = False  # the parser's bound on an unparsed head was passed
+    _head = b""  # the start of the head being waited for (is its request line complete?)
     _raw: Any = None  # the transport itself (self.transport lingers on close)
+    _paced: Any = None  # the timer that lets a paced connection's next request be read
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         counts = self.counts
-        self._address = client_key(self.client[0]) if self.client else "unknown"
+        self._peer = self.client[0] if self.client else "unknown"
+        self._address = client_key(self._peer)
         counts.by_address[self._address] += 1
         counts.opened += 1
         if counts.by_address[self._address] > counts.per_address:
@@ -176,11 +199,23 @@ class GuardedH11(H11Protocol):
         self._wait_for_headers()
         self._next_event = self.conn.next_event
         self.conn.next_event = self._counted_event  # type: ignore[method-assign]
+        wait = counts.pacer.wait(self._peer, self.loop.time())
+        if wait > 0:  # its first request is read once the wait is over
+            self.flow.pause_reading()
+            self._paced = self.loop.call_later(wait, self._first_read)
+
+    def _first_read(self) -> None:
+        self._paced = None
+        self.flow.resume_reading()
 
     def _counted_event(self) -> Any:
         """h11's next event, the body's pieces counted (a protocol error past the cap:
         uvicorn then answers through :meth:`send_400_response`)."""
-        event = self._next_event()
+        try:
+            event = self._next_event()
+        except h11.RemoteProtocolError as exc:
+            self._oversized = exc.error_status_hint == 431
+            raise
         if type(event) is h11.Data:
             self._pieces += 1
             self._body_bytes += len(event.data)
@@ -193,6 +228,9 @@ class GuardedH11(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_waiting()
+        if self._paced is not None:
+            self._paced.cancel()
+            self._paced = None
         self._send_resumed()
         counts = self.counts
         counts.by_address[self._address] -= 1
@@ -208,12 +246,24 @@ class GuardedH11(H11Protocol):
             self.stop_waiting()
 
     def on_response_complete(self) -> None:
+        bounded = self.scope is not None and BOUNDED.fullmatch(self.scope["path"])
+        wait = 0.0 if self.transport.is_closing() or bounded else self.counts.pacer.wait(
+            self._peer, self.loop.time())
+        if wait > 0:  # the next request (a pipelined one included) is read after it:
+            # h11 holds what arrives meanwhile and pauses reading once it is a request
+            self._paced = self.loop.call_later(wait, self._next_request)
+            return
+        self._next_request()
+
+    def _next_request(self) -> None:
+        self._paced = None
         # armed first: answering may start a pipelined request, which disarms it
         self._wait_for_headers()
         super().on_response_complete()
 
     def _wait_for_headers(self) -> None:
         self.stop_waiting()
+        self._head = b""
         self._deadline = self.loop.call_later(self.counts.header_seconds, self._headers_late)
         self.counts.waiting[self] = None
 
@@ -252,7 +302,13 @@ class GuardedH11(H11Protocol):
                 return
         # a lingering close: the client may still be sending (its body, the rest of
         # the line h11 could not parse)
-        self.transport.write(_SPLINTERED if self._splintered else _NOT_HTTP)
+        if self._splintered:
+            answer = _SPLINTERED
+        elif self._oversized:
+            answer = _LONG_HEAD if b"\n" in self._head else _LONG_TARGET
+        else:
+            answer = _NOT_HTTP
+        self.transport.write(answer)
         self.transport.close()
 
     def discard_input(self) -> None:
@@ -262,8 +318,11 @@ class GuardedH11(H11Protocol):
         self.flow.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if not self._discarding:
-            super().data_received(data)
+        if self._discarding:
+            return
+        if self._deadline is not None and len(self._head) <= MAX_TARGET_BYTES:
+            self._head += data[:MAX_TARGET_BYTES + 64]  # enough to find the line's end
+        super().data_received(data)
 
     def close_now(self) -> None:
         """Close at once, without lingering (a connection that never sent a whole
@@ -278,13 +337,16 @@ class GuardedH11(H11Protocol):
 
 def guarded_protocol(header_seconds: float, max_connections: int,
                      retry_after_s: int = 1, max_total: int | None = None,
-                     send_idle_seconds: float | None = None) -> type[H11Protocol]:
+                     send_idle_seconds: float | None = None,
+                     pacer: Pacer | None = None) -> type[H11Protocol]:
     """uvicorn's h11 protocol with the header deadline, the per-address cap, the cap on
-    all connections and the send deadline (pass it as ``uvicorn.Config(http=...)``); each
-    call makes a class with its own counts. None: :class:`ServeConfig`'s defaults
-    (``connections``, ``body_idle_seconds``)."""
+    all connections, the per-address pace and the send deadline (pass it as
+    ``uvicorn.Config(http=...)``); each call makes a class with its own counts. None:
+    :class:`ServeConfig`'s defaults (``connections``, ``body_idle_seconds``), and no
+    pacing (the app's :class:`..admission.Pacer` is the one its gRPC calls share)."""
     total = max_total if max_total is not None else ServeConfig().connections
     idle = send_idle_seconds if send_idle_seconds is not None else (
         ServeConfig().body_idle_seconds)
-    counts = _Counts(header_seconds, max_connections, retry_after_s, total, idle)
+    counts = _Counts(header_seconds, max_connections, retry_after_s, total, idle,
+                     pacer if pacer is not None else Pacer(None))
     return type("GuardedH11", (GuardedH11,), {"counts": counts})

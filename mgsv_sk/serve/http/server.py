@@ -33,7 +33,8 @@ def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *,
     limits = state.config if state is not None else ServeConfig()
     protocol = guarded_protocol(limits.header_seconds, limits.client_connections,
                                 limits.retry_after_s, limits.connections,
-                                limits.body_idle_seconds)
+                                limits.body_idle_seconds,
+                                state.pacer if state is not None else None)
     # ws="none": the service has no WebSocket route, and an upgraded connection would leave
     # the guard's protocol without its close (its count never returned)
     # forwarded headers only from the proxies named (uvicorn trusts 127.0.0.1 by default:
