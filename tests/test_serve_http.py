@@ -267,6 +267,12 @@ def test_the_pacer_is_a_bucket_per_client_while_others_are_active():
     # and once the others are quiet that long, it is alone again
     assert all(pacer.wait("10.0.0.1", later + ACTIVE_SECONDS + 0.01) == 0
                for _ in range(30))
+    # a request other limits bound is not charged, but makes its client active: the
+    # client that had been alone waits for its debt now
+    assert all(pacer.wait("10.0.0.1", 10.0) == 0 for _ in range(50))  # alone again
+    assert pacer.wait("10.0.0.3", 10.0, charge=False) == 0
+    assert pacer.wait("10.0.0.1", 10.0) == pytest.approx(MOST_PACING_SECONDS)
+    assert all(pacer.wait("10.0.0.3", 10.0, charge=False) == 0 for _ in range(50))
     assert Pacer(None).wait("10.0.0.1", 0.0) == 0
 
 
@@ -376,15 +382,23 @@ def pipelined_gets(port: int, source: str, n: int) -> tuple[float, list[bytes]]:
 def test_an_address_flooding_while_others_are_active_is_paced_never_refused(model):
     """Requests that need no inference cost only the event loop every client shares: past
     ``max_client_rate`` (a burst of as many) one address's next requests are read later,
-    while another address is answered at once; a lone address is never slowed."""
+    while another address's inference is answered as at once; a lone address is never
+    slowed."""
+    from mgsv_sk.serve.admission import ACTIVE_SECONDS
+
     config = ServeConfig(workers=1, queue_size=2, max_client_rate=20)
     with ThreadedServer(create_app(model, config=config)) as running:
         # the readiness probe's address, alone: not paced
         alone, statuses = pipelined_gets(running.port, "127.0.0.1", 60)
         assert statuses == [b"200"] * 60
         other = connect(running.port, "127.0.0.3")
-        ask = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-        other.sendall(ask)  # another client is active now
+        body = json.dumps(BODY).encode()  # inference: not charged, but active
+        ask = (b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        other.sendall(ask)
+        assert read_answer(other).startswith(b"HTTP/1.1 200")
+        time.sleep(ACTIVE_SECONDS + 0.1)  # its connection's opening is forgotten:
+        other.sendall(ask)  # active by its inference alone
         assert read_answer(other).startswith(b"HTTP/1.1 200")
         flood: dict[str, Any] = {}
         thread = threading.Thread(target=lambda: flood.update(

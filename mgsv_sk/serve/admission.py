@@ -179,9 +179,11 @@ class Pacer:
         # client: (tokens, when), the least recently active first (each use moves it last)
         self._buckets: dict[str, tuple[float, float]] = {}
 
-    def wait(self, address: str, now: float) -> float:
-        """Take one request of ``address`` at ``now`` (a monotonic clock's seconds); the
-        seconds its next request should wait (0: at once)."""
+    def wait(self, address: str, now: float, charge: bool = True) -> float:
+        """Note a request of ``address`` at ``now`` (a monotonic clock's seconds), taken
+        from its bucket unless ``charge`` is false (a request other limits bound: it only
+        makes the client active); the seconds its next request should wait (0: at
+        once)."""
         rate = self.rate
         if rate is None or self._exempt(address):
             return 0.0
@@ -193,9 +195,10 @@ class Pacer:
             if buckets[oldest][1] > now - ACTIVE_SECONDS:
                 break
             del buckets[oldest]
-        tokens = max(min(rate, tokens + (now - then) * rate) - 1, -rate * MOST_PACING_SECONDS)
+        tokens = max(min(rate, tokens + (now - then) * rate) - charge,
+                     -rate * MOST_PACING_SECONDS)
         buckets[key] = (tokens, now)
-        if len(buckets) < 2:  # alone: the debt is kept, nobody waits for it
+        if not charge or len(buckets) < 2:  # alone: the debt is kept, nobody waits for it
             return 0.0
         return max(0.0, -tokens / rate)
 

@@ -229,11 +229,12 @@ async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitabl
     anything else INTERNAL (logged); counted in the HTTP metrics under a closed set of
     labels. A client past its rate (:class:`..admission.Pacer`, shared with HTTP) waits
     first: the event loop runs every call's handler, as it reads every HTTP request
-    (inference is not charged: its share of inference places bounds it)."""
-    if route not in _BOUNDED:
-        wait = state.pacer.wait(_peer_host(context), asyncio.get_running_loop().time())
-        if wait > 0:
-            await asyncio.sleep(wait)
+    (inference is not charged, its share of inference places bounds it, but makes its
+    client active)."""
+    wait = state.pacer.wait(_peer_host(context), asyncio.get_running_loop().time(),
+                            charge=route not in _BOUNDED)
+    if wait > 0:
+        await asyncio.sleep(wait)
     began = time.perf_counter()
     code, message, response = grpc.StatusCode.OK, "", None
     try:

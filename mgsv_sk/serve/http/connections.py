@@ -34,7 +34,8 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
   start while other addresses are active) has its connection's next request read once
   its debt is repaid (a new connection's first one likewise): nothing is refused, and
   the event loop does none of its work meanwhile. Inference requests (:data:`BOUNDED`)
-  are not charged: the per-client share of inference places bounds them already;
+  are not charged (the per-client share of inference places bounds them already), but
+  make their client active;
 - a body may come in at most :data:`BODY_PIECES` pieces plus one per
   :data:`BYTES_PER_PIECE` bytes of it (chunks of a chunked body, or the reads a
   ``Content-Length`` body trickled in): each piece costs the one event loop every client
@@ -246,9 +247,9 @@ class GuardedH11(H11Protocol):
             self.stop_waiting()
 
     def on_response_complete(self) -> None:
-        bounded = self.scope is not None and BOUNDED.fullmatch(self.scope["path"])
-        wait = 0.0 if self.transport.is_closing() or bounded else self.counts.pacer.wait(
-            self._peer, self.loop.time())
+        bounded = self.scope is not None and BOUNDED.fullmatch(self.scope["path"]) is not None
+        wait = 0.0 if self.transport.is_closing() else self.counts.pacer.wait(
+            self._peer, self.loop.time(), charge=not bounded)
         if wait > 0:  # the next request (a pipelined one included) is read after it:
             # h11 holds what arrives meanwhile and pauses reading once it is a request
             self._paced = self.loop.call_later(wait, self._next_request)
