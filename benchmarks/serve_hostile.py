@@ -11,12 +11,15 @@ upload a second. The hostile clients, for the whole attack phase:
 - **slowloris**: 40 connections that send a request head one byte a second;
 - **hang up**: whole ``infer`` requests, the connection closed at once (10 a second);
 - **flood**: 16 threads from one address sending ``infer`` back to back;
+- **cheap flood**: 16 connections from one address pipelining GETs that need no inference
+  (health, metrics, model metadata), 8 at a time, back to back;
 - **malformed**: bodies that are not JSON, shapes of 2^62, both ``Content-Length`` and
   ``Transfer-Encoding``, a gzip bomb, 2,000 header fields, a chunked body in 1-byte
   pieces, in turn;
 - **huge frames**: uploads of a 2-frame 8192 x 8192 video (100 KB that would decode to
   200 MB of RGB a frame);
-- **gRPC cancel**: ``ModelInfer`` calls cancelled 50 ms after they are sent.
+- **gRPC cancel**: ``ModelInfer`` calls cancelled 50 ms after they are sent;
+- **gRPC cheap flood**: 16 callers on one channel sending ``ServerLive`` back to back.
 
 Reported: the legitimate client's latencies and errors in both phases, what each hostile
 client got (answers by status, connections cut), and the server's resident memory (its
@@ -51,7 +54,7 @@ import numpy as np
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]
                                                          / "tests")]
-from _serve import connect, stalled_upload, video_form  # noqa: E402
+from _serve import connect, next_status, stalled_upload, video_form  # noqa: E402
 from serve_load import RESULTS, free_port, oip_body, percentiles, start_server  # noqa: E402
 
 #: The legitimate client's address (grpcio's channels cannot choose theirs: 127.0.0.1 is
@@ -92,6 +95,16 @@ class Hostile:
         thread = threading.Thread(target=run, name=self.name, daemon=True)
         thread.start()
         return thread
+
+
+def in_threads(one: Callable[[int], None], threads: int) -> None:
+    """``one(j)`` for j in ``range(threads)``, each on a thread of its own; returns when all
+    have."""
+    pool = [threading.Thread(target=one, args=(j,), daemon=True) for j in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
 
 
 def stalled_uploads(port: int, source: str) -> Callable[..., None]:
@@ -171,11 +184,28 @@ def flood(port: int, source: str, bodies: list[tuple[bytes, dict[str, str]]],
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
                                                       source_address=(source, 0))
             conn.close()
-        pool = [threading.Thread(target=one, args=(j,), daemon=True) for j in range(threads)]
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
+        in_threads(one, threads)
+    return work
+
+
+#: What the cheap flood asks for: answers that take no inference, only the event loop.
+CHEAP_PATHS = ("/v2/health/live", "/metrics", "/v2/models/mgsv")
+
+
+def cheap_flood(port: int, source: str, threads: int = 16, depth: int = 8
+                ) -> Callable[..., None]:
+    """``threads`` keep-alive connections from one address, each sending ``depth`` GETs
+    of :data:`CHEAP_PATHS` at a time (pipelined) and reading their answers."""
+    def work(stop: threading.Event, tally: Counter[str]) -> None:
+        def one(j: int) -> None:
+            path = CHEAP_PATHS[j % len(CHEAP_PATHS)]
+            request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * depth
+            with connect(port, source, timeout=60) as sock, sock.makefile("rb") as answers:
+                while not stop.is_set():
+                    sock.sendall(request)
+                    for _ in range(depth):
+                        tally[next_status(answers).decode()] += 1
+        in_threads(one, threads)
     return work
 
 
@@ -254,6 +284,30 @@ def grpc_cancels(port: int, frames: np.ndarray) -> Callable[..., None]:
     return work
 
 
+def grpc_cheap_flood(port: int, threads: int = 16) -> Callable[..., None]:
+    """``threads`` callers on one channel sending ``ServerLive`` back to back."""
+    def work(stop: threading.Event, tally: Counter[str]) -> None:
+        import grpc
+
+        from mgsv_sk.serve.grpc import predict_v2_pb2 as pb
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            live = channel.unary_unary(
+                "/inference.GRPCInferenceService/ServerLive",
+                request_serializer=pb.ServerLiveRequest.SerializeToString,
+                response_deserializer=pb.ServerLiveResponse.FromString)
+
+            def one(_: int) -> None:
+                while not stop.is_set():
+                    try:
+                        live(pb.ServerLiveRequest(), timeout=30)
+                        tally["OK"] += 1
+                    except grpc.RpcError as exc:
+                        tally[exc.code().name] += 1
+            in_threads(one, threads)
+    return work
+
+
 def timed(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str],
           ms: list[float], errors: Counter[str], what: str) -> None:
     """POST ``body`` to ``path``: its milliseconds in ``ms`` when answered 200, else its
@@ -319,9 +373,11 @@ def attack(port: int, grpc_port: int, bodies: list[tuple[bytes, dict[str, str]]]
         Hostile("slowloris", slowloris(port, "127.0.0.3")),
         Hostile("hang up", hang_ups(port, "127.0.0.4", *bodies[0])),
         Hostile("flood", flood(port, "127.0.0.5", bodies)),
+        Hostile("cheap flood", cheap_flood(port, "127.0.0.8")),
         Hostile("malformed", malformed(port, "127.0.0.6")),
         Hostile("huge frames", huge_frames(port, "127.0.0.7", huge)),
         Hostile("gRPC cancel", grpc_cancels(grpc_port, frames)),
+        Hostile("gRPC cheap flood", grpc_cheap_flood(grpc_port)),
     ]
 
 

@@ -57,6 +57,20 @@ def video_form(data: bytes, filename: str = "q.mp4", boundary: str = "B") -> tup
             f"multipart/form-data; boundary={boundary}")
 
 
+def next_status(answers: Any) -> bytes:
+    """Read one whole answer from ``answers`` (a connection's ``makefile("rb")``, where
+    pipelined answers follow each other); its status code."""
+    status = answers.readline().split(b" ")[1:2]
+    length = 0
+    for line in iter(answers.readline, b"\r\n"):
+        if not line:
+            raise ConnectionError("the server closed the connection inside an answer")
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    answers.read(length)
+    return status[0] if status else b"?"
+
+
 def stalled_upload(port: int, source: str, forwarded: str | None = None) -> socket.socket:
     """An upload that declares 100 kB, sends its first 500 bytes and stops (saying it
     comes for ``forwarded``, as a proxy's request would)."""

@@ -26,6 +26,7 @@ from _serve import (  # noqa: E402
     connect,
     fixture_dir,
     held,
+    next_status,
     one_lane_held,
     stalled_upload,
     video_form,
@@ -368,14 +369,7 @@ def pipelined_gets(port: int, source: str, n: int) -> tuple[float, list[bytes]]:
     with connect(port, source) as sock, sock.makefile("rb") as answers:
         began = time.monotonic()
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * n)
-        statuses = []
-        for _ in range(n):
-            statuses.append(answers.readline().split(b" ")[1])
-            length = 0
-            for line in iter(answers.readline, b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            answers.read(length)
+        statuses = [next_status(answers) for _ in range(n)]
         return time.monotonic() - began, statuses
 
 
