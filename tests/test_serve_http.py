@@ -274,6 +274,8 @@ def test_the_pacer_is_a_bucket_per_client_while_others_are_active():
     assert pacer.wait("10.0.0.3", 10.0, charge=False) == 0
     assert pacer.wait("10.0.0.1", 10.0) == pytest.approx(MOST_PACING_SECONDS)
     assert all(pacer.wait("10.0.0.3", 10.0, charge=False) == 0 for _ in range(50))
+    # and a client in debt waits for it whatever its next request is
+    assert pacer.wait("10.0.0.1", 10.0, charge=False) == pytest.approx(MOST_PACING_SECONDS)
     assert Pacer(None).wait("10.0.0.1", 0.0) == 0
 
 
@@ -363,28 +365,37 @@ def test_one_address_cannot_hold_every_connection(model):
             sock.close()
 
 
-def pipelined_gets(port: int, source: str, n: int) -> tuple[float, list[bytes]]:
-    """``n`` GETs of /v2/health/live sent at once on one connection from ``source``: the
+LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+NOT_A_TENSOR = (b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: 13\r\n\r\n{\"inputs\": 1}")
+
+
+def pipelined(port: int, source: str, n: int, request: bytes = LIVE
+              ) -> tuple[float, list[bytes]]:
+    """``n`` copies of ``request`` sent at once on one connection from ``source``: the
     seconds until the last answer, and the answers' statuses."""
     with connect(port, source) as sock, sock.makefile("rb") as answers:
         began = time.monotonic()
-        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        sock.sendall(request * n)
         statuses = [next_status(answers) for _ in range(n)]
         return time.monotonic() - began, statuses
 
 
-def test_an_address_flooding_while_others_are_active_is_paced_never_refused(model):
-    """Requests that need no inference cost only the event loop every client shares: past
-    ``max_client_rate`` (a burst of as many) one address's next requests are read later,
-    while another address's inference is answered as at once; a lone address is never
-    slowed."""
+@pytest.mark.parametrize(("flood", "answered"), [(LIVE, b"200"), (NOT_A_TENSOR, b"400")],
+                         ids=["health", "malformed-infer"])
+def test_an_address_flooding_while_others_are_active_is_paced_never_refused(
+        model, flood, answered):
+    """Requests that run no inference (health checks, and inference requests refused
+    before it) cost only the event loop every client shares: past ``max_client_rate`` (a
+    burst of as many) one address's next requests are read later, while another address's
+    inference is answered at once; a lone address is never slowed."""
     from mgsv_sk.serve.admission import ACTIVE_SECONDS
 
     config = ServeConfig(workers=1, queue_size=2, max_client_rate=20)
     with ThreadedServer(create_app(model, config=config)) as running:
         # the readiness probe's address, alone: not paced
-        alone, statuses = pipelined_gets(running.port, "127.0.0.1", 60)
-        assert statuses == [b"200"] * 60
+        alone, statuses = pipelined(running.port, "127.0.0.1", 60, flood)
+        assert statuses == [answered] * 60
         other = connect(running.port, "127.0.0.3")
         body = json.dumps(BODY).encode()  # inference: not charged, but active
         ask = (b"POST /v2/models/mgsv/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
@@ -394,9 +405,9 @@ def test_an_address_flooding_while_others_are_active_is_paced_never_refused(mode
         time.sleep(ACTIVE_SECONDS + 0.1)  # its connection's opening is forgotten:
         other.sendall(ask)  # active by its inference alone
         assert read_answer(other).startswith(b"HTTP/1.1 200")
-        flood: dict[str, Any] = {}
-        thread = threading.Thread(target=lambda: flood.update(
-            got=pipelined_gets(running.port, "127.0.0.4", 60)))
+        flooded: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: flooded.update(
+            got=pipelined(running.port, "127.0.0.4", 60, flood)))
         thread.start()
         time.sleep(0.5)  # the flood is past its burst of 20 and paced now
         began = time.monotonic()
@@ -404,8 +415,8 @@ def test_an_address_flooding_while_others_are_active_is_paced_never_refused(mode
         assert read_answer(other).startswith(b"HTTP/1.1 200")
         served_at_once = time.monotonic() - began
         thread.join(30)
-        paced, statuses = flood["got"]
-        assert statuses == [b"200"] * 60  # slowed, never refused
+        paced, statuses = flooded["got"]
+        assert statuses == [answered] * 60  # slowed, never refused
         # 40 requests past the burst at 20 a second take 2 s however fast the machine
         assert paced >= 1.5 > alone and served_at_once < 1.0, (paced, alone, served_at_once)
         other.close()

@@ -694,6 +694,36 @@ def test_grpc_calls_share_the_pace_of_their_address_with_http(model):
         client.close()
 
 
+def test_grpc_inference_calls_refused_before_inference_are_paced(model):
+    """An inference call that runs is not charged to its client's pace; one refused before
+    inference (a malformed tensor) costs only the event loop and is charged after it."""
+    import grpc
+    import httpx
+
+    from mgsv_sk.serve.grpc import predict_v2_pb2 as pb
+
+    port = free_port()
+    app = create_app(model, config=ServeConfig(workers=1, queue_size=2, max_client_rate=20),
+                     grpc_address=f"127.0.0.1:{port}")
+    bad = pb.ModelInferRequest(model_name="mgsv")
+    bad.inputs.add(name="video_frames", datatype="FP32", shape=[0, 512])
+    bad.raw_input_contents.append(b"")
+    with ThreadedServer(app) as running, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.5")) as other:
+            assert other.get(f"{running.url}/v2/health/live").status_code == 200
+            began = time.monotonic()
+            for _ in range(60):
+                with pytest.raises(grpc.RpcError) as refused:
+                    infer(bad, timeout=30)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # 40 past the burst of 20, at 20 a second: 2 s
+            assert time.monotonic() - began >= 1.5
+
+
 def test_grpc_connections_are_capped_and_leave_http_its_own(model):
     """The gRPC port holds half of max_connections: more silent connections are refused
     (closed at once), so they cannot take the descriptors HTTP needs."""

@@ -182,8 +182,8 @@ class Pacer:
     def wait(self, address: str, now: float, charge: bool = True) -> float:
         """Note a request of ``address`` at ``now`` (a monotonic clock's seconds), taken
         from its bucket unless ``charge`` is false (a request other limits bound: it only
-        makes the client active); the seconds its next request should wait (0: at
-        once)."""
+        makes the client active); the seconds its next request should wait for its debt
+        (0: at once), whatever that request is."""
         rate = self.rate
         if rate is None or self._exempt(address):
             return 0.0
@@ -198,7 +198,7 @@ class Pacer:
         tokens = max(min(rate, tokens + (now - then) * rate) - charge,
                      -rate * MOST_PACING_SECONDS)
         buckets[key] = (tokens, now)
-        if not charge or len(buckets) < 2:  # alone: the debt is kept, nobody waits for it
+        if len(buckets) < 2:  # alone: the debt is kept, nobody waits for it
             return 0.0
         return max(0.0, -tokens / rate)
 

@@ -104,9 +104,10 @@ class ServeConfig:
         Requests a second one address may start while other addresses are active too (a
         burst of as many at once). Beyond it its next requests are not read for a while
         (none is refused: the client sees latency, the event loop none of its work), so
-        one address sending requests that need no inference (health, metrics, metadata)
-        cannot take the event loop every client shares: 16 connections pipelining them
-        held another client's ``infer`` p50 at 4.8x its quiet value. gRPC calls count
+        one address sending requests that run no inference (health, metrics, metadata,
+        inference requests refused before it) cannot take the event loop every client
+        shares: 16 connections pipelining health GETs held another client's ``infer`` p50
+        at 4.8x its quiet value. Inference that runs is not charged. gRPC calls count
         alike. None: no pacing. A lone client (no other asked in the last 2 s) is never
         paced, nor a proxy named in ``forwarded_allow_ips`` (whose own limits apply).
     max_connections : int or None

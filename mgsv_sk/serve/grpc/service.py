@@ -229,10 +229,11 @@ async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitabl
     anything else INTERNAL (logged); counted in the HTTP metrics under a closed set of
     labels. A client past its rate (:class:`..admission.Pacer`, shared with HTTP) waits
     first: the event loop runs every call's handler, as it reads every HTTP request
-    (inference is not charged, its share of inference places bounds it, but makes its
-    client active)."""
-    wait = state.pacer.wait(_peer_host(context), asyncio.get_running_loop().time(),
-                            charge=route not in _BOUNDED)
+    (inference that runs is not charged, its share of inference places bounds it, but
+    makes its client active; an inference call refused or malformed is charged after)."""
+    peer, loop = _peer_host(context), asyncio.get_running_loop()
+    bounded = route in _BOUNDED
+    wait = state.pacer.wait(peer, loop.time(), charge=not bounded)
     if wait > 0:
         await asyncio.sleep(wait)
     began = time.perf_counter()
@@ -250,6 +251,8 @@ async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitabl
     finally:
         state.metrics.requests.labels(route, "GRPC", code.name).inc()
         state.metrics.latency.labels(route).observe(time.perf_counter() - began)
+    if bounded and code != grpc.StatusCode.OK:  # its debt delays the client's next call
+        state.pacer.wait(peer, loop.time())
     return response, code, message
 
 

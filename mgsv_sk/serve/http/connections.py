@@ -33,9 +33,10 @@ exists (and a request h11 cannot parse answered with a JSON error, as every othe
 - an address past its rate (:class:`..admission.Pacer`: the requests a second it may
   start while other addresses are active) has its connection's next request read once
   its debt is repaid (a new connection's first one likewise): nothing is refused, and
-  the event loop does none of its work meanwhile. Inference requests (:data:`BOUNDED`)
-  are not charged (the per-client share of inference places bounds them already), but
-  make their client active;
+  the event loop does none of its work meanwhile. Inference that ran (a 2xx answer of
+  :data:`BOUNDED`) is not charged (the per-client share of inference places bounds it),
+  but makes its client active; refused or malformed inference requests are charged as
+  any other (they cost the event loop alone);
 - a body may come in at most :data:`BODY_PIECES` pieces plus one per
   :data:`BYTES_PER_PIECE` bytes of it (chunks of a chunked body, or the reads a
   ``Content-Length`` body trickled in): each piece costs the one event loop every client
@@ -78,7 +79,7 @@ def _refusal(message: str, retry_after_s: int) -> bytes:
 BODY_PIECES = 1024
 BYTES_PER_PIECE = 256
 #: The paths whose requests the per-client share of inference places bounds (``infer``,
-#: uploads): not charged to the pace, so it never slows a client's inference.
+#: uploads): those answered 2xx are not charged to the pace.
 BOUNDED = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer|/v1/recommend")
 #: Seconds a closing connection goes on reading (and dropping) what the client still sends
 #: after its last answer, unless the client closes first.
@@ -176,6 +177,7 @@ class GuardedH11(H11Protocol):
     _pieces = _body_bytes = 0  # the current request's body so far
     _splintered = _discarding = False
     _oversized = False  # the parser's bound on an unparsed head was passed
+    _status = 0  # the last answer's status code
     _head = b""  # the start of the head being waited for (is its request line complete?)
     _raw: Any = None  # the transport itself (self.transport lingers on close)
     _paced: Any = None  # the timer that lets a paced connection's next request be read
@@ -200,6 +202,8 @@ class GuardedH11(H11Protocol):
         self._wait_for_headers()
         self._next_event = self.conn.next_event
         self.conn.next_event = self._counted_event  # type: ignore[method-assign]
+        self._send_event = self.conn.send
+        self.conn.send = self._noted_send  # type: ignore[method-assign]
         wait = counts.pacer.wait(self._peer, self.loop.time())
         if wait > 0:  # its first request is read once the wait is over
             self.flow.pause_reading()
@@ -208,6 +212,12 @@ class GuardedH11(H11Protocol):
     def _first_read(self) -> None:
         self._paced = None
         self.flow.resume_reading()
+
+    def _noted_send(self, event: Any) -> Any:
+        """h11's send, the answer's status noted (the pace charges all but inference)."""
+        if type(event) is h11.Response:
+            self._status = event.status_code
+        return self._send_event(event)
 
     def _counted_event(self) -> Any:
         """h11's next event, the body's pieces counted (a protocol error past the cap:
@@ -247,9 +257,10 @@ class GuardedH11(H11Protocol):
             self.stop_waiting()
 
     def on_response_complete(self) -> None:
-        bounded = self.scope is not None and BOUNDED.fullmatch(self.scope["path"]) is not None
+        ran = (200 <= self._status < 300 and self.scope is not None
+               and BOUNDED.fullmatch(self.scope["path"]) is not None)
         wait = 0.0 if self.transport.is_closing() else self.counts.pacer.wait(
-            self._peer, self.loop.time(), charge=not bounded)
+            self._peer, self.loop.time(), charge=not ran)
         if wait > 0:  # the next request (a pipelined one included) is read after it:
             # h11 holds what arrives meanwhile and pauses reading once it is a request
             self._paced = self.loop.call_later(wait, self._next_request)
