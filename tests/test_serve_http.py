@@ -248,7 +248,9 @@ def test_an_ipv6_host_is_one_client_from_any_address_of_its_64():
 def test_the_pacer_is_a_bucket_per_client_while_others_are_active():
     from mgsv_sk.serve.admission import ACTIVE_SECONDS, MOST_PACING_SECONDS, Pacer
 
-    pacer = Pacer(10.0, ServeConfig(forwarded_allow_ips="10.9.0.0/16").is_trusted_proxy)
+    told: list[float] = []
+    pacer = Pacer(10.0, ServeConfig(forwarded_allow_ips="10.9.0.0/16").is_trusted_proxy,
+                  told.append)
     # alone: never waits, however fast it asks
     assert all(pacer.wait("10.0.0.1", 0.0) == 0 for _ in range(100))
     assert pacer.wait("10.0.0.2", 0.0) == 0  # another client, its bucket full
@@ -276,6 +278,9 @@ def test_the_pacer_is_a_bucket_per_client_while_others_are_active():
     assert all(pacer.wait("10.0.0.3", 10.0, charge=False) == 0 for _ in range(50))
     # and a client in debt waits for it whatever its next request is
     assert pacer.wait("10.0.0.1", 10.0, charge=False) == pytest.approx(MOST_PACING_SECONDS)
+    before = len(told)
+    pacer.charge("10.0.0.3", 10.0)  # after the fact: taken from its bucket, no wait told
+    assert len(told) == before and all(t > 0 for t in told)  # each wait told once
     assert Pacer(None).wait("10.0.0.1", 0.0) == 0
 
 
@@ -417,6 +422,11 @@ def test_an_address_flooding_while_others_are_active_is_paced_never_refused(
         thread.join(30)
         paced, statuses = flooded["got"]
         assert statuses == [answered] * 60  # slowed, never refused
+        metrics = httpx.get(f"{running.url}/metrics", timeout=10).text
+        waits = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+                 if line.startswith("mgsv_paced_")}
+        assert waits["mgsv_paced_requests_total"] >= 30, waits  # the 40 past the burst
+        assert waits["mgsv_paced_seconds_total"] >= 1.0, waits
         # 40 requests past the burst at 20 a second take 2 s however fast the machine
         assert paced >= 1.5 > alone and served_at_once < 1.0, (paced, alone, served_at_once)
         other.close()

@@ -166,7 +166,8 @@ class Pacer:
     it, :meth:`wait` says how long the client's next request should wait before it is
     read (its debt, at most :data:`MOST_PACING_SECONDS`); nothing is refused. A client
     alone (no other made a request in the last :data:`ACTIVE_SECONDS`) is never slowed,
-    nor one ``exempt`` names (a trusted reverse proxy, whose own limits apply).
+    nor one ``exempt`` names (a trusted reverse proxy, whose own limits apply). ``paced``
+    is told each wait (the metrics count them).
 
     Requests that need no inference cost only the event loop, which every client shares:
     one address on 16 connections pipelining health, metrics and metadata GETs (1,600
@@ -174,8 +175,9 @@ class Pacer:
     Used from the event loop only (HTTP connections and gRPC calls alike)."""
 
     def __init__(self, rate: float | None,
-                 exempt: Callable[[str], bool] = lambda _: False) -> None:
-        self.rate, self._exempt = rate, exempt
+                 exempt: Callable[[str], bool] = lambda _: False,
+                 paced: Callable[[float], None] = lambda _: None) -> None:
+        self.rate, self._exempt, self._paced = rate, exempt, paced
         # client: (tokens, when), the least recently active first (each use moves it last)
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -184,6 +186,17 @@ class Pacer:
         from its bucket unless ``charge`` is false (a request other limits bound: it only
         makes the client active); the seconds its next request should wait for its debt
         (0: at once), whatever that request is."""
+        seconds = self._take(address, now, charge)
+        if seconds > 0:
+            self._paced(seconds)
+        return seconds
+
+    def charge(self, address: str, now: float) -> None:
+        """Take one request of ``address`` from its bucket after the fact (it was found to
+        cost what a charged one does); its debt delays the client's next request."""
+        self._take(address, now, True)
+
+    def _take(self, address: str, now: float, charge: bool) -> float:
         rate = self.rate
         if rate is None or self._exempt(address):
             return 0.0
@@ -198,9 +211,9 @@ class Pacer:
         tokens = max(min(rate, tokens + (now - then) * rate) - charge,
                      -rate * MOST_PACING_SECONDS)
         buckets[key] = (tokens, now)
-        if len(buckets) < 2:  # alone: the debt is kept, nobody waits for it
+        if len(buckets) < 2 or tokens >= 0:  # alone: the debt is kept, nobody waits
             return 0.0
-        return max(0.0, -tokens / rate)
+        return -tokens / rate
 
 
 class Admission:

@@ -36,6 +36,11 @@ class Metrics:
                                 "(overloaded, not_ready, client_share, upload_room, body_room, "
                                 "audio_room; "
                                 "408 and 413 are in the requests' codes)", ["reason"], registry=r)
+        self.paced = Counter("mgsv_paced_requests", "Requests that waited for their "
+                             "client's pace (--max-client-rate) before being read or run",
+                             registry=r)
+        self.paced_seconds = Counter("mgsv_paced_seconds", "Seconds the paced requests "
+                                     "waited, all together", registry=r)
         self.upload_bytes = Counter("mgsv_upload_bytes", "Bytes of video uploads received",
                                     registry=r)
         self.in_flight = Gauge("mgsv_requests_in_flight", "HTTP requests being answered",

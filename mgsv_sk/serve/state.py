@@ -34,7 +34,7 @@ class ServeState:
         self.metrics = metrics
         self.admission = Admission(config.workers, config.queue_size)
         self.clients = ClientGate(config.client_share)
-        self.pacer = Pacer(config.max_client_rate, config.is_trusted_proxy)
+        self.pacer = Pacer(config.max_client_rate, config.is_trusted_proxy, self._paced)
         self.uploads = ByteBudget(config.upload_budget, tempfile.gettempdir(),
                                   config.max_upload_bytes)
         self.bodies = ByteBudget(config.body_budget)
@@ -42,6 +42,10 @@ class ServeState:
         self.model: ServedModel | None = None
         self.load_error: str | None = None
         self._froze = False
+
+    def _paced(self, seconds: float) -> None:
+        self.metrics.paced.inc()
+        self.metrics.paced_seconds.inc(seconds)
 
     def _retry(self) -> dict[str, str]:
         return {"Retry-After": str(self.config.retry_after_s)}

@@ -252,7 +252,7 @@ async def _counted(state: Any, route: str, method: Callable[[Any, Any], Awaitabl
         state.metrics.requests.labels(route, "GRPC", code.name).inc()
         state.metrics.latency.labels(route).observe(time.perf_counter() - began)
     if bounded and code != grpc.StatusCode.OK:  # its debt delays the client's next call
-        state.pacer.wait(peer, loop.time())
+        state.pacer.charge(peer, loop.time())
     return response, code, message
 
 
