@@ -122,7 +122,7 @@ def add_serve_command(sub: Any, command: Any) -> None:
                                      "behind a reverse proxy, its connection pool)")
     p.add_argument("--max-client-rate", type=_non_negative, default=200.0, metavar="N",
                    help="requests a second one client address may start while others are "
-                        "connected; beyond it its next requests wait (default 200; 0: no "
+                        "active; beyond it its next requests wait (default 200; 0: no "
                         "limit)")
     p.add_argument("--max-connections", type=_positive(int), default=None, metavar="N",
                    help="open connections from all addresses; one more closes the one that "

@@ -3,6 +3,7 @@ web stack)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import resource
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,16 @@ def _default_workers() -> int:
 def _entries(proxies: str) -> list[str]:
     """``forwarded_allow_ips``'s comma-separated entries, stripped."""
     return [entry.strip() for entry in proxies.split(",")]
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(proxies: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    """``forwarded_allow_ips``'s networks, parsed once (each request asks whether its
+    client is a trusted proxy); None for ``"*"``, any sender."""
+    entries = _entries(proxies)
+    if "*" in entries:
+        return None
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 def _proxies_problem(proxies: object) -> str | None:
@@ -199,10 +210,10 @@ class ServeConfig:
     def is_trusted_proxy(self, address: str) -> bool:
         """Whether ``address`` is one of ``forwarded_allow_ips`` (an address, within a
         network, or any under ``"*"``)."""
-        entries = self.trusted_proxies
-        if entries is None:
+        if self.forwarded_allow_ips is None:
             return False
-        if "*" in entries:
+        networks = _networks(self.forwarded_allow_ips)
+        if networks is None:
             return True
         try:
             ip = ipaddress.ip_address(address)
@@ -210,7 +221,7 @@ class ServeConfig:
             return False
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return any(ip in ipaddress.ip_network(entry, strict=False) for entry in entries)
+        return any(ip in network for network in networks)
 
     @property
     def client_share(self) -> int:

@@ -97,12 +97,16 @@ _NOT_HTTP = _answer(b"400 Bad Request",
 #: A head the parser gave up on past its own bound (16 KiB unparsed: a head that came in
 #: several reads; one read holding it whole reaches :class:`.middleware.HeadLimits`), the
 #: same answers: 414 while its request line is not complete, else 431.
+#: The parser's bound on an unfinished head (uvicorn's ``h11_max_incomplete_event_size``
+#: default, which the service keeps).
+PARSER_HEAD_BYTES = 16 << 10
 _LONG_TARGET = _answer(b"414 Request-URI Too Long",
-                       f"the request target is over 16384 bytes; this server takes at most "
-                       f"{MAX_TARGET_BYTES}: send long inputs in the body")
+                       f"the request target is over {PARSER_HEAD_BYTES} bytes; this server "
+                       f"takes at most {MAX_TARGET_BYTES}: send long inputs in the body")
 _LONG_HEAD = _answer(b"431 Request Header Fields Too Large",
-                     f"the request's header fields are over 16384 bytes; this server takes "
-                     f"at most {MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes")
+                     f"the request's header fields are over {PARSER_HEAD_BYTES} bytes; this "
+                     f"server takes at most {MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} "
+                     "bytes")
 
 
 class _Counts:
