@@ -81,20 +81,24 @@ class ScorePairsGraph(_Graph):
 
 
 class DetectorGraph(_Graph):
-    """Candidate moments of video b in track music_index[b]: video tokens/mask/emb [B, ...],
-    music tokens [U, S, D] and mask [U, S], music_index [B], video_seconds [B] (the window
-    head only) ->
-    window_starts, window_ends [B, K] (seconds, inside the track), window_logits [B, K]
-    (sigmoid = moment score, -inf = not a window), snippet_logits [B, S] (-inf on padding).
+    """Candidate moments of P (video, track) pairs.
+
+    The window head: video tokens/mask/emb [V, ...] and video_seconds [V] of V videos, music
+    tokens [U, S, D] and mask [U, S], music_index and video_index [P] (pair p: video
+    video_index[p] in track music_index[p]; a video is projected once, whatever its pairs).
+    DETR: video tokens/mask/emb [P, ...] per pair, music_index [P]. ->
+    window_starts, window_ends [P, K] (seconds, inside the track), window_logits [P, K]
+    (sigmoid = moment score, -inf = not a window), snippet_logits [P, S] (-inf on padding).
     The runtime picks the moments from the windows (``mgsv_sk.grounding.moments``)."""
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
                 music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
-                video_seconds: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                video_index: Tensor | None = None, video_seconds: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         video = VideoEncoding(video_tokens, video_mask, video_emb)
         # ground() reads the music embedding's length only (number of tracks).
         music = MusicEncoding(music_tokens, music_mask, music_tokens[:, 0])
-        g = self.model.ground(video, music, music_index, video_seconds)
+        g = self.model.ground(video, music, music_index, video_seconds, video_index)
         return g.starts, g.ends, g.logits, g.snippet_logits
 
 
@@ -118,15 +122,19 @@ def example_inputs(spec: GraphSpec, sizes: dict[str, Any], dims: dict[str, int],
     """Inputs for one graph. ``sizes``: batch, tracks, frames/snippets lengths per row."""
     frames, snippets = sizes["frames"], sizes["snippets"]
     b, u = len(frames), len(snippets)
+    pairs = b + 2  # the window head's pairs: video 2i % b, some videos in several
     video_mask, music_mask = _mask(frames), _mask(snippets)
     pair_mask = music_mask[[i % u for i in range(b)]]  # track i % u for pair i
     out: list[Tensor] = []
     for t in spec.inputs:
         axes = {"batch": b, "tracks": u, "frames": int(video_mask.shape[1]),
-                "snippets": int(music_mask.shape[1])}
+                "snippets": int(music_mask.shape[1]), "videos": b, "pairs": pairs}
         shape = [axes[a] if isinstance(a, str) else a for a in t.shape]
         if t.name == "music_index":
-            out.append(torch.tensor([(i + 1) % u for i in range(b)], dtype=torch.long))
+            n = axes[str(t.shape[0])]
+            out.append(torch.tensor([(i + 1) % u for i in range(n)], dtype=torch.long))
+        elif t.name == "video_index":
+            out.append(torch.tensor([(i * 2) % b for i in range(pairs)], dtype=torch.long))
         elif t.name == "video_seconds":  # about one second per frame, some over a track
             out.append(torch.tensor(frames, dtype=torch.float32) * 2.7 - 0.4)
         elif t.dtype == "bool":

@@ -63,6 +63,11 @@ _NAMES = ("norm_in.weight", "norm_in.bias", "q.weight", "q.bias", "k.weight", "v
           "proj.weight", "proj.bias", "norm_out.weight", "norm_out.bias")
 
 
+def _half(flat: np.ndarray) -> np.ndarray:
+    """States [R, D] -> float16 (the scan's copy of a compact catalogue's states)."""
+    return flat.astype(np.float16)
+
+
 def xpool_arrays(xpool: Any) -> dict[str, np.ndarray]:
     """The parameters of a torch ``XPool`` module as float32 arrays (exporter side), with
     the LayerNorms' eps and the attention scale."""
@@ -158,10 +163,16 @@ class NumpyXPool:
 
     def _chunk_states(self, chunk: Any) -> np.ndarray:
         """The chunk's states back to back as the scan reads them: in value space when
-        :attr:`scans_values` (mapped on the first scan, then kept by the chunk)."""
+        :attr:`scans_values` (mapped on the first scan, then kept by the chunk); float16
+        where the catalogue stores them compact (the kernel streams half the bytes)."""
+        if not getattr(chunk, "compact", False):
+            if self._k_values is None:
+                return np.asarray(chunk.flat)
+            return np.asarray(chunk.mapped(self._values_key, self._to_values))
         if self._k_values is None:
-            return np.asarray(chunk.flat)
-        return np.asarray(chunk.mapped(self._values_key, self._to_values))
+            return np.asarray(chunk.mapped("float16", _half))
+        return np.asarray(chunk.mapped((*self._values_key, "float16"),
+                                       lambda flat: _half(self._to_values(flat))))
 
     # -- the Scorer protocol ------------------------------------------------------------
     def _pool(self, query: np.ndarray, chunk: Any, out: np.ndarray | None = None
@@ -180,7 +191,7 @@ class NumpyXPool:
         step = max(1, _BLOCK_BYTES // max(1, int(lengths.max(initial=1)) * d * 4))
         for lo in range(0, u, step):
             hi = min(u, lo + step)
-            block, mask = pad_flat(flat[offsets[lo]: offsets[hi]], lengths[lo:hi])
+            block, mask = pad_flat(flat[offsets[lo]: offsets[hi]], lengths[lo:hi])  # float32
             n, s = mask.shape  # block [u,S,D], mask [u,S]
             logits = (block.reshape(-1, d) @ query.T).reshape(n, s, -1)  # one GEMM: [u,S,B]
             logits[~mask] = -np.inf

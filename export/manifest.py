@@ -11,7 +11,9 @@ A bundle is a folder::
                                   X-Pool snippet states
     graphs/score_tracks.onnx      retrieval scores of every (video, track) pair of a chunk
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
-    graphs/detector.onnx          the candidate moments of video b in track music_index[b]
+    graphs/detector.onnx          the candidate moments of (video, track) pairs: video
+                                  video_index[p] in track music_index[p] (the window
+                                  head; DETR: video p in track music_index[p])
     graphs/<name>.int8.onnx       dynamically quantised twins (``quantize=True``)
     graphs/xpool_weights.npz      the X-Pool parameters (float32, no pickle; with X-Pool
                                   only): the runtime's numpy scan (export._xpool)
@@ -27,7 +29,8 @@ Every array is a plain ``.npy`` (no pickle) that ``np.load(mmap_mode="r")`` maps
 catalogue larger than memory is served from the page cache. ``manifest.json`` lists the
 sha256 and size of every other file; the runtime refuses a bundle whose files differ.
 
-Symbolic axes: ``batch`` (videos, or matched pairs), ``tracks`` (tracks of one call),
+Symbolic axes: ``batch`` (videos, or matched pairs), ``videos`` and ``pairs`` (the window
+head's detector: each video once, and the pairs that index it), ``tracks`` (tracks of one call),
 ``frames`` (<= ``max_frames``), ``snippets`` (<= ``max_snippets``), ``windows`` (candidate
 moments per pair: the window head's grid, 1 for DETR; a logit of -inf marks a candidate
 that is not a window of the track). Masks are bool with
@@ -144,18 +147,20 @@ def spec_from_json(name: str, data: Mapping[str, Any]) -> GraphSpec:
 
 def graph_specs(
     d_model: int, video_dim: int, music_dim: int, *, use_dual: bool, use_xpool: bool,
-    uses_seconds: bool = True,
+    window_head: bool = True,
 ) -> dict[str, GraphSpec]:
     """The graphs of a bundle for a model of these dims and retrieval scores.
 
-    ``uses_seconds``: the detector takes the videos' lengths (the window head does; the
-    paper's DETR reads the length from the frames only).
+    ``window_head``: the detector takes each video once with its length, and pairs them
+    with tracks by ``video_index`` (the paper's DETR takes a video per pair and reads its
+    length from the frames only).
 
     Without an X-Pool score the music encoder has no snippet states and there are no score
     graphs (the dual score is one matrix product the runtime does in numpy); without the
     dual score the score graphs take no track embedding.
     """
     d = d_model
+    videos, pairs = ("videos", "pairs") if window_head else ("batch", "batch")
 
     def t(name: str, dtype: str, *shape: str | int) -> TensorSpec:
         return TensorSpec(name, dtype, tuple(shape))
@@ -178,17 +183,18 @@ def graph_specs(
         ),
         "detector": GraphSpec(
             "detector",
-            (t("video_tokens", "float32", "batch", "frames", d),
-             t("video_mask", "bool", "batch", "frames"),
-             t("video_emb", "float32", "batch", d),
+            (t("video_tokens", "float32", videos, "frames", d),
+             t("video_mask", "bool", videos, "frames"),
+             t("video_emb", "float32", videos, d),
              t("music_tokens", "float32", "tracks", "snippets", d),
              t("music_mask", "bool", "tracks", "snippets"),
-             t("music_index", "int64", "batch"))
-            + ((t("video_seconds", "float32", "batch"),) if uses_seconds else ()),
-            (t("window_starts", "float32", "batch", "windows"),
-             t("window_ends", "float32", "batch", "windows"),
-             t("window_logits", "float32", "batch", "windows"),
-             t("snippet_logits", "float32", "batch", "snippets")),
+             t("music_index", "int64", pairs))
+            + ((t("video_index", "int64", pairs), t("video_seconds", "float32", videos))
+               if window_head else ()),
+            (t("window_starts", "float32", pairs, "windows"),
+             t("window_ends", "float32", pairs, "windows"),
+             t("window_logits", "float32", pairs, "windows"),
+             t("snippet_logits", "float32", pairs, "snippets")),
         ),
     }
     if use_xpool:

@@ -406,8 +406,17 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
                 track_rows: np.ndarray, seconds: np.ndarray,
                 moments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = [np.full((len(video_rows), moments), np.nan) for _ in range(3)]
+        # the window head's graph takes each video once (its projections run once, however
+        # many tracks it is paired with); a bundle's DETR graph takes a video per pair
+        indexed = "video_index" in self._specs["detector"].input_names
         for rows in sorted_batches(videos.lengths[video_rows], _GROUND_BATCH):
-            v = video_rows[rows]
+            v, length = video_rows[rows], seconds[rows]
+            video_index = np.arange(len(rows))
+            if indexed:  # each (video, moment length) once
+                keys = np.stack([v, np.asarray(length, np.float64).view(np.int64)])
+                _, first, video_index = np.unique(keys, axis=1, return_index=True,
+                                                  return_inverse=True)
+                v, length = v[first], length[first]
             tokens, vmask = pad([videos.tokens[i] for i in v], self._dims["d_model"])
             unique, index = np.unique(track_rows[rows], return_inverse=True)
             music, mmask = catalogue.padded_tokens(unique)
@@ -415,7 +424,8 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
                 "detector", video_tokens=tokens, video_mask=vmask, video_emb=videos.emb[v],
                 music_tokens=music, music_mask=mmask,
                 music_index=index.astype(np.int64).reshape(-1),
-                video_seconds=seconds[rows].astype(np.float32))
+                video_index=video_index.astype(np.int64).reshape(-1),
+                video_seconds=length.astype(np.float32))
             for col, value in zip(out, select_windows(starts, ends, logits, moments)):
                 col[rows] = value
         return out[0], out[1], out[2]

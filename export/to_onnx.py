@@ -252,7 +252,7 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             "max_frames": cfg.max_frames, "max_snippets": cfg.max_snippets}
     specs = graph_specs(cfg.d_model, cfg.video_dim, cfg.music_dim,
                         use_dual=cfg.use_dual, use_xpool=cfg.use_xpool,
-                        uses_seconds=cfg.detector == "window")
+                        window_head=cfg.detector == "window")
     gen = torch.Generator().manual_seed(0)
     (folder / "graphs").mkdir(parents=True)
     files: dict[str, dict[str, str]] = {}

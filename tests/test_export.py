@@ -147,6 +147,16 @@ def test_detr_head_exports_with_parity(small_train, tmp_path):
     want, got = (g.predict(X, moments_per_track=2) for g in (model, served))
     assert all(len(w) == 1 for w in want["windows"])  # one query, one moment
     assert_same_windows(want, got)
+    # pairs that index their videos read each pair's video, as pairs given video by video
+    import torch
+
+    net = model.model_.eval()
+    with torch.no_grad():
+        v = net.encode_video(torch.randn(2, 5, net.cfg.video_dim), torch.ones(2, 5, dtype=bool))
+        m = net.encode_music(torch.randn(2, 7, net.cfg.music_dim), torch.ones(2, 7, dtype=bool))
+        indexed = net.ground(v, m, torch.tensor([1, 0, 1]), None, torch.tensor([1, 1, 0]))
+        flat = net.ground(type(v)(*(t[[1, 1, 0]] for t in v)), m, torch.tensor([1, 0, 1]))
+    np.testing.assert_allclose(indexed.logits, flat.logits, atol=1e-6)
 
 
 def test_repeated_rows_are_answered_row_by_row_in_both_backends(tiny_fitted, served,
@@ -403,3 +413,48 @@ def test_numpy_xpool_equals_the_score_graphs(bundle, served, small_test):
                             served.predict(X, features=small_test.features))
     assert_same_predictions(by_graphs.rank(X, k=5, features=small_test.features),
                             served.rank(X, k=5, features=small_test.features))
+
+
+def test_the_window_head_grounds_each_video_once_across_its_tracks(bundle, served, tiny_fitted,
+                                                                   small_train, monkeypatch):
+    # the graph takes each video once and pairs it with tracks by video_index: one MsG
+    # query re-ranked over several tracks projects its frames once, not once a track
+    spec = read_manifest(bundle)["graphs"]["detector"]
+    names = [t["name"] for t in spec["inputs"]]
+    assert names[-2:] == ["video_index", "video_seconds"]
+    calls = []
+    run = served._run
+
+    def spy(graph, **arrays):
+        if graph == "detector":
+            calls.append((len(arrays["video_tokens"]), len(arrays["video_index"])))
+        return run(graph, **arrays)
+
+    monkeypatch.setattr(served, "_run", spy)
+    X = small_train.frame.iloc[:2].drop(columns="music_id")
+    got = served.rank(X, k=5, moments_per_track=1)
+    assert calls and all(videos < pairs for videos, pairs in calls)
+    want = tiny_fitted.rank(X, k=5, moments_per_track=1)
+    assert got["music_id"].tolist() == want["music_id"].tolist()
+    np.testing.assert_allclose(got["start"].to_numpy(float), want["start"].to_numpy(float),
+                               atol=TOL)
+
+
+def test_ground_checks_its_pair_indices(tiny_fitted, small_train):
+    import torch
+
+    model = tiny_fitted.model_.eval()
+    video = torch.randn(2, 5, model.cfg.video_dim)
+    music = torch.randn(3, 7, model.cfg.music_dim)
+    with torch.no_grad():
+        v = model.encode_video(video, torch.ones(2, 5, dtype=torch.bool))
+        m = model.encode_music(music, torch.ones(3, 7, dtype=torch.bool))
+        pairs = model.ground(v, m, torch.tensor([0, 2, 1, 2]), None,
+                             torch.tensor([0, 0, 1, 1]))
+        assert pairs.logits.shape[0] == 4
+        alone = model.ground(v, m, torch.tensor([2, 1]))  # pair p is video p
+        np.testing.assert_allclose(alone.logits[0], pairs.logits[1], atol=1e-5)
+        with pytest.raises(ValueError, match=r"video_index values must lie in \[0, 2\)"):
+            model.ground(v, m, torch.tensor([0, 1]), None, torch.tensor([0, 2]))
+        with pytest.raises(ValueError, match=r"music_index must be a long tensor of shape \(3,\)"):
+            model.ground(v, m, torch.tensor([0, 1]), None, torch.tensor([0, 1, 1]))

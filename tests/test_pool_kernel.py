@@ -41,6 +41,21 @@ def test_pooling_equals_the_softmax_average(lengths, videos, width, seed):
     assert np.isnan(got[empty]).all() and np.isfinite(got[~empty]).all()
 
 
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(0, 19), min_size=1, max_size=9),
+       videos=st.integers(1, 5), width=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_float16_states_pool_as_their_float32_values(lengths, videos, width, seed):
+    # half floats are read as they are stored (half the bytes) and widened in the kernel:
+    # the same arithmetic, so the same result as pooling them widened first, bit for bit
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    half = (rng.standard_normal((offsets[-1], width)) * 3).astype(np.float16)
+    query = rng.standard_normal((videos, width)).astype(np.float32)
+    got = pool_tracks(half, offsets, query)
+    np.testing.assert_array_equal(got, pool_tracks(half.astype(np.float32), offsets, query))
+    assert got.dtype == np.float32
+
+
 @pytest.mark.parametrize("slope", [0.5, 30.0, -30.0])
 def test_pooling_rescales_its_running_sums_when_a_later_block_dominates(slope):
     # the softmax runs online over blocks of eight rows: logits that climb block after
@@ -206,3 +221,37 @@ def test_the_scan_reads_value_space_states_only_where_that_is_exact(values_condi
                                    atol=2e-5)
     kept = {type(key) for chunk in cat.chunks(16) for key in chunk._layout}
     assert kept == ({tuple} if scorer.scans_values else {str})  # the mapped copy, or states
+
+
+@pytest.mark.parametrize("states", ["float16", "int8"])
+def test_a_compact_catalogue_is_scanned_from_a_float16_copy(states):
+    """A catalogue stored compact keeps its scan copy (in value space) in float16: half the
+    memory and the bytes each scan streams, with scores within the compact storage's own
+    tolerance of the float32 X-Pool, for one video (the kernel) and many (GEMMs)."""
+    from mgsv_sk.export._xpool import NumpyXPool
+    from mgsv_sk.search.catalogue import Catalogue
+    from mgsv_sk.search.compact import SCORE_TOLERANCE
+
+    rng = np.random.default_rng(3)
+    d, lengths = 32, rng.integers(1, 20, size=40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = rng.standard_normal((offsets[-1], d)).astype(np.float32)
+    video = rng.standard_normal((20, d)).astype(np.float32)
+    video /= np.linalg.norm(video, axis=1, keepdims=True)
+    for condition in (3.0, 1e4):  # scanned in value space, and as the states themselves
+        weights = _xpool_weights(rng, d, condition)
+        scorer = NumpyXPool(weights, use_dual=False)
+        ids = [f"t{i}" for i in range(40)]
+        full = Catalogue.from_arrays(ids, np.zeros((40, d), np.float32), flat, flat, offsets)
+        cat = full.compacted(states)
+        assert cat.compact and not full.compact
+        expected = _xpool_reference(weights, video, flat, offsets)
+        for b in (1, 20):
+            got = scorer.scan(video[:b], cat.chunks(16), 40)
+            np.testing.assert_allclose(got, expected[:b], atol=SCORE_TOLERANCE[states])
+        held = [a for chunk in cat.chunks(16) for a in chunk._layout.values()]
+        assert all(a.dtype == np.float16 for a in held)  # one float16 copy per chunk
+        assert sum(a.nbytes for a in held) == flat.nbytes // 2
+        # the float32 catalogue is scanned as before, from float32
+        scorer.scan(video[:1], full.chunks(16), 40)
+        assert all(a.dtype == np.float32 for c in full.chunks(16) for a in c._layout.values())

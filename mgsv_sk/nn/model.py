@@ -224,29 +224,39 @@ class MaDe(nn.Module):
 
     def ground(
         self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor,
-        video_seconds: Tensor | None = None,
+        video_seconds: Tensor | None = None, video_index: Tensor | None = None,
     ) -> Grounding:
-        """Moment of video b in track ``music_index[b]`` ([B] long into the U tracks).
+        """Moment of video ``video_index[p]`` in track ``music_index[p]`` for P pairs ([P]
+        long into the B videos and the U tracks; without ``video_index``, pair p is video p).
 
         ``video_seconds`` [B] is each video's length, the moment's (default: its number of
         valid frames, at 1 frame per second); the window head gives every window this
-        length, DETR reads it only through the frames.
+        length, DETR reads it only through the frames. A video in several pairs (one video
+        against its re-ranked tracks) is encoded into the window head's projections once.
         """
         b, u = video_enc.emb.shape[0], music_enc.emb.shape[0]
-        if music_index.dtype != torch.long or tuple(music_index.shape) != (b,):
-            raise ValueError(f"music_index must be a long tensor of shape ({b},), got "
-                             f"{music_index.dtype} {tuple(music_index.shape)}")
-        if b and not (0 <= int(music_index.min()) and int(music_index.max()) < u):
-            raise ValueError(f"music_index values must lie in [0, {u}), got "
-                             f"[{int(music_index.min())}, {int(music_index.max())}]")
+        pairs = b if video_index is None else int(video_index.shape[0])
+        for name, index, bound in (("music_index", music_index, u),
+                                   ("video_index", video_index, b)):
+            if index is None:
+                continue
+            if index.dtype != torch.long or tuple(index.shape) != (pairs,):
+                raise ValueError(f"{name} must be a long tensor of shape ({pairs},), got "
+                                 f"{index.dtype} {tuple(index.shape)}")
+            if pairs and not (0 <= int(index.min()) and int(index.max()) < bound):
+                raise ValueError(f"{name} values must lie in [0, {bound}), got "
+                                 f"[{int(index.min())}, {int(index.max())}]")
         if video_seconds is None:
             video_seconds = video_enc.mask.sum(dim=1).float()
         elif tuple(video_seconds.shape) != (b,):
             raise ValueError(f"video_seconds must have shape ({b},), got "
                              f"{tuple(video_seconds.shape)}")
         if isinstance(self.detector, WindowHead):
-            video_index = torch.arange(b, device=music_index.device)
+            if video_index is None:
+                video_index = torch.arange(b, device=music_index.device)
             return self._windows(video_enc, music_enc, music_index, video_index, video_seconds)
+        if video_index is not None:  # DETR reads each pair's video tokens: [B,...] -> [P,...]
+            video_enc = VideoEncoding(*(t[video_index] for t in video_enc))
         # A track shared by several videos was encoded once; gather its tokens per video.
         music_tokens = music_enc.tokens[music_index]  # [U,S,D] -> [B,S,D]
         music_mask = music_enc.mask[music_index]  # [B,S]

@@ -52,6 +52,23 @@ N_POSITION_FEATURES = 6
 CONTEXT_WIDTH = 5  # candidates seen by one context layer (2 on each side: +-2.5 s)
 
 
+class _Evidence(NamedTuple):
+    """What the window scorer reads of P (video, track) pairs: sim [P, H, F, S] frame-to-
+    snippet cosines per head (0 on padded frames); frames [B, H, F, Dh] and snippets [P, H,
+    S, Dh] the unit projections it is made of (the frames per video); per_snippet [P, C, S]
+    features, their evidence logit last; logits [P, S] that logit; the pairs' video_mask
+    [P, F], music_mask [P, S] and moment lengths seconds [P]."""
+
+    sim: Tensor
+    frames: Tensor
+    snippets: Tensor
+    per_snippet: Tensor
+    logits: Tensor
+    video_mask: Tensor
+    music_mask: Tensor
+    seconds: Tensor
+
+
 class WindowScores(NamedTuple):
     """Candidate windows of B (video, track) pairs, K = ``windows_per_snippet`` * S.
 
@@ -82,32 +99,51 @@ def _along_windows(sim: Tensor, pos: Tensor, snippet_index: Tensor) -> Tensor:
     """sum_f of sim[p, h, f, .] linearly interpolated at snippet position pos[k, f]: sim
     [P, H, F, S], pos [K, F] (>= 0), snippet_index [S] (0..S-1) -> [P, H, K].
 
-    Interpolation is a hat kernel, hat[f, s, k] = max(0, 1 - |pos[k, f] - s|): in training
-    the sum is one matmul with it (a gather's backward would scatter, slow on a CPU); with
-    no gradient to carry, the two snippets each position falls between are gathered
-    instead (the same sum: the hat is zero elsewhere), a fraction of the matmul's work and
-    of the [F, S, K] hat's memory.
+    Interpolation is a hat kernel, hat[f, s, k] = max(0, 1 - |pos[k, f] - s|), and the sum
+    one matmul with it (a gather's backward would scatter, slow on a CPU). Training's form;
+    without a gradient to carry, :func:`_along_windows_factored` gives the same sums.
     """
-    if torch.is_grad_enabled() and sim.requires_grad:
-        hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
-        p, h = sim.shape[:2]
-        return (sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)).view(p, h, -1)  # [P*H,K]
-    last = snippet_index[-1]  # S - 1, from a tensor so exported graphs keep S dynamic
-    below = pos.floor().T  # [F,K]
-    frac = pos.T - below
-    # the snippet below and the one above, their weights (zero past the track's last one),
-    # as flat indices into sim's [F * S] axis: one 1-D gather (onnxruntime's Gather; its
-    # GatherElements with indices expanded to [P,H,F,K] ran slower than the matmul)
-    frame = _positions(below[:, 0])[:, None]  # [F,1]: 0, 1, ..., F - 1
-    ends = torch.stack([below, below + 1.0]).permute(2, 0, 1)  # [K,2,F]
-    weights = torch.stack([1.0 - frac, frac]).permute(2, 0, 1) * (ends <= last).float()
-    flat = (frame.T * (last + 1.0) + torch.minimum(ends, last)).long().flatten()  # [K*2*F]
+    hat = (1.0 - (pos.T[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
     p, h = sim.shape[:2]
-    k, two, f = weights.shape
-    rows = sim.flatten(2).flatten(0, 1).T  # [F*S, P*H]: whole rows gathered, not elements
-    picked = rows.index_select(0, flat).view(k, two * f, p * h)  # [K,2F,P*H]
-    summed = weights.reshape(k, 1, two * f) @ picked  # [K,1,P*H]
-    return summed.view(k, p * h).T.reshape(p, h, k)
+    return (sim.flatten(2).flatten(0, 1) @ hat.flatten(0, 1)).view(p, h, -1)  # [P*H,K]
+
+
+def _along_windows_factored(frames: Tensor, snippets: Tensor, video_index: Tensor,
+                            per_snippet: int, snippet_index: Tensor) -> Tensor:
+    """:func:`_along_windows` of sim = frames . snippets, with the frames summed first:
+    frames [B, H, F, Dh] per video (0 on padded frames), snippets [P, H, S, Dh] per pair,
+    video_index [P] (pair p's video), snippet_index [S] -> [P, H, K], K = per_snippet * S.
+
+    Candidate k = per_snippet * j + r starts r / per_snippet of a hop after snippet j, so
+    its frame f plays at snippet position j + u[r, f], u = (r * step + f) / hop, between
+    snippets j + floor(u) and the next: the sum is sum_m snippets[p, :, j + m] .
+    G[video, (m, r)] with G = sum_f hat(u[r, f] - m) frames[:, :, f], a few rows per video
+    (m < I, about F / 2.5 + 2), shared by its pairs. Each pair's products with them, X [P,
+    H, S, I * R], about the size of the frame x snippet map, are read along their diagonals
+    by one gather of rows: a fifth of the rows the map's two-snippet gather read, and no
+    per-frame interpolation weights (the hat is inside G). Snippets past the last (j + m >
+    S - 1) read a zero row, as positions past the track add nothing in the hat matmul.
+    """
+    b, h, f, dh = frames.shape
+    p, s = snippets.shape[0], snippet_index.shape[0]
+    hop = SNIPPET_HOP_SECONDS
+    phase = torch.arange(per_snippet, dtype=torch.float32, device=frames.device)  # r
+    u = (phase[:, None] * (hop / per_snippet) + _positions(frames[0, 0, :, 0])[None, :]) / hop
+    n_reach = torch.floor(u[-1, -1]) + 2.0  # I, from a tensor so exported graphs follow F
+    reach = torch.arange(end=n_reach, dtype=torch.float32,  # type: ignore[call-overload]
+                         device=frames.device)  # m = 0 .. I - 1 (a tensor end: traced as one)
+    hat = (1.0 - (u[None] - reach[:, None, None]).abs()).clamp(min=0.0)  # [I,R,F]
+    g = hat.flatten(0, 1) @ frames  # [I*R,F] @ [B,H,F,Dh] -> [B,H,I*R,Dh]
+    x = snippets @ g[video_index].transpose(2, 3)  # [P,H,S,I*R]
+    rows = x.permute(2, 3, 0, 1).reshape(-1, p * h)  # [S*I*R, P*H]: whole rows gathered
+    rows = torch.cat([rows, torch.zeros_like(rows[:1])])  # the zero row, past the last
+    width = n_reach * per_snippet  # I*R rows per snippet
+    j, m = snippet_index[:, None, None], reach[None, None, :]
+    at = (j + m) * width + m * per_snippet + phase[None, :, None]  # [S,R,I]
+    at = torch.where(j + m > snippet_index[-1], (snippet_index[-1] + 1.0) * width, at)
+    picked = rows.index_select(0, at.long().flatten())  # [S*R*I, P*H]
+    summed = picked.view(s * per_snippet, -1, p * h).sum(dim=1)  # [K, P*H]
+    return summed.T.reshape(p, h, -1)
 
 
 def _positions(mask_row: Tensor) -> Tensor:
@@ -149,11 +185,10 @@ class WindowHead(nn.Module):
 
     def _pair_evidence(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
                        music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
-                       video_index: Tensor, video_seconds: Tensor
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Per pair: the frame-to-snippet similarity [P,H,F,S], the per-snippet features
-        [P,C,S] (evidence logit included), the evidence logits [P,S], the pairs' masks and
-        moment lengths [P]. Projections run once per video and once per track."""
+                       video_index: Tensor, video_seconds: Tensor) -> _Evidence:
+        """Per pair: the frame-to-snippet similarity, the per-snippet features (evidence
+        logit included), the pairs' masks and moment lengths (:class:`_Evidence`).
+        Projections run once per video and once per track."""
         b, f, _ = video_tokens.shape
         u, s, _ = music_tokens.shape
         h = self.n_heads
@@ -165,6 +200,7 @@ class WindowHead(nn.Module):
         m = unit(self.music(music_tokens).float().view(u, s, h, -1), dim=-1)  # [U,S,H,Dh]
         whole = unit(self.whole(video_emb).float().view(b, h, -1), dim=-1)  # [B,H,Dh]
         content = self.content(music_tokens).float().transpose(1, 2)  # [U,S,G] -> [U,G,S]
+        frames = v.transpose(1, 2)  # [B,H,F,Dh]
         # -- per pair ----------------------------------------------------------------------
         v, whole = v[video_index], whole[video_index]  # [P,F,H,Dh], [P,H,Dh]
         m, content = m[music_index], content[music_index]  # [P,S,H,Dh], [P,G,S]
@@ -191,7 +227,8 @@ class WindowHead(nn.Module):
         # the evidence logit, which the dense inside-the-moment loss trains from the first
         # step, read by the window scorer too: a head start on a track-level prior
         per_snippet = torch.cat([per_snippet, snippet_logits[:, None]], dim=1)  # [P,C,S]
-        return sim, per_snippet, snippet_logits, video_mask, music_mask, seconds
+        return _Evidence(sim, frames, heads_m, per_snippet, snippet_logits, video_mask,
+                         music_mask, seconds)
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
                 music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
@@ -203,9 +240,10 @@ class WindowHead(nn.Module):
         moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
         once per video and once per track, however many pairs share them.
         """
-        sim, per_snippet, snippet_logits, video_mask, music_mask, seconds = self._pair_evidence(
-            video_tokens, video_mask, video_emb, music_tokens, music_mask, music_index,
-            video_index, video_seconds)
+        evidence = self._pair_evidence(video_tokens, video_mask, video_emb, music_tokens,
+                                       music_mask, music_index, video_index, video_seconds)
+        sim, per_snippet, snippet_logits = evidence.sim, evidence.per_snippet, evidence.logits
+        video_mask, music_mask, seconds = evidence.video_mask, evidence.music_mask, evidence.seconds
         b = video_index.shape[0]  # one row per pair
         n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
 
@@ -221,8 +259,13 @@ class WindowHead(nn.Module):
 
         # alignment: frame j plays over snippet position (anchor + j) / 2.5, the similarity
         # linearly interpolated between snippets, summed over the frames
-        pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP_SECONDS  # [K,F]
-        aligned = _along_windows(sim, pos, snippet_index) / n_frames[:, None, None]  # [P,H,K]
+        if torch.is_grad_enabled() and sim.requires_grad:
+            pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP_SECONDS
+            aligned = _along_windows(sim, pos, snippet_index)  # [P,H,K]
+        else:
+            aligned = _along_windows_factored(evidence.frames, evidence.snippets, video_index,
+                                              self.per_snippet, snippet_index)
+        aligned = aligned / n_frames[:, None, None]
 
         # bag: mean of the per-snippet features over the snippets whose centre is inside
         csum = F.pad(per_snippet.cumsum(dim=2), (1, 0))  # [B,C,S+1]
@@ -239,8 +282,11 @@ class WindowHead(nn.Module):
         # a section's first snippet (a hook, a drop) is told from the ones inside it
         at = anchors[None, :] / SNIPPET_HOP_SECONDS - torch.stack([anchors.new_zeros(()),
                                                            anchors.new_ones(())])[:, None]
-        onset_hat = (1.0 - (at[:, None, :] - snippet_index[None, :, None]).abs()).clamp(min=0.0)
-        onset = torch.einsum("bcs,tsk->btck", per_snippet, onset_hat).flatten(1, 2)  # [P,2C,K]
+        onset_hat = (1.0 - (at[:, :, None] - snippet_index[None, None, :]).abs()).clamp(min=0.0)
+        # one batched matmul ([2K,S] @ [P,S,C]), not an einsum: onnxruntime's Einsum ran it
+        # about 3x slower; channels in the order (onset snippet t, channel c)
+        onset = (onset_hat.flatten(0, 1) @ per_snippet.transpose(1, 2)  # [P,2K,C]
+                 ).unflatten(1, (2, -1)).transpose(1, 2).flatten(2, 3)  # [P,K,2C]
 
         # where the window sits
         a = anchors[None, :].expand(b, -1)  # [B,K]
@@ -254,8 +300,7 @@ class WindowHead(nn.Module):
         ], dim=-1)  # [B,K,6]
 
         # -- per-candidate network -------------------------------------------------------
-        feats = torch.cat([aligned.transpose(1, 2), bag.transpose(1, 2), onset.transpose(1, 2),
-                           where], dim=-1)
+        feats = torch.cat([aligned.transpose(1, 2), bag.transpose(1, 2), onset, where], dim=-1)
         keep = valid[..., None].float()  # [B,K,1]
         x = (self.inp(feats.to(self.inp.weight.dtype)) + self.prior(grid.long())) * keep
         for weight, mix, norm in zip(self.context, self.context_mix, self.context_norm):

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from mgsv_sk.errors import InvalidInputError
-from mgsv_sk.search.compact import read_concat, read_ranges, take_rows
+from mgsv_sk.search.compact import CompactRows, read_concat, read_ranges, take_rows
 from mgsv_sk.search.parts import Chunk, Part, Rows
 from mgsv_sk.search.protocols import Shards
 from mgsv_sk.search.ragged import pad_flat
@@ -76,6 +76,13 @@ class Catalogue(TrackIndex):
         self.shards: Shards | None = None
         self._chunks: dict[int, list[Chunk]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def compact(self) -> bool:
+        """Whether a part stores its X-Pool states in fewer bytes than float32 (float16 or
+        int8: :meth:`compacted`, or a compact bundle's catalogue)."""
+        return any(isinstance(p.states, CompactRows) and p.states.states != "float32"
+                   for p in self.parts)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -260,6 +267,6 @@ class Catalogue(TrackIndex):
                     rows = order[lo: lo + size]
                     read = partial(self._concat, "states", rows)  # also to read them again
                     built.append(Chunk(rows, self.emb(rows), read(), self.lengths[rows],
-                                       source=read))
+                                       source=read, compact=self.compact))
                 self._chunks[size] = built
             return self._chunks[size]

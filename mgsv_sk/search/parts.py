@@ -100,12 +100,16 @@ class Chunk:
     states (a process scans with one backend). A scorer may also keep the states mapped row
     by row (:meth:`mapped`, e.g. through a projection it would otherwise apply to every
     pooled state of every query); that copy replaces the others too where ``source`` can
-    read the states again.
+    read the states again. ``compact``: the catalogue stores its states in fewer bytes than
+    float32 (float16 / int8), so a scorer may keep its copy in float16 too (half the memory
+    and the bytes each scan streams) without answers the stored states did not already give.
     """
 
     def __init__(self, rows: np.ndarray, emb: np.ndarray, flat: np.ndarray,
-                 lengths: np.ndarray, source: Callable[[], np.ndarray] | None = None) -> None:
+                 lengths: np.ndarray, source: Callable[[], np.ndarray] | None = None,
+                 compact: bool = False) -> None:
         self.rows, self.emb = rows, emb
+        self.compact = compact
         self.lengths = np.asarray(lengths, np.int64)  # [U]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._layout: dict[Any, Any] = {"flat": flat}
