@@ -14,7 +14,9 @@ random CLIP image encoder.
    them): the scan is memory-bound, so that read is a floor of its own.
 2. **In process**, one thread: ``ServedModel.infer`` (what the server calls), stage by
    stage (video encoder, retrieval scan, re-ranking and moments, the rest), with the
-   numpy X-Pool scan and with the score graphs (the runtime before it), and the torch
+   numpy X-Pool scan (the bundle's float32 states, and in the same repeats a copy of the
+   bundle with its catalogue stored in float16: half the bytes for the scan to stream; its
+   answers against float32's), with the score graphs (the runtime before it), and the torch
    backend (``MGSVGrounder.rank`` on one thread, in a subprocess right after); same
    answers checked. Then ``infer`` by 4 threads (requests/s).
 3. **HTTP** (``mgsv-sk serve`` with its defaults, in a subprocess: on 2 cores 8 request
@@ -61,6 +63,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 1  # the torch comparison's and the in-process runtime's threads (the server's default)
 RERANK = 10
+#: What the cached bundles in ``--work`` were built by: another value rebuilds them (the
+#: window head's graph takes each video once from this version on).
+BUNDLE_VERSION = "2: window head by video_index, float16 copy"
 
 
 # -- the bundle (built once, in a subprocess: this process never imports torch) -------------
@@ -71,6 +76,7 @@ def build_bundle(work: Path, tracks: int) -> None:
     from _media import tiny_clip, write_video
 
     from mgsv_sk import MGSVGrounder, make_synthetic_mgsv
+    from mgsv_sk.export.compact_bundle import compact_bundle
     from mgsv_sk.export.to_onnx import export_onnx
 
     torch.set_num_threads(2)
@@ -84,8 +90,12 @@ def build_bundle(work: Path, tracks: int) -> None:
     queries = [gallery.features.video(v) for v in gallery.frame["video_id"][:64]]
     np.savez(work / "frames.npz", *[q.astype(np.float32) for q in queries])  # [F_i, 512]
     model.save(work / "model", overwrite=True)  # the torch side of the comparison
+    # the same bundle with its catalogue's per-snippet arrays in float16 (no first stage:
+    # the full scan, as the float32 bundle's)
+    compact_bundle(work / "bundle", work / "bundle_float16", states="float16",
+                   index="exact", overwrite=True)
     write_video(work / "clip.mp4", 15.0, fps=30, size=(320, 240), seed=3)
-    (work / "done").write_text("ok")
+    (work / "done").write_text(BUNDLE_VERSION)
 
 
 def torch_worker(work: Path, seconds: float) -> None:
@@ -422,61 +432,87 @@ def msg_call(model: Any, frames: list[np.ndarray]) -> Callable[[int], Any]:
 
 def in_process(work: Path, frames: list[np.ndarray], repeats: int, seconds: float
                ) -> tuple[dict[str, Any], Any]:
-    """``ServedModel.infer`` on one thread: stages, numpy scan vs score graphs (same
-    answers), then 4 threads. Also returns the call it timed, for the HTTP repeats."""
+    """``ServedModel.infer`` on one thread: stages, numpy scan (float32 states, and the
+    float16 bundle's) vs score graphs (same answers), then 4 threads. Also returns the
+    call it timed (float32), for the HTTP repeats."""
     from mgsv_sk.serve import ServedModel
 
-    model = ServedModel.load(work / "bundle", n_threads=THREADS)
-    g = model.grounder
-    stages = {"video_encoder": 0.0, "retrieval_scan": 0.0, "moments": 0.0}
+    models = {"numpy_scan": ServedModel.load(work / "bundle", n_threads=THREADS),
+              "float16_states": ServedModel.load(work / "bundle_float16", n_threads=THREADS)}
     hooks = {"video_encoder": "_encode_videos", "retrieval_scan": "_scores",
              "moments": "_ground"}
-    for stage, hook in hooks.items():
-        original = getattr(g, hook)
+    stages: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        g = model.grounder
+        stages[name] = {stage: 0.0 for stage in hooks}
+        for stage, hook in hooks.items():
+            original = getattr(g, hook)
 
-        def timed(*args: Any, _f: Any = original, _s: str = stage) -> Any:
-            began = time.perf_counter()
-            try:
-                return _f(*args)
-            finally:
-                stages[_s] += time.perf_counter() - began
-        setattr(g, hook, timed)
-
-    ask = msg_call(model, frames)
+            def timed(*args: Any, _f: Any = original, _s: str = stage,
+                      _into: dict[str, float] = stages[name]) -> Any:
+                began = time.perf_counter()
+                try:
+                    return _f(*args)
+                finally:
+                    _into[_s] += time.perf_counter() - began
+            setattr(g, hook, timed)
+    stages["score_graphs"] = stages["numpy_scan"]  # the float32 model with its scan off
+    asks = {name: msg_call(model, frames) for name, model in models.items()}
+    g = models["numpy_scan"].grounder
     scan = g.numpy_xpool
     out: dict[str, Any] = {"p50_ms": {}, "stages_ms": {}, "gemm_gflops_1t_each_repeat": []}
     answers: dict[str, list[Any]] = {}
-    for name, scorer in (("numpy_scan", scan), ("score_graphs", None)):
-        g.numpy_xpool = scorer
+
+    def measure(name: str, ask: Any) -> float:
+        for k in stages[name]:
+            stages[name][k] = 0.0
+        began = time.perf_counter()
+        p50, calls = p50_one_thread(ask, seconds)
+        mean = 1e3 * (time.perf_counter() - began) / calls
+        per = {k: round(1e3 * v / calls, 2) for k, v in stages[name].items()}
+        per["other"] = round(mean - sum(per.values()), 2)
+        out["p50_ms"].setdefault(name, []).append(p50)
+        out["stages_ms"][name] = per  # of the last repeat (mean per request)
+        return p50
+
+    for ask in asks.values():
         for i in range(3):
             ask(i)
-        runs = []
-        for _ in range(repeats):
-            for k in stages:
-                stages[k] = 0.0
-            if name == "numpy_scan":  # the GEMM rate of this minute, for this repeat's floor
-                out["gemm_gflops_1t_each_repeat"].append(round(max(gemm_rates()), 1))
-            began = time.perf_counter()
-            p50, calls = p50_one_thread(ask, seconds)
-            mean = 1e3 * (time.perf_counter() - began) / calls
-            runs.append(p50)
-            per = {k: round(1e3 * v / calls, 2) for k, v in stages.items()}
-            per["other"] = round(mean - sum(per.values()), 2)
-        out["p50_ms"][name] = runs
-        out["stages_ms"][name] = per  # of the last repeat (mean per request)
-        answers[name] = [ask(i) for i in range(len(frames))]
-    same = [[t.music_id for t in a] == [t.music_id for t in b]
-            for a, b in zip(answers["numpy_scan"], answers["score_graphs"])]
-    worst = max(float(np.max(np.abs(np.subtract([t.score for t in a], [t.score for t in b]))))
-                for a, b in zip(answers["numpy_scan"], answers["score_graphs"]))
-    out["same_answers"] = {"queries": len(same), "same_ranking": int(sum(same)),
-                           "max_score_diff": worst}
+    for _ in range(repeats):  # both storages in each repeat, at the GEMM rate of its minute
+        out["gemm_gflops_1t_each_repeat"].append(round(max(gemm_rates()), 1))
+        for name, ask in asks.items():
+            measure(name, ask)
+    with np.load(work / "frames.npz") as stored:  # every stored query, for the answers
+        every = [stored[name] for name in stored.files]
+    for name, model in models.items():
+        answers[name] = [msg_call(model, every)(i) for i in range(len(every))]
+    g.numpy_xpool = None  # the score graphs: the runtime before the numpy scan
+    for i in range(3):
+        asks["numpy_scan"](i)
+    for _ in range(repeats):
+        measure("score_graphs", asks["numpy_scan"])
+    answers["score_graphs"] = [msg_call(models["numpy_scan"], every)(i)
+                               for i in range(len(every))]
     g.numpy_xpool = scan
-    for hook in hooks.values():  # untimed from here on
-        delattr(g, hook)
-    out["rps_c4"] = rps_threads(ask, seconds)
+
+    def agreement(a: list[Any], b: list[Any]) -> dict[str, Any]:
+        same = [[t.music_id for t in x] == [t.music_id for t in y] for x, y in zip(a, b)]
+        first = [x[0].music_id == y[0].music_id for x, y in zip(a, b)]
+        worst = max((float(np.max(np.abs(np.subtract([t.score for t in x],
+                                                     [t.score for t in y]))))
+                     for x, y, equal in zip(a, b, same) if equal), default=float("nan"))
+        return {"queries": len(same), "same_ranking": int(sum(same)),
+                "same_first": int(sum(first)), "max_score_diff": worst}
+
+    out["same_answers"] = agreement(answers["numpy_scan"], answers["score_graphs"])
+    out["float16_against_float32"] = agreement(answers["float16_states"],
+                                               answers["numpy_scan"])
+    for model in models.values():  # untimed from here on
+        for hook in hooks.values():
+            delattr(model.grounder, hook)
+    out["rps_c4"] = rps_threads(asks["numpy_scan"], seconds)
     out["rps_c1"] = [round(1e3 / m, 2) for m in out["p50_ms"]["numpy_scan"]]
-    return out, ask
+    return out, asks["numpy_scan"]
 
 
 # -- 3. over HTTP ---------------------------------------------------------------------------------
@@ -566,7 +602,9 @@ def main() -> None:
     if args.torch_worker:
         torch_worker(work, args.seconds)
         return
-    if not (work / "done").is_file() or not (work / "model").is_dir():
+    done = work / "done"
+    if (not done.is_file() or done.read_text() != BUNDLE_VERSION
+            or not (work / "model").is_dir()):
         print(f"building the bundle ({args.tracks} tracks) in {work} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--build-only", "--work", str(work),
                         "--tracks", str(args.tracks)], check=True)
@@ -687,6 +725,10 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
                                       "met": over <= 3},
         "in_process_faster_than_torch": {"value": f"{p50:.1f} vs {ip['torch_p50_ms']:.1f} ms",
                                          "target": "faster", "met": p50 < ip["torch_p50_ms"]}}
+    if "float16_states" in ip["p50_ms"]:  # the float16 bundle, repeat by repeat as well
+        half = float(np.median(np.divide(ip["p50_ms"]["float16_states"], floors)))
+        out["in_process_p50_over_floor (float16 states)"] = {
+            "value": round(half, 2), "target": "<= 3", "met": half <= 3}
     for mode in BODIES:
         http = report["http" if mode == "json" else f"http_{mode}"]
         # per repeat, against the in-process figure measured just before it; the median
@@ -734,7 +776,8 @@ def markdown(report: dict[str, Any]) -> str:
         "## In process (`ServedModel.infer`, one thread)", "",
         "| scorer | p50 ms (each repeat) | video encoder | retrieval scan | moments | rest |",
         "|---|---|---:|---:|---:|---:|"]
-    for name in ("numpy_scan", "score_graphs"):
+    for name in (n for n in ("numpy_scan", "float16_states", "score_graphs")
+                 if n in ip["p50_ms"]):
         st = ip["stages_ms"][name]
         lines.append(f"| {name.replace('_', ' ')} | {ip['p50_ms'][name]} | "
                      f"{st['video_encoder']} | {st['retrieval_scan']} | {st['moments']} | "
@@ -745,6 +788,17 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Each numpy-scan repeat against the floor at the GEMM rate measured just "
               f"before it ({rates} GFLOP/s): floors {floors} ms, p50 / floor "
               f"{[round(p / f, 2) for p, f in zip(ip['p50_ms']['numpy_scan'], floors)]}."]
+    if "float16_states" in ip["p50_ms"]:
+        half = ip["float16_against_float32"]
+        lines += ["", "float16 states: the same bundle with its catalogue's per-snippet "
+                  "arrays stored in float16 (`compact_bundle(..., states=\"float16\", "
+                  "index=\"exact\")`: still the full scan), measured in the same repeats "
+                  "right after the float32 bundle: p50 / floor "
+                  f"{[round(p / f, 2) for p, f in zip(ip['p50_ms']['float16_states'], floors)]}"
+                  f". Its answers against float32's on {half['queries']} queries: "
+                  f"{half['same_ranking']} top-10 rankings identical, {half['same_first']} "
+                  f"first tracks identical, scores within {half['max_score_diff']:.1e} where "
+                  "the rankings are."]
     lines += ["", f"torch backend (`MGSVGrounder.rank`, one thread): {ip['torch_p50_ms']} ms "
               f"p50. Same answers, numpy scan vs score graphs: {same['same_ranking']} of "
               f"{same['queries']} rankings identical, scores within "

@@ -181,6 +181,9 @@ def test_export_writes_a_bundle(ws):
     assert "wrote ONNX bundle bundle" in out
     manifest = read_manifest(ws["root"] / "bundle")
     verify_files(ws["root"] / "bundle", manifest)
+    out = ok("export", "model", "half", "--no-check", "--states", "float16", cwd=ws["root"])
+    assert "float16 snippet arrays" in out
+    assert read_manifest(ws["root"] / "half")["catalogue"]["states"] == "float16"
 
 
 def test_demo_runs_end_to_end(tmp_path):

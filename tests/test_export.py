@@ -291,6 +291,12 @@ def test_cli_exports_a_saved_model(tiny_fitted, tmp_path):
     tiny_fitted.save(tmp_path / "model")
     assert main([str(tmp_path / "model"), str(tmp_path / "bundle"), "--no-check"]) == 0
     assert read_manifest(tmp_path / "bundle")["default_precision"] == "fp32"
+    assert read_manifest(tmp_path / "bundle")["catalogue"].get("states", "float32") == "float32"
+    # a compact catalogue from the command line, served as any other
+    assert main([str(tmp_path / "model"), str(tmp_path / "half"), "--no-check",
+                 "--states", "float16", "--index", "exact"]) == 0
+    assert read_manifest(tmp_path / "half")["catalogue"]["states"] == "float16"
+    assert OnnxGrounder.load(tmp_path / "half", 1)._catalogue.compact
 
 
 def test_threads_give_the_serial_results(served, small_train):

@@ -295,9 +295,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = MGSVGrounder.load(args.model)
     out = export_onnx(model, args.out, opset=args.opset, quantize=args.quantize,
-                      overwrite=args.overwrite, check=not args.no_check)
+                      overwrite=args.overwrite, check=not args.no_check,
+                      states=args.states, index=args.index)
+    stored = f", {args.states} snippet arrays" if args.states else ""
     _say(args, f"wrote ONNX bundle {out} ({len(model.catalogue_ids_)} catalogue tracks"
-               f"{', int8 + fp32 graphs' if args.quantize else ''})")
+               f"{', int8 + fp32 graphs' if args.quantize else ''}{stored})")
     return 0
 
 
