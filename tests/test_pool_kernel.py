@@ -27,7 +27,7 @@ def _pooled(flat: np.ndarray, offsets: np.ndarray, query: np.ndarray) -> np.ndar
 # lengths past two blocks of eight rows and their tails
 @settings(max_examples=40, deadline=None)
 @given(lengths=st.lists(st.integers(0, 19), min_size=1, max_size=9),
-       videos=st.integers(0, 5), width=st.integers(1, 20), seed=st.integers(0, 2**16))
+       videos=st.integers(0, 5), width=st.integers(1, 40), seed=st.integers(0, 2**16))
 def test_pooling_equals_the_softmax_average(lengths, videos, width, seed):
     rng = np.random.default_rng(seed)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -39,21 +39,11 @@ def test_pooling_equals_the_softmax_average(lengths, videos, width, seed):
     # a track without snippets has nothing to attend to: NaN, as the graph gives
     empty = np.asarray(lengths) == 0
     assert np.isnan(got[empty]).all() and np.isfinite(got[~empty]).all()
-
-
-@settings(max_examples=30, deadline=None)
-@given(lengths=st.lists(st.integers(0, 19), min_size=1, max_size=9),
-       videos=st.integers(1, 5), width=st.integers(1, 40), seed=st.integers(0, 2**16))
-def test_float16_states_pool_as_their_float32_values(lengths, videos, width, seed):
-    # half floats are read as they are stored (half the bytes) and widened in the kernel:
-    # the same arithmetic, so the same result as pooling them widened first, bit for bit
-    rng = np.random.default_rng(seed)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    half = (rng.standard_normal((offsets[-1], width)) * 3).astype(np.float16)
-    query = rng.standard_normal((videos, width)).astype(np.float32)
-    got = pool_tracks(half, offsets, query)
-    np.testing.assert_array_equal(got, pool_tracks(half.astype(np.float32), offsets, query))
-    assert got.dtype == np.float32
+    # float16 states are read as stored (half the bytes) and widened in the kernel: the
+    # same arithmetic, so bit for bit the pooling of the widened states
+    half = (flat * 3).astype(np.float16)
+    np.testing.assert_array_equal(pool_tracks(half, offsets, query),
+                                  pool_tracks(half.astype(np.float32), offsets, query))
 
 
 @pytest.mark.parametrize("slope", [0.5, 30.0, -30.0])
