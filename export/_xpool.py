@@ -64,8 +64,12 @@ _NAMES = ("norm_in.weight", "norm_in.bias", "q.weight", "q.bias", "k.weight", "v
 
 
 def _half(flat: np.ndarray) -> np.ndarray:
-    """States [R, D] -> float16 (the scan's copy of a compact catalogue's states)."""
-    return flat.astype(np.float16)
+    """States [R, D] -> float16 (the scan's copy of a compact catalogue's states), or
+    float32 where a value lies past float16's range (a value-space map can scale them up):
+    the scan then reads the float32 copy rather than infinities."""
+    with np.errstate(over="ignore"):  # checked just below
+        half = flat.astype(np.float16)
+    return half if np.isfinite(half).all() else np.asarray(flat, np.float32)
 
 
 def xpool_arrays(xpool: Any) -> dict[str, np.ndarray]:

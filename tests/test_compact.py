@@ -37,6 +37,19 @@ def test_decoding_bounds(rows):
     np.testing.assert_array_equal(zeros.decode(), 0)
 
 
+def test_values_past_float16_range_are_refused_not_stored_as_infinities(rows, tmp_path):
+    from mgsv_sk.errors import InvalidInputError
+
+    big = rows.copy()
+    big[7, 3] = 7e4  # float16's largest finite value is 65504
+    with pytest.raises(InvalidInputError, match=r"7e\+04 exceed float16's range .*int8"):
+        encode_rows(big, "float16")
+    writer = CompactWriter(tmp_path, "tokens", len(big), big.shape[1], "float16")
+    with pytest.raises(InvalidInputError, match="float16's range"):
+        writer.write_all([big])
+    np.testing.assert_array_equal(encode_rows(big, "int8").decode()[7, 3], np.float32(7e4))
+
+
 @pytest.mark.parametrize("states", STATE_DTYPES)
 def test_written_files_read_back_by_row_range(rows, tmp_path, states):
     files = CompactWriter(tmp_path, "states", len(rows), 48, states).write_all(

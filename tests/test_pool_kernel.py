@@ -245,3 +245,24 @@ def test_a_compact_catalogue_is_scanned_from_a_float16_copy(states):
         # the float32 catalogue is scanned as before, from float32
         scorer.scan(video[:1], full.chunks(16), 40)
         assert all(a.dtype == np.float32 for c in full.chunks(16) for a in c._layout.values())
+
+
+def test_a_scan_copy_past_float16_range_stays_float32():
+    # int8 states may hold any magnitude; mapped to value space they can pass float16's
+    # range, and the scan then keeps float32 rather than streaming infinities
+    from mgsv_sk.export._xpool import NumpyXPool
+    from mgsv_sk.search.catalogue import Catalogue
+
+    rng = np.random.default_rng(5)
+    d, lengths = 16, rng.integers(1, 12, size=20)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = (rng.standard_normal((offsets[-1], d)) * 1e5).astype(np.float32)
+    video = rng.standard_normal((1, d)).astype(np.float32)
+    video /= np.linalg.norm(video)
+    weights = _xpool_weights(rng, d, 3.0)
+    weights["scale"] = np.array(1e-5 * d ** -0.5)  # logits of a sane size for these states
+    cat = Catalogue.from_arrays([f"t{i}" for i in range(20)], np.zeros((20, d), np.float32),
+                                flat, flat, offsets).compacted("int8")
+    got = NumpyXPool(weights, use_dual=False).scan(video, cat.chunks(8), 20)
+    assert np.isfinite(got).all()
+    assert all(a.dtype == np.float32 for c in cat.chunks(8) for a in c._layout.values())

@@ -223,7 +223,14 @@ def take_rows(rows: Any, index: Sequence[int] | np.ndarray) -> np.ndarray:
 def _encode_block(x: np.ndarray, states: str) -> tuple[np.ndarray, np.ndarray | None]:
     x = np.asarray(x, np.float32)
     if states != "int8":
-        return x.astype(_NUMPY[states]), None
+        with np.errstate(over="ignore"):  # overflow is checked just below
+            data = x.astype(_NUMPY[states])
+        if states == "float16" and not np.isfinite(data).all() and np.isfinite(x).all():
+            raise InvalidInputError(
+                f"values up to {float(np.abs(x).max()):.4g} exceed float16's range (65504) "
+                "and would be stored as infinities; store these arrays as int8 (one scale "
+                "per row) or float32")
+        return data, None
     peak = np.abs(x).max(axis=1) if x.size else np.zeros(len(x), np.float32)
     scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
