@@ -17,7 +17,8 @@ stream. Larger batches are compute-bound, and numpy's GEMM path in
 scan copy): read as stored, half the bytes, and widened to float32 as each value is used
 (numba has no float16 type; :func:`_half` is the one instruction), the arithmetic as for
 float32. Measured at 2,000 tracks on one thread: one video 3.8-4.0 ms against 7.2-8.1 from
-float32 states; from four videos on, the arithmetic dominates and both take as long.
+float32 states called back to back (5.6-5.8 from float16 with the caches flushed first);
+from four videos on, the arithmetic dominates and both take as long.
 
 A LayerNorm in numpy is five or six passes over its rows (mean, centre, variance, scale,
 weight, bias); here it is two reads (the mean, then the variance: the row stays in the L1
