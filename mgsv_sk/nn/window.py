@@ -124,8 +124,7 @@ def _along_windows_factored(frames: Tensor, snippets: Tensor, video_index: Tenso
     per-frame interpolation weights (the hat is inside G). Snippets past the last (j + m >
     S - 1) read a zero row, as positions past the track add nothing in the hat matmul.
     """
-    b, h, f, dh = frames.shape
-    p, s = snippets.shape[0], snippet_index.shape[0]
+    h, p, s = frames.shape[1], snippets.shape[0], snippet_index.shape[0]
     hop = SNIPPET_HOP_SECONDS
     phase = torch.arange(per_snippet, dtype=torch.float32, device=frames.device)  # r
     u = (phase[:, None] * (hop / per_snippet) + _positions(frames[0, 0, :, 0])[None, :]) / hop
