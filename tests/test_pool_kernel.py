@@ -211,6 +211,14 @@ def test_the_scan_reads_value_space_states_only_where_that_is_exact(values_condi
                                    atol=2e-5)
     kept = {type(key) for chunk in cat.chunks(16) for key in chunk._layout}
     assert kept == ({tuple} if scorer.scans_values else {str})  # the mapped copy, or states
+    if scorer.scans_values:  # the mapped copies are slices of one array
+        held = [a for c in cat.chunks(16) for a in c._layout.values()]
+        assert held[0].base is not None and len({id(a.base) for a in held}) == 1
+    import pickle  # a scorer sent to a catalogue shard's worker scores as here
+
+    again = pickle.loads(pickle.dumps(scorer))
+    np.testing.assert_array_equal(again.scan(video[:1], cat.chunks(16), 40),
+                                  scorer.scan(video[:1], cat.chunks(16), 40))
 
 
 @pytest.mark.parametrize("states", ["float16", "int8"])
@@ -242,6 +250,7 @@ def test_a_compact_catalogue_is_scanned_from_a_float16_copy(states):
         held = [a for chunk in cat.chunks(16) for a in chunk._layout.values()]
         assert all(a.dtype == np.float16 for a in held)  # one float16 copy per chunk
         assert sum(a.nbytes for a in held) == flat.nbytes // 2
+        assert held[0].base is not None and len({id(a.base) for a in held}) == 1  # one array
         # the float32 catalogue is scanned as before, from float32
         scorer.scan(video[:1], full.chunks(16), 40)
         assert all(a.dtype == np.float32 for c in full.chunks(16) for a in c._layout.values())

@@ -157,6 +157,10 @@ class Chunk:
                     self._layout[name] = converted
             return np.asarray(self._layout[name])
 
+    def holds(self, key: Hashable) -> bool:
+        """Whether the copy mapped for ``key`` is computed (:meth:`mapped`)."""
+        return ("mapped", key) in self._layout
+
     @property
     def flat(self) -> np.ndarray:
         """Snippet states back to back: [sum S, D] float32 (``offsets`` [U + 1] marks rows)."""
