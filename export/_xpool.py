@@ -77,7 +77,7 @@ def _into(flat: np.ndarray, part: np.ndarray,
     return part
 
 
-def _half(flat: np.ndarray) -> np.ndarray:
+def _float16_copy(flat: np.ndarray) -> np.ndarray:
     """States [R, D] -> float16 (the scan's copy of a compact catalogue's states), or
     float32 where a value lies past float16's range (a value-space map can scale them up):
     the scan then reads the float32 copy rather than infinities."""
@@ -197,10 +197,10 @@ class NumpyXPool:
         them."""
         compact = getattr(chunk, "compact", False)
         if self._k_values is None:
-            return ("float16", _half, np.float16) if compact else None
+            return ("float16", _float16_copy, np.float16) if compact else None
         if compact:
             return ((*self._values_key, "float16"),
-                    lambda flat: _half(self._to_values(flat)), np.float16)
+                    lambda flat: _float16_copy(self._to_values(flat)), np.float16)
         return self._values_key, self._to_values, np.float32
 
     def _chunk_states(self, chunk: Any) -> np.ndarray:

@@ -262,11 +262,12 @@ class Catalogue(TrackIndex):
         with self._lock:
             if size not in self._chunks:
                 order = np.argsort(self.lengths, kind="stable")
+                compact = self.compact
                 built = []
                 for lo in range(0, len(order), size):
                     rows = order[lo: lo + size]
                     read = partial(self._concat, "states", rows)  # also to read them again
                     built.append(Chunk(rows, self.emb(rows), read(), self.lengths[rows],
-                                       source=read, compact=self.compact))
+                                       source=read, compact=compact))
                 self._chunks[size] = built
             return self._chunks[size]
