@@ -64,8 +64,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 1  # the torch comparison's and the in-process runtime's threads (the server's default)
 RERANK = 10
 #: What the cached bundles in ``--work`` were built by: another value rebuilds them (the
-#: window head's graph takes each video once from this version on).
-BUNDLE_VERSION = "2: window head by video_index, float16 copy"
+#: catalogue holds the window head's track keys from this version on).
+BUNDLE_VERSION = "3: the window head's track keys in the catalogue"
 
 
 # -- the bundle (built once, in a subprocess: this process never imports torch) -------------

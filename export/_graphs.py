@@ -35,6 +35,13 @@ class _Graph(nn.Module):
         return self.model.xpool
 
 
+def _keyed(model: MaDe) -> bool:
+    """Whether a bundle of ``model`` stores the window head's track keys per snippet (the
+    detector graph then takes them; bundles exported before store tokens, which their
+    detector graph projects)."""
+    return model.cfg.detector == "window"
+
+
 class VideoEncoderGraph(_Graph):
     """video [B, F, 512], video_mask [B, F] -> video_tokens [B, F, D], video_emb [B, D]."""
 
@@ -44,14 +51,16 @@ class VideoEncoderGraph(_Graph):
 
 
 class MusicEncoderGraph(_Graph):
-    """music [U, S, 768], music_mask [U, S] -> tokens [U, S, D], emb [U, D] and, with X-Pool,
-    snippet states [U, S, D] (what a catalogue caches per track)."""
+    """music [U, S, 768], music_mask [U, S] -> tokens [U, S, D] (the window head: its track
+    keys [U, S, D + 4]), emb [U, D] and, with X-Pool, snippet states [U, S, D] (what a
+    catalogue caches per track)."""
 
     def forward(self, music: Tensor, music_mask: Tensor) -> tuple[Tensor, ...]:
         enc = self.model.encode_music(music, music_mask)
+        rows = self.model.window_keys(enc) if _keyed(self.model) else enc.tokens
         if self.model.xpool is None:
-            return enc.tokens, enc.emb
-        return enc.tokens, enc.emb, self.xpool.snippet_states(enc.tokens)
+            return rows, enc.emb
+        return rows, enc.emb, self.xpool.snippet_states(enc.tokens)
 
 
 class ScoreTracksGraph(_Graph):
@@ -84,7 +93,7 @@ class DetectorGraph(_Graph):
     """Candidate moments of P (video, track) pairs.
 
     The window head: video tokens/mask/emb [V, ...] and video_seconds [V] of V videos, music
-    tokens [U, S, D] and mask [U, S], music_index and video_index [P] (pair p: video
+    keys [U, S, D + 4] and mask [U, S], music_index and video_index [P] (pair p: video
     video_index[p] in track music_index[p]; a video is projected once, whatever its pairs).
     DETR: video tokens/mask/emb [P, ...] per pair, music_index [P]. ->
     window_starts, window_ends [P, K] (seconds, inside the track), window_logits [P, K]
@@ -96,9 +105,11 @@ class DetectorGraph(_Graph):
                 video_index: Tensor | None = None, video_seconds: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         video = VideoEncoding(video_tokens, video_mask, video_emb)
-        # ground() reads the music embedding's length only (number of tracks).
+        # ground() reads the music embedding's length only (number of tracks); the window
+        # head's rows are its track keys, never re-projected here
         music = MusicEncoding(music_tokens, music_mask, music_tokens[:, 0])
-        g = self.model.ground(video, music, music_index, video_seconds, video_index)
+        keys = music_tokens if _keyed(self.model) else None
+        g = self.model.ground(video, music, music_index, video_seconds, video_index, keys)
         return g.starts, g.ends, g.logits, g.snippet_logits
 
 
@@ -146,7 +157,7 @@ def example_inputs(spec: GraphSpec, sizes: dict[str, Any], dims: dict[str, int],
             out.append(x / x.norm(dim=-1, keepdim=True))
         else:
             x = torch.randn(*shape, generator=gen)
-            if t.name in ("video_tokens", "music_tokens", "video", "music"):
+            if t.name in ("video_tokens", "music_tokens", "music_keys", "video", "music"):
                 mask = (video_mask if t.name.startswith("video") else music_mask)
                 x = x * mask[..., None]  # padding rows are zero, as the encoders give them
             out.append(x)

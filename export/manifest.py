@@ -7,8 +7,8 @@ A bundle is a folder::
 
     manifest.json                 this contract, filled in (see :func:`new_manifest`)
     graphs/video_encoder.onnx     video [batch, frames, 512] -> tokens, unit-norm embedding
-    graphs/music_encoder.onnx     music [tracks, snippets, 768] -> tokens, embedding,
-                                  X-Pool snippet states
+    graphs/music_encoder.onnx     music [tracks, snippets, 768] -> tokens (the window
+                                  head's track keys), embedding, X-Pool snippet states
     graphs/score_tracks.onnx      retrieval scores of every (video, track) pair of a chunk
     graphs/score_pairs.onnx       retrieval score of matched (video, track) pairs
     graphs/detector.onnx          the candidate moments of (video, track) pairs: video
@@ -21,6 +21,8 @@ A bundle is a folder::
     catalogue/emb.npy             [N, D] float32 unit-norm track embeddings h0(M)
     catalogue/offsets.npy         [N + 1] int64: track i owns snippet rows offsets[i]:offsets[i+1]
     catalogue/tokens.npy          [R, D] float32 snippet tokens of every track, back to back
+                                  (the window head: its track keys, [R, D + 4], what
+                                  the music encoder returns and the detector takes)
     catalogue/xpool_states.npy    [R, D] float32 X-Pool snippet states (layer-normed tokens;
                                   keys and values are linear maps of them, folded into the
                                   score graphs: see mgsv_sk.nn.xpool)
@@ -147,13 +149,16 @@ def spec_from_json(name: str, data: Mapping[str, Any]) -> GraphSpec:
 
 def graph_specs(
     d_model: int, video_dim: int, music_dim: int, *, use_dual: bool, use_xpool: bool,
-    window_head: bool = True,
+    window_head: bool = True, key_width: int | None = None,
 ) -> dict[str, GraphSpec]:
     """The graphs of a bundle for a model of these dims and retrieval scores.
 
     ``window_head``: the detector takes each video once with its length, and pairs them
     with tracks by ``video_index`` (the paper's DETR takes a video per pair and reads its
-    length from the frames only).
+    length from the frames only). ``key_width``: the window head's track keys (its
+    projections of a track's snippet tokens, ``MaDe.window_keys``) are this wide; the
+    music encoder returns them and the detector takes them in place of the tokens, so the
+    catalogue's ``tokens`` rows hold keys (None: tokens, as bundles exported before).
 
     Without an X-Pool score the music encoder has no snippet states and there are no score
     graphs (the dual score is one matrix product the runtime does in numpy); without the
@@ -161,6 +166,8 @@ def graph_specs(
     """
     d = d_model
     videos, pairs = ("videos", "pairs") if window_head else ("batch", "batch")
+    rows = (("music_keys", key_width) if window_head and key_width is not None
+            else ("music_tokens", d))  # what the catalogue stores per snippet
 
     def t(name: str, dtype: str, *shape: str | int) -> TensorSpec:
         return TensorSpec(name, dtype, tuple(shape))
@@ -177,7 +184,7 @@ def graph_specs(
             "music_encoder",
             (t("music", "float32", "tracks", "snippets", music_dim),
              t("music_mask", "bool", "tracks", "snippets")),
-            (t("music_tokens", "float32", "tracks", "snippets", d),
+            (t(rows[0], "float32", "tracks", "snippets", rows[1]),
              t("music_emb", "float32", "tracks", d))
             + ((t("xpool_states", "float32", "tracks", "snippets", d),) if use_xpool else ()),
         ),
@@ -186,7 +193,7 @@ def graph_specs(
             (t("video_tokens", "float32", videos, "frames", d),
              t("video_mask", "bool", videos, "frames"),
              t("video_emb", "float32", videos, d),
-             t("music_tokens", "float32", "tracks", "snippets", d),
+             t(rows[0], "float32", "tracks", "snippets", rows[1]),
              t("music_mask", "bool", "tracks", "snippets"),
              t("music_index", "int64", pairs))
             + ((t("video_index", "int64", pairs), t("video_seconds", "float32", videos))

@@ -419,10 +419,12 @@ class OnnxGrounder(BaseGrounder[_Videos, Catalogue]):
                 v, length = v[first], length[first]
             tokens, vmask = pad([videos.tokens[i] for i in v], self._dims["d_model"])
             unique, index = np.unique(track_rows[rows], return_inverse=True)
+            # the catalogue's rows: the window head's track keys (bundles exported before
+            # them: the tokens, which their graph projects); the spec names which it takes
             music, mmask = catalogue.padded_tokens(unique)
             starts, ends, logits, _ = self._run(
                 "detector", video_tokens=tokens, video_mask=vmask, video_emb=videos.emb[v],
-                music_tokens=music, music_mask=mmask,
+                music_keys=music, music_tokens=music, music_mask=mmask,
                 music_index=index.astype(np.int64).reshape(-1),
                 video_index=video_index.astype(np.int64).reshape(-1),
                 video_seconds=length.astype(np.float32))

@@ -35,9 +35,10 @@ from torch import Tensor, nn
 
 from mgsv_sk.errors import InvalidInputError
 from mgsv_sk.files import ONNX_BUNDLE, atomic_directory
+from mgsv_sk.nn.window import CONTENT_CHANNELS
 
 from ._common import ExportError, quantize_int8
-from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, example_inputs
+from ._graphs import CHECK_SIZES, EXPORT_SIZES, WRAPPERS, _keyed, example_inputs
 from ._xpool import XPOOL_WEIGHTS, xpool_arrays
 from .manifest import (
     CATALOGUE_FILES,
@@ -58,6 +59,8 @@ SUPPORTED_OPSETS = range(17, 21)
 #: The post-export check accepts |ORT - torch| <= atol + rtol * |torch| (fp32 graphs; the
 #: rtol covers start/end in seconds, up to 240).
 CHECK_ATOL = 1e-4
+#: Snippet rows a block of the catalogue's window keys is computed in (64 MB of tokens)
+_KEY_ROWS = 65536
 CHECK_RTOL = 1e-4
 
 
@@ -202,11 +205,27 @@ def _check_storage(states: str | None, index: str | None, n_tracks: int) -> None
         require_faiss()  # the ImportError names the extra to install
 
 
+def _window_keys(model: Any, tokens: np.ndarray) -> np.ndarray:
+    """The window head's keys of snippet rows, [R, D] tokens -> [R, D + 4] float32
+    (``MaDe.window_keys``: a map of each snippet alone), in blocks of rows."""
+    from mgsv_sk.nn.model import MusicEncoding
+
+    out = np.empty((len(tokens), model.cfg.d_model + CONTENT_CHANNELS), np.float32)
+    with torch.no_grad():
+        for lo in range(0, len(tokens), _KEY_ROWS):
+            block = torch.from_numpy(np.array(tokens[lo: lo + _KEY_ROWS], np.float32))[None]
+            mask = torch.ones(block.shape[:2], dtype=torch.bool)
+            out[lo: lo + block.shape[1]] = model.window_keys(
+                MusicEncoding(block, mask, block[:, 0])).float().numpy()[0]
+    return out
+
+
 def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str | None,
-                     index: str | None) -> dict[str, Any]:
+                     index: str | None, keyed: Any = None) -> dict[str, Any]:
     """The grounder's catalogue as .npy arrays (ragged per-track rows + offsets): snippet
     rows float32 or compact (``states``), and a first-stage index unless it is an exact
-    scan (``index``); None keeps the catalogue's own storage."""
+    scan (``index``); None keeps the catalogue's own storage. ``keyed``: the model whose
+    window head's track keys the ``tokens`` rows hold, in place of the tokens."""
     from .compact_bundle import index_catalogue, write_compact_rows
 
     cat = grounder.catalogue_
@@ -217,7 +236,7 @@ def _write_catalogue(grounder: Any, folder: Path, use_xpool: bool, states: str |
     (folder / CATALOGUE_FILES["ids"]).write_text(json.dumps([str(i) for i in cat.ids]))
     emb, tokens, xpool, offsets = cat.arrays()
     files = {"ids": CATALOGUE_FILES["ids"]}
-    snippet_rows = {"tokens": tokens}
+    snippet_rows = {"tokens": tokens if keyed is None else _window_keys(keyed, tokens)}
     if use_xpool and xpool is not None:
         snippet_rows["xpool_states"] = xpool  # [R, D]
     for role, array in {"emb": emb, "offsets": offsets}.items():
@@ -250,9 +269,11 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
     cfg = model.cfg
     dims = {"d_model": cfg.d_model, "video_dim": cfg.video_dim, "music_dim": cfg.music_dim,
             "max_frames": cfg.max_frames, "max_snippets": cfg.max_snippets}
+    keyed = _keyed(model)  # the catalogue's rows: the window head's track keys
     specs = graph_specs(cfg.d_model, cfg.video_dim, cfg.music_dim,
                         use_dual=cfg.use_dual, use_xpool=cfg.use_xpool,
-                        window_head=cfg.detector == "window")
+                        window_head=cfg.detector == "window",
+                        key_width=cfg.d_model + CONTENT_CHANNELS if keyed else None)
     gen = torch.Generator().manual_seed(0)
     (folder / "graphs").mkdir(parents=True)
     files: dict[str, dict[str, str]] = {}
@@ -278,7 +299,8 @@ def _build(grounder: Any, folder: Path, opset: int, quantize: bool, check: bool,
             files[name]["int8"] = graph_file(name, "int8")
         elif quantize:
             files[name]["int8"] = graph_file(name)  # served in float32 by both precisions
-    catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index)
+    catalogue = _write_catalogue(grounder, folder, cfg.use_xpool, states, index,
+                                 model if keyed else None)
     if cfg.use_xpool:  # the runtime's numpy scan of one video reads these (export._xpool)
         arrays: dict[str, Any] = xpool_arrays(model.xpool)
         np.savez(folder / XPOOL_WEIGHTS, **arrays)

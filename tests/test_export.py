@@ -446,6 +446,43 @@ def test_the_window_head_grounds_each_video_once_across_its_tracks(bundle, serve
                                atol=TOL)
 
 
+def test_the_catalogue_holds_the_window_heads_track_keys(bundle, served, tiny_fitted,
+                                                         small_train, tmp_path, monkeypatch):
+    # a window-head bundle stores what the head reads of each track (computed once at
+    # export) where it stored tokens, and its detector takes them; a bundle exported before
+    # (tokens, projected by its detector graph at every request) is served as it was
+    import torch
+
+    from mgsv_sk.export import _graphs, to_onnx
+
+    manifest = read_manifest(bundle)
+    d = manifest["dims"]["d_model"]
+    names = [t["name"] for t in manifest["graphs"]["detector"]["inputs"]]
+    assert "music_keys" in names and "music_tokens" not in names
+    rows = np.load(bundle / "catalogue" / "tokens.npy")
+    assert rows.shape[1] == d + 4
+    cat = tiny_fitted.catalogue_
+    _, tokens, _, _ = cat.arrays()
+    model = tiny_fitted.model_.cpu().eval()
+    with torch.no_grad():
+        keys = model.detector.track_keys(torch.from_numpy(tokens[None]))[0].numpy()
+    np.testing.assert_allclose(rows, keys, atol=1e-5)
+
+    monkeypatch.setattr(_graphs, "_keyed", lambda model: False)
+    monkeypatch.setattr(to_onnx, "_keyed", lambda model: False)
+    before = export_onnx(tiny_fitted, tmp_path / "before")
+    old = read_manifest(before)
+    assert "music_tokens" in [t["name"] for t in old["graphs"]["detector"]["inputs"]]
+    assert np.load(before / "catalogue" / "tokens.npy").shape[1] == d
+    old_served = OnnxGrounder.load(before, 1, features=small_train.features)
+    X = small_train.frame.iloc[:8].drop(columns="music_id")
+    got, want = old_served.rank(X, k=5), served.rank(X, k=5)
+    assert got["music_id"].tolist() == want["music_id"].tolist()
+    for column in ("start", "end", "moment_score"):
+        np.testing.assert_allclose(got[column].to_numpy(float), want[column].to_numpy(float),
+                                   atol=TOL)
+
+
 def test_ground_checks_its_pair_indices(tiny_fitted, small_train):
     import torch
 

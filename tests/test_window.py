@@ -114,7 +114,7 @@ def test_aligned_evidence_is_the_diagonal_of_the_similarity_map():
         head.out.weight[0, 0] = 1.0  # silu(hidden 0) -> logit
         vt, mt = torch.randn(1, 5, 32), torch.randn(1, 16, 32)
         zero = torch.zeros(1, dtype=torch.long)
-        out = head(vt, torch.ones(1, 5, dtype=bool), torch.randn(1, 32), mt,
+        out = head(vt, torch.ones(1, 5, dtype=bool), torch.randn(1, 32), head.track_keys(mt),
                    torch.ones(1, 16, dtype=bool), zero, zero, torch.tensor([4.6]))
     v = torch.nn.functional.normalize(vt[0], dim=-1)
     m = torch.nn.functional.normalize(mt[0], dim=-1)
@@ -157,6 +157,65 @@ def test_alignment_factored_through_the_videos_equals_the_hat_matmul(s, f, per_s
     torch.testing.assert_close(factored, trained.detach(), atol=2e-5, rtol=1e-5)
     trained.sum().backward()
     assert sim.grad is not None and torch.isfinite(sim.grad).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), log_sharpness=st.sampled_from([0.0, 2.3, 3.0, 5.5]),
+       longer=st.booleans())
+def test_inference_reads_equal_the_training_form(seed, log_sharpness, longer):
+    # Without a gradient the head reads the frames' mean through their sum and the smooth
+    # maximum without a max shift (sharpness within 40) or with it (past: e^5.5 = 245,
+    # where e^sharpness passes float32);
+    # with one, it builds the similarity map. The same windows and scores either way.
+    model = tiny_model(seed).eval()
+    with torch.no_grad():
+        model.detector.log_sharpness.fill_(log_sharpness)
+    batch = make_batch(seed, b=7, u=3, f=10, s=14)
+    if longer:  # some videos longer than their track: windows read past its end
+        batch["video_seconds"] = batch["video_seconds"] * 3
+    with torch.no_grad():
+        read = ground(model, batch)
+    trained = ground(model, batch)  # parameters require grad: the training form
+    assert trained.logits.requires_grad
+    for name in ("starts", "ends", "logits", "snippet_logits"):
+        got, want = getattr(read, name), getattr(trained, name).detach()
+        assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+        ok = torch.isfinite(want)
+        torch.testing.assert_close(got[ok], want[ok], atol=2e-5, rtol=1e-5)
+
+
+def test_window_keys_stand_for_the_tokens_and_padding_reads_as_past_the_end():
+    # ground() on keys computed once per track (what a bundle's catalogue stores) equals
+    # ground() on the tokens; a video longer than its track reads nothing past the track's
+    # end, whether the batch pads that track (a longer track beside it) or not.
+    model = tiny_model(4).eval()
+    batch = make_batch(4, b=6, u=3, f=12, s=13)
+    batch["video_seconds"] = batch["video_seconds"] * 3
+    with torch.no_grad():
+        video = model.encode_video(batch["video"], batch["video_mask"])
+        music = model.encode_music(batch["music"], batch["music_mask"])
+        keys = model.window_keys(music)
+        assert keys.shape == (*music.mask.shape, 32 + 4)
+        assert (keys[~music.mask] == 0).all()
+        whole = model.ground(video, music, batch["music_index"], batch["video_seconds"])
+        keyed = model.ground(video, music, batch["music_index"], batch["video_seconds"],
+                             music_keys=keys)
+        for name in ("starts", "ends", "logits"):
+            torch.testing.assert_close(getattr(keyed, name), getattr(whole, name))
+        # each pair alone, its track unpadded
+        for p in range(6):
+            u = int(batch["music_index"][p])
+            n = int(music.mask[u].sum())
+            alone = model.ground(
+                type(video)(*(t[p: p + 1] for t in video)),
+                type(music)(music.tokens[u: u + 1, :n], music.mask[u: u + 1, :n],
+                            music.emb[u: u + 1]),
+                torch.zeros(1, dtype=torch.long), batch["video_seconds"][p: p + 1])
+            k = alone.logits.shape[1]
+            torch.testing.assert_close(alone.logits[0], whole.logits[p, :k], atol=1e-5, rtol=0)
+            torch.testing.assert_close(alone.starts[0], whole.starts[p, :k], atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="music_keys must have shape"):
+            model.ground(video, music, batch["music_index"], music_keys=keys[:, :, :-1])
 
 
 # -- losses ------------------------------------------------------------------------------------

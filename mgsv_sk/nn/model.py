@@ -14,7 +14,7 @@ from .detector import FOREGROUND, MomentDetector
 from .encoders import TemporalEncoder
 from .layers import check_masks, full_precision
 from .span_ops import cw_to_seconds
-from .window import WindowHead
+from .window import CONTENT_CHANNELS, WindowHead
 from .xpool import XPool
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's cap on 1 / temperature
@@ -222,9 +222,21 @@ class MaDe(nn.Module):
         total = enabled[0] if len(enabled) == 1 else enabled[0] + enabled[1]
         return RetrievalScores(dual, xpool, total)
 
+    def window_keys(self, music_enc: MusicEncoding) -> Tensor:
+        """What the window head reads of the tracks, [U, S, D + 4] (its projections of the
+        snippet tokens, 0 on padded snippets as past a track's end): a function of each
+        track alone, which :meth:`ground` takes precomputed as ``music_keys`` (an exported
+        catalogue stores them)."""
+        if not isinstance(self.detector, WindowHead):
+            raise ValueError("window_keys needs the window head (detector='window'); "
+                             "DETR reads the music tokens themselves")
+        keys = self.detector.track_keys(music_enc.tokens)
+        return keys * music_enc.mask[..., None].to(keys.dtype)
+
     def ground(
         self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor,
         video_seconds: Tensor | None = None, video_index: Tensor | None = None,
+        music_keys: Tensor | None = None,
     ) -> Grounding:
         """Moment of video ``video_index[p]`` in track ``music_index[p]`` for P pairs ([P]
         long into the B videos and the U tracks; without ``video_index``, pair p is video p).
@@ -233,6 +245,8 @@ class MaDe(nn.Module):
         valid frames, at 1 frame per second); the window head gives every window this
         length, DETR reads it only through the frames. A video in several pairs (one video
         against its re-ranked tracks) is encoded into the window head's projections once.
+        ``music_keys``: :meth:`window_keys` of ``music_enc``, computed before (the window
+        head then reads its mask and not its tokens).
         """
         b, u = video_enc.emb.shape[0], music_enc.emb.shape[0]
         pairs = b if video_index is None else int(video_index.shape[0])
@@ -254,7 +268,14 @@ class MaDe(nn.Module):
         if isinstance(self.detector, WindowHead):
             if video_index is None:
                 video_index = torch.arange(b, device=music_index.device)
-            return self._windows(video_enc, music_enc, music_index, video_index, video_seconds)
+            want = (*music_enc.mask.shape, self.cfg.d_model + CONTENT_CHANNELS)
+            if music_keys is not None and tuple(music_keys.shape) != want:
+                raise ValueError(f"music_keys must have shape {want} (window_keys of the "
+                                 f"tracks), got {tuple(music_keys.shape)}")
+            return self._windows(video_enc, music_enc, music_index, video_index, video_seconds,
+                                 music_keys)
+        if music_keys is not None:
+            raise ValueError("music_keys are the window head's; DETR reads the music tokens")
         if video_index is not None:  # DETR reads each pair's video tokens: [B,...] -> [P,...]
             video_enc = VideoEncoding(*(t[video_index] for t in video_enc))
         # A track shared by several videos was encoded once; gather its tokens per video.
@@ -270,10 +291,12 @@ class MaDe(nn.Module):
                          fg_logits, snippet_logits)
 
     def _windows(self, video_enc: VideoEncoding, music_enc: MusicEncoding, music_index: Tensor,
-                 video_index: Tensor, video_seconds: Tensor) -> Grounding:
+                 video_index: Tensor, video_seconds: Tensor,
+                 music_keys: Tensor | None = None) -> Grounding:
         """The window head on pairs (video video_index[p], track music_index[p])."""
         assert isinstance(self.detector, WindowHead)
-        w = self.detector(video_enc.tokens, video_enc.mask, video_enc.emb, music_enc.tokens,
+        keys = self.window_keys(music_enc) if music_keys is None else music_keys
+        w = self.detector(video_enc.tokens, video_enc.mask, video_enc.emb, keys,
                           music_enc.mask, music_index, video_index, video_seconds)
         no_layers = w.logits.new_zeros(0, w.logits.shape[0], 2)  # [0,P,2]
         return Grounding(w.anchors, w.starts, w.ends, w.logits, no_layers, no_layers,

@@ -54,12 +54,13 @@ CONTEXT_WIDTH = 5  # candidates seen by one context layer (2 on each side: +-2.5
 
 class _Evidence(NamedTuple):
     """What the window scorer reads of P (video, track) pairs: sim [P, H, F, S] frame-to-
-    snippet cosines per head (0 on padded frames); frames [B, H, F, Dh] and snippets [P, H,
+    snippet cosines per head (0 on padded frames; None without a gradient to carry, when
+    nothing reads the map whole); frames [B, H, F, Dh] and snippets [P, H,
     S, Dh] the unit projections it is made of (the frames per video); per_snippet [P, C, S]
     features, their evidence logit last; logits [P, S] that logit; the pairs' video_mask
     [P, F], music_mask [P, S] and moment lengths seconds [P]."""
 
-    sim: Tensor
+    sim: Tensor | None
     frames: Tensor
     snippets: Tensor
     per_snippet: Tensor
@@ -145,6 +146,50 @@ def _along_windows_factored(frames: Tensor, snippets: Tensor, video_index: Tenso
     return summed.T.reshape(p, h, -1)
 
 
+#: Above this smooth-max sharpness, exp(sharpness * cosine) may leave float32's normal range
+#: (e^-2s at a cosine of -1), and the frames' smooth maximum is taken with its max shift
+_UNSHIFTED_SHARPNESS = 40.0
+
+
+def _smooth_max_frames(sim: Tensor, video_mask: Tensor, sharp: Tensor) -> Tensor:
+    """log sum_f exp(sharp * sim[:, :, f]) / sharp over each pair's frames: sim [P, H, F, S],
+    video_mask [P, F] -> [P, H, S]. Written out (a detached max, exp, sum, log): the same
+    value and gradient as logsumexp, and onnxruntime runs it ~4x faster than its
+    ReduceLogSumExp kernel. Scaled before masking: -inf * sharpness would give the
+    sharpness a NaN gradient; the mask an additive [P, 1, F, 1] (a broadcast add, not a
+    select over the map)."""
+    frame_ok = video_mask[:, None, :, None]  # [P,1,F,1]
+    padded = torch.zeros_like(frame_ok, dtype=sim.dtype).masked_fill(~frame_ok, float("-inf"))
+    scaled = sim * sharp + padded  # [P,H,F,S], -inf on padded frames
+    top = scaled.amax(dim=2, keepdim=True).detach()  # finite: a pair has >= 1 frame
+    return (top.squeeze(2) + (scaled - top).exp().sum(dim=2).log()) / sharp
+
+
+def _frame_reads(frames: Tensor, snippets: Tensor, video_index: Tensor, video_mask: Tensor,
+                 sharp: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean and the smooth maximum over each pair's frames of the frame-to-snippet
+    cosines, without a gradient to carry: frames [B, H, F, Dh] unit per video (0 on padded
+    frames), snippets [P, H, S, Dh] unit per pair, video_index [P], video_mask [P, F] ->
+    ([P, H, S], [P, H, S]).
+
+    The mean is linear: the frames summed per video, one product per pair. The smooth
+    maximum needs no max shift while e^sharpness stays far inside float32 (a cosine is at
+    most 1): the sharpness goes into the frames before the product, and the padded frames
+    (cosine 0, e^0 = 1) are left out by summing the exponentials through a matmul with the
+    mask. Three passes over the [P, H, F, S] map (product, exp, sum) where the training
+    form makes seven; beyond :data:`_UNSHIFTED_SHARPNESS`, that form.
+    """
+    n_frames = video_mask.sum(dim=1).float()[:, None, None]  # [P,1,1]
+    total = frames.sum(dim=2, keepdim=True)[video_index]  # [P,H,1,Dh]
+    mean_f = (total @ snippets.transpose(2, 3)).squeeze(2) / n_frames  # [P,H,S]
+    if float(sharp) > _UNSHIFTED_SHARPNESS:  # a constant of the exported graph
+        return mean_f, _smooth_max_frames(frames[video_index] @ snippets.transpose(2, 3),
+                                          video_mask, sharp)
+    powers = ((frames * sharp)[video_index] @ snippets.transpose(2, 3)).exp()  # [P,H,F,S]
+    summed = video_mask.to(powers.dtype)[:, None, None, :] @ powers  # [P,H,1,S]
+    return mean_f, summed.squeeze(2).log() / sharp
+
+
 def _positions(mask_row: Tensor) -> Tensor:
     """0, 1, ..., T - 1 as float [T], built from a tensor so exported graphs keep T dynamic."""
     return torch.ones_like(mask_row, dtype=torch.float32).cumsum(0) - 1.0
@@ -182,44 +227,48 @@ class WindowHead(nn.Module):
         self.out = nn.Linear(hidden, 2)  # logit, start offset
         self.bias = nn.Parameter(torch.zeros(()))
 
+    def track_keys(self, music_tokens: Tensor) -> Tensor:
+        """What the head reads of U tracks, [U, S, D] tokens -> [U, S, D + CONTENT_CHANNELS]:
+        each snippet's projection (made unit per head where it is read) and its content
+        channels. A function of the track alone, so an exported catalogue stores it in
+        place of the tokens and the pairs never recompute it (0.9 of a 10-pair call's 4.6
+        ms); both halves are linear maps of the tokens, of like magnitudes, which a
+        compact catalogue's per-row int8 scale needs."""
+        return torch.cat([self.music(music_tokens), self.content(music_tokens)], dim=-1)
+
     def _pair_evidence(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
-                       music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                       music_keys: Tensor, music_mask: Tensor, music_index: Tensor,
                        video_index: Tensor, video_seconds: Tensor) -> _Evidence:
         """Per pair: the frame-to-snippet similarity, the per-snippet features (evidence
         logit included), the pairs' masks and moment lengths (:class:`_Evidence`).
-        Projections run once per video and once per track."""
+        Projections run once per video (the tracks' are ``music_keys``)."""
         b, f, _ = video_tokens.shape
-        u, s, _ = music_tokens.shape
-        h = self.n_heads
+        u, s, width = music_keys.shape
+        h, d = self.n_heads, width - CONTENT_CHANNELS
         # -- per video and per track -----------------------------------------------------
         v = unit(self.video(video_tokens).float().view(b, f, h, -1), dim=-1)  # [B,F,H,Dh]
         # padded frames zeroed per video, so their similarities are 0 in every pair without
         # a [P,H,F,S] select (onnxruntime's Where over it cost more than the matmul)
         v = v.masked_fill(~video_mask[:, :, None, None], 0.0)
-        m = unit(self.music(music_tokens).float().view(u, s, h, -1), dim=-1)  # [U,S,H,Dh]
+        m = unit(music_keys[..., :d].float().view(u, s, h, -1), dim=-1)  # [U,S,H,Dh]
         whole = unit(self.whole(video_emb).float().view(b, h, -1), dim=-1)  # [B,H,Dh]
-        content = self.content(music_tokens).float().transpose(1, 2)  # [U,S,G] -> [U,G,S]
+        content = music_keys[..., d:].float().transpose(1, 2)  # [U,S,G] -> [U,G,S]
         frames = v.transpose(1, 2)  # [B,H,F,Dh]
         # -- per pair ----------------------------------------------------------------------
-        v, whole = v[video_index], whole[video_index]  # [P,F,H,Dh], [P,H,Dh]
+        whole = whole[video_index]  # [P,H,Dh]
         m, content = m[music_index], content[music_index]  # [P,S,H,Dh], [P,G,S]
         video_mask, music_mask = video_mask[video_index], music_mask[music_index]
         seconds = video_seconds[video_index].float()  # [P]
-        frame_ok = video_mask[:, None, :, None]  # [P,1,F,1]
         # batched matmuls, not einsums: onnxruntime's Einsum ran these ~4x slower
         heads_m = m.permute(0, 2, 1, 3)  # [P,H,S,Dh]
-        sim = v.transpose(1, 2) @ heads_m.transpose(2, 3)  # [P,H,F,S], 0 on padded frames
-        n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
-        mean_f = sim.sum(dim=2) / n_frames[:, None, None]  # [P,H,S]
         sharp = self.log_sharpness.exp()
-        # scale before masking: -inf * sharpness would give the sharpness a NaN gradient.
-        # logsumexp over frames written out (a detached max, exp, sum, log): the same value
-        # and gradient, and onnxruntime runs it ~4x faster than its ReduceLogSumExp kernel
-        # (an additive [P,1,F,1] mask: a broadcast add, not a select over [P,H,F,S])
-        padded = torch.zeros_like(frame_ok, dtype=sim.dtype).masked_fill(~frame_ok, float("-inf"))
-        scaled = sim * sharp + padded  # [P,H,F,S], -inf on padded frames
-        top = scaled.amax(dim=2, keepdim=True).detach()  # finite: a pair has >= 1 frame
-        smax_f = (top.squeeze(2) + (scaled - top).exp().sum(dim=2).log()) / sharp
+        sim: Tensor | None = None
+        if torch.is_grad_enabled() and (frames.requires_grad or heads_m.requires_grad):
+            sim = frames[video_index] @ heads_m.transpose(2, 3)  # [P,H,F,S], 0 on padded frames
+            mean_f = sim.sum(dim=2) / video_mask.sum(dim=1).float()[:, None, None]  # [P,H,S]
+            smax_f = _smooth_max_frames(sim, video_mask, sharp)
+        else:
+            mean_f, smax_f = _frame_reads(frames, heads_m, video_index, video_mask, sharp)
         to_whole = (heads_m @ whole[..., None]).squeeze(-1)  # [P,H,S]
         per_snippet = torch.cat([mean_f, smax_f, to_whole, content], dim=1)  # [P,C,S]
         snippet_logits = self.snippet_head(per_snippet.transpose(1, 2)).squeeze(-1)  # [P,S]
@@ -230,18 +279,19 @@ class WindowHead(nn.Module):
                          music_mask, seconds)
 
     def forward(self, video_tokens: Tensor, video_mask: Tensor, video_emb: Tensor,
-                music_tokens: Tensor, music_mask: Tensor, music_index: Tensor,
+                music_keys: Tensor, music_mask: Tensor, music_index: Tensor,
                 video_index: Tensor, video_seconds: Tensor) -> WindowScores:
         """Score P (video, track) pairs: video video_index[p] on track music_index[p].
 
-        video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_tokens [U, S, D],
-        music_mask [U, S], music_index / video_index [P] long, video_seconds [B] (the
-        moments' lengths) -> :class:`WindowScores` of P rows. The projections are computed
-        once per video and once per track, however many pairs share them.
+        video_tokens [B, F, D], video_mask [B, F], video_emb [B, D], music_keys [U, S, D + 4]
+        (:meth:`track_keys` of the tracks' tokens), music_mask [U, S], music_index /
+        video_index [P] long, video_seconds [B] (the moments' lengths) ->
+        :class:`WindowScores` of P rows. The projections are computed once per video,
+        however many pairs share it.
         """
-        evidence = self._pair_evidence(video_tokens, video_mask, video_emb, music_tokens,
+        evidence = self._pair_evidence(video_tokens, video_mask, video_emb, music_keys,
                                        music_mask, music_index, video_index, video_seconds)
-        sim, per_snippet, snippet_logits = evidence.sim, evidence.per_snippet, evidence.logits
+        per_snippet, snippet_logits = evidence.per_snippet, evidence.logits
         video_mask, music_mask, seconds = evidence.video_mask, evidence.music_mask, evidence.seconds
         b = video_index.shape[0]  # one row per pair
         n_frames = video_mask.sum(dim=1).float()  # [P], >= 1
@@ -258,9 +308,9 @@ class WindowHead(nn.Module):
 
         # alignment: frame j plays over snippet position (anchor + j) / 2.5, the similarity
         # linearly interpolated between snippets, summed over the frames
-        if torch.is_grad_enabled() and sim.requires_grad:
+        if evidence.sim is not None:  # training's form, through the map
             pos = (anchors[:, None] + _positions(video_mask[0])[None, :]) / SNIPPET_HOP_SECONDS
-            aligned = _along_windows(sim, pos, snippet_index)  # [P,H,K]
+            aligned = _along_windows(evidence.sim, pos, snippet_index)  # [P,H,K]
         else:
             aligned = _along_windows_factored(evidence.frames, evidence.snippets, video_index,
                                               self.per_snippet, snippet_index)
