@@ -165,6 +165,7 @@ def test_alignment_factored_through_the_videos_equals_the_hat_matmul(s, f, per_s
 def test_inference_reads_equal_the_training_form(seed, log_sharpness, longer):
     # Without a gradient the head reads the frames' mean through their sum and the smooth
     # maximum without a max shift (sharpness within 40) or with it (past: e^5.5 = 245,
+    # where e^sharpness passes float32), and the context layers by one grouped convolution;
     # where e^sharpness passes float32);
     # with one, it builds the similarity map. The same windows and scores either way.
     model = tiny_model(seed).eval()
