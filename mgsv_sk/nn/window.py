@@ -184,14 +184,16 @@ def _frame_reads(frames: Tensor, snippets: Tensor, video_index: Tensor, video_ma
     form makes seven; beyond :data:`_UNSHIFTED_SHARPNESS`, that form.
     """
     n_frames = video_mask.sum(dim=1).float()[:, None, None]  # [P,1,1]
-    total = frames.sum(dim=2, keepdim=True)[video_index]  # [P,H,1,Dh]
-    mean_f = (total @ snippets.transpose(2, 3)).squeeze(2) / n_frames  # [P,H,S]
+    # the products put the snippets first ([P, H, S, .]): the frames' side is transposed per
+    # video, a few KB, where the other way round would copy every pair's snippets
+    total = frames.sum(dim=2)[..., None][video_index]  # [P,H,Dh,1]
+    mean_f = (snippets @ total).squeeze(3) / n_frames  # [P,H,S]
     if float(sharp) > _UNSHIFTED_SHARPNESS:  # a constant of the exported graph
         return mean_f, _smooth_max_frames(frames[video_index] @ snippets.transpose(2, 3),
                                           video_mask, sharp)
-    powers = ((frames * sharp)[video_index] @ snippets.transpose(2, 3)).exp()  # [P,H,F,S]
-    summed = video_mask.to(powers.dtype)[:, None, None, :] @ powers  # [P,H,1,S]
-    return mean_f, summed.squeeze(2).log() / sharp
+    powers = (snippets @ (frames * sharp).transpose(2, 3)[video_index]).exp()  # [P,H,S,F]
+    summed = powers @ video_mask.to(powers.dtype)[:, None, :, None]  # [P,H,S,1]
+    return mean_f, summed.squeeze(3).log() / sharp
 
 
 def _positions(mask_row: Tensor) -> Tensor:
