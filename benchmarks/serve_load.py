@@ -65,7 +65,7 @@ THREADS = 1  # the torch comparison's and the in-process runtime's threads (the 
 RERANK = 10
 #: What the cached bundles in ``--work`` were built by: another value rebuilds them (the
 #: catalogue holds the window head's track keys from this version on).
-BUNDLE_VERSION = "3: the window head's track keys in the catalogue"
+BUNDLE_VERSION = "4: the window head's track keys in the catalogue, one grouped convolution"
 
 
 # -- the bundle (built once, in a subprocess: this process never imports torch) -------------
