@@ -185,6 +185,25 @@ def test_inference_reads_equal_the_training_form(seed, log_sharpness, longer):
         torch.testing.assert_close(got[ok], want[ok], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_inference_reads_hold_under_mixed_precision(dtype):
+    # e^(sharpness x cosine) and its sums over frames pass float16's range (65504) at a
+    # sharpness of 20: the reads without a gradient keep them in float32 under autocast,
+    # as the training form's shifted sum does
+    model = tiny_model(0).eval()
+    with torch.no_grad():
+        model.detector.log_sharpness.fill_(3.0)
+    batch = make_batch(0, b=6, u=3, f=12, s=13)
+    with torch.autocast("cpu", dtype=dtype):
+        with torch.no_grad():
+            read = ground(model, batch)
+        trained = ground(model, batch)
+    ok = torch.isfinite(trained.logits)
+    assert torch.equal(torch.isfinite(read.logits), ok)
+    torch.testing.assert_close(read.logits[ok].float(), trained.logits.detach()[ok].float(),
+                               atol=2e-2, rtol=0)
+
+
 def test_window_keys_stand_for_the_tokens_and_padding_reads_as_past_the_end():
     # ground() on keys computed once per track (what a bundle's catalogue stores) equals
     # ground() on the tokens; a video longer than its track reads nothing past the track's

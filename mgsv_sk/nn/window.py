@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from mgsv_sk.data.spans import MAX_MUSIC_SECONDS, SNIPPET_HOP_SECONDS
 
 from .config import MaDeConfig
-from .layers import unit
+from .layers import full_precision, unit
 
 CONTENT_CHANNELS = 4  # learned per-snippet content channels of the track
 N_POSITION_FEATURES = 6
@@ -191,8 +191,11 @@ def _frame_reads(frames: Tensor, snippets: Tensor, video_index: Tensor, video_ma
     if float(sharp) > _UNSHIFTED_SHARPNESS:  # a constant of the exported graph
         return mean_f, _smooth_max_frames(frames[video_index] @ snippets.transpose(2, 3),
                                           video_mask, sharp)
-    powers = (snippets @ (frames * sharp).transpose(2, 3)[video_index]).exp()  # [P,H,S,F]
-    summed = powers @ video_mask.to(powers.dtype)[:, None, :, None]  # [P,H,S,1]
+    scaled = snippets @ (frames * sharp).transpose(2, 3)[video_index]  # [P,H,S,F]
+    with full_precision(scaled):  # e^20 and sums of them pass float16's range (autocast)
+        # (a graph step only where it casts: a traced .float() is one even on float32)
+        powers = (scaled if scaled.dtype == torch.float32 else scaled.float()).exp()
+        summed = powers @ video_mask.to(powers.dtype)[:, None, :, None]  # [P,H,S,1]
     return mean_f, summed.squeeze(3).log() / sharp
 
 
