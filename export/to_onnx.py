@@ -59,9 +59,9 @@ SUPPORTED_OPSETS = range(17, 21)
 #: The post-export check accepts |ORT - torch| <= atol + rtol * |torch| (fp32 graphs; the
 #: rtol covers start/end in seconds, up to 240).
 CHECK_ATOL = 1e-4
+CHECK_RTOL = 1e-4
 #: Snippet rows a block of the catalogue's window keys is computed in (64 MB of tokens)
 _KEY_ROWS = 65536
-CHECK_RTOL = 1e-4
 
 
 # -- one graph ------------------------------------------------------------------------------------
